@@ -1,0 +1,18 @@
+//! NetFlow v5, NetFlow v9 (RFC 3954) and IPFIX (RFC 7011/7012) decoding.
+//!
+//! Pure: datagrams in, [`FlowRecord`]s out, time passed in by the caller. A
+//! [`Decoder`] keeps what the protocols make stateful (templates, sampling rates,
+//! sequence numbers, data that came before its template) per exporter and domain,
+//! and counts everything it skips or drops in [`Stats`].
+
+mod decoder;
+pub mod encode;
+mod error;
+mod record;
+mod stats;
+mod template;
+
+pub use decoder::{Decoder, DecoderConfig};
+pub use error::{DecodeError, ErrorCounts, ErrorKind, ErrorReason, Version};
+pub use record::{Direction, FlowRecord, TCP_FIN, TCP_RST, TCP_SYN};
+pub use stats::{DomainKey, Stats};

@@ -1,0 +1,203 @@
+//! The decoded flow record and its conversion to a podflow observation.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use podflow_model::{Counters, Observation, Protocol, Tuple};
+
+use crate::error::Version;
+
+/// TCP FIN flag.
+pub const TCP_FIN: u16 = 0x01;
+/// TCP SYN flag.
+pub const TCP_SYN: u16 = 0x02;
+/// TCP RST flag.
+pub const TCP_RST: u16 = 0x04;
+
+/// The direction a flow was metered in (IPFIX flowDirection, v9 DIRECTION).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Metered on ingress (0).
+    Ingress,
+    /// Metered on egress (1).
+    Egress,
+}
+
+/// One decoded flow record, counters already scaled by the sampling rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    /// Protocol version of the datagram it came in.
+    pub version: Version,
+    /// The exporter (the datagram's source address).
+    pub exporter: SocketAddr,
+    /// Observation domain (IPFIX), source id (v9) or engine type << 8 | engine id (v5).
+    pub domain: u32,
+    /// IP protocol.
+    pub proto: Protocol,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port (ICMP: 0).
+    pub src_port: u16,
+    /// Destination port (ICMP: type << 8 | code).
+    pub dst_port: u16,
+    /// Bytes, multiplied by `sampling_rate`.
+    pub bytes: u64,
+    /// Packets, multiplied by `sampling_rate`.
+    pub packets: u64,
+    /// Bytes as exported.
+    pub raw_bytes: u64,
+    /// Packets as exported.
+    pub raw_packets: u64,
+    /// The 1-in-N sampling rate applied (1 = unsampled).
+    pub sampling_rate: u32,
+    /// Flow start, ns since the Unix epoch (0 = unknown).
+    pub start_ns: u64,
+    /// Flow end, ns since the Unix epoch (0 = unknown).
+    pub end_ns: u64,
+    /// Cumulative TCP flags (0 when absent).
+    pub tcp_flags: u16,
+    /// Input interface index (0 when absent).
+    pub in_if: u32,
+    /// Output interface index (0 when absent).
+    pub out_if: u32,
+    /// Metering direction when the record carries one.
+    pub direction: Option<Direction>,
+    /// IPFIX flowEndReason when present (1 idle, 2 active, 3 end detected, 4 forced, 5 lack of resources).
+    pub end_reason: Option<u8>,
+}
+
+impl Default for FlowRecord {
+    fn default() -> Self {
+        let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        FlowRecord {
+            version: Version::Ipfix,
+            exporter: SocketAddr::new(unspecified, 0),
+            domain: 0,
+            proto: Protocol(0),
+            src: unspecified,
+            dst: unspecified,
+            src_port: 0,
+            dst_port: 0,
+            bytes: 0,
+            packets: 0,
+            raw_bytes: 0,
+            raw_packets: 0,
+            sampling_rate: 1,
+            start_ns: 0,
+            end_ns: 0,
+            tcp_flags: 0,
+            in_if: 0,
+            out_if: 0,
+            direction: None,
+            end_reason: None,
+        }
+    }
+}
+
+impl FlowRecord {
+    /// Whether the record says the flow ended: a TCP FIN or RST was seen, or the
+    /// meter reports an idle timeout or a detected end (flowEndReason 1 or 3).
+    ///
+    /// Active timeouts (2), forced ends (4) and lack of resources (5) only cut a
+    /// long flow into records; the connection goes on.
+    pub fn ended(&self) -> bool {
+        (self.proto == Protocol::TCP && self.tcp_flags & (TCP_FIN | TCP_RST) != 0)
+            || matches!(self.end_reason, Some(1) | Some(3))
+    }
+
+    /// Whether the record says the flow started in it (a TCP SYN was seen).
+    pub fn started(&self) -> bool {
+        self.proto == Protocol::TCP && self.tcp_flags & TCP_SYN != 0
+    }
+
+    /// The record as a podflow observation: `orig` is src → dst, `reply` its mirror,
+    /// all traffic in the original direction (a flow record is one-way).
+    pub fn to_observation(&self) -> Observation {
+        let orig = Tuple {
+            src: self.src,
+            dst: self.dst,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+        };
+        let reply = Tuple {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        };
+        Observation {
+            proto: self.proto,
+            orig,
+            reply,
+            delta_orig: Counters {
+                bytes: self.bytes,
+                packets: self.packets,
+            },
+            delta_reply: Counters::default(),
+            opened: self.started(),
+            closed: self.ended(),
+            start_ns: self.start_ns,
+            stop_ns: self.end_ns,
+            conn_id: 0,
+            zone: 0,
+            mark: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(flags: u16) -> FlowRecord {
+        FlowRecord {
+            proto: Protocol::TCP,
+            src: "10.0.0.1".parse().expect("addr"),
+            dst: "10.0.0.2".parse().expect("addr"),
+            src_port: 40000,
+            dst_port: 443,
+            bytes: 1500,
+            packets: 3,
+            tcp_flags: flags,
+            start_ns: 5,
+            end_ns: 9,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn observation_mirrors_the_tuple_and_carries_one_way_counters() {
+        let o = tcp(0x10).to_observation();
+        assert_eq!(o.orig.src, "10.0.0.1".parse::<IpAddr>().expect("addr"));
+        assert_eq!(o.reply.src, o.orig.dst);
+        assert_eq!(o.reply.dst, o.orig.src);
+        assert_eq!((o.reply.src_port, o.reply.dst_port), (443, 40000));
+        assert_eq!(
+            o.delta_orig,
+            Counters {
+                bytes: 1500,
+                packets: 3
+            }
+        );
+        assert!(o.delta_reply.is_zero());
+        assert!(!o.opened && !o.closed);
+        assert_eq!((o.start_ns, o.stop_ns), (5, 9));
+        assert!(!o.is_dnat() && !o.is_snat());
+    }
+
+    #[test]
+    fn fin_rst_and_end_reason_close_syn_opens() {
+        assert!(tcp(TCP_FIN).to_observation().closed);
+        assert!(tcp(TCP_RST | 0x10).to_observation().closed);
+        assert!(tcp(TCP_SYN).to_observation().opened);
+        let mut r = tcp(0);
+        r.end_reason = Some(2);
+        assert!(!r.to_observation().closed, "active timeout is not an end");
+        r.end_reason = Some(3);
+        assert!(r.to_observation().closed);
+        let mut udp = tcp(TCP_FIN);
+        udp.proto = Protocol::UDP;
+        assert!(!udp.to_observation().closed, "flags mean nothing for UDP");
+    }
+}

@@ -1,0 +1,49 @@
+//! Plain counters per (exporter, version, domain); the server turns them into metrics.
+
+use std::net::SocketAddr;
+
+use crate::error::{ErrorCounts, Version};
+
+/// Identifies one exporter's observation domain (IPFIX), source id (v9) or engine (v5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DomainKey {
+    /// The datagrams' source.
+    pub exporter: SocketAddr,
+    /// The protocol version: v9 and IPFIX streams from one exporter are separate.
+    pub version: Version,
+    /// Observation domain, source id, or v5 engine type << 8 | engine id.
+    pub domain: u32,
+}
+
+/// Counters for one [`DomainKey`]; monotonic, never reset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams whose header decoded.
+    pub datagrams: u64,
+    /// Flow records decoded (options records excluded).
+    pub records: u64,
+    /// Templates received (refreshes of an identical template included).
+    pub templates: u64,
+    /// Options templates received (refreshes included).
+    pub options_templates: u64,
+    /// Options data records decoded (sampling, system init time).
+    pub options_records: u64,
+    /// Templates removed by an IPFIX withdrawal.
+    pub templates_withdrawn: u64,
+    /// Templates dropped because they were not refreshed in time.
+    pub templates_expired: u64,
+    /// Sequence-number gaps: lost records (v5, IPFIX) or lost datagrams (v9).
+    pub sequence_lost: u64,
+    /// Sequence numbers that went backwards or jumped too far (reorder, exporter restart): no loss counted.
+    pub sequence_resets: u64,
+    /// Decode errors by reason.
+    pub errors: ErrorCounts,
+    /// Enterprise-specific fields skipped (one per field per record).
+    pub enterprise_fields_skipped: u64,
+    /// Data sets held because their template had not arrived yet.
+    pub pending_sets_held: u64,
+    /// Held data sets dropped (buffer full, too old, or too big to hold).
+    pub pending_sets_dropped: u64,
+    /// Records decoded from held data sets once their template arrived.
+    pub pending_records_decoded: u64,
+}

@@ -1,0 +1,363 @@
+//! Templates compiled into a field plan, and the per-record decode loop over it.
+//!
+//! The plan maps each template field to an [`Op`] once, when the template arrives,
+//! so decoding a record is a tight loop over a small slice with no lookups and no
+//! allocation.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Field length marking an IPFIX variable-length field (RFC 7011 §7).
+pub(crate) const VARLEN: u16 = 0xFFFF;
+
+/// What to do with one field of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Skip,
+    Bytes,
+    Packets,
+    Proto,
+    TcpFlags,
+    SrcPort,
+    DstPort,
+    SrcV4,
+    DstV4,
+    SrcV6,
+    DstV6,
+    InIf,
+    OutIf,
+    StartUptime,
+    EndUptime,
+    StartSecs,
+    EndSecs,
+    StartMs,
+    EndMs,
+    StartNtp,
+    EndNtp,
+    StartDeltaUs,
+    EndDeltaUs,
+    SysInitMs,
+    Direction,
+    EndReason,
+    IcmpTypeCode,
+    SamplerId,
+    SamplingInterval,
+    SamplerRandomInterval,
+    PacketInterval,
+    PacketSpace,
+}
+
+/// One template field: its op and its length (or [`VARLEN`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Field {
+    pub op: Op,
+    pub len: u16,
+}
+
+/// A field as the template declared it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FieldSpec {
+    pub id: u16,
+    pub len: u16,
+    pub enterprise: Option<u32>,
+    /// A v9 options scope field: its type numbers are not information elements.
+    pub v9_scope: bool,
+}
+
+/// A compiled template.
+#[derive(Clone, Debug)]
+pub(crate) struct Template {
+    pub fields: Vec<Field>,
+    /// Smallest possible record (a variable-length field counts its 1-byte prefix).
+    pub min_len: usize,
+    /// Options template: its records update sampling state instead of making flows.
+    pub options: bool,
+    /// Enterprise-specific fields per record (skipped).
+    pub enterprise_fields: u32,
+    /// The raw template record, to recognise a refresh without recompiling.
+    pub raw: Vec<u8>,
+    /// When it was last (re)announced, in the caller's seconds.
+    pub seen: u64,
+}
+
+fn op_for(id: u16, len: u16) -> Op {
+    let int = (1..=8).contains(&len);
+    let op = match id {
+        1 => Op::Bytes,
+        2 => Op::Packets,
+        // Totals stand in for deltas only when the deltas are absent (see compile).
+        85 => Op::Bytes,
+        86 => Op::Packets,
+        4 => Op::Proto,
+        6 => Op::TcpFlags,
+        7 => Op::SrcPort,
+        11 => Op::DstPort,
+        8 if len == 4 => return Op::SrcV4,
+        12 if len == 4 => return Op::DstV4,
+        27 if len == 16 => return Op::SrcV6,
+        28 if len == 16 => return Op::DstV6,
+        10 => Op::InIf,
+        14 => Op::OutIf,
+        22 => Op::StartUptime,
+        21 => Op::EndUptime,
+        150 => Op::StartSecs,
+        151 => Op::EndSecs,
+        152 => Op::StartMs,
+        153 => Op::EndMs,
+        154 | 156 if len == 8 => return Op::StartNtp,
+        155 | 157 if len == 8 => return Op::EndNtp,
+        158 => Op::StartDeltaUs,
+        159 => Op::EndDeltaUs,
+        160 => Op::SysInitMs,
+        61 => Op::Direction,
+        136 => Op::EndReason,
+        32 | 139 => Op::IcmpTypeCode,
+        48 | 302 => Op::SamplerId,
+        34 => Op::SamplingInterval,
+        50 => Op::SamplerRandomInterval,
+        305 => Op::PacketInterval,
+        306 => Op::PacketSpace,
+        _ => Op::Skip,
+    };
+    if int { op } else { Op::Skip }
+}
+
+impl Template {
+    /// Compiles declared fields into a plan; `None` when no record could have a length.
+    pub fn compile(specs: &[FieldSpec], options: bool, raw: &[u8], seen: u64) -> Option<Template> {
+        let mut fields = Vec::with_capacity(specs.len());
+        let mut min_len = 0usize;
+        let mut enterprise_fields = 0;
+        let has_delta_bytes = specs.iter().any(|f| f.id == 1 && f.enterprise.is_none());
+        let has_delta_packets = specs.iter().any(|f| f.id == 2 && f.enterprise.is_none());
+        for s in specs {
+            let op = if s.enterprise.is_some() {
+                enterprise_fields += 1;
+                Op::Skip
+            } else if s.v9_scope {
+                Op::Skip
+            } else {
+                match (s.id, op_for(s.id, s.len)) {
+                    (85, _) if has_delta_bytes => Op::Skip,
+                    (86, _) if has_delta_packets => Op::Skip,
+                    (_, op) => op,
+                }
+            };
+            min_len += if s.len == VARLEN {
+                1
+            } else {
+                usize::from(s.len)
+            };
+            fields.push(Field { op, len: s.len });
+        }
+        (min_len > 0).then(|| Template {
+            fields,
+            min_len,
+            options,
+            enterprise_fields,
+            raw: raw.to_vec(),
+            seen,
+        })
+    }
+}
+
+/// The values of one record, before they are put in context (times, sampling).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Raw {
+    pub bytes: u64,
+    pub packets: u64,
+    pub proto: u8,
+    pub tcp_flags: u16,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub in_if: u32,
+    pub out_if: u32,
+    pub start: (Op, u64),
+    pub end: (Op, u64),
+    pub sys_init_ms: u64,
+    pub direction: Option<u8>,
+    pub end_reason: Option<u8>,
+    pub icmp: Option<u16>,
+    pub sampler_id: Option<u64>,
+    pub sampling_interval: u64,
+    pub random_interval: u64,
+    pub packet_interval: u64,
+    pub packet_space: u64,
+}
+
+impl Default for Raw {
+    fn default() -> Self {
+        let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        Raw {
+            bytes: 0,
+            packets: 0,
+            proto: 0,
+            tcp_flags: 0,
+            src_port: 0,
+            dst_port: 0,
+            src: unspecified,
+            dst: unspecified,
+            in_if: 0,
+            out_if: 0,
+            start: (Op::Skip, 0),
+            end: (Op::Skip, 0),
+            sys_init_ms: 0,
+            direction: None,
+            end_reason: None,
+            icmp: None,
+            sampler_id: None,
+            sampling_interval: 0,
+            random_interval: 0,
+            packet_interval: 0,
+            packet_space: 0,
+        }
+    }
+}
+
+/// Big-endian unsigned integer of 1 to 8 bytes (IPFIX reduced-size encoding).
+#[inline(always)]
+fn be(b: &[u8]) -> u64 {
+    match *b {
+        [a] => u64::from(a),
+        [a, b] => u64::from(u16::from_be_bytes([a, b])),
+        [a, b, c, d] => u64::from(u32::from_be_bytes([a, b, c, d])),
+        [a, b, c, d, e, f, g, h] => u64::from_be_bytes([a, b, c, d, e, f, g, h]),
+        _ => b.iter().fold(0u64, |acc, x| acc << 8 | u64::from(*x)),
+    }
+}
+
+/// Decodes one record starting at `*pos` in `set` and advances `*pos` past it.
+///
+/// Returns the index of the field that ran past the set on failure.
+#[inline]
+pub(crate) fn decode_record(
+    fields: &[Field],
+    set: &[u8],
+    pos: &mut usize,
+    raw: &mut Raw,
+) -> Result<(), usize> {
+    let mut p = *pos;
+    for (i, f) in fields.iter().enumerate() {
+        let len = if f.len == VARLEN {
+            // RFC 7011 §7: one length byte, or 255 then a two-byte length.
+            let first = *set.get(p).ok_or(i)?;
+            if first == 255 {
+                let l = set.get(p + 1..p + 3).ok_or(i)?;
+                p += 3;
+                usize::from(u16::from_be_bytes([l[0], l[1]]))
+            } else {
+                p += 1;
+                usize::from(first)
+            }
+        } else {
+            usize::from(f.len)
+        };
+        let v = set.get(p..p + len).ok_or(i)?;
+        p += len;
+        match f.op {
+            Op::Skip => {}
+            Op::Bytes => raw.bytes = be(v),
+            Op::Packets => raw.packets = be(v),
+            Op::Proto => raw.proto = be(v) as u8,
+            Op::TcpFlags => raw.tcp_flags = be(v) as u16,
+            Op::SrcPort => raw.src_port = be(v) as u16,
+            Op::DstPort => raw.dst_port = be(v) as u16,
+            Op::SrcV4 | Op::DstV4 => {
+                let a = IpAddr::V4(Ipv4Addr::from(be(v) as u32));
+                if f.op == Op::SrcV4 {
+                    raw.src = a
+                } else {
+                    raw.dst = a
+                }
+            }
+            Op::SrcV6 | Op::DstV6 => {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(v);
+                let a = IpAddr::V6(Ipv6Addr::from(o));
+                if f.op == Op::SrcV6 {
+                    raw.src = a
+                } else {
+                    raw.dst = a
+                }
+            }
+            Op::InIf => raw.in_if = be(v) as u32,
+            Op::OutIf => raw.out_if = be(v) as u32,
+            Op::StartUptime | Op::StartSecs | Op::StartMs | Op::StartNtp | Op::StartDeltaUs => {
+                raw.start = (f.op, be(v))
+            }
+            Op::EndUptime | Op::EndSecs | Op::EndMs | Op::EndNtp | Op::EndDeltaUs => {
+                raw.end = (f.op, be(v))
+            }
+            Op::SysInitMs => raw.sys_init_ms = be(v),
+            Op::Direction => raw.direction = Some(be(v) as u8),
+            Op::EndReason => raw.end_reason = Some(be(v) as u8),
+            Op::IcmpTypeCode => raw.icmp = Some(be(v) as u16),
+            Op::SamplerId => raw.sampler_id = Some(be(v)),
+            Op::SamplingInterval => raw.sampling_interval = be(v),
+            Op::SamplerRandomInterval => raw.random_interval = be(v),
+            Op::PacketInterval => raw.packet_interval = be(v),
+            Op::PacketSpace => raw.packet_space = be(v),
+        }
+    }
+    *pos = p;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: u16, len: u16) -> FieldSpec {
+        FieldSpec {
+            id,
+            len,
+            enterprise: None,
+            v9_scope: false,
+        }
+    }
+
+    #[test]
+    fn reduced_size_and_odd_lengths_decode_big_endian() {
+        assert_eq!(be(&[0x01, 0x02, 0x03]), 0x010203);
+        assert_eq!(be(&[0xff; 8]), u64::MAX);
+        assert_eq!(be(&[7]), 7);
+    }
+
+    #[test]
+    fn addresses_of_the_wrong_length_are_skipped_and_totals_yield_to_deltas() {
+        let t = Template::compile(
+            &[spec(8, 3), spec(1, 4), spec(85, 8), spec(2, 9)],
+            false,
+            &[],
+            0,
+        )
+        .expect("template");
+        let ops: Vec<Op> = t.fields.iter().map(|f| f.op).collect();
+        assert_eq!(ops, vec![Op::Skip, Op::Bytes, Op::Skip, Op::Skip]);
+        assert_eq!(t.min_len, 3 + 4 + 8 + 9);
+    }
+
+    #[test]
+    fn empty_templates_are_refused() {
+        assert!(Template::compile(&[spec(1, 0)], false, &[], 0).is_none());
+    }
+
+    #[test]
+    fn varlen_field_with_three_byte_length_is_skipped_whole() {
+        let t = Template::compile(&[spec(82, VARLEN), spec(4, 1)], false, &[], 0).expect("t");
+        let mut set = vec![255, 0x01, 0x00];
+        set.extend(std::iter::repeat_n(b'x', 256));
+        set.push(17);
+        let mut raw = Raw::default();
+        let mut pos = 0;
+        decode_record(&t.fields, &set, &mut pos, &mut raw).expect("fits");
+        assert_eq!(pos, set.len());
+        assert_eq!(raw.proto, 17);
+        let mut pos = 0;
+        assert_eq!(
+            decode_record(&t.fields, &set[..100], &mut pos, &mut raw),
+            Err(0)
+        );
+    }
+}

@@ -1,1 +1,25 @@
-//! placeholder
+//! Conntrack over ctnetlink, loss-free.
+//!
+//! - [`decode`]: pure decoding of ctnetlink messages (`&[u8] -> Result`), including the
+//!   attributes generic netlink crates leave raw (counters, timestamps, id, zone);
+//! - [`encode`]: the requests podflow sends (a table dump) and entry inserts used by the
+//!   tests and the benchmark;
+//! - [`Tracker`]: per-connection delta tracking that turns absolute kernel counters into
+//!   [`podflow_model::Observation`] deltas, without ever zeroing the kernel's counters;
+//! - [`Source`]: the sockets (dump + NEW/DESTROY events) in one network namespace.
+
+pub mod decode;
+pub mod encode;
+mod error;
+pub mod nl;
+mod socket;
+mod source;
+mod sysctl;
+mod tracker;
+
+pub use decode::{CtEntry, CtEvent, DecodeStats};
+pub use error::Error;
+pub use socket::{CtSocket, enter_netns};
+pub use source::{DumpSummary, Source, SourceConfig, SourceStats};
+pub use sysctl::{Features, enable_features, read_features};
+pub use tracker::{Tracker, TrackerStats};

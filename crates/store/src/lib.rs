@@ -1,1 +1,71 @@
-//! placeholder
+//! podflow's flow store: the same logical table on every backend, summed per interval
+//! and key. The embedded backend is one SQLite file (WAL) whose upserts add, like
+//! ClickHouse's SummingMergeTree.
+
+mod sqlite;
+
+use podflow_model::{FlowKey, FlowRow, FlowTotals};
+use serde::Serialize;
+
+pub use sqlite::SqliteStore;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("store {path}: {op}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: String,
+        /// What podflow was doing.
+        op: &'static str,
+        /// The error.
+        source: rusqlite::Error,
+    },
+    /// A stored value could not be read back.
+    #[error("store {path}: row has an invalid {column}: {value:?}")]
+    Corrupt {
+        /// The database file.
+        path: String,
+        /// The column.
+        column: &'static str,
+        /// The value found.
+        value: String,
+    },
+}
+
+/// A query over a time range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowQuery {
+    /// Start, seconds since the Unix epoch, inclusive (rows whose interval starts at or after).
+    pub from: i64,
+    /// End, exclusive.
+    pub to: i64,
+    /// At most this many rows, largest total bytes first.
+    pub limit: usize,
+}
+
+/// A key's totals over a query's range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowSummary {
+    /// Node (or exporter) that saw it.
+    pub observer: String,
+    /// What it is summed by.
+    pub key: FlowKey,
+    /// The sums.
+    pub totals: FlowTotals,
+    /// Start of the first interval with traffic, Unix seconds.
+    pub first: i64,
+    /// End of the last interval with traffic, Unix seconds.
+    pub last: i64,
+}
+
+/// A flow store.
+pub trait FlowStore: Send {
+    /// Adds rows (rows with the same interval and key are summed).
+    fn write(&mut self, rows: &[FlowRow]) -> Result<(), StoreError>;
+    /// Totals per observer and key over a time range.
+    fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError>;
+    /// Deletes rows whose interval started before `before` (Unix seconds); returns how many.
+    fn expire(&mut self, before: i64) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,377 @@
+use std::net::IpAddr;
+use std::path::Path;
+
+use podflow_model::{FlowKey, FlowRow, FlowTotals, Protocol};
+use rusqlite::{Connection, OpenFlags, params};
+
+use crate::{FlowQuery, FlowStore, FlowSummary, StoreError};
+
+/// Schema version stored in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS flows (
+    interval_start  INTEGER NOT NULL,
+    interval_s      INTEGER NOT NULL,
+    observer        TEXT    NOT NULL,
+    proto           INTEGER NOT NULL,
+    local_addr      TEXT    NOT NULL,
+    remote_addr     TEXT    NOT NULL,
+    responder_port  INTEGER NOT NULL,
+    local_initiated INTEGER NOT NULL,
+    service_addr    TEXT    NOT NULL,
+    service_port    INTEGER NOT NULL,
+    bytes_out       INTEGER NOT NULL,
+    packets_out     INTEGER NOT NULL,
+    bytes_in        INTEGER NOT NULL,
+    packets_in      INTEGER NOT NULL,
+    conns_opened    INTEGER NOT NULL,
+    conns_closed    INTEGER NOT NULL,
+    PRIMARY KEY (interval_start, observer, proto, local_addr, remote_addr,
+                 responder_port, local_initiated, service_addr, service_port)
+) WITHOUT ROWID;
+";
+
+const UPSERT: &str = "
+INSERT INTO flows VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+ON CONFLICT DO UPDATE SET
+    bytes_out = bytes_out + excluded.bytes_out,
+    packets_out = packets_out + excluded.packets_out,
+    bytes_in = bytes_in + excluded.bytes_in,
+    packets_in = packets_in + excluded.packets_in,
+    conns_opened = conns_opened + excluded.conns_opened,
+    conns_closed = conns_closed + excluded.conns_closed
+";
+
+const FLOWS: &str = "
+SELECT observer, proto, local_addr, remote_addr, responder_port, local_initiated,
+       service_addr, service_port,
+       SUM(bytes_out), SUM(packets_out), SUM(bytes_in), SUM(packets_in),
+       SUM(conns_opened), SUM(conns_closed),
+       MIN(interval_start), MAX(interval_start + interval_s)
+FROM flows
+WHERE interval_start >= ?1 AND interval_start < ?2
+GROUP BY observer, proto, local_addr, remote_addr, responder_port, local_initiated,
+         service_addr, service_port
+ORDER BY SUM(bytes_out) + SUM(bytes_in) DESC, SUM(conns_opened) DESC
+LIMIT ?3
+";
+
+/// The embedded store: one SQLite file in WAL mode.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+    path: String,
+}
+
+fn u(v: u64) -> i64 {
+    // SQLite integers are i64; a single interval's counter never reaches 2^63.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let p = path.display().to_string();
+        let err = |op| {
+            let p = p.clone();
+            move |source| StoreError::Sqlite {
+                path: p,
+                op,
+                source,
+            }
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err("open"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err("enable WAL"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err("set synchronous"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err("set busy timeout"))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err("read schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt {
+                path: p,
+                column: "user_version (written by a newer podflow)",
+                value: version.to_string(),
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(err("create schema"))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(err("set schema version"))?;
+        Ok(SqliteStore { conn, path: p })
+    }
+
+    /// Opens the same file read-only (for a query connection beside the writer).
+    pub fn open_reader(path: &Path) -> Result<SqliteStore, StoreError> {
+        let p = path.display().to_string();
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Sqlite {
+            path: p.clone(),
+            op: "open reader",
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|source| StoreError::Sqlite {
+                path: p.clone(),
+                op: "set busy timeout",
+                source,
+            })?;
+        Ok(SqliteStore { conn, path: p })
+    }
+
+    fn err(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    fn corrupt(&self, column: &'static str, value: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            column,
+            value,
+        }
+    }
+
+    fn ip(&self, column: &'static str, s: String) -> Result<IpAddr, StoreError> {
+        s.parse().map_err(|_| self.corrupt(column, s))
+    }
+}
+
+impl FlowStore for SqliteStore {
+    fn write(&mut self, rows: &[FlowRow]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |op| {
+            let path = path.clone();
+            move |source| StoreError::Sqlite { path, op, source }
+        };
+        let tx = self.conn.transaction().map_err(err("begin"))?;
+        {
+            let mut st = tx.prepare_cached(UPSERT).map_err(err("prepare upsert"))?;
+            for r in rows {
+                let k = &r.key;
+                let t = &r.totals;
+                let (sa, sp) = match k.service {
+                    Some((a, p)) => (a.to_string(), p),
+                    None => (String::new(), 0),
+                };
+                st.execute(params![
+                    r.interval_start,
+                    r.interval_s,
+                    r.observer,
+                    k.proto.0,
+                    k.local.to_string(),
+                    k.remote.to_string(),
+                    k.responder_port,
+                    k.local_initiated,
+                    sa,
+                    sp,
+                    u(t.bytes_out),
+                    u(t.packets_out),
+                    u(t.bytes_in),
+                    u(t.packets_in),
+                    u(t.opened),
+                    u(t.closed),
+                ])
+                .map_err(err("upsert"))?;
+            }
+        }
+        tx.commit().map_err(err("commit"))
+    }
+
+    fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached(FLOWS)
+            .map_err(self.err("prepare query"))?;
+        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+        let raw = st
+            .query_map(params![q.from, q.to, limit], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, u8>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, u16>(4)?,
+                    r.get::<_, bool>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, u16>(7)?,
+                    [
+                        r.get::<_, i64>(8)?,
+                        r.get::<_, i64>(9)?,
+                        r.get::<_, i64>(10)?,
+                        r.get::<_, i64>(11)?,
+                        r.get::<_, i64>(12)?,
+                        r.get::<_, i64>(13)?,
+                    ],
+                    r.get::<_, i64>(14)?,
+                    r.get::<_, i64>(15)?,
+                ))
+            })
+            .map_err(self.err("query"))?;
+        let mut out = Vec::new();
+        for row in raw {
+            let (observer, proto, local, remote, port, init, sa, sp, n, first, last) =
+                row.map_err(self.err("read row"))?;
+            let service = if sa.is_empty() {
+                None
+            } else {
+                Some((self.ip("service_addr", sa)?, sp))
+            };
+            let n = n.map(|v| v.max(0) as u64);
+            out.push(FlowSummary {
+                observer,
+                key: FlowKey {
+                    proto: Protocol(proto),
+                    local: self.ip("local_addr", local)?,
+                    remote: self.ip("remote_addr", remote)?,
+                    responder_port: port,
+                    local_initiated: init,
+                    service,
+                },
+                totals: FlowTotals {
+                    bytes_out: n[0],
+                    packets_out: n[1],
+                    bytes_in: n[2],
+                    packets_in: n[3],
+                    opened: n[4],
+                    closed: n[5],
+                },
+                first,
+                last,
+            });
+        }
+        Ok(out)
+    }
+
+    fn expire(&mut self, before: i64) -> Result<u64, StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM flows WHERE interval_start < ?1",
+                params![before],
+            )
+            .map_err(self.err("expire"))?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(t: i64, remote: &str, bytes_out: u64) -> FlowRow {
+        FlowRow {
+            interval_start: t,
+            interval_s: 10,
+            observer: "node-a".into(),
+            key: FlowKey {
+                proto: Protocol::TCP,
+                local: "10.0.0.1".parse().expect("ip"),
+                remote: remote.parse().expect("ip"),
+                responder_port: 443,
+                local_initiated: true,
+                service: Some(("fd00::10".parse().expect("ip"), 80)),
+            },
+            totals: FlowTotals {
+                bytes_out,
+                packets_out: 1,
+                bytes_in: 7,
+                packets_in: 1,
+                opened: 1,
+                closed: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn upserts_add_and_queries_sum_over_the_range() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = SqliteStore::open(&dir.path().join("f.sqlite")).expect("open");
+        s.write(&[row(100, "10.0.0.2", 10), row(110, "10.0.0.2", 5)])
+            .expect("write");
+        s.write(&[row(100, "10.0.0.2", 1), row(100, "10.0.0.3", 1000)])
+            .expect("write again");
+        let got = s
+            .flows(&FlowQuery {
+                from: 0,
+                to: 1000,
+                limit: 10,
+            })
+            .expect("query");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].key.remote.to_string(), "10.0.0.3");
+        assert_eq!(got[1].totals.bytes_out, 16);
+        assert_eq!(got[1].totals.bytes_in, 21);
+        assert_eq!(got[1].totals.opened, 3);
+        assert_eq!((got[1].first, got[1].last), (100, 120));
+        assert_eq!(
+            got[1].key.service,
+            Some(("fd00::10".parse().expect("ip"), 80))
+        );
+        // The range is half-open and the limit holds.
+        let got = s
+            .flows(&FlowQuery {
+                from: 110,
+                to: 111,
+                limit: 10,
+            })
+            .expect("query");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].totals.bytes_out, 5);
+        assert_eq!(
+            s.flows(&FlowQuery {
+                from: 0,
+                to: 1000,
+                limit: 1
+            })
+            .expect("q")
+            .len(),
+            1
+        );
+        assert_eq!(s.expire(110).expect("expire"), 2);
+    }
+
+    #[test]
+    fn reopening_keeps_rows_and_a_reader_sees_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("f.sqlite");
+        SqliteStore::open(&p)
+            .expect("open")
+            .write(&[row(100, "10.0.0.2", 10)])
+            .expect("write");
+        let s = SqliteStore::open(&p).expect("reopen");
+        let r = SqliteStore::open_reader(&p).expect("reader");
+        let q = FlowQuery {
+            from: 0,
+            to: 1000,
+            limit: 10,
+        };
+        assert_eq!(s.flows(&q).expect("q"), r.flows(&q).expect("q"));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_the_file_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("f.sqlite");
+        let c = Connection::open(&p).expect("open");
+        c.pragma_update(None, "user_version", 99).expect("set");
+        drop(c);
+        let e = SqliteStore::open(&p).expect_err("newer");
+        assert!(e.to_string().contains("f.sqlite"), "{e}");
+    }
+}

@@ -3,8 +3,13 @@
 //!
 //! No I/O, no runtime: every other crate speaks these types.
 
+mod attribution;
 mod observation;
 mod row;
 
+pub use attribution::{
+    Attribution, Class, CloudMeta, KubenetmonClass, Name, NetworkKind, NetworkMeta, NodeMeta,
+    Place, PodMeta, ServiceHit, ServiceMeta, ServiceVia, Side,
+};
 pub use observation::{Counters, Observation, Oriented, Protocol, Tuple};
 pub use row::{FlowKey, FlowRow, FlowTotals};

@@ -1,0 +1,17 @@
+//! podflow's enrichment: what each end of a connection is (pod, node, service, user
+//! network, cloud range, internet), the connection class, and its price.
+//!
+//! Pure functions over loaded tables and the inventory's IP index; loading reads local
+//! files only, so a cluster without internet access starts.
+
+mod cloud;
+mod config;
+mod error;
+mod prefix;
+mod prices;
+
+pub use cloud::{CloudRanges, CloudRangesBuilder, Provider, service_rank};
+pub use config::{EnrichConfig, KnownNetworks, NetworkRule};
+pub use error::EnrichError;
+pub use prefix::{Cidr, CidrError, PrefixTable, PrefixTableBuilder};
+pub use prices::{BYTES_PER_GB, DEFAULT_PRICES_YAML, INTRA_REGION_KEY, Price, PriceTable};

@@ -1,0 +1,1 @@
+//! podflow inventory (in progress).

@@ -1,0 +1,479 @@
+//! The conntrack source against the real kernel, in namespaces these tests create.
+//!
+//! Reference numbers come from conntrack-tools in the same namespace: `conntrack -L -o
+//! extended` for live entries and `conntrack -E -e DESTROY` for the final counters.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use podflow_conntrack::{Source, SourceConfig};
+use podflow_model::{Counters, Observation, Protocol};
+use podflow_testkit::{Netns, Pair};
+
+/// Per connection (keyed by protocol and the client's port): what podflow reported.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    orig: Counters,
+    reply: Counters,
+    opened: u32,
+    closed: u32,
+}
+
+#[derive(Default)]
+struct Ledger(HashMap<(u8, u16), Seen>);
+
+impl Ledger {
+    fn add(&mut self, o: Observation) {
+        let s = self.0.entry((o.proto.0, o.orig.src_port)).or_default();
+        s.orig += o.delta_orig;
+        s.reply += o.delta_reply;
+        s.opened += u32::from(o.opened);
+        s.closed += u32::from(o.closed);
+    }
+    fn get(&self, proto: Protocol, port: u16) -> Seen {
+        self.0.get(&(proto.0, port)).copied().unwrap_or_default()
+    }
+}
+
+/// Kernel counters from one line of conntrack-tools' extended output:
+/// `(proto, sport, orig, reply)`.
+fn parse_ct(line: &str) -> Option<(String, u16, Counters, Counters)> {
+    let mut proto = None;
+    let mut sport = None;
+    let mut nums: Vec<u64> = Vec::new();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    for (i, w) in words.iter().enumerate() {
+        if (*w == "tcp" || *w == "udp" || *w == "icmp") && proto.is_none() {
+            proto = Some(w.to_string());
+            let _ = i;
+        }
+        if let Some(v) = w.strip_prefix("sport=") {
+            sport.get_or_insert(v.parse().ok()?);
+        }
+        if let Some(v) = w
+            .strip_prefix("packets=")
+            .or_else(|| w.strip_prefix("bytes="))
+        {
+            nums.push(v.parse().ok()?);
+        }
+    }
+    if nums.len() != 4 {
+        return None;
+    }
+    Some((
+        proto?,
+        sport?,
+        Counters {
+            packets: nums[0],
+            bytes: nums[1],
+        },
+        Counters {
+            packets: nums[2],
+            bytes: nums[3],
+        },
+    ))
+}
+
+fn ct_list(ns: &Netns) -> HashMap<(String, u16), (Counters, Counters)> {
+    ns.sh("conntrack -L -o extended 2>/dev/null")
+        .expect("conntrack -L")
+        .lines()
+        .filter_map(parse_ct)
+        .map(|(p, s, o, r)| ((p, s), (o, r)))
+        .collect()
+}
+
+/// `conntrack -E -e DESTROY` running in the namespace; its lines are the reference for
+/// final counters.
+struct DestroyLog {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: std::cell::RefCell<HashMap<(String, u16), (Counters, Counters)>>,
+}
+
+impl DestroyLog {
+    fn start(ns: &Netns) -> DestroyLog {
+        let mut child = ns
+            .command("stdbuf")
+            .args(["-oL", "conntrack", "-E", "-e", "DESTROY", "-o", "extended"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("conntrack -E");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        // conntrack -E subscribes asynchronously; give it a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        DestroyLog {
+            child,
+            lines: rx,
+            seen: Default::default(),
+        }
+    }
+
+    /// Waits until the DESTROY of (proto, sport) is logged; returns its counters.
+    fn wait(&self, proto: &str, sport: u16, within: Duration) -> (Counters, Counters) {
+        let deadline = Instant::now() + within;
+        let key = (proto.to_string(), sport);
+        while Instant::now() < deadline {
+            if let Some(c) = self.seen.borrow().get(&key) {
+                return *c;
+            }
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                if let Some((p, s, o, r)) = parse_ct(&l) {
+                    self.seen.borrow_mut().insert((p, s), (o, r));
+                }
+            }
+        }
+        panic!("no DESTROY for {proto} sport {sport} within {within:?}");
+    }
+}
+
+impl Drop for DestroyLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server in B: for each request header (n to read, m to answer, 16 bytes) reads n
+/// bytes and writes m bytes, until the client closes.
+fn serve(pair: &Pair, port: u16) {
+    let addr: SocketAddr = format!("{}:{port}", Pair::B4).parse().expect("addr");
+    let ready = std::sync::mpsc::channel();
+    let tx = ready.0;
+    pair.b.spawn(move || {
+        let l = TcpListener::bind(addr).expect("bind in B");
+        tx.send(()).expect("ready");
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                let mut hdr = [0u8; 16];
+                while s.read_exact(&mut hdr).is_ok() {
+                    let n = u64::from_be_bytes(hdr[..8].try_into().expect("8")) as usize;
+                    let m = u64::from_be_bytes(hdr[8..].try_into().expect("8")) as usize;
+                    let mut buf = vec![0u8; n];
+                    if s.read_exact(&mut buf).is_err() {
+                        break;
+                    }
+                    if s.write_all(&vec![7u8; m]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    ready
+        .1
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server up");
+}
+
+/// One request on an open client connection: send n bytes, read m back.
+fn exchange(s: &mut TcpStream, n: usize, m: usize) {
+    let mut hdr = [0u8; 16];
+    hdr[..8].copy_from_slice(&(n as u64).to_be_bytes());
+    hdr[8..].copy_from_slice(&(m as u64).to_be_bytes());
+    s.write_all(&hdr).expect("send header");
+    s.write_all(&vec![1u8; n]).expect("send body");
+    let mut back = vec![0u8; m];
+    s.read_exact(&mut back).expect("read answer");
+}
+
+fn connect(pair: &Pair, ip: &str, port: u16) -> TcpStream {
+    let addr: SocketAddr = if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+    .parse()
+    .expect("addr");
+    pair.a
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"))
+}
+
+fn open_source(ns: &Netns) -> Source {
+    Source::open(&SourceConfig {
+        netns: Some(ns.path()),
+        ..Default::default()
+    })
+    .expect("open source")
+}
+
+fn dump(src: &mut Source, led: &mut Ledger) {
+    src.dump(&mut |o| led.add(o)).expect("dump");
+}
+
+fn poll(src: &mut Source, led: &mut Ledger) {
+    src.poll(Duration::from_millis(50), &mut |o| led.add(o))
+        .expect("poll");
+}
+
+#[test]
+fn tcp_totals_equal_the_kernels_final_counters() {
+    if !podflow_testkit::can_run("tcp_totals_equal_the_kernels_final_counters")
+        || !podflow_testkit::have("tcp_totals", "conntrack")
+    {
+        return;
+    }
+    let pair = Pair::new("ct1").expect("namespaces");
+    pair.a.short_tcp_timeouts().expect("timeouts");
+    let log = DestroyLog::start(&pair.a);
+    serve(&pair, 5001);
+    let mut src = open_source(&pair.a);
+    assert!(src.features().accounting && src.features().timestamps);
+    let mut led = Ledger::default();
+    dump(&mut src, &mut led);
+
+    // A connection that lives across dumps, whose last bytes come after the last dump.
+    let mut c1 = connect(&pair, Pair::B4, 5001);
+    let p1 = c1.local_addr().expect("addr").port();
+    exchange(&mut c1, 100_000, 300_000);
+    poll(&mut src, &mut led);
+    dump(&mut src, &mut led);
+    // While alive, podflow's running totals equal what the kernel shows now.
+    let live = ct_list(&pair.a);
+    let (ko, kr) = live.get(&("tcp".into(), p1)).copied().expect("c1 in table");
+    let seen = led.get(Protocol::TCP, p1);
+    assert_eq!((seen.orig, seen.reply), (ko, kr), "live totals");
+    assert_eq!(seen.opened, 1);
+    exchange(&mut c1, 12_345, 54_321);
+
+    // A connection that opens and closes entirely between two dumps.
+    let mut c2 = connect(&pair, Pair::B4, 5001);
+    let p2 = c2.local_addr().expect("addr").port();
+    exchange(&mut c2, 5_000, 70_000);
+    drop(c2);
+    drop(c1);
+
+    // TIME_WAIT is 1 s here; the next dump reaps the entries and the kernel sends DESTROY.
+    std::thread::sleep(Duration::from_millis(2500));
+    poll(&mut src, &mut led);
+    dump(&mut src, &mut led);
+    poll(&mut src, &mut led);
+    for (port, what) in [(p1, "across dumps"), (p2, "between dumps")] {
+        let (fo, fr) = log.wait("tcp", port, Duration::from_secs(5));
+        poll(&mut src, &mut led);
+        let s = led.get(Protocol::TCP, port);
+        assert_eq!(
+            (s.orig, s.reply),
+            (fo, fr),
+            "final totals of the connection {what}"
+        );
+        assert_eq!(
+            (s.opened, s.closed),
+            (1, 1),
+            "events of the connection {what}"
+        );
+        assert!(fo.bytes > 100_000 || port == p2);
+    }
+    assert_eq!(src.tracker().len(), 0, "closed connections are forgotten");
+}
+
+#[test]
+fn udp_and_ipv6_totals_match_and_survive_zeroed_counters() {
+    if !podflow_testkit::can_run("udp_and_ipv6")
+        || !podflow_testkit::have("udp_and_ipv6", "conntrack")
+    {
+        return;
+    }
+    let pair = Pair::new("ct2").expect("namespaces");
+    let log = DestroyLog::start(&pair.a);
+    // UDP echo in B on both families.
+    for ip in [Pair::B4, Pair::B6] {
+        let addr: SocketAddr = if ip.contains(':') {
+            format!("[{ip}]:6001")
+        } else {
+            format!("{ip}:6001")
+        }
+        .parse()
+        .expect("addr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        pair.b.spawn(move || {
+            let s = UdpSocket::bind(addr).expect("bind udp");
+            tx.send(()).expect("ready");
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n * 2 / 3], from);
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).expect("udp up");
+    }
+    let mut src = open_source(&pair.a);
+    let mut led = Ledger::default();
+    dump(&mut src, &mut led);
+    let ports = pair.a.run(|| {
+        let mut ports = Vec::new();
+        for (ip, n) in [(Pair::B4, 40), (Pair::B6, 25)] {
+            let dst: SocketAddr = if ip.contains(':') {
+                format!("[{ip}]:6001")
+            } else {
+                format!("{ip}:6001")
+            }
+            .parse()
+            .expect("addr");
+            let s = UdpSocket::bind(if ip.contains(':') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            })
+            .expect("bind");
+            s.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let mut buf = [0u8; 2048];
+            for i in 0..n {
+                s.send_to(&vec![9u8; 300 + i * 10], dst).expect("send");
+                s.recv_from(&mut buf).expect("echo");
+            }
+            ports.push(s.local_addr().expect("addr").port());
+        }
+        ports
+    });
+    poll(&mut src, &mut led);
+    dump(&mut src, &mut led);
+    let live = ct_list(&pair.a);
+    let v4 = live
+        .get(&("udp".into(), ports[0]))
+        .copied()
+        .expect("v4 flow");
+    let s = led.get(Protocol::UDP, ports[0]);
+    assert_eq!((s.orig, s.reply), v4);
+    assert_eq!(v4.0.packets, 40);
+    // conntrack -L shows IPv6 too; compare by port.
+    let v6 = live
+        .get(&("udp".into(), ports[1]))
+        .copied()
+        .expect("v6 flow");
+    let s6 = led.get(Protocol::UDP, ports[1]);
+    assert_eq!((s6.orig, s6.reply), v6);
+    assert_eq!(v6.1.packets, 25);
+
+    // Someone zeroes the counters (conntrack -L -z); podflow counts a reset and goes on.
+    pair.a.sh("conntrack -L -z >/dev/null 2>&1").expect("zero");
+    let before = led.get(Protocol::UDP, ports[0]);
+    let p = ports[0];
+    pair.a.run(move || {
+        let s = UdpSocket::bind(format!("0.0.0.0:{p}")).expect("rebind same port");
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        s.send_to(&[1u8; 500], format!("{}:6001", Pair::B4))
+            .expect("send");
+        let mut buf = [0u8; 2048];
+        s.recv_from(&mut buf).expect("echo");
+    });
+    dump(&mut src, &mut led);
+    assert!(
+        src.stats()
+            .counter_resets
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    let after = led.get(Protocol::UDP, ports[0]);
+    assert_eq!(
+        after.orig.packets - before.orig.packets,
+        1,
+        "only the new datagram"
+    );
+    assert_eq!(
+        after.orig.bytes - before.orig.bytes,
+        528,
+        "500 bytes + 8 UDP + 20 IPv4"
+    );
+
+    // Deleting the entry sends its DESTROY: the remaining bytes (none) and the close.
+    pair.a
+        .sh(&format!(
+            "conntrack -D -p udp --orig-port-src {} >/dev/null 2>&1",
+            ports[1]
+        ))
+        .expect("delete");
+    let (mut fo, mut fr) = log.wait("udp", ports[1], Duration::from_secs(5));
+    poll(&mut src, &mut led);
+    let s6 = led.get(Protocol::UDP, ports[1]);
+    // Before the zeroing podflow had v6; the kernel's final counters count from zero.
+    fo += v6.0;
+    fr += v6.1;
+    assert_eq!((s6.orig, s6.reply), (fo, fr));
+    assert_eq!(s6.closed, 1);
+}
+
+#[test]
+fn event_overflow_is_counted_and_recovered_by_a_dump() {
+    if !podflow_testkit::can_run("event_overflow")
+        || !podflow_testkit::have("event_overflow", "conntrack")
+    {
+        return;
+    }
+    let pair = Pair::new("ct3").expect("namespaces");
+    serve(&pair, 5003);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr: SocketAddr = format!("{}:6003", Pair::B4).parse().expect("addr");
+    pair.b.spawn(move || {
+        let s = UdpSocket::bind(addr).expect("bind udp");
+        tx.send(()).expect("ready");
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("udp up");
+    // The smallest event buffer the kernel allows: a burst must overflow it.
+    let mut src = Source::open(&SourceConfig {
+        netns: Some(pair.a.path()),
+        event_buffer: 1,
+        ..Default::default()
+    })
+    .expect("open");
+    let mut led = Ledger::default();
+    dump(&mut src, &mut led);
+    let mut long = connect(&pair, Pair::B4, 5003);
+    let lp = long.local_addr().expect("addr").port();
+    exchange(&mut long, 20_000, 40_000);
+    // A burst of 400 short UDP flows while podflow is not reading.
+    pair.a.run(move || {
+        let mut buf = [0u8; 64];
+        for _ in 0..400 {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            s.set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            s.send_to(&[3u8; 32], addr).expect("send");
+            let _ = s.recv_from(&mut buf);
+        }
+    });
+    exchange(&mut long, 1_000, 2_000);
+    poll(&mut src, &mut led);
+    let overflows = src
+        .stats()
+        .event_overflows
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(overflows >= 1, "the burst overflowed the event socket");
+    // The recovery dump found every live connection: totals are exact.
+    let live = ct_list(&pair.a);
+    let (ko, kr) = live
+        .get(&("tcp".into(), lp))
+        .copied()
+        .expect("long in table");
+    let s = led.get(Protocol::TCP, lp);
+    assert_eq!(
+        (s.orig, s.reply),
+        (ko, kr),
+        "long-lived connection exact after overflow"
+    );
+    let udp_live: Vec<_> = live.iter().filter(|((p, _), _)| p == "udp").collect();
+    // Ephemeral ports can repeat across the burst (same tuple, same entry).
+    assert!(udp_live.len() > 300, "{} UDP entries", udp_live.len());
+    for ((_, port), (o, r)) in udp_live {
+        let s = led.get(Protocol::UDP, *port);
+        assert_eq!((s.orig, s.reply), (*o, *r), "udp flow {port}");
+    }
+}

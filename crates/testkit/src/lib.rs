@@ -1,0 +1,197 @@
+//! Real network namespaces for tests: created per test, removed on drop (also when the
+//! test panics). Traffic only ever goes to addresses inside namespaces made here.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Whether the tests can create namespaces (root and `ip` present). When not, prints a
+/// loud skip line naming the test and returns false.
+pub fn can_run(test: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    let ip = Command::new("ip")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok();
+    if !(root && ip) {
+        eprintln!(
+            "SKIPPED {test}: needs root and iproute2 (root={root}, ip={ip}); .ci/run runs it as root"
+        );
+    }
+    root && ip
+}
+
+/// Whether `cmd` is on the PATH; prints a loud skip line otherwise.
+pub fn have(test: &str, cmd: &str) -> bool {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED {test}: `{cmd}` is not installed; .ci/run installs it");
+    }
+    ok
+}
+
+fn run(cmd: &mut Command) -> io::Result<Output> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out)
+}
+
+/// A network namespace that exists until dropped.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `pf-<tag>-<pid>-<n>` with loopback up and conntrack accounting and
+    /// timestamps on.
+    pub fn new(tag: &str) -> io::Result<Netns> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("pf-{tag}-{}-{n}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns { name };
+        ns.sh("ip link set lo up")?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace file (for `setns`).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Runs a shell command inside the namespace; fails on a non-zero exit.
+    pub fn sh(&self, script: &str) -> io::Result<String> {
+        let out = run(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", script]))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Turns on conntrack in the namespace: accounting, timestamps, and an nft rule that
+    /// makes the kernel track connections (conntrack is only active in a namespace when
+    /// some rule needs it).
+    pub fn enable_conntrack(&self) -> io::Result<()> {
+        self.sh(
+            "sysctl -qw net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_timestamp=1 && \
+             nft -f - <<'EOF'
+table inet pftrack {
+  chain pre { type filter hook prerouting priority -300; ct state new counter; }
+  chain out { type filter hook output priority -300; ct state new counter; }
+}
+EOF",
+        )
+        .map(|_| ())
+    }
+
+    /// Shortens TCP's closing-state timeouts to 1 s in this namespace so a closed
+    /// connection's entry expires (and its DESTROY event comes) at the next dump.
+    pub fn short_tcp_timeouts(&self) -> io::Result<()> {
+        self.sh("for s in time_wait close fin_wait close_wait last_ack; do \
+               sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_$s=1; done")
+            .map(|_| ())
+    }
+
+    /// Runs `f` on a thread inside the namespace: sockets it creates live there.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("namespace file");
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("setns into test namespace");
+            f()
+        })
+    }
+
+    /// Runs `f` inside the namespace and waits for it.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().expect("namespace thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Two namespaces joined by a veth pair, with IPv4 and IPv6 addresses.
+#[derive(Debug)]
+pub struct Pair {
+    /// Side A (10.99.0.1, fd99::1).
+    pub a: Netns,
+    /// Side B (10.99.0.2, fd99::2).
+    pub b: Netns,
+}
+
+impl Pair {
+    /// Address of A (IPv4).
+    pub const A4: &'static str = "10.99.0.1";
+    /// Address of B (IPv4).
+    pub const B4: &'static str = "10.99.0.2";
+    /// Address of A (IPv6).
+    pub const A6: &'static str = "fd99::1";
+    /// Address of B (IPv6).
+    pub const B6: &'static str = "fd99::2";
+
+    /// Creates both namespaces and the link, conntrack on in both.
+    pub fn new(tag: &str) -> io::Result<Pair> {
+        let a = Netns::new(&format!("{tag}a"))?;
+        let b = Netns::new(&format!("{tag}b"))?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (va, vb) = (
+            format!("pfa{n}x{}", std::process::id() % 10000),
+            format!("pfb{n}x{}", std::process::id() % 10000),
+        );
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            &va,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vb,
+            "netns",
+            b.name(),
+        ]))?;
+        for (ns, dev, v4, v6) in [(&a, &va, Self::A4, Self::A6), (&b, &vb, Self::B4, Self::B6)] {
+            ns.sh(&format!(
+                "sysctl -qw net.ipv6.conf.all.disable_ipv6=0 && \
+                 ip addr add {v4}/24 dev {dev} && ip addr add {v6}/64 dev {dev} nodad && ip link set {dev} up"
+            ))?;
+            ns.enable_conntrack()?;
+        }
+        Ok(Pair { a, b })
+    }
+}

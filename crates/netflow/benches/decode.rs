@@ -7,9 +7,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use podflow_netflow::encode::{
-    IPFIX_IPV4_18, Message, V5Flow, V5Header, V9_IPV4_18, Value, v5,
-};
+use podflow_netflow::encode::{IPFIX_IPV4_18, Message, V5Flow, V5Header, V9_IPV4_18, Value, v5};
 use podflow_netflow::{Decoder, FlowRecord};
 
 const PER_DATAGRAM: usize = 30;
@@ -54,7 +52,9 @@ fn v9_datagrams() -> Vec<Vec<u8>> {
             if d == 0 {
                 m.template(256, &V9_IPV4_18);
             }
-            let recs: Vec<_> = (0..PER_DATAGRAM).map(|i| values(d * PER_DATAGRAM + i, false)).collect();
+            let recs: Vec<_> = (0..PER_DATAGRAM)
+                .map(|i| values(d * PER_DATAGRAM + i, false))
+                .collect();
             m.data(256, &V9_IPV4_18, &recs);
             m.build()
         })
@@ -68,7 +68,9 @@ fn ipfix_datagrams() -> Vec<Vec<u8>> {
             if d == 0 {
                 m.template(256, &IPFIX_IPV4_18);
             }
-            let recs: Vec<_> = (0..PER_DATAGRAM).map(|i| values(d * PER_DATAGRAM + i, true)).collect();
+            let recs: Vec<_> = (0..PER_DATAGRAM)
+                .map(|i| values(d * PER_DATAGRAM + i, true))
+                .collect();
             m.data(256, &IPFIX_IPV4_18, &recs);
             m.build()
         })
@@ -131,13 +133,20 @@ fn run(name: &str, packets: &[Vec<u8>], budget: Duration) -> f64 {
         }
     }
     let rate = records as f64 / t.elapsed().as_secs_f64();
-    println!("{name}: {:.2} M records/s ({} records/datagram)", rate / 1e6, PER_DATAGRAM);
+    println!(
+        "{name}: {:.2} M records/s ({} records/datagram)",
+        rate / 1e6,
+        PER_DATAGRAM
+    );
     rate
 }
 
 fn main() {
     let budget = Duration::from_millis(
-        std::env::var("BENCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+        std::env::var("BENCH_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000),
     );
     run("v5", &v5_datagrams(), budget);
     let v9 = run("v9", &v9_datagrams(), budget);

@@ -879,11 +879,12 @@ fn own_rate(raw: &Raw) -> u32 {
         raw.sampling_interval
     } else if raw.random_interval > 0 {
         raw.random_interval
-    } else if raw.packet_interval > 0 {
-        // Select `interval` packets, then skip `space`: 1 in (interval + space) / interval.
-        raw.packet_interval.saturating_add(raw.packet_space) / raw.packet_interval
     } else {
-        0
+        // Select `interval` packets, then skip `space`: 1 in (interval + space) / interval.
+        raw.packet_interval
+            .saturating_add(raw.packet_space)
+            .checked_div(raw.packet_interval)
+            .unwrap_or(0)
     };
     r.min(u64::from(u32::MAX)) as u32
 }
@@ -910,14 +911,14 @@ fn apply_options(dom: &mut DomainState, raw: &Raw) {
 #[inline]
 fn finish(ctx: &Ctx, dom: &DomainState, raw: &Raw) -> FlowRecord {
     let mut rate = own_rate(raw);
-    if rate == 0 {
-        if let Some(id) = raw.sampler_id {
-            rate = dom
-                .samplers
-                .iter()
-                .find(|(s, _)| *s == id)
-                .map_or(0, |(_, r)| *r);
-        }
+    if rate == 0
+        && let Some(id) = raw.sampler_id
+    {
+        rate = dom
+            .samplers
+            .iter()
+            .find(|(s, _)| *s == id)
+            .map_or(0, |(_, r)| *r);
     }
     if rate == 0 {
         rate = dom.sampling;
@@ -978,20 +979,20 @@ fn check_seq(
         let normal = last_units.map(|u| last.wrapping_add(u));
         let current = units.map(|u| last.wrapping_add(u));
         let expected = if st.includes_current { current } else { normal };
-        if let Some(exp) = expected {
-            if seq != exp {
-                if may_include_current && !st.includes_current && Some(seq) == current {
-                    st.includes_current = true;
-                } else if st.includes_current && Some(seq) == normal {
-                    st.includes_current = false;
+        if let Some(exp) = expected
+            && seq != exp
+        {
+            if may_include_current && !st.includes_current && Some(seq) == current {
+                st.includes_current = true;
+            } else if st.includes_current && Some(seq) == normal {
+                st.includes_current = false;
+            } else {
+                let gap = seq.wrapping_sub(exp);
+                if gap < 1 << 30 {
+                    lost = u64::from(gap);
                 } else {
-                    let gap = seq.wrapping_sub(exp);
-                    if gap < 1 << 30 {
-                        lost = u64::from(gap);
-                    } else {
-                        // Backwards or absurdly far: reorder or an exporter restart.
-                        stats.sequence_resets += 1;
-                    }
+                    // Backwards or absurdly far: reorder or an exporter restart.
+                    stats.sequence_resets += 1;
                 }
             }
         }

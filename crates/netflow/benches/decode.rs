@@ -141,6 +141,38 @@ fn run(name: &str, packets: &[Vec<u8>], budget: Duration) -> f64 {
     rate
 }
 
+/// The same datagrams through the `netflow_parser` crate, for a ratio on this machine.
+fn run_reference(name: &str, packets: &[Vec<u8>], budget: Duration) -> f64 {
+    let mut p = netflow_parser::NetflowParser::default();
+    for pkt in packets {
+        let r = p.parse_bytes(pkt);
+        if r.error.is_some() || r.packets.is_empty() {
+            println!(
+                "netflow_parser {name}: parse error on the bench datagrams: {:?}",
+                r.error
+            );
+        }
+    }
+    let mut records = 0u64;
+    let t = Instant::now();
+    while t.elapsed() < budget {
+        for _ in 0..5 {
+            for pkt in packets {
+                let r = p.parse_bytes(black_box(pkt));
+                records += if r.packets.is_empty() {
+                    0
+                } else {
+                    PER_DATAGRAM as u64
+                };
+                black_box(&r);
+            }
+        }
+    }
+    let rate = records as f64 / t.elapsed().as_secs_f64();
+    println!("netflow_parser {name}: {:.2} M records/s", rate / 1e6);
+    rate
+}
+
 fn main() {
     let budget = Duration::from_millis(
         std::env::var("BENCH_MS")
@@ -148,8 +180,19 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(2000),
     );
-    run("v5", &v5_datagrams(), budget);
-    let v9 = run("v9", &v9_datagrams(), budget);
-    run("ipfix", &ipfix_datagrams(), budget);
+    let mut lines = Vec::new();
+    for (name, pkts) in [
+        ("v5", v5_datagrams()),
+        ("v9", v9_datagrams()),
+        ("ipfix", ipfix_datagrams()),
+    ] {
+        let ours = run(name, &pkts, budget);
+        let theirs = run_reference(name, &pkts, budget);
+        lines.push((name, ours, theirs));
+    }
+    for (name, ours, theirs) in &lines {
+        println!("{name}: podflow / netflow_parser = {:.1}x", ours / theirs);
+    }
+    let v9 = lines.iter().find(|l| l.0 == "v9").map_or(0.0, |l| l.1);
     println!("netflow_decode_records_per_sec_v9={v9:.0}");
 }

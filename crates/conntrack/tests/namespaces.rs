@@ -4,14 +4,14 @@
 //! extended` for live entries and `conntrack -E -e DESTROY` for the final counters.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use podflow_conntrack::{Source, SourceConfig};
 use podflow_model::{Counters, Observation, Protocol};
-use podflow_testkit::{Netns, Pair};
+use podflow_testkit::{Netns, Pair, connect, exchange, serve};
 
 /// Per connection (keyed by protocol and the client's port): what podflow reported.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -144,62 +144,6 @@ impl Drop for DestroyLog {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A server in B: for each request header (n to read, m to answer, 16 bytes) reads n
-/// bytes and writes m bytes, until the client closes.
-fn serve(pair: &Pair, port: u16) {
-    let addr: SocketAddr = format!("{}:{port}", Pair::B4).parse().expect("addr");
-    let ready = std::sync::mpsc::channel();
-    let tx = ready.0;
-    pair.b.spawn(move || {
-        let l = TcpListener::bind(addr).expect("bind in B");
-        tx.send(()).expect("ready");
-        for s in l.incoming() {
-            let Ok(mut s) = s else { break };
-            std::thread::spawn(move || {
-                let mut hdr = [0u8; 16];
-                while s.read_exact(&mut hdr).is_ok() {
-                    let n = u64::from_be_bytes(hdr[..8].try_into().expect("8")) as usize;
-                    let m = u64::from_be_bytes(hdr[8..].try_into().expect("8")) as usize;
-                    let mut buf = vec![0u8; n];
-                    if s.read_exact(&mut buf).is_err() {
-                        break;
-                    }
-                    if s.write_all(&vec![7u8; m]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    ready
-        .1
-        .recv_timeout(Duration::from_secs(5))
-        .expect("server up");
-}
-
-/// One request on an open client connection: send n bytes, read m back.
-fn exchange(s: &mut TcpStream, n: usize, m: usize) {
-    let mut hdr = [0u8; 16];
-    hdr[..8].copy_from_slice(&(n as u64).to_be_bytes());
-    hdr[8..].copy_from_slice(&(m as u64).to_be_bytes());
-    s.write_all(&hdr).expect("send header");
-    s.write_all(&vec![1u8; n]).expect("send body");
-    let mut back = vec![0u8; m];
-    s.read_exact(&mut back).expect("read answer");
-}
-
-fn connect(pair: &Pair, ip: &str, port: u16) -> TcpStream {
-    let addr: SocketAddr = if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-    .parse()
-    .expect("addr");
-    pair.a
-        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"))
 }
 
 fn open_source(ns: &Netns) -> Source {

@@ -1,1 +1,230 @@
-fn main() {}
+//! podflow: Kubernetes network flow observability in one binary.
+
+mod duration;
+mod flows;
+mod tracking;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use podflow_conntrack::SourceConfig;
+use podflow_server::RunConfig;
+use tokio_util::sync::CancellationToken;
+
+/// podflow shows who talks to whom on a Kubernetes cluster, how many bytes cross nodes,
+/// zones, regions and the internet, and what that costs, by reading the kernel's
+/// connection tracking (conntrack) on every node. It never touches application traffic.
+///
+/// One binary plays every role: `run` (everything on one host, no cluster needed),
+/// `agent` (one per node), `server` (attribution, storage, API) and `demo`.
+#[derive(Debug, Parser)]
+#[command(name = "podflow", version, about, long_about, propagate_version = true)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "PODFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `podflow_conntrack=debug`).
+    #[arg(long, global = true, env = "PODFLOW_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Observe this host's connections and serve them: the conntrack source, per-interval
+    /// aggregation, the embedded store and the HTTP endpoints, in one process.
+    ///
+    /// Needs root or CAP_NET_ADMIN (conntrack is read over netlink). Counters need
+    /// net.netfilter.nf_conntrack_acct=1 (see --enable-accounting). Stop with Ctrl-C or
+    /// SIGTERM: the last interval is flushed before exit.
+    ///
+    /// Endpoints: /metrics (Prometheus), /api/v1/flows?from=&to=&limit= (JSON),
+    /// /live and /ready.
+    Run(RunArgs),
+    /// Print the top conversations of a running podflow as a table.
+    Flows(FlowsArgs),
+    /// Per-node agent streaming observations to a server. Not implemented yet (issue 4).
+    Agent,
+    /// Attribution, storage and API for a cluster's agents. Not implemented yet (issue 4).
+    Server,
+    /// A simulated cluster in network namespaces with real traffic. Not implemented yet (issue 6).
+    Demo,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Address of the HTTP endpoints.
+    #[arg(long, env = "PODFLOW_LISTEN", default_value = "127.0.0.1:9469")]
+    listen: SocketAddr,
+
+    /// Directory of the embedded store (one SQLite file, podflow.sqlite).
+    #[arg(long, env = "PODFLOW_DATA_DIR", default_value = "/var/lib/podflow")]
+    data_dir: PathBuf,
+
+    /// Aggregation interval, also the conntrack dump interval (e.g. 10s, 1m).
+    #[arg(long, env = "PODFLOW_INTERVAL", default_value = "10s", value_parser = duration::parse)]
+    interval: Duration,
+
+    /// How long stored rows are kept (e.g. 7d).
+    #[arg(long, env = "PODFLOW_RETENTION", default_value = "7d", value_parser = duration::parse)]
+    retention: Duration,
+
+    /// Name of this node in stored rows (default: the host name).
+    #[arg(long, env = "PODFLOW_NODE_NAME")]
+    node_name: Option<String>,
+
+    /// Turn on net.netfilter.nf_conntrack_acct and nf_conntrack_timestamp in the observed
+    /// network namespace at start (without them: no byte counters, no durations).
+    #[arg(long, env = "PODFLOW_ENABLE_ACCOUNTING")]
+    enable_accounting: bool,
+
+    /// Make the kernel track connections in the observed namespace by adding a
+    /// one-rule nftables table (`inet podflow_track`), removed at exit. Needed only on a
+    /// host where no firewall or NAT rule uses conntrack (Kubernetes nodes always have one).
+    #[arg(long, env = "PODFLOW_ENSURE_TRACKING")]
+    ensure_tracking: bool,
+
+    /// Receive buffer of the conntrack event socket, bytes. Larger absorbs bigger bursts
+    /// of short connections before events are lost (counted, then recovered by a dump).
+    #[arg(long, env = "PODFLOW_EVENT_BUFFER", default_value_t = 16 << 20)]
+    event_buffer: usize,
+
+    /// Observe another network namespace (a file such as /run/netns/NAME).
+    #[arg(long, env = "PODFLOW_NETNS")]
+    netns: Option<PathBuf>,
+
+    /// Bound on distinct flow keys per interval; beyond it traffic is summed into a
+    /// per-protocol overflow row (counted in podflow_aggregator_overflow_observations_total).
+    #[arg(long, env = "PODFLOW_MAX_KEYS", default_value_t = 1_000_000)]
+    max_keys: usize,
+}
+
+#[derive(Debug, Args)]
+struct FlowsArgs {
+    /// Base URL of a running podflow.
+    #[arg(long, env = "PODFLOW_URL", default_value = "http://127.0.0.1:9469")]
+    url: String,
+    /// How far back to look (e.g. 10m, 1h).
+    #[arg(long, default_value = "10m", value_parser = duration::parse)]
+    since: Duration,
+    /// Number of conversations, largest first.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: flushing the last interval");
+    token.cancel();
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let _tracking = if args.ensure_tracking {
+        Some(tracking::Tracking::ensure(args.netns.as_deref()).context("--ensure-tracking")?)
+    } else {
+        None
+    };
+    let cfg = RunConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        interval: args.interval,
+        retention: args.retention,
+        observer: args.node_name.unwrap_or_else(hostname),
+        source: SourceConfig {
+            netns: args.netns,
+            event_buffer: args.event_buffer,
+            events: true,
+            enable_features: args.enable_accounting,
+        },
+        max_keys: args.max_keys,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let token = CancellationToken::new();
+        tokio::spawn(shutdown_signal(token.clone()));
+        podflow_server::run(cfg, token).await
+    })?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let result = match cli.command {
+        Command::Run(a) => run(a),
+        Command::Flows(a) => flows::fetch(&a.url, a.since, a.limit).map(|rows| {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).unwrap_or_default()
+                );
+            } else {
+                print!("{}", flows::render(&rows));
+            }
+        }),
+        Command::Agent | Command::Server | Command::Demo => {
+            eprintln!(
+                "podflow: this role is not implemented yet (agent and server: issue 4, demo: \
+                 issue 6). Use `podflow run` to observe this host."
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podflow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

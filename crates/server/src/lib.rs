@@ -1,1 +1,12 @@
-//! placeholder
+//! podflow's pipeline: the conntrack source feeding aggregation, the store writer,
+//! Prometheus exposition and the HTTP API.
+
+pub mod aggregate;
+pub mod http;
+mod local;
+pub mod run;
+pub mod telemetry;
+
+pub use aggregate::Aggregator;
+pub use run::{RunConfig, RunError, run};
+pub use telemetry::{METRICS, MetricDef, Telemetry};

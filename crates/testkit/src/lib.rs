@@ -1,11 +1,13 @@
 //! Real network namespaces for tests: created per test, removed on drop (also when the
 //! test panics). Traffic only ever goes to addresses inside namespaces made here.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -194,4 +196,60 @@ impl Pair {
         }
         Ok(Pair { a, b })
     }
+}
+
+/// A TCP server in B: for each request header (n to read, m to answer, 16 bytes) reads n
+/// bytes and writes m bytes, until the client closes.
+pub fn serve(pair: &Pair, port: u16) {
+    let addr: SocketAddr = format!("{}:{port}", Pair::B4).parse().expect("addr");
+    let ready = std::sync::mpsc::channel();
+    let tx = ready.0;
+    pair.b.spawn(move || {
+        let l = TcpListener::bind(addr).expect("bind in B");
+        tx.send(()).expect("ready");
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                let mut hdr = [0u8; 16];
+                while s.read_exact(&mut hdr).is_ok() {
+                    let n = u64::from_be_bytes(hdr[..8].try_into().expect("8")) as usize;
+                    let m = u64::from_be_bytes(hdr[8..].try_into().expect("8")) as usize;
+                    let mut buf = vec![0u8; n];
+                    if s.read_exact(&mut buf).is_err() {
+                        break;
+                    }
+                    if s.write_all(&vec![7u8; m]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    ready
+        .1
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server up");
+}
+
+/// One request on an open client connection: send n bytes, read m back.
+pub fn exchange(s: &mut TcpStream, n: usize, m: usize) {
+    let mut hdr = [0u8; 16];
+    hdr[..8].copy_from_slice(&(n as u64).to_be_bytes());
+    hdr[8..].copy_from_slice(&(m as u64).to_be_bytes());
+    s.write_all(&hdr).expect("send header");
+    s.write_all(&vec![1u8; n]).expect("send body");
+    let mut back = vec![0u8; m];
+    s.read_exact(&mut back).expect("read answer");
+}
+
+pub fn connect(pair: &Pair, ip: &str, port: u16) -> TcpStream {
+    let addr: SocketAddr = if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+    .parse()
+    .expect("addr");
+    pair.a
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"))
 }

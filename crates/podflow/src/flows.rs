@@ -1,0 +1,156 @@
+//! `podflow flows`: the top conversations of a running podflow, as a table.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use podflow_server::http::FlowJson;
+
+/// Fetches `/api/v1/flows` from `base` (http://host:port) over the last `since`.
+pub fn fetch(base: &str, since: Duration, limit: usize) -> anyhow::Result<Vec<FlowJson>> {
+    let hostport = base
+        .strip_prefix("http://")
+        .with_context(|| format!("--url {base}: only http://host:port is supported"))?
+        .trim_end_matches('/');
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let from = now - since.as_secs() as i64;
+    let path = format!("/api/v1/flows?from={from}&to={}&limit={limit}", now + 1);
+    let mut s = TcpStream::connect(hostport)
+        .with_context(|| format!("connect to {hostport} (is `podflow run` running? see --url)"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nAccept: application/json\r\n\r\n"
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .with_context(|| format!("read the answer of {hostport}"))?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    if status != "200" {
+        bail!("{base}{path} answered {status}: {body}");
+    }
+    serde_json::from_str(body).with_context(|| format!("{base}{path}: unexpected JSON"))
+}
+
+/// Human bytes: 1.5 KiB, 3.2 MiB.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn endpoint(addr: &str, port: Option<u16>) -> String {
+    match port {
+        Some(p) if addr.contains(':') => format!("[{addr}]:{p}"),
+        Some(p) => format!("{addr}:{p}"),
+        None => addr.to_string(),
+    }
+}
+
+/// The table: initiator → responder, protocol, bytes each way, connections.
+pub fn render(rows: &[FlowJson]) -> String {
+    let mut lines = vec![[
+        "INITIATOR".to_string(),
+        "RESPONDER".to_string(),
+        "PROTO".to_string(),
+        "SENT".to_string(),
+        "RECEIVED".to_string(),
+        "CONNS".to_string(),
+        "VIA SERVICE".to_string(),
+    ]];
+    for r in rows {
+        let port = (r.responder_port != 0).then_some(r.responder_port);
+        let (init, resp, sent, recv) = if r.local_initiated {
+            (
+                endpoint(&r.local, None),
+                endpoint(&r.remote, port),
+                r.bytes_out,
+                r.bytes_in,
+            )
+        } else {
+            (
+                endpoint(&r.remote, None),
+                endpoint(&r.local, port),
+                r.bytes_in,
+                r.bytes_out,
+            )
+        };
+        lines.push([
+            init,
+            resp,
+            r.proto.clone(),
+            human_bytes(sent),
+            human_bytes(recv),
+            r.connections_opened.to_string(),
+            r.service.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for l in &lines {
+        for (w, c) in widths.iter_mut().zip(l) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    for l in &lines {
+        let cells: Vec<String> = l
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("(no flows in this range)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_reads_initiator_to_responder() {
+        let row = FlowJson {
+            observer: "n".into(),
+            proto: "tcp".into(),
+            local: "10.0.0.1".into(),
+            remote: "10.0.0.2".into(),
+            responder_port: 22,
+            local_initiated: false,
+            service: None,
+            bytes_out: 2048,
+            packets_out: 2,
+            bytes_in: 10,
+            packets_in: 1,
+            connections_opened: 3,
+            connections_closed: 3,
+            first: 0,
+            last: 10,
+        };
+        let t = render(&[row]);
+        let line = t.lines().nth(1).expect("row");
+        assert!(line.starts_with("10.0.0.2"), "{line}");
+        assert!(line.contains("10.0.0.1:22"));
+        assert!(line.contains("10 B") && line.contains("2.0 KiB"), "{line}");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+}

@@ -1,0 +1,203 @@
+//! The HTTP endpoints: `/metrics`, `/api/v1/flows`, `/live`, `/ready`.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use podflow_store::{FlowQuery, FlowStore, FlowSummary, SqliteStore};
+use serde::{Deserialize, Serialize};
+
+use crate::Telemetry;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// Metrics.
+    pub telemetry: Arc<Telemetry>,
+    /// The store file (a reader connection is opened on first use).
+    pub store_path: PathBuf,
+    /// Read connection.
+    pub reader: Mutex<Option<SqliteStore>>,
+    /// Interval length, seconds (the default `to` includes the open interval).
+    pub interval_s: u32,
+}
+
+/// The router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/live", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/api/v1/flows", get(flows))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.telemetry.render(),
+    )
+        .into_response()
+}
+
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
+    let dumped = s
+        .telemetry
+        .conntrack
+        .get()
+        .is_some_and(|(st, _)| st.dumps.load(Relaxed) > 0);
+    if dumped {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for the first conntrack dump\n",
+        )
+            .into_response()
+    }
+}
+
+/// `/api/v1/flows` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowParams {
+    /// Start, Unix seconds (default: an hour ago).
+    pub from: Option<i64>,
+    /// End, Unix seconds, exclusive (default: now, open interval included).
+    pub to: Option<i64>,
+    /// Maximum rows, 1..=10000 (default 100).
+    pub limit: Option<usize>,
+}
+
+/// One row of `/api/v1/flows`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct FlowJson {
+    /// Node that saw the traffic.
+    pub observer: String,
+    /// `tcp`, `udp`, ...
+    pub proto: String,
+    /// Local address.
+    pub local: String,
+    /// Remote address (the backend after DNAT).
+    pub remote: String,
+    /// Responder port.
+    pub responder_port: u16,
+    /// Whether the local end initiated.
+    pub local_initiated: bool,
+    /// Dialled `addr:port` when DNAT changed it.
+    pub service: Option<String>,
+    /// Bytes local → remote.
+    pub bytes_out: u64,
+    /// Packets local → remote.
+    pub packets_out: u64,
+    /// Bytes remote → local.
+    pub bytes_in: u64,
+    /// Packets remote → local.
+    pub packets_in: u64,
+    /// Connections opened.
+    pub connections_opened: u64,
+    /// Connections closed.
+    pub connections_closed: u64,
+    /// First interval start, Unix seconds.
+    pub first: i64,
+    /// Last interval end, Unix seconds.
+    pub last: i64,
+}
+
+impl From<FlowSummary> for FlowJson {
+    fn from(f: FlowSummary) -> Self {
+        let k = f.key;
+        let t = f.totals;
+        FlowJson {
+            observer: f.observer,
+            proto: k.proto.name().into_owned(),
+            local: k.local.to_string(),
+            remote: k.remote.to_string(),
+            responder_port: k.responder_port,
+            local_initiated: k.local_initiated,
+            service: k
+                .service
+                .map(|(a, p)| std::net::SocketAddr::new(a, p).to_string()),
+            bytes_out: t.bytes_out,
+            packets_out: t.packets_out,
+            bytes_in: t.bytes_in,
+            packets_in: t.packets_in,
+            connections_opened: t.opened,
+            connections_closed: t.closed,
+            first: f.first,
+            last: f.last,
+        }
+    }
+}
+
+fn bad(msg: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": msg })),
+    )
+        .into_response()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn flows(
+    State(s): State<Arc<AppState>>,
+    q: Result<Query<FlowParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(p) = match q {
+        Ok(q) => q,
+        Err(e) => return bad(format!("bad query string: {}", e.body_text())),
+    };
+    let now = unix_now();
+    let to = p.to.unwrap_or(now + 1);
+    let from = p.from.unwrap_or(now - 3600);
+    let limit = p.limit.unwrap_or(100);
+    if from >= to {
+        return bad(format!("`from` ({from}) must be before `to` ({to})"));
+    }
+    if !(1..=10_000).contains(&limit) {
+        return bad(format!("`limit` ({limit}) must be between 1 and 10000"));
+    }
+    let st = Arc::clone(&s);
+    let res = tokio::task::spawn_blocking(move || {
+        let mut guard = st
+            .reader
+            .lock()
+            .map_err(|_| "store reader lock poisoned".to_string())?;
+        if guard.is_none() {
+            *guard = Some(SqliteStore::open_reader(&st.store_path).map_err(|e| e.to_string())?);
+        }
+        let reader = guard.as_ref().ok_or("no reader")?;
+        reader
+            .flows(&FlowQuery { from, to, limit })
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    match res {
+        Ok(Ok(rows)) => {
+            Json(rows.into_iter().map(FlowJson::from).collect::<Vec<_>>()).into_response()
+        }
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}

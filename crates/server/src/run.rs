@@ -1,0 +1,315 @@
+//! `podflow run`: the conntrack source of this host → per-interval aggregation → the
+//! embedded store, with `/metrics` and the HTTP API, in one process.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use podflow_conntrack::{Source, SourceConfig};
+use podflow_model::{FlowRow, Observation};
+use podflow_store::{FlowStore, SqliteStore, StoreError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{AppState, router};
+use crate::local::local_addresses;
+use crate::{Aggregator, Telemetry};
+
+/// Settings of `podflow run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Directory of the store file.
+    pub data_dir: PathBuf,
+    /// Aggregation interval (also the dump interval).
+    pub interval: Duration,
+    /// How long rows are kept.
+    pub retention: Duration,
+    /// Name of this observer (the node).
+    pub observer: String,
+    /// The conntrack source.
+    pub source: SourceConfig,
+    /// Bound on flow keys per open interval.
+    pub max_keys: usize,
+}
+
+/// Why `run` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The conntrack source failed.
+    #[error("conntrack source: {0}")]
+    Conntrack(#[from] podflow_conntrack::Error),
+    /// The store failed to open.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HTTP listener could not bind.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A pipeline task ended abnormally.
+    #[error("pipeline: {0}")]
+    Task(String),
+}
+
+/// A batch from the source thread: observations and, now and then, this node's addresses.
+struct Batch {
+    obs: Vec<Observation>,
+    local: Option<Arc<HashSet<IpAddr>>>,
+}
+
+/// Queue depth between the source thread and the aggregator, in batches.
+const QUEUE_BATCHES: usize = 64;
+/// Observations per batch.
+const BATCH: usize = 4096;
+/// Bound on rows kept for retry after failed store writes.
+const MAX_PENDING_ROWS: usize = 1_000_000;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Runs until `shutdown` is cancelled, then flushes the last interval and returns.
+pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| RunError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let store_path = cfg.data_dir.join("podflow.sqlite");
+    let store = SqliteStore::open(&store_path)?;
+    let telemetry = Arc::new(Telemetry::default());
+    let state = Arc::new(AppState {
+        telemetry: Arc::clone(&telemetry),
+        store_path: store_path.clone(),
+        reader: Mutex::new(None),
+        interval_s: cfg.interval.as_secs().max(1) as u32,
+    });
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    tracing::info!(listen = %cfg.listen, store = %store_path.display(), "podflow run: serving /metrics, /api/v1/flows, /live, /ready");
+    let http_stop = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router(Arc::clone(&state)).into_make_service())
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+            .map_err(|e| RunError::Task(format!("http: {e}")))
+    });
+
+    // The source runs on its own thread (blocking netlink I/O); it stays in the observed
+    // namespace for its whole life, so local addresses are read from there too.
+    let (tx, rx) = mpsc::channel::<Batch>(QUEUE_BATCHES);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+    let source_cfg = cfg.source.clone();
+    let interval = cfg.interval;
+    let t = Arc::clone(&telemetry);
+    let stop_t = Arc::clone(&stop);
+    let source_thread = std::thread::Builder::new()
+        .name("conntrack".into())
+        .spawn(move || -> Result<(), RunError> {
+            if let Some(ns) = &source_cfg.netns {
+                podflow_conntrack::enter_netns(ns)?;
+            }
+            let mut src = match Source::open(&SourceConfig {
+                netns: None,
+                ..source_cfg
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e.to_string()));
+                    return Err(e.into());
+                }
+            };
+            let features = src.features();
+            for m in features.missing() {
+                tracing::warn!("{m}");
+            }
+            let _ = t.conntrack.set((src.stats(), features));
+            let _ = opened_tx.send(Ok(()));
+            let mut last_local = Instant::now() - Duration::from_secs(3600);
+            let mut sink = |obs: Vec<Observation>| {
+                let local = (last_local.elapsed() > Duration::from_secs(5)).then(|| {
+                    last_local = Instant::now();
+                    Arc::new(local_addresses())
+                });
+                let batch = Batch { obs, local };
+                match tx.try_send(batch) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(b)) => {
+                        t.queue_waits.fetch_add(1, Relaxed);
+                        let _ = tx.blocking_send(b);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            };
+            // An empty first batch carries the local addresses before any traffic.
+            sink(Vec::new());
+            src.run(interval, BATCH, &stop_t, &mut sink)?;
+            Ok(())
+        })
+        .map_err(|e| RunError::Task(format!("spawn conntrack thread: {e}")))?;
+    match opened_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) | Err(_) => {
+            shutdown.cancel();
+            let _ = http.await;
+            return match source_thread.join() {
+                Ok(r) => r,
+                Err(_) => Err(RunError::Task("conntrack thread panicked".into())),
+            };
+        }
+    }
+
+    let stopper = {
+        let stop = Arc::clone(&stop);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            stop.store(true, Relaxed);
+        })
+    };
+
+    let interval_s = cfg.interval.as_secs().max(1) as u32;
+    let mut agg = Aggregator::new(interval_s, cfg.observer.clone(), cfg.max_keys);
+    let mut writer = Writer {
+        store: Arc::new(Mutex::new(store)),
+        pending: Vec::new(),
+        telemetry: Arc::clone(&telemetry),
+    };
+    let mut rx = rx;
+    let mut local: Arc<HashSet<IpAddr>> = Arc::new(HashSet::new());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_expire = Instant::now() - Duration::from_secs(86400);
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(b) => {
+                    if let Some(l) = b.local { local = l; }
+                    let now = unix_now();
+                    for o in &b.obs {
+                        agg.record(o, now, |a| local.contains(&a));
+                    }
+                    telemetry.agg_keys.store(agg.keys() as u64, Relaxed);
+                    telemetry.agg_overflow.store(agg.overflowed(), Relaxed);
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                let rows = agg.flush(unix_now(), false);
+                writer.write(rows).await;
+                if last_expire.elapsed() > Duration::from_secs(3600) {
+                    last_expire = Instant::now();
+                    writer.expire(unix_now() - cfg.retention.as_secs() as i64).await;
+                }
+            }
+        }
+    }
+    // The source finished its last dump and closed the queue: flush everything.
+    let rows = agg.flush(unix_now(), true);
+    writer.write(rows).await;
+    if !writer.pending.is_empty() {
+        writer.write(Vec::new()).await;
+    }
+    stopper.abort();
+    let source_result = source_thread
+        .join()
+        .map_err(|_| RunError::Task("conntrack thread panicked".into()))?;
+    shutdown.cancel();
+    http.await.map_err(|e| RunError::Task(e.to_string()))??;
+    tracing::info!("podflow run: stopped, last interval flushed");
+    source_result
+}
+
+/// Writes rows to the store off the async threads, keeping failed rows (bounded) for
+/// the next try.
+struct Writer {
+    store: Arc<Mutex<SqliteStore>>,
+    pending: Vec<FlowRow>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Writer {
+    async fn write(&mut self, rows: Vec<FlowRow>) {
+        for r in &rows {
+            self.telemetry.add_flow(r.key.proto, &r.totals);
+        }
+        self.pending.extend(rows);
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let store = Arc::clone(&self.store);
+        let t0 = Instant::now();
+        let res = tokio::task::spawn_blocking(move || {
+            let r = match store.lock() {
+                Ok(mut s) => s.write(&batch).map_err(|e| e.to_string()),
+                Err(_) => Err("store lock poisoned".to_string()),
+            };
+            (batch, r)
+        })
+        .await;
+        let t = &self.telemetry;
+        t.store_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+        match res {
+            Ok((batch, Ok(()))) => {
+                t.store_rows.fetch_add(batch.len() as u64, Relaxed);
+            }
+            Ok((batch, Err(e))) => {
+                t.store_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, rows = batch.len(), "store write failed; will retry");
+                self.pending = batch;
+                if self.pending.len() > MAX_PENDING_ROWS {
+                    let drop_n = self.pending.len() - MAX_PENDING_ROWS;
+                    self.pending.drain(..drop_n);
+                    t.store_dropped.fetch_add(drop_n as u64, Relaxed);
+                }
+            }
+            Err(e) => {
+                t.store_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "store writer task failed");
+            }
+        }
+        t.store_pending.store(self.pending.len() as u64, Relaxed);
+    }
+
+    async fn expire(&self, before: i64) {
+        let store = Arc::clone(&self.store);
+        let r = tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .map_err(|_| "lock".to_string())?
+                .expire(before)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match r {
+            Ok(Ok(n)) if n > 0 => tracing::info!(rows = n, "expired old rows"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "expiring old rows failed"),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Every metric podflow exposes, defined in one place ([`METRICS`]), and the Prometheus
+//! text rendering. docs/metrics.md is checked against [`METRICS`] by a test.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use podflow_conntrack::{Features, SourceStats};
+use podflow_model::{FlowTotals, Protocol};
+
+/// A metric's definition: name (with `_total` for counters), type, help, labels.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    /// Full name.
+    pub name: &'static str,
+    /// `counter` or `gauge`.
+    pub kind: &'static str,
+    /// One-line help.
+    pub help: &'static str,
+    /// Label names.
+    pub labels: &'static [&'static str],
+}
+
+macro_rules! defs {
+    ($($id:ident = $name:literal, $kind:literal, $help:literal, [$($l:literal),*];)*) => {
+        $(#[allow(missing_docs)] pub const $id: MetricDef = MetricDef { name: $name, kind: $kind, help: $help, labels: &[$($l),*] };)*
+        /// Every metric podflow exposes.
+        pub const METRICS: &[MetricDef] = &[$($id),*];
+    };
+}
+
+defs! {
+    BUILD_INFO = "podflow_build_info", "gauge", "Always 1; the version of this podflow.", ["version"];
+    CT_ACCOUNTING = "podflow_conntrack_accounting_enabled", "gauge", "1 if net.netfilter.nf_conntrack_acct is on in the observed namespace; 0 means no byte or packet counters.", [];
+    CT_TIMESTAMPS = "podflow_conntrack_timestamps_enabled", "gauge", "1 if net.netfilter.nf_conntrack_timestamp is on; 0 means no connection start/stop times.", [];
+    CT_DUMPS = "podflow_conntrack_dumps_total", "counter", "Full conntrack table dumps completed.", [];
+    CT_DUMP_ENTRIES = "podflow_conntrack_dump_entries_total", "counter", "Entries read by table dumps.", [];
+    CT_DUMPS_INTERRUPTED = "podflow_conntrack_dumps_interrupted_total", "counter", "Dumps the kernel flagged as interrupted because the table changed meanwhile.", [];
+    CT_DUMP_SECONDS = "podflow_conntrack_dump_seconds_total", "counter", "Time spent dumping the table.", [];
+    CT_LAST_DUMP = "podflow_conntrack_last_dump_seconds", "gauge", "Duration of the last table dump.", [];
+    CT_EVENTS = "podflow_conntrack_events_total", "counter", "Conntrack events received, by type (new, destroy).", ["type"];
+    CT_OVERFLOWS = "podflow_conntrack_event_overflows_total", "counter", "Event socket overflows (ENOBUFS): events were lost and a dump recovered live connections.", [];
+    CT_DECODE_ERRORS = "podflow_conntrack_decode_errors_total", "counter", "Netlink messages that could not be decoded and were skipped.", [];
+    CT_UNKNOWN_ATTRS = "podflow_conntrack_unknown_attributes_total", "counter", "Unknown conntrack attributes skipped (newer kernel).", [];
+    CT_TRACKED = "podflow_conntrack_tracked_connections", "gauge", "Connections whose last reported counters podflow remembers.", [];
+    CT_RESETS = "podflow_conntrack_resets_total", "counter", "Connections whose counters went backwards (zeroed by another tool).", [];
+    CT_VANISHED = "podflow_conntrack_vanished_total", "counter", "Connections gone without a DESTROY event (lost to an overflow); bytes after their last dump are lost.", [];
+    CT_ID_REUSED = "podflow_conntrack_id_reused_total", "counter", "Conntrack ids seen again with another start time.", [];
+    CT_DESTROY_UNKNOWN = "podflow_conntrack_destroy_unknown_total", "counter", "DESTROY events of connections podflow had not seen (reported whole).", [];
+    CT_BASELINED = "podflow_conntrack_baselined_total", "counter", "Connections that predate podflow: only bytes after the first dump are counted.", [];
+    CT_OBSERVATIONS = "podflow_conntrack_observations_total", "counter", "Observations (per-connection deltas) produced by the conntrack source.", [];
+    QUEUE_WAITS = "podflow_pipeline_queue_full_total", "counter", "Times the source waited because the pipeline queue was full (back-pressure, nothing dropped).", [];
+    AGG_KEYS = "podflow_aggregator_keys", "gauge", "Flow keys held by the aggregator for open intervals.", [];
+    AGG_OVERFLOW = "podflow_aggregator_overflow_observations_total", "counter", "Observations summed into a per-protocol overflow key because the key limit was reached.", [];
+    STORE_ROWS = "podflow_store_rows_written_total", "counter", "Rows written to the store.", [];
+    STORE_ERRORS = "podflow_store_write_errors_total", "counter", "Failed store writes (the rows are retried).", [];
+    STORE_SECONDS = "podflow_store_write_seconds_total", "counter", "Time spent writing to the store.", [];
+    STORE_PENDING = "podflow_store_rows_pending", "gauge", "Rows waiting to be written after a failed write.", [];
+    STORE_DROPPED = "podflow_store_rows_dropped_total", "counter", "Rows dropped because the retry backlog was full.", [];
+    FLOW_BYTES = "podflow_flow_bytes_total", "counter", "L3 bytes of observed connections, by protocol and direction (out = local to remote).", ["proto", "direction"];
+    FLOW_PACKETS = "podflow_flow_packets_total", "counter", "Packets of observed connections, by protocol and direction.", ["proto", "direction"];
+    CONNS_OPENED = "podflow_connections_opened_total", "counter", "Connections that started while observed, by protocol.", ["proto"];
+    CONNS_CLOSED = "podflow_connections_closed_total", "counter", "Connections that ended while observed, by protocol.", ["proto"];
+}
+
+/// The protocol label values (bounded: everything else is `other`).
+const PROTOS: [&str; 6] = ["tcp", "udp", "icmp", "icmpv6", "sctp", "other"];
+
+fn proto_index(p: Protocol) -> usize {
+    match p {
+        Protocol::TCP => 0,
+        Protocol::UDP => 1,
+        Protocol::ICMP => 2,
+        Protocol::ICMPV6 => 3,
+        Protocol::SCTP => 4,
+        _ => 5,
+    }
+}
+
+/// Flow totals per protocol class.
+#[derive(Debug, Default)]
+struct ProtoTotals {
+    bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
+    packets_out: AtomicU64,
+    packets_in: AtomicU64,
+    opened: AtomicU64,
+    closed: AtomicU64,
+}
+
+/// The live state every metric is read from.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    /// Conntrack source counters, once a source is open.
+    pub conntrack: std::sync::OnceLock<(Arc<SourceStats>, Features)>,
+    /// Times the source waited on a full queue.
+    pub queue_waits: AtomicU64,
+    /// Aggregator keys.
+    pub agg_keys: AtomicU64,
+    /// Aggregator overflow.
+    pub agg_overflow: AtomicU64,
+    /// Rows written.
+    pub store_rows: AtomicU64,
+    /// Failed writes.
+    pub store_errors: AtomicU64,
+    /// Write time, ns.
+    pub store_ns: AtomicU64,
+    /// Rows pending retry.
+    pub store_pending: AtomicU64,
+    /// Rows dropped from the retry backlog.
+    pub store_dropped: AtomicU64,
+    flows: [ProtoTotals; 6],
+}
+
+fn header(out: &mut String, d: &MetricDef) {
+    let _ = writeln!(out, "# HELP {} {}", d.name, d.help);
+    let _ = writeln!(out, "# TYPE {} {}", d.name, d.kind);
+}
+
+fn sample(out: &mut String, d: &MetricDef, labels: &[(&str, &str)], v: impl std::fmt::Display) {
+    out.push_str(d.name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, val)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            // Label values here are fixed words or the version: nothing to escape.
+            let _ = write!(out, "{k}=\"{val}\"");
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {v}");
+}
+
+fn one(out: &mut String, d: &MetricDef, v: impl std::fmt::Display) {
+    header(out, d);
+    sample(out, d, &[], v);
+}
+
+impl Telemetry {
+    /// Counts a row's traffic into the flow totals.
+    pub fn add_flow(&self, proto: Protocol, t: &FlowTotals) {
+        let p = &self.flows[proto_index(proto)];
+        p.bytes_out.fetch_add(t.bytes_out, Relaxed);
+        p.bytes_in.fetch_add(t.bytes_in, Relaxed);
+        p.packets_out.fetch_add(t.packets_out, Relaxed);
+        p.packets_in.fetch_add(t.packets_in, Relaxed);
+        p.opened.fetch_add(t.opened, Relaxed);
+        p.closed.fetch_add(t.closed, Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 << 10);
+        header(&mut out, &BUILD_INFO);
+        sample(
+            &mut out,
+            &BUILD_INFO,
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1,
+        );
+        if let Some((s, f)) = self.conntrack.get() {
+            let g = |a: &AtomicU64| a.load(Relaxed);
+            one(&mut out, &CT_ACCOUNTING, u8::from(f.accounting));
+            one(&mut out, &CT_TIMESTAMPS, u8::from(f.timestamps));
+            one(&mut out, &CT_DUMPS, g(&s.dumps));
+            one(&mut out, &CT_DUMP_ENTRIES, g(&s.dump_entries));
+            one(&mut out, &CT_DUMPS_INTERRUPTED, g(&s.dumps_interrupted));
+            one(&mut out, &CT_DUMP_SECONDS, g(&s.dump_ns) as f64 / 1e9);
+            one(&mut out, &CT_LAST_DUMP, g(&s.last_dump_ns) as f64 / 1e9);
+            header(&mut out, &CT_EVENTS);
+            sample(&mut out, &CT_EVENTS, &[("type", "new")], g(&s.events_new));
+            sample(
+                &mut out,
+                &CT_EVENTS,
+                &[("type", "destroy")],
+                g(&s.events_destroy),
+            );
+            one(&mut out, &CT_OVERFLOWS, g(&s.event_overflows));
+            one(&mut out, &CT_DECODE_ERRORS, g(&s.decode_errors));
+            one(&mut out, &CT_UNKNOWN_ATTRS, g(&s.unknown_attributes));
+            one(&mut out, &CT_TRACKED, g(&s.tracked));
+            one(&mut out, &CT_RESETS, g(&s.counter_resets));
+            one(&mut out, &CT_VANISHED, g(&s.vanished));
+            one(&mut out, &CT_ID_REUSED, g(&s.id_reused));
+            one(&mut out, &CT_DESTROY_UNKNOWN, g(&s.destroy_unknown));
+            one(&mut out, &CT_BASELINED, g(&s.baselined));
+            one(&mut out, &CT_OBSERVATIONS, g(&s.observations));
+        }
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        one(&mut out, &QUEUE_WAITS, g(&self.queue_waits));
+        one(&mut out, &AGG_KEYS, g(&self.agg_keys));
+        one(&mut out, &AGG_OVERFLOW, g(&self.agg_overflow));
+        one(&mut out, &STORE_ROWS, g(&self.store_rows));
+        one(&mut out, &STORE_ERRORS, g(&self.store_errors));
+        one(&mut out, &STORE_SECONDS, g(&self.store_ns) as f64 / 1e9);
+        one(&mut out, &STORE_PENDING, g(&self.store_pending));
+        one(&mut out, &STORE_DROPPED, g(&self.store_dropped));
+        header(&mut out, &FLOW_BYTES);
+        for (i, name) in PROTOS.iter().enumerate() {
+            let p = &self.flows[i];
+            sample(
+                &mut out,
+                &FLOW_BYTES,
+                &[("proto", name), ("direction", "out")],
+                g(&p.bytes_out),
+            );
+            sample(
+                &mut out,
+                &FLOW_BYTES,
+                &[("proto", name), ("direction", "in")],
+                g(&p.bytes_in),
+            );
+        }
+        header(&mut out, &FLOW_PACKETS);
+        for (i, name) in PROTOS.iter().enumerate() {
+            let p = &self.flows[i];
+            sample(
+                &mut out,
+                &FLOW_PACKETS,
+                &[("proto", name), ("direction", "out")],
+                g(&p.packets_out),
+            );
+            sample(
+                &mut out,
+                &FLOW_PACKETS,
+                &[("proto", name), ("direction", "in")],
+                g(&p.packets_in),
+            );
+        }
+        header(&mut out, &CONNS_OPENED);
+        for (i, name) in PROTOS.iter().enumerate() {
+            sample(
+                &mut out,
+                &CONNS_OPENED,
+                &[("proto", name)],
+                g(&self.flows[i].opened),
+            );
+        }
+        header(&mut out, &CONNS_CLOSED);
+        for (i, name) in PROTOS.iter().enumerate() {
+            sample(
+                &mut out,
+                &CONNS_CLOSED,
+                &[("proto", name)],
+                g(&self.flows[i].closed),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rendered_family_is_defined_once_and_counters_end_in_total() {
+        let t = Telemetry::default();
+        t.add_flow(
+            Protocol::TCP,
+            &FlowTotals {
+                bytes_out: 5,
+                bytes_in: 7,
+                ..Default::default()
+            },
+        );
+        let text = t.render();
+        assert!(text.contains("podflow_flow_bytes_total{proto=\"tcp\",direction=\"out\"} 5"));
+        assert!(text.contains("podflow_flow_bytes_total{proto=\"tcp\",direction=\"in\"} 7"));
+        let mut names: Vec<_> = METRICS.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), METRICS.len());
+        for m in METRICS {
+            assert_eq!(
+                m.kind == "counter",
+                m.name.ends_with("_total"),
+                "{}",
+                m.name
+            );
+        }
+    }
+}

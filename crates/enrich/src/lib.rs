@@ -4,12 +4,14 @@
 //! Pure functions over loaded tables and the inventory's IP index; loading reads local
 //! files only, so a cluster without internet access starts.
 
+mod attribute;
 mod cloud;
 mod config;
 mod error;
 mod prefix;
 mod prices;
 
+pub use attribute::{Attributor, Home, is_public};
 pub use cloud::{CloudRanges, CloudRangesBuilder, Provider, service_rank};
 pub use config::{EnrichConfig, KnownNetworks, NetworkRule};
 pub use error::EnrichError;

@@ -1,0 +1,400 @@
+//! Inventory files in Kubernetes' own formats, the IP index and the file reloader.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use podflow_inventory::{
+    FileInventory, IndexConfig, Inventory, InventoryError, InventoryTracker, IpIndex, PodPhase,
+    SharedIndex, parse_provider_id, parse_rfc3339_ns, watch_file,
+};
+use podflow_model::{Place, ServiceVia};
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test ip")
+}
+
+fn ts(s: &str) -> u64 {
+    parse_rfc3339_ns(s).expect("test time")
+}
+
+fn list() -> Inventory {
+    Inventory::load(&data("kubectl-list.yaml")).expect("kubectl list parses")
+}
+
+fn index() -> IpIndex {
+    IpIndex::build(&list(), &[], &IndexConfig::default())
+}
+
+fn pod_name(p: Option<Place>) -> Option<String> {
+    match p {
+        Some(Place::Pod(p)) => Some(format!("{}/{}", p.namespace, p.name)),
+        Some(other) => Some(format!("<{}>", other.kind_str())),
+        None => None,
+    }
+}
+
+const T: &str = "2025-01-10T09:30:00Z";
+
+#[test]
+fn kubectl_list_yaml_parses_as_is() {
+    let inv = list();
+    assert_eq!(inv.pods.len(), 4);
+    assert_eq!(inv.nodes.len(), 2);
+    assert_eq!(inv.services.len(), 3);
+    assert_eq!(inv.slices.len(), 1);
+    assert_eq!(inv.controllers.len(), 2);
+    assert_eq!(inv.skipped, 0);
+    let web = &inv.pods[0];
+    assert_eq!(web.name, "web-7d9f8b6c5d-x2x9q");
+    assert_eq!(web.phase, PodPhase::Running);
+    assert_eq!(web.ips, vec![ip("10.0.1.100"), ip("fd00:10::100")]);
+    assert_eq!(web.ports[0].port, 8080);
+    assert_eq!(web.node_name.as_deref(), Some("ip-10-0-1-10.ec2.internal"));
+    assert_eq!(web.created_ns, Some(ts("2025-01-10T08:00:00Z")));
+    assert!(web.owners[0].controller);
+    assert_eq!(inv.pods[1].phase, PodPhase::Succeeded);
+    assert!(inv.pods[2].host_network);
+    assert_eq!(inv.pods[2].ports[0].host_port, Some(9100));
+    assert_eq!(inv.pods[3].deletion_ns, Some(ts("2025-01-10T10:00:30Z")));
+    // Hostname and InternalDNS entries are not addresses.
+    assert_eq!(inv.nodes[0].addresses.len(), 3);
+    let web_svc = &inv.services[0];
+    assert_eq!(
+        web_svc.cluster_ips,
+        vec![ip("172.20.0.10"), ip("fd00:20::10")]
+    );
+    assert_eq!(
+        web_svc
+            .selector
+            .get("app.kubernetes.io/name")
+            .map(String::as_str),
+        Some("web")
+    );
+    let front = &inv.services[1];
+    assert_eq!(front.kind, "LoadBalancer");
+    assert_eq!(front.lb_ips, vec![ip("198.51.100.7")]);
+    assert_eq!(front.ports[0].node_port, Some(30443));
+    assert!(
+        inv.services[2].cluster_ips.is_empty(),
+        "headless has no ClusterIP"
+    );
+    assert_eq!(inv.slices[0].service.as_deref(), Some("web"));
+}
+
+#[test]
+fn multi_document_yaml_and_json_lists_parse() {
+    let inv = Inventory::load(&data("multi-doc.yaml")).expect("multi-doc parses");
+    assert_eq!((inv.nodes.len(), inv.pods.len(), inv.skipped), (1, 1, 1));
+    assert_eq!(inv.pods[0].ips, vec![ip("10.4.0.5")]);
+    let idx = IpIndex::build(&inv, &[], &IndexConfig::default());
+    let n = idx.node("n1").expect("node");
+    assert_eq!(n.cloud.as_deref(), Some("gcp"));
+    assert_eq!(n.instance.as_deref(), Some("gke-pool-1-abcd"));
+    assert_eq!(n.zone.as_deref(), Some("europe-west1-b"));
+
+    let inv = Inventory::load(&data("list.json")).expect("json list parses");
+    assert_eq!(inv.pods[0].ips, vec![ip("fd00:1::5")]);
+    let idx = IpIndex::build(&inv, &[], &IndexConfig::default());
+    let n = idx.node("aks-pool-0").expect("node");
+    assert_eq!(n.cloud.as_deref(), Some("azure"));
+    assert_eq!(n.instance.as_deref(), Some("aks-pool-123_0"));
+    assert_eq!(
+        pod_name(idx.place(ip("fd00:1::5"), 0, 0)),
+        Some("default/v6".into())
+    );
+
+    // JSON of the same objects as one document each, concatenated.
+    let text = r#"{"kind":"Pod","metadata":{"name":"a","namespace":"x"},"status":{"podIP":"10.9.0.1"}}
+{"kind":"Pod","metadata":{"name":"b","namespace":"x"},"status":{"podIP":"10.9.0.2"}}"#;
+    let inv = Inventory::parse(text, "stream.json").expect("json stream");
+    assert_eq!(inv.pods.len(), 2);
+}
+
+#[test]
+fn index_resolves_pods_nodes_services() {
+    let idx = index();
+    let t = ts(T);
+    assert_eq!(
+        pod_name(idx.place(ip("10.0.1.100"), 0, t)),
+        Some("shop/web-7d9f8b6c5d-x2x9q".into())
+    );
+    assert_eq!(
+        pod_name(idx.place(ip("fd00:10::100"), 0, t)),
+        Some("shop/web-7d9f8b6c5d-x2x9q".into())
+    );
+    // The hostNetwork pod owns its declared port on the node address; other ports are the node.
+    assert_eq!(
+        pod_name(idx.place(ip("10.0.1.10"), 9100, t)),
+        Some("monitoring/node-exporter-abcde".into())
+    );
+    assert_eq!(
+        pod_name(idx.place(ip("10.0.1.10"), 22, t)),
+        Some("<node>".into())
+    );
+    assert_eq!(
+        pod_name(idx.place(ip("fd00:10::10"), 0, t)),
+        Some("<node>".into())
+    );
+    assert_eq!(
+        pod_name(idx.place(ip("172.20.0.10"), 80, t)),
+        Some("<service>".into())
+    );
+    assert_eq!(pod_name(idx.place(ip("10.99.0.1"), 80, t)), None);
+
+    let s = idx
+        .service(ip("fd00:20::10"), 80)
+        .expect("dual-stack ClusterIP");
+    assert_eq!((&*s.meta.name, s.via), ("web", ServiceVia::ClusterIp));
+    let s = idx
+        .service(ip("10.0.2.10"), 30443)
+        .expect("NodePort on any node");
+    assert_eq!((&*s.meta.name, s.via), ("front", ServiceVia::NodePort));
+    let s = idx.service(ip("198.51.100.7"), 443).expect("LB ingress");
+    assert_eq!(s.via, ServiceVia::LoadBalancer);
+    assert!(
+        idx.service(ip("10.0.1.100"), 30443).is_none(),
+        "NodePorts live on node addresses only"
+    );
+
+    assert!(idx.is_on_node(ip("10.0.1.100"), "ip-10-0-1-10.ec2.internal", t));
+    assert!(idx.is_on_node(ip("54.80.1.10"), "ip-10-0-1-10.ec2.internal", t));
+    assert!(!idx.is_on_node(ip("10.0.2.100"), "ip-10-0-1-10.ec2.internal", t));
+    let stats = idx.stats();
+    assert_eq!((stats.pods, stats.nodes, stats.services), (4, 2, 3));
+}
+
+#[test]
+fn workloads_zones_and_apps_are_named() {
+    let idx = index();
+    let t = ts(T);
+    let pod = |a: &str| match idx.place(ip(a), 0, t) {
+        Some(Place::Pod(p)) => p,
+        other => panic!("{a}: expected a pod, got {other:?}"),
+    };
+    let web = pod("10.0.1.100");
+    assert_eq!((&*web.workload_kind, &*web.workload), ("Deployment", "web"));
+    assert_eq!(web.app.as_deref(), Some("web"));
+    let node = web.node.as_ref().expect("node");
+    assert_eq!(node.zone.as_deref(), Some("us-east-1a"));
+    assert_eq!(node.instance.as_deref(), Some("i-0a1b2c3d4e5f60001"));
+    // ReplicaSet not in the file: the Deployment name comes from the pod-template-hash.
+    let api = pod("10.0.2.100");
+    assert_eq!((&*api.workload_kind, &*api.workload), ("Deployment", "api"));
+    assert_eq!(api.app.as_deref(), Some("api"));
+    // failure-domain.beta labels are the fallback.
+    let n2 = api.node.as_ref().expect("node");
+    assert_eq!(
+        (n2.zone.as_deref(), n2.region.as_deref()),
+        (Some("us-east-1b"), Some("us-east-1"))
+    );
+    let report = pod("10.0.1.101");
+    assert_eq!(
+        (&*report.workload_kind, &*report.workload),
+        ("CronJob", "report")
+    );
+    match idx.place(ip("10.0.1.10"), 9100, t) {
+        Some(Place::Pod(p)) => {
+            assert_eq!(
+                (&*p.workload_kind, &*p.workload),
+                ("DaemonSet", "node-exporter")
+            );
+            assert_eq!(p.app.as_deref(), Some("node-exporter"));
+            assert!(p.host_network);
+        }
+        other => panic!("expected the hostNetwork pod, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_running_pod_wins_over_a_completed_one_with_the_same_ip() {
+    let mut inv = list();
+    let mut new = inv.pods[0].clone();
+    new.name = "web-7d9f8b6c5d-new01".into();
+    new.uid = "new".into();
+    new.ips = vec![ip("10.0.1.101")];
+    new.created_ns = Some(ts("2025-01-10T09:20:00Z"));
+    inv.pods.push(new);
+    let idx = IpIndex::build(&inv, &[], &IndexConfig::default());
+    assert_eq!(
+        pod_name(idx.place(ip("10.0.1.101"), 0, ts(T))),
+        Some("shop/web-7d9f8b6c5d-new01".into())
+    );
+    // Before the new pod existed, the address was the job's.
+    assert_eq!(
+        pod_name(idx.place(ip("10.0.1.101"), 0, ts("2025-01-10T09:10:00Z"))),
+        Some("shop/report-28934560-7hk2p".into())
+    );
+}
+
+#[test]
+fn deleted_pods_stay_resolvable_for_the_grace_period() {
+    let mut tracker = InventoryTracker::new(IndexConfig::default());
+    let t0 = ts(T);
+    tracker.update(list(), t0);
+    let mut without = list();
+    without.pods.retain(|p| p.name != "web-7d9f8b6c5d-x2x9q");
+    let idx = tracker.update(without.clone(), t0 + 10_000_000_000);
+    assert_eq!(tracker.tombstones().len(), 1);
+    let within = t0 + 100_000_000_000;
+    let after = t0 + 131_000_000_000;
+    assert_eq!(
+        pod_name(idx.place(ip("10.0.1.100"), 0, within)),
+        Some("shop/web-7d9f8b6c5d-x2x9q".into())
+    );
+    assert_eq!(pod_name(idx.place(ip("10.0.1.100"), 0, after)), None);
+    // Tombstones expire from the tracker on a later update.
+    tracker.update(without, after);
+    assert!(tracker.tombstones().is_empty());
+    // A terminating pod resolves until deletionTimestamp + grace.
+    let idx = IpIndex::build(&list(), &[], &IndexConfig::default());
+    let del = ts("2025-01-10T10:00:30Z");
+    assert!(
+        idx.place(ip("10.0.2.100"), 0, del + 119_000_000_000)
+            .is_some()
+    );
+    assert!(
+        idx.place(ip("10.0.2.100"), 0, del + 121_000_000_000)
+            .is_none()
+    );
+}
+
+#[test]
+fn errors_name_file_object_and_field() {
+    let text =
+        "kind: Pod\nmetadata: {name: p, namespace: ns}\nstatus:\n  podIPs:\n  - ip: 10.0.0.300\n";
+    let err = Inventory::parse(text, "inv.yaml").expect_err("bad ip");
+    assert_eq!(
+        err.to_string(),
+        "inv.yaml: Pod ns/p: status.podIPs[0].ip: \"10.0.0.300\" is not an IP address"
+    );
+    let err = Inventory::parse("kind: Pod\nmetadata: [\n", "inv.yaml").expect_err("syntax");
+    assert!(matches!(err, InventoryError::Yaml { .. }));
+    assert!(err.to_string().starts_with("inv.yaml: "), "{err}");
+    assert!(err.to_string().contains("line"), "{err}");
+    let err =
+        Inventory::parse("{\"kind\": \"Pod\",\n \"metadata\": 5}", "inv.json").expect_err("type");
+    assert!(err.to_string().contains("line 2"), "{err}");
+    let text =
+        "kind: Service\nmetadata: {name: s, namespace: ns}\nspec:\n  ports:\n  - port: 70000\n";
+    let err = Inventory::parse(text, "inv.yaml").expect_err("bad port");
+    assert_eq!(
+        err.to_string(),
+        "inv.yaml: Service ns/s: spec.ports[0].port: 70000 is not a port"
+    );
+    let err = Inventory::load(&data("absent.yaml")).expect_err("missing");
+    assert!(
+        err.to_string().contains("absent.yaml: cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn provider_ids_name_cloud_and_instance() {
+    let p = |s: &str| {
+        let (c, i) = parse_provider_id(s);
+        (c.map(|c| c.to_string()), i.map(|i| i.to_string()))
+    };
+    assert_eq!(
+        p("aws:///us-east-1a/i-0abc"),
+        (Some("aws".into()), Some("i-0abc".into()))
+    );
+    assert_eq!(
+        p("gce://proj/us-central1-a/node-1"),
+        (Some("gcp".into()), Some("node-1".into()))
+    );
+    assert_eq!(
+        p(
+            "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm-1"
+        ),
+        (Some("azure".into()), Some("vm-1".into()))
+    );
+    assert_eq!(
+        p("kind://docker/kind/kind-worker"),
+        (Some("kind".into()), Some("kind-worker".into()))
+    );
+    assert_eq!(p("garbage"), (None, None));
+}
+
+#[test]
+fn the_file_is_reloaded_when_it_changes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("inv.yaml");
+    std::fs::write(
+        &path,
+        "kind: Pod\nmetadata: {name: a, namespace: x, uid: ua}\nstatus: {podIP: 10.9.0.1}\n",
+    )
+    .expect("write");
+    let mut src = FileInventory::new(&path, IndexConfig::default());
+    let idx = src
+        .poll(1_000)
+        .expect("first read")
+        .expect("first read builds an index");
+    assert_eq!(
+        pod_name(idx.place(ip("10.9.0.1"), 0, 1_000)),
+        Some("x/a".into())
+    );
+    assert!(src.poll(2_000).expect("unchanged").is_none());
+    std::fs::write(
+        &path,
+        "kind: Pod\nmetadata: {name: bb, namespace: x, uid: ub}\nstatus: {podIP: 10.9.0.2}\n",
+    )
+    .expect("rewrite");
+    let idx = src
+        .poll(3_000)
+        .expect("reload")
+        .expect("changed size means a new index");
+    assert_eq!(
+        pod_name(idx.place(ip("10.9.0.2"), 0, 3_000)),
+        Some("x/bb".into())
+    );
+    // The pod that left the file is a tombstone.
+    assert_eq!(
+        pod_name(idx.place(ip("10.9.0.1"), 0, 3_000)),
+        Some("x/a".into())
+    );
+    std::fs::write(&path, "kind: Pod\nmetadata: [broken\n").expect("break");
+    assert!(src.poll(4_000).is_err());
+    assert!(
+        src.poll(5_000)
+            .expect("same broken version is not re-read")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn the_watch_task_swaps_the_shared_index() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("inv.yaml");
+    std::fs::write(
+        &path,
+        "kind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.9.0.1}\n",
+    )
+    .expect("write");
+    let shared = SharedIndex::default();
+    assert_eq!(shared.load().stats().pods, 0);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(watch_file(
+        FileInventory::new(&path, IndexConfig::default()),
+        shared.clone(),
+        Duration::from_millis(10),
+        cancel.clone(),
+    ));
+    let mut pods = 0;
+    for _ in 0..200 {
+        pods = shared.load().stats().pods;
+        if pods == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pods, 1);
+    cancel.cancel();
+    task.await.expect("watcher stops on cancel");
+}

@@ -599,3 +599,61 @@ fn errors_are_counted_by_reason() {
     assert_eq!(total.errors.total(), 3);
     assert_eq!(total.errors.get(ErrorReason::ShortHeader), 1);
 }
+
+#[test]
+fn ipfix_absolute_and_uptime_times() {
+    // Options data announces systemInitTimeMilliseconds (160); data records carry
+    // flowStartSysUpTime (22) / flowEndSysUpTime (21) relative to it, or NTP-format
+    // flowStartMicroseconds (154) / flowEndNanoseconds (157), or seconds (150/151).
+    let init_ms = T0 * 1000 - 3_600_000; // booted an hour before T0
+    let opt = [ie(149, 4), ie(160, 8)];
+    let up = [ie(8, 4), ie(12, 4), ie(22, 4), ie(21, 4)];
+    let ntp = [ie(8, 4), ie(12, 4), ie(154, 8), ie(157, 8)];
+    let secs = [ie(8, 4), ie(12, 4), ie(150, 4), ie(151, 4)];
+    let a = || Value::Ip(ip("10.0.0.1"));
+    let ntp_of = |unix_ns: u64| {
+        let secs = unix_ns / NS + 2_208_988_800;
+        let frac = ((unix_ns % NS) << 32).div_ceil(NS);
+        Value::U(secs << 32 | frac)
+    };
+    let mut m = Message::ipfix(T0 as u32, 0, 1);
+    m.options_template(256, &opt[..1], &opt[1..])
+        .data(256, &opt, &[vec![Value::U(1), Value::U(init_ms)]])
+        .template(257, &up)
+        .data(
+            257,
+            &up,
+            &[vec![a(), a(), Value::U(3_000_000), Value::U(3_599_000)]],
+        )
+        .template(258, &ntp)
+        .data(
+            258,
+            &ntp,
+            &[vec![
+                a(),
+                a(),
+                ntp_of(T0 * NS - 1_500_000_000),
+                ntp_of(T0 * NS + 250),
+            ]],
+        )
+        .template(259, &secs)
+        .data(
+            259,
+            &secs,
+            &[vec![a(), a(), Value::U(T0 - 10), Value::U(T0)]],
+        );
+    let mut d = Decoder::default();
+    let r = decode(&mut d, &m.build(), 0);
+    let times: Vec<(u64, u64)> = r.iter().map(|r| (r.start_ns, r.end_ns)).collect();
+    assert_eq!(
+        times,
+        vec![
+            (
+                (init_ms + 3_000_000) * 1_000_000,
+                (init_ms + 3_599_000) * 1_000_000
+            ),
+            (T0 * NS - 1_500_000_000, T0 * NS + 250),
+            ((T0 - 10) * NS, T0 * NS),
+        ]
+    );
+}

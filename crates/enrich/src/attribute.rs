@@ -140,8 +140,20 @@ impl Attributor {
             ip: o.remote,
             place: self.resolve(idx, obs_node, o.remote, remote_port, t),
         };
-        let service = o.service.and_then(|(ip, port)| idx.service(ip, port));
-        let snat = obs.is_snat().then(|| Side {
+        let service = match o.service {
+            Some((ip, port)) if obs.proto.has_ports() || ip != obs.reply.src => {
+                idx.service(ip, port)
+            }
+            _ => None,
+        };
+        // For ICMP the tuple's "ports" are the echo id and type/code, which differ between
+        // directions without any NAT: compare addresses only.
+        let snat = if obs.proto.has_ports() {
+            obs.is_snat()
+        } else {
+            obs.orig.src != obs.reply.dst
+        };
+        let snat = snat.then(|| Side {
             ip: obs.reply.dst,
             place: self.resolve(idx, obs_node, obs.reply.dst, 0, t),
         });

@@ -20,6 +20,10 @@ mod tracker;
 pub use decode::{CtEntry, CtEvent, DecodeStats};
 pub use error::Error;
 pub use socket::{CtSocket, enter_netns};
+/// What a raw receive returns (for tools that drive a [`CtSocket`] themselves).
+pub mod socket_recv {
+    pub use crate::socket::Recv;
+}
 pub use source::{DumpSummary, Source, SourceConfig, SourceStats};
 pub use sysctl::{Features, enable_features, read_features};
 pub use tracker::{Tracker, TrackerStats};

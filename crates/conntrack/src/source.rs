@@ -105,6 +105,8 @@ pub struct Source {
 
 /// Largest dump chunk the kernel sends is 32 KiB; events are single small messages.
 const RECV_BUF: usize = 64 << 10;
+/// Receive buffers in flight between the dump reader thread and the decoder.
+const DUMP_BUFFERS: usize = 16;
 /// Bound on event datagrams handled per call, so a storm cannot starve the dumps.
 const MAX_EVENTS_PER_POLL: usize = 100_000;
 
@@ -196,49 +198,85 @@ impl Source {
             emitted += 1;
             emit(o)
         };
-        'recv: loop {
-            let n = match self.dump_sock.recv(&mut self.buf, None, "dump")? {
-                Recv::Data(n) => n,
-                Recv::Timeout => continue,
-                Recv::Overflow => {
-                    return Err(Error::kernel("dump", nix::errno::Errno::ENOBUFS));
-                }
-            };
-            for m in Messages::new(&self.buf[..n]) {
-                let (h, payload) = match m {
-                    Ok(m) => m,
-                    Err(e) => {
-                        self.stats.decode_errors.fetch_add(1, Relaxed);
-                        tracing::warn!(error = ?e, "skipping malformed dump datagram");
+        // Receiving runs on a second thread: the kernel builds the next chunk while this
+        // one is decoded, so decoding and delta tracking hide behind the kernel's own work.
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(DUMP_BUFFERS);
+        let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(DUMP_BUFFERS + 1);
+        for _ in 0..DUMP_BUFFERS {
+            let _ = free_tx.send(vec![0u8; RECV_BUF]);
+        }
+        let sock = &self.dump_sock;
+        let tracker = &mut self.tracker;
+        let decode_stats = &mut self.decode_stats;
+        let stats = &self.stats;
+        let outcome = std::thread::scope(|scope| -> Result<(), Error> {
+            let reader = scope.spawn(move || -> Result<(), Error> {
+                while let Ok(mut buf) = free_rx.recv() {
+                    let n = match sock.recv(&mut buf, None, "dump")? {
+                        Recv::Data(n) => n,
+                        Recv::Timeout => continue,
+                        Recv::Overflow => {
+                            return Err(Error::kernel("dump", nix::errno::Errno::ENOBUFS));
+                        }
+                    };
+                    let last = Messages::new(&buf[..n]).flatten().any(|(h, _)| {
+                        h.seq == seq && (h.kind == nl::NLMSG_DONE || h.kind == nl::NLMSG_ERROR)
+                    });
+                    if full_tx.send((buf, n)).is_err() || last {
                         break;
                     }
-                };
-                if h.seq != seq {
-                    continue;
                 }
-                interrupted |= h.flags & nl::NLM_F_DUMP_INTR != 0;
-                match h.kind {
-                    nl::NLMSG_DONE => break 'recv,
-                    nl::NLMSG_ERROR => match error_code(payload) {
-                        Some(0) => {}
-                        Some(e) => {
-                            return Err(Error::kernel("dump", nix::errno::Errno::from_raw(-e)));
+                Ok(())
+            });
+            let mut result = Ok(());
+            'recv: while let Ok((buf, n)) = full_rx.recv() {
+                for m in Messages::new(&buf[..n]) {
+                    let (h, payload) = match m {
+                        Ok(m) => m,
+                        Err(e) => {
+                            stats.decode_errors.fetch_add(1, Relaxed);
+                            tracing::warn!(error = ?e, "skipping malformed dump datagram");
+                            break;
                         }
-                        None => {}
-                    },
-                    _ => match decode_entry(payload, &mut self.decode_stats) {
-                        Ok(e) => {
-                            entries += 1;
-                            self.tracker.on_dump(&e, &mut emit_counted);
+                    };
+                    if h.seq != seq {
+                        continue;
+                    }
+                    interrupted |= h.flags & nl::NLM_F_DUMP_INTR != 0;
+                    match h.kind {
+                        nl::NLMSG_DONE => break 'recv,
+                        nl::NLMSG_ERROR => {
+                            if let Some(e) = error_code(payload).filter(|e| *e != 0) {
+                                result =
+                                    Err(Error::kernel("dump", nix::errno::Errno::from_raw(-e)));
+                                break 'recv;
+                            }
                         }
-                        Err(err) => {
-                            self.stats.decode_errors.fetch_add(1, Relaxed);
-                            tracing::warn!(%err, "skipping undecodable dump entry");
-                        }
-                    },
+                        _ => match decode_entry(payload, decode_stats) {
+                            Ok(e) => {
+                                entries += 1;
+                                tracker.on_dump(&e, &mut emit_counted);
+                            }
+                            Err(err) => {
+                                stats.decode_errors.fetch_add(1, Relaxed);
+                                tracing::warn!(%err, "skipping undecodable dump entry");
+                            }
+                        },
+                    }
                 }
+                let _ = free_tx.send(buf);
             }
-        }
+            drop(full_rx);
+            drop(free_tx);
+            let read = reader.join().unwrap_or_else(|_| {
+                Err(Error::Command {
+                    command: "dump reader".into(),
+                    message: "thread panicked".into(),
+                })
+            });
+            result.and(read)
+        });
+        outcome?;
         // DESTROY events queued during the dump belong to entries the dump may have
         // missed: handle them before forgetting anything.
         self.drain_events(Some(Duration::ZERO), &mut emit_counted)?;
@@ -258,6 +296,27 @@ impl Source {
             emitted,
             elapsed,
         })
+    }
+
+    /// Reads a full dump and discards it, counting messages: the kernel's own cost, the
+    /// floor for any reader (used by the benchmark).
+    pub fn dump_discard(&mut self) -> Result<u64, Error> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.dump_sock
+            .send(&encode::dump_request(seq), "dump request")?;
+        let mut n_msgs = 0u64;
+        loop {
+            let Recv::Data(n) = self.dump_sock.recv(&mut self.buf, None, "dump")? else {
+                continue;
+            };
+            for (h, _) in Messages::new(&self.buf[..n]).flatten() {
+                if h.kind == nl::NLMSG_DONE || h.kind == nl::NLMSG_ERROR {
+                    return Ok(n_msgs);
+                }
+                n_msgs += 1;
+            }
+        }
     }
 
     fn publish_tracker_stats(&self) {

@@ -1,0 +1,207 @@
+//! Dump benchmark: podflow's dump + decode + delta against `conntrack -L > /dev/null` on
+//! the same table, in the same run, inside a namespace this benchmark creates and fills
+//! with batched netlink inserts.
+//!
+//! `cargo bench -p podflow-conntrack --bench dump -- [--sizes 100000,1000000]`
+//! The last line is `conntrack_dump_ratio_<size>=<podflow s / conntrack-tools s>` for
+//! the largest size (e.g. `conntrack_dump_ratio_1m=`).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use podflow_conntrack::encode::{Insert, insert};
+use podflow_conntrack::{CtSocket, Source, SourceConfig};
+use podflow_model::{Protocol, Tuple};
+use podflow_testkit::Netns;
+
+const MAX_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// Puts the global conntrack limit back when dropped.
+struct RestoreMax(String);
+
+impl Drop for RestoreMax {
+    fn drop(&mut self) {
+        let _ = std::fs::write(MAX_PATH, self.0.trim());
+    }
+}
+
+fn fill(ns: &Netns, n: usize) {
+    ns.run(move || {
+        let sock = CtSocket::open(0, 8 << 20, "insert").expect("insert socket");
+        let mut buf = Vec::with_capacity(200 * 1000);
+        let dst = IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1));
+        let mut seq = 0u32;
+        for chunk_start in (0..n).step_by(1000) {
+            buf.clear();
+            for i in chunk_start..(chunk_start + 1000).min(n) {
+                let i = i as u32;
+                let src = IpAddr::V4(Ipv4Addr::new(
+                    10,
+                    1 + (i >> 16) as u8,
+                    (i >> 8) as u8,
+                    i as u8,
+                ));
+                let sport = 1024 + (i % 50_000) as u16;
+                seq = seq.wrapping_add(1);
+                insert(
+                    &mut buf,
+                    seq,
+                    &Insert {
+                        proto: Protocol::TCP,
+                        orig: Tuple {
+                            src,
+                            dst,
+                            src_port: sport,
+                            dst_port: 80,
+                        },
+                        reply: Tuple {
+                            src: dst,
+                            dst: src,
+                            src_port: 80,
+                            dst_port: sport,
+                        },
+                        timeout_s: 3600,
+                        mark: 0,
+                    },
+                );
+            }
+            sock.send(&buf, "insert batch").expect("send inserts");
+        }
+        // Errors (if any) come back as NLMSG_ERROR; count them.
+        let mut rbuf = vec![0u8; 64 << 10];
+        let mut errors = 0;
+        while let Ok(podflow_conntrack::socket_recv::Recv::Data(len)) =
+            sock.recv(&mut rbuf, Some(Duration::from_millis(50)), "insert errors")
+        {
+            for (h, p) in podflow_conntrack::nl::Messages::new(&rbuf[..len]).flatten() {
+                if h.kind == podflow_conntrack::nl::NLMSG_ERROR
+                    && podflow_conntrack::decode::error_code(p).is_some_and(|e| e != 0)
+                {
+                    errors += 1;
+                }
+            }
+        }
+        assert_eq!(errors, 0, "kernel refused {errors} inserts");
+    });
+}
+
+fn count(ns: &Netns) -> usize {
+    ns.sh("cat /proc/sys/net/netfilter/nf_conntrack_count")
+        .expect("count")
+        .trim()
+        .parse()
+        .expect("number")
+}
+
+fn conntrack_l(ns: &Netns) -> Duration {
+    let t0 = Instant::now();
+    let st = ns
+        .command("conntrack")
+        .args(["-L"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("conntrack -L");
+    assert!(st.success());
+    t0.elapsed()
+}
+
+fn label(n: usize) -> String {
+    if n % 1_000_000 == 0 {
+        format!("{}m", n / 1_000_000)
+    } else if n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let sizes: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--sizes")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| {
+            s.split(',')
+                .map(|v| v.parse().expect("--sizes: numbers"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![100_000, 1_000_000]);
+    if !podflow_testkit::can_run("dump benchmark")
+        || !podflow_testkit::have("dump benchmark", "conntrack")
+    {
+        std::process::exit(0);
+    }
+    let old = std::fs::read_to_string(MAX_PATH).expect("read nf_conntrack_max");
+    let _restore = RestoreMax(old.clone());
+    let need = sizes.iter().max().copied().unwrap_or(0) + 100_000;
+    if old.trim().parse::<usize>().unwrap_or(0) < need {
+        std::fs::write(MAX_PATH, need.to_string()).expect("raise nf_conntrack_max");
+    }
+    let _ = Command::new("nproc").status();
+    let mut last = String::new();
+    for &n in &sizes {
+        let ns = Netns::new("bench").expect("namespace");
+        ns.sh(
+            "sysctl -qw net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_timestamp=1",
+        )
+        .expect("sysctl");
+        let t0 = Instant::now();
+        fill(&ns, n);
+        let fill_s = t0.elapsed().as_secs_f64();
+        let have = count(&ns);
+        assert!(have >= n, "table holds {have} of {n}");
+        let mut src = Source::open(&SourceConfig {
+            netns: Some(ns.path()),
+            events: false,
+            ..Default::default()
+        })
+        .expect("open source");
+        // Alternate the tools, best of 3 each, so both see the same cache state.
+        let mut ct = Vec::new();
+        let mut cold = Duration::ZERO;
+        let mut warm = Vec::new();
+        let mut emitted = 0u64;
+        let mut floor = Vec::new();
+        for round in 0..3 {
+            ct.push(conntrack_l(&ns));
+            let t = Instant::now();
+            src.dump_discard().expect("raw dump");
+            floor.push(t.elapsed());
+            let s = src.dump(&mut |_| emitted += 1).expect("dump");
+            assert_eq!(s.entries as usize, have);
+            if round == 0 {
+                cold = s.elapsed
+            } else {
+                warm.push(s.elapsed)
+            }
+        }
+        let ct_best = ct.iter().min().copied().unwrap_or_default().as_secs_f64();
+        let warm_best = warm.iter().min().copied().unwrap_or_default().as_secs_f64();
+        let floor_best = floor
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64();
+        let mem = src.tracker().memory_bytes() as f64 / src.tracker().len().max(1) as f64;
+        println!(
+            "entries={have} fill_s={fill_s:.2} conntrack_l_s={ct_best:.3} kernel_floor_s={floor_best:.3} floor_ratio={:.3} podflow_first_dump_s={:.3} \
+             podflow_dump_s={warm_best:.3} ratio_first={:.3} ratio={:.3} tracker_bytes_per_conn={mem:.0} emitted={emitted}",
+            floor_best / ct_best,
+            cold.as_secs_f64(),
+            cold.as_secs_f64() / ct_best,
+            warm_best / ct_best,
+        );
+        last = format!(
+            "conntrack_dump_ratio_{}={:.3}",
+            label(n),
+            warm_best / ct_best
+        );
+        drop(src);
+        drop(ns);
+    }
+    println!("{last}");
+}

@@ -228,3 +228,90 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod docs {
+    use clap::CommandFactory;
+
+    /// The configuration reference, rendered from the clap definitions (the doc comments
+    /// above are the reference text).
+    fn config_reference() -> String {
+        let mut out = String::from(
+            "# Configuration reference\n\n\
+             Every flag of every subcommand, with its environment variable and default.\n\
+             Generated from the code by `UPDATE_DOCS=1 cargo test -p podflow docs`; a test \
+             fails when this page and the code disagree.\n",
+        );
+        let cli = super::Cli::command();
+        let global: Vec<_> = cli
+            .get_arguments()
+            .filter(|a| a.get_long().is_some())
+            .collect();
+        let section = |out: &mut String, title: &str, about: String, args: &[&clap::Arg]| {
+            out.push_str(&format!(
+                "\n## {title}\n\n{about}\n\n| flag | env | default | meaning |\n|---|---|---|---|\n"
+            ));
+            for a in args {
+                let Some(long) = a.get_long() else { continue };
+                let env = a
+                    .get_env()
+                    .map(|e| format!("`{}`", e.to_string_lossy()))
+                    .unwrap_or_else(|| "—".into());
+                let def: Vec<_> = a
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                let def = if def.is_empty() {
+                    "—".into()
+                } else {
+                    format!("`{}`", def.join(","))
+                };
+                let help = a
+                    .get_long_help()
+                    .or(a.get_help())
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "| `--{long}` | {env} | {def} | {} |\n",
+                    help.replace('\n', " ")
+                ));
+            }
+        };
+        section(
+            &mut out,
+            "Global flags",
+            "Accepted by every subcommand.".into(),
+            &global,
+        );
+        for sub in cli.get_subcommands() {
+            let args: Vec<_> = sub.get_arguments().filter(|a| !a.is_global_set()).collect();
+            let about = sub
+                .get_long_about()
+                .or(sub.get_about())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            section(
+                &mut out,
+                &format!("`podflow {}`", sub.get_name()),
+                about,
+                &args,
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn config_reference_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/config.md");
+        let want = config_reference();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(path, &want).expect("write docs/config.md");
+        }
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/config.md is out of date: run UPDATE_DOCS=1 cargo test -p podflow docs"
+        );
+    }
+}

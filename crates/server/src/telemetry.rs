@@ -283,3 +283,22 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod docs {
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/metrics.md"
+        ))
+        .expect("docs/metrics.md");
+        for m in super::METRICS {
+            assert!(
+                doc.contains(&format!("`{}`", m.name)),
+                "docs/metrics.md misses {}",
+                m.name
+            );
+        }
+    }
+}

@@ -108,9 +108,9 @@ fn conntrack_l(ns: &Netns) -> Duration {
 }
 
 fn label(n: usize) -> String {
-    if n % 1_000_000 == 0 {
+    if n.is_multiple_of(1_000_000) {
         format!("{}m", n / 1_000_000)
-    } else if n % 1000 == 0 {
+    } else if n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()

@@ -489,10 +489,8 @@ mod tests {
     fn truncated_inputs_are_errors_not_panics() {
         for cut in 0..DESTROY_V4.len() {
             let mut stats = DecodeStats::default();
-            for m in Messages::new(&DESTROY_V4[..cut]) {
-                if let Ok((_, p)) = m {
-                    let _ = decode_entry(p, &mut stats);
-                }
+            for (_, p) in Messages::new(&DESTROY_V4[..cut]).flatten() {
+                let _ = decode_entry(p, &mut stats);
             }
         }
     }

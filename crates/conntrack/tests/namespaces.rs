@@ -46,9 +46,8 @@ fn parse_ct(line: &str) -> Option<(String, u16, Counters, Counters)> {
     let mut nums: Vec<u64> = Vec::new();
     let words: Vec<&str> = line.split_whitespace().collect();
     for (i, w) in words.iter().enumerate() {
-        if (*w == "tcp" || *w == "udp" || *w == "icmp") && proto.is_none() {
+        if (*w == "tcp" || *w == "udp" || *w == "icmp") && proto.is_none() && i < 4 {
             proto = Some(w.to_string());
-            let _ = i;
         }
         if let Some(v) = w.strip_prefix("sport=") {
             sport.get_or_insert(v.parse().ok()?);
@@ -129,10 +128,10 @@ impl DestroyLog {
             if let Some(c) = self.seen.borrow().get(&key) {
                 return *c;
             }
-            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                if let Some((p, s, o, r)) = parse_ct(&l) {
-                    self.seen.borrow_mut().insert((p, s), (o, r));
-                }
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100))
+                && let Some((p, s, o, r)) = parse_ct(&l)
+            {
+                self.seen.borrow_mut().insert((p, s), (o, r));
             }
         }
         panic!("no DESTROY for {proto} sport {sport} within {within:?}");

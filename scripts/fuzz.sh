@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for a bounded time on the stable toolchain (no sanitizer: see
+# ../shared/NOTES.md), starting from the committed seeds. Fails on any crash.
+#   scripts/fuzz.sh [seconds per target, default 20]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-20}
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+run() { # crate-dir target seed-dir
+  local dir=$1 target=$2 seeds=$3 corpus
+  corpus=$(mktemp -d)
+  trap 'rm -rf "$corpus"' RETURN
+  echo "-- fuzz $dir $target (${secs}s)"
+  (cd "$dir" && cargo fuzz run --sanitizer none "$target" "$corpus" "$seeds" -- -max_total_time="$secs" -print_final_stats=1 2>&1 | tail -3)
+}
+run crates/conntrack/fuzz ctnetlink seeds/ctnetlink
+for t in v5 v9 ipfix; do
+  seeds=../tests/data/corpus/$t
+  [ -d "crates/netflow/fuzz/$seeds" ] || seeds=$(mktemp -d)
+  run crates/netflow/fuzz "$t" "$seeds"
+done

@@ -222,25 +222,7 @@ impl Decoder {
     pub fn total_stats(&self) -> Stats {
         let mut t = Stats::default();
         for d in self.domains.values() {
-            let s = &d.stats;
-            t.datagrams += s.datagrams;
-            t.records += s.records;
-            t.templates += s.templates;
-            t.options_templates += s.options_templates;
-            t.options_records += s.options_records;
-            t.templates_withdrawn += s.templates_withdrawn;
-            t.templates_expired += s.templates_expired;
-            t.sequence_lost += s.sequence_lost;
-            t.sequence_resets += s.sequence_resets;
-            for (r, c) in s.errors.iter() {
-                for _ in 0..c {
-                    t.errors.add(r);
-                }
-            }
-            t.enterprise_fields_skipped += s.enterprise_fields_skipped;
-            t.pending_sets_held += s.pending_sets_held;
-            t.pending_sets_dropped += s.pending_sets_dropped;
-            t.pending_records_decoded += s.pending_records_decoded;
+            t.merge(&d.stats);
         }
         t
     }

@@ -180,7 +180,7 @@ impl ErrorReason {
         }
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
@@ -193,6 +193,18 @@ impl ErrorCounts {
     /// Adds one error of `reason`.
     pub fn add(&mut self, reason: ErrorReason) {
         self.0[reason.index()] += 1;
+    }
+
+    /// Adds `n` errors of `reason`.
+    pub fn add_n(&mut self, reason: ErrorReason, n: u64) {
+        self.0[reason.index()] += n;
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &ErrorCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
     }
 
     /// The count for `reason`.

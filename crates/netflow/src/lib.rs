@@ -4,15 +4,23 @@
 //! [`Decoder`] keeps what the protocols make stateful (templates, sampling rates,
 //! sequence numbers, data that came before its template) per exporter and domain,
 //! and counts everything it skips or drops in [`Stats`].
+//!
+//! The one I/O part is the [`Listener`]: UDP sockets, receive threads, one decoder
+//! per thread, observations out to a sink.
 
 mod decoder;
 pub mod encode;
 mod error;
+mod listener;
 mod record;
 mod stats;
 mod template;
 
 pub use decoder::{Decoder, DecoderConfig};
 pub use error::{DecodeError, ErrorCounts, ErrorKind, ErrorReason, Version};
+pub use listener::{
+    Batch, ListenError, Listener, ListenerConfig, ListenerSnapshot, ListenerStats, POLL_MS,
+    SocketInfo,
+};
 pub use record::{Direction, FlowRecord, TCP_FIN, TCP_RST, TCP_SYN};
 pub use stats::{DomainKey, Stats};

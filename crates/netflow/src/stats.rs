@@ -47,3 +47,23 @@ pub struct Stats {
     /// Records decoded from held data sets once their template arrived.
     pub pending_records_decoded: u64,
 }
+
+impl Stats {
+    /// Adds every counter of `other` (sums over domains or threads).
+    pub fn merge(&mut self, other: &Stats) {
+        self.datagrams += other.datagrams;
+        self.records += other.records;
+        self.templates += other.templates;
+        self.options_templates += other.options_templates;
+        self.options_records += other.options_records;
+        self.templates_withdrawn += other.templates_withdrawn;
+        self.templates_expired += other.templates_expired;
+        self.sequence_lost += other.sequence_lost;
+        self.sequence_resets += other.sequence_resets;
+        self.errors.merge(&other.errors);
+        self.enterprise_fields_skipped += other.enterprise_fields_skipped;
+        self.pending_sets_held += other.pending_sets_held;
+        self.pending_sets_dropped += other.pending_sets_dropped;
+        self.pending_records_decoded += other.pending_records_decoded;
+    }
+}

@@ -39,4 +39,10 @@ pub enum InventoryError {
         /// What is wrong.
         message: String,
     },
+    /// The Kubernetes API source failed (configuration, client, watcher).
+    #[error("kubernetes API: {message}")]
+    Kube {
+        /// What failed.
+        message: String,
+    },
 }

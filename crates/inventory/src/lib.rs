@@ -8,6 +8,8 @@
 mod error;
 mod file;
 mod index;
+#[cfg(feature = "kube")]
+pub mod kube;
 mod objects;
 mod time;
 

@@ -427,6 +427,15 @@ impl Inventory {
         Inventory::parse(&text, &path.display().to_string())
     }
 
+    /// Adds one object (or List) given as JSON, as the API serves it.
+    pub fn add_value(&mut self, v: serde_json::Value, origin: &str) -> Result<(), InventoryError> {
+        let raw: RawObject = serde_json::from_value(v).map_err(|source| InventoryError::Json {
+            origin: origin.to_string(),
+            source,
+        })?;
+        self.add_raw(raw, origin)
+    }
+
     fn add_raw(&mut self, raw: RawObject, origin: &str) -> Result<(), InventoryError> {
         let m = raw.metadata;
         let ctx = Ctx {

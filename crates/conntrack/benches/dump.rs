@@ -178,6 +178,61 @@ fn main() {
                 warm.push(s.elapsed)
             }
         }
+        // User-space cost alone: the same dump captured to memory, then decoded and tracked.
+        let datagrams = ns.run(|| {
+            let sock = CtSocket::open(0, 1 << 20, "capture").expect("socket");
+            sock.send(&podflow_conntrack::encode::dump_request(9), "dump")
+                .expect("send");
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let Ok(podflow_conntrack::socket_recv::Recv::Data(n)) =
+                    sock.recv(&mut buf, None, "dump")
+                else {
+                    break;
+                };
+                let done = podflow_conntrack::nl::Messages::new(&buf[..n])
+                    .flatten()
+                    .any(|(h, _)| h.kind == podflow_conntrack::nl::NLMSG_DONE);
+                out.push(buf[..n].to_vec());
+                if done {
+                    break;
+                }
+            }
+            out
+        });
+        let mut stats = podflow_conntrack::DecodeStats::default();
+        let t = Instant::now();
+        let mut decoded = 0usize;
+        for d in &datagrams {
+            for (h, p) in podflow_conntrack::nl::Messages::new(d).flatten() {
+                if h.kind != podflow_conntrack::nl::NLMSG_DONE {
+                    decoded +=
+                        usize::from(podflow_conntrack::decode::decode_entry(p, &mut stats).is_ok());
+                }
+            }
+        }
+        let decode_ns = t.elapsed().as_nanos() as f64 / decoded.max(1) as f64;
+        let mut tracker = podflow_conntrack::Tracker::new(0);
+        let mut track_ns = [0f64; 2];
+        for pass in 0..2 {
+            tracker.begin_dump();
+            let t = Instant::now();
+            for d in &datagrams {
+                for (h, p) in podflow_conntrack::nl::Messages::new(d).flatten() {
+                    if let Ok(e) = podflow_conntrack::decode::decode_entry(p, &mut stats) {
+                        let _ = h;
+                        tracker.on_dump(&e, &mut |_| {});
+                    }
+                }
+            }
+            tracker.end_dump();
+            track_ns[pass] = t.elapsed().as_nanos() as f64 / decoded.max(1) as f64;
+        }
+        println!(
+            "user-space per entry: decode {decode_ns:.0} ns, decode+track first {:.0} ns, decode+track steady {:.0} ns",
+            track_ns[0], track_ns[1]
+        );
         let ct_best = ct.iter().min().copied().unwrap_or_default().as_secs_f64();
         let warm_best = warm.iter().min().copied().unwrap_or_default().as_secs_f64();
         let floor_best = floor

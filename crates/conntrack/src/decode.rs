@@ -485,6 +485,57 @@ mod tests {
         assert_eq!(stats.unknown_attributes, 1);
     }
 
+    /// A dump reply for an ICMPv6 echo fd00::1 -> fd00::2, id 0x1234, mark 5, zone 2,
+    /// timestamp start only.
+    #[rustfmt::skip]
+    const DUMP_ICMPV6: &[u8] = &[
+        // nlmsghdr: len 188, type CT_NEW, flags NLM_F_MULTI, seq 9
+        0xbc, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 9, 0, 0, 0, 0, 0, 0, 0,
+        0x0a, 0x00, 0x00, 0x00,                 // nfgenmsg: AF_INET6
+        // CTA_TUPLE_ORIG (nested), len 68
+        0x44, 0x00, 0x01, 0x80,
+        0x2c, 0x00, 0x01, 0x80,                 //   CTA_TUPLE_IP, len 44
+        0x14, 0x00, 0x03, 0x00, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, // V6_SRC fd00::1
+        0x14, 0x00, 0x04, 0x00, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, // V6_DST fd00::2
+        0x14, 0x00, 0x02, 0x80,                 //   CTA_TUPLE_PROTO, len 20
+        0x05, 0x00, 0x01, 0x00, 58, 0, 0, 0,    //     PROTO_NUM = ICMPv6
+        0x06, 0x00, 0x07, 0x00, 0x12, 0x34, 0, 0, //   ICMPV6_ID = 0x1234
+        // CTA_TUPLE_REPLY (nested), len 68
+        0x44, 0x00, 0x02, 0x80,
+        0x2c, 0x00, 0x01, 0x80,
+        0x14, 0x00, 0x03, 0x00, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+        0x14, 0x00, 0x04, 0x00, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+        0x14, 0x00, 0x02, 0x80,
+        0x05, 0x00, 0x01, 0x00, 58, 0, 0, 0,
+        0x05, 0x00, 0x08, 0x00, 129, 0, 0, 0,   //     ICMPV6_TYPE = 129 (echo reply)
+        // CTA_MARK = 5, CTA_ZONE = 2 (+2 pad)
+        0x08, 0x00, 0x08, 0x00, 0, 0, 0, 5,
+        0x06, 0x00, 0x12, 0x00, 0, 2, 0, 0,
+        // CTA_TIMESTAMP (nested), len 16: START = 1_000_000_000
+        0x10, 0x00, 0x14, 0x80,
+        0x0c, 0x00, 0x01, 0x00, 0, 0, 0, 0, 0x3b, 0x9a, 0xca, 0x00,
+    ];
+
+    #[test]
+    fn decodes_annotated_icmpv6_dump_entry() {
+        assert_eq!(DUMP_ICMPV6.len(), 188);
+        let (h, payload) = Messages::new(DUMP_ICMPV6)
+            .next()
+            .expect("one")
+            .expect("valid");
+        assert_eq!(event_of(&h), Some(CtEvent::Dump));
+        let e = decode_entry(payload, &mut DecodeStats::default()).expect("decodes");
+        assert_eq!(e.proto, Protocol::ICMPV6);
+        assert_eq!(e.orig.src, "fd00::1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(e.orig.src_port, 0x1234);
+        assert_eq!(e.reply.dst_port, 129 << 8);
+        assert_eq!(
+            (e.mark, e.zone, e.start_ns, e.stop_ns),
+            (5, 2, 1_000_000_000, 0)
+        );
+        assert!(!e.has_counters);
+    }
+
     #[test]
     fn truncated_inputs_are_errors_not_panics() {
         for cut in 0..DESTROY_V4.len() {

@@ -420,3 +420,35 @@ fn event_overflow_is_counted_and_recovered_by_a_dump() {
         assert_eq!((s.orig, s.reply), (*o, *r), "udp flow {port}");
     }
 }
+
+#[test]
+fn missing_accounting_is_reported_and_enable_features_turns_it_on() {
+    if !podflow_testkit::can_run("features") {
+        return;
+    }
+    let ns = Netns::new("feat").expect("namespace");
+    ns.sh("sysctl -qw net.netfilter.nf_conntrack_acct=0 net.netfilter.nf_conntrack_timestamp=0")
+        .expect("sysctl");
+    let src = open_source(&ns);
+    let f = src.features();
+    assert!(!f.accounting && !f.timestamps);
+    let missing = f.missing();
+    assert_eq!(missing.len(), 2);
+    assert!(
+        missing[0].contains("nf_conntrack_acct=0") && missing[0].contains("--enable-accounting")
+    );
+    drop(src);
+    let src = Source::open(&SourceConfig {
+        netns: Some(ns.path()),
+        enable_features: true,
+        ..Default::default()
+    })
+    .expect("open with --enable-accounting");
+    assert!(src.features().accounting && src.features().timestamps);
+    assert_eq!(
+        ns.sh("sysctl -n net.netfilter.nf_conntrack_acct")
+            .expect("read")
+            .trim(),
+        "1"
+    );
+}

@@ -4,7 +4,8 @@
 //! is not included yet.
 //!
 //! ```text
-//! collect [--listen ADDR]... [--threads N] [--batch N] [--rcvbuf BYTES] [--duration SECS]
+//! collect [--listen ADDR]... [--threads N] [--batch N] [--rcvbuf BYTES] [--coalesce-us N]
+//!         [--duration SECS]
 //! ```
 //!
 //! Runs until SIGINT/SIGTERM (or `--duration`), then prints one line of
@@ -88,11 +89,12 @@ fn parse_args() -> Result<Args, String> {
             "--threads" => config.sockets_per_addr = num(value()?)?,
             "--batch" => config.batch_datagrams = num(value()?)?,
             "--rcvbuf" => config.rcvbuf_bytes = num(value()?)?,
+            "--coalesce-us" => config.coalesce = Duration::from_micros(num(value()?)? as u64),
             "--duration" => duration = Some(Duration::from_secs(num(value()?)? as u64)),
             "-h" | "--help" => {
                 return Err(
                     "usage: collect [--listen ADDR]... [--threads N] [--batch N] \
-                            [--rcvbuf BYTES] [--duration SECS]"
+                            [--rcvbuf BYTES] [--coalesce-us N] [--duration SECS]"
                         .into(),
                 );
             }

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# bench-netflow.sh - podflow's NetFlow/IPFIX collector (crates/netflow/examples/collect.rs:
+# listener + decode + per-key aggregation) against nfcapd, on the same replayed export
+# streams, in one run.
+#
+#   scripts/bench-netflow.sh            full run (~6 min): v9, IPFIX and v5 at rising rates
+#   scripts/bench-netflow.sh --smoke    < 60 s: small captures, v9 at one rate
+#
+# The export captures come from the lab tool's bench mode (softflowd -r over a synthetic
+# pcap of BENCH_FLOWS distinct flows, exporting to 127.0.0.1:2055, captured and checksum
+# fixed): ../shared/tools/netflow-lab.sh (or $NETFLOW_LAB). This script then, inside a
+# network namespace of its own (only its loopback is used), replays each capture with
+# tcpreplay at each rate into nfcapd, then into podflow's collector, and reads each
+# collector's CPU time (utime+stime from /proc/PID/stat) over the replay.
+#
+# Per point it prints: offered datagrams/s (tcpreplay's rate), datagrams sent, and per
+# collector: datagrams received (podflow: its own count; nfcapd: sent - kernel receive
+# buffer drops), flow records received and lost, CPU seconds. Last line:
+#   netflow_v9_cpu_ratio=<podflow CPU s / nfcapd CPU s>
+# over the v9 points both collectors received losslessly (the same work for both; all
+# v9 points if there is none).
+#
+# Env knobs: BENCH_FLOWS (300000), DUR (seconds per point, 5), RATES_V9, RATES_IPFIX,
+# RATES_V5 (datagrams/s; "top" = tcpreplay --topspeed), CAPTURES (a folder holding
+# bench_netflow_v9.pcap etc. and bench_results.txt from an earlier run: skips generation),
+# OUT (results folder), PODFLOW_ARGS (extra flags for the collector, e.g. "--batch 1"),
+# CARGO_TARGET_DIR.
+set -uo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+SMOKE=0
+case "${1:-}" in
+--smoke) SMOKE=1 ;;
+"") ;;
+*) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
+esac
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (network namespace, tcpreplay)"
+LAB=${NETFLOW_LAB:-}
+if [ -z "$LAB" ]; then
+	for c in "$REPO/../shared/tools/netflow-lab.sh" /work/shared/tools/netflow-lab.sh; do
+		[ -x "$c" ] && { LAB=$c; break; }
+	done
+fi
+[ -n "$LAB" ] && [ -x "$LAB" ] || die "netflow-lab.sh not found (looked in $REPO/../shared/tools and /work/shared/tools; set NETFLOW_LAB=/path/to/netflow-lab.sh)"
+for c in ip tcpreplay nfcapd ss awk cargo getconf; do
+	command -v "$c" >/dev/null 2>&1 || die "$c not found (apt-get install -y iproute2 tcpreplay nfdump; cargo from rustup)"
+done
+
+if [ $SMOKE = 1 ]; then
+	BENCH_FLOWS=${BENCH_FLOWS:-20000}; DUR=${DUR:-2}
+	RATES_V9=${RATES_V9:-"20000"}; RATES_IPFIX=${RATES_IPFIX:-""}; RATES_V5=${RATES_V5:-""}
+else
+	BENCH_FLOWS=${BENCH_FLOWS:-300000}; DUR=${DUR:-5}
+	RATES_V9=${RATES_V9:-"25000 50000 100000 150000 200000 top"}
+	RATES_IPFIX=${RATES_IPFIX:-"50000 100000 150000 top"}
+	RATES_V5=${RATES_V5:-"100000 top"}
+fi
+OUT=${OUT:-$(mktemp -d /tmp/podflow-bench-netflow.XXXXXX)}
+mkdir -p "$OUT"
+NS=pfnf-bench
+PORT=2055
+HZ=$(getconf CLK_TCK)
+
+# ------------------------------------------------------------- cleanup (also on failure)
+PIDS=()
+alive() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1; [[ -n $st && $st != Z* ]]; }
+stop_pid() {                  # stop_pid PID: TERM, then KILL after 5 s; forget it
+	local pid=$1 i
+	if alive "$pid"; then
+		kill -TERM "$pid" 2>/dev/null
+		for i in $(seq 50); do alive "$pid" || break; sleep 0.1; done
+		alive "$pid" && kill -KILL "$pid" 2>/dev/null
+	fi
+	wait "$pid" 2>/dev/null || true
+	local keep=() p
+	for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+	PIDS=("${keep[@]}")
+}
+cleanup() {
+	trap - EXIT INT TERM
+	local p
+	for p in "${PIDS[@]}"; do stop_pid "$p"; done
+	if ip netns list 2>/dev/null | grep -qw "$NS"; then
+		# only processes inside our own namespace (started by this script)
+		for p in $(ip netns pids "$NS" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+		sleep 0.2
+		ip netns del "$NS" 2>/dev/null
+	fi
+	rm -rf "$OUT/nfcapd-out"
+	log "cleanup done (collectors stopped, namespace $NS deleted); results in $OUT"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_for() {                  # wait_for SECONDS CMD... (every 0.1 s)
+	local i; local t=$1; shift
+	for ((i = 0; i < t * 10; i++)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+	return 1
+}
+
+# ------------------------------------------------------------- build podflow's collector
+log "building the collector (cargo build --release -p podflow-netflow --example collect)"
+(cd "$REPO" && cargo build -q --release -p podflow-netflow --example collect) || die "build failed"
+COLLECT=${CARGO_TARGET_DIR:-$REPO/target}/release/examples/collect
+[ -x "$COLLECT" ] || die "no collector binary at $COLLECT"
+
+# ------------------------------------------------------------- export captures (lab tool)
+CAP=${CAPTURES:-$OUT/lab}
+if [ ! -s "$CAP/bench_results.txt" ] || [ ! -s "$CAP/bench_netflow_v9.pcap" ]; then
+	log "generating export captures with $LAB bench (BENCH_FLOWS=$BENCH_FLOWS; its own nfcapd sanity points only)"
+	# BENCH_REPEAT=0: the lab builds the captures and checks a slow replay is lossless,
+	# but runs none of its own rate points; this script runs those for both collectors.
+	OUT=$CAP BENCH_FLOWS=$BENCH_FLOWS BENCH_DUR=1 BENCH_REPEAT=0 "$LAB" bench >"$OUT/lab.log" 2>&1 ||
+		{ tail -20 "$OUT/lab.log" >&2; die "netflow-lab.sh bench failed (log: $OUT/lab.log)"; }
+fi
+declare -A NPK FPL PCAP
+for v in 5 9 10; do
+	case $v in 5) n=bench_netflow_v5 ;; 9) n=bench_netflow_v9 ;; 10) n=bench_ipfix ;; esac
+	PCAP[$v]=$CAP/$n.pcap
+	line=$(grep "^$n.pcap: " "$CAP/bench_results.txt" | tail -1)
+	NPK[$v]=$(awk '{print $2}' <<<"$line")
+	FPL[$v]=$(awk '{for (i = 1; i <= NF; i++) if ($i == "carrying") print $(i + 1)}' <<<"$line")
+	[ -n "${NPK[$v]}" ] && [ -n "${FPL[$v]}" ] && [ -s "${PCAP[$v]}" ] || die "no capture for $n in $CAP"
+done
+
+# ------------------------------------------------------------- the namespace
+ip netns del "$NS" 2>/dev/null
+ip netns add "$NS" || die "ip netns add $NS"
+ip -n "$NS" link set lo up
+# tcpreplay onto lo towards 127.0.0.1 is otherwise dropped as a martian / local source
+ip netns exec "$NS" sysctl -qw net.ipv4.conf.lo.accept_local=1 net.ipv4.conf.lo.route_localnet=1
+in_ns() { ip netns exec "$NS" "$@"; }
+udp_bound() { in_ns ss -Hlun "sport = :$PORT" | grep -q .; }
+rcvbuf_errors() { in_ns awk '/^Udp:/ {getline; print $6}' /proc/net/snmp; }
+cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+RESULTS=$OUT/results.txt
+: >"$RESULTS"
+say() { echo "$*" | tee -a "$RESULTS"; }
+say "# bench-netflow $(date -Is) $(nproc) CPUs; $(uname -r); BENCH_FLOWS=$BENCH_FLOWS, ${DUR}s per point; generator tcpreplay on lo in netns $NS"
+say "# nfcapd $(nfcapd -V 2>&1 | head -1 | awk '{print $NF}') -B 16777216 to tmpfs; podflow collect ${PODFLOW_ARGS:-(defaults: SO_RCVBUF 32 MiB forced, one socket per core, batches of 64, 1 ms coalescing)}"
+for v in 9 10 5; do say "# $(basename "${PCAP[$v]}"): ${NPK[$v]} datagrams, ${FPL[$v]} flow records per loop"; done
+printf -v HDR '%-6s %7s %9s %9s | %-44s | %-44s | %s' ver target offered/s sent \
+	"nfcapd: recv_dgrams records lost cpu_s" "podflow: recv_dgrams records lost cpu_s" ratio
+say "$HDR"
+
+# point VER PPS -> one line; accumulates CPU per version and collector
+declare -A CPU_ALL CPU_OK
+point() {
+	local v=$1 pps=$2 npk=${NPK[$1]} fpl=${FPL[$1]} pcap=${PCAP[$1]}
+	local loops rate
+	if [ "$pps" = top ]; then
+		loops=$(( (250000 * DUR + npk - 1) / npk )); rate=--topspeed
+	else
+		loops=$(( (pps * DUR + npk - 1) / npk )); rate=--pps=$pps
+	fi
+	[ "$loops" -lt 1 ] && loops=1
+	local sent=$((loops * npk)) exp=$((loops * fpl)) coll offered="" row=()
+	for coll in nfcapd podflow; do
+		local lf=$OUT/$coll.log P
+		if [ $coll = nfcapd ]; then
+			rm -rf "$OUT/nfcapd-out"; mkdir -p "$OUT/nfcapd-out"
+			ip netns exec "$NS" nfcapd -w "$OUT/nfcapd-out" -b 127.0.0.1 -p $PORT -t 3600 -B 16777216 >"$lf" 2>&1 &
+		else
+			ip netns exec "$NS" "$COLLECT" --listen 127.0.0.1:$PORT ${PODFLOW_ARGS:-} >"$lf" 2>&1 &
+		fi
+		P=$!; PIDS+=("$P")   # ip netns exec execs the collector: same PID
+		wait_for 10 udp_bound || { cat "$lf" >&2; die "$coll did not bind 127.0.0.1:$PORT"; }
+		local e0 e1 c0 c1
+		e0=$(rcvbuf_errors); c0=$(cpu_ticks "$P")
+		in_ns tcpreplay -q -i lo "$rate" --loop="$loops" "$pcap" >"$OUT/tcpreplay.log" 2>&1 ||
+			{ cat "$OUT/tcpreplay.log" >&2; die "tcpreplay failed"; }
+		sleep 2
+		e1=$(rcvbuf_errors); c1=$(cpu_ticks "$P")
+		stop_pid "$P"
+		local drops=$((e1 - e0)) got recv
+		if [ $coll = nfcapd ]; then
+			got=$(sed -n 's/.*Flows: \([0-9]*\),.*/\1/p' "$lf" | tail -1)
+			recv=$((sent - drops))
+		else
+			got=$(sed -n 's/.* records=\([0-9]*\) .*/\1/p' "$lf" | tail -1)
+			recv=$(sed -n 's/.* datagrams=\([0-9]*\) .*/\1/p' "$lf" | tail -1)
+		fi
+		[ -n "$got" ] && [ -n "$recv" ] || { cat "$lf" >&2; die "$coll reported no totals"; }
+		local cpu lost=$((exp - got))
+		cpu=$(awk -v t=$((c1 - c0)) -v hz="$HZ" 'BEGIN {printf "%.2f", t / hz}')
+		[ -z "$offered" ] && offered=$(awk '/Rated:/ {for (i = 1; i <= NF; i++) if ($i == "pps" || $i == "pps,") print $(i - 1)}' "$OUT/tcpreplay.log" | head -1)
+		row+=("$(printf '%10d %9d %7d %6s' "$recv" "$got" "$lost" "$cpu")")
+		eval "local ${coll}_cpu=$cpu ${coll}_lost=$lost"
+	done
+	local ratio
+	ratio=$(awk -v a="$podflow_cpu" -v b="$nfcapd_cpu" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')
+	say "$(printf '%-6s %7s %9.0f %9d | nfcapd  %-36s | podflow %-36s | %s' "v$v" "$pps" "${offered:-0}" "$sent" "${row[0]}" "${row[1]}" "$ratio")"
+	CPU_ALL[$v.nfcapd]=$(awk -v a="${CPU_ALL[$v.nfcapd]:-0}" -v b="$nfcapd_cpu" 'BEGIN {print a + b}')
+	CPU_ALL[$v.podflow]=$(awk -v a="${CPU_ALL[$v.podflow]:-0}" -v b="$podflow_cpu" 'BEGIN {print a + b}')
+	if [ "$nfcapd_lost" = 0 ] && [ "$podflow_lost" = 0 ]; then
+		CPU_OK[$v.nfcapd]=$(awk -v a="${CPU_OK[$v.nfcapd]:-0}" -v b="$nfcapd_cpu" 'BEGIN {print a + b}')
+		CPU_OK[$v.podflow]=$(awk -v a="${CPU_OK[$v.podflow]:-0}" -v b="$podflow_cpu" 'BEGIN {print a + b}')
+	fi
+}
+
+for pps in $RATES_V9; do point 9 "$pps"; done
+for pps in $RATES_IPFIX; do point 10 "$pps"; done
+for pps in $RATES_V5; do point 5 "$pps"; done
+
+ratio_of() {                  # ratio_of VER -> podflow/nfcapd CPU over lossless points (else all)
+	local v=$1 src=CPU_OK
+	[ -n "${CPU_OK[$v.nfcapd]:-}" ] || src=CPU_ALL
+	local -n m=$src
+	awk -v a="${m[$v.podflow]:-0}" -v b="${m[$v.nfcapd]:-0}" 'BEGIN {if (b > 0) printf "%.3f", a / b; else print "nan"}'
+}
+[ -n "$RATES_IPFIX" ] && say "netflow_ipfix_cpu_ratio=$(ratio_of 10)"
+[ -n "$RATES_V5" ] && say "netflow_v5_cpu_ratio=$(ratio_of 5)"
+say "netflow_v9_cpu_ratio=$(ratio_of 9)"

@@ -4,6 +4,7 @@
 //! No I/O, no runtime: every other crate speaks these types.
 
 mod attribution;
+mod labels;
 mod observation;
 mod row;
 
@@ -11,5 +12,6 @@ pub use attribution::{
     Attribution, Class, CloudMeta, KubenetmonClass, Name, NetworkKind, NetworkMeta, NodeMeta,
     Place, PodMeta, ServiceHit, ServiceMeta, ServiceVia, Side,
 };
+pub use labels::{EndLabels, FlowLabels};
 pub use observation::{Counters, Observation, Oriented, Protocol, Tuple};
 pub use row::{FlowKey, FlowRow, FlowTotals};

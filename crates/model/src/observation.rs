@@ -4,7 +4,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::{Deserialize, Serialize};
 
 /// An IP protocol number (IANA), with names for the ones podflow knows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Protocol(pub u8);
 
@@ -182,14 +184,25 @@ impl Observation {
         (self.reply.src, self.reply.src_port)
     }
 
-    /// Whether DNAT rewrote the destination.
+    /// Whether DNAT rewrote the destination. For protocols without ports (ICMP, whose
+    /// tuple "ports" are the echo id and type/code and differ between directions without
+    /// any NAT) only addresses are compared.
     pub fn is_dnat(&self) -> bool {
-        self.dialled() != self.responder()
+        if self.proto.has_ports() {
+            self.dialled() != self.responder()
+        } else {
+            self.orig.dst != self.reply.src
+        }
     }
 
-    /// Whether SNAT rewrote the source (the responder saw `reply.dst`).
+    /// Whether SNAT rewrote the source (the responder saw `reply.dst`); addresses only for
+    /// protocols without ports.
     pub fn is_snat(&self) -> bool {
-        self.orig.src != self.reply.dst || self.orig.src_port != self.reply.dst_port
+        if self.proto.has_ports() {
+            self.orig.src != self.reply.dst || self.orig.src_port != self.reply.dst_port
+        } else {
+            self.orig.src != self.reply.dst
+        }
     }
 
     /// Orients the observation: `is_local` says whether an address belongs to the

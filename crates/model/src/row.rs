@@ -1,8 +1,10 @@
 use std::net::IpAddr;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
-use crate::{Oriented, Protocol};
+use crate::{FlowLabels, Oriented, Protocol};
 
 /// What flows are summed by within an interval: ephemeral client ports are dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -80,7 +82,7 @@ impl FlowTotals {
 }
 
 /// One stored row: a key's totals over one interval, from one observer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FlowRow {
     /// Interval start, seconds since the Unix epoch.
     pub interval_start: i64,
@@ -92,4 +94,8 @@ pub struct FlowRow {
     pub key: FlowKey,
     /// The sums.
     pub totals: FlowTotals,
+    /// Who the ends are (from the first observation of the key in the interval).
+    pub labels: Arc<FlowLabels>,
+    /// Price of the bytes, USD.
+    pub cost_usd: f64,
 }

@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use podflow_server::http::FlowJson;
+use podflow_server::http::{EndJson, FlowJson};
 
 /// Fetches `/api/v1/flows` from `base` (http://host:port) over the last `since`.
 pub fn fetch(base: &str, since: Duration, limit: usize) -> anyhow::Result<Vec<FlowJson>> {
@@ -55,6 +55,18 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A row end by name when the inventory knows it (`namespace/pod`, a node, a cloud
+/// service), else by address.
+fn who(addr: &str, meta: &EndJson) -> String {
+    match meta.kind.as_str() {
+        "pod" | "service" => format!("{}/{}", meta.namespace, meta.name),
+        "node" | "known_network" | "cloud_range" if !meta.name.is_empty() => {
+            format!("{} ({addr})", meta.name)
+        }
+        _ => addr.to_string(),
+    }
+}
+
 fn endpoint(addr: &str, port: Option<u16>) -> String {
     match port {
         Some(p) if addr.contains(':') => format!("[{addr}]:{p}"),
@@ -72,24 +84,18 @@ pub fn render(rows: &[FlowJson]) -> String {
         "SENT".to_string(),
         "RECEIVED".to_string(),
         "CONNS".to_string(),
+        "CLASS".to_string(),
+        "COST".to_string(),
         "VIA SERVICE".to_string(),
     ]];
     for r in rows {
         let port = (r.responder_port != 0).then_some(r.responder_port);
+        let local = who(&r.local, &r.local_meta);
+        let remote = who(&r.remote, &r.remote_meta);
         let (init, resp, sent, recv) = if r.local_initiated {
-            (
-                endpoint(&r.local, None),
-                endpoint(&r.remote, port),
-                r.bytes_out,
-                r.bytes_in,
-            )
+            (local, endpoint(&remote, port), r.bytes_out, r.bytes_in)
         } else {
-            (
-                endpoint(&r.remote, None),
-                endpoint(&r.local, port),
-                r.bytes_in,
-                r.bytes_out,
-            )
+            (remote, endpoint(&local, port), r.bytes_in, r.bytes_out)
         };
         lines.push([
             init,
@@ -98,10 +104,15 @@ pub fn render(rows: &[FlowJson]) -> String {
             human_bytes(sent),
             human_bytes(recv),
             r.connections_opened.to_string(),
-            r.service.clone().unwrap_or_else(|| "-".into()),
+            r.class.clone(),
+            format!("${:.4}", r.cost_usd),
+            r.service_name
+                .clone()
+                .or_else(|| r.service.clone())
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 9];
     for l in &lines {
         for (w, c) in widths.iter_mut().zip(l) {
             *w = (*w).max(c.len());
@@ -145,10 +156,21 @@ mod tests {
             connections_closed: 3,
             first: 0,
             last: 10,
+            class: "INTRA_ZONE".into(),
+            cost_usd: 0.0,
+            local_meta: EndJson::default(),
+            remote_meta: EndJson {
+                kind: "pod".into(),
+                namespace: "shop".into(),
+                name: "web-1".into(),
+                ..Default::default()
+            },
+            service_name: None,
         };
         let t = render(&[row]);
         let line = t.lines().nth(1).expect("row");
-        assert!(line.starts_with("10.0.0.2"), "{line}");
+        assert!(line.starts_with("shop/web-1"), "{line}");
+        assert!(line.contains("INTRA_ZONE"), "{line}");
         assert!(line.contains("10.0.0.1:22"));
         assert!(line.contains("10 B") && line.contains("2.0 KiB"), "{line}");
         assert_eq!(human_bytes(1536), "1.5 KiB");

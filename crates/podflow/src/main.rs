@@ -55,7 +55,7 @@ enum Command {
     ///
     /// Endpoints: /metrics (Prometheus), /api/v1/flows?from=&to=&limit= (JSON),
     /// /live and /ready.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the top conversations of a running podflow as a table.
     Flows(FlowsArgs),
     /// Per-node agent streaming observations to a server. Not implemented yet (issue 4).
@@ -112,6 +112,70 @@ struct RunArgs {
     /// per-protocol overflow row (counted in podflow_aggregator_overflow_observations_total).
     #[arg(long, env = "PODFLOW_MAX_KEYS", default_value_t = 1_000_000)]
     max_keys: usize,
+
+    #[command(flatten)]
+    attribution: AttributionArgs,
+}
+
+/// Where pods, workloads, services and prices come from.
+#[derive(Debug, Args)]
+struct AttributionArgs {
+    /// A file in Kubernetes List format (YAML or JSON, one or many documents; the output
+    /// of `kubectl get pods,nodes,services,endpointslices,replicasets,jobs -A -o yaml`
+    /// works as is), reloaded when it changes.
+    #[arg(long, env = "PODFLOW_INVENTORY", conflicts_with_all = ["kube", "kubeconfig"])]
+    inventory: Option<PathBuf>,
+
+    /// Watch the Kubernetes API (in-cluster config, else the default kubeconfig).
+    #[arg(long, env = "PODFLOW_KUBE")]
+    kube: bool,
+
+    /// Watch the Kubernetes API with this kubeconfig.
+    #[arg(long, env = "PODFLOW_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+
+    /// Pipeline config (YAML): the cluster's `cloud` and `region`, `app_labels`, and user
+    /// CIDR rules (`networks`: VPC, NAT gateway, on-prem, peering). See docs/attribution.md.
+    #[arg(long, env = "PODFLOW_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Directory with the providers' published ranges (AWS ip-ranges.json, GCP
+    /// cloud.json, Google goog.json, Azure ServiceTags_Public_*.json), read locally.
+    #[arg(long, env = "PODFLOW_CLOUD_RANGES")]
+    cloud_ranges: Option<PathBuf>,
+
+    /// Price table (YAML, USD per GB per cloud and class); default: the embedded list
+    /// prices (docs/attribution.md says their source and date).
+    #[arg(long, env = "PODFLOW_PRICES")]
+    prices: Option<PathBuf>,
+}
+
+impl AttributionArgs {
+    fn settings(self) -> anyhow::Result<podflow_server::EnrichSettings> {
+        use podflow_server::InventorySource;
+        let inventory = match (self.inventory, self.kube, self.kubeconfig) {
+            (Some(f), _, _) => InventorySource::File(f),
+            (None, true, k) => InventorySource::Kube { kubeconfig: k },
+            (None, false, Some(k)) => InventorySource::Kube {
+                kubeconfig: Some(k),
+            },
+            (None, false, None) => InventorySource::None,
+        };
+        let config = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("--config {}", p.display()))?;
+                podflow_enrich::EnrichConfig::from_yaml(&text, &p.display().to_string())?
+            }
+            None => podflow_enrich::EnrichConfig::default(),
+        };
+        Ok(podflow_server::EnrichSettings {
+            inventory,
+            config,
+            cloud_ranges: self.cloud_ranges,
+            prices: self.prices,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +249,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             enable_features: args.enable_accounting,
         },
         max_keys: args.max_keys,
+        enrich: args.attribution.settings()?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -201,7 +266,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     let result = match cli.command {
-        Command::Run(a) => run(a),
+        Command::Run(a) => run(*a),
         Command::Flows(a) => flows::fetch(&a.url, a.since, a.limit).map(|rows| {
             if a.json {
                 println!(

@@ -176,7 +176,7 @@ fn run_reports_exact_bytes_in_the_api_metrics_and_store_and_flushes_on_sigterm()
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with(Pair::A4) && l.contains("10.99.0.2:5101")),
+            .any(|l| l.starts_with("node-a (10.99.0.1)") && l.contains("10.99.0.2:5101")),
         "{table}"
     );
 
@@ -206,4 +206,160 @@ fn run_reports_exact_bytes_in_the_api_metrics_and_store_and_flushes_on_sigterm()
     assert_eq!((r.totals.bytes_out, r.totals.bytes_in), (k_out, k_in));
     drop(c);
     assert!(Path::new(&data.path().join("podflow.sqlite")).exists());
+}
+
+const INVENTORY: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Node
+  metadata:
+    name: node-a
+    labels: {topology.kubernetes.io/zone: us-east-1a, topology.kubernetes.io/region: us-east-1}
+  spec: {providerID: "aws:///us-east-1a/i-0aaa"}
+  status: {addresses: [{type: InternalIP, address: 10.99.0.1}]}
+- apiVersion: v1
+  kind: Node
+  metadata:
+    name: node-b
+    labels: {topology.kubernetes.io/zone: us-east-1b, topology.kubernetes.io/region: us-east-1}
+  spec: {providerID: "aws:///us-east-1b/i-0bbb"}
+  status: {addresses: [{type: InternalIP, address: 10.99.1.1}]}
+- apiVersion: apps/v1
+  kind: ReplicaSet
+  metadata:
+    name: web-7d9f
+    namespace: shop
+    ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: web, uid: d1, controller: true}]
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: web-7d9f-abcde
+    namespace: shop
+    uid: p1
+    labels: {app.kubernetes.io/name: web}
+    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-7d9f, uid: r1, controller: true}]
+  spec: {nodeName: node-a}
+  status: {phase: Running, podIP: 10.99.0.1, podIPs: [{ip: 10.99.0.1}, {ip: "fd99::1"}]}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: db-0
+    namespace: shop
+    uid: p2
+    labels: {app: db}
+    ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: db, uid: s1, controller: true}]
+  spec: {nodeName: node-b}
+  status: {phase: Running, podIP: 10.99.0.2, podIPs: [{ip: 10.99.0.2}, {ip: "fd99::2"}]}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: db, namespace: shop}
+  spec:
+    type: ClusterIP
+    clusterIP: 10.96.0.10
+    clusterIPs: [10.96.0.10]
+    selector: {app: db}
+    ports: [{port: 80, targetPort: 5201, protocol: TCP}]
+"#;
+
+#[test]
+fn run_attributes_flows_to_workloads_services_zones_and_cost() {
+    if !podflow_testkit::can_run("run_attribution")
+        || !podflow_testkit::have("run_attribution", "iptables")
+    {
+        return;
+    }
+    let pair = Pair::new("att").expect("namespaces");
+    // kube-proxy style: the ClusterIP 10.96.0.10:80 is DNATed to the backend in B.
+    pair.a
+        .sh("ip route add default via 10.99.0.2 && \
+             iptables -t nat -A OUTPUT -d 10.96.0.10 -p tcp --dport 80 -j DNAT --to-destination 10.99.0.2:5201")
+        .expect("DNAT rule");
+    serve(&pair, 5201);
+    let data = tempfile::tempdir().expect("tmp");
+    let inv = data.path().join("inventory.yaml");
+    std::fs::write(&inv, INVENTORY).expect("inventory");
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_podflow"))
+        .args([
+            "run",
+            "--interval",
+            "1s",
+            "--node-name",
+            "node-a",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--netns")
+        .arg(pair.a.path())
+        .arg("--inventory")
+        .arg(&inv)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start podflow");
+    let _pf = Podflow(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() || get(port, "/ready").0 != 200 {
+        assert!(Instant::now() < deadline, "podflow did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut c = connect(&pair, "10.96.0.10", 80);
+    let sport = c.local_addr().expect("addr").port();
+    exchange(&mut c, 50_000, 400_000);
+    let (k_out, k_in) = kernel_bytes(&pair, sport);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let (_, body) = get(port, "/api/v1/flows?limit=50");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let row = row_for(&json, 5201);
+        if let Some(r) = row
+            .as_ref()
+            .filter(|r| r["bytes_out"] == k_out && r["bytes_in"] == k_in)
+        {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "row never reached the kernel's counters: {row:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(row["service"], "10.96.0.10:80", "{row}");
+    assert_eq!(row["service_name"], "shop/db", "{row}");
+    assert_eq!(row["class"], "INTER_ZONE", "{row}");
+    let l = &row["local_meta"];
+    assert_eq!(
+        (
+            l["kind"].as_str(),
+            l["workload_kind"].as_str(),
+            l["workload"].as_str()
+        ),
+        (Some("pod"), Some("Deployment"), Some("web")),
+        "{row}"
+    );
+    assert_eq!(
+        (l["name"].as_str(), l["app"].as_str(), l["zone"].as_str()),
+        (Some("web-7d9f-abcde"), Some("web"), Some("us-east-1a"))
+    );
+    let r = &row["remote_meta"];
+    assert_eq!(
+        (
+            r["name"].as_str(),
+            r["workload_kind"].as_str(),
+            r["workload"].as_str()
+        ),
+        (Some("db-0"), Some("StatefulSet"), Some("db")),
+        "{row}"
+    );
+    assert_eq!(
+        (r["node"].as_str(), r["zone"].as_str(), r["cloud"].as_str()),
+        (Some("node-b"), Some("us-east-1b"), Some("aws"))
+    );
+    // AWS cross-AZ list price: 0.01 USD per GB each way (1 GB = 2^30 bytes).
+    let want = (k_out + k_in) as f64 * 0.01 / 1_073_741_824.0;
+    let cost = row["cost_usd"].as_f64().expect("cost");
+    assert!((cost - want).abs() < 1e-12, "cost {cost} vs {want}");
 }

@@ -1,9 +1,18 @@
 //! Sums oriented observations per interval and key. Pure: time is passed in.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use hashbrown::HashMap;
-use podflow_model::{FlowKey, FlowRow, FlowTotals, Observation};
+use podflow_model::{FlowKey, FlowLabels, FlowRow, FlowTotals, Observation, Oriented};
+
+/// What a bucket holds: the sums, the labels of its first observation, the cost.
+#[derive(Debug)]
+struct Bucket {
+    totals: FlowTotals,
+    labels: Arc<FlowLabels>,
+    cost_usd: f64,
+}
 
 /// Per-interval aggregation with a bound on distinct keys.
 #[derive(Debug)]
@@ -11,7 +20,7 @@ pub struct Aggregator {
     interval_s: u32,
     observer: String,
     max_keys: usize,
-    buckets: HashMap<(i64, FlowKey), FlowTotals>,
+    buckets: HashMap<(i64, FlowKey), Bucket>,
     overflowed: u64,
 }
 
@@ -46,33 +55,56 @@ impl Aggregator {
         t - t.rem_euclid(i64::from(self.interval_s))
     }
 
-    /// Adds one observation seen at `now` (Unix seconds).
-    pub fn record(&mut self, obs: &Observation, now: i64, is_local: impl Fn(IpAddr) -> bool) {
-        let o = obs.orient(is_local);
-        let mut key = FlowKey::of(obs.proto, &o);
+    /// Adds one observation seen at `now` (Unix seconds), oriented as `o`; `labels` is
+    /// called only when the key is new in the interval; `cost_usd` is added.
+    pub fn record(
+        &mut self,
+        obs: &Observation,
+        o: &Oriented,
+        now: i64,
+        labels: impl FnOnce() -> FlowLabels,
+        cost_usd: f64,
+    ) {
+        let mut key = FlowKey::of(obs.proto, o);
         let at = self.interval_of(now);
-        if self.buckets.len() >= self.max_keys && !self.buckets.contains_key(&(at, key)) {
+        let full = self.buckets.len() >= self.max_keys;
+        if full && !self.buckets.contains_key(&(at, key)) {
             self.overflowed += 1;
             key = overflow_key(&key);
         }
-        self.buckets
-            .entry((at, key))
-            .or_default()
-            .add(&o, obs.opened, obs.closed);
+        let b = self.buckets.entry((at, key)).or_insert_with(|| Bucket {
+            totals: FlowTotals::default(),
+            labels: Arc::new(if full {
+                FlowLabels::default()
+            } else {
+                labels()
+            }),
+            cost_usd: 0.0,
+        });
+        b.totals.add(o, obs.opened, obs.closed);
+        b.cost_usd += cost_usd;
+    }
+
+    /// Adds an observation with no attribution, the local end decided by `is_local`.
+    pub fn record_plain(&mut self, obs: &Observation, now: i64, is_local: impl Fn(IpAddr) -> bool) {
+        let o = obs.orient(is_local);
+        self.record(obs, &o, now, FlowLabels::default, 0.0);
     }
 
     /// Rows of every interval that ended at or before `now`; `force` flushes all.
     pub fn flush(&mut self, now: i64, force: bool) -> Vec<FlowRow> {
         let current = self.interval_of(now);
         let mut rows = Vec::new();
-        self.buckets.retain(|(at, key), totals| {
+        self.buckets.retain(|(at, key), b| {
             if force || *at < current {
                 rows.push(FlowRow {
                     interval_start: *at,
                     interval_s: self.interval_s,
                     observer: self.observer.clone(),
                     key: *key,
-                    totals: *totals,
+                    totals: b.totals,
+                    labels: Arc::clone(&b.labels),
+                    cost_usd: b.cost_usd,
                 });
                 false
             } else {
@@ -132,9 +164,9 @@ mod tests {
     #[test]
     fn ephemeral_ports_collapse_into_one_row_per_interval() {
         let mut g = Aggregator::new(10, "n", 100);
-        g.record(&obs(40000, 80, 10), 101, local);
-        g.record(&obs(40001, 80, 20), 109, local);
-        g.record(&obs(40002, 80, 40), 110, local);
+        g.record_plain(&obs(40000, 80, 10), 101, local);
+        g.record_plain(&obs(40001, 80, 20), 109, local);
+        g.record_plain(&obs(40002, 80, 40), 110, local);
         assert!(
             g.flush(109, false).is_empty(),
             "interval 100..110 is still open"
@@ -155,7 +187,7 @@ mod tests {
     fn keys_beyond_the_bound_go_to_the_overflow_key_with_totals_kept() {
         let mut g = Aggregator::new(10, "n", 2);
         for port in 1..=5 {
-            g.record(&obs(40000, port, 100), 100, local);
+            g.record_plain(&obs(40000, port, 100), 100, local);
         }
         let rows = g.flush(0, true);
         assert_eq!(rows.len(), 3);
@@ -169,7 +201,7 @@ mod tests {
             let mut g = Aggregator::new(10, "n", max);
             let mut want = 0u64;
             for (port, bytes, t) in &items {
-                g.record(&obs(40000, *port, *bytes), *t, local);
+                g.record_plain(&obs(40000, *port, *bytes), *t, local);
                 want += bytes * 3;
             }
             let got: u64 = g.flush(0, true).iter().map(|r| r.totals.bytes()).sum();

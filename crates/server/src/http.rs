@@ -77,8 +77,50 @@ pub struct FlowParams {
     pub limit: Option<usize>,
 }
 
+/// One end of a row in `/api/v1/flows` (empty strings: not applicable or unknown).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone, Default)]
+pub struct EndJson {
+    /// `pod`, `node`, `service`, `known_network`, `cloud_range`, `internet`, `unknown`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod, node, Service, network or cloud service name.
+    pub name: String,
+    /// Workload kind.
+    pub workload_kind: String,
+    /// Workload.
+    pub workload: String,
+    /// App.
+    pub app: String,
+    /// Node.
+    pub node: String,
+    /// Zone.
+    pub zone: String,
+    /// Region.
+    pub region: String,
+    /// Cloud.
+    pub cloud: String,
+}
+
+impl From<&podflow_model::EndLabels> for EndJson {
+    fn from(e: &podflow_model::EndLabels) -> Self {
+        EndJson {
+            kind: e.kind.to_string(),
+            namespace: e.namespace.to_string(),
+            name: e.name.to_string(),
+            workload_kind: e.workload_kind.to_string(),
+            workload: e.workload.to_string(),
+            app: e.app.to_string(),
+            node: e.node.to_string(),
+            zone: e.zone.to_string(),
+            region: e.region.to_string(),
+            cloud: e.cloud.to_string(),
+        }
+    }
+}
+
 /// One row of `/api/v1/flows`.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
 pub struct FlowJson {
     /// Node that saw the traffic.
     pub observer: String,
@@ -110,6 +152,16 @@ pub struct FlowJson {
     pub first: i64,
     /// Last interval end, Unix seconds.
     pub last: i64,
+    /// Connection class (`INTRA_NODE`, `INTER_ZONE`, `PUBLIC_INTERNET`, ...).
+    pub class: String,
+    /// Price of the bytes, USD.
+    pub cost_usd: f64,
+    /// Who the local end is.
+    pub local_meta: EndJson,
+    /// Who the remote end is.
+    pub remote_meta: EndJson,
+    /// The Service dialled (`namespace/name`), when the inventory knows it.
+    pub service_name: Option<String>,
 }
 
 impl From<FlowSummary> for FlowJson {
@@ -134,6 +186,12 @@ impl From<FlowSummary> for FlowJson {
             connections_closed: t.closed,
             first: f.first,
             last: f.last,
+            class: f.labels.class.as_str().to_string(),
+            cost_usd: f.cost_usd,
+            local_meta: EndJson::from(&f.labels.local),
+            remote_meta: EndJson::from(&f.labels.remote),
+            service_name: (!f.labels.service_name.is_empty())
+                .then(|| format!("{}/{}", f.labels.service_namespace, f.labels.service_name)),
         }
     }
 }

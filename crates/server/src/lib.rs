@@ -2,11 +2,13 @@
 //! Prometheus exposition and the HTTP API.
 
 pub mod aggregate;
+pub mod enrichment;
 pub mod http;
 mod local;
 pub mod run;
 pub mod telemetry;
 
 pub use aggregate::Aggregator;
+pub use enrichment::{EnrichSettings, InventorySource};
 pub use run::{RunConfig, RunError, run};
 pub use telemetry::{METRICS, MetricDef, Telemetry};

@@ -9,11 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use podflow_conntrack::{Source, SourceConfig};
-use podflow_model::{FlowRow, Observation};
+use podflow_enrich::Attributor;
+use podflow_inventory::SharedIndex;
+use podflow_model::{Attribution, FlowLabels, FlowRow, Observation, Oriented};
 use podflow_store::{FlowStore, SqliteStore, StoreError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::enrichment::{self, EnrichSettings, InventorySource, LocalInventory};
 use crate::http::{AppState, router};
 use crate::local::local_addresses;
 use crate::{Aggregator, Telemetry};
@@ -35,6 +38,8 @@ pub struct RunConfig {
     pub source: SourceConfig,
     /// Bound on flow keys per open interval.
     pub max_keys: usize,
+    /// Attribution: inventory, cloud ranges, prices, user networks.
+    pub enrich: EnrichSettings,
 }
 
 /// Why `run` stopped.
@@ -62,6 +67,9 @@ pub enum RunError {
         /// The error.
         source: std::io::Error,
     },
+    /// Attribution could not be set up (cloud ranges, prices, inventory).
+    #[error("attribution: {0}")]
+    Enrich(#[from] enrichment::EnrichSetupError),
     /// A pipeline task ended abnormally.
     #[error("pipeline: {0}")]
     Task(String),
@@ -80,6 +88,24 @@ const BATCH: usize = 4096;
 /// Bound on rows kept for retry after failed store writes.
 const MAX_PENDING_ROWS: usize = 1_000_000;
 
+/// The observation oriented the way attribution decided (local end, initiator).
+fn oriented(o: &Observation, a: &Attribution) -> Oriented {
+    let (out, inbound) = if a.local_initiated {
+        (o.delta_orig, o.delta_reply)
+    } else {
+        (o.delta_reply, o.delta_orig)
+    };
+    Oriented {
+        local: a.local.ip,
+        remote: a.remote.ip,
+        responder_port: a.responder_port,
+        local_initiated: a.local_initiated,
+        service: o.is_dnat().then(|| o.dialled()),
+        out,
+        inbound,
+    }
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -94,6 +120,36 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
     })?;
     let store_path = cfg.data_dir.join("podflow.sqlite");
     let store = SqliteStore::open(&store_path)?;
+    let attributor: Attributor = enrichment::attributor(&cfg.enrich)?;
+    let shared = SharedIndex::default();
+    let mut local_inv = match &cfg.enrich.inventory {
+        InventorySource::None => Some(LocalInventory::new(
+            None,
+            cfg.observer.clone(),
+            enrichment::index_config(&cfg.enrich),
+            shared.clone(),
+        )),
+        InventorySource::File(p) => {
+            // Fail fast on a file that does not parse; later bad versions keep the last index.
+            podflow_inventory::Inventory::load(p).map_err(enrichment::EnrichSetupError::from)?;
+            Some(LocalInventory::new(
+                Some(p.clone()),
+                cfg.observer.clone(),
+                enrichment::index_config(&cfg.enrich),
+                shared.clone(),
+            ))
+        }
+        InventorySource::Kube { kubeconfig } => {
+            start_kube(
+                kubeconfig.as_deref(),
+                &cfg.enrich,
+                shared.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            None
+        }
+    };
     let telemetry = Arc::new(Telemetry::default());
     let state = Arc::new(AppState {
         telemetry: Arc::clone(&telemetry),
@@ -199,7 +255,6 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
         telemetry: Arc::clone(&telemetry),
     };
     let mut rx = rx;
-    let mut local: Arc<HashSet<IpAddr>> = Arc::new(HashSet::new());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_expire = Instant::now() - Duration::from_secs(86400);
@@ -207,10 +262,17 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(b) => {
-                    if let Some(l) = b.local { local = l; }
-                    let now = unix_now();
+                    let now_ns = podflow_inventory::now_ns();
+                    if let (Some(l), Some(inv)) = (b.local, local_inv.as_mut())
+                        && let Err(e) = inv.refresh(Some(l), now_ns)
+                    {
+                        tracing::warn!(error = %e, "inventory file not reloaded; keeping the previous one");
+                    }
+                    let now = (now_ns / 1_000_000_000) as i64;
+                    let idx = shared.load();
                     for o in &b.obs {
-                        agg.record(o, now, |a| local.contains(&a));
+                        let a = attributor.attribute(o, &cfg.observer, &idx, now_ns);
+                        agg.record(o, &oriented(o, &a), now, || FlowLabels::of(&a), a.cost_usd);
                     }
                     telemetry.agg_keys.store(agg.keys() as u64, Relaxed);
                     telemetry.agg_overflow.store(agg.overflowed(), Relaxed);
@@ -218,6 +280,11 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
                 None => break,
             },
             _ = tick.tick() => {
+                if let Some(inv) = local_inv.as_mut()
+                    && let Err(e) = inv.refresh(None, podflow_inventory::now_ns())
+                {
+                    tracing::warn!(error = %e, "inventory file not reloaded; keeping the previous one");
+                }
                 let rows = agg.flush(unix_now(), false);
                 writer.write(rows).await;
                 if last_expire.elapsed() > Duration::from_secs(3600) {
@@ -241,6 +308,51 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
     http.await.map_err(|e| RunError::Task(e.to_string()))??;
     tracing::info!("podflow run: stopped, last interval flushed");
     source_result
+}
+
+#[cfg(feature = "kube")]
+async fn start_kube(
+    kubeconfig: Option<&std::path::Path>,
+    s: &EnrichSettings,
+    shared: SharedIndex,
+    cancel: CancellationToken,
+) -> Result<(), RunError> {
+    use podflow_inventory::kube;
+    let client = kube::client(kubeconfig)
+        .await
+        .map_err(enrichment::EnrichSetupError::from)?;
+    let source = kube::KubeSource::start(&client, &cancel);
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    let cfg = enrichment::index_config(s);
+    tokio::spawn(async move {
+        if let Err(e) = kube::run(
+            source,
+            cfg,
+            shared,
+            ready_tx,
+            Duration::from_secs(1),
+            cancel,
+        )
+        .await
+        {
+            tracing::error!(error = %e, "Kubernetes inventory stopped");
+        }
+    });
+    tracing::info!("waiting for the first full list of pods, nodes, services and owners");
+    let _ = ready_rx.wait_for(|r| *r).await;
+    Ok(())
+}
+
+#[cfg(not(feature = "kube"))]
+async fn start_kube(
+    _kubeconfig: Option<&std::path::Path>,
+    _s: &EnrichSettings,
+    _shared: SharedIndex,
+    _cancel: CancellationToken,
+) -> Result<(), RunError> {
+    Err(RunError::Task(
+        "this podflow was built without the Kubernetes API source (feature `kube`)".into(),
+    ))
 }
 
 /// Writes rows to the store off the async threads, keeping failed rows (bounded) for

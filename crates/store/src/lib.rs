@@ -2,11 +2,15 @@
 //! and key. The embedded backend is one SQLite file (WAL) whose upserts add, like
 //! ClickHouse's SummingMergeTree.
 
+pub mod clickhouse;
 mod sqlite;
 
-use podflow_model::{FlowKey, FlowRow, FlowTotals};
+use std::sync::Arc;
+
+use podflow_model::{FlowKey, FlowLabels, FlowRow, FlowTotals};
 use serde::Serialize;
 
+pub use self::clickhouse::{ClickHouseConfig, ClickHouseError, ClickHouseStore};
 pub use sqlite::SqliteStore;
 
 /// What went wrong in the store.
@@ -32,6 +36,9 @@ pub enum StoreError {
         /// The value found.
         value: String,
     },
+    /// The ClickHouse backend failed (the message names the URL and table).
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseError),
 }
 
 /// A query over a time range.
@@ -46,7 +53,7 @@ pub struct FlowQuery {
 }
 
 /// A key's totals over a query's range.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FlowSummary {
     /// Node (or exporter) that saw it.
     pub observer: String,
@@ -54,6 +61,10 @@ pub struct FlowSummary {
     pub key: FlowKey,
     /// The sums.
     pub totals: FlowTotals,
+    /// Who the ends are.
+    pub labels: Arc<FlowLabels>,
+    /// Price of the bytes, USD.
+    pub cost_usd: f64,
     /// Start of the first interval with traffic, Unix seconds.
     pub first: i64,
     /// End of the last interval with traffic, Unix seconds.

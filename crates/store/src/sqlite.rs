@@ -1,13 +1,43 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use podflow_model::{FlowKey, FlowRow, FlowTotals, Protocol};
+use std::sync::Arc;
+
+use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, Protocol};
 use rusqlite::{Connection, OpenFlags, params};
 
 use crate::{FlowQuery, FlowStore, FlowSummary, StoreError};
 
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Columns added in version 2 (attribution), in order; each `TEXT NOT NULL DEFAULT ''`
+/// except `cost_usd`.
+const LABEL_COLUMNS: [&str; 23] = [
+    "class",
+    "local_kind",
+    "local_namespace",
+    "local_name",
+    "local_workload_kind",
+    "local_workload",
+    "local_app",
+    "local_node",
+    "local_zone",
+    "local_region",
+    "local_cloud",
+    "remote_kind",
+    "remote_namespace",
+    "remote_name",
+    "remote_workload_kind",
+    "remote_workload",
+    "remote_app",
+    "remote_node",
+    "remote_zone",
+    "remote_region",
+    "remote_cloud",
+    "service_namespace",
+    "service_name",
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS flows (
@@ -33,8 +63,19 @@ CREATE TABLE IF NOT EXISTS flows (
 ";
 
 const UPSERT: &str = "
-INSERT INTO flows VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+INSERT INTO flows (interval_start, interval_s, observer, proto, local_addr, remote_addr,
+    responder_port, local_initiated, service_addr, service_port, bytes_out, packets_out,
+    bytes_in, packets_in, conns_opened, conns_closed, cost_usd, class,
+    local_kind, local_namespace, local_name, local_workload_kind, local_workload, local_app,
+    local_node, local_zone, local_region, local_cloud,
+    remote_kind, remote_namespace, remote_name, remote_workload_kind, remote_workload,
+    remote_app, remote_node, remote_zone, remote_region, remote_cloud,
+    service_namespace, service_name)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+    ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35,
+    ?36, ?37, ?38, ?39, ?40)
 ON CONFLICT DO UPDATE SET
+    cost_usd = cost_usd + excluded.cost_usd,
     bytes_out = bytes_out + excluded.bytes_out,
     packets_out = packets_out + excluded.packets_out,
     bytes_in = bytes_in + excluded.bytes_in,
@@ -48,7 +89,14 @@ SELECT observer, proto, local_addr, remote_addr, responder_port, local_initiated
        service_addr, service_port,
        SUM(bytes_out), SUM(packets_out), SUM(bytes_in), SUM(packets_in),
        SUM(conns_opened), SUM(conns_closed),
-       MIN(interval_start), MAX(interval_start + interval_s)
+       MIN(interval_start), MAX(interval_start + interval_s), SUM(cost_usd),
+       MAX(class), MAX(local_kind), MAX(local_namespace), MAX(local_name),
+       MAX(local_workload_kind), MAX(local_workload), MAX(local_app), MAX(local_node),
+       MAX(local_zone), MAX(local_region), MAX(local_cloud),
+       MAX(remote_kind), MAX(remote_namespace), MAX(remote_name),
+       MAX(remote_workload_kind), MAX(remote_workload), MAX(remote_app), MAX(remote_node),
+       MAX(remote_zone), MAX(remote_region), MAX(remote_cloud),
+       MAX(service_namespace), MAX(service_name)
 FROM flows
 WHERE interval_start >= ?1 AND interval_start < ?2
 GROUP BY observer, proto, local_addr, remote_addr, responder_port, local_initiated,
@@ -105,6 +153,33 @@ impl SqliteStore {
             });
         }
         conn.execute_batch(SCHEMA).map_err(err("create schema"))?;
+        let have: Vec<String> = {
+            let mut st = conn
+                .prepare("SELECT name FROM pragma_table_info('flows')")
+                .map_err(err("read columns"))?;
+            st.query_map([], |r| r.get(0))
+                .map_err(err("read columns"))?
+                .collect::<Result<_, _>>()
+                .map_err(err("read columns"))?
+        };
+        if !have.iter().any(|c| c == "cost_usd") {
+            conn.execute_batch("ALTER TABLE flows ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0")
+                .map_err(err("migrate: add cost_usd"))?;
+        }
+        for c in LABEL_COLUMNS {
+            if !have.iter().any(|h| h == c) {
+                // Rows from before attribution read as UNKNOWN / unknown.
+                let default = match c {
+                    "class" => "UNKNOWN",
+                    "local_kind" | "remote_kind" => "unknown",
+                    _ => "",
+                };
+                conn.execute_batch(&format!(
+                    "ALTER TABLE flows ADD COLUMN {c} TEXT NOT NULL DEFAULT '{default}'"
+                ))
+                .map_err(err("migrate: add label column"))?;
+            }
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err("set schema version"))?;
         Ok(SqliteStore { conn, path: p })
@@ -147,6 +222,30 @@ impl SqliteStore {
         }
     }
 
+    /// Labels from the 23 label columns, in `LABEL_COLUMNS` order.
+    fn labels(&self, l: Vec<String>) -> Result<Arc<FlowLabels>, StoreError> {
+        let class = Class::parse(&l[0]).ok_or_else(|| self.corrupt("class", l[0].clone()))?;
+        let end = |o: usize| EndLabels {
+            kind: kind_static(&l[o]),
+            namespace: l[o + 1].as_str().into(),
+            name: l[o + 2].as_str().into(),
+            workload_kind: l[o + 3].as_str().into(),
+            workload: l[o + 4].as_str().into(),
+            app: l[o + 5].as_str().into(),
+            node: l[o + 6].as_str().into(),
+            zone: l[o + 7].as_str().into(),
+            region: l[o + 8].as_str().into(),
+            cloud: l[o + 9].as_str().into(),
+        };
+        Ok(Arc::new(FlowLabels {
+            class,
+            local: end(1),
+            remote: end(11),
+            service_namespace: l[21].as_str().into(),
+            service_name: l[22].as_str().into(),
+        }))
+    }
+
     fn ip(&self, column: &'static str, s: String) -> Result<IpAddr, StoreError> {
         s.parse().map_err(|_| self.corrupt(column, s))
     }
@@ -165,6 +264,7 @@ impl FlowStore for SqliteStore {
             for r in rows {
                 let k = &r.key;
                 let t = &r.totals;
+                let l = &r.labels;
                 let (sa, sp) = match k.service {
                     Some((a, p)) => (a.to_string(), p),
                     None => (String::new(), 0),
@@ -186,6 +286,30 @@ impl FlowStore for SqliteStore {
                     u(t.packets_in),
                     u(t.opened),
                     u(t.closed),
+                    r.cost_usd,
+                    l.class.as_str(),
+                    l.local.kind,
+                    &*l.local.namespace,
+                    &*l.local.name,
+                    &*l.local.workload_kind,
+                    &*l.local.workload,
+                    &*l.local.app,
+                    &*l.local.node,
+                    &*l.local.zone,
+                    &*l.local.region,
+                    &*l.local.cloud,
+                    l.remote.kind,
+                    &*l.remote.namespace,
+                    &*l.remote.name,
+                    &*l.remote.workload_kind,
+                    &*l.remote.workload,
+                    &*l.remote.app,
+                    &*l.remote.node,
+                    &*l.remote.zone,
+                    &*l.remote.region,
+                    &*l.remote.cloud,
+                    &*l.service_namespace,
+                    &*l.service_name,
                 ])
                 .map_err(err("upsert"))?;
             }
@@ -220,13 +344,18 @@ impl FlowStore for SqliteStore {
                     ],
                     r.get::<_, i64>(14)?,
                     r.get::<_, i64>(15)?,
+                    r.get::<_, f64>(16)?,
+                    (17..40)
+                        .map(|i| r.get::<_, String>(i))
+                        .collect::<Result<Vec<_>, _>>()?,
                 ))
             })
             .map_err(self.err("query"))?;
         let mut out = Vec::new();
         for row in raw {
-            let (observer, proto, local, remote, port, init, sa, sp, n, first, last) =
+            let (observer, proto, local, remote, port, init, sa, sp, n, first, last, cost_usd, l) =
                 row.map_err(self.err("read row"))?;
+            let labels = self.labels(l)?;
             let service = if sa.is_empty() {
                 None
             } else {
@@ -251,6 +380,8 @@ impl FlowStore for SqliteStore {
                     opened: n[4],
                     closed: n[5],
                 },
+                labels,
+                cost_usd,
                 first,
                 last,
             });
@@ -267,6 +398,19 @@ impl FlowStore for SqliteStore {
             )
             .map_err(self.err("expire"))?;
         Ok(n as u64)
+    }
+}
+
+/// The place kinds podflow writes, as static strings (anything else reads as `unknown`).
+fn kind_static(s: &str) -> &'static str {
+    match s {
+        "pod" => "pod",
+        "node" => "node",
+        "service" => "service",
+        "known_network" => "known_network",
+        "cloud_range" => "cloud_range",
+        "internet" => "internet",
+        _ => "unknown",
     }
 }
 
@@ -295,6 +439,24 @@ mod tests {
                 opened: 1,
                 closed: 0,
             },
+            labels: Arc::new(FlowLabels {
+                class: Class::InterZone,
+                local: EndLabels {
+                    kind: "pod",
+                    namespace: "shop".into(),
+                    name: "web-1".into(),
+                    ..Default::default()
+                },
+                remote: EndLabels {
+                    kind: "node",
+                    name: "node-b".into(),
+                    zone: "b".into(),
+                    ..Default::default()
+                },
+                service_namespace: "shop".into(),
+                service_name: "db".into(),
+            }),
+            cost_usd: 0.5,
         }
     }
 
@@ -362,6 +524,40 @@ mod tests {
             limit: 10,
         };
         assert_eq!(s.flows(&q).expect("q"), r.flows(&q).expect("q"));
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_in_place() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("f.sqlite");
+        let c = Connection::open(&p).expect("open");
+        c.execute_batch(SCHEMA).expect("v1 schema");
+        c.execute(
+            "INSERT INTO flows VALUES (100, 10, 'n', 6, '10.0.0.1', '10.0.0.2', 80, 1, '', 0, 5, 1, 6, 1, 1, 0)",
+            [],
+        )
+        .expect("v1 row");
+        c.pragma_update(None, "user_version", 1).expect("v1");
+        drop(c);
+        let mut s = SqliteStore::open(&p).expect("migrates");
+        s.write(&[row(100, "10.0.0.2", 10)])
+            .expect("write after migration");
+        let got = s
+            .flows(&FlowQuery {
+                from: 0,
+                to: 1000,
+                limit: 10,
+            })
+            .expect("query");
+        assert_eq!(got.len(), 2, "the v1 row (no service) and the new one");
+        let old = got
+            .iter()
+            .find(|r| r.key.service.is_none())
+            .expect("v1 row");
+        assert_eq!(
+            (old.totals.bytes_out, old.labels.class),
+            (5, Class::Unknown)
+        );
     }
 
     #[test]

@@ -1,0 +1,84 @@
+//! The attribution of a stored row, flattened to names: what the store's columns, the
+//! API and the metrics show. Empty strings stand for "not applicable / unknown".
+
+use serde::Serialize;
+
+use crate::{Attribution, Class, Name, Place};
+
+/// One end of a row, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct EndLabels {
+    /// `pod`, `node`, `service`, `known_network`, `cloud_range`, `internet`, `unknown`.
+    pub kind: &'static str,
+    /// Namespace (pods, services).
+    pub namespace: Name,
+    /// Pod, node, Service, user network or cloud service name.
+    pub name: Name,
+    /// Workload kind (`Deployment`, `StatefulSet`, `DaemonSet`, `CronJob`, ...).
+    pub workload_kind: Name,
+    /// Workload name.
+    pub workload: Name,
+    /// App name (from the configured labels).
+    pub app: Name,
+    /// Node.
+    pub node: Name,
+    /// Zone.
+    pub zone: Name,
+    /// Region.
+    pub region: Name,
+    /// Cloud (node's providerID scheme or the cloud range's provider).
+    pub cloud: Name,
+}
+
+fn name(n: Option<&Name>) -> Name {
+    n.cloned().unwrap_or_else(|| Name::from(""))
+}
+
+impl EndLabels {
+    /// The labels of a place.
+    pub fn of(p: &Place) -> EndLabels {
+        let (wk, w) = p
+            .workload()
+            .map_or((None, None), |(k, n)| (Some(k), Some(n)));
+        EndLabels {
+            kind: p.kind_str(),
+            namespace: name(p.namespace()),
+            name: name(p.name()),
+            workload_kind: name(wk),
+            workload: name(w),
+            app: name(p.app()),
+            node: name(p.node().map(|n| &n.name)),
+            zone: name(p.zone()),
+            region: name(p.region()),
+            cloud: name(p.cloud()),
+        }
+    }
+}
+
+/// Everything a row says about who talked, beyond addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct FlowLabels {
+    /// Connection class.
+    pub class: Class,
+    /// The local end.
+    pub local: EndLabels,
+    /// The remote end.
+    pub remote: EndLabels,
+    /// Namespace of the Service dialled (DNAT), or empty.
+    pub service_namespace: Name,
+    /// Name of the Service dialled, or empty.
+    pub service_name: Name,
+}
+
+impl FlowLabels {
+    /// The labels of an attribution.
+    pub fn of(a: &Attribution) -> FlowLabels {
+        FlowLabels {
+            class: a.class,
+            local: EndLabels::of(&a.local.place),
+            remote: EndLabels::of(&a.remote.place),
+            service_namespace: name(a.service.as_ref().map(|s| &s.meta.namespace)),
+            service_name: name(a.service.as_ref().map(|s| &s.meta.name)),
+        }
+    }
+}

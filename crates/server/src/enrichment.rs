@@ -1,0 +1,184 @@
+//! Attribution for `run` (and later the server): the inventory (a List file, the
+//! Kubernetes API, or nothing) plus this node itself, the cloud ranges, the prices.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use podflow_enrich::{Attributor, CloudRanges, EnrichConfig, EnrichError, PriceTable};
+use podflow_inventory::{
+    IndexConfig, Inventory, InventoryError, InventoryTracker, Node, SharedIndex,
+};
+
+/// Where pods, nodes and services come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InventorySource {
+    /// Nothing: only this node is known (its own addresses).
+    None,
+    /// A file in Kubernetes List format, reloaded when it changes.
+    File(PathBuf),
+    /// The Kubernetes API (in-cluster, or this kubeconfig).
+    Kube {
+        /// Kubeconfig file; `None` = in-cluster config or the default kubeconfig.
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+/// What attribution is configured with.
+#[derive(Debug, Clone)]
+pub struct EnrichSettings {
+    /// Inventory source.
+    pub inventory: InventorySource,
+    /// Pipeline config (cloud, region, app labels, user CIDR rules).
+    pub config: EnrichConfig,
+    /// Directory of the providers' range files (ip-ranges.json, cloud.json, goog.json,
+    /// ServiceTags_Public_*.json).
+    pub cloud_ranges: Option<PathBuf>,
+    /// Price table (YAML); `None` = the embedded defaults.
+    pub prices: Option<PathBuf>,
+}
+
+impl Default for EnrichSettings {
+    fn default() -> Self {
+        EnrichSettings {
+            inventory: InventorySource::None,
+            config: EnrichConfig::default(),
+            cloud_ranges: None,
+            prices: None,
+        }
+    }
+}
+
+/// Why enrichment could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichSetupError {
+    /// Cloud ranges or prices.
+    #[error(transparent)]
+    Enrich(#[from] EnrichError),
+    /// The inventory.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+}
+
+/// Builds the attributor from the settings.
+pub fn attributor(s: &EnrichSettings) -> Result<Attributor, EnrichSetupError> {
+    let ranges = match &s.cloud_ranges {
+        Some(dir) => {
+            let (r, files) = CloudRanges::load_dir(dir)?;
+            tracing::info!(dir = %dir.display(), files = files.len(), prefixes = r.len(), "loaded cloud ranges");
+            r
+        }
+        None => CloudRanges::builder().build(),
+    };
+    let prices = match &s.prices {
+        Some(p) => PriceTable::load(p)?,
+        None => PriceTable::defaults(),
+    };
+    Ok(Attributor::new(&s.config, "--config", ranges, prices)?)
+}
+
+/// The index config matching the enrich config.
+pub fn index_config(s: &EnrichSettings) -> IndexConfig {
+    IndexConfig {
+        app_labels: s.config.app_labels.clone(),
+        ..IndexConfig::default()
+    }
+}
+
+/// Keeps the index of a file inventory (or none) plus this node up to date.
+#[derive(Debug)]
+pub struct LocalInventory {
+    file: Option<PathBuf>,
+    stamp: Option<(Option<SystemTime>, u64)>,
+    observer: String,
+    local: Arc<HashSet<IpAddr>>,
+    tracker: InventoryTracker,
+    shared: SharedIndex,
+    file_inv: Inventory,
+    last_build_ns: u64,
+}
+
+fn stamp(p: &Path) -> Option<(Option<SystemTime>, u64)> {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
+}
+
+impl LocalInventory {
+    /// An inventory read from `file` (if any), with `observer` as this node.
+    pub fn new(
+        file: Option<PathBuf>,
+        observer: String,
+        cfg: IndexConfig,
+        shared: SharedIndex,
+    ) -> LocalInventory {
+        LocalInventory {
+            file,
+            stamp: None,
+            observer,
+            local: Arc::new(HashSet::new()),
+            tracker: InventoryTracker::new(cfg),
+            shared,
+            file_inv: Inventory::default(),
+            last_build_ns: 0,
+        }
+    }
+
+    /// Reloads the file if it changed, takes new local addresses, and rebuilds the index
+    /// when anything changed or every 30 s (so deleted pods' grace periods run out).
+    /// A file that fails to parse keeps the previous index (the error is returned once).
+    pub fn refresh(
+        &mut self,
+        local: Option<Arc<HashSet<IpAddr>>>,
+        now_ns: u64,
+    ) -> Result<bool, InventoryError> {
+        let mut changed = false;
+        if let Some(l) = local.filter(|l| **l != *self.local) {
+            self.local = l;
+            changed = true;
+        }
+        let mut err = None;
+        if let Some(f) = &self.file {
+            let st = stamp(f);
+            if st != self.stamp {
+                self.stamp = st;
+                match Inventory::load(f) {
+                    Ok(inv) => {
+                        self.file_inv = inv;
+                        changed = true;
+                    }
+                    Err(e) => err = Some(e),
+                }
+            }
+        }
+        if changed || now_ns.saturating_sub(self.last_build_ns) > 30_000_000_000 {
+            let mut inv = self.file_inv.clone();
+            // This node, with the addresses it really has, unless the inventory names it.
+            if !inv.nodes.iter().any(|n| n.name == self.observer) {
+                let mut addrs: Vec<IpAddr> = self
+                    .local
+                    .iter()
+                    .copied()
+                    .filter(|a| !a.is_loopback())
+                    .collect();
+                addrs.sort();
+                inv.nodes.push(Node {
+                    name: self.observer.clone(),
+                    addresses: addrs
+                        .into_iter()
+                        .map(|a| ("InternalIP".to_string(), a))
+                        .collect(),
+                    ..Default::default()
+                });
+            }
+            self.shared.store(self.tracker.update(inv, now_ns));
+            self.last_build_ns = now_ns;
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
+    }
+}

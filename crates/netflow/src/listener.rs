@@ -499,6 +499,8 @@ impl Worker {
             .map_or(0, |d| d.as_secs());
         let (mut bytes, mut truncated, mut no_source) = (0u64, 0u64, 0u64);
         let before = out.len();
+        // The records of a batch nearly always share a few domains: skip the map.
+        let mut last: Option<((IpAddr, u32), Arc<str>)> = None;
         for (r, buf) in got.iter().zip(bufs) {
             bytes += r.len as u64;
             let Some(from) = r.from else {
@@ -515,9 +517,8 @@ impl Worker {
             };
             if observers.len() > MAX_OBSERVERS {
                 observers.clear();
+                last = None;
             }
-            // The records of a datagram nearly always share one domain: skip the map.
-            let mut last: Option<((IpAddr, u32), Arc<str>)> = None;
             let res = self.decoder.decode_with(from, data, now, |rec| {
                 let key = (rec.exporter.ip(), rec.domain);
                 let observer = match &last {

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::clickhouse::{Client, Row};
-use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, KubenetmonClass, Protocol};
+use podflow_model::{
+    Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, KubenetmonClass, Protocol,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{FlowQuery, FlowStore, FlowSummary, StoreError};
@@ -140,11 +142,19 @@ struct Column {
 }
 
 const fn col(name: &'static str, ty: &'static str) -> Column {
-    Column { name, ty, default: None }
+    Column {
+        name,
+        ty,
+        default: None,
+    }
 }
 
 const fn dflt(name: &'static str, ty: &'static str, default: &'static str) -> Column {
-    Column { name, ty, default: Some(default) }
+    Column {
+        name,
+        ty,
+        default: Some(default),
+    }
 }
 
 const LCS: &str = "LowCardinality(String) CODEC(ZSTD(1))";
@@ -222,8 +232,7 @@ const COLUMNS: &[Column] = &[
 ];
 
 /// The columns SummingMergeTree adds up; every other non-key column keeps one row's value.
-const SUMMED: &str =
-    "bytes, packets, bytes_out, packets_out, bytes_in, packets_in, conns_opened, conns_closed, cost_usd";
+const SUMMED: &str = "bytes, packets, bytes_out, packets_out, bytes_in, packets_in, conns_opened, conns_closed, cost_usd";
 
 /// The sorting key: interval, observer, direction and podflow's flow key.
 const ORDER_BY: &str = "intervalStartTime, observer, direction, proto, local_addr, remote_addr, \
@@ -232,7 +241,8 @@ const ORDER_BY: &str = "intervalStartTime, observer, direction, proto, local_add
 fn check_identifier(what: &str, s: &str) -> Result<(), ClickHouseError> {
     let ok = !s.is_empty()
         && s.len() <= 128
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
     if ok {
         Ok(())
     } else {
@@ -279,7 +289,10 @@ pub fn create_statements(cfg: &ClickHouseConfig) -> Vec<String> {
     } else {
         (
             format!("SummingMergeTree(({SUMMED}))"),
-            format!(", non_replicated_deduplication_window = {}", cfg.dedup_window),
+            format!(
+                ", non_replicated_deduplication_window = {}",
+                cfg.dedup_window
+            ),
         )
     };
     let ttl = if cfg.ttl_days > 0 {
@@ -368,7 +381,7 @@ struct ChRow<'a> {
     cost_usd: f64,
 }
 
-/// `flows()` output row, in the SELECT's order.
+/// `flows()` output row; field names are the SELECT's aliases.
 #[derive(Row, Deserialize)]
 struct SummaryRow {
     observer: String,
@@ -379,20 +392,20 @@ struct SummaryRow {
     local_initiated: bool,
     service_addr: Ipv6Addr,
     service_port: u16,
-    bytes_out: u64,
-    packets_out: u64,
-    bytes_in: u64,
-    packets_in: u64,
-    opened: u64,
-    closed: u64,
-    first: i64,
-    last: i64,
-    cost_usd: f64,
-    class: String,
-    local: [String; 10],
-    remote: [String; 10],
-    service_namespace: String,
-    service_name: String,
+    t_bytes_out: u64,
+    t_packets_out: u64,
+    t_bytes_in: u64,
+    t_packets_in: u64,
+    t_opened: u64,
+    t_closed: u64,
+    t_first: i64,
+    t_last: i64,
+    t_cost_usd: f64,
+    l_class: String,
+    l_local: [String; 10],
+    l_remote: [String; 10],
+    l_service_namespace: String,
+    l_service_name: String,
 }
 
 /// The label columns of one end, in `EndLabels` field order (kind, namespace, name,
@@ -418,20 +431,24 @@ fn end_select(side: &str) -> String {
 }
 
 fn flows_sql(db: &str, table: &str) -> String {
-    // Labels: max() over the group, like the embedded store, so both agree.
+    // Labels: max() over the group, like the embedded store, so both agree. Aliases differ
+    // from column names (an alias equal to a column would shadow it inside the sums).
     format!(
         "SELECT observer, proto, local_addr, remote_addr, responder_port, local_initiated, \
          service_addr, service_port, \
-         sum(bytes_out), sum(packets_out), sum(bytes_in), sum(packets_in), \
-         sum(conns_opened), sum(conns_closed), \
-         min(toInt64(intervalStartTime)), max(toInt64(intervalStartTime) + intervalSeconds), \
-         sum(cost_usd), max(class), \
-         ({local}), ({remote}), max(service_namespace), max(service_name) \
+         sum(bytes_out) AS t_bytes_out, sum(packets_out) AS t_packets_out, \
+         sum(bytes_in) AS t_bytes_in, sum(packets_in) AS t_packets_in, \
+         sum(conns_opened) AS t_opened, sum(conns_closed) AS t_closed, \
+         min(toInt64(intervalStartTime)) AS t_first, \
+         max(toInt64(intervalStartTime) + intervalSeconds) AS t_last, \
+         sum(cost_usd) AS t_cost_usd, max(class) AS l_class, \
+         ({local}) AS l_local, ({remote}) AS l_remote, \
+         max(service_namespace) AS l_service_namespace, max(service_name) AS l_service_name \
          FROM `{db}`.`{table}` \
          WHERE intervalStartTime >= toDateTime(?) AND intervalStartTime < toDateTime(?) \
          GROUP BY observer, proto, local_addr, remote_addr, responder_port, local_initiated, \
          service_addr, service_port \
-         ORDER BY sum(bytes_out) + sum(bytes_in) DESC, sum(conns_opened) DESC \
+         ORDER BY t_bytes_out + t_bytes_in DESC, t_opened DESC \
          LIMIT ?",
         local = end_select("local"),
         remote = end_select("remote"),
@@ -535,7 +552,14 @@ pub fn batch_token(rows: &[FlowRow]) -> String {
             None => h.bytes(&[0]),
         }
         let t = &r.totals;
-        for v in [t.bytes_out, t.packets_out, t.bytes_in, t.packets_in, t.opened, t.closed] {
+        for v in [
+            t.bytes_out,
+            t.packets_out,
+            t.bytes_in,
+            t.packets_in,
+            t.opened,
+            t.closed,
+        ] {
             h.u64(v);
         }
         h.u64(r.cost_usd.to_bits());
@@ -640,7 +664,12 @@ impl ClickHouseStore {
                 let s = std::fs::read_to_string(f).map_err(|e| {
                     ClickHouseError::Config(format!("password_file {}: {e}", f.display()))
                 })?;
-                Some(s.strip_suffix('\n').unwrap_or(&s).trim_end_matches('\r').to_string())
+                Some(
+                    s.strip_suffix('\n')
+                        .unwrap_or(&s)
+                        .trim_end_matches('\r')
+                        .to_string(),
+                )
             }
             (None, None) => None,
         };
@@ -676,7 +705,12 @@ impl ClickHouseStore {
         &self.cfg
     }
 
-    fn request_err(&self, op: &'static str, attempts: u32, source: ::clickhouse::error::Error) -> StoreError {
+    fn request_err(
+        &self,
+        op: &'static str,
+        attempts: u32,
+        source: ::clickhouse::error::Error,
+    ) -> StoreError {
         ClickHouseError::Request {
             url: self.cfg.url.clone(),
             table: self.name.clone(),
@@ -735,8 +769,11 @@ impl ClickHouseStore {
 
     /// Creates the database and table if needed and adds columns an older table lacks.
     fn migrate(&self) -> Result<(), StoreError> {
+        // The database may not exist yet: run the DDL from `system` (naming it in the
+        // `database` parameter would fail on a real server).
+        let ddl = self.client.clone().with_database("system");
         for s in create_statements(&self.cfg) {
-            self.execute("create table", &s)?;
+            self.retrying("create table", || ddl.query(&s).execute())?;
         }
         let have: Vec<String> = self.retrying("read columns", || {
             self.client
@@ -763,10 +800,15 @@ impl ClickHouseStore {
             ))
         })?;
         let seconds = u16::try_from(r.interval_s).map_err(|_| {
-            self.invalid(format!("interval of {} s exceeds intervalSeconds' UInt16", r.interval_s))
+            self.invalid(format!(
+                "interval of {} s exceeds intervalSeconds' UInt16",
+                r.interval_s
+            ))
         })?;
         let day = u16::try_from(start / 86_400).map_err(|_| {
-            self.invalid(format!("interval start {start} is past the Date type's range"))
+            self.invalid(format!(
+                "interval start {start} is past the Date type's range"
+            ))
         })?;
         let k = &r.key;
         let t = &r.totals;
@@ -807,7 +849,11 @@ impl ClickHouseStore {
             remoteIPv4: v4_or_zero(k.remote),
             remotePort: remote_port,
             remoteApp: &l.remote.app,
-            remoteCloudService: if l.remote.kind == "cloud_range" { &l.remote.name } else { "" },
+            remoteCloudService: if l.remote.kind == "cloud_range" {
+                &l.remote.name
+            } else {
+                ""
+            },
             bytes: t.bytes_out,
             packets: t.packets_out,
             observer: &r.observer,
@@ -886,10 +932,21 @@ impl ClickHouseStore {
     fn summary(&self, s: SummaryRow) -> Result<FlowSummary, StoreError> {
         let proto = Protocol::parse(&s.proto)
             .ok_or_else(|| self.invalid(format!("row has an invalid proto {:?}", s.proto)))?;
-        let class = Class::parse(&s.class)
-            .ok_or_else(|| self.invalid(format!("row has an invalid class {:?}", s.class)))?;
+        let class = Class::parse(&s.l_class)
+            .ok_or_else(|| self.invalid(format!("row has an invalid class {:?}", s.l_class)))?;
         let end = |l: [String; 10]| {
-            let [kind, namespace, name, workload_kind, workload, app, node, zone, region, cloud] = l;
+            let [
+                kind,
+                namespace,
+                name,
+                workload_kind,
+                workload,
+                app,
+                node,
+                zone,
+                region,
+                cloud,
+            ] = l;
             EndLabels {
                 kind: kind_static(&kind),
                 namespace: namespace.into(),
@@ -919,23 +976,23 @@ impl ClickHouseStore {
                 service,
             },
             totals: FlowTotals {
-                bytes_out: s.bytes_out,
-                packets_out: s.packets_out,
-                bytes_in: s.bytes_in,
-                packets_in: s.packets_in,
-                opened: s.opened,
-                closed: s.closed,
+                bytes_out: s.t_bytes_out,
+                packets_out: s.t_packets_out,
+                bytes_in: s.t_bytes_in,
+                packets_in: s.t_packets_in,
+                opened: s.t_opened,
+                closed: s.t_closed,
             },
             labels: Arc::new(FlowLabels {
                 class,
-                local: end(s.local),
-                remote: end(s.remote),
-                service_namespace: s.service_namespace.into(),
-                service_name: s.service_name.into(),
+                local: end(s.l_local),
+                remote: end(s.l_remote),
+                service_namespace: s.l_service_namespace.into(),
+                service_name: s.l_service_name.into(),
             }),
-            cost_usd: s.cost_usd,
-            first: s.first,
-            last: s.last,
+            cost_usd: s.t_cost_usd,
+            first: s.t_first,
+            last: s.t_last,
         })
     }
 }
@@ -1001,8 +1058,14 @@ mod tests {
 
     #[test]
     fn error_codes_are_read_from_server_text() {
-        assert_eq!(error_code("Code: 252. DB::Exception: Too many parts"), Some(252));
-        assert_eq!(error_code("Code: 60. DB::Exception: Unknown table"), Some(60));
+        assert_eq!(
+            error_code("Code: 252. DB::Exception: Too many parts"),
+            Some(252)
+        );
+        assert_eq!(
+            error_code("Code: 60. DB::Exception: Unknown table"),
+            Some(60)
+        );
         assert_eq!(error_code("Service Unavailable"), None);
         assert!(transient(&::clickhouse::error::Error::BadResponse(
             "Code: 241. DB::Exception: Memory limit".into()

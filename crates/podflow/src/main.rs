@@ -115,6 +115,24 @@ struct RunArgs {
 
     #[command(flatten)]
     attribution: AttributionArgs,
+
+    /// Labels of the workload series in /metrics (comma-separated allow-list from:
+    /// src_namespace, src_workload, src_kind, src_zone, dst_namespace, dst_workload,
+    /// dst_kind, dst_zone, class, src_pod, dst_pod). Pod names are opt-in.
+    #[arg(
+        long,
+        env = "PODFLOW_METRICS_LABELS",
+        default_value = "src_namespace,src_workload,src_kind,src_zone,dst_namespace,dst_workload,dst_kind,dst_zone,class"
+    )]
+    metrics_labels: String,
+
+    /// Workload series kept per interval; smaller ones are summed into `other` series.
+    #[arg(long, env = "PODFLOW_METRICS_TOP_K", default_value_t = 200)]
+    metrics_top_k: usize,
+
+    /// Workload series that stop moving disappear after this long.
+    #[arg(long, env = "PODFLOW_METRICS_EXPIRE", default_value = "10m", value_parser = duration::parse)]
+    metrics_expire: Duration,
 }
 
 /// Where pods, workloads, services and prices come from.
@@ -250,6 +268,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         max_keys: args.max_keys,
         enrich: args.attribution.settings()?,
+        metrics: podflow_server::workload_metrics::WorkloadMetricsConfig {
+            dimensions: podflow_server::workload_metrics::WorkloadMetricsConfig::parse_dimensions(
+                &args.metrics_labels,
+            )
+            .map_err(|e| anyhow::anyhow!("--metrics-labels: {e}"))?,
+            top_k: args.metrics_top_k,
+            expire_s: args.metrics_expire.as_secs() as i64,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -24,6 +24,32 @@ fn get(port: u16, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
+/// `promtool check metrics` accepts the exposition (lint included).
+fn promtool_check(metrics: &str) {
+    if !podflow_testkit::have("promtool", "promtool") {
+        return;
+    }
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    p.stdin
+        .take()
+        .expect("stdin")
+        .write_all(metrics.as_bytes())
+        .expect("write");
+    let o = p.wait_with_output().expect("promtool");
+    assert!(
+        o.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 struct Podflow(Child);
 
 impl Drop for Podflow {
@@ -144,27 +170,7 @@ fn run_reports_exact_bytes_in_the_api_metrics_and_store_and_flushes_on_sigterm()
         .expect("value");
     assert!(v >= k_out, "{out_line} vs {k_out}");
     assert!(metrics.contains("podflow_conntrack_accounting_enabled 1"));
-    if podflow_testkit::have("promtool", "promtool") {
-        let mut p = Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("promtool");
-        p.stdin
-            .take()
-            .expect("stdin")
-            .write_all(metrics.as_bytes())
-            .expect("write");
-        let o = p.wait_with_output().expect("promtool");
-        assert!(
-            o.status.success(),
-            "promtool: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
+    promtool_check(&metrics);
 
     // The CLI view shows the conversation.
     let table = Command::new(env!("CARGO_BIN_EXE_podflow"))
@@ -358,6 +364,20 @@ fn run_attributes_flows_to_workloads_services_zones_and_cost() {
         (r["node"].as_str(), r["zone"].as_str(), r["cloud"].as_str()),
         (Some("node-b"), Some("us-east-1b"), Some("aws"))
     );
+    // The workload series: web -> db across zones, with exactly these bytes.
+    let (_, metrics) = get(port, "/metrics");
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("podflow_workload_bytes_total{")
+                && l.contains("src_namespace=\"shop\",src_workload=\"web\",src_kind=\"pod\",src_zone=\"us-east-1a\"")
+                && l.contains("dst_workload=\"db\"")
+                && l.contains("class=\"INTER_ZONE\"")
+        })
+        .unwrap_or_else(|| panic!("no web->db series in\n{metrics}"));
+    assert!(line.ends_with(&format!(" {}", k_out + k_in)), "{line}");
+    assert!(!metrics.contains("10.99.0."), "no address is ever a label");
+    promtool_check(&metrics);
     // AWS cross-AZ list price: 0.01 USD per GB each way (1 GB = 2^30 bytes).
     let want = (k_out + k_in) as f64 * 0.01 / 1_073_741_824.0;
     let cost = row["cost_usd"].as_f64().expect("cost");

@@ -79,6 +79,29 @@ pub fn attributor(s: &EnrichSettings) -> Result<Attributor, EnrichSetupError> {
     Ok(Attributor::new(&s.config, "--config", ranges, prices)?)
 }
 
+/// A fingerprint of the files in the cloud-ranges directory (names, sizes, mtimes), to
+/// reload them when they change.
+pub fn ranges_stamp(s: &EnrichSettings) -> Vec<(String, u64, Option<SystemTime>)> {
+    let Some(dir) = &s.cloud_ranges else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.modified().ok(),
+            ))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// The index config matching the enrich config.
 pub fn index_config(s: &EnrichSettings) -> IndexConfig {
     IndexConfig {

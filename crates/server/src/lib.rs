@@ -7,6 +7,7 @@ pub mod http;
 mod local;
 pub mod run;
 pub mod telemetry;
+pub mod workload_metrics;
 
 pub use aggregate::Aggregator;
 pub use enrichment::{EnrichSettings, InventorySource};

@@ -40,6 +40,8 @@ pub struct RunConfig {
     pub max_keys: usize,
     /// Attribution: inventory, cloud ranges, prices, user networks.
     pub enrich: EnrichSettings,
+    /// Workload-level metrics bounds.
+    pub metrics: crate::workload_metrics::WorkloadMetricsConfig,
 }
 
 /// Why `run` stopped.
@@ -120,7 +122,9 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
     })?;
     let store_path = cfg.data_dir.join("podflow.sqlite");
     let store = SqliteStore::open(&store_path)?;
-    let attributor: Attributor = enrichment::attributor(&cfg.enrich)?;
+    let mut attributor: Attributor = enrichment::attributor(&cfg.enrich)?;
+    let mut ranges_stamp = enrichment::ranges_stamp(&cfg.enrich);
+    let mut ranges_checked = Instant::now();
     let shared = SharedIndex::default();
     let mut local_inv = match &cfg.enrich.inventory {
         InventorySource::None => Some(LocalInventory::new(
@@ -151,6 +155,11 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
         }
     };
     let telemetry = Arc::new(Telemetry::default());
+    if let Ok(mut w) = telemetry.workloads.lock() {
+        *w = Some(crate::workload_metrics::WorkloadMetrics::new(
+            cfg.metrics.clone(),
+        ));
+    }
     let state = Arc::new(AppState {
         telemetry: Arc::clone(&telemetry),
         store_path: store_path.clone(),
@@ -285,6 +294,18 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
                 {
                     tracing::warn!(error = %e, "inventory file not reloaded; keeping the previous one");
                 }
+                // The providers' range files are replaced now and then: reload on change.
+                if ranges_checked.elapsed() > Duration::from_secs(30) {
+                    ranges_checked = Instant::now();
+                    let st = enrichment::ranges_stamp(&cfg.enrich);
+                    if st != ranges_stamp {
+                        ranges_stamp = st;
+                        match enrichment::attributor(&cfg.enrich) {
+                            Ok(a) => attributor = a,
+                            Err(e) => tracing::warn!(error = %e, "cloud ranges not reloaded; keeping the previous ones"),
+                        }
+                    }
+                }
                 let rows = agg.flush(unix_now(), false);
                 writer.write(rows).await;
                 if last_expire.elapsed() > Duration::from_secs(3600) {
@@ -367,6 +388,12 @@ impl Writer {
     async fn write(&mut self, rows: Vec<FlowRow>) {
         for r in &rows {
             self.telemetry.add_flow(r.key.proto, &r.totals);
+        }
+        // Also with no rows: series that stopped moving expire.
+        if let Ok(mut w) = self.telemetry.workloads.lock()
+            && let Some(w) = w.as_mut()
+        {
+            w.add_interval(&rows, unix_now());
         }
         self.pending.extend(rows);
         if self.pending.is_empty() {

@@ -61,6 +61,11 @@ defs! {
     FLOW_PACKETS = "podflow_flow_packets_total", "counter", "Packets of observed connections, by protocol and direction.", ["proto", "direction"];
     CONNS_OPENED = "podflow_connections_opened_total", "counter", "Connections that started while observed, by protocol.", ["proto"];
     CONNS_CLOSED = "podflow_connections_closed_total", "counter", "Connections that ended while observed, by protocol.", ["proto"];
+    WL_BYTES = "podflow_workload_bytes_total", "counter", "L3 bytes in both directions between a source (initiator) and a destination (responder), by the allowed labels (see docs/metrics.md).", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
+    WL_CONNS = "podflow_workload_connections_total", "counter", "Connections opened between a source and a destination, by the allowed labels.", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
+    WL_COST = "podflow_workload_cost_usd_total", "counter", "Price of the bytes between a source and a destination in USD, by the allowed labels.", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
+    WL_SERIES = "podflow_workload_series", "gauge", "Live workload series (bounded by --metrics-top-k).", [];
+    WL_FOLDED = "podflow_workload_folded_total", "counter", "Interval series folded into `other` by the top-K bound.", [];
 }
 
 /// The protocol label values (bounded: everything else is `other`).
@@ -109,6 +114,8 @@ pub struct Telemetry {
     pub store_pending: AtomicU64,
     /// Rows dropped from the retry backlog.
     pub store_dropped: AtomicU64,
+    /// Workload-level series.
+    pub workloads: std::sync::Mutex<Option<crate::workload_metrics::WorkloadMetrics>>,
     flows: [ProtoTotals; 6],
 }
 
@@ -246,6 +253,13 @@ impl Telemetry {
                 &[("proto", name)],
                 g(&self.flows[i].closed),
             );
+        }
+        if let Ok(w) = self.workloads.lock()
+            && let Some(w) = w.as_ref()
+        {
+            one(&mut out, &WL_SERIES, w.len());
+            one(&mut out, &WL_FOLDED, w.folded);
+            w.render(&mut out, [&WL_BYTES, &WL_CONNS, &WL_COST]);
         }
         out
     }

@@ -1,0 +1,326 @@
+//! Flow counters at workload level for `/metrics`, bounded by construction:
+//! - a label allow-list (only the chosen dimensions become labels);
+//! - top-K per interval: the K largest series of each interval keep their labels, the rest
+//!   are summed into series whose workload labels read `other`;
+//! - a cap on live series, and series that stop moving expire.
+//!
+//! Source is the initiator, destination the responder. Pod names are labels only when
+//! asked for (`--metrics-pod-labels`).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use podflow_model::{EndLabels, FlowRow};
+
+/// Every dimension a workload series can carry, in label order.
+pub const DIMENSIONS: [&str; 11] = [
+    "src_namespace",
+    "src_workload",
+    "src_kind",
+    "src_zone",
+    "dst_namespace",
+    "dst_workload",
+    "dst_kind",
+    "dst_zone",
+    "class",
+    "src_pod",
+    "dst_pod",
+];
+
+/// The default label allow-list (pod names are opt-in).
+pub const DEFAULT_DIMENSIONS: [&str; 9] = [
+    "src_namespace",
+    "src_workload",
+    "src_kind",
+    "src_zone",
+    "dst_namespace",
+    "dst_workload",
+    "dst_kind",
+    "dst_zone",
+    "class",
+];
+
+/// How the workload series are bounded.
+#[derive(Debug, Clone)]
+pub struct WorkloadMetricsConfig {
+    /// Dimensions that become labels (a subset of [`DIMENSIONS`]).
+    pub dimensions: Vec<&'static str>,
+    /// Series kept per interval; the rest go to `other`.
+    pub top_k: usize,
+    /// Series not updated for this many seconds disappear.
+    pub expire_s: i64,
+}
+
+impl Default for WorkloadMetricsConfig {
+    fn default() -> Self {
+        WorkloadMetricsConfig {
+            dimensions: DEFAULT_DIMENSIONS.to_vec(),
+            top_k: 200,
+            expire_s: 600,
+        }
+    }
+}
+
+impl WorkloadMetricsConfig {
+    /// Parses a comma-separated allow-list, naming a wrong entry.
+    pub fn parse_dimensions(s: &str) -> Result<Vec<&'static str>, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(|d| {
+                DIMENSIONS
+                    .iter()
+                    .find(|x| **x == d)
+                    .copied()
+                    .ok_or_else(|| {
+                        format!(
+                            "unknown metrics label `{d}` (known: {})",
+                            DIMENSIONS.join(", ")
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Values {
+    bytes: u64,
+    connections: u64,
+    cost_usd: f64,
+    updated: i64,
+}
+
+/// Workload-level counters.
+#[derive(Debug)]
+pub struct WorkloadMetrics {
+    cfg: WorkloadMetricsConfig,
+    series: HashMap<Arc<[String]>, Values>,
+    /// Series folded into `other` so far.
+    pub folded: u64,
+}
+
+/// The workload label value of one end: the workload for pods, else the place's name, else
+/// its kind (`internet`, `unknown`).
+fn workload_of(e: &EndLabels) -> &str {
+    if !e.workload.is_empty() {
+        &e.workload
+    } else if !e.name.is_empty() {
+        &e.name
+    } else {
+        e.kind
+    }
+}
+
+impl WorkloadMetrics {
+    /// Empty counters.
+    pub fn new(cfg: WorkloadMetricsConfig) -> WorkloadMetrics {
+        WorkloadMetrics {
+            cfg,
+            series: HashMap::new(),
+            folded: 0,
+        }
+    }
+
+    fn dim(&self, row: &FlowRow, d: &str) -> String {
+        let l = &row.labels;
+        let (src, dst) = if row.key.local_initiated {
+            (&l.local, &l.remote)
+        } else {
+            (&l.remote, &l.local)
+        };
+        match d {
+            "src_namespace" => src.namespace.to_string(),
+            "src_workload" => workload_of(src).to_string(),
+            "src_kind" => src.kind.to_string(),
+            "src_zone" => src.zone.to_string(),
+            "dst_namespace" => dst.namespace.to_string(),
+            "dst_workload" => workload_of(dst).to_string(),
+            "dst_kind" => dst.kind.to_string(),
+            "dst_zone" => dst.zone.to_string(),
+            "class" => l.class.as_str().to_string(),
+            "src_pod" if src.kind == "pod" => src.name.to_string(),
+            "dst_pod" if dst.kind == "pod" => dst.name.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// Adds one interval's rows at `now` (Unix seconds).
+    pub fn add_interval(&mut self, rows: &[FlowRow], now: i64) {
+        let mut per: HashMap<Vec<String>, Values> = HashMap::new();
+        for r in rows {
+            let key: Vec<String> = self.cfg.dimensions.iter().map(|d| self.dim(r, d)).collect();
+            let v = per.entry(key).or_default();
+            v.bytes += r.totals.bytes();
+            v.connections += r.totals.opened;
+            v.cost_usd += r.cost_usd;
+        }
+        let mut items: Vec<_> = per.into_iter().collect();
+        items.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then_with(|| a.0.cmp(&b.0)));
+        let cap = self.cfg.top_k.saturating_mul(5).max(1);
+        for (i, (mut key, v)) in items.into_iter().enumerate() {
+            let known = self.series.contains_key(key.as_slice());
+            if i >= self.cfg.top_k || (!known && self.series.len() >= cap) {
+                // Keep what is bounded anyway (class, zones, kinds); fold the names.
+                for (k, d) in key.iter_mut().zip(&self.cfg.dimensions) {
+                    if d.ends_with("_namespace") || d.ends_with("_workload") || d.ends_with("_pod")
+                    {
+                        *k = "other".into();
+                    }
+                }
+                self.folded += 1;
+            }
+            let s = self.series.entry(Arc::from(key)).or_default();
+            s.bytes += v.bytes;
+            s.connections += v.connections;
+            s.cost_usd += v.cost_usd;
+            s.updated = now;
+        }
+        let expire = self.cfg.expire_s;
+        self.series.retain(|_, v| now - v.updated < expire);
+    }
+
+    /// Live series.
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// Appends the three families in Prometheus text format.
+    pub fn render(&self, out: &mut String, defs: [&crate::MetricDef; 3]) {
+        let mut keys: Vec<_> = self.series.iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        for (i, def) in defs.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {} {}", def.name, def.help);
+            let _ = writeln!(out, "# TYPE {} {}", def.name, def.kind);
+            for (k, v) in &keys {
+                out.push_str(def.name);
+                out.push('{');
+                for (j, (d, val)) in self.cfg.dimensions.iter().zip(k.iter()).enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    let _ = write!(out, "{d}=\"{}\"", escape(val));
+                }
+                out.push('}');
+                let _ = match i {
+                    0 => writeln!(out, " {}", v.bytes),
+                    1 => writeln!(out, " {}", v.connections),
+                    _ => writeln!(out, " {}", v.cost_usd),
+                };
+            }
+        }
+    }
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['\\', '"', '\n']) {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        s.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podflow_model::{Class, FlowKey, FlowLabels, FlowTotals, Protocol};
+
+    fn row(src: &str, dst: &str, bytes: u64) -> FlowRow {
+        let end = |w: &str| EndLabels {
+            kind: "pod",
+            namespace: "shop".into(),
+            name: format!("{w}-0").into(),
+            workload_kind: "Deployment".into(),
+            workload: w.into(),
+            zone: "a".into(),
+            ..Default::default()
+        };
+        FlowRow {
+            interval_start: 0,
+            interval_s: 10,
+            observer: "n".into(),
+            key: FlowKey {
+                proto: Protocol::TCP,
+                local: "10.0.0.1".parse().expect("ip"),
+                remote: "10.0.0.2".parse().expect("ip"),
+                responder_port: 80,
+                local_initiated: true,
+                service: None,
+            },
+            totals: FlowTotals {
+                bytes_out: bytes,
+                opened: 1,
+                ..Default::default()
+            },
+            labels: Arc::new(FlowLabels {
+                class: Class::IntraZone,
+                local: end(src),
+                remote: end(dst),
+                ..Default::default()
+            }),
+            cost_usd: 0.0,
+        }
+    }
+
+    #[test]
+    fn top_k_keeps_the_largest_and_folds_the_rest_with_totals_kept() {
+        let mut m = WorkloadMetrics::new(WorkloadMetricsConfig {
+            top_k: 2,
+            ..Default::default()
+        });
+        let rows: Vec<_> = (0..10)
+            .map(|i| row(&format!("w{i}"), "db", 100 * (i + 1)))
+            .collect();
+        m.add_interval(&rows, 100);
+        assert_eq!(m.len(), 3, "two named series and one `other`");
+        let mut text = String::new();
+        let d = [
+            &crate::telemetry::WL_BYTES,
+            &crate::telemetry::WL_CONNS,
+            &crate::telemetry::WL_COST,
+        ];
+        m.render(&mut text, d);
+        assert!(text.contains("src_workload=\"w9\""), "{text}");
+        assert!(text.contains("src_workload=\"w8\""));
+        assert!(!text.contains("src_workload=\"w7\""));
+        let other = text
+            .lines()
+            .find(|l| {
+                l.starts_with("podflow_workload_bytes_total{")
+                    && l.contains("src_workload=\"other\"")
+            })
+            .expect("other series");
+        assert!(other.ends_with(" 3600"), "100+..+800 folded: {other}");
+    }
+
+    #[test]
+    fn allow_list_limits_labels_and_series_expire() {
+        let dims = WorkloadMetricsConfig::parse_dimensions("class,dst_workload").expect("valid");
+        let mut m = WorkloadMetrics::new(WorkloadMetricsConfig {
+            dimensions: dims,
+            top_k: 10,
+            expire_s: 60,
+        });
+        m.add_interval(&[row("a", "db", 10), row("b", "db", 20)], 100);
+        assert_eq!(m.len(), 1, "both rows share class and destination");
+        m.add_interval(&[row("a", "cache", 1)], 130);
+        assert_eq!(m.len(), 2);
+        m.add_interval(&[], 170);
+        assert_eq!(m.len(), 1, "the db series stopped moving 70 s ago");
+        assert!(
+            WorkloadMetricsConfig::parse_dimensions("class,ip")
+                .expect_err("bad")
+                .contains("`ip`")
+        );
+    }
+}

@@ -21,4 +21,10 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# A real ClickHouse engine (chdb, in process) for the ClickHouse store's tests.
+if ! python3 -c 'import chdb, lz4, clickhouse_cityhash' >/dev/null 2>&1; then
+  echo "installing chdb (ClickHouse in process) for the ClickHouse tests"
+  pip install -q --no-deps chdb-core==26.9.0 lz4 clickhouse-cityhash
+fi
+
 cargo test --workspace --locked "$@"

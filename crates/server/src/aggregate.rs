@@ -18,9 +18,8 @@ struct Bucket {
 #[derive(Debug)]
 pub struct Aggregator {
     interval_s: u32,
-    observer: String,
     max_keys: usize,
-    buckets: HashMap<(i64, FlowKey), Bucket>,
+    buckets: HashMap<(i64, Arc<str>, FlowKey), Bucket>,
     overflowed: u64,
 }
 
@@ -38,12 +37,11 @@ fn overflow_key(k: &FlowKey) -> FlowKey {
 }
 
 impl Aggregator {
-    /// Aggregates over `interval_s`-second intervals for `observer`, holding at most
+    /// Aggregates over `interval_s`-second intervals, per observer, holding at most
     /// `max_keys` keys (more go to a per-protocol overflow key, counted).
-    pub fn new(interval_s: u32, observer: impl Into<String>, max_keys: usize) -> Aggregator {
+    pub fn new(interval_s: u32, max_keys: usize) -> Aggregator {
         Aggregator {
             interval_s: interval_s.max(1),
-            observer: observer.into(),
             max_keys: max_keys.max(1),
             buckets: HashMap::new(),
             overflowed: 0,
@@ -59,6 +57,7 @@ impl Aggregator {
     /// called only when the key is new in the interval; `cost_usd` is added.
     pub fn record(
         &mut self,
+        observer: &Arc<str>,
         obs: &Observation,
         o: &Oriented,
         now: i64,
@@ -68,39 +67,48 @@ impl Aggregator {
         let mut key = FlowKey::of(obs.proto, o);
         let at = self.interval_of(now);
         let full = self.buckets.len() >= self.max_keys;
-        if full && !self.buckets.contains_key(&(at, key)) {
+        if full && !self.buckets.contains_key(&(at, Arc::clone(observer), key)) {
             self.overflowed += 1;
             key = overflow_key(&key);
         }
-        let b = self.buckets.entry((at, key)).or_insert_with(|| Bucket {
-            totals: FlowTotals::default(),
-            labels: Arc::new(if full {
-                FlowLabels::default()
-            } else {
-                labels()
-            }),
-            cost_usd: 0.0,
-        });
+        let b = self
+            .buckets
+            .entry((at, Arc::clone(observer), key))
+            .or_insert_with(|| Bucket {
+                totals: FlowTotals::default(),
+                labels: Arc::new(if full {
+                    FlowLabels::default()
+                } else {
+                    labels()
+                }),
+                cost_usd: 0.0,
+            });
         b.totals.add(o, obs.opened, obs.closed);
         b.cost_usd += cost_usd;
     }
 
     /// Adds an observation with no attribution, the local end decided by `is_local`.
-    pub fn record_plain(&mut self, obs: &Observation, now: i64, is_local: impl Fn(IpAddr) -> bool) {
+    pub fn record_plain(
+        &mut self,
+        observer: &Arc<str>,
+        obs: &Observation,
+        now: i64,
+        is_local: impl Fn(IpAddr) -> bool,
+    ) {
         let o = obs.orient(is_local);
-        self.record(obs, &o, now, FlowLabels::default, 0.0);
+        self.record(observer, obs, &o, now, FlowLabels::default, 0.0);
     }
 
     /// Rows of every interval that ended at or before `now`; `force` flushes all.
     pub fn flush(&mut self, now: i64, force: bool) -> Vec<FlowRow> {
         let current = self.interval_of(now);
         let mut rows = Vec::new();
-        self.buckets.retain(|(at, key), b| {
+        self.buckets.retain(|(at, observer, key), b| {
             if force || *at < current {
                 rows.push(FlowRow {
                     interval_start: *at,
                     interval_s: self.interval_s,
-                    observer: self.observer.clone(),
+                    observer: observer.to_string(),
                     key: *key,
                     totals: b.totals,
                     labels: Arc::clone(&b.labels),
@@ -163,10 +171,10 @@ mod tests {
 
     #[test]
     fn ephemeral_ports_collapse_into_one_row_per_interval() {
-        let mut g = Aggregator::new(10, "n", 100);
-        g.record_plain(&obs(40000, 80, 10), 101, local);
-        g.record_plain(&obs(40001, 80, 20), 109, local);
-        g.record_plain(&obs(40002, 80, 40), 110, local);
+        let mut g = Aggregator::new(10, 100);
+        g.record_plain(&"n".into(), &obs(40000, 80, 10), 101, local);
+        g.record_plain(&"n".into(), &obs(40001, 80, 20), 109, local);
+        g.record_plain(&"n".into(), &obs(40002, 80, 40), 110, local);
         assert!(
             g.flush(109, false).is_empty(),
             "interval 100..110 is still open"
@@ -185,9 +193,9 @@ mod tests {
 
     #[test]
     fn keys_beyond_the_bound_go_to_the_overflow_key_with_totals_kept() {
-        let mut g = Aggregator::new(10, "n", 2);
+        let mut g = Aggregator::new(10, 2);
         for port in 1..=5 {
-            g.record_plain(&obs(40000, port, 100), 100, local);
+            g.record_plain(&"n".into(), &obs(40000, port, 100), 100, local);
         }
         let rows = g.flush(0, true);
         assert_eq!(rows.len(), 3);
@@ -198,10 +206,10 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn bytes_are_conserved(items in proptest::collection::vec((1u16..20, 0u64..1_000_000, 0i64..100), 0..200), max in 1usize..10) {
-            let mut g = Aggregator::new(10, "n", max);
+            let mut g = Aggregator::new(10, max);
             let mut want = 0u64;
             for (port, bytes, t) in &items {
-                g.record_plain(&obs(40000, *port, *bytes), *t, local);
+                g.record_plain(&"n".into(), &obs(40000, *port, *bytes), *t, local);
                 want += bytes * 3;
             }
             let got: u64 = g.flush(0, true).iter().map(|r| r.totals.bytes()).sum();

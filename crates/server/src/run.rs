@@ -257,7 +257,8 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
     };
 
     let interval_s = cfg.interval.as_secs().max(1) as u32;
-    let mut agg = Aggregator::new(interval_s, cfg.observer.clone(), cfg.max_keys);
+    let mut agg = Aggregator::new(interval_s, cfg.max_keys);
+    let observer: Arc<str> = Arc::from(cfg.observer.as_str());
     let mut writer = Writer {
         store: Arc::new(Mutex::new(store)),
         pending: Vec::new(),
@@ -281,7 +282,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
                     let idx = shared.load();
                     for o in &b.obs {
                         let a = attributor.attribute(o, &cfg.observer, &idx, now_ns);
-                        agg.record(o, &oriented(o, &a), now, || FlowLabels::of(&a), a.cost_usd);
+                        agg.record(&observer, o, &oriented(o, &a), now, || FlowLabels::of(&a), a.cost_usd);
                     }
                     telemetry.agg_keys.store(agg.keys() as u64, Relaxed);
                     telemetry.agg_overflow.store(agg.overflowed(), Relaxed);

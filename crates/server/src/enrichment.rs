@@ -110,13 +110,14 @@ pub fn index_config(s: &EnrichSettings) -> IndexConfig {
     }
 }
 
-/// Keeps the index of a file inventory (or none) plus this node up to date.
+/// Keeps the index of a file inventory (or none) plus the observing nodes themselves up
+/// to date: each observer is a node with the addresses it reports, unless the inventory
+/// already names it.
 #[derive(Debug)]
 pub struct LocalInventory {
     file: Option<PathBuf>,
     stamp: Option<(Option<SystemTime>, u64)>,
-    observer: String,
-    local: Arc<HashSet<IpAddr>>,
+    observers: std::collections::BTreeMap<Arc<str>, Arc<HashSet<IpAddr>>>,
     tracker: InventoryTracker,
     shared: SharedIndex,
     file_inv: Inventory,
@@ -130,18 +131,20 @@ fn stamp(p: &Path) -> Option<(Option<SystemTime>, u64)> {
 }
 
 impl LocalInventory {
-    /// An inventory read from `file` (if any), with `observer` as this node.
+    /// An inventory read from `file` (if any), with `observer` (if known) as a node.
     pub fn new(
         file: Option<PathBuf>,
-        observer: String,
+        observer: Option<&str>,
         cfg: IndexConfig,
         shared: SharedIndex,
     ) -> LocalInventory {
         LocalInventory {
             file,
             stamp: None,
-            observer,
-            local: Arc::new(HashSet::new()),
+            observers: observer
+                .map(|o| (Arc::from(o), Arc::new(HashSet::new())))
+                .into_iter()
+                .collect(),
             tracker: InventoryTracker::new(cfg),
             shared,
             file_inv: Inventory::default(),
@@ -149,17 +152,19 @@ impl LocalInventory {
         }
     }
 
-    /// Reloads the file if it changed, takes new local addresses, and rebuilds the index
-    /// when anything changed or every 30 s (so deleted pods' grace periods run out).
-    /// A file that fails to parse keeps the previous index (the error is returned once).
+    /// Reloads the file if it changed, takes an observer's current addresses, and rebuilds
+    /// the index when anything changed or every 30 s (so deleted pods' grace periods run
+    /// out). A file that fails to parse keeps the previous index (the error is returned).
     pub fn refresh(
         &mut self,
-        local: Option<Arc<HashSet<IpAddr>>>,
+        observer: Option<(&Arc<str>, Arc<HashSet<IpAddr>>)>,
         now_ns: u64,
     ) -> Result<bool, InventoryError> {
         let mut changed = false;
-        if let Some(l) = local.filter(|l| **l != *self.local) {
-            self.local = l;
+        if let Some((name, addrs)) = observer
+            && self.observers.get(name).is_none_or(|have| **have != *addrs)
+        {
+            self.observers.insert(Arc::clone(name), addrs);
             changed = true;
         }
         let mut err = None;
@@ -178,17 +183,15 @@ impl LocalInventory {
         }
         if changed || now_ns.saturating_sub(self.last_build_ns) > 30_000_000_000 {
             let mut inv = self.file_inv.clone();
-            // This node, with the addresses it really has, unless the inventory names it.
-            if !inv.nodes.iter().any(|n| n.name == self.observer) {
-                let mut addrs: Vec<IpAddr> = self
-                    .local
-                    .iter()
-                    .copied()
-                    .filter(|a| !a.is_loopback())
-                    .collect();
+            for (name, local) in &self.observers {
+                if inv.nodes.iter().any(|n| *n.name == **name) {
+                    continue;
+                }
+                let mut addrs: Vec<IpAddr> =
+                    local.iter().copied().filter(|a| !a.is_loopback()).collect();
                 addrs.sort();
                 inv.nodes.push(Node {
-                    name: self.observer.clone(),
+                    name: name.to_string(),
                     addresses: addrs
                         .into_iter()
                         .map(|a| ("InternalIP".to_string(), a))

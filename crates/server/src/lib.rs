@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod enrichment;
 pub mod http;
 mod local;
+pub mod pipeline;
 pub mod run;
 pub mod telemetry;
 pub mod workload_metrics;

@@ -114,6 +114,8 @@ pub struct Telemetry {
     pub store_pending: AtomicU64,
     /// Rows dropped from the retry backlog.
     pub store_dropped: AtomicU64,
+    /// Acks that could not be queued to their connection (closed or full).
+    pub acks_dropped: AtomicU64,
     /// Workload-level series.
     pub workloads: std::sync::Mutex<Option<crate::workload_metrics::WorkloadMetrics>>,
     flows: [ProtoTotals; 6],

@@ -79,4 +79,18 @@ pub trait FlowStore: Send {
     fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError>;
     /// Deletes rows whose interval started before `before` (Unix seconds); returns how many.
     fn expire(&mut self, before: i64) -> Result<u64, StoreError>;
+    /// Adds rows and, atomically with them where the backend can, records the highest
+    /// batch sequence number made durable per agent (for exactly-once delivery).
+    fn write_marked(
+        &mut self,
+        rows: &[FlowRow],
+        marks: &[(String, u64)],
+    ) -> Result<(), StoreError> {
+        let _ = marks;
+        self.write(rows)
+    }
+    /// The marks recorded by [`FlowStore::write_marked`].
+    fn marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(Vec::new())
+    }
 }

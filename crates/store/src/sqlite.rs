@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS flows (
     PRIMARY KEY (interval_start, observer, proto, local_addr, remote_addr,
                  responder_port, local_initiated, service_addr, service_port)
 ) WITHOUT ROWID;
+-- The highest batch of each agent made durable (written with the rows it carried).
+CREATE TABLE IF NOT EXISTS agent_marks (
+    agent_id TEXT PRIMARY KEY,
+    seq      INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 const UPSERT: &str = "
@@ -253,6 +258,28 @@ impl SqliteStore {
 
 impl FlowStore for SqliteStore {
     fn write(&mut self, rows: &[FlowRow]) -> Result<(), StoreError> {
+        self.write_marked(rows, &[])
+    }
+
+    fn marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT agent_id, seq FROM agent_marks")
+            .map_err(self.err("read marks"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })
+            .map_err(self.err("read marks"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.err("read marks"))
+    }
+
+    fn write_marked(
+        &mut self,
+        rows: &[FlowRow],
+        marks: &[(String, u64)],
+    ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let err = |op| {
             let path = path.clone();
@@ -312,6 +339,18 @@ impl FlowStore for SqliteStore {
                     &*l.service_name,
                 ])
                 .map_err(err("upsert"))?;
+            }
+        }
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO agent_marks VALUES (?1, ?2)
+                     ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                )
+                .map_err(err("prepare marks"))?;
+            for (agent, seq) in marks {
+                st.execute(params![agent, u(*seq)])
+                    .map_err(err("write mark"))?;
             }
         }
         tx.commit().map_err(err("commit"))
@@ -506,6 +545,25 @@ mod tests {
             1
         );
         assert_eq!(s.expire(110).expect("expire"), 2);
+    }
+
+    #[test]
+    fn marks_are_written_with_the_rows_and_only_go_up() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("f.sqlite");
+        let mut s = SqliteStore::open(&p).expect("open");
+        s.write_marked(
+            &[row(100, "10.0.0.2", 1)],
+            &[("a".into(), 5), ("b".into(), 2)],
+        )
+        .expect("write");
+        s.write_marked(&[], &[("a".into(), 3)]).expect("older mark");
+        let mut m = SqliteStore::open(&p)
+            .expect("reopen")
+            .marks()
+            .expect("marks");
+        m.sort();
+        assert_eq!(m, vec![("a".to_string(), 5), ("b".to_string(), 2)]);
     }
 
     #[test]

@@ -21,7 +21,7 @@
 # v9 points if there is none).
 #
 # Env knobs: BENCH_FLOWS (300000), DUR (seconds per point, 5), RATES_V9, RATES_IPFIX,
-# RATES_V5 (datagrams/s; "top" = tcpreplay --topspeed), CAPTURES (a folder holding
+# RATES_V5 (datagrams/s; "top" = tcpreplay --topspeed; set empty to skip), CAPTURES (a folder holding
 # bench_netflow_v9.pcap etc. and bench_results.txt from an earlier run: skips generation),
 # OUT (results folder), PODFLOW_ARGS (extra flags for the collector, e.g. "--batch 1"),
 # CARGO_TARGET_DIR.
@@ -52,12 +52,13 @@ done
 
 if [ $SMOKE = 1 ]; then
 	BENCH_FLOWS=${BENCH_FLOWS:-20000}; DUR=${DUR:-2}
-	RATES_V9=${RATES_V9:-"20000"}; RATES_IPFIX=${RATES_IPFIX:-""}; RATES_V5=${RATES_V5:-""}
+	RATES_V9=${RATES_V9-"20000"}; RATES_IPFIX=${RATES_IPFIX-""}; RATES_V5=${RATES_V5-""}
 else
+	# set but empty (RATES_V5=) = skip that version
 	BENCH_FLOWS=${BENCH_FLOWS:-300000}; DUR=${DUR:-5}
-	RATES_V9=${RATES_V9:-"25000 50000 100000 150000 200000 top"}
-	RATES_IPFIX=${RATES_IPFIX:-"50000 100000 150000 top"}
-	RATES_V5=${RATES_V5:-"100000 top"}
+	RATES_V9=${RATES_V9-"25000 50000 100000 150000 200000 top"}
+	RATES_IPFIX=${RATES_IPFIX-"50000 100000 150000 top"}
+	RATES_V5=${RATES_V5-"100000 top"}
 fi
 OUT=${OUT:-$(mktemp -d /tmp/podflow-bench-netflow.XXXXXX)}
 mkdir -p "$OUT"

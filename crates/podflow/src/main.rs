@@ -58,10 +58,13 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the top conversations of a running podflow as a table.
     Flows(FlowsArgs),
-    /// Per-node agent streaming observations to a server. Not implemented yet (issue 4).
-    Agent,
-    /// Attribution, storage and API for a cluster's agents. Not implemented yet (issue 4).
-    Server,
+    /// Per-node agent: reads this node's conntrack and streams observations to a server
+    /// over gRPC, keeping unacknowledged batches (memory, then a spill file) across server
+    /// restarts. Needs CAP_NET_ADMIN (a DaemonSet on the host network).
+    Agent(Box<AgentArgs>),
+    /// Receives the agents' observations, attributes them to pods, workloads, services,
+    /// nodes and zones, aggregates and stores them, and serves /metrics and the HTTP API.
+    Server(Box<ServerArgs>),
     /// A simulated cluster in network namespaces with real traffic. Not implemented yet (issue 6).
     Demo,
 }
@@ -197,6 +200,206 @@ impl AttributionArgs {
 }
 
 #[derive(Debug, Args)]
+struct AgentArgs {
+    /// The server's gRPC URL (http://host:9470, or https:// with --tls-ca).
+    #[arg(long, env = "PODFLOW_SERVER")]
+    server: String,
+
+    /// This node's name (from the downward API: spec.nodeName; default: the host name).
+    #[arg(long, env = "PODFLOW_NODE_NAME")]
+    node_name: Option<String>,
+
+    /// Stable id of this agent (default: the node name).
+    #[arg(long, env = "PODFLOW_AGENT_ID")]
+    agent_id: Option<String>,
+
+    /// Address of the agent's own /metrics, /live and /ready.
+    #[arg(long, env = "PODFLOW_LISTEN", default_value = "127.0.0.1:9469")]
+    listen: SocketAddr,
+
+    /// Directory of the spill file of unacknowledged batches.
+    #[arg(long, env = "PODFLOW_DATA_DIR", default_value = "/var/lib/podflow")]
+    data_dir: PathBuf,
+
+    /// Conntrack dump interval (e.g. 10s).
+    #[arg(long, env = "PODFLOW_INTERVAL", default_value = "10s", value_parser = duration::parse)]
+    interval: Duration,
+
+    /// Turn on nf_conntrack_acct and nf_conntrack_timestamp at start.
+    #[arg(long, env = "PODFLOW_ENABLE_ACCOUNTING")]
+    enable_accounting: bool,
+
+    /// Receive buffer of the conntrack event socket, bytes.
+    #[arg(long, env = "PODFLOW_EVENT_BUFFER", default_value_t = 16 << 20)]
+    event_buffer: usize,
+
+    /// Observe another network namespace (a file such as /run/netns/NAME).
+    #[arg(long, env = "PODFLOW_NETNS")]
+    netns: Option<PathBuf>,
+
+    /// Memory for batches not yet acknowledged, bytes.
+    #[arg(long, env = "PODFLOW_BUFFER_MEMORY", default_value_t = 64 << 20)]
+    buffer_memory: usize,
+
+    /// Spill file size for unacknowledged batches beyond memory, bytes (the oldest are
+    /// dropped and counted beyond it).
+    #[arg(long, env = "PODFLOW_BUFFER_SPILL", default_value_t = 1 << 30)]
+    buffer_spill: u64,
+
+    /// Reconnect after this long so agents spread over server replicas.
+    #[arg(long, env = "PODFLOW_MAX_CONNECTION_AGE", default_value = "30m", value_parser = duration::parse)]
+    max_connection_age: Duration,
+
+    /// CA certificate (PEM) that signed the server's certificate (https:// servers).
+    #[arg(long, env = "PODFLOW_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for servers that require one.
+    #[arg(long, env = "PODFLOW_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// Client key (PEM).
+    #[arg(long, env = "PODFLOW_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Server name to verify (default: the URL's host).
+    #[arg(long, env = "PODFLOW_TLS_DOMAIN")]
+    tls_domain: Option<String>,
+
+    /// File holding the bearer token the server expects.
+    #[arg(long, env = "PODFLOW_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Address of /metrics, the HTTP API, /live and /ready.
+    #[arg(long, env = "PODFLOW_LISTEN", default_value = "0.0.0.0:9469")]
+    listen: SocketAddr,
+
+    /// Address agents connect to (gRPC).
+    #[arg(long, env = "PODFLOW_GRPC_LISTEN", default_value = "0.0.0.0:9470")]
+    grpc_listen: SocketAddr,
+
+    /// Directory of the embedded store.
+    #[arg(long, env = "PODFLOW_DATA_DIR", default_value = "/var/lib/podflow")]
+    data_dir: PathBuf,
+
+    /// Aggregation interval.
+    #[arg(long, env = "PODFLOW_INTERVAL", default_value = "10s", value_parser = duration::parse)]
+    interval: Duration,
+
+    /// How long stored rows are kept.
+    #[arg(long, env = "PODFLOW_RETENTION", default_value = "7d", value_parser = duration::parse)]
+    retention: Duration,
+
+    /// Bound on distinct flow keys per interval.
+    #[arg(long, env = "PODFLOW_MAX_KEYS", default_value_t = 1_000_000)]
+    max_keys: usize,
+
+    /// Server certificate (PEM); with --tls-key turns TLS on for the gRPC port.
+    #[arg(long, env = "PODFLOW_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// Server key (PEM).
+    #[arg(long, env = "PODFLOW_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Require agents to present a certificate signed by this CA (PEM).
+    #[arg(long, env = "PODFLOW_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// File holding the bearer token agents must send.
+    #[arg(long, env = "PODFLOW_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    attribution: AttributionArgs,
+}
+
+fn read_token(p: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    p.as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .with_context(|| format!("--token-file {}", p.display()))
+        })
+        .transpose()
+}
+
+fn agent(a: AgentArgs) -> anyhow::Result<()> {
+    let node = a.node_name.unwrap_or_else(hostname);
+    let tls =
+        (a.tls_ca.is_some() || a.tls_cert.is_some()).then(|| podflow_server::agent::ClientTls {
+            ca: a.tls_ca.clone(),
+            identity: a.tls_cert.clone().zip(a.tls_key.clone()),
+            domain: a.tls_domain.clone(),
+        });
+    let cfg = podflow_server::agent::AgentConfig {
+        server: a.server,
+        agent_id: a.agent_id.unwrap_or_else(|| node.clone()),
+        node,
+        listen: a.listen,
+        data_dir: a.data_dir,
+        interval: a.interval,
+        source: SourceConfig {
+            netns: a.netns,
+            event_buffer: a.event_buffer,
+            events: true,
+            enable_features: a.enable_accounting,
+        },
+        tls,
+        token: read_token(&a.token_file)?,
+        max_memory: a.buffer_memory,
+        max_spill: a.buffer_spill,
+        max_connection_age: a.max_connection_age,
+    };
+    block_on(|token| async move { podflow_server::agent::agent(cfg, token).await })
+}
+
+fn server(a: ServerArgs) -> anyhow::Result<()> {
+    let tls = a
+        .tls_cert
+        .clone()
+        .zip(a.tls_key.clone())
+        .map(|(cert, key)| podflow_server::server::ServerTls {
+            cert,
+            key,
+            client_ca: a.tls_client_ca.clone(),
+        });
+    let cfg = podflow_server::server::ServerConfig {
+        listen: a.listen,
+        grpc_listen: a.grpc_listen,
+        data_dir: a.data_dir,
+        interval: a.interval,
+        retention: a.retention,
+        max_keys: a.max_keys,
+        enrich: a.attribution.settings()?,
+        metrics: Default::default(),
+        tls,
+        token: read_token(&a.token_file)?,
+    };
+    block_on(|token| async move { podflow_server::server::serve(cfg, token).await })
+}
+
+/// Runs a role on a multi-threaded runtime until SIGINT/SIGTERM.
+fn block_on<F, Fut>(role: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), podflow_server::RunError>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let token = CancellationToken::new();
+        tokio::spawn(shutdown_signal(token.clone()));
+        role(token).await
+    })?;
+    Ok(())
+}
+
+#[derive(Debug, Args)]
 struct FlowsArgs {
     /// Base URL of a running podflow.
     #[arg(long, env = "PODFLOW_URL", default_value = "http://127.0.0.1:9469")]
@@ -277,15 +480,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             expire_s: args.metrics_expire.as_secs() as i64,
         },
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let token = CancellationToken::new();
-        tokio::spawn(shutdown_signal(token.clone()));
-        podflow_server::run(cfg, token).await
-    })?;
-    Ok(())
+    block_on(|token| async move { podflow_server::run(cfg, token).await })
 }
 
 fn main() -> ExitCode {
@@ -303,10 +498,12 @@ fn main() -> ExitCode {
                 print!("{}", flows::render(&rows));
             }
         }),
-        Command::Agent | Command::Server | Command::Demo => {
+        Command::Agent(a) => agent(*a),
+        Command::Server(a) => server(*a),
+        Command::Demo => {
             eprintln!(
-                "podflow: this role is not implemented yet (agent and server: issue 4, demo: \
-                 issue 6). Use `podflow run` to observe this host."
+                "podflow: `demo` is not implemented yet (issue 6). Use `podflow run` to observe \
+                 this host."
             );
             return ExitCode::from(2);
         }

@@ -19,8 +19,9 @@ use crate::Telemetry;
 pub struct AppState {
     /// Metrics.
     pub telemetry: Arc<Telemetry>,
-    /// The store file (a reader connection is opened on first use).
-    pub store_path: PathBuf,
+    /// The store file (a reader connection is opened on first use); `None` in the agent
+    /// role, which has no store.
+    pub store_path: Option<PathBuf>,
     /// Read connection.
     pub reader: Mutex<Option<SqliteStore>>,
     /// Interval length, seconds (the default `to` includes the open interval).
@@ -228,6 +229,13 @@ async fn flows(
     if !(1..=10_000).contains(&limit) {
         return bad(format!("`limit` ({limit}) must be between 1 and 10000"));
     }
+    let Some(store_path) = s.store_path.clone() else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "this process is an agent: flows are served by the server" })),
+        )
+            .into_response();
+    };
     let st = Arc::clone(&s);
     let res = tokio::task::spawn_blocking(move || {
         let mut guard = st
@@ -235,7 +243,7 @@ async fn flows(
             .lock()
             .map_err(|_| "store reader lock poisoned".to_string())?;
         if guard.is_none() {
-            *guard = Some(SqliteStore::open_reader(&st.store_path).map_err(|e| e.to_string())?);
+            *guard = Some(SqliteStore::open_reader(&store_path).map_err(|e| e.to_string())?);
         }
         let reader = guard.as_ref().ok_or("no reader")?;
         reader

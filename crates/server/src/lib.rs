@@ -1,12 +1,15 @@
 //! podflow's pipeline: the conntrack source feeding aggregation, the store writer,
 //! Prometheus exposition and the HTTP API.
 
+pub mod agent;
 pub mod aggregate;
+mod buffer;
 pub mod enrichment;
 pub mod http;
 mod local;
 pub mod pipeline;
 pub mod run;
+pub mod server;
 pub mod telemetry;
 pub mod workload_metrics;
 

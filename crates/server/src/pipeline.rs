@@ -34,7 +34,7 @@ pub struct AckToken {
     pub seq: u64,
     /// The connection's ack queue (bounded; a full or closed queue drops the ack, and the
     /// agent's replay is then acked as a duplicate).
-    pub tx: tokio::sync::mpsc::Sender<u64>,
+    pub tx: tokio::sync::mpsc::Sender<podflow_proto::Ack>,
 }
 
 /// What happened to a batch offered to the pipeline.
@@ -211,7 +211,10 @@ impl<S: FlowStore + 'static> Pipeline<S> {
         at_ns: u64,
     ) -> Admission {
         if self.durable.get(&ack.agent).is_some_and(|d| ack.seq <= *d) {
-            let _ = ack.tx.try_send(ack.seq);
+            let _ = ack.tx.try_send(podflow_proto::Ack {
+                seq: ack.seq,
+                error: String::new(),
+            });
             return Admission::Durable;
         }
         let interval = self.agg.interval_of((at_ns / 1_000_000_000) as i64);
@@ -320,7 +323,11 @@ impl<S: FlowStore + 'static> Pipeline<S> {
                 for k in ready {
                     for a in self.acks.remove(&k).unwrap_or_default() {
                         self.in_flight.remove(&(Arc::clone(&a.agent), a.seq));
-                        if a.tx.try_send(a.seq).is_err() {
+                        let ack = podflow_proto::Ack {
+                            seq: a.seq,
+                            error: String::new(),
+                        };
+                        if a.tx.try_send(ack).is_err() {
                             t.acks_dropped.fetch_add(1, Relaxed);
                         }
                     }

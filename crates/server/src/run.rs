@@ -231,7 +231,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
     .await?;
     let state = Arc::new(AppState {
         telemetry: Arc::clone(&telemetry),
-        store_path: store_path.clone(),
+        store_path: Some(store_path.clone()),
         reader: Mutex::new(None),
         interval_s,
     });

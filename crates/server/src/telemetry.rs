@@ -64,6 +64,18 @@ defs! {
     WL_BYTES = "podflow_workload_bytes_total", "counter", "L3 bytes in both directions between a source (initiator) and a destination (responder), by the allowed labels (see docs/metrics.md).", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
     WL_CONNS = "podflow_workload_connections_total", "counter", "Connections opened between a source and a destination, by the allowed labels.", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
     WL_COST = "podflow_workload_cost_usd_total", "counter", "Price of the bytes between a source and a destination in USD, by the allowed labels.", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
+    SRV_BATCHES = "podflow_server_batches_total", "counter", "Agent batches received, by outcome (applied, duplicate, in_flight, rejected).", ["outcome"];
+    SRV_OBSERVATIONS = "podflow_server_observations_total", "counter", "Observations received from agents and counted.", [];
+    SRV_ACKS_DROPPED = "podflow_server_acks_dropped_total", "counter", "Acks that could not be queued to their connection (closed or full); the agent's replay is acked as a duplicate.", [];
+    SRV_CONNECTIONS = "podflow_server_agent_connections", "gauge", "Agent streams open now.", [];
+    AG_SENT = "podflow_agent_batches_sent_total", "counter", "Batches sent to the server (replays included).", [];
+    AG_ACKED = "podflow_agent_batches_acked_total", "counter", "Batches the server acknowledged as durable.", [];
+    AG_REJECTED = "podflow_agent_batches_rejected_total", "counter", "Batches the server refused as invalid (dropped, with the reason logged).", [];
+    AG_BUFFERED = "podflow_agent_buffered_batches", "gauge", "Batches waiting for an ack (memory and spill file).", [];
+    AG_BUFFERED_BYTES = "podflow_agent_buffered_bytes", "gauge", "Bytes of batches waiting for an ack, by place (memory, spill).", ["place"];
+    AG_DROPPED = "podflow_agent_batches_dropped_total", "counter", "Batches dropped because memory and spill file were full (oldest first).", [];
+    AG_RECONNECTS = "podflow_agent_reconnects_total", "counter", "Connections to the server opened after the first.", [];
+    AG_CONNECTED = "podflow_agent_connected", "gauge", "1 while a stream to the server is open.", [];
     WL_SERIES = "podflow_workload_series", "gauge", "Live workload series (bounded by --metrics-top-k).", [];
     WL_FOLDED = "podflow_workload_folded_total", "counter", "Interval series folded into `other` by the top-K bound.", [];
 }
@@ -93,6 +105,29 @@ struct ProtoTotals {
     closed: AtomicU64,
 }
 
+/// Counters of the agent role.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Batches sent.
+    pub sent: AtomicU64,
+    /// Batches acked.
+    pub acked: AtomicU64,
+    /// Batches rejected by the server.
+    pub rejected: AtomicU64,
+    /// Batches waiting.
+    pub buffered: AtomicU64,
+    /// Bytes waiting in memory.
+    pub buffered_mem_bytes: AtomicU64,
+    /// Bytes waiting in the spill file.
+    pub buffered_spill_bytes: AtomicU64,
+    /// Batches dropped (buffer full).
+    pub dropped: AtomicU64,
+    /// Reconnects.
+    pub reconnects: AtomicU64,
+    /// Connected now.
+    pub connected: AtomicU64,
+}
+
 /// The live state every metric is read from.
 #[derive(Debug, Default)]
 pub struct Telemetry {
@@ -116,6 +151,14 @@ pub struct Telemetry {
     pub store_dropped: AtomicU64,
     /// Acks that could not be queued to their connection (closed or full).
     pub acks_dropped: AtomicU64,
+    /// Server: batches by outcome (applied, duplicate, in_flight, rejected).
+    pub srv_batches: [AtomicU64; 4],
+    /// Server: observations counted.
+    pub srv_observations: AtomicU64,
+    /// Server: open agent streams.
+    pub srv_connections: AtomicU64,
+    /// Agent role counters, when this process is an agent.
+    pub agent: std::sync::OnceLock<Arc<AgentStats>>,
     /// Workload-level series.
     pub workloads: std::sync::Mutex<Option<crate::workload_metrics::WorkloadMetrics>>,
     flows: [ProtoTotals; 6],
@@ -255,6 +298,43 @@ impl Telemetry {
                 &[("proto", name)],
                 g(&self.flows[i].closed),
             );
+        }
+        header(&mut out, &SRV_BATCHES);
+        for (i, o) in ["applied", "duplicate", "in_flight", "rejected"]
+            .iter()
+            .enumerate()
+        {
+            sample(
+                &mut out,
+                &SRV_BATCHES,
+                &[("outcome", o)],
+                g(&self.srv_batches[i]),
+            );
+        }
+        one(&mut out, &SRV_OBSERVATIONS, g(&self.srv_observations));
+        one(&mut out, &SRV_ACKS_DROPPED, g(&self.acks_dropped));
+        one(&mut out, &SRV_CONNECTIONS, g(&self.srv_connections));
+        if let Some(a) = self.agent.get() {
+            one(&mut out, &AG_SENT, g(&a.sent));
+            one(&mut out, &AG_ACKED, g(&a.acked));
+            one(&mut out, &AG_REJECTED, g(&a.rejected));
+            one(&mut out, &AG_BUFFERED, g(&a.buffered));
+            header(&mut out, &AG_BUFFERED_BYTES);
+            sample(
+                &mut out,
+                &AG_BUFFERED_BYTES,
+                &[("place", "memory")],
+                g(&a.buffered_mem_bytes),
+            );
+            sample(
+                &mut out,
+                &AG_BUFFERED_BYTES,
+                &[("place", "spill")],
+                g(&a.buffered_spill_bytes),
+            );
+            one(&mut out, &AG_DROPPED, g(&a.dropped));
+            one(&mut out, &AG_RECONNECTS, g(&a.reconnects));
+            one(&mut out, &AG_CONNECTED, g(&a.connected));
         }
         if let Ok(w) = self.workloads.lock()
             && let Some(w) = w.as_ref()

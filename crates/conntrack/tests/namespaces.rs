@@ -4,10 +4,8 @@
 //! extended` for live entries and `conntrack -E -e DESTROY` for the final counters.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use podflow_conntrack::{Source, SourceConfig};
 use podflow_model::{Counters, Observation, Protocol};
@@ -38,110 +36,36 @@ impl Ledger {
     }
 }
 
-/// Kernel counters from one line of conntrack-tools' extended output:
-/// `(proto, sport, orig, reply)`.
-fn parse_ct(line: &str) -> Option<(String, u16, Counters, Counters)> {
-    let mut proto = None;
-    let mut sport = None;
-    let mut nums: Vec<u64> = Vec::new();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    for (i, w) in words.iter().enumerate() {
-        if (*w == "tcp" || *w == "udp" || *w == "icmp") && proto.is_none() && i < 4 {
-            proto = Some(w.to_string());
-        }
-        if let Some(v) = w.strip_prefix("sport=") {
-            sport.get_or_insert(v.parse().ok()?);
-        }
-        if let Some(v) = w
-            .strip_prefix("packets=")
-            .or_else(|| w.strip_prefix("bytes="))
-        {
-            nums.push(v.parse().ok()?);
-        }
-    }
-    if nums.len() != 4 {
-        return None;
-    }
-    Some((
-        proto?,
-        sport?,
+fn counters(c: podflow_testkit::CtLine) -> (Counters, Counters) {
+    (
         Counters {
-            packets: nums[0],
-            bytes: nums[1],
+            packets: c.orig.0,
+            bytes: c.orig.1,
         },
         Counters {
-            packets: nums[2],
-            bytes: nums[3],
+            packets: c.reply.0,
+            bytes: c.reply.1,
         },
-    ))
+    )
 }
 
 fn ct_list(ns: &Netns) -> HashMap<(String, u16), (Counters, Counters)> {
     ns.sh("conntrack -L -o extended 2>/dev/null")
         .expect("conntrack -L")
         .lines()
-        .filter_map(parse_ct)
-        .map(|(p, s, o, r)| ((p, s), (o, r)))
+        .filter_map(podflow_testkit::parse_ct)
+        .map(|(p, c)| ((p, c.sport), counters(c)))
         .collect()
 }
 
-/// `conntrack -E -e DESTROY` running in the namespace; its lines are the reference for
-/// final counters.
-struct DestroyLog {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: std::cell::RefCell<HashMap<(String, u16), (Counters, Counters)>>,
-}
+struct DestroyLog(podflow_testkit::DestroyLog);
 
 impl DestroyLog {
     fn start(ns: &Netns) -> DestroyLog {
-        let mut child = ns
-            .command("stdbuf")
-            .args(["-oL", "conntrack", "-E", "-e", "DESTROY", "-o", "extended"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("conntrack -E");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        // conntrack -E subscribes asynchronously; give it a moment.
-        std::thread::sleep(Duration::from_millis(300));
-        DestroyLog {
-            child,
-            lines: rx,
-            seen: Default::default(),
-        }
+        DestroyLog(podflow_testkit::DestroyLog::start(ns))
     }
-
-    /// Waits until the DESTROY of (proto, sport) is logged; returns its counters.
     fn wait(&self, proto: &str, sport: u16, within: Duration) -> (Counters, Counters) {
-        let deadline = Instant::now() + within;
-        let key = (proto.to_string(), sport);
-        while Instant::now() < deadline {
-            if let Some(c) = self.seen.borrow().get(&key) {
-                return *c;
-            }
-            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100))
-                && let Some((p, s, o, r)) = parse_ct(&l)
-            {
-                self.seen.borrow_mut().insert((p, s), (o, r));
-            }
-        }
-        panic!("no DESTROY for {proto} sport {sport} within {within:?}");
-    }
-}
-
-impl Drop for DestroyLog {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        counters(self.0.wait(proto, sport, within))
     }
 }
 

@@ -253,3 +253,127 @@ pub fn connect(pair: &Pair, ip: &str, port: u16) -> TcpStream {
     pair.a
         .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"))
 }
+
+/// One line of conntrack-tools' extended output (`conntrack -L -o extended` or an event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtLine {
+    /// Source port of the original direction.
+    pub sport: u16,
+    /// Destination port of the original direction.
+    pub dport: u16,
+    /// Original direction (packets, bytes).
+    pub orig: (u64, u64),
+    /// Reply direction (packets, bytes).
+    pub reply: (u64, u64),
+}
+
+/// Parses a line of conntrack-tools' extended output with counters: `(proto, line)`.
+pub fn parse_ct(line: &str) -> Option<(String, CtLine)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let proto = words
+        .iter()
+        .take(4)
+        .find(|w| matches!(**w, "tcp" | "udp" | "icmp" | "icmpv6" | "sctp"))?;
+    let get = |k: &'static str| words.iter().filter_map(move |w| w.strip_prefix(k));
+    let sport = get("sport=").next()?.parse().ok()?;
+    let dport = get("dport=").next()?.parse().ok()?;
+    let nums: Vec<u64> = words
+        .iter()
+        .filter_map(|w| {
+            w.strip_prefix("packets=")
+                .or_else(|| w.strip_prefix("bytes="))
+        })
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    if nums.len() != 4 {
+        return None;
+    }
+    Some((
+        proto.to_string(),
+        CtLine {
+            sport,
+            dport,
+            orig: (nums[0], nums[1]),
+            reply: (nums[2], nums[3]),
+        },
+    ))
+}
+
+/// `conntrack -E -e DESTROY -o extended` running in a namespace: the reference for the
+/// kernel's final counters of every connection that ends while it runs.
+#[derive(Debug)]
+pub struct DestroyLog {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: std::cell::RefCell<Vec<(String, CtLine)>>,
+}
+
+impl DestroyLog {
+    /// Starts logging in `ns`.
+    pub fn start(ns: &Netns) -> DestroyLog {
+        use std::io::BufRead;
+        let mut child = ns
+            .command("stdbuf")
+            .args(["-oL", "conntrack", "-E", "-e", "DESTROY", "-o", "extended"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("conntrack -E");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        // conntrack -E subscribes asynchronously; give it a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        DestroyLog {
+            child,
+            lines: rx,
+            seen: Default::default(),
+        }
+    }
+
+    fn pump(&self, wait: Duration) {
+        if let Ok(l) = self.lines.recv_timeout(wait)
+            && let Some(x) = parse_ct(&l)
+        {
+            self.seen.borrow_mut().push(x);
+        }
+        while let Ok(l) = self.lines.try_recv() {
+            if let Some(x) = parse_ct(&l) {
+                self.seen.borrow_mut().push(x);
+            }
+        }
+    }
+
+    /// Waits until the DESTROY of (proto, source port) is logged; returns it.
+    pub fn wait(&self, proto: &str, sport: u16, within: Duration) -> CtLine {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some((_, c)) = self
+                .seen
+                .borrow()
+                .iter()
+                .find(|(p, c)| p == proto && c.sport == sport)
+            {
+                return *c;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no DESTROY for {proto} sport {sport} within {within:?}"
+            );
+            self.pump(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for DestroyLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -136,6 +136,15 @@ struct RunArgs {
     /// Workload series that stop moving disappear after this long.
     #[arg(long, env = "PODFLOW_METRICS_EXPIRE", default_value = "10m", value_parser = duration::parse)]
     metrics_expire: Duration,
+
+    /// Receive NetFlow v5/v9/IPFIX on this UDP address (repeat for more; IPv4 or IPv6,
+    /// e.g. 0.0.0.0:2055 or [::]:4739). Records are attributed like conntrack's.
+    #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
+    netflow_listen: Vec<SocketAddr>,
+
+    /// Per-exporter NetFlow series in /metrics (the exporter's address becomes a label).
+    #[arg(long, env = "PODFLOW_NETFLOW_EXPORTER_LABELS")]
+    netflow_exporter_labels: bool,
 }
 
 /// Where pods, workloads, services and prices come from.
@@ -313,6 +322,15 @@ struct ServerArgs {
     #[arg(long, env = "PODFLOW_TOKEN_FILE")]
     token_file: Option<PathBuf>,
 
+    /// Receive NetFlow v5/v9/IPFIX on this UDP address (repeat for more; IPv4 or IPv6,
+    /// e.g. 0.0.0.0:2055 or [::]:4739). Records are attributed like conntrack's.
+    #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
+    netflow_listen: Vec<SocketAddr>,
+
+    /// Per-exporter NetFlow series in /metrics (the exporter's address becomes a label).
+    #[arg(long, env = "PODFLOW_NETFLOW_EXPORTER_LABELS")]
+    netflow_exporter_labels: bool,
+
     #[command(flatten)]
     attribution: AttributionArgs,
 }
@@ -378,6 +396,8 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         metrics: Default::default(),
         tls,
         token: read_token(&a.token_file)?,
+        netflow_listen: a.netflow_listen,
+        netflow_exporter_labels: a.netflow_exporter_labels,
     };
     block_on(|token| async move { podflow_server::server::serve(cfg, token).await })
 }
@@ -479,6 +499,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             top_k: args.metrics_top_k,
             expire_s: args.metrics_expire.as_secs() as i64,
         },
+        netflow_listen: args.netflow_listen,
+        netflow_exporter_labels: args.netflow_exporter_labels,
     };
     block_on(|token| async move { podflow_server::run(cfg, token).await })
 }

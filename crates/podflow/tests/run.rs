@@ -383,3 +383,155 @@ fn run_attributes_flows_to_workloads_services_zones_and_cost() {
     let cost = row["cost_usd"].as_f64().expect("cost");
     assert!((cost - want).abs() < 1e-12, "cost {cost} vs {want}");
 }
+
+#[test]
+fn run_takes_netflow_records_through_the_same_attribution_with_sampling() {
+    use podflow_netflow::encode::{V5Flow, V5Header, v5};
+    if !podflow_testkit::can_run("run_netflow") {
+        return;
+    }
+    let pair = Pair::new("nf").expect("namespaces");
+    let data = tempfile::tempdir().expect("tmp");
+    let inv = data.path().join("inventory.yaml");
+    std::fs::write(&inv, INVENTORY).expect("inventory");
+    let ranges = data.path().join("ranges");
+    std::fs::create_dir(&ranges).expect("dir");
+    std::fs::write(
+        ranges.join("ip-ranges.json"),
+        r#"{"syncToken":"1","createDate":"2025-01-01-00-00-00","prefixes":[
+            {"ip_prefix":"52.216.0.0/15","region":"us-east-1","service":"AMAZON","network_border_group":"us-east-1"},
+            {"ip_prefix":"52.216.0.0/15","region":"us-east-1","service":"S3","network_border_group":"us-east-1"}],
+            "ipv6_prefixes":[]}"#,
+    )
+    .expect("ranges");
+    let config = data.path().join("podflow.yaml");
+    std::fs::write(&config, "cloud: aws\nregion: us-east-1\n").expect("config");
+    let (port, nf_port) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_podflow"))
+        .args([
+            "run",
+            "--interval",
+            "1s",
+            "--node-name",
+            "node-a",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--netflow-listen")
+        .arg(format!("127.0.0.1:{nf_port}"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--netns")
+        .arg(pair.a.path())
+        .arg("--inventory")
+        .arg(&inv)
+        .arg("--cloud-ranges")
+        .arg(&ranges)
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start podflow");
+    let _pf = Podflow(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() || get(port, "/ready").0 != 200 {
+        assert!(Instant::now() < deadline, "podflow did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // An exporter sampling 1 in 10 (mode 01, interval 10) sends two flows of web-... (10.99.0.1).
+    let flow = |dst: [u8; 4], dport: u16, bytes: u32, packets: u32| V5Flow {
+        src: [10, 99, 0, 1].into(),
+        dst: dst.into(),
+        input: 1,
+        output: 2,
+        packets,
+        bytes,
+        first: 1_000,
+        last: 2_000,
+        src_port: 40_001,
+        dst_port: dport,
+        tcp_flags: 0x1b,
+        proto: 6,
+    };
+    let header = V5Header {
+        sys_uptime: 5_000,
+        unix_secs: 1_800_000_000,
+        flow_sequence: 0,
+        engine_type: 1,
+        engine_id: 2,
+        sampling: (1 << 14) | 10,
+        ..Default::default()
+    };
+    let datagram = v5(
+        &header,
+        &[
+            flow([52, 216, 10, 10], 443, 1_000, 2),
+            flow([10, 99, 0, 2], 5432, 500, 3),
+        ],
+    );
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    sock.send_to(&datagram, ("127.0.0.1", nf_port))
+        .expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rows = loop {
+        let (_, body) = get(port, "/api/v1/flows?limit=50");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let rows: Vec<_> = json
+            .as_array()
+            .expect("rows")
+            .iter()
+            .filter(|r| r["observer"] == "127.0.0.1/258")
+            .cloned()
+            .collect();
+        if rows.len() == 2 {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "NetFlow rows never arrived: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let s3 = rows
+        .iter()
+        .find(|r| r["remote"] == "52.216.10.10")
+        .expect("S3 row");
+    assert_eq!(
+        (
+            s3["bytes_out"].as_u64(),
+            s3["packets_out"].as_u64(),
+            s3["bytes_in"].as_u64()
+        ),
+        (Some(10_000), Some(20), Some(0)),
+        "{s3}"
+    );
+    assert_eq!(s3["remote_meta"]["kind"], "cloud_range");
+    assert_eq!(
+        s3["remote_meta"]["name"], "S3",
+        "S3 beats AMAZON for the same prefix"
+    );
+    assert_eq!(s3["class"], "INTRA_VPC", "S3 in the cluster's own region");
+    assert_eq!(s3["local_meta"]["workload"], "web");
+    assert_eq!(s3["connections_closed"], 1, "the FIN flag ends the flow");
+    let db = rows
+        .iter()
+        .find(|r| r["remote"] == "10.99.0.2")
+        .expect("db row");
+    assert_eq!(
+        (db["bytes_out"].as_u64(), db["responder_port"].as_u64()),
+        (Some(5_000), Some(5432))
+    );
+    assert_eq!(db["class"], "INTER_ZONE");
+    assert_eq!(db["remote_meta"]["workload"], "db");
+    let (_, metrics) = get(port, "/metrics");
+    assert!(
+        metrics.contains("podflow_netflow_records_total 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("podflow_netflow_datagrams_total 1"));
+    assert!(
+        !metrics.contains("podflow_netflow_exporter_records_total{"),
+        "exporter labels are opt-in"
+    );
+    promtool_check(&metrics);
+}

@@ -7,6 +7,7 @@ mod buffer;
 pub mod enrichment;
 pub mod http;
 mod local;
+pub mod netflow;
 pub mod pipeline;
 pub mod run;
 pub mod server;

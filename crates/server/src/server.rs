@@ -57,6 +57,10 @@ pub struct ServerConfig {
     pub tls: Option<ServerTls>,
     /// Bearer token agents must send; `None` = none required.
     pub token: Option<String>,
+    /// NetFlow/IPFIX listen addresses (none: no listener).
+    pub netflow_listen: Vec<SocketAddr>,
+    /// Per-exporter NetFlow series (the exporter address becomes a label).
+    pub netflow_exporter_labels: bool,
 }
 
 /// One batch on its way from a connection to the pipeline.
@@ -209,6 +213,16 @@ pub async fn serve(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(),
     );
     tracing::info!(listen = %cfg.listen, grpc = %cfg.grpc_listen, store = %store_path.display(), tls = cfg.tls.is_some(), "podflow server: ready for agents");
 
+    let nf_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (nf_listener, mut nf_rx) = match crate::netflow::start(
+        &cfg.netflow_listen,
+        &telemetry,
+        cfg.netflow_exporter_labels,
+        Arc::clone(&nf_stop),
+    )? {
+        Some((l, rx)) => (Some(l), Some(rx)),
+        None => (None, None),
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -218,7 +232,25 @@ pub async fn serve(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(),
                 Some(m) => admit(&mut pipeline, &telemetry, m),
                 None => break,
             },
+            Some(b) = crate::netflow::recv(&mut nf_rx) => {
+                let now = podflow_inventory::now_ns();
+                for (who, obs) in crate::netflow::by_observer(b) {
+                    pipeline.ingest(&who, None, &obs, now);
+                }
+            }
             _ = tick.tick() => pipeline.tick().await,
+        }
+    }
+    nf_stop.store(true, Relaxed);
+    if let Some(l) = nf_listener {
+        let _ = tokio::task::spawn_blocking(move || l.join()).await;
+    }
+    if let Some(rx) = nf_rx.as_mut() {
+        let now = podflow_inventory::now_ns();
+        while let Ok(b) = rx.try_recv() {
+            for (who, obs) in crate::netflow::by_observer(b) {
+                pipeline.ingest(&who, None, &obs, now);
+            }
         }
     }
     // Take what is queued, write it all, send the acks, then stop.

@@ -76,8 +76,30 @@ defs! {
     AG_DROPPED = "podflow_agent_batches_dropped_total", "counter", "Batches dropped because memory and spill file were full (oldest first).", [];
     AG_RECONNECTS = "podflow_agent_reconnects_total", "counter", "Connections to the server opened after the first.", [];
     AG_CONNECTED = "podflow_agent_connected", "gauge", "1 while a stream to the server is open.", [];
+    NF_DATAGRAMS = "podflow_netflow_datagrams_total", "counter", "NetFlow/IPFIX datagrams received.", [];
+    NF_BYTES = "podflow_netflow_bytes_total", "counter", "NetFlow/IPFIX datagram bytes (UDP payload) received.", [];
+    NF_RECORDS = "podflow_netflow_records_total", "counter", "Flow records decoded and turned into observations.", [];
+    NF_KERNEL_DROPS = "podflow_netflow_kernel_drops_total", "counter", "Datagrams the kernel dropped because the listener's receive buffer was full.", [];
+    NF_TRUNCATED = "podflow_netflow_truncated_total", "counter", "Datagrams longer than the receive buffer, skipped.", [];
+    NF_RECEIVE_ERRORS = "podflow_netflow_receive_errors_total", "counter", "Failed receive calls.", [];
+    NF_DECODE_ERRORS = "podflow_netflow_decode_errors_total", "counter", "Datagrams that failed to decode, by reason (records before the error are kept).", ["reason"];
+    NF_TEMPLATES = "podflow_netflow_templates_total", "counter", "Templates and options templates received.", [];
+    NF_SEQ_LOST = "podflow_netflow_sequence_lost_total", "counter", "Export sequence gaps: records (v5, IPFIX) or datagrams (v9) the exporter sent that never arrived.", [];
+    NF_ENTERPRISE = "podflow_netflow_enterprise_fields_skipped_total", "counter", "Enterprise-specific fields skipped.", [];
+    NF_PENDING_DROPPED = "podflow_netflow_pending_sets_dropped_total", "counter", "Data sets held for a template that never came in time, dropped.", [];
+    NF_EXP_RECORDS = "podflow_netflow_exporter_records_total", "counter", "Records per exporter and domain (only with --netflow-exporter-labels: the exporter address is a label).", ["exporter", "domain", "version"];
+    NF_EXP_SEQ_LOST = "podflow_netflow_exporter_sequence_lost_total", "counter", "Sequence loss per exporter and domain (only with --netflow-exporter-labels).", ["exporter", "domain", "version"];
     WL_SERIES = "podflow_workload_series", "gauge", "Live workload series (bounded by --metrics-top-k).", [];
     WL_FOLDED = "podflow_workload_folded_total", "counter", "Interval series folded into `other` by the top-K bound.", [];
+}
+
+fn version_label(v: podflow_netflow::Version) -> &'static str {
+    match v {
+        podflow_netflow::Version::V5 => "v5",
+        podflow_netflow::Version::V9 => "v9",
+        podflow_netflow::Version::Ipfix => "ipfix",
+        podflow_netflow::Version::Unknown(_) => "unknown",
+    }
 }
 
 /// The protocol label values (bounded: everything else is `other`).
@@ -157,6 +179,8 @@ pub struct Telemetry {
     pub srv_observations: AtomicU64,
     /// Server: open agent streams.
     pub srv_connections: AtomicU64,
+    /// The NetFlow listener's counters, and whether per-exporter series are wanted.
+    pub netflow: std::sync::OnceLock<(Arc<podflow_netflow::ListenerStats>, bool)>,
     /// Agent role counters, when this process is an agent.
     pub agent: std::sync::OnceLock<Arc<AgentStats>>,
     /// Workload-level series.
@@ -314,6 +338,65 @@ impl Telemetry {
         one(&mut out, &SRV_OBSERVATIONS, g(&self.srv_observations));
         one(&mut out, &SRV_ACKS_DROPPED, g(&self.acks_dropped));
         one(&mut out, &SRV_CONNECTIONS, g(&self.srv_connections));
+        if let Some((nf, per_exporter)) = self.netflow.get() {
+            let n = nf.snapshot();
+            one(&mut out, &NF_DATAGRAMS, n.datagrams);
+            one(&mut out, &NF_BYTES, n.bytes);
+            one(&mut out, &NF_RECORDS, n.records);
+            one(&mut out, &NF_KERNEL_DROPS, n.kernel_drops);
+            one(&mut out, &NF_TRUNCATED, n.truncated);
+            one(&mut out, &NF_RECEIVE_ERRORS, n.receive_errors);
+            header(&mut out, &NF_DECODE_ERRORS);
+            for r in podflow_netflow::ErrorReason::ALL {
+                sample(
+                    &mut out,
+                    &NF_DECODE_ERRORS,
+                    &[("reason", r.as_str())],
+                    n.decode_errors.get(r),
+                );
+            }
+            let mut exporters = nf.exporters();
+            exporters.sort_by_key(|(k, _)| (k.exporter, k.domain));
+            let mut total = podflow_netflow::Stats::default();
+            for (_, s) in &exporters {
+                total.merge(s);
+            }
+            one(
+                &mut out,
+                &NF_TEMPLATES,
+                total.templates + total.options_templates,
+            );
+            one(&mut out, &NF_SEQ_LOST, total.sequence_lost);
+            one(&mut out, &NF_ENTERPRISE, total.enterprise_fields_skipped);
+            one(&mut out, &NF_PENDING_DROPPED, total.pending_sets_dropped);
+            if *per_exporter {
+                for (def, pick) in [
+                    (
+                        &NF_EXP_RECORDS,
+                        (|s: &podflow_netflow::Stats| s.records)
+                            as fn(&podflow_netflow::Stats) -> u64,
+                    ),
+                    (&NF_EXP_SEQ_LOST, |s: &podflow_netflow::Stats| {
+                        s.sequence_lost
+                    }),
+                ] {
+                    header(&mut out, def);
+                    for (k, s) in &exporters {
+                        let (e, d, v) = (
+                            k.exporter.ip().to_string(),
+                            k.domain.to_string(),
+                            version_label(k.version).to_string(),
+                        );
+                        sample(
+                            &mut out,
+                            def,
+                            &[("exporter", &e), ("domain", &d), ("version", &v)],
+                            pick(s),
+                        );
+                    }
+                }
+            }
+        }
         if let Some(a) = self.agent.get() {
             one(&mut out, &AG_SENT, g(&a.sent));
             one(&mut out, &AG_ACKED, g(&a.acked));

@@ -185,12 +185,9 @@ fn main() {
                 .expect("send");
             let mut out = Vec::new();
             let mut buf = vec![0u8; 64 << 10];
-            loop {
-                let Ok(podflow_conntrack::socket_recv::Recv::Data(n)) =
-                    sock.recv(&mut buf, None, "dump")
-                else {
-                    break;
-                };
+            while let Ok(podflow_conntrack::socket_recv::Recv::Data(n)) =
+                sock.recv(&mut buf, None, "dump")
+            {
                 let done = podflow_conntrack::nl::Messages::new(&buf[..n])
                     .flatten()
                     .any(|(h, _)| h.kind == podflow_conntrack::nl::NLMSG_DONE);
@@ -215,19 +212,18 @@ fn main() {
         let decode_ns = t.elapsed().as_nanos() as f64 / decoded.max(1) as f64;
         let mut tracker = podflow_conntrack::Tracker::new(0);
         let mut track_ns = [0f64; 2];
-        for pass in 0..2 {
+        for slot in &mut track_ns {
             tracker.begin_dump();
             let t = Instant::now();
             for d in &datagrams {
-                for (h, p) in podflow_conntrack::nl::Messages::new(d).flatten() {
+                for (_, p) in podflow_conntrack::nl::Messages::new(d).flatten() {
                     if let Ok(e) = podflow_conntrack::decode::decode_entry(p, &mut stats) {
-                        let _ = h;
                         tracker.on_dump(&e, &mut |_| {});
                     }
                 }
             }
             tracker.end_dump();
-            track_ns[pass] = t.elapsed().as_nanos() as f64 / decoded.max(1) as f64;
+            *slot = t.elapsed().as_nanos() as f64 / decoded.max(1) as f64;
         }
         println!(
             "user-space per entry: decode {decode_ns:.0} ns, decode+track first {:.0} ns, decode+track steady {:.0} ns",

@@ -58,10 +58,7 @@ fn main() {
         .send(&encode::dump_request(1), "dump")
         .expect("dump request");
     let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let Ok(Recv::Data(n)) = dump_sock.recv(&mut buf, None, "dump") else {
-            break;
-        };
+    while let Ok(Recv::Data(n)) = dump_sock.recv(&mut buf, None, "dump") {
         dump.extend_from_slice(&buf[..n]);
         if podflow_conntrack::nl::Messages::new(&buf[..n])
             .flatten()

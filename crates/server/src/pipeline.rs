@@ -72,6 +72,21 @@ pub(crate) fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// What a pipeline is built from.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Attribution settings.
+    pub settings: EnrichSettings,
+    /// The observing node, when there is only one (`run`).
+    pub observer: Option<String>,
+    /// Interval length, seconds.
+    pub interval_s: u32,
+    /// Bound on keys per interval.
+    pub max_keys: usize,
+    /// How long rows are kept.
+    pub retention: Duration,
+}
+
 /// Attribution, aggregation, the writer and the acks.
 #[derive(Debug)]
 pub struct Pipeline<S: FlowStore + 'static> {
@@ -100,15 +115,19 @@ pub struct Pipeline<S: FlowStore + 'static> {
 impl<S: FlowStore + 'static> Pipeline<S> {
     /// Sets up attribution (loading cloud ranges, prices, the inventory) around `store`.
     pub async fn new(
-        settings: EnrichSettings,
-        observer: Option<&str>,
+        cfg: PipelineConfig,
         store: S,
         telemetry: Arc<Telemetry>,
-        interval_s: u32,
-        max_keys: usize,
-        retention: Duration,
         shutdown: &CancellationToken,
     ) -> Result<Pipeline<S>, RunError> {
+        let PipelineConfig {
+            settings,
+            observer,
+            interval_s,
+            max_keys,
+            retention,
+        } = cfg;
+        let observer = observer.as_deref();
         let attributor = enrichment::attributor(&settings)?;
         let shared = SharedIndex::default();
         let cfg = enrichment::index_config(&settings);

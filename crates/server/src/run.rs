@@ -223,13 +223,15 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
     let telemetry = telemetry(&cfg.metrics);
     let interval_s = cfg.interval.as_secs().max(1) as u32;
     let mut pipeline = Pipeline::new(
-        cfg.enrich.clone(),
-        Some(&cfg.observer),
+        crate::pipeline::PipelineConfig {
+            settings: cfg.enrich.clone(),
+            observer: Some(cfg.observer.clone()),
+            interval_s,
+            max_keys: cfg.max_keys,
+            retention: cfg.retention,
+        },
         store,
         Arc::clone(&telemetry),
-        interval_s,
-        cfg.max_keys,
-        cfg.retention,
         &shutdown,
     )
     .await?;

@@ -155,13 +155,15 @@ pub async fn serve(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(),
     let telemetry = telemetry(&cfg.metrics);
     let interval_s = cfg.interval.as_secs().max(1) as u32;
     let mut pipeline = Pipeline::new(
-        cfg.enrich.clone(),
-        None,
+        crate::pipeline::PipelineConfig {
+            settings: cfg.enrich.clone(),
+            observer: None,
+            interval_s,
+            max_keys: cfg.max_keys,
+            retention: cfg.retention,
+        },
         store,
         Arc::clone(&telemetry),
-        interval_s,
-        cfg.max_keys,
-        cfg.retention,
         &shutdown,
     )
     .await?;

@@ -68,6 +68,10 @@ pub struct FlowLabels {
     pub service_namespace: Name,
     /// Name of the Service dialled, or empty.
     pub service_name: Name,
+    /// The remote end is on another node that is observed too (it runs an agent): the same
+    /// connection is also reported there, so the count-once view keeps only the
+    /// initiator's row.
+    pub remote_observed: bool,
 }
 
 impl FlowLabels {
@@ -79,6 +83,7 @@ impl FlowLabels {
             remote: EndLabels::of(&a.remote.place),
             service_namespace: name(a.service.as_ref().map(|s| &s.meta.namespace)),
             service_name: name(a.service.as_ref().map(|s| &s.meta.name)),
+            remote_observed: false,
         }
     }
 }

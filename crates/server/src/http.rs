@@ -35,6 +35,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/live", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/api/v1/flows", get(flows))
+        .route("/api/v1/query", get(crate::graph::query))
+        .route("/api/v1/dimensions", get(crate::graph::dimensions))
+        .route("/api/health", get(crate::graph::health))
+        .route("/api/graph/fields", get(crate::graph::fields))
+        .route("/api/graph/data", get(crate::graph::data))
         .with_state(state)
 }
 

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod aggregate;
 mod buffer;
 pub mod enrichment;
+pub mod graph;
 pub mod http;
 mod local;
 pub mod netflow;

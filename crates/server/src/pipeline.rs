@@ -102,6 +102,8 @@ pub struct Pipeline<S: FlowStore + 'static> {
     telemetry: Arc<Telemetry>,
     retention: Duration,
     last_expire: Instant,
+    /// Every observer seen (nodes running an agent, exporters).
+    observers: HashSet<Arc<str>>,
     /// Highest durable batch per agent.
     durable: HashMap<Arc<str>, u64>,
     /// Batches counted but not yet durable: (agent, seq) → interval.
@@ -174,6 +176,7 @@ impl<S: FlowStore + 'static> Pipeline<S> {
             retention,
             last_expire: Instant::now(),
             durable,
+            observers: HashSet::new(),
             in_flight: HashMap::new(),
             acks: BTreeMap::new(),
             flushed_before: i64::MIN,
@@ -199,18 +202,26 @@ impl<S: FlowStore + 'static> Pipeline<S> {
         {
             tracing::warn!(error = %e, "inventory file not reloaded; keeping the previous one");
         }
+        if !self.observers.contains(observer) {
+            self.observers.insert(Arc::clone(observer));
+        }
         let idx = self.shared.load();
         let at = (at_ns / 1_000_000_000) as i64;
         for o in obs {
             let a = self.attributor.attribute(o, observer, &idx, at_ns);
-            self.agg.record(
-                observer,
-                o,
-                &oriented(o, &a),
-                at,
-                || FlowLabels::of(&a),
-                a.cost_usd,
-            );
+            let observers = &self.observers;
+            let labels = || {
+                let mut l = FlowLabels::of(&a);
+                // Another observed node sees this connection too (count-once view).
+                l.remote_observed = a
+                    .remote
+                    .place
+                    .node()
+                    .is_some_and(|n| *n.name != **observer && observers.contains(&n.name));
+                l
+            };
+            self.agg
+                .record(observer, o, &oriented(o, &a), at, labels, a.cost_usd);
         }
         self.telemetry
             .agg_keys

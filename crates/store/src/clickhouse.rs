@@ -989,6 +989,7 @@ impl ClickHouseStore {
                 remote: end(s.l_remote),
                 service_namespace: s.l_service_namespace.into(),
                 service_name: s.l_service_name.into(),
+                remote_observed: false,
             }),
             cost_usd: s.t_cost_usd,
             first: s.t_first,

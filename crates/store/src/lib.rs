@@ -3,6 +3,7 @@
 //! ClickHouse's SummingMergeTree.
 
 pub mod clickhouse;
+pub mod query;
 mod sqlite;
 
 use std::sync::Arc;
@@ -36,6 +37,9 @@ pub enum StoreError {
         /// The value found.
         value: String,
     },
+    /// The backend does not implement this query.
+    #[error("this store backend does not support {0} yet")]
+    Unsupported(&'static str),
     /// The ClickHouse backend failed (the message names the URL and table).
     #[error(transparent)]
     ClickHouse(#[from] ClickHouseError),
@@ -88,6 +92,11 @@ pub trait FlowStore: Send {
     ) -> Result<(), StoreError> {
         let _ = marks;
         self.write(rows)
+    }
+    /// Flows grouped by dimensions (see [`query`]).
+    fn group(&self, q: &query::GroupQuery) -> Result<Vec<query::GroupRow>, StoreError> {
+        let _ = q;
+        Err(StoreError::Unsupported("grouped queries"))
     }
     /// The marks recorded by [`FlowStore::write_marked`].
     fn marks(&self) -> Result<Vec<(String, u64)>, StoreError> {

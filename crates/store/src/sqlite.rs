@@ -75,10 +75,10 @@ INSERT INTO flows (interval_start, interval_s, observer, proto, local_addr, remo
     local_node, local_zone, local_region, local_cloud,
     remote_kind, remote_namespace, remote_name, remote_workload_kind, remote_workload,
     remote_app, remote_node, remote_zone, remote_region, remote_cloud,
-    service_namespace, service_name)
+    service_namespace, service_name, remote_observed)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
     ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35,
-    ?36, ?37, ?38, ?39, ?40)
+    ?36, ?37, ?38, ?39, ?40, ?41)
 ON CONFLICT DO UPDATE SET
     cost_usd = cost_usd + excluded.cost_usd,
     bytes_out = bytes_out + excluded.bytes_out,
@@ -101,7 +101,7 @@ SELECT observer, proto, local_addr, remote_addr, responder_port, local_initiated
        MAX(remote_kind), MAX(remote_namespace), MAX(remote_name),
        MAX(remote_workload_kind), MAX(remote_workload), MAX(remote_app), MAX(remote_node),
        MAX(remote_zone), MAX(remote_region), MAX(remote_cloud),
-       MAX(service_namespace), MAX(service_name)
+       MAX(service_namespace), MAX(service_name), MAX(remote_observed)
 FROM flows
 WHERE interval_start >= ?1 AND interval_start < ?2
 GROUP BY observer, proto, local_addr, remote_addr, responder_port, local_initiated,
@@ -167,6 +167,12 @@ impl SqliteStore {
                 .collect::<Result<_, _>>()
                 .map_err(err("read columns"))?
         };
+        if !have.iter().any(|c| c == "remote_observed") {
+            conn.execute_batch(
+                "ALTER TABLE flows ADD COLUMN remote_observed INTEGER NOT NULL DEFAULT 0",
+            )
+            .map_err(err("migrate: add remote_observed"))?;
+        }
         if !have.iter().any(|c| c == "cost_usd") {
             conn.execute_batch("ALTER TABLE flows ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0")
                 .map_err(err("migrate: add cost_usd"))?;
@@ -248,6 +254,7 @@ impl SqliteStore {
             remote: end(11),
             service_namespace: l[21].as_str().into(),
             service_name: l[22].as_str().into(),
+            remote_observed: false,
         }))
     }
 
@@ -337,6 +344,7 @@ impl FlowStore for SqliteStore {
                     &*l.remote.cloud,
                     &*l.service_namespace,
                     &*l.service_name,
+                    l.remote_observed,
                 ])
                 .map_err(err("upsert"))?;
             }
@@ -387,14 +395,30 @@ impl FlowStore for SqliteStore {
                     (17..40)
                         .map(|i| r.get::<_, String>(i))
                         .collect::<Result<Vec<_>, _>>()?,
+                    r.get::<_, bool>(40)?,
                 ))
             })
             .map_err(self.err("query"))?;
         let mut out = Vec::new();
         for row in raw {
-            let (observer, proto, local, remote, port, init, sa, sp, n, first, last, cost_usd, l) =
-                row.map_err(self.err("read row"))?;
-            let labels = self.labels(l)?;
+            let (
+                observer,
+                proto,
+                local,
+                remote,
+                port,
+                init,
+                sa,
+                sp,
+                n,
+                first,
+                last,
+                cost_usd,
+                l,
+                ro,
+            ) = row.map_err(self.err("read row"))?;
+            let mut labels = self.labels(l)?;
+            Arc::make_mut(&mut labels).remote_observed = ro;
             let service = if sa.is_empty() {
                 None
             } else {
@@ -424,6 +448,51 @@ impl FlowStore for SqliteStore {
                 first,
                 last,
             });
+        }
+        Ok(out)
+    }
+
+    fn group(
+        &self,
+        q: &crate::query::GroupQuery,
+    ) -> Result<Vec<crate::query::GroupRow>, StoreError> {
+        let (sql, params) = crate::query::sql(q);
+        let mut st = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(self.err("prepare grouped query"))?;
+        let n = q.group_by.len();
+        let rows = st
+            .query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                let key = (0..n)
+                    .map(|i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let u = |i: usize| {
+                    r.get::<_, Option<i64>>(n + i)
+                        .map(|v| v.unwrap_or(0).max(0) as u64)
+                };
+                Ok(crate::query::GroupRow {
+                    key,
+                    bytes_src_to_dst: u(0)?,
+                    bytes_dst_to_src: u(1)?,
+                    packets_src_to_dst: u(2)?,
+                    packets_dst_to_src: u(3)?,
+                    connections: u(4)?,
+                    closed: u(5)?,
+                    cost_usd: r.get::<_, Option<f64>>(n + 6)?.unwrap_or(0.0),
+                })
+            })
+            .map_err(self.err("grouped query"))?;
+        let mut out: Vec<_> = rows
+            .collect::<Result<_, _>>()
+            .map_err(self.err("grouped query"))?;
+        // An empty range still yields one all-zero total row without GROUP BY: drop it.
+        if n == 0
+            && out
+                .first()
+                .is_some_and(|r: &crate::query::GroupRow| r.bytes() == 0 && r.connections == 0)
+        {
+            out.clear();
         }
         Ok(out)
     }
@@ -494,6 +563,7 @@ mod tests {
                 },
                 service_namespace: "shop".into(),
                 service_name: "db".into(),
+                remote_observed: false,
             }),
             cost_usd: 0.5,
         }
@@ -564,6 +634,67 @@ mod tests {
             .expect("marks");
         m.sort();
         assert_eq!(m, vec![("a".to_string(), 5), ("b".to_string(), 2)]);
+    }
+
+    #[test]
+    fn grouped_queries_orient_by_initiator_filter_and_count_once() {
+        use crate::query::{GroupQuery, View, dim};
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = SqliteStore::open(&dir.path().join("f.sqlite")).expect("open");
+        let mut a = row(100, "10.0.0.2", 1000);
+        a.observer = "node-a".into();
+        // The same connection seen from the responder's node, both ends observed.
+        let mut b = row(100, "10.0.0.2", 7);
+        b.observer = "node-b".into();
+        b.key.local_initiated = false;
+        for r in [&mut a, &mut b] {
+            Arc::make_mut(&mut r.labels).remote_observed = true;
+        }
+        s.write(&[a, b]).expect("write");
+        let q = |view, group: &[&str], filters: &[(&str, &str)]| GroupQuery {
+            from: 0,
+            to: 1000,
+            group_by: group.iter().map(|g| dim(g).expect("dim")).collect(),
+            filters: filters
+                .iter()
+                .map(|(d, v)| (dim(d).expect("dim"), v.to_string()))
+                .collect(),
+            limit: 10,
+            view,
+        };
+        let raw = s.group(&q(View::Raw, &["observer"], &[])).expect("raw");
+        assert_eq!(raw.len(), 2);
+        let once = s.group(&q(View::Once, &[], &[])).expect("once");
+        assert_eq!(once.len(), 1);
+        assert_eq!(
+            (
+                once[0].bytes_src_to_dst,
+                once[0].bytes_dst_to_src,
+                once[0].connections
+            ),
+            (1000, 7, 1)
+        );
+        // Source is the initiator: for node-b's row the remote end (node-b's view) initiated.
+        let by_src = s
+            .group(&q(
+                View::Raw,
+                &["src_kind", "dst_port", "class"],
+                &[("observer", "node-b")],
+            ))
+            .expect("q");
+        assert_eq!(
+            by_src[0].key,
+            vec!["node".to_string(), "443".into(), "INTER_ZONE".into()]
+        );
+        assert_eq!(
+            by_src[0].bytes_src_to_dst, 7,
+            "node-b's bytes_in is the initiator's sending"
+        );
+        assert!(
+            s.group(&q(View::Raw, &[], &[("class", "INTRA_NODE")]))
+                .expect("q")
+                .is_empty()
+        );
     }
 
     #[test]

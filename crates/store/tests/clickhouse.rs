@@ -183,6 +183,7 @@ fn sample_rows(t0: i64) -> Vec<FlowRow> {
         remote: end("pod", "shop", "db-0", "node-b", "us-east-1b"),
         service_namespace: "shop".into(),
         service_name: "db".into(),
+        remote_observed: false,
     });
     let s3 = Arc::new(FlowLabels {
         class: Class::IntraVpc,

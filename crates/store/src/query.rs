@@ -1,0 +1,201 @@
+//! The query layer: flows grouped by any set of dimensions over a time range, with
+//! filters, top-K, and the raw per-observer view or the count-once view.
+//!
+//! *Source* is the end that started the connection, *destination* the one that answered
+//! (the backend after DNAT). Dimensions are a closed list, so a query is always valid SQL
+//! built from known column expressions, with every value bound as a parameter.
+
+use serde::Serialize;
+
+/// A dimension to group or filter by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Dim {
+    /// Its name in the API (`src_namespace`, `class`, ...).
+    pub name: &'static str,
+    /// The SQL expression over the `flows` table.
+    pub(crate) sql: &'static str,
+}
+
+macro_rules! side_dims {
+    ($($name:literal => $col:literal),* $(,)?) => {
+        &[
+            $(
+                Dim { name: concat!("src_", $name), sql: concat!("CASE WHEN local_initiated THEN local_", $col, " ELSE remote_", $col, " END") },
+                Dim { name: concat!("dst_", $name), sql: concat!("CASE WHEN local_initiated THEN remote_", $col, " ELSE local_", $col, " END") },
+            )*
+        ]
+    };
+}
+
+const SIDE: &[Dim] = side_dims!(
+    "kind" => "kind",
+    "namespace" => "namespace",
+    "name" => "name",
+    "workload_kind" => "workload_kind",
+    "app" => "app",
+    "node" => "node",
+    "zone" => "zone",
+    "region" => "region",
+    "cloud" => "cloud",
+);
+
+const OTHER: &[Dim] = &[
+    // The workload of a pod; for other ends the node, network or cloud-service name, else
+    // the kind (`internet`, `unknown`): every end has a name to group by.
+    Dim {
+        name: "src_workload",
+        sql: "CASE WHEN local_initiated THEN COALESCE(NULLIF(local_workload, ''), NULLIF(local_name, ''), local_kind) ELSE COALESCE(NULLIF(remote_workload, ''), NULLIF(remote_name, ''), remote_kind) END",
+    },
+    Dim {
+        name: "dst_workload",
+        sql: "CASE WHEN local_initiated THEN COALESCE(NULLIF(remote_workload, ''), NULLIF(remote_name, ''), remote_kind) ELSE COALESCE(NULLIF(local_workload, ''), NULLIF(local_name, ''), local_kind) END",
+    },
+    Dim {
+        name: "src_ip",
+        sql: "CASE WHEN local_initiated THEN local_addr ELSE remote_addr END",
+    },
+    Dim {
+        name: "dst_ip",
+        sql: "CASE WHEN local_initiated THEN remote_addr ELSE local_addr END",
+    },
+    Dim {
+        name: "dst_port",
+        sql: "responder_port",
+    },
+    Dim {
+        name: "proto",
+        sql: "proto",
+    },
+    Dim {
+        name: "class",
+        sql: "class",
+    },
+    Dim {
+        name: "observer",
+        sql: "observer",
+    },
+    Dim {
+        name: "service_namespace",
+        sql: "service_namespace",
+    },
+    Dim {
+        name: "service_name",
+        sql: "service_name",
+    },
+    Dim {
+        name: "service_ip",
+        sql: "service_addr",
+    },
+];
+
+/// Every dimension, by name.
+pub fn dimensions() -> impl Iterator<Item = Dim> {
+    SIDE.iter().chain(OTHER).copied()
+}
+
+/// The dimension called `name`.
+pub fn dim(name: &str) -> Option<Dim> {
+    dimensions().find(|d| d.name == name)
+}
+
+/// Which rows a query counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum View {
+    /// Every observer's rows: a connection between two observed nodes counts on both.
+    Raw,
+    /// Each connection once: where both ends are observed, only the initiator's row.
+    Once,
+}
+
+/// A grouped query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupQuery {
+    /// Start (Unix seconds, inclusive, by interval start).
+    pub from: i64,
+    /// End (exclusive).
+    pub to: i64,
+    /// Dimensions to group by (none: one total row).
+    pub group_by: Vec<Dim>,
+    /// Equality filters (a value of `""` matches "not applicable").
+    pub filters: Vec<(Dim, String)>,
+    /// Rows, largest bytes first.
+    pub limit: usize,
+    /// Raw or count-once.
+    pub view: View,
+}
+
+/// One group's totals.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupRow {
+    /// The group's dimension values, in `group_by` order.
+    pub key: Vec<String>,
+    /// Bytes source → destination.
+    pub bytes_src_to_dst: u64,
+    /// Bytes destination → source.
+    pub bytes_dst_to_src: u64,
+    /// Packets source → destination.
+    pub packets_src_to_dst: u64,
+    /// Packets destination → source.
+    pub packets_dst_to_src: u64,
+    /// Connections opened.
+    pub connections: u64,
+    /// Connections closed.
+    pub closed: u64,
+    /// Price of the bytes, USD.
+    pub cost_usd: f64,
+}
+
+impl GroupRow {
+    /// Bytes both ways.
+    pub fn bytes(&self) -> u64 {
+        self.bytes_src_to_dst + self.bytes_dst_to_src
+    }
+}
+
+/// The SQL and its parameters (values bound, never spliced).
+pub(crate) fn sql(q: &GroupQuery) -> (String, Vec<String>) {
+    let mut select: Vec<String> = q
+        .group_by
+        .iter()
+        .map(|d| format!("CAST({} AS TEXT)", d.sql))
+        .collect();
+    select.extend(
+        [
+            "SUM(CASE WHEN local_initiated THEN bytes_out ELSE bytes_in END)",
+            "SUM(CASE WHEN local_initiated THEN bytes_in ELSE bytes_out END)",
+            "SUM(CASE WHEN local_initiated THEN packets_out ELSE packets_in END)",
+            "SUM(CASE WHEN local_initiated THEN packets_in ELSE packets_out END)",
+            "SUM(conns_opened)",
+            "SUM(conns_closed)",
+            "SUM(cost_usd)",
+        ]
+        .map(String::from),
+    );
+    let mut params = vec![q.from.to_string(), q.to.to_string()];
+    let mut wh = vec![
+        "interval_start >= CAST(?1 AS INTEGER)".to_string(),
+        "interval_start < CAST(?2 AS INTEGER)".to_string(),
+    ];
+    if q.view == View::Once {
+        wh.push("NOT (remote_observed = 1 AND local_initiated = 0)".into());
+    }
+    for (d, v) in &q.filters {
+        params.push(v.clone());
+        wh.push(format!("CAST({} AS TEXT) = ?{}", d.sql, params.len()));
+    }
+    let mut sql = format!(
+        "SELECT {} FROM flows WHERE {}",
+        select.join(", "),
+        wh.join(" AND ")
+    );
+    if !q.group_by.is_empty() {
+        let g: Vec<String> = (1..=q.group_by.len()).map(|i| i.to_string()).collect();
+        sql.push_str(&format!(" GROUP BY {}", g.join(", ")));
+    }
+    sql.push_str(&format!(
+        " ORDER BY SUM(bytes_out) + SUM(bytes_in) DESC LIMIT {}",
+        q.limit
+    ));
+    (sql, params)
+}

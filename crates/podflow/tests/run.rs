@@ -282,6 +282,7 @@ fn run_attributes_flows_to_workloads_services_zones_and_cost() {
         .sh("ip route add default via 10.99.0.2 && \
              iptables -t nat -A OUTPUT -d 10.96.0.10 -p tcp --dport 80 -j DNAT --to-destination 10.99.0.2:5201")
         .expect("DNAT rule");
+    pair.a.short_tcp_timeouts().expect("timeouts");
     serve(&pair, 5201);
     let data = tempfile::tempdir().expect("tmp");
     let inv = data.path().join("inventory.yaml");
@@ -382,6 +383,29 @@ fn run_attributes_flows_to_workloads_services_zones_and_cost() {
     let want = (k_out + k_in) as f64 * 0.01 / 1_073_741_824.0;
     let cost = row["cost_usd"].as_f64().expect("cost");
     assert!((cost - want).abs() < 1e-12, "cost {cost} vs {want}");
+
+    // Closing the connection gives the Service's duration histogram one observation.
+    let opened = Instant::now();
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let count = "podflow_service_connection_duration_seconds_count{service_namespace=\"shop\",service=\"db\"} 1";
+    loop {
+        let (_, m) = get(port, "/metrics");
+        if m.contains(count) {
+            let sum: f64 = m
+                .lines()
+                .find(|l| l.starts_with("podflow_service_connection_duration_seconds_sum{service_namespace=\"shop\",service=\"db\"}"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .expect("sum");
+            // The entry lives until TIME_WAIT (1 s here) expires and a dump reaps it.
+            assert!(sum > 0.0 && sum < opened.elapsed().as_secs_f64() + 30.0, "duration {sum}");
+            promtool_check(&m);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no duration observed:\n{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

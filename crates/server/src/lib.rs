@@ -6,6 +6,7 @@ pub mod aggregate;
 mod buffer;
 pub mod enrichment;
 pub mod graph;
+pub mod histograms;
 pub mod http;
 mod local;
 pub mod netflow;

@@ -89,6 +89,7 @@ defs! {
     NF_PENDING_DROPPED = "podflow_netflow_pending_sets_dropped_total", "counter", "Data sets held for a template that never came in time, dropped.", [];
     NF_EXP_RECORDS = "podflow_netflow_exporter_records_total", "counter", "Records per exporter and domain (only with --netflow-exporter-labels: the exporter address is a label).", ["exporter", "domain", "version"];
     NF_EXP_SEQ_LOST = "podflow_netflow_exporter_sequence_lost_total", "counter", "Sequence loss per exporter and domain (only with --netflow-exporter-labels).", ["exporter", "domain", "version"];
+    SVC_DURATION = "podflow_service_connection_duration_seconds", "histogram", "Duration of closed connections through each Service (DNAT), from conntrack's start/stop timestamps; at most 500 Services, the rest under `other`.", ["service_namespace", "service"];
     WL_SERIES = "podflow_workload_series", "gauge", "Live workload series (bounded by --metrics-top-k).", [];
     WL_FOLDED = "podflow_workload_folded_total", "counter", "Interval series folded into `other` by the top-K bound.", [];
 }
@@ -183,6 +184,8 @@ pub struct Telemetry {
     pub netflow: std::sync::OnceLock<(Arc<podflow_netflow::ListenerStats>, bool)>,
     /// Agent role counters, when this process is an agent.
     pub agent: std::sync::OnceLock<Arc<AgentStats>>,
+    /// Connection durations per Service.
+    pub service_durations: std::sync::Mutex<crate::histograms::ServiceDurations>,
     /// Workload-level series.
     pub workloads: std::sync::Mutex<Option<crate::workload_metrics::WorkloadMetrics>>,
     flows: [ProtoTotals; 6],
@@ -396,6 +399,10 @@ impl Telemetry {
                     }
                 }
             }
+        }
+        if let Ok(d) = self.service_durations.lock() {
+            header(&mut out, &SVC_DURATION);
+            d.render(&mut out, SVC_DURATION.name);
         }
         if let Some(a) = self.agent.get() {
             one(&mut out, &AG_SENT, g(&a.sent));

@@ -384,6 +384,34 @@ fn run_attributes_flows_to_workloads_services_zones_and_cost() {
     let cost = row["cost_usd"].as_f64().expect("cost");
     assert!((cost - want).abs() < 1e-12, "cost {cost} vs {want}");
 
+    // K8sConntrack-style views: per Service endpoint, and recent flows.
+    let (_, tx) = get(port, "/transactions?window=600");
+    let tx: serde_json::Value = serde_json::from_str(&tx).expect("json");
+    let svc = &tx["services"][0];
+    assert_eq!(
+        (svc["namespace"].as_str(), svc["name"].as_str()),
+        (Some("shop"), Some("db")),
+        "{tx}"
+    );
+    let ep = &svc["endpoints"][0];
+    assert_eq!(
+        (
+            ep["pod"].as_str(),
+            ep["ip"].as_str(),
+            ep["port"].as_u64(),
+            ep["connections"].as_u64()
+        ),
+        (Some("db-0"), Some("10.99.0.2"), Some(5201), Some(1)),
+        "{tx}"
+    );
+    let bps = ep["bytes_per_sec"].as_f64().expect("rate");
+    assert!((bps - (k_out + k_in) as f64 / 600.0).abs() < 1e-6, "{bps}");
+    let (_, recent) = get(port, "/flows?window=600");
+    assert!(
+        row_for(&serde_json::from_str(&recent).expect("json"), 5201).is_some(),
+        "{recent}"
+    );
+
     // Closing the connection gives the Service's duration histogram one observation.
     let opened = Instant::now();
     drop(c);
@@ -399,7 +427,10 @@ fn run_attributes_flows_to_workloads_services_zones_and_cost() {
                 .and_then(|v| v.parse().ok())
                 .expect("sum");
             // The entry lives until TIME_WAIT (1 s here) expires and a dump reaps it.
-            assert!(sum > 0.0 && sum < opened.elapsed().as_secs_f64() + 30.0, "duration {sum}");
+            assert!(
+                sum > 0.0 && sum < opened.elapsed().as_secs_f64() + 30.0,
+                "duration {sum}"
+            );
             promtool_check(&m);
             break;
         }

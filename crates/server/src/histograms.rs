@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// Bucket upper bounds, seconds.
-pub const BOUNDS: [f64; 14] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
+pub const BOUNDS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
 /// Services with their own series.
 pub const MAX_SERVICES: usize = 500;
 
@@ -32,7 +34,10 @@ impl ServiceDurations {
             ("other".to_string(), "other".to_string())
         };
         let h = self.series.entry(key).or_default();
-        let i = BOUNDS.iter().position(|b| secs <= *b).unwrap_or(BOUNDS.len());
+        let i = BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BOUNDS.len());
         h.counts[i] += 1;
         h.sum += secs;
     }
@@ -53,12 +58,25 @@ impl ServiceDurations {
             let mut cum = 0u64;
             for (i, b) in BOUNDS.iter().enumerate() {
                 cum += h.counts[i];
-                let _ = writeln!(out, "{name}_bucket{{service_namespace=\"{ns}\",service=\"{svc}\",le=\"{b}\"}} {cum}");
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{service_namespace=\"{ns}\",service=\"{svc}\",le=\"{b}\"}} {cum}"
+                );
             }
             cum += h.counts[BOUNDS.len()];
-            let _ = writeln!(out, "{name}_bucket{{service_namespace=\"{ns}\",service=\"{svc}\",le=\"+Inf\"}} {cum}");
-            let _ = writeln!(out, "{name}_sum{{service_namespace=\"{ns}\",service=\"{svc}\"}} {}", h.sum);
-            let _ = writeln!(out, "{name}_count{{service_namespace=\"{ns}\",service=\"{svc}\"}} {cum}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{service_namespace=\"{ns}\",service=\"{svc}\",le=\"+Inf\"}} {cum}"
+            );
+            let _ = writeln!(
+                out,
+                "{name}_sum{{service_namespace=\"{ns}\",service=\"{svc}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "{name}_count{{service_namespace=\"{ns}\",service=\"{svc}\"}} {cum}"
+            );
         }
     }
 }

@@ -38,6 +38,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/query", get(crate::graph::query))
         .route("/api/v1/dimensions", get(crate::graph::dimensions))
         .route("/api/health", get(crate::graph::health))
+        .route("/transactions", get(crate::graph::transactions))
+        .route("/flows", get(recent_flows))
         .route("/api/graph/fields", get(crate::graph::fields))
         .route("/api/graph/data", get(crate::graph::data))
         .with_state(state)
@@ -214,6 +216,44 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `GET /flows?window=60&limit=100` (K8sConntrack-style): the conversations of the last
+/// `window` seconds, the same rows as `/api/v1/flows`.
+async fn recent_flows(
+    State(s): State<Arc<AppState>>,
+    Query(p): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let window = match p.get("window").map(|w| w.parse::<i64>()) {
+        None => 60,
+        Some(Ok(w)) if (1..=86_400).contains(&w) => w,
+        Some(_) => {
+            return bad(format!(
+                "`window` must be 1..=86400 seconds (got {:?})",
+                p.get("window")
+            ));
+        }
+    };
+    let limit = match p.get("limit").map(|l| l.parse::<usize>()) {
+        None => Some(100),
+        Some(Ok(l)) => Some(l),
+        Some(Err(_)) => {
+            return bad(format!(
+                "`limit` must be a number (got {:?})",
+                p.get("limit")
+            ));
+        }
+    };
+    let now = unix_now();
+    flows(
+        State(s),
+        Ok(Query(FlowParams {
+            from: Some(now - window),
+            to: Some(now + 1),
+            limit,
+        })),
+    )
+    .await
 }
 
 async fn flows(

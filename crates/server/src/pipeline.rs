@@ -216,7 +216,11 @@ impl<S: FlowStore + 'static> Pipeline<S> {
                 && o.start_ns > 0
                 && o.stop_ns >= o.start_ns
             {
-                d.observe(&s.meta.namespace, &s.meta.name, (o.stop_ns - o.start_ns) as f64 / 1e9);
+                d.observe(
+                    &s.meta.namespace,
+                    &s.meta.name,
+                    (o.stop_ns - o.start_ns) as f64 / 1e9,
+                );
             }
             let observers = &self.observers;
             let labels = || {

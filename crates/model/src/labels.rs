@@ -30,8 +30,14 @@ pub struct EndLabels {
     pub cloud: Name,
 }
 
+/// One shared empty name: most label fields are empty, and rows are many.
+fn empty() -> Name {
+    static EMPTY: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Name::from(""));
+    Name::clone(&EMPTY)
+}
+
 fn name(n: Option<&Name>) -> Name {
-    n.cloned().unwrap_or_else(|| Name::from(""))
+    n.cloned().unwrap_or_else(empty)
 }
 
 impl EndLabels {

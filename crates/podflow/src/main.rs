@@ -322,6 +322,39 @@ struct ServerArgs {
     #[arg(long, env = "PODFLOW_TOKEN_FILE")]
     token_file: Option<PathBuf>,
 
+    /// Write to ClickHouse at this URL (http:// or https://) instead of the embedded
+    /// store; the table is created or migrated at start (docs/clickhouse.md).
+    #[arg(long, env = "PODFLOW_CLICKHOUSE_URL")]
+    clickhouse_url: Option<String>,
+
+    /// ClickHouse database.
+    #[arg(long, env = "PODFLOW_CLICKHOUSE_DATABASE", default_value = "default")]
+    clickhouse_database: String,
+
+    /// ClickHouse table (kubenetmon-compatible columns plus podflow's).
+    #[arg(
+        long,
+        env = "PODFLOW_CLICKHOUSE_TABLE",
+        default_value = "network_flows_0"
+    )]
+    clickhouse_table: String,
+
+    /// ClickHouse user.
+    #[arg(long, env = "PODFLOW_CLICKHOUSE_USER")]
+    clickhouse_user: Option<String>,
+
+    /// File holding the ClickHouse password (or set PODFLOW_CLICKHOUSE_PASSWORD).
+    #[arg(long, env = "PODFLOW_CLICKHOUSE_PASSWORD_FILE")]
+    clickhouse_password_file: Option<PathBuf>,
+
+    /// Create the table ON CLUSTER with a Replicated engine.
+    #[arg(long, env = "PODFLOW_CLICKHOUSE_CLUSTER")]
+    clickhouse_cluster: Option<String>,
+
+    /// Days rows are kept in ClickHouse (TTL; 0 = forever).
+    #[arg(long, env = "PODFLOW_CLICKHOUSE_TTL_DAYS", default_value_t = 90)]
+    clickhouse_ttl_days: u32,
+
     /// Receive NetFlow v5/v9/IPFIX on this UDP address (repeat for more; IPv4 or IPv6,
     /// e.g. 0.0.0.0:2055 or [::]:4739). Records are attributed like conntrack's.
     #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
@@ -398,6 +431,17 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         token: read_token(&a.token_file)?,
         netflow_listen: a.netflow_listen,
         netflow_exporter_labels: a.netflow_exporter_labels,
+        clickhouse: a.clickhouse_url.map(|url| podflow_store::ClickHouseConfig {
+            url,
+            database: a.clickhouse_database,
+            table: a.clickhouse_table,
+            user: a.clickhouse_user,
+            password: std::env::var("PODFLOW_CLICKHOUSE_PASSWORD").ok(),
+            password_file: a.clickhouse_password_file,
+            cluster: a.clickhouse_cluster,
+            ttl_days: a.clickhouse_ttl_days,
+            ..Default::default()
+        }),
     };
     block_on(|token| async move { podflow_server::server::serve(cfg, token).await })
 }

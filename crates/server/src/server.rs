@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub netflow_listen: Vec<SocketAddr>,
     /// Per-exporter NetFlow series (the exporter address becomes a label).
     pub netflow_exporter_labels: bool,
+    /// Write to ClickHouse instead of the embedded store.
+    pub clickhouse: Option<podflow_store::ClickHouseConfig>,
 }
 
 /// One batch on its way from a connection to the pipeline.
@@ -151,7 +153,30 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, RunError> {
 
 /// Runs until `shutdown`, then writes what it holds and acks it.
 pub async fn serve(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
-    let (store, store_path) = open_store(&cfg.data_dir)?;
+    match cfg.clickhouse.clone() {
+        Some(ch) => {
+            // The ClickHouse store blocks on a runtime of its own: open (and later drop) it
+            // off the async threads.
+            let store =
+                tokio::task::spawn_blocking(move || podflow_store::ClickHouseStore::open(ch))
+                    .await
+                    .map_err(|e| RunError::Task(e.to_string()))??;
+            tracing::info!("podflow server: writing to ClickHouse");
+            serve_with(cfg, store, None, shutdown).await
+        }
+        None => {
+            let (store, path) = open_store(&cfg.data_dir)?;
+            serve_with(cfg, store, Some(path), shutdown).await
+        }
+    }
+}
+
+async fn serve_with<S: podflow_store::FlowStore + 'static>(
+    cfg: ServerConfig,
+    store: S,
+    store_path: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let telemetry = telemetry(&cfg.metrics);
     let interval_s = cfg.interval.as_secs().max(1) as u32;
     let mut pipeline = Pipeline::new(
@@ -169,7 +194,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(),
     .await?;
     let state = Arc::new(AppState {
         telemetry: Arc::clone(&telemetry),
-        store_path: Some(store_path.clone()),
+        store_path: store_path.clone(),
         reader: Mutex::new(None),
         interval_s,
     });
@@ -213,7 +238,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(),
                 async move { grpc_stop.cancelled().await },
             ),
     );
-    tracing::info!(listen = %cfg.listen, grpc = %cfg.grpc_listen, store = %store_path.display(), tls = cfg.tls.is_some(), "podflow server: ready for agents");
+    tracing::info!(listen = %cfg.listen, grpc = %cfg.grpc_listen, store = %store_path.as_deref().map_or_else(|| "ClickHouse".into(), |p| p.display().to_string()), tls = cfg.tls.is_some(), "podflow server: ready for agents");
 
     let nf_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (nf_listener, mut nf_rx) = match crate::netflow::start(
@@ -262,11 +287,19 @@ pub async fn serve(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(),
     pipeline.finish().await;
     let _ = grpc.await;
     http.await.map_err(|e| RunError::Task(e.to_string()))??;
+    // Drop the store outside the async threads (ClickHouse's owns a runtime).
+    let store = pipeline.store();
+    drop(pipeline);
+    let _ = tokio::task::spawn_blocking(move || drop(store)).await;
     tracing::info!("podflow server: stopped, everything received is written");
     Ok(())
 }
 
-fn admit(pipeline: &mut Pipeline<podflow_store::SqliteStore>, t: &Telemetry, m: Ingress) {
+fn admit<S: podflow_store::FlowStore + 'static>(
+    pipeline: &mut Pipeline<S>,
+    t: &Telemetry,
+    m: Ingress,
+) {
     let b = m.batch;
     let reject = |why: String| {
         t.srv_batches[3].fetch_add(1, Relaxed);

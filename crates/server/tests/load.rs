@@ -18,12 +18,19 @@ const PER_BATCH: u64 = 300;
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 fn free(addr: &str) -> SocketAddr {
-    std::net::TcpListener::bind(addr).expect("bind").local_addr().expect("addr")
+    std::net::TcpListener::bind(addr)
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
 }
 
 fn batch(agent: u64, seq: u64, now_ms: i64) -> ObservationBatch {
@@ -34,10 +41,26 @@ fn batch(agent: u64, seq: u64, now_ms: i64) -> ObservationBatch {
             let dst = std::net::IpAddr::from([10, 2, 0, (i % 6) as u8]);
             observation_pb(&Observation {
                 proto: Protocol::TCP,
-                orig: Tuple { src, dst, src_port: 40_000 + i as u16, dst_port: 80 },
-                reply: Tuple { src: dst, dst: src, src_port: 80, dst_port: 40_000 + i as u16 },
-                delta_orig: Counters { bytes: 100, packets: 1 },
-                delta_reply: Counters { bytes: 1000, packets: 2 },
+                orig: Tuple {
+                    src,
+                    dst,
+                    src_port: 40_000 + i as u16,
+                    dst_port: 80,
+                },
+                reply: Tuple {
+                    src: dst,
+                    dst: src,
+                    src_port: 80,
+                    dst_port: 40_000 + i as u16,
+                },
+                delta_orig: Counters {
+                    bytes: 100,
+                    packets: 1,
+                },
+                delta_reply: Counters {
+                    bytes: 1000,
+                    packets: 2,
+                },
                 opened: true,
                 ..Default::default()
             })
@@ -71,6 +94,7 @@ async fn forty_agents_at_once_all_acked_exact_totals_bounded_memory() {
         token: None,
         netflow_listen: Vec::new(),
         netflow_exporter_labels: false,
+        clickhouse: None,
     };
     let stop = CancellationToken::new();
     let server = tokio::spawn(serve(cfg, stop.clone()));
@@ -89,14 +113,29 @@ async fn forty_agents_at_once_all_acked_exact_totals_bounded_memory() {
     let obs = ROUNDS * AGENTS * BATCHES * PER_BATCH;
     // After the first round has warmed every buffer, more load does not grow memory.
     let growth_mib = (rss[ROUNDS as usize - 1].saturating_sub(rss[0])) / 1024;
-    eprintln!("{obs} observations from {AGENTS} agents in {ROUNDS} rounds acked in {elapsed:?}; RSS per round (KiB): {rss:?}");
-    assert!(growth_mib < 48, "memory grew {growth_mib} MiB between the first and the last round");
+    eprintln!(
+        "{obs} observations from {AGENTS} agents in {ROUNDS} rounds acked in {elapsed:?}; RSS per round (KiB): {rss:?}"
+    );
+    assert!(
+        growth_mib < 48,
+        "memory grew {growth_mib} MiB between the first and the last round"
+    );
 
     let store = SqliteStore::open_reader(&dir.path().join("podflow.sqlite")).expect("store");
-    let rows = store.flows(&FlowQuery { from: 0, to: i64::MAX, limit: 10_000 }).expect("query");
+    let rows = store
+        .flows(&FlowQuery {
+            from: 0,
+            to: i64::MAX,
+            limit: 10_000,
+        })
+        .expect("query");
     let bytes: u64 = rows.iter().map(|r| r.totals.bytes()).sum();
     let opened: u64 = rows.iter().map(|r| r.totals.opened).sum();
-    assert_eq!((bytes, opened), (obs * 1100, obs), "every observation stored exactly once");
+    assert_eq!(
+        (bytes, opened),
+        (obs * 1100, obs),
+        "every observation stored exactly once"
+    );
     let mut observers: Vec<_> = rows.iter().map(|r| r.observer.clone()).collect();
     observers.sort();
     observers.dedup();
@@ -108,17 +147,28 @@ async fn push_round(grpc: SocketAddr, round: u64) -> usize {
     let mut agents = Vec::new();
     for a in 0..AGENTS {
         agents.push(tokio::spawn(async move {
-            let mut client = IngestClient::connect(format!("http://{grpc}")).await.expect("connect");
+            let mut client = IngestClient::connect(format!("http://{grpc}"))
+                .await
+                .expect("connect");
             let (tx, rx) = tokio::sync::mpsc::channel(8);
-            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as i64;
             let feeder = tokio::spawn(async move {
                 for seq in 1..=BATCHES {
-                    tx.send(batch(a, round * BATCHES + seq, now_ms)).await.expect("send");
+                    tx.send(batch(a, round * BATCHES + seq, now_ms))
+                        .await
+                        .expect("send");
                 }
                 // Keep the stream open until the acks are in.
                 tokio::time::sleep(Duration::from_secs(30)).await;
             });
-            let mut acks = client.push(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("push").into_inner();
+            let mut acks = client
+                .push(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("push")
+                .into_inner();
             let mut acked = std::collections::BTreeSet::new();
             while acked.len() < BATCHES as usize {
                 let ack = tokio::time::timeout(Duration::from_secs(30), acks.message())

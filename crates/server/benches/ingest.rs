@@ -251,9 +251,16 @@ fn main() {
     };
     // The query really reads every row: the total over the range counts them all.
     let all = reader
-        .group(&GroupQuery { group_by: Vec::new(), limit: 1, ..q.clone() })
+        .group(&GroupQuery {
+            group_by: Vec::new(),
+            limit: 1,
+            ..q.clone()
+        })
         .expect("total");
-    assert_eq!(all[0].connections, n_rows as u64, "every stored row is in the 24 h range");
+    assert_eq!(
+        all[0].connections, n_rows as u64,
+        "every stored row is in the 24 h range"
+    );
     let mut best = f64::MAX;
     for _ in 0..3 {
         let t = Instant::now();

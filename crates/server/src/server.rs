@@ -333,9 +333,12 @@ fn admit<S: podflow_store::FlowStore + 'static>(
         }
     }
     let addrs: HashSet<_> = b.local_addrs.iter().filter_map(|a| ip_from(a)).collect();
+    // An agent's clock ahead of ours would park its rows (and acks) in a future interval:
+    // never later than now.
     let at_ns = u64::try_from(b.observed_at_ms)
         .unwrap_or(0)
-        .saturating_mul(1_000_000);
+        .saturating_mul(1_000_000)
+        .min(podflow_inventory::now_ns());
     let node: Arc<str> = Arc::from(b.node.as_str());
     let ack = AckToken {
         agent: Arc::from(b.agent_id.as_str()),

@@ -1,5 +1,6 @@
 //! podflow: Kubernetes network flow observability in one binary.
 
+mod demo;
 mod duration;
 mod flows;
 mod tracking;
@@ -65,8 +66,36 @@ enum Command {
     /// Receives the agents' observations, attributes them to pods, workloads, services,
     /// nodes and zones, aggregates and stores them, and serves /metrics and the HTTP API.
     Server(Box<ServerArgs>),
-    /// A simulated cluster in network namespaces with real traffic. Not implemented yet (issue 6).
-    Demo,
+    /// A simulated cluster in network namespaces with real traffic: 3 nodes in 2 zones,
+    /// 6 pods (a Deployment, a StatefulSet, a DaemonSet, a CronJob's Job), a kube-proxy-style
+    /// ClusterIP/NodePort Service, an internet host and an S3 host, one `podflow agent` per
+    /// node and a `podflow server` with the web UI. Needs root; everything it makes is named
+    /// `pfd-*` and removed at exit.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Stop after this long (e.g. 60s); default: run until Ctrl-C.
+    #[arg(long, value_parser = duration::parse)]
+    duration: Option<Duration>,
+
+    /// Address of the server's HTTP API and web UI.
+    #[arg(long, default_value = "127.0.0.1:9469")]
+    listen: SocketAddr,
+
+    /// Where the inventory, store, logs and traffic counts (traffic.json) go; default: a
+    /// temporary directory removed at exit.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+
+    /// Aggregation and conntrack dump interval.
+    #[arg(long, default_value = "2s", value_parser = duration::parse)]
+    interval: Duration,
+
+    /// Only remove what a crashed demo left behind (`pfd-*` namespaces, its processes).
+    #[arg(long)]
+    cleanup: bool,
 }
 
 #[derive(Debug, Args)]
@@ -278,6 +307,11 @@ struct AgentArgs {
     /// File holding the bearer token the server expects.
     #[arg(long, env = "PODFLOW_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+
+    /// Receive NetFlow v5/v9/IPFIX on this UDP address and forward the records to the
+    /// server (repeat or comma-separate for more).
+    #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
+    netflow_listen: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -404,6 +438,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
         max_memory: a.buffer_memory,
         max_spill: a.buffer_spill,
         max_connection_age: a.max_connection_age,
+        netflow_listen: a.netflow_listen,
     };
     block_on(|token| async move { podflow_server::agent::agent(cfg, token).await })
 }
@@ -566,13 +601,13 @@ fn main() -> ExitCode {
         }),
         Command::Agent(a) => agent(*a),
         Command::Server(a) => server(*a),
-        Command::Demo => {
-            eprintln!(
-                "podflow: `demo` is not implemented yet (issue 6). Use `podflow run` to observe \
-                 this host."
-            );
-            return ExitCode::from(2);
-        }
+        Command::Demo(a) => demo::run(demo::Options {
+            duration: a.duration,
+            listen: a.listen,
+            data_dir: a.data_dir,
+            interval: a.interval,
+            cleanup: a.cleanup,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

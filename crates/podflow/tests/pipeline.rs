@@ -206,3 +206,85 @@ fn agent_to_server_is_exact_across_a_server_kill_and_a_locked_store() {
     assert_eq!((opened, closed), (15, 15));
     assert!(mine.iter().all(|r| r.observer == "node-a"));
 }
+
+#[test]
+fn an_agent_forwards_netflow_records_to_the_server() {
+    use podflow_netflow::encode::{V5Flow, V5Header, v5};
+    if !podflow_testkit::can_run("agent_netflow") {
+        return;
+    }
+    let ns = podflow_testkit::Netns::new("anf").expect("namespace");
+    ns.enable_conntrack().expect("conntrack");
+    let sdata = tempfile::tempdir().expect("tmp");
+    let adata = tempfile::tempdir().expect("tmp");
+    let (http, grpc, ahttp, nf) = (free_port(), free_port(), free_port(), free_port());
+    let _server = start_server(sdata.path(), http, grpc);
+    let _agent = Proc(
+        Command::new(env!("CARGO_BIN_EXE_podflow"))
+            .args([
+                "agent",
+                "--interval",
+                "1s",
+                "--node-name",
+                "node-a",
+                "--server",
+            ])
+            .arg(format!("http://127.0.0.1:{grpc}"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{ahttp}"))
+            .arg("--netflow-listen")
+            .arg(format!("127.0.0.1:{nf}"))
+            .arg("--data-dir")
+            .arg(adata.path())
+            .arg("--netns")
+            .arg(ns.path())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start agent"),
+    );
+    wait_until("the agent", Duration::from_secs(20), || {
+        get(ahttp, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    let flow = V5Flow {
+        src: [10, 7, 0, 1].into(),
+        dst: [10, 7, 0, 2].into(),
+        input: 1,
+        output: 2,
+        packets: 9,
+        bytes: 4_321,
+        first: 1_000,
+        last: 2_000,
+        src_port: 50_000,
+        dst_port: 8443,
+        tcp_flags: 0x10,
+        proto: 6,
+    };
+    let h = V5Header {
+        sys_uptime: 5_000,
+        unix_secs: 1_800_000_000,
+        engine_type: 0,
+        engine_id: 3,
+        ..Default::default()
+    };
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("udp")
+        .send_to(&v5(&h, &[flow]), ("127.0.0.1", nf))
+        .expect("send");
+    wait_until(
+        "the record in the server's store",
+        Duration::from_secs(20),
+        || {
+            get(http, "/api/v1/flows?limit=100").is_some_and(|(_, body)| {
+                let rows: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                rows.as_array().is_some_and(|rows| {
+                    rows.iter().any(|r| {
+                        r["observer"] == "127.0.0.1/3"
+                            && r["responder_port"] == 8443
+                            && r["bytes_out"] == 4_321
+                            && r["packets_out"] == 9
+                    })
+                })
+            })
+        },
+    );
+}

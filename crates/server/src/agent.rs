@@ -60,6 +60,8 @@ pub struct AgentConfig {
     pub max_spill: u64,
     /// Reconnect after this long, so agents spread over server replicas.
     pub max_connection_age: Duration,
+    /// NetFlow/IPFIX listen addresses (none: no listener).
+    pub netflow_listen: Vec<SocketAddr>,
 }
 
 struct Shared {
@@ -121,6 +123,18 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
     tracing::info!(server = %cfg.server, node = %cfg.node, "podflow agent: streaming to the server");
 
     // Producer: numbered, encoded batches into the buffer.
+    // NetFlow/IPFIX records received here travel in their own batches, their observer
+    // being the exporter (`"<ip>/<domain>"`) instead of this node.
+    let nf_stop = Arc::new(AtomicBool::new(false));
+    let (nf_listener, mut nf_rx) = match crate::netflow::start(
+        &cfg.netflow_listen,
+        &telemetry,
+        false,
+        Arc::clone(&nf_stop),
+    )? {
+        Some((l, rx)) => (Some(l), Some(rx)),
+        None => (None, None),
+    };
     let producer = {
         let shared = Arc::clone(&shared);
         let (agent_id, node) = (cfg.agent_id.clone(), cfg.node.clone());
@@ -131,25 +145,22 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_millis() as u64);
             let mut addrs: Vec<Vec<u8>> = Vec::new();
-            while let Some(b) = rx.recv().await {
-                if let Some(l) = &b.local {
-                    addrs = l.iter().map(|a| ip_bytes(*a)).collect();
-                }
-                if b.obs.is_empty() {
-                    continue;
-                }
+            let mut push = |observer: &str,
+                            addrs: &[Vec<u8>],
+                            obs: &[podflow_model::Observation],
+                            at_ns: u64| {
                 seq += 1;
                 let msg = ObservationBatch {
                     version: VERSION,
                     agent_id: agent_id.clone(),
                     seq,
-                    node: node.clone(),
-                    observed_at_ms: (b.at_ns / 1_000_000) as i64,
-                    observations: b.obs.iter().map(observation_pb).collect(),
-                    local_addrs: addrs.clone(),
+                    node: observer.to_string(),
+                    observed_at_ms: (at_ns / 1_000_000) as i64,
+                    observations: obs.iter().map(observation_pb).collect(),
+                    local_addrs: addrs.to_vec(),
                 };
                 let Ok(mut buf) = shared.buffer.lock() else {
-                    break;
+                    return false;
                 };
                 if let Err(e) = buf.push(seq, msg.encode_to_vec()) {
                     tracing::error!(error = %e, "spill file write failed; batch dropped");
@@ -158,6 +169,26 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                 shared.publish(&buf);
                 drop(buf);
                 shared.more.notify_one();
+                true
+            };
+            loop {
+                tokio::select! {
+                    b = rx.recv() => {
+                        let Some(b) = b else { break };
+                        if let Some(l) = &b.local {
+                            addrs = l.iter().map(|a| ip_bytes(*a)).collect();
+                        }
+                        if !b.obs.is_empty() && !push(&node, &addrs, &b.obs, b.at_ns) {
+                            break;
+                        }
+                    }
+                    Some(b) = crate::netflow::recv(&mut nf_rx) => {
+                        let now = podflow_inventory::now_ns();
+                        for (who, obs) in crate::netflow::by_observer(b) {
+                            push(&who, &[], &obs, now);
+                        }
+                    }
+                }
             }
         })
     };
@@ -178,6 +209,10 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
         .map_err(|e| RunError::Task(e.to_string()))?
         .map_err(|_| RunError::Task("conntrack thread panicked".into()))?;
     let _ = producer.await;
+    nf_stop.store(true, Relaxed);
+    if let Some(l) = nf_listener {
+        let _ = tokio::task::spawn_blocking(move || l.join()).await;
+    }
     let deadline = Instant::now() + cfg.interval * 2 + Duration::from_secs(5);
     while Instant::now() < deadline && shared.buffer.lock().map(|b| !b.is_empty()).unwrap_or(false)
     {

@@ -125,16 +125,7 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
     // Producer: numbered, encoded batches into the buffer.
     // NetFlow/IPFIX records received here travel in their own batches, their observer
     // being the exporter (`"<ip>/<domain>"`) instead of this node.
-    let nf_stop = Arc::new(AtomicBool::new(false));
-    let (nf_listener, mut nf_rx) = match crate::netflow::start(
-        &cfg.netflow_listen,
-        &telemetry,
-        false,
-        Arc::clone(&nf_stop),
-    )? {
-        Some((l, rx)) => (Some(l), Some(rx)),
-        None => (None, None),
-    };
+    let mut netflow = crate::netflow::Intake::start(&cfg.netflow_listen, &telemetry, false)?;
     let producer = {
         let shared = Arc::clone(&shared);
         let (agent_id, node) = (cfg.agent_id.clone(), cfg.node.clone());
@@ -182,9 +173,9 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                             break;
                         }
                     }
-                    Some(b) = crate::netflow::recv(&mut nf_rx) => {
+                    Some(groups) = netflow.recv() => {
                         let now = podflow_inventory::now_ns();
-                        for (who, obs) in crate::netflow::by_observer(b) {
+                        for (who, obs) in groups {
                             push(&who, &[], &obs, now);
                         }
                     }
@@ -209,10 +200,6 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
         .map_err(|e| RunError::Task(e.to_string()))?
         .map_err(|_| RunError::Task("conntrack thread panicked".into()))?;
     let _ = producer.await;
-    nf_stop.store(true, Relaxed);
-    if let Some(l) = nf_listener {
-        let _ = tokio::task::spawn_blocking(move || l.join()).await;
-    }
     let deadline = Instant::now() + cfg.interval * 2 + Duration::from_secs(5);
     while Instant::now() < deadline && shared.buffer.lock().map(|b| !b.is_empty()).unwrap_or(false)
     {

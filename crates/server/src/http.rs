@@ -42,6 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/flows", get(recent_flows))
         .route("/api/graph/fields", get(crate::graph::fields))
         .route("/api/graph/data", get(crate::graph::data))
+        .merge(crate::ui::routes())
         .with_state(state)
 }
 

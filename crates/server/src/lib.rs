@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod run;
 pub mod server;
 pub mod telemetry;
+pub mod ui;
 pub mod workload_metrics;
 
 pub use aggregate::Aggregator;

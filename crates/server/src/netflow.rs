@@ -43,6 +43,13 @@ pub fn start(
     Ok(Some((listener, rx)))
 }
 
+impl Drop for Intake {
+    fn drop(&mut self) {
+        // The receive threads end within 200 ms of this.
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Splits a batch into runs of one observer each (records of one exporter come together).
 pub fn by_observer(b: Batch) -> Vec<(Arc<str>, Vec<Observation>)> {
     let mut out: Vec<(Arc<str>, Vec<Observation>)> = Vec::new();
@@ -55,10 +62,49 @@ pub fn by_observer(b: Batch) -> Vec<(Arc<str>, Vec<Observation>)> {
     out
 }
 
-/// Receives the next batch when a listener runs; pending forever otherwise.
-pub async fn recv(rx: &mut Option<mpsc::Receiver<Batch>>) -> Option<Batch> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+/// The listener (if any addresses were given) and its queue, as a role's loop uses them.
+#[derive(Debug)]
+pub struct Intake {
+    listener: Option<Listener>,
+    rx: Option<mpsc::Receiver<Batch>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Intake {
+    /// Starts listening on `addrs`; with none, an intake that never yields.
+    pub fn start(
+        addrs: &[SocketAddr],
+        telemetry: &Arc<Telemetry>,
+        per_exporter: bool,
+    ) -> Result<Intake, RunError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (listener, rx) = match start(addrs, telemetry, per_exporter, Arc::clone(&stop))? {
+            Some((l, rx)) => (Some(l), Some(rx)),
+            None => (None, None),
+        };
+        Ok(Intake { listener, rx, stop })
+    }
+
+    /// The next batch, split per observer; pending forever without a listener.
+    pub async fn recv(&mut self) -> Option<Vec<(Arc<str>, Vec<Observation>)>> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await.map(by_observer),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops the receive threads and returns what was still queued, split per observer.
+    pub async fn stop(mut self) -> Vec<(Arc<str>, Vec<Observation>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(l) = self.listener.take() {
+            let _ = tokio::task::spawn_blocking(move || l.join()).await;
+        }
+        let mut out = Vec::new();
+        if let Some(rx) = self.rx.as_mut() {
+            while let Ok(b) = rx.try_recv() {
+                out.extend(by_observer(b));
+            }
+        }
+        out
     }
 }

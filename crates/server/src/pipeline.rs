@@ -245,6 +245,14 @@ impl<S: FlowStore + 'static> Pipeline<S> {
             .store(self.agg.overflowed(), Relaxed);
     }
 
+    /// NetFlow records, split per observer (the exporter), read now.
+    pub fn ingest_groups(&mut self, groups: Vec<(Arc<str>, Vec<Observation>)>) {
+        let now = podflow_inventory::now_ns();
+        for (who, obs) in groups {
+            self.ingest(&who, None, &obs, now);
+        }
+    }
+
     /// Offers an agent's batch: counts it unless it was seen, and arranges its ack.
     pub fn admit(
         &mut self,

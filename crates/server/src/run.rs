@@ -269,16 +269,11 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
         })
     };
 
-    let nf_stop = Arc::new(AtomicBool::new(false));
-    let (nf_listener, mut nf_rx) = match crate::netflow::start(
+    let mut netflow = crate::netflow::Intake::start(
         &cfg.netflow_listen,
         &telemetry,
         cfg.netflow_exporter_labels,
-        Arc::clone(&nf_stop),
-    )? {
-        Some((l, rx)) => (Some(l), Some(rx)),
-        None => (None, None),
-    };
+    )?;
     let observer: Arc<str> = Arc::from(cfg.observer.as_str());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -288,29 +283,13 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
                 Some(b) => pipeline.ingest(&observer, b.local, &b.obs, b.at_ns),
                 None => break,
             },
-            Some(b) = crate::netflow::recv(&mut nf_rx) => {
-                let now = podflow_inventory::now_ns();
-                for (who, obs) in crate::netflow::by_observer(b) {
-                    pipeline.ingest(&who, None, &obs, now);
-                }
-            }
+            Some(groups) = netflow.recv() => pipeline.ingest_groups(groups),
             _ = tick.tick() => pipeline.tick().await,
         }
     }
     // The source made its last dump and closed the queue: take the NetFlow records still
     // queued, then flush everything.
-    nf_stop.store(true, Relaxed);
-    if let Some(l) = nf_listener {
-        let _ = tokio::task::spawn_blocking(move || l.join()).await;
-    }
-    if let Some(rx) = nf_rx.as_mut() {
-        let now = podflow_inventory::now_ns();
-        while let Ok(b) = rx.try_recv() {
-            for (who, obs) in crate::netflow::by_observer(b) {
-                pipeline.ingest(&who, None, &obs, now);
-            }
-        }
-    }
+    pipeline.ingest_groups(netflow.stop().await);
     pipeline.finish().await;
     stopper.abort();
     let source_result = source_thread

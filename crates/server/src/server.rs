@@ -240,16 +240,11 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
     );
     tracing::info!(listen = %cfg.listen, grpc = %cfg.grpc_listen, store = %store_path.as_deref().map_or_else(|| "ClickHouse".into(), |p| p.display().to_string()), tls = cfg.tls.is_some(), "podflow server: ready for agents");
 
-    let nf_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (nf_listener, mut nf_rx) = match crate::netflow::start(
+    let mut netflow = crate::netflow::Intake::start(
         &cfg.netflow_listen,
         &telemetry,
         cfg.netflow_exporter_labels,
-        Arc::clone(&nf_stop),
-    )? {
-        Some((l, rx)) => (Some(l), Some(rx)),
-        None => (None, None),
-    };
+    )?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -259,27 +254,11 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
                 Some(m) => admit(&mut pipeline, &telemetry, m),
                 None => break,
             },
-            Some(b) = crate::netflow::recv(&mut nf_rx) => {
-                let now = podflow_inventory::now_ns();
-                for (who, obs) in crate::netflow::by_observer(b) {
-                    pipeline.ingest(&who, None, &obs, now);
-                }
-            }
+            Some(groups) = netflow.recv() => pipeline.ingest_groups(groups),
             _ = tick.tick() => pipeline.tick().await,
         }
     }
-    nf_stop.store(true, Relaxed);
-    if let Some(l) = nf_listener {
-        let _ = tokio::task::spawn_blocking(move || l.join()).await;
-    }
-    if let Some(rx) = nf_rx.as_mut() {
-        let now = podflow_inventory::now_ns();
-        while let Ok(b) = rx.try_recv() {
-            for (who, obs) in crate::netflow::by_observer(b) {
-                pipeline.ingest(&who, None, &obs, now);
-            }
-        }
-    }
+    pipeline.ingest_groups(netflow.stop().await);
     // Take what is queued, write it all, send the acks, then stop.
     while let Ok(m) = rx.try_recv() {
         admit(&mut pipeline, &telemetry, m);

@@ -1,0 +1,507 @@
+// podflow's web UI: the service map, top talkers and bytes/cost by class, all from
+// /api/v1/query. A plain ES module; cytoscape is loaded by index.html as a global (the
+// vendored UMD build). What the page rendered is exposed as `window.podflow` and, once
+// done, as JSON in <script id="podflow-state"> with <body data-ready="true"> (for tests).
+
+const CLASS_COLOR = {
+  INTRA_NODE: "#2e9e44",
+  INTRA_ZONE: "#2e9e44",
+  INTER_ZONE: "#e8890c",
+  INTRA_VPC: "#e8890c",
+  INTER_REGION: "#d62728",
+  PUBLIC_INTERNET: "#d62728",
+};
+const GRAY = "#8c8c8c";
+// An edge carrying several classes is coloured by its most expensive one.
+const CLASS_RANK = ["UNKNOWN", "INTRA_NODE", "INTRA_ZONE", "INTRA_VPC", "INTER_ZONE", "INTER_REGION", "PUBLIC_INTERNET"];
+const MAP_DIMS = ["src_kind", "src_namespace", "src_workload", "dst_kind", "dst_namespace", "dst_workload", "class"];
+const TALKER_DIMS = ["src_namespace", "src_workload", "dst_namespace", "dst_workload", "class"];
+const TALKERS = 50;
+const MAX_ROWS = 10000;
+const RANGES = [900, 3600, 21600, 86400, 604800];
+// Above this many nodes: a concentric layout (linear) instead of cose (quadratic per
+// iteration), straight edges, and no edge drawing while panning.
+const BIG_GRAPH = 150;
+
+const $ = (id) => document.getElementById(id);
+const classColor = (c) => CLASS_COLOR[c] ?? GRAY;
+const rank = (c) => CLASS_RANK.indexOf(c);
+const bytesOf = (r) => r.bytes_src_to_dst + r.bytes_dst_to_src;
+const byBytes = (a, b) => bytesOf(b) - bytesOf(a) || b.connections - a.connections;
+const nodeId = (kind, ns, workload) => (ns ? `${ns}/${workload}` : workload || kind);
+
+const state = readUrl();
+let cy = null;
+let generation = 0;
+
+function readUrl() {
+  const p = new URLSearchParams(location.search);
+  const int = (k) => {
+    const v = p.get(k);
+    return v !== null && /^\d{1,12}$/.test(v) ? Number(v) : null;
+  };
+  const range = int("range");
+  return {
+    range: RANGES.includes(range) ? range : 3600,
+    namespace: p.get("namespace") ?? "",
+    view: p.get("view") === "raw" ? "raw" : "once",
+    // An explicit window (Unix seconds) overrides the range.
+    from: int("from"),
+    to: int("to"),
+    select: p.get("select"),
+  };
+}
+
+function writeUrl() {
+  const p = new URLSearchParams();
+  if (state.from !== null) {
+    p.set("from", state.from);
+    if (state.to !== null) p.set("to", state.to);
+  } else if (state.range !== 3600) {
+    p.set("range", state.range);
+  }
+  if (state.namespace) p.set("namespace", state.namespace);
+  if (state.view !== "once") p.set("view", state.view);
+  const q = p.toString();
+  history.replaceState(null, "", q ? `?${q}` : location.pathname);
+}
+
+// ---- formatting ----
+
+function fmtBytes(b) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let v = b;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  if (i === 0) return `${Math.round(v)} B`;
+  return `${v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0)} ${units[i]}`;
+}
+const fmtRate = (bps) => (bps < 10 ? `${bps.toFixed(2)} B/s` : `${fmtBytes(bps)}/s`);
+const fmtCost = (c) => (c === 0 ? "$0" : c < 0.01 ? `$${c.toFixed(4)}` : `$${c.toFixed(2)}`);
+const fmtInt = (n) => n.toLocaleString("en-US");
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("data-")) e.dataset[k.slice(5).replace(/-(.)/g, (_, c) => c.toUpperCase())] = v;
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+// ---- data ----
+
+function timeWindow() {
+  if (state.from !== null) return { from: state.from, to: state.to };
+  return { from: Math.floor(Date.now() / 1000) - state.range, to: null };
+}
+
+async function query(win, params) {
+  const p = new URLSearchParams({ view: state.view, from: win.from, ...params });
+  if (win.to !== null) p.set("to", win.to);
+  const url = `/api/v1/query?${p}`;
+  const r = await fetch(url);
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status} ${body.error ?? ""}`);
+  return body;
+}
+
+// Rows touching the selected namespace: one query per side, the rows inside it (on both
+// sides) kept once. `dims` includes both namespaces so the two answers merge exactly.
+async function queryTouching(win, dims, params) {
+  const base = { ...params, group_by: dims.join(",") };
+  if (!state.namespace) return query(win, base);
+  const [a, b] = await Promise.all([
+    query(win, { ...base, src_namespace: state.namespace }),
+    query(win, { ...base, dst_namespace: state.namespace }),
+  ]);
+  const key = (r) => JSON.stringify(dims.map((d) => r.key[d]));
+  const seen = new Set(a.rows.map(key));
+  const rows = a.rows.concat(b.rows.filter((r) => !seen.has(key(r)))).sort(byBytes);
+  return { ...a, rows };
+}
+
+function buildGraph(rows, secs) {
+  const nodes = new Map();
+  const edges = new Map();
+  const node = (kind, ns, workload) => {
+    const id = nodeId(kind, ns, workload);
+    let n = nodes.get(id);
+    if (!n) {
+      n = { id, label: workload || kind, kind, namespace: ns, sent: 0, received: 0, connections: 0, cost_usd: 0, peers: 0 };
+      nodes.set(id, n);
+    }
+    return n;
+  };
+  for (const r of rows) {
+    const k = r.key;
+    const s = node(k.src_kind, k.src_namespace, k.src_workload);
+    const d = node(k.dst_kind, k.dst_namespace, k.dst_workload);
+    s.sent += r.bytes_src_to_dst;
+    s.received += r.bytes_dst_to_src;
+    d.sent += r.bytes_dst_to_src;
+    d.received += r.bytes_src_to_dst;
+    for (const n of s === d ? [s] : [s, d]) {
+      n.connections += r.connections;
+      n.cost_usd += r.cost_usd;
+    }
+    const id = `${s.id}->${d.id}`;
+    let e = edges.get(id);
+    if (!e) {
+      e = { id, source: s.id, target: d.id, bytes_src_to_dst: 0, bytes_dst_to_src: 0, connections: 0, cost_usd: 0, classes: {} };
+      edges.set(id, e);
+      s.peers++;
+      if (s !== d) d.peers++;
+    }
+    e.bytes_src_to_dst += r.bytes_src_to_dst;
+    e.bytes_dst_to_src += r.bytes_dst_to_src;
+    e.connections += r.connections;
+    e.cost_usd += r.cost_usd;
+    e.classes[k.class] = (e.classes[k.class] ?? 0) + bytesOf(r);
+  }
+  for (const e of edges.values()) {
+    const classes = Object.keys(e.classes);
+    e.class = classes.length === 1 ? classes[0] : "MIXED";
+    e.color = classColor(classes.reduce((a, c) => (rank(c) > rank(a) ? c : a), "UNKNOWN"));
+    e.bytes_per_second = bytesOf(e) / secs;
+  }
+  return { nodes: [...nodes.values()], edges: [...edges.values()] };
+}
+
+// ---- rendering ----
+
+function renderMap(graph) {
+  const t0 = performance.now();
+  const big = graph.nodes.length > BIG_GRAPH;
+  const maxN = Math.max(1, ...graph.nodes.map((n) => n.sent + n.received));
+  const maxE = Math.max(1, ...graph.edges.map(bytesOf));
+  const scale = (b, max, lo, hi) => lo + ((hi - lo) * Math.log1p(b)) / Math.log1p(max);
+  const elements = [];
+  for (const n of graph.nodes) {
+    elements.push({
+      group: "nodes",
+      data: {
+        id: n.id,
+        label: n.label,
+        weight: Math.log1p(n.sent + n.received),
+        size: scale(n.sent + n.received, maxN, 14, 46),
+        color: n.kind === "pod" ? "#4a78c2" : "#8a63b8",
+        shape: n.kind === "pod" ? "ellipse" : "round-rectangle",
+      },
+    });
+  }
+  for (const e of graph.edges) {
+    elements.push({
+      group: "edges",
+      data: { id: e.id, source: e.source, target: e.target, width: scale(bytesOf(e), maxE, 1, 12), color: e.color },
+    });
+  }
+  if (cy) cy.destroy();
+  cy = cytoscape({
+    container: $("map"),
+    elements,
+    minZoom: 0.05,
+    maxZoom: 4,
+    textureOnViewport: big,
+    hideEdgesOnViewport: big,
+    style: [
+      {
+        selector: "node",
+        style: {
+          label: "data(label)",
+          width: "data(size)",
+          height: "data(size)",
+          shape: "data(shape)",
+          "background-color": "data(color)",
+          "font-size": 11,
+          color: "#1d232a",
+          "text-valign": "bottom",
+          "text-margin-y": 3,
+          "min-zoomed-font-size": 7,
+        },
+      },
+      {
+        selector: "edge",
+        style: {
+          width: "data(width)",
+          "line-color": "data(color)",
+          "target-arrow-color": "data(color)",
+          "target-arrow-shape": big ? "none" : "triangle",
+          "curve-style": big ? "haystack" : "bezier",
+          "arrow-scale": 0.8,
+          opacity: 0.75,
+        },
+      },
+      { selector: "node:selected", style: { "border-width": 3, "border-color": "#1d232a" } },
+      { selector: "edge:selected", style: { opacity: 1, "overlay-color": "#1d232a", "overlay-opacity": 0.2, "overlay-padding": 3 } },
+    ],
+    layout: big
+      ? { name: "concentric", concentric: (n) => n.data("weight"), levelWidth: () => 1, minNodeSpacing: 6, animate: false }
+      : { name: "cose", animate: false, numIter: 600, randomize: true, idealEdgeLength: () => 90, nodeRepulsion: () => 9000, padding: 24 },
+  });
+  cy.on("tap", "node", (ev) => showNode(ev.target.id()));
+  cy.on("tap", "edge", (ev) => showEdge(ev.target.id()));
+  cy.on("tap", (ev) => {
+    if (ev.target === cy) clearDetails();
+  });
+  return { ms: performance.now() - t0, layout: big ? "concentric" : "cose" };
+}
+
+function clearDetails() {
+  const d = $("details");
+  delete d.dataset.selected;
+  d.replaceChildren(el("p", { class: "hint" }, "Click a workload or an edge for details."));
+}
+
+function showDetails(id, title, fields) {
+  const d = $("details");
+  d.dataset.selected = id;
+  const dl = el("dl");
+  for (const [name, label, text, value] of fields) {
+    dl.append(el("dt", {}, label), el("dd", { "data-field": name, "data-value": String(value) }, text));
+  }
+  d.replaceChildren(el("h3", {}, title), dl);
+}
+
+function showNode(id) {
+  const n = window.podflow.nodes.find((x) => x.id === id);
+  if (!n) return;
+  showDetails(id, n.id, [
+    ["kind", "Kind", n.kind, n.kind],
+    ["namespace", "Namespace", n.namespace || "—", n.namespace],
+    ["sent", "Sent", fmtBytes(n.sent), n.sent],
+    ["received", "Received", fmtBytes(n.received), n.received],
+    ["connections", "Connections", fmtInt(n.connections), n.connections],
+    ["cost_usd", "Cost", fmtCost(n.cost_usd), n.cost_usd],
+    ["peers", "Peers", fmtInt(n.peers), n.peers],
+  ]);
+}
+
+function showEdge(id) {
+  const e = window.podflow.edges.find((x) => x.id === id);
+  if (!e) return;
+  const fields = [
+    ["source", "From", e.source, e.source],
+    ["target", "To", e.target, e.target],
+    ["class", "Class", e.class, e.class],
+  ];
+  if (e.class === "MIXED") {
+    for (const [c, b] of Object.entries(e.classes)) fields.push([`class_${c}`, `  ${c}`, fmtBytes(b), b]);
+  }
+  fields.push(
+    ["bytes_src_to_dst", "Bytes src→dst", fmtBytes(e.bytes_src_to_dst), e.bytes_src_to_dst],
+    ["bytes_dst_to_src", "Bytes dst→src", fmtBytes(e.bytes_dst_to_src), e.bytes_dst_to_src],
+    ["bytes_per_second", "Rate", fmtRate(e.bytes_per_second), e.bytes_per_second],
+    ["connections", "Connections", fmtInt(e.connections), e.connections],
+    ["cost_usd", "Cost", fmtCost(e.cost_usd), e.cost_usd],
+  );
+  showDetails(id, `${e.source} → ${e.target}`, fields);
+}
+
+function select(id) {
+  if (!cy || !id) return;
+  const x = cy.getElementById(id);
+  if (x.empty()) return;
+  cy.elements().unselect();
+  x.select();
+  if (x.isNode()) showNode(id);
+  else showEdge(id);
+}
+
+function renderTalkers(rows) {
+  const body = $("talkers").tBodies[0];
+  if (rows.length === 0) {
+    body.replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: "7", class: "hint" }, "No flows in this range.")));
+    return;
+  }
+  body.replaceChildren(
+    ...rows.map((r) => {
+      const k = r.key;
+      const src = nodeId("", k.src_namespace, k.src_workload);
+      const dst = nodeId("", k.dst_namespace, k.dst_workload);
+      const num = (name, v, text) => el("td", { class: "num", "data-field": name, "data-value": String(v) }, text);
+      const tr = el(
+        "tr",
+        { "data-src": src, "data-dst": dst, "data-class": k.class },
+        el("td", {}, src),
+        el("td", {}, dst),
+        el("td", {}, el("span", { class: "dot", style: `background:${classColor(k.class)}` }), k.class),
+        num("bytes_src_to_dst", r.bytes_src_to_dst, fmtBytes(r.bytes_src_to_dst)),
+        num("bytes_dst_to_src", r.bytes_dst_to_src, fmtBytes(r.bytes_dst_to_src)),
+        num("connections", r.connections, fmtInt(r.connections)),
+        num("cost_usd", r.cost_usd, fmtCost(r.cost_usd)),
+      );
+      tr.addEventListener("click", () => select(`${src}->${dst}`));
+      return tr;
+    }),
+  );
+}
+
+function summarize(classRows, cloudRows) {
+  const by = {};
+  let total = { bytes: 0, cost_usd: 0 };
+  for (const r of classRows) {
+    const c = r.key.class;
+    by[c] ??= { bytes: 0, cost_usd: 0 };
+    by[c].bytes += bytesOf(r);
+    by[c].cost_usd += r.cost_usd;
+    total = { bytes: total.bytes + bytesOf(r), cost_usd: total.cost_usd + r.cost_usd };
+  }
+  const sum = (...cs) =>
+    cs.reduce((a, c) => ({ bytes: a.bytes + (by[c]?.bytes ?? 0), cost_usd: a.cost_usd + (by[c]?.cost_usd ?? 0) }), { bytes: 0, cost_usd: 0 });
+  const services = {};
+  for (const r of cloudRows) {
+    const name = r.key.dst_name || "other";
+    services[name] ??= { bytes: 0, cost_usd: 0 };
+    services[name].bytes += bytesOf(r);
+    services[name].cost_usd += r.cost_usd;
+  }
+  const cloud = Object.values(services).reduce((a, s) => ({ bytes: a.bytes + s.bytes, cost_usd: a.cost_usd + s.cost_usd }), { bytes: 0, cost_usd: 0 });
+  return {
+    by_class: by,
+    tiles: [
+      { id: "total", title: "All traffic", color: "", ...total },
+      { id: "same-zone", title: "Same node / zone", color: "green", ...sum("INTRA_NODE", "INTRA_ZONE") },
+      { id: "cross-zone", title: "Cross zone", color: "orange", ...sum("INTER_ZONE") },
+      { id: "inter-region", title: "Inter region", color: "red", ...sum("INTER_REGION") },
+      { id: "internet", title: "Internet", color: "red", ...sum("PUBLIC_INTERNET") },
+      {
+        id: "cloud-services",
+        title: "Cloud services",
+        color: "orange",
+        ...cloud,
+        sub: Object.entries(services)
+          .sort((a, b) => b[1].bytes - a[1].bytes)
+          .slice(0, 3)
+          .map(([n, s]) => `${n} ${fmtBytes(s.bytes)}`)
+          .join(", "),
+      },
+      { id: "vpc", title: "Private / VPC", color: "orange", ...sum("INTRA_VPC"), sub: "includes cloud services in the region" },
+      { id: "unknown", title: "Unknown", color: "", ...sum("UNKNOWN") },
+    ],
+    cloud_services: services,
+  };
+}
+
+function renderSummary(summary) {
+  $("summary").replaceChildren(
+    ...summary.tiles.map((t) =>
+      el(
+        "div",
+        { id: `tile-${t.id}`, class: `tile ${t.color}`, "data-bytes": String(t.bytes), "data-cost": String(t.cost_usd) },
+        el("h3", {}, t.title),
+        el("div", { class: "bytes" }, fmtBytes(t.bytes)),
+        el("div", { class: "cost" }, fmtCost(t.cost_usd)),
+        ...(t.sub ? [el("div", { class: "sub" }, t.sub)] : []),
+      ),
+    ),
+  );
+}
+
+function renderNamespaces(rows) {
+  const names = new Set();
+  for (const r of rows) {
+    if (r.key.src_namespace) names.add(r.key.src_namespace);
+    if (r.key.dst_namespace) names.add(r.key.dst_namespace);
+  }
+  if (state.namespace) names.add(state.namespace);
+  const sorted = [...names].sort();
+  $("namespace").replaceChildren(el("option", { value: "" }, "all"), ...sorted.map((n) => el("option", { value: n }, n)));
+  $("namespace").value = state.namespace;
+  return sorted;
+}
+
+function publish(pf) {
+  window.podflow = pf;
+  // `<` escaped so the JSON cannot close the script element.
+  $("podflow-state").textContent = JSON.stringify(pf).replace(/</g, "\\u003c");
+  document.body.dataset.ready = "true";
+}
+
+async function refresh() {
+  const mine = ++generation;
+  const status = $("status");
+  status.className = "";
+  status.textContent = "Loading…";
+  delete document.body.dataset.ready;
+  const win = timeWindow();
+  try {
+    const cloudParams = { group_by: "dst_kind,dst_name", dst_kind: "cloud_range", limit: MAX_ROWS };
+    if (state.namespace) cloudParams.src_namespace = state.namespace;
+    const [map, talkers, classes, cloud, namespaces] = await Promise.all([
+      queryTouching(win, MAP_DIMS, { limit: MAX_ROWS }),
+      queryTouching(win, TALKER_DIMS, { limit: TALKERS }),
+      state.namespace
+        ? queryTouching(win, ["src_namespace", "dst_namespace", "class"], { limit: MAX_ROWS })
+        : query(win, { group_by: "class", limit: MAX_ROWS }),
+      query(win, cloudParams),
+      query(win, { group_by: "src_namespace,dst_namespace", limit: MAX_ROWS }),
+    ]);
+    if (mine !== generation) return;
+    const secs = Math.max(1, map.to - map.from);
+    const graph = buildGraph(map.rows, secs);
+    const talkerRows = talkers.rows.slice(0, TALKERS);
+    const summary = summarize(classes.rows, cloud.rows);
+    window.podflow = { nodes: graph.nodes, edges: graph.edges, talkers: talkerRows, summary };
+    renderSummary(summary);
+    renderTalkers(talkerRows);
+    const nsList = renderNamespaces(namespaces.rows);
+    const drawn = renderMap(graph);
+    if (graph.nodes.length === 0) status.textContent = "No flows in this range.";
+    else status.textContent = `${graph.nodes.length} workloads, ${graph.edges.length} edges · ${new Date(map.from * 1000).toLocaleString()} – ${new Date(map.to * 1000).toLocaleString()}`;
+    publish({
+      error: null,
+      window: { from: map.from, to: map.to, view: state.view, namespace: state.namespace },
+      namespaces: nsList,
+      render_ms: drawn.ms,
+      layout: drawn.layout,
+      ...window.podflow,
+    });
+    if (state.select) select(state.select);
+  } catch (err) {
+    if (mine !== generation) return;
+    status.className = "error";
+    status.textContent = String(err.message ?? err);
+    publish({ error: status.textContent, nodes: [], edges: [], talkers: [], summary: null });
+  }
+}
+
+function init() {
+  const range = $("range");
+  if (state.from !== null) {
+    range.prepend(el("option", { value: "custom" }, "custom"));
+    range.value = "custom";
+  } else {
+    range.value = String(state.range);
+  }
+  $("view").value = state.view;
+  range.addEventListener("change", () => {
+    if (range.value === "custom") return;
+    state.range = Number(range.value);
+    state.from = state.to = null;
+    range.querySelector('option[value="custom"]')?.remove();
+    state.select = null;
+    writeUrl();
+    refresh();
+  });
+  $("namespace").addEventListener("change", () => {
+    state.namespace = $("namespace").value;
+    state.select = null;
+    writeUrl();
+    refresh();
+  });
+  $("view").addEventListener("change", () => {
+    state.view = $("view").value;
+    writeUrl();
+    refresh();
+  });
+  $("refresh").addEventListener("click", () => refresh());
+  refresh();
+}
+
+init();

@@ -19,7 +19,7 @@ const TALKER_DIMS = ["src_namespace", "src_workload", "dst_namespace", "dst_work
 const TALKERS = 50;
 const MAX_ROWS = 10000;
 const RANGES = [900, 3600, 21600, 86400, 604800];
-// Above this many nodes: a concentric layout (linear) instead of cose (quadratic per
+// Above this many nodes: namespace clusters (linear) instead of cose (quadratic per
 // iteration), straight edges, and no edge drawing while panning.
 const BIG_GRAPH = 150;
 
@@ -175,6 +175,36 @@ function buildGraph(rows, secs) {
 
 // ---- rendering ----
 
+// The large-graph layout, linear in the number of nodes: one disc per namespace (nodes
+// outside any namespace share one), the busiest workload in the middle of its disc
+// (a sunflower spiral), the discs on a grid, busiest namespace first.
+function clusterPositions(nodes) {
+  const groups = new Map();
+  for (const n of nodes) {
+    const g = n.namespace || "";
+    if (!groups.has(g)) groups.set(g, []);
+    groups.get(g).push(n);
+  }
+  const total = (ns) => ns.reduce((a, n) => a + n.sent + n.received, 0);
+  const ordered = [...groups.values()].sort((a, b) => total(b) - total(a));
+  const spacing = 34;
+  const radius = (k) => spacing * Math.sqrt(k) + spacing;
+  const cell = 2 * Math.max(...ordered.map((g) => radius(g.length))) + spacing;
+  const cols = Math.ceil(Math.sqrt(ordered.length));
+  const golden = Math.PI * (3 - Math.sqrt(5));
+  const positions = {};
+  ordered.forEach((g, gi) => {
+    const cx = (gi % cols) * cell;
+    const cy = Math.floor(gi / cols) * cell;
+    g.sort((a, b) => b.sent + b.received - (a.sent + a.received));
+    g.forEach((n, i) => {
+      const r = spacing * Math.sqrt(i);
+      positions[n.id] = { x: cx + r * Math.cos(i * golden), y: cy + r * Math.sin(i * golden) };
+    });
+  });
+  return positions;
+}
+
 function renderMap(graph) {
   const t0 = performance.now();
   const big = graph.nodes.length > BIG_GRAPH;
@@ -182,23 +212,32 @@ function renderMap(graph) {
   const maxE = Math.max(1, ...graph.edges.map(bytesOf));
   const scale = (b, max, lo, hi) => lo + ((hi - lo) * Math.log1p(b)) / Math.log1p(max);
   const elements = [];
+  const positions = big ? clusterPositions(graph.nodes) : null;
+  // In the clustered layout each namespace is a labelled box (a compound node).
+  const clusterId = (ns) => `namespace:${ns}`;
+  if (big) {
+    for (const ns of new Set(graph.nodes.map((n) => n.namespace).filter(Boolean))) {
+      elements.push({ group: "nodes", data: { id: clusterId(ns), label: ns, cluster: true } });
+    }
+  }
   for (const n of graph.nodes) {
     elements.push({
       group: "nodes",
+      position: positions ? positions[n.id] : undefined,
       data: {
         id: n.id,
         label: n.label,
-        weight: Math.log1p(n.sent + n.received),
-        size: scale(n.sent + n.received, maxN, 14, 46),
+        size: big ? scale(n.sent + n.received, maxN, 8, 24) : scale(n.sent + n.received, maxN, 14, 46),
         color: n.kind === "pod" ? "#4a78c2" : "#8a63b8",
         shape: n.kind === "pod" ? "ellipse" : "round-rectangle",
+        parent: big && n.namespace ? clusterId(n.namespace) : undefined,
       },
     });
   }
   for (const e of graph.edges) {
     elements.push({
       group: "edges",
-      data: { id: e.id, source: e.source, target: e.target, width: scale(bytesOf(e), maxE, 1, 12), color: e.color },
+      data: { id: e.id, source: e.source, target: e.target, width: scale(bytesOf(e), maxE, 1, big ? 5 : 12), color: e.color },
     });
   }
   if (cy) cy.destroy();
@@ -234,22 +273,44 @@ function renderMap(graph) {
           "target-arrow-shape": big ? "none" : "triangle",
           "curve-style": big ? "haystack" : "bezier",
           "arrow-scale": 0.8,
-          opacity: 0.75,
+          opacity: big ? 0.45 : 0.75,
+        },
+      },
+      { selector: ".faded", style: { opacity: 0.15, "text-opacity": 0.3 } },
+      {
+        selector: "node[?cluster]",
+        style: {
+          shape: "round-rectangle",
+          "background-color": "#eef1f5",
+          "background-opacity": 0.6,
+          "border-width": 1,
+          "border-color": "#c5ccd4",
+          "text-valign": "top",
+          "text-halign": "center",
+          // The clustered view starts zoomed far out.
+          "font-size": 44,
+          "font-weight": 600,
+          color: "#66707a",
+          "min-zoomed-font-size": 0,
+          padding: 8,
         },
       },
       { selector: "node:selected", style: { "border-width": 3, "border-color": "#1d232a" } },
       { selector: "edge:selected", style: { opacity: 1, "overlay-color": "#1d232a", "overlay-opacity": 0.2, "overlay-padding": 3 } },
     ],
     layout: big
-      ? { name: "concentric", concentric: (n) => n.data("weight"), levelWidth: () => 1, minNodeSpacing: 6, animate: false }
+      ? { name: "preset", fit: true, padding: 16 }
       : { name: "cose", animate: false, numIter: 600, randomize: true, idealEdgeLength: () => 90, nodeRepulsion: () => 9000, padding: 24 },
   });
-  cy.on("tap", "node", (ev) => showNode(ev.target.id()));
-  cy.on("tap", "edge", (ev) => showEdge(ev.target.id()));
+  cy.on("tap", "node[!cluster]", (ev) => select(ev.target.id()));
+  cy.on("tap", "edge", (ev) => select(ev.target.id()));
   cy.on("tap", (ev) => {
-    if (ev.target === cy) clearDetails();
+    if (ev.target === cy) {
+      cy.elements().removeClass("faded");
+      clearDetails();
+    }
   });
-  return { ms: performance.now() - t0, layout: big ? "concentric" : "cose" };
+  return { ms: performance.now() - t0, layout: big ? "namespace-clusters" : "cose" };
 }
 
 function clearDetails() {
@@ -309,6 +370,11 @@ function select(id) {
   if (x.empty()) return;
   cy.elements().unselect();
   x.select();
+  // Fade everything but the selection and its neighbours: readable with 500 workloads.
+  const keep = x.isNode() ? x.closedNeighborhood() : x.union(x.connectedNodes());
+  const boxes = cy.nodes("[?cluster]");
+  cy.elements().removeClass("faded");
+  cy.elements().difference(keep).difference(boxes).addClass("faded");
   if (x.isNode()) showNode(id);
   else showEdge(id);
 }

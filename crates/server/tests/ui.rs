@@ -2,7 +2,7 @@
 //! rows: the service map's nodes and edges, the top-talkers table (compared with
 //! `/api/v1/query`), the summary tiles, the namespace filter, the raw view, a click-through
 //! selection, and a 500-workload graph. Screenshots go to `artifacts/` (gitignored);
-//! `UPDATE_DOCS_SCREENSHOT=1` also writes `docs/ui.png`.
+//! `UPDATE_DOCS_SCREENSHOT=1` also writes `docs/ui.png` (the 6-workload page, nothing selected).
 //!
 //! Needs Debian's `chromium` (or `PODFLOW_CHROMIUM=/path`); skips loudly without it.
 //! Chromium only ever talks to 127.0.0.1: no background networking, no component updates,
@@ -710,10 +710,6 @@ async fn headless_chromium_renders_the_map_talkers_and_summary_from_the_api() {
             "{field}"
         );
     }
-    if std::env::var_os("UPDATE_DOCS_SCREENSHOT").is_some() {
-        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ui.png");
-        std::fs::copy(&shot, docs).expect("docs/ui.png");
-    }
 
     // Namespace filter: only edges touching `billing`.
     let page = load(&bin, format!("{base}?namespace=billing"), None).await;
@@ -761,13 +757,17 @@ async fn headless_chromium_draws_500_workloads() {
     )
     .await;
     let small = started.elapsed();
+    if std::env::var_os("UPDATE_DOCS_SCREENSHOT").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ui.png");
+        std::fs::copy(artifacts().join("ui-small.png"), docs).expect("docs/ui.png");
+    }
     let started = Instant::now();
     let page = load(&bin, format!("http://{addr}/"), Some(shot)).await;
     let wall = started.elapsed();
     let s = &page.state;
     assert_eq!(s["nodes"].as_array().map(Vec::len), Some(500));
     assert_eq!(s["edges"].as_array().map(Vec::len), Some(1000));
-    assert_eq!(s["layout"], "concentric");
+    assert_eq!(s["layout"], "namespace-clusters");
     assert_eq!(talker_rows(&page.dom).len(), 50);
     assert_eq!(s["namespaces"].as_array().map(Vec::len), Some(10));
     let mut by_class: BTreeMap<&str, usize> = BTreeMap::new();

@@ -1,0 +1,513 @@
+//! `podflow demo` end to end: the real binary builds its cluster in network namespaces,
+//! runs its agents, server and traffic; while it runs, the API must attribute and classify
+//! every stream right and store payload bytes consistent with what the generators counted
+//! (traffic.json); after it exits nothing named `pfd-*` is left.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    let (head, body) = r.split_once("\r\n\r\n")?;
+    Some((
+        head.split_whitespace().nth(1)?.parse().ok()?,
+        body.to_string(),
+    ))
+}
+
+fn get_json(port: u16, path: &str) -> Value {
+    let (status, body) = get(port, path).unwrap_or_else(|| panic!("GET {path}: no answer"));
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // SIGTERM lets the demo remove its namespaces; kill only if it hangs.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn counts(dir: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join("traffic.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn stream<'a>(c: &'a Value, name: &str) -> &'a Value {
+    c["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no stream {name} in {c}"))
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The client-side rows of a stream: observed on the client's node, initiated locally,
+/// from the client's address to the dialled address (or through it, for the Service).
+fn rows_of<'a>(rows: &'a [Value], s: &Value) -> Vec<&'a Value> {
+    let service = s["dst_ip"] == "10.96.0.10";
+    rows.iter()
+        .filter(|r| {
+            r["observer"] == s["client_node"]
+                && r["local"] == s["client_ip"]
+                && r["local_initiated"] == true
+                && r["proto"] == s["proto"]
+                && if service {
+                    r["service"] == format!("10.96.0.10:{}", s["dst_port"])
+                } else {
+                    r["remote"] == s["dst_ip"]
+                        && r["responder_port"] == s["dst_port"]
+                        && r["service"].is_null()
+                }
+        })
+        .collect()
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Sums {
+    bytes_out: u64,
+    packets_out: u64,
+    bytes_in: u64,
+    packets_in: u64,
+    opened: u64,
+}
+
+fn sums(rows: &[&Value]) -> Sums {
+    rows.iter().fold(Sums::default(), |a, r| Sums {
+        bytes_out: a.bytes_out + u(&r["bytes_out"]),
+        packets_out: a.packets_out + u(&r["packets_out"]),
+        bytes_in: a.bytes_in + u(&r["bytes_in"]),
+        packets_in: a.packets_in + u(&r["packets_in"]),
+        opened: a.opened + u(&r["connections_opened"]),
+    })
+}
+
+/// Per-packet L3 header bytes: UDP exactly 28 (IPv4 20 + UDP 8); TCP 40..=60 (IPv4 20 +
+/// TCP 20, plus options: 12 with timestamps, 20 on a SYN).
+fn header_range(proto: &str) -> (u64, u64) {
+    if proto == "udp" { (28, 28) } else { (40, 60) }
+}
+
+/// The payload the stored bytes contain, as a range.
+fn payload_range(bytes: u64, packets: u64, proto: &str) -> (u64, u64) {
+    let (lo, hi) = header_range(proto);
+    (
+        bytes.saturating_sub(hi * packets),
+        bytes.saturating_sub(lo * packets),
+    )
+}
+
+const STREAMS: &[(&str, &str)] = &[
+    ("web -> api pod (same node)", "INTRA_NODE"),
+    ("web -> api Service", ""),
+    ("api -> db (same zone)", "INTRA_ZONE"),
+    ("report -> db (cross zone)", "INTER_ZONE"),
+    ("web -> node-dns (udp)", "INTER_ZONE"),
+    ("api -> node-dns (udp)", "INTER_ZONE"),
+    ("web -> internet", "PUBLIC_INTERNET"),
+    ("report -> S3", ""),
+];
+
+fn pfd_leftovers() -> (Vec<String>, Vec<String>) {
+    let ns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let ns: Vec<String> = String::from_utf8_lossy(&ns.stdout)
+        .lines()
+        .filter(|l| l.starts_with("pfd-"))
+        .map(str::to_string)
+        .collect();
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    let links: Vec<String> = String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with("pfd")))
+        .map(str::to_string)
+        .collect();
+    (ns, links)
+}
+
+#[test]
+fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!(
+            "SKIPPED demo_end_to_end: needs root (network namespaces); .ci/run runs it as root"
+        );
+        return;
+    }
+    for tool in ["ip", "iptables-restore", "nft"] {
+        if !podflow_testkit::have("demo_end_to_end", tool) {
+            return;
+        }
+    }
+    let (ns, _) = pfd_leftovers();
+    assert!(ns.is_empty(), "another demo's namespaces exist: {ns:?}");
+    let data = tempfile::tempdir().expect("tmp");
+    let dir = data.path().to_path_buf();
+    let port = free_port();
+    let started = Instant::now();
+    let mut demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_podflow"))
+            .args(["demo", "--duration", "30s", "--interval", "1s", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start podflow demo"),
+    );
+
+    // Every stream has answered requests.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let c0 = loop {
+        if let Some(c) = counts(&dir)
+            && STREAMS
+                .iter()
+                .all(|(n, _)| u(&stream(&c, n)["requests_done"]) >= 3)
+        {
+            break c;
+        }
+        if let Ok(Some(st)) = demo.0.try_wait() {
+            panic!("the demo exited early: {st}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo's traffic did not start: {:?}",
+            counts(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    // The store catches up with everything answered before c0: every stream's stored
+    // payload is at least what the generators had completed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (rows, fetched_ms) = loop {
+        let fetched_ms = now_ms();
+        let json = get_json(port, "/api/v1/flows?from=0&limit=10000");
+        let rows = json.as_array().cloned().unwrap_or_default();
+        let behind: Vec<String> = STREAMS
+            .iter()
+            .filter_map(|(n, _)| {
+                let s = stream(&c0, n);
+                let proto = s["proto"].as_str().unwrap_or("tcp");
+                let t = sums(&rows_of(&rows, s));
+                let out = payload_range(t.bytes_out, t.packets_out, proto).1;
+                let inn = payload_range(t.bytes_in, t.packets_in, proto).1;
+                (out < u(&s["payload_out_done"]) || inn < u(&s["payload_in_done"])).then(|| {
+                    format!(
+                        "{n}: stored {t:?} vs done out {} in {}",
+                        s["payload_out_done"], s["payload_in_done"]
+                    )
+                })
+            })
+            .collect();
+        if behind.is_empty() {
+            break (rows, fetched_ms);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store never caught up with the generators:\n{}",
+            behind.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "checks must run while the demo runs"
+    );
+    // Counts written after that query bound what it can contain from above.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let c1 = loop {
+        if let Some(c) = counts(&dir).filter(|c| u(&c["written_at_ms"]) > fetched_ms) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "traffic.json is not refreshed");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (name, class) in STREAMS {
+        let s = stream(&c1, name);
+        let proto = s["proto"].as_str().unwrap_or("tcp");
+        let mine = rows_of(&rows, s);
+        assert!(!mine.is_empty(), "{name}: no rows");
+        let t = sums(&mine);
+        let out = payload_range(t.bytes_out, t.packets_out, proto).0;
+        let inn = payload_range(t.bytes_in, t.packets_in, proto).0;
+        assert!(
+            out <= u(&s["payload_out_started"]) && inn <= u(&s["payload_in_started"]),
+            "{name}: stored {t:?} holds more payload than was ever sent: {s}"
+        );
+        if proto == "udp" {
+            // Every datagram has the same size: the stored bytes are exact per packet.
+            let req = 16 + 40;
+            assert_eq!(t.bytes_out, t.packets_out * (28 + req), "{name}: {t:?}");
+            assert!(t.packets_out >= u(&stream(&c0, name)["requests_done"]));
+        } else {
+            // One connection per request.
+            assert!(
+                t.opened >= u(&stream(&c0, name)["requests_done"])
+                    && t.opened <= u(&s["requests_started"]),
+                "{name}: {} connections stored, generators: {s}",
+                t.opened
+            );
+        }
+        if !class.is_empty() {
+            for r in &mine {
+                assert_eq!(r["class"], *class, "{name}: {r}");
+            }
+        }
+    }
+
+    // Attribution: the client ends, and the destination ends.
+    let one = |name: &str| -> Value { (*rows_of(&rows, stream(&c1, name))[0]).clone() };
+    let web = one("web -> internet");
+    let l = &web["local_meta"];
+    assert_eq!(
+        (
+            l["kind"].as_str(),
+            l["namespace"].as_str(),
+            l["name"].as_str(),
+            l["workload_kind"].as_str(),
+            l["workload"].as_str(),
+            l["node"].as_str(),
+            l["zone"].as_str(),
+            l["region"].as_str(),
+        ),
+        (
+            Some("pod"),
+            Some("shop"),
+            Some("web-5d8f7c9b6-h2x9k"),
+            Some("Deployment"),
+            Some("web"),
+            Some("node-a"),
+            Some("us-east-1a"),
+            Some("us-east-1"),
+        ),
+        "{web}"
+    );
+    assert_eq!(web["remote_meta"]["kind"], "internet", "{web}");
+    let db = one("report -> db (cross zone)");
+    let (l, r) = (&db["local_meta"], &db["remote_meta"]);
+    assert_eq!(
+        (
+            l["workload_kind"].as_str(),
+            l["workload"].as_str(),
+            l["namespace"].as_str(),
+            l["node"].as_str(),
+            l["zone"].as_str()
+        ),
+        (
+            Some("CronJob"),
+            Some("report"),
+            Some("batch"),
+            Some("node-c"),
+            Some("us-east-1b")
+        ),
+        "{db}"
+    );
+    assert_eq!(
+        (
+            r["name"].as_str(),
+            r["workload_kind"].as_str(),
+            r["workload"].as_str(),
+            r["node"].as_str(),
+            r["zone"].as_str()
+        ),
+        (
+            Some("db-0"),
+            Some("StatefulSet"),
+            Some("db"),
+            Some("node-b"),
+            Some("us-east-1a")
+        ),
+        "{db}"
+    );
+    let dns = one("web -> node-dns (udp)");
+    assert_eq!(
+        (
+            dns["remote_meta"]["workload_kind"].as_str(),
+            dns["remote_meta"]["workload"].as_str(),
+            dns["remote_meta"]["node"].as_str(),
+            dns["remote_meta"]["zone"].as_str()
+        ),
+        (
+            Some("DaemonSet"),
+            Some("node-dns"),
+            Some("node-c"),
+            Some("us-east-1b")
+        ),
+        "{dns}"
+    );
+    let s3 = one("report -> S3");
+    assert_eq!(
+        (
+            s3["remote_meta"]["kind"].as_str(),
+            s3["remote_meta"]["name"].as_str(),
+            s3["remote_meta"]["cloud"].as_str(),
+            s3["remote_meta"]["region"].as_str()
+        ),
+        (
+            Some("cloud_range"),
+            Some("S3"),
+            Some("aws"),
+            Some("us-east-1")
+        ),
+        "{s3}"
+    );
+
+    // The Service: its backends are the destinations, with service_name set; both
+    // backends (one on the client's node, one on the other node of the zone) answer.
+    let svc = rows_of(&rows, stream(&c1, "web -> api Service"));
+    let backends: BTreeSet<&str> = svc.iter().filter_map(|r| r["remote"].as_str()).collect();
+    assert_eq!(
+        backends,
+        BTreeSet::from(["10.244.1.3", "10.244.2.2"]),
+        "both backends answer"
+    );
+    for r in &svc {
+        assert_eq!(r["service_name"], "shop/api", "{r}");
+        assert_eq!(r["remote_meta"]["workload"], "api", "{r}");
+        let want = if r["remote"] == "10.244.1.3" {
+            "INTRA_NODE"
+        } else {
+            "INTRA_ZONE"
+        };
+        assert_eq!(r["class"], want, "{r}");
+    }
+    // The NodePort: traffic from the internet host reaches the Service through node-c.
+    assert!(
+        rows.iter().any(|r| r["observer"] == "node-c"
+            && r["remote"] == "203.0.113.10"
+            && r["local_initiated"] == false),
+        "no NodePort row on node-c"
+    );
+
+    // The grouped query: every class, and the workload pairs.
+    let q = get_json(
+        port,
+        "/api/v1/query?from=0&group_by=src_workload,dst_workload,class,dst_name&limit=1000",
+    );
+    let keys: Vec<&Value> = q["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| &r["key"])
+        .collect();
+    let classes: BTreeSet<&str> = keys.iter().filter_map(|k| k["class"].as_str()).collect();
+    for c in ["INTRA_NODE", "INTRA_ZONE", "INTER_ZONE", "PUBLIC_INTERNET"] {
+        assert!(classes.contains(c), "class {c} missing from {q}");
+    }
+    let pair = |s: &str, d: &str| {
+        keys.iter()
+            .any(|k| k["src_workload"] == s && k["dst_workload"] == d)
+    };
+    for (s, d) in [
+        ("web", "api"),
+        ("api", "db"),
+        ("report", "db"),
+        ("web", "node-dns"),
+        ("report", "S3"),
+        ("web", "internet"),
+    ] {
+        assert!(pair(s, d), "no {s} -> {d} in {q}");
+    }
+
+    // /transactions: the Service's endpoints are its two api pods.
+    let tx = get_json(port, "/transactions?window=600");
+    let api = tx["services"]
+        .as_array()
+        .and_then(|s| {
+            s.iter()
+                .find(|s| s["namespace"] == "shop" && s["name"] == "api")
+        })
+        .unwrap_or_else(|| panic!("no shop/api in {tx}"));
+    let eps: BTreeSet<(&str, &str)> = api["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| Some((e["pod"].as_str()?, e["ip"].as_str()?)))
+        .collect();
+    assert_eq!(
+        eps,
+        BTreeSet::from([
+            ("api-6b9c4d7f8-k7p2m", "10.244.1.3"),
+            ("api-6b9c4d7f8-w4n8q", "10.244.2.2")
+        ]),
+        "{tx}"
+    );
+    for e in api["endpoints"].as_array().expect("endpoints") {
+        assert_eq!(e["port"], 8080, "{e}");
+        assert!(u(&e["connections"]) > 0, "{e}");
+    }
+
+    // The demo ends on its own, cleanly, and leaves nothing behind.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(Some(st)) = demo.0.try_wait() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the demo did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "demo exited with {status}");
+    let (ns, links) = pfd_leftovers();
+    assert!(ns.is_empty(), "namespaces left: {ns:?}");
+    assert!(links.is_empty(), "links left: {links:?}");
+    let final_counts = counts(&dir).expect("final traffic.json");
+    let failed: u64 = final_counts["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .map(|s| u(&s["requests_failed"]))
+        .sum();
+    let done: u64 = final_counts["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .map(|s| u(&s["requests_done"]))
+        .sum();
+    assert!(failed * 100 <= done, "{failed} of {done} requests failed");
+}

@@ -292,11 +292,16 @@ fn sample_rows(t0: i64) -> Vec<FlowRow> {
 }
 
 /// An hour ago, on a minute: recent enough that the table's 90-day TTL keeps it.
+/// The base time of every test's rows: fixed once per run, so a test that crosses a minute
+/// boundary still queries the range it wrote.
 fn t0() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    now / 60 * 60 - 3600
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        now / 60 * 60 - 3600
+    })
 }
 
 fn all(from: i64, to: i64) -> FlowQuery {

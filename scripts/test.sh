@@ -27,4 +27,4 @@ if ! python3 -c 'import chdb, lz4, clickhouse_cityhash' >/dev/null 2>&1; then
   pip install -q --no-deps chdb-core==26.9.0 lz4 clickhouse-cityhash
 fi
 
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"

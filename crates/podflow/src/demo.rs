@@ -31,6 +31,9 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Aggregation and dump interval.
     pub interval: Duration,
+    /// Stop the traffic after this long (None: until the end); the demo keeps running, so
+    /// the totals settle.
+    pub traffic_for: Option<Duration>,
     /// Only remove a crashed run's leftovers.
     pub cleanup: bool,
 }
@@ -169,7 +172,8 @@ impl Demo {
             .context("starting the signal handler")?;
         let token = tokio_util::sync::CancellationToken::new();
         rt.spawn(crate::shutdown_signal(token.clone()));
-        let end = o.duration.map(|d| Instant::now() + d);
+        let traffic_started = Instant::now();
+        let end = o.duration.map(|d| traffic_started + d);
         let mut last_report = Instant::now();
         loop {
             rt.block_on(async {
@@ -178,6 +182,17 @@ impl Demo {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             });
+            if !traffic.clients_stopped()
+                && o.traffic_for
+                    .is_some_and(|t| traffic_started.elapsed() >= t)
+            {
+                traffic.stop_clients();
+                eprintln!(
+                    "podflow demo: traffic stopped after {:?} ({} requests answered)",
+                    o.traffic_for.unwrap_or_default(),
+                    traffic.requests_done()
+                );
+            }
             traffic.write_snapshot(&counts)?;
             if token.is_cancelled() || end.is_some_and(|e| Instant::now() >= e) {
                 break;
@@ -190,7 +205,7 @@ impl Demo {
                     );
                 }
             }
-            if last_report.elapsed() >= Duration::from_secs(10) {
+            if !traffic.clients_stopped() && last_report.elapsed() >= Duration::from_secs(10) {
                 last_report = Instant::now();
                 eprintln!(
                     "podflow demo: {} requests answered so far",

@@ -93,6 +93,11 @@ struct DemoArgs {
     #[arg(long, default_value = "2s", value_parser = duration::parse)]
     interval: Duration,
 
+    /// Stop the traffic after this long but keep running (the totals settle, e.g. to
+    /// compare them with traffic.json); default: traffic until the end.
+    #[arg(long, value_parser = duration::parse)]
+    traffic_for: Option<Duration>,
+
     /// Only remove what a crashed demo left behind (`pfd-*` namespaces, its processes).
     #[arg(long)]
     cleanup: bool,
@@ -606,6 +611,7 @@ fn main() -> ExitCode {
             listen: a.listen,
             data_dir: a.data_dir,
             interval: a.interval,
+            traffic_for: a.traffic_for,
             cleanup: a.cleanup,
         }),
     };

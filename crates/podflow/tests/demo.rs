@@ -104,7 +104,7 @@ fn rows_of<'a>(rows: &'a [Value], s: &Value) -> Vec<&'a Value> {
         .collect()
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Sums {
     bytes_out: u64,
     packets_out: u64,
@@ -171,6 +171,125 @@ fn pfd_leftovers() -> (Vec<String>, Vec<String>) {
     (ns, links)
 }
 
+/// One conntrack DESTROY event: the kernel's final counters of a connection.
+#[derive(Debug, Clone)]
+struct Destroyed {
+    node: String,
+    proto: String,
+    src: String,
+    dst: String,
+    dport: u64,
+    /// The reply's source: the backend after DNAT.
+    reply_src: String,
+    orig: (u64, u64),
+    reply: (u64, u64),
+}
+
+fn parse_destroy(node: &str, line: &str) -> Option<Destroyed> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let proto = w.iter().take(5).find(|x| matches!(**x, "tcp" | "udp"))?;
+    let all = |k: &str| -> Vec<&str> { w.iter().filter_map(|x| x.strip_prefix(k)).collect() };
+    let (src, dst, dport) = (all("src="), all("dst="), all("dport="));
+    let n: Vec<u64> = w
+        .iter()
+        .filter_map(|x| {
+            x.strip_prefix("packets=")
+                .or_else(|| x.strip_prefix("bytes="))
+        })
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    if src.len() < 2 || dst.is_empty() || dport.is_empty() || n.len() != 4 {
+        return None;
+    }
+    Some(Destroyed {
+        node: node.to_string(),
+        proto: proto.to_string(),
+        src: src[0].to_string(),
+        dst: dst[0].to_string(),
+        dport: dport[0].parse().ok()?,
+        reply_src: src[1].to_string(),
+        orig: (n[0], n[1]),
+        reply: (n[2], n[3]),
+    })
+}
+
+/// `conntrack -E -e DESTROY` in every demo node namespace, started as soon as the
+/// namespaces exist (before the demo's traffic: its agents start first).
+struct DestroyLogs {
+    children: Vec<Child>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Destroyed>>>,
+}
+
+impl DestroyLogs {
+    fn start() -> DestroyLogs {
+        use std::io::BufRead;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut children = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in ["a", "b", "c"] {
+            let ns = format!("/run/netns/pfd-node-{node}");
+            while !Path::new(&ns).exists() {
+                assert!(Instant::now() < deadline, "{ns} never appeared");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &format!("pfd-node-{node}")])
+                .args([
+                    "stdbuf",
+                    "-oL",
+                    "conntrack",
+                    "-E",
+                    "-e",
+                    "DESTROY",
+                    "-o",
+                    "extended",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("conntrack -E");
+            let out = child.stdout.take().expect("stdout");
+            let seen = seen.clone();
+            let name = format!("node-{node}");
+            std::thread::spawn(move || {
+                for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Some(d) = parse_destroy(&name, &l) {
+                        seen.lock().expect("lock").push(d);
+                    }
+                }
+            });
+            children.push(child);
+        }
+        DestroyLogs { children, seen }
+    }
+
+    /// The DESTROY events of a stream, seen on its client's node.
+    fn of(&self, s: &Value) -> Vec<Destroyed> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|d| {
+                s["client_node"] == d.node.as_str()
+                    && s["client_ip"] == d.src.as_str()
+                    && s["dst_ip"] == d.dst.as_str()
+                    && s["dst_port"] == d.dport
+                    && s["proto"] == d.proto.as_str()
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for DestroyLogs {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[test]
 fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
     if !nix::unistd::Uid::effective().is_root() {
@@ -179,7 +298,7 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
         );
         return;
     }
-    for tool in ["ip", "iptables-restore", "nft"] {
+    for tool in ["ip", "iptables-restore", "nft", "conntrack", "stdbuf"] {
         if !podflow_testkit::have("demo_end_to_end", tool) {
             return;
         }
@@ -192,7 +311,16 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
     let started = Instant::now();
     let mut demo = Demo(
         Command::new(env!("CARGO_BIN_EXE_podflow"))
-            .args(["demo", "--duration", "30s", "--interval", "1s", "--listen"])
+            .args([
+                "demo",
+                "--duration",
+                "40s",
+                "--traffic-for",
+                "20s",
+                "--interval",
+                "1s",
+                "--listen",
+            ])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(&dir)
@@ -201,6 +329,7 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
             .expect("start podflow demo"),
     );
 
+    let destroyed = DestroyLogs::start();
     // Every stream has answered requests.
     let deadline = Instant::now() + Duration::from_secs(25);
     let c0 = loop {
@@ -256,8 +385,8 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "checks must run while the demo runs"
+        started.elapsed() < Duration::from_secs(24),
+        "these checks must run while the traffic runs"
     );
     // Counts written after that query bound what it can contain from above.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -481,6 +610,115 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
     for e in api["endpoints"].as_array().expect("endpoints") {
         assert_eq!(e["port"], 8080, "{e}");
         assert!(u(&e["connections"]) > 0, "{e}");
+    }
+
+    // Exact: once the traffic stopped (--traffic-for) and every connection ended, each
+    // stream's stored bytes and packets equal the kernel's final counters (conntrack
+    // DESTROY events on the client's node), one connection per request.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        if let Some(c) = counts(&dir).filter(|c| c["running"] == false) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the traffic did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let pending: Vec<String> = STREAMS
+            .iter()
+            .map(|(n, _)| (n, stream(&done, n)))
+            .filter(|(_, s)| destroyed.of(s).len() as u64 != u(&s["requests_started"]))
+            .map(|(n, s)| {
+                format!(
+                    "{n}: {} of {}",
+                    destroyed.of(s).len(),
+                    s["requests_started"]
+                )
+            })
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections never ended: {pending:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let rows = loop {
+        let json = get_json(port, "/api/v1/flows?from=0&limit=10000");
+        let rows = json.as_array().cloned().unwrap_or_default();
+        let diff: Vec<String> = STREAMS
+            .iter()
+            .filter_map(|(n, _)| {
+                let s = stream(&done, n);
+                let d = destroyed.of(s);
+                let want = d.iter().fold(Sums::default(), |a, d| Sums {
+                    packets_out: a.packets_out + d.orig.0,
+                    bytes_out: a.bytes_out + d.orig.1,
+                    packets_in: a.packets_in + d.reply.0,
+                    bytes_in: a.bytes_in + d.reply.1,
+                    opened: a.opened + 1,
+                });
+                let got = sums(&rows_of(&rows, s));
+                (got != want).then(|| format!("{n}: stored {got:?}, kernel {want:?}"))
+            })
+            .collect();
+        if diff.is_empty() {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored totals differ from the kernel's:\n{}",
+            diff.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for (n, _) in STREAMS {
+        let s = stream(&done, n);
+        let proto = s["proto"].as_str().unwrap_or("tcp");
+        let t = sums(&rows_of(&rows, s));
+        assert_eq!(u(&s["requests_failed"]), 0, "{n}: {s}");
+        assert_eq!(
+            t.opened,
+            u(&s["requests_done"]),
+            "{n}: one connection per request"
+        );
+        // The kernel's L3 bytes hold exactly the generators' payload plus headers.
+        for (bytes, packets, payload) in [
+            (t.bytes_out, t.packets_out, u(&s["payload_out_done"])),
+            (t.bytes_in, t.packets_in, u(&s["payload_in_done"])),
+        ] {
+            let (lo, hi) = payload_range(bytes, packets, proto);
+            assert!(
+                (lo..=hi).contains(&payload),
+                "{n}: payload {payload} outside {lo}..={hi} ({t:?})"
+            );
+        }
+    }
+    // /transactions: per endpoint of shop/api, at least the Service stream's connections
+    // to it (the NodePort's come on top).
+    let tx = get_json(port, "/transactions?window=600");
+    let svc_stream = stream(&done, "web -> api Service");
+    for e in tx["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "api"))
+        .and_then(|s| s["endpoints"].as_array())
+        .expect("shop/api endpoints")
+    {
+        let ip = e["ip"].as_str().unwrap_or_default();
+        let via_service = destroyed
+            .of(svc_stream)
+            .iter()
+            .filter(|d| d.reply_src == ip)
+            .count() as u64;
+        eprintln!(
+            "transactions: {ip}: {} connections, {via_service} from the Service stream",
+            e["connections"]
+        );
+        assert!(u(&e["connections"]) >= via_service, "{e}");
     }
 
     // The demo ends on its own, cleanly, and leaves nothing behind.

@@ -327,8 +327,9 @@ impl Topology {
                  ip link set cbr0 multicast off
                  ip addr add {gw}/24 dev cbr0
                  ip link set cbr0 up
-                 for s in time_wait close fin_wait close_wait last_ack; do \
-                   sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_$s=1; done",
+                 for s in tcp_timeout_time_wait tcp_timeout_close tcp_timeout_fin_wait \
+                   tcp_timeout_close_wait tcp_timeout_last_ack udp_timeout udp_timeout_stream; do \
+                   sysctl -qw net.netfilter.nf_conntrack_$s=1; done",
                 ip = n.ip(),
                 gw = n.gateway(),
             ),

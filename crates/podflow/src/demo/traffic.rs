@@ -224,8 +224,10 @@ fn enter(ns: &str) -> anyhow::Result<()> {
 /// Running servers and clients; [`Traffic::stop`] ends and joins them.
 #[derive(Debug)]
 pub struct Traffic {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    stop_servers: Arc<AtomicBool>,
+    stop_clients: Arc<AtomicBool>,
+    servers: Vec<JoinHandle<()>>,
+    clients: Vec<JoinHandle<()>>,
     specs: Vec<Spec>,
     counts: Vec<Arc<Counts>>,
 }
@@ -234,9 +236,12 @@ impl Traffic {
     /// Starts the servers (waiting until each listens), then the clients.
     pub fn start() -> anyhow::Result<Traffic> {
         let stop = Arc::new(AtomicBool::new(false));
+        let stop_clients = Arc::new(AtomicBool::new(false));
         let mut t = Traffic {
-            stop: stop.clone(),
-            threads: Vec::new(),
+            stop_servers: stop.clone(),
+            stop_clients: stop_clients.clone(),
+            servers: Vec::new(),
+            clients: Vec::new(),
             specs: specs(),
             counts: Vec::new(),
         };
@@ -270,14 +275,14 @@ impl Traffic {
                     }
                 })
                 .context("spawn a server thread")?;
-            t.threads.push(h);
+            t.servers.push(h);
             rx.recv_timeout(Duration::from_secs(5))
                 .context("a demo server did not start within 5 s")??;
         }
         for spec in t.specs.clone() {
             let counts = Arc::new(Counts::default());
             t.counts.push(counts.clone());
-            let stop = stop.clone();
+            let stop = stop_clients.clone();
             let h = std::thread::Builder::new()
                 .name("demo-client".into())
                 .spawn(move || {
@@ -288,7 +293,7 @@ impl Traffic {
                     client(&spec, &counts, &stop);
                 })
                 .context("spawn a client thread")?;
-            t.threads.push(h);
+            t.clients.push(h);
         }
         Ok(t)
     }
@@ -321,7 +326,7 @@ impl Traffic {
                 })
             })
             .collect();
-        json!({ "written_at_ms": now_ms, "streams": streams })
+        json!({ "written_at_ms": now_ms, "running": !self.clients_stopped(), "streams": streams })
     }
 
     /// Writes [`Traffic::snapshot`] to `path` atomically.
@@ -337,10 +342,25 @@ impl Traffic {
         self.counts.iter().map(|c| c.done.load(Relaxed)).sum()
     }
 
-    /// Stops every thread and waits for them (each returns within [`IO_TIMEOUT`]).
+    /// Stops the clients and waits for their last requests (each returns within
+    /// [`IO_TIMEOUT`]); the servers keep answering.
+    pub fn stop_clients(&mut self) {
+        self.stop_clients.store(true, Relaxed);
+        for h in self.clients.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    /// Whether the clients were stopped.
+    pub fn clients_stopped(&self) -> bool {
+        self.stop_clients.load(Relaxed)
+    }
+
+    /// Stops the clients, then the servers, and waits for every thread.
     pub fn stop(&mut self) {
-        self.stop.store(true, Relaxed);
-        for h in self.threads.drain(..) {
+        self.stop_clients();
+        self.stop_servers.store(true, Relaxed);
+        for h in self.servers.drain(..) {
             let _ = h.join();
         }
     }

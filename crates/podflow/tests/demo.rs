@@ -301,18 +301,118 @@ impl Drop for DestroyLogs {
     }
 }
 
-#[test]
-fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
+/// The demo's names are fixed (`pfd-*`): its tests run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn can_run(test: &str) -> bool {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!(
-            "SKIPPED demo_end_to_end: needs root (network namespaces); .ci/run runs it as root"
-        );
+        eprintln!("SKIPPED {test}: needs root (network namespaces); .ci/run runs it as root");
+        return false;
+    }
+    ["ip", "iptables-restore", "nft", "conntrack", "stdbuf"]
+        .iter()
+        .all(|t| podflow_testkit::have(test, t))
+}
+
+/// Live (not zombie) processes whose environment names `parent` as their demo.
+fn demo_children(parent: u32) -> Vec<i32> {
+    let want = format!("PODFLOW_DEMO_PARENT={parent}");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, r)| r.starts_with('Z'));
+            (!zombie && env.split(|b| *b == 0).any(|kv| kv == want.as_bytes())).then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn demo_cleanup_removes_what_a_killed_demo_left() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run("demo_cleanup") {
         return;
     }
-    for tool in ["ip", "iptables-restore", "nft", "conntrack", "stdbuf"] {
-        if !podflow_testkit::have("demo_end_to_end", tool) {
-            return;
-        }
+    let data = tempfile::tempdir().expect("tmp");
+    let mut demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_podflow"))
+            .args(["demo", "--duration", "60s", "--interval", "1s", "--listen"])
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--data-dir")
+            .arg(data.path())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start podflow demo"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counts(data.path()).is_none() {
+        assert!(Instant::now() < deadline, "the demo did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A crash: no chance to clean up.
+    let pid = demo.0.id();
+    demo.0.kill().expect("SIGKILL");
+    let _ = demo.0.wait();
+    let (ns, _) = pfd_leftovers();
+    assert_eq!(ns.len(), 12, "the killed demo left its namespaces: {ns:?}");
+    let orphans = demo_children(pid);
+    assert_eq!(orphans.len(), 4, "its server and 3 agents still run");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_podflow"))
+        .args(["demo", "--cleanup"])
+        .output()
+        .expect("podflow demo --cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ns, links) = pfd_leftovers();
+    assert!(ns.is_empty() && links.is_empty(), "{ns:?} {links:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !demo_children(pid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the orphans did not stop: {:?}",
+            demo_children(pid)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn demo_removes_everything_when_its_server_cannot_start() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run("demo_failure") {
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let out = Command::new(env!("CARGO_BIN_EXE_podflow"))
+        .args(["demo", "--duration", "30s", "--listen"])
+        .arg(addr.to_string())
+        .output()
+        .expect("podflow demo");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("podflow server"),
+        "the error names the server: {err}"
+    );
+    let (ns, links) = pfd_leftovers();
+    assert!(ns.is_empty() && links.is_empty(), "{ns:?} {links:?}");
+}
+
+#[test]
+fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run("demo_end_to_end") {
+        return;
     }
     let (ns, _) = pfd_leftovers();
     assert!(ns.is_empty(), "another demo's namespaces exist: {ns:?}");

@@ -483,6 +483,15 @@ function renderNamespaces(rows) {
 }
 
 function publish(pf) {
+  // For browser tests: where an element is drawn, in viewport pixels (a node's centre, an
+  // edge's midpoint). A function, so it stays out of the JSON below.
+  pf.viewportPosition = (id) => {
+    const x = cy?.getElementById(id);
+    if (!x || x.empty()) return null;
+    const p = x.isNode() ? x.renderedPosition() : x.renderedMidpoint();
+    const box = $("map").getBoundingClientRect();
+    return { x: Math.round(box.left + p.x), y: Math.round(box.top + p.y) };
+  };
   window.podflow = pf;
   // `<` escaped so the JSON cannot close the script element.
   $("podflow-state").textContent = JSON.stringify(pf).replace(/</g, "\\u003c");

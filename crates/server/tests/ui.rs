@@ -292,27 +292,31 @@ fn artifacts() -> PathBuf {
     dir
 }
 
+/// Headless, and 127.0.0.1 only: no background networking, updates or sync, and every
+/// host name and every other address resolves to nothing.
+const CHROMIUM_FLAGS: [&str; 14] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--no-proxy-server",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--window-size=1400,900",
+    "--hide-scrollbars",
+    "--lang=en-US",
+];
+
 /// Runs headless Chromium on `url` with `extra` flags; returns stdout.
 fn run_chromium(bin: &Path, url: &str, extra: &[String]) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
     let mut child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-extensions",
-            "--disable-default-apps",
-            "--no-proxy-server",
-            // Only IP literals (the test's 127.0.0.1) can be reached.
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-            "--window-size=1400,900",
-            "--hide-scrollbars",
-            "--virtual-time-budget=10000",
-        ])
+        .args(CHROMIUM_FLAGS)
+        .arg("--virtual-time-budget=10000")
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(extra)
         .arg(url)
@@ -788,4 +792,280 @@ async fn headless_chromium_draws_500_workloads() {
         wall < Duration::from_secs(60),
         "drawing 500 workloads took {wall:?}"
     );
+}
+
+/// A W3C WebDriver session on Debian's `chromedriver`, spoken over plain HTTP on 127.0.0.1.
+struct Driver {
+    child: std::process::Child,
+    port: u16,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+/// W3C's key for an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Driver {
+    fn find() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("PODFLOW_CHROMEDRIVER") {
+            return Some(PathBuf::from(p));
+        }
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|d| d.join("chromedriver"))
+            .find(|p| p.is_file())
+    }
+
+    fn start(driver: &Path, chromium: &Path) -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut d = Driver {
+            child,
+            port,
+            session: String::new(),
+            _profile: profile,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while d.http("GET", "/status", None).is_none() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| f.to_string()).collect();
+        args.push(format!("--user-data-dir={}", d._profile.path().display()));
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": chromium, "args": args},
+        }}});
+        let r = d
+            .http("POST", "/session", Some(&caps))
+            .expect("new session");
+        d.session = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {r}"))
+            .to_string();
+        d
+    }
+
+    /// One request; `None` when chromedriver is not listening (yet).
+    fn http(&self, method: &str, path: &str, body: Option<&Value>) -> Option<Value> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        let body = body.map(Value::to_string).unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.port,
+            body.len()
+        )
+        .ok()?;
+        // chromedriver may keep the connection open: read what Content-Length says.
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+        let mut r = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            if let Some(at) = r.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&r[..at]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())?;
+                if r.len() >= at + 4 + len {
+                    return serde_json::from_slice(&r[at + 4..at + 4 + len]).ok();
+                }
+            }
+            let n = s.read(&mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            r.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// A session command; panics with WebDriver's error message.
+    fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
+        let path = format!("/session/{}{path}", self.session);
+        if std::env::var_os("PODFLOW_UI_TEST_VERBOSE").is_some() {
+            eprintln!("webdriver: {method} {path} {body}");
+        }
+        let r = self
+            .http(method, &path, Some(&body))
+            .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+        if let Some(e) = r["value"]["error"].as_str() {
+            panic!("{method} {path}: {e}: {}", r["value"]["message"]);
+        }
+        r["value"].clone()
+    }
+
+    fn exec(&self, script: &str, args: Value) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            serde_json::json!({"script": script, "args": args}),
+        )
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.exec(
+            "return document.body.dataset.ready === 'true'",
+            serde_json::json!([]),
+        ) != Value::Bool(true)
+        {
+            assert!(Instant::now() < deadline, "the page never became ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let err = self.exec("return window.podflow.error", serde_json::json!([]));
+        assert!(err.is_null(), "the page reported: {err}");
+    }
+
+    /// A real mouse click on the map element `id` (a node's centre, an edge's midpoint).
+    fn click_map(&self, id: &str) {
+        let p = self.exec(
+            "return window.podflow.viewportPosition(arguments[0])",
+            serde_json::json!([id]),
+        );
+        assert!(p.is_object(), "{id} is not drawn");
+        let pointer = serde_json::json!({"actions": [{
+            "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+            "actions": [
+                {"type": "pointerMove", "duration": 0, "origin": "viewport", "x": p["x"], "y": p["y"]},
+                {"type": "pointerDown", "button": 0},
+                {"type": "pointerUp", "button": 0},
+            ],
+        }]});
+        self.cmd("POST", "/actions", pointer);
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.cmd(
+            "POST",
+            "/element",
+            serde_json::json!({"using": "css selector", "value": css}),
+        );
+        let id = e[ELEMENT].as_str().expect("element id").to_string();
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/click"),
+            serde_json::json!({}),
+        );
+    }
+
+    /// The details panel: (selected id, field -> value).
+    fn details(&self) -> (String, BTreeMap<String, String>) {
+        let v = self.exec(
+            "const d = document.getElementById('details');
+             return [d.dataset.selected ?? '',
+                     [...d.querySelectorAll('dd')].map(e => [e.dataset.field, e.dataset.value])];",
+            serde_json::json!([]),
+        );
+        let fields = v[1]
+            .as_array()
+            .expect("fields")
+            .iter()
+            .map(|f| {
+                (
+                    f[0].as_str().unwrap_or_default().to_string(),
+                    f[1].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        (v[0].as_str().unwrap_or_default().to_string(), fields)
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = self.http("DELETE", &format!("/session/{}", self.session), None);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_in_chromium_show_details_and_the_controls_refetch() {
+    let (Some(chromium), Some(driver)) = (chromium(), Driver::find()) else {
+        eprintln!(
+            "\n*** SKIPPED: the UI click test needs Chromium and chromedriver \
+             (apt-get install -y chromium chromium-driver) ***\n"
+        );
+        return;
+    };
+    let (addr, _dir) = serve(&small_rows(recent())).await;
+    tokio::task::spawn_blocking(move || {
+        let d = Driver::start(&driver, &chromium);
+        d.cmd(
+            "POST",
+            "/url",
+            serde_json::json!({"url": format!("http://{addr}/")}),
+        );
+        d.wait_ready();
+        let field = |f: &BTreeMap<String, String>, k: &str| f.get(k).cloned().unwrap_or_default();
+
+        // A workload: its totals over every edge it has.
+        d.click_map("shop/web");
+        let (sel, f) = d.details();
+        assert_eq!(sel, "shop/web");
+        assert_eq!(field(&f, "sent"), (6000 + 100 + 2000).to_string());
+        assert_eq!(field(&f, "received"), (60_000 + 900 + 30_000).to_string());
+        assert_eq!(field(&f, "connections"), "6");
+        assert_eq!(field(&f, "cost_usd"), "0.25");
+        assert_eq!(field(&f, "peers"), "3");
+
+        // An edge: bytes each way, class, connections, cost.
+        d.click_map("billing/api->shop/db");
+        let (sel, f) = d.details();
+        assert_eq!(sel, "billing/api->shop/db");
+        assert_eq!(field(&f, "bytes_src_to_dst"), "5000");
+        assert_eq!(field(&f, "bytes_dst_to_src"), "50000");
+        assert_eq!(field(&f, "class"), "INTER_REGION");
+        assert_eq!(field(&f, "connections"), "2");
+        assert_eq!(field(&f, "cost_usd"), "1.5");
+
+        // A top-talkers row selects its edge.
+        d.click("#talkers tbody tr[data-src='shop/web'][data-dst='S3']");
+        let (sel, f) = d.details();
+        assert_eq!(sel, "shop/web->S3");
+        assert_eq!(field(&f, "bytes_dst_to_src"), "30000");
+
+        // The namespace filter refetches and redraws.
+        d.click("#namespace option[value='billing']");
+        d.wait_ready();
+        let nodes = d.exec(
+            "return window.podflow.nodes.map(n => n.id).sort()",
+            serde_json::json!([]),
+        );
+        assert_eq!(
+            nodes,
+            serde_json::json!(["billing/api", "internet", "shop/db"])
+        );
+        let search = d.exec("return location.search", serde_json::json!([]));
+        assert_eq!(search, "?namespace=billing");
+
+        // The range picker: 15 minutes, still filtered.
+        d.click("#range option[value='900']");
+        d.wait_ready();
+        let w = d.exec("return window.podflow.window", serde_json::json!([]));
+        let span = w["to"].as_i64().expect("to") - w["from"].as_i64().expect("from");
+        assert!((900..=902).contains(&span), "{w}");
+        assert_eq!(w["namespace"], "billing");
+        let rows = d.exec(
+            "return document.querySelectorAll('#talkers tbody tr').length",
+            serde_json::json!([]),
+        );
+        assert_eq!(rows, 2);
+    })
+    .await
+    .expect("webdriver session");
 }

@@ -529,6 +529,8 @@ async function refresh() {
     const drawn = renderMap(graph);
     if (graph.nodes.length === 0) status.textContent = "No flows in this range.";
     else status.textContent = `${graph.nodes.length} workloads, ${graph.edges.length} edges · ${new Date(map.from * 1000).toLocaleString()} – ${new Date(map.to * 1000).toLocaleString()}`;
+    // The API returns the largest pairs first: say so when the map is cut.
+    if (map.rows.length >= MAX_ROWS) status.textContent += ` (the ${fmtInt(MAX_ROWS)} largest pairs only)`;
     publish({
       error: null,
       window: { from: map.from, to: map.to, view: state.view, namespace: state.namespace },

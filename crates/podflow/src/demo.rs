@@ -9,6 +9,7 @@ mod traffic;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -87,6 +88,21 @@ struct Demo {
 
 impl Demo {
     fn run(&mut self, o: &Options) -> anyhow::Result<()> {
+        // Ctrl-C and SIGTERM are caught from the start (also while building), so an
+        // interrupted demo still removes what it made. One worker runs the handler.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("starting the signal handler")?;
+        let token = tokio_util::sync::CancellationToken::new();
+        rt.spawn(crate::shutdown_signal(token.clone()));
+        let interrupted = || {
+            if token.is_cancelled() {
+                bail!("interrupted");
+            }
+            Ok(())
+        };
         let dir = match &o.data_dir {
             Some(d) => d.clone(),
             None => {
@@ -102,6 +118,7 @@ impl Demo {
             "podflow demo: building 3 nodes, 6 pods, internet and S3 hosts in network namespaces (pfd-*)"
         );
         self.topology.build()?;
+        interrupted()?;
 
         let exe = std::env::current_exe().context("finding the podflow executable")?;
         let interval = format!("{}ms", o.interval.as_millis());
@@ -125,6 +142,7 @@ impl Demo {
             .arg(dir.join("podflow.yaml"));
         self.spawn("server", server, &logs)?;
         self.wait_http("server", o.listen.port(), "/live", &logs)?;
+        interrupted()?;
 
         let mut agent_ports = Vec::new();
         for n in &net::NODES {
@@ -151,6 +169,7 @@ impl Demo {
         for (letter, port) in agent_ports {
             self.wait_http(&format!("agent-{letter}"), port, "/ready", &logs)?;
         }
+        interrupted()?;
 
         let traffic = self.traffic.insert(traffic::Traffic::start()?);
         let counts = dir.join("traffic.json");
@@ -166,12 +185,6 @@ impl Demo {
             None => println!("  stop with Ctrl-C"),
         }
 
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the signal handler")?;
-        let token = tokio_util::sync::CancellationToken::new();
-        rt.spawn(crate::shutdown_signal(token.clone()));
         let traffic_started = Instant::now();
         let end = o.duration.map(|d| traffic_started + d);
         let mut last_report = Instant::now();
@@ -226,6 +239,9 @@ impl Demo {
         let child = cmd
             .env(CHILD_ENV, std::process::id().to_string())
             .env("NO_COLOR", "1")
+            // Their own process group: Ctrl-C in the terminal reaches only the demo, which
+            // then stops them in order (agents flush to the server first).
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("log file")?)
             .stderr(log)

@@ -135,3 +135,34 @@ pub fn write_all(dir: &Path) -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_names_every_pod_with_its_owner_and_node() {
+        let y = inventory();
+        for p in &PODS {
+            assert!(y.contains(&format!("name: {}\n", p.name)), "{}", p.name);
+            assert!(y.contains(&format!("podIP: {}", p.ip())));
+            assert!(y.contains(&format!("kind: {}, name: {}", p.owner.0, p.owner.1)));
+        }
+        for n in &NODES {
+            assert!(y.contains(&format!("aws:///{}/i-0demo", n.zone)));
+        }
+        assert!(y.contains("kind: CronJob, name: report"));
+        assert!(!y.contains('\t'), "YAML has no tabs");
+    }
+
+    #[test]
+    fn ip_ranges_is_json_with_the_s3_prefix() {
+        let v: serde_json::Value = serde_json::from_str(&ip_ranges()).expect("json");
+        let s3 = v["prefixes"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["service"] == "S3"))
+            .expect("S3 prefix");
+        assert_eq!(s3["ip_prefix"], S3_PREFIX);
+        assert_eq!(s3["region"], REGION);
+    }
+}

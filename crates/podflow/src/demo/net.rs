@@ -468,3 +468,40 @@ pub fn leftover_links() -> anyhow::Result<Vec<String>> {
         .filter(|n| n.starts_with("pfd"))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_kernel_and_the_cleanup() {
+        for p in &PODS {
+            assert!(p.netns().starts_with(PREFIX), "{}", p.netns());
+            // Link names are at most 15 bytes (IFNAMSIZ - 1).
+            assert!(format!("v-{}", p.tag).len() <= 15);
+        }
+        for n in &NODES {
+            assert!(n.netns().starts_with(PREFIX));
+        }
+        let mut all: Vec<String> = PODS.iter().map(Pod::netns).collect();
+        all.extend(NODES.iter().map(Node::netns));
+        all.extend([FABRIC, INTERNET, S3].map(String::from));
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "namespace names are unique");
+    }
+
+    #[test]
+    fn kube_proxy_rules_split_evenly_over_the_api_backends() {
+        let r = kube_proxy_rules(&NODES[0]);
+        assert!(r.contains(
+            "-A KUBE-SVC-SHOP-API -m statistic --mode random --probability 0.50000 -j KUBE-SEP-SHOP-API-0\n"
+        ));
+        assert!(r.contains("-A KUBE-SVC-SHOP-API -j KUBE-SEP-SHOP-API-1\n"));
+        assert!(r.contains("--to-destination 10.244.1.3:8080"));
+        assert!(r.contains("--to-destination 10.244.2.2:8080"));
+        assert!(r.contains("-d 10.96.0.10/32 -p tcp --dport 80 -j KUBE-SVC-SHOP-API"));
+        assert!(r.ends_with("COMMIT\n"));
+    }
+}

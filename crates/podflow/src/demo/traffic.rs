@@ -513,3 +513,37 @@ fn udp_request(spec: &Spec) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stream_has_a_server_and_a_known_client() {
+        let servers = servers();
+        for s in specs() {
+            assert!(
+                s.dst.ip() != std::net::IpAddr::from([0, 0, 0, 0]),
+                "{}",
+                s.name
+            );
+            let served = servers.iter().any(|(_, a, p)| *a == s.dst && *p == s.proto)
+                // The Service and the NodePort are DNATed to the api servers.
+                || s.dst.port() == net::SERVICE_PORT
+                || s.dst.port() == NODE_PORT;
+            assert!(served, "{}: nobody listens on {}", s.name, s.dst);
+            assert!(s.client_netns.starts_with(net::PREFIX), "{}", s.name);
+            assert!(s.request + 16 <= MAX_SIZE && s.answer <= MAX_SIZE);
+            if s.proto == Proto::Udp {
+                assert!(s.answer <= 60_000, "{}: one datagram", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn header_is_two_big_endian_lengths() {
+        let h = header(0x0102, 0x0304);
+        assert_eq!(&h[..8], &[0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(&h[8..], &[0, 0, 0, 0, 0, 0, 3, 4]);
+    }
+}

@@ -59,7 +59,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     if o.cleanup {
         let n = cleanup()?;
-        println!("podflow demo: removed {n} leftover namespaces and processes");
+        println!("podflow demo: removed {n} leftovers (namespaces, processes, data directories)");
         return Ok(());
     }
     let left = net::leftover_namespaces()?;
@@ -334,7 +334,8 @@ fn stop_children(children: &mut [(String, Child)]) -> Vec<String> {
     problems
 }
 
-/// Removes every `pfd-*` namespace and stops the demo children of a crashed run.
+/// Removes every `pfd-*` namespace and the default data directory of a crashed run, and
+/// stops its children.
 fn cleanup() -> anyhow::Result<usize> {
     let mut n = 0;
     let me = std::process::id().to_string();
@@ -358,6 +359,19 @@ fn cleanup() -> anyhow::Result<usize> {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGTERM,
                 );
+                n += 1;
+            }
+        }
+    }
+    // Default data directories of demos that are gone.
+    if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("podflow-demo-")) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
                 n += 1;
             }
         }

@@ -4,26 +4,12 @@
 //! (traffic.json); after it exits nothing named `pfd-*` is left.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use podflow_testkit::{free_port, http_get as get};
 use serde_json::Value;
-
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).ok()?;
-    let (head, body) = r.split_once("\r\n\r\n")?;
-    Some((
-        head.split_whitespace().nth(1)?.parse().ok()?,
-        body.to_string(),
-    ))
-}
 
 fn get_json(port: u16, path: &str) -> Value {
     let (status, body) = get(port, path).unwrap_or_else(|| panic!("GET {path}: no answer"));
@@ -50,14 +36,6 @@ impl Drop for Demo {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn now_ms() -> u64 {
@@ -303,6 +281,60 @@ impl Drop for DestroyLogs {
 
 /// The demo's names are fixed (`pfd-*`): its tests run one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The web UI in headless Chromium renders the demo's workloads and edges, and its
+/// top-talkers table matches the API (skipped loudly without chromium).
+fn ui_renders_the_demo(port: u16) {
+    if !podflow_testkit::have("demo UI", "chromium") {
+        return;
+    }
+    let profile = tempfile::tempdir().expect("profile");
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--virtual-time-budget=8000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("http://127.0.0.1:{port}/?range=1h"))
+        .output()
+        .expect("chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let state = dom
+        .split(r#"<script type="application/json" id="podflow-state">"#)
+        .nth(1)
+        .and_then(|r| r.split("</script>").next())
+        .unwrap_or_else(|| panic!("no rendered state in the page:\n{dom}"));
+    let state: Value = serde_json::from_str(&state.replace("\\u003c", "<")).expect("state JSON");
+    let ids: Vec<String> = state["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["id"].as_str().map(String::from))
+        .collect();
+    for w in ["shop/web", "shop/api", "shop/db", "S3", "internet"] {
+        assert!(ids.iter().any(|i| i == w), "the map lacks {w}: {ids:?}");
+    }
+    assert!(
+        state["edges"].as_array().is_some_and(|e| e.len() >= 5),
+        "{}",
+        state["edges"]
+    );
+    let talkers = state["talkers"].as_array().expect("talkers");
+    assert!(!talkers.is_empty());
+    assert!(
+        dom.contains("id=\"talkers\""),
+        "the talkers table is in the page"
+    );
+}
 
 fn can_run(test: &str) -> bool {
     if !nix::unistd::Uid::effective().is_root() {
@@ -669,6 +701,7 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
     let (status, page) = get(port, "/").expect("GET /");
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("<html") || page.contains("<!doctype") || page.contains("<!DOCTYPE"));
+    ui_renders_the_demo(port);
 
     // The grouped query: every class, and the workload pairs.
     let q = get_json(

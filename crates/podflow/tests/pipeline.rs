@@ -2,26 +2,14 @@
 //! namespace this test creates; the server is killed and restarted mid-stream and its store
 //! is locked for a while; the stored totals must equal the kernel's final counters exactly.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use podflow_store::{FlowQuery, FlowStore, SqliteStore};
-use podflow_testkit::{DestroyLog, Pair, connect, exchange, serve};
-
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).ok()?;
-    let (head, body) = r.split_once("\r\n\r\n")?;
-    Some((
-        head.split_whitespace().nth(1)?.parse().ok()?,
-        body.to_string(),
-    ))
-}
+use podflow_testkit::{
+    ChildGuard, DestroyLog, Pair, connect, exchange, free_port, http_get as get, serve, wait_until,
+};
 
 fn metric(port: u16, name: &str) -> Option<u64> {
     let (_, body) = get(port, "/metrics")?;
@@ -31,38 +19,7 @@ fn metric(port: u16, name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-struct Proc(Child);
-
-impl Proc {
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), sig);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn start_server(data: &Path, http: u16, grpc: u16) -> Proc {
+fn start_server(data: &Path, http: u16, grpc: u16) -> ChildGuard {
     let p = Command::new(env!("CARGO_BIN_EXE_podflow"))
         .args(["server", "--interval", "1s", "--listen"])
         .arg(format!("127.0.0.1:{http}"))
@@ -73,7 +30,7 @@ fn start_server(data: &Path, http: u16, grpc: u16) -> Proc {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start server");
-    let p = Proc(p);
+    let p = ChildGuard(p);
     wait_until("the server", Duration::from_secs(20), || {
         get(http, "/live").is_some()
     });
@@ -110,7 +67,7 @@ fn agent_to_server_is_exact_across_a_server_kill_and_a_locked_store() {
     let adata = tempfile::tempdir().expect("tmp");
     let (http, grpc, ahttp) = (free_port(), free_port(), free_port());
     let mut server = start_server(sdata.path(), http, grpc);
-    let agent = Proc(
+    let agent = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_podflow"))
             .args([
                 "agent",
@@ -219,7 +176,7 @@ fn an_agent_forwards_netflow_records_to_the_server() {
     let adata = tempfile::tempdir().expect("tmp");
     let (http, grpc, ahttp, nf) = (free_port(), free_port(), free_port(), free_port());
     let _server = start_server(sdata.path(), http, grpc);
-    let _agent = Proc(
+    let _agent = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_podflow"))
             .args([
                 "agent",

@@ -1,27 +1,17 @@
 //! `podflow run` end to end: the real binary observing a namespace this test creates,
 //! checked against the kernel's own counters (conntrack-tools) and promtool.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use podflow_store::{FlowQuery, FlowStore, SqliteStore};
-use podflow_testkit::{Pair, connect, exchange, serve};
+use podflow_testkit::{ChildGuard, Pair, connect, exchange, free_port, http_get, serve};
 
 fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to podflow");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("send");
-    let mut r = String::new();
-    s.read_to_string(&mut r).expect("read");
-    let (head, body) = r.split_once("\r\n\r\n").expect("http");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    (status, body.to_string())
+    http_get(port, path).expect("podflow answers")
 }
 
 /// `promtool check metrics` accepts the exposition (lint included).
@@ -48,23 +38,6 @@ fn promtool_check(metrics: &str) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-struct Podflow(Child);
-
-impl Drop for Podflow {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Kernel counters (orig, reply) bytes of the TCP entry whose source port is `sport`.
@@ -119,7 +92,7 @@ fn run_reports_exact_bytes_in_the_api_metrics_and_store_and_flushes_on_sigterm()
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start podflow");
-    let mut pf = Podflow(child);
+    let mut pf = ChildGuard(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() || get(port, "/ready").0 != 200 {
         assert!(Instant::now() < deadline, "podflow did not become ready");
@@ -189,11 +162,7 @@ fn run_reports_exact_bytes_in_the_api_metrics_and_store_and_flushes_on_sigterm()
     // Bytes sent right before SIGTERM are flushed by the last dump.
     exchange(&mut c, 3_000, 7_000);
     let (k_out, k_in) = kernel_bytes(&pair, sport);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pf.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("sigterm");
+    pf.signal(nix::sys::signal::Signal::SIGTERM);
     let status = pf.0.wait().expect("wait");
     assert!(status.success(), "podflow exited with {status}");
 
@@ -307,7 +276,7 @@ fn run_attributes_flows_to_workloads_services_zones_and_cost() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start podflow");
-    let _pf = Podflow(child);
+    let _pf = ChildGuard(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() || get(port, "/ready").0 != 200 {
         assert!(Instant::now() < deadline, "podflow did not become ready");
@@ -487,7 +456,7 @@ fn run_takes_netflow_records_through_the_same_attribution_with_sampling() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start podflow");
-    let _pf = Podflow(child);
+    let _pf = ChildGuard(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() || get(port, "/ready").0 != 200 {
         assert!(Instant::now() < deadline, "podflow did not become ready");

@@ -195,7 +195,9 @@ fn main() {
     let ch_dir = dir.path().join("ch");
     std::fs::create_dir_all(&ch_dir).expect("dir");
     let rate_ch = match clickhouse_front(&ch_dir) {
-        Some((mut front, port)) => {
+        Some((front, port)) => {
+            // Killed when dropped, also if the run below panics.
+            let _front = podflow_testkit::ChildGuard(front);
             let cfg = ClickHouseConfig {
                 url: format!("http://127.0.0.1:{port}"),
                 ..Default::default()
@@ -206,8 +208,6 @@ fn main() {
             let r = std::thread::spawn(move || ingest(store, &obs2))
                 .join()
                 .expect("thread");
-            let _ = front.kill();
-            let _ = front.wait();
             println!("ingest clickhouse (chdb behind the Python test front): {r:.0} obs/s");
             r
         }

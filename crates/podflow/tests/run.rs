@@ -2,7 +2,6 @@
 //! checked against the kernel's own counters (conntrack-tools) and promtool.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,6 +39,34 @@ fn promtool_check(metrics: &str) {
     );
 }
 
+/// Starts `podflow run` observing `pair.a` as node-a (1 s intervals), with `extra`
+/// arguments, and waits until it is ready.
+fn start_run(pair: &Pair, data: &Path, port: u16, extra: &[String]) -> ChildGuard {
+    let child = Command::new(env!("CARGO_BIN_EXE_podflow"))
+        .args([
+            "run",
+            "--interval",
+            "1s",
+            "--node-name",
+            "node-a",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--netns")
+        .arg(pair.a.path())
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start podflow");
+    let pf = ChildGuard(child);
+    podflow_testkit::wait_until("podflow to be ready", Duration::from_secs(20), || {
+        http_get(port, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    pf
+}
+
 /// Kernel counters (orig, reply) bytes of the TCP entry whose source port is `sport`.
 fn kernel_bytes(pair: &Pair, sport: u16) -> (u64, u64) {
     let out = pair
@@ -75,29 +102,7 @@ fn run_reports_exact_bytes_in_the_api_metrics_and_store_and_flushes_on_sigterm()
     serve(&pair, 5101);
     let data = tempfile::tempdir().expect("tmp");
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_podflow"))
-        .args([
-            "run",
-            "--interval",
-            "1s",
-            "--node-name",
-            "node-a",
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--netns")
-        .arg(pair.a.path())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start podflow");
-    let mut pf = ChildGuard(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() || get(port, "/ready").0 != 200 {
-        assert!(Instant::now() < deadline, "podflow did not become ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut pf = start_run(&pair, data.path(), port, &[]);
     assert_eq!(get(port, "/live").0, 200);
 
     let mut c = connect(&pair, Pair::B4, 5101);
@@ -257,31 +262,12 @@ fn run_attributes_flows_to_workloads_services_zones_and_cost() {
     let inv = data.path().join("inventory.yaml");
     std::fs::write(&inv, INVENTORY).expect("inventory");
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_podflow"))
-        .args([
-            "run",
-            "--interval",
-            "1s",
-            "--node-name",
-            "node-a",
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--netns")
-        .arg(pair.a.path())
-        .arg("--inventory")
-        .arg(&inv)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start podflow");
-    let _pf = ChildGuard(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() || get(port, "/ready").0 != 200 {
-        assert!(Instant::now() < deadline, "podflow did not become ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _pf = start_run(
+        &pair,
+        data.path(),
+        port,
+        &["--inventory".to_string(), inv.display().to_string()],
+    );
     let mut c = connect(&pair, "10.96.0.10", 80);
     let sport = c.local_addr().expect("addr").port();
     exchange(&mut c, 50_000, 400_000);
@@ -431,37 +417,21 @@ fn run_takes_netflow_records_through_the_same_attribution_with_sampling() {
     let config = data.path().join("podflow.yaml");
     std::fs::write(&config, "cloud: aws\nregion: us-east-1\n").expect("config");
     let (port, nf_port) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_podflow"))
-        .args([
-            "run",
-            "--interval",
-            "1s",
-            "--node-name",
-            "node-a",
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--netflow-listen")
-        .arg(format!("127.0.0.1:{nf_port}"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--netns")
-        .arg(pair.a.path())
-        .arg("--inventory")
-        .arg(&inv)
-        .arg("--cloud-ranges")
-        .arg(&ranges)
-        .arg("--config")
-        .arg(&config)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start podflow");
-    let _pf = ChildGuard(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() || get(port, "/ready").0 != 200 {
-        assert!(Instant::now() < deadline, "podflow did not become ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _pf = start_run(
+        &pair,
+        data.path(),
+        port,
+        &[
+            "--netflow-listen".to_string(),
+            format!("127.0.0.1:{nf_port}"),
+            "--inventory".to_string(),
+            inv.display().to_string(),
+            "--cloud-ranges".to_string(),
+            ranges.display().to_string(),
+            "--config".to_string(),
+            config.display().to_string(),
+        ],
+    );
     // An exporter sampling 1 in 10 (mode 01, interval 10) sends two flows of web-... (10.99.0.1).
     let flow = |dst: [u8; 4], dport: u16, bytes: u32, packets: u32| V5Flow {
         src: [10, 99, 0, 1].into(),

@@ -37,6 +37,38 @@ fn start_server(data: &Path, http: u16, grpc: u16) -> ChildGuard {
     p
 }
 
+/// Starts `podflow agent` as node-a observing `ns`, streaming to the server's gRPC port,
+/// with `extra` arguments (not waited for).
+fn start_agent(
+    ns: &podflow_testkit::Netns,
+    data: &Path,
+    grpc: u16,
+    http: u16,
+    extra: &[String],
+) -> ChildGuard {
+    let child = Command::new(env!("CARGO_BIN_EXE_podflow"))
+        .args([
+            "agent",
+            "--interval",
+            "1s",
+            "--node-name",
+            "node-a",
+            "--server",
+        ])
+        .arg(format!("http://127.0.0.1:{grpc}"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{http}"))
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--netns")
+        .arg(ns.path())
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start agent");
+    ChildGuard(child)
+}
+
 /// Holds an exclusive lock on the SQLite file for `secs`: the server's writes fail meanwhile.
 fn lock_store(db: &Path, secs: f64) -> Option<Child> {
     let marker = db.with_extension("locked");
@@ -67,27 +99,7 @@ fn agent_to_server_is_exact_across_a_server_kill_and_a_locked_store() {
     let adata = tempfile::tempdir().expect("tmp");
     let (http, grpc, ahttp) = (free_port(), free_port(), free_port());
     let mut server = start_server(sdata.path(), http, grpc);
-    let agent = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_podflow"))
-            .args([
-                "agent",
-                "--interval",
-                "1s",
-                "--node-name",
-                "node-a",
-                "--server",
-            ])
-            .arg(format!("http://127.0.0.1:{grpc}"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{ahttp}"))
-            .arg("--data-dir")
-            .arg(adata.path())
-            .arg("--netns")
-            .arg(pair.a.path())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start agent"),
-    );
+    let agent = start_agent(&pair.a, adata.path(), grpc, ahttp, &[]);
     wait_until("the agent", Duration::from_secs(20), || {
         get(ahttp, "/ready").is_some_and(|(s, _)| s == 200)
     });
@@ -176,28 +188,12 @@ fn an_agent_forwards_netflow_records_to_the_server() {
     let adata = tempfile::tempdir().expect("tmp");
     let (http, grpc, ahttp, nf) = (free_port(), free_port(), free_port(), free_port());
     let _server = start_server(sdata.path(), http, grpc);
-    let _agent = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_podflow"))
-            .args([
-                "agent",
-                "--interval",
-                "1s",
-                "--node-name",
-                "node-a",
-                "--server",
-            ])
-            .arg(format!("http://127.0.0.1:{grpc}"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{ahttp}"))
-            .arg("--netflow-listen")
-            .arg(format!("127.0.0.1:{nf}"))
-            .arg("--data-dir")
-            .arg(adata.path())
-            .arg("--netns")
-            .arg(ns.path())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start agent"),
+    let _agent = start_agent(
+        &ns,
+        adata.path(),
+        grpc,
+        ahttp,
+        &["--netflow-listen".to_string(), format!("127.0.0.1:{nf}")],
     );
     wait_until("the agent", Duration::from_secs(20), || {
         get(ahttp, "/ready").is_some_and(|(s, _)| s == 200)

@@ -41,6 +41,23 @@ fn name(n: Option<&Name>) -> Name {
 }
 
 impl EndLabels {
+    /// The ten fields in their stored column order: kind, namespace, name, workload_kind,
+    /// workload, app, node, zone, region, cloud.
+    pub fn columns(&self) -> [&str; 10] {
+        [
+            self.kind,
+            &self.namespace,
+            &self.name,
+            &self.workload_kind,
+            &self.workload,
+            &self.app,
+            &self.node,
+            &self.zone,
+            &self.region,
+            &self.cloud,
+        ]
+    }
+
     /// The labels of a place.
     pub fn of(p: &Place) -> EndLabels {
         let (wk, w) = p

@@ -303,50 +303,42 @@ impl FlowStore for SqliteStore {
                     Some((a, p)) => (a.to_string(), p),
                     None => (String::new(), 0),
                 };
-                st.execute(params![
-                    r.interval_start,
-                    r.interval_s,
-                    r.observer,
-                    k.proto.0,
-                    k.local.to_string(),
-                    k.remote.to_string(),
-                    k.responder_port,
-                    k.local_initiated,
-                    sa,
-                    sp,
-                    u(t.bytes_out),
-                    u(t.packets_out),
-                    u(t.bytes_in),
-                    u(t.packets_in),
-                    u(t.opened),
-                    u(t.closed),
-                    r.cost_usd,
-                    l.class.as_str(),
-                    l.local.kind,
-                    &*l.local.namespace,
-                    &*l.local.name,
-                    &*l.local.workload_kind,
-                    &*l.local.workload,
-                    &*l.local.app,
-                    &*l.local.node,
-                    &*l.local.zone,
-                    &*l.local.region,
-                    &*l.local.cloud,
-                    l.remote.kind,
-                    &*l.remote.namespace,
-                    &*l.remote.name,
-                    &*l.remote.workload_kind,
-                    &*l.remote.workload,
-                    &*l.remote.app,
-                    &*l.remote.node,
-                    &*l.remote.zone,
-                    &*l.remote.region,
-                    &*l.remote.cloud,
-                    &*l.service_namespace,
-                    &*l.service_name,
-                    l.remote_observed,
-                ])
-                .map_err(err("upsert"))?;
+                let counters = [
+                    t.bytes_out,
+                    t.packets_out,
+                    t.bytes_in,
+                    t.packets_in,
+                    t.opened,
+                    t.closed,
+                ]
+                .map(u);
+                let (local, remote) = (k.local.to_string(), k.remote.to_string());
+                let mut p: Vec<&dyn rusqlite::ToSql> = vec![
+                    &r.interval_start,
+                    &r.interval_s,
+                    &r.observer,
+                    &k.proto.0,
+                    &local,
+                    &remote,
+                    &k.responder_port,
+                    &k.local_initiated,
+                    &sa,
+                    &sp,
+                ];
+                p.extend(counters.iter().map(|c| c as &dyn rusqlite::ToSql));
+                let class = l.class.as_str();
+                p.push(&r.cost_usd);
+                p.push(&class);
+                let (lc, rc) = (l.local.columns(), l.remote.columns());
+                p.extend(
+                    lc.iter()
+                        .chain(rc.iter())
+                        .map(|c| c as &dyn rusqlite::ToSql),
+                );
+                let service = [&*l.service_namespace, &*l.service_name];
+                p.extend(service.iter().map(|c| c as &dyn rusqlite::ToSql));
+                p.push(&l.remote_observed);
+                st.execute(p.as_slice()).map_err(err("upsert"))?;
             }
         }
         {

@@ -24,6 +24,7 @@ use podflow_model::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::query::{self, GroupQuery, GroupRow, View};
 use crate::{FlowQuery, FlowStore, FlowSummary, StoreError};
 
 /// Where and how to store flows in ClickHouse.
@@ -229,6 +230,7 @@ const COLUMNS: &[Column] = &[
     col("conns_opened", U64),
     col("conns_closed", U64),
     col("cost_usd", "Float64 CODEC(ZSTD(1))"),
+    col("remote_observed", "Bool CODEC(ZSTD(1))"),
 ];
 
 /// The columns SummingMergeTree adds up; every other non-key column keeps one row's value.
@@ -379,6 +381,7 @@ struct ChRow<'a> {
     conns_opened: u64,
     conns_closed: u64,
     cost_usd: f64,
+    remote_observed: bool,
 }
 
 /// `flows()` output row; field names are the SELECT's aliases.
@@ -406,6 +409,7 @@ struct SummaryRow {
     l_remote: [String; 10],
     l_service_namespace: String,
     l_service_name: String,
+    l_remote_observed: bool,
 }
 
 /// The label columns of one end, in `EndLabels` field order (kind, namespace, name,
@@ -443,7 +447,8 @@ fn flows_sql(db: &str, table: &str) -> String {
          max(toInt64(intervalStartTime) + intervalSeconds) AS t_last, \
          sum(cost_usd) AS t_cost_usd, max(class) AS l_class, \
          ({local}) AS l_local, ({remote}) AS l_remote, \
-         max(service_namespace) AS l_service_namespace, max(service_name) AS l_service_name \
+         max(service_namespace) AS l_service_namespace, max(service_name) AS l_service_name, \
+         max(remote_observed) AS l_remote_observed \
          FROM `{db}`.`{table}` \
          WHERE intervalStartTime >= toDateTime(?) AND intervalStartTime < toDateTime(?) \
          GROUP BY observer, proto, local_addr, remote_addr, responder_port, local_initiated, \
@@ -453,6 +458,132 @@ fn flows_sql(db: &str, table: &str) -> String {
         local = end_select("local"),
         remote = end_select("remote"),
     )
+}
+
+/// An address column as text, as the embedded store writes it: IPv4 (stored mapped) as a
+/// dotted quad, IPv6 in RFC 5952 form.
+fn ip_text(column: &str) -> String {
+    format!("replaceRegexpOne(IPv6NumToString({column}), '^::ffff:([0-9]+[.][0-9.]+)$', '\\\\1')")
+}
+
+/// The columns of one end's attribute (`local_` and `remote_`), as ClickHouse expressions.
+fn end_columns(attr: &str) -> Option<(String, String)> {
+    let pair = |l: &str, r: &str| Some((l.to_string(), r.to_string()));
+    match attr {
+        "kind" | "name" | "workload_kind" => {
+            pair(&format!("local_{attr}"), &format!("remote_{attr}"))
+        }
+        "namespace" => pair("localNamespace", "remoteNamespace"),
+        "app" => pair("localApp", "remoteApp"),
+        "node" => pair("localNode", "remoteNode"),
+        "zone" => pair("localAvailabilityZone", "remoteAvailabilityZone"),
+        "region" => pair("localRegion", "remoteRegion"),
+        "cloud" => pair("localCloud", "remoteCloud"),
+        // The workload, else the name, else the kind: every end has a name to group by.
+        "workload" => {
+            let w = |e: &str| {
+                format!(
+                    "multiIf({e}_workload != '', {e}_workload, {e}_name != '', {e}_name, {e}_kind)"
+                )
+            };
+            Some((w("local"), w("remote")))
+        }
+        "ip" => Some((ip_text("local_addr"), ip_text("remote_addr"))),
+        _ => None,
+    }
+}
+
+/// The ClickHouse expression of a query dimension ([`query::Dim`]) over this table,
+/// giving the same text as the embedded store's expression over its `flows` table.
+fn dim_expr(name: &str) -> Option<String> {
+    let e = match name {
+        "dst_port" => "toString(responder_port)".to_string(),
+        "proto" => {
+            // The embedded store keeps the number; this table the name (`tcp`, ...).
+            let named: Vec<(String, u8)> = (0..=u8::MAX)
+                .map(|n| (Protocol(n).name().into_owned(), n))
+                .filter(|(s, n)| *s != n.to_string())
+                .collect();
+            let names: Vec<String> = named.iter().map(|(s, _)| format!("'{s}'")).collect();
+            let numbers: Vec<String> = named.iter().map(|(_, n)| format!("'{n}'")).collect();
+            format!(
+                "transform(CAST(proto AS String), [{}], [{}], CAST(proto AS String))",
+                names.join(", "),
+                numbers.join(", ")
+            )
+        }
+        "class" | "observer" | "service_namespace" | "service_name" => name.to_string(),
+        "service_ip" => format!(
+            "if(service_addr = toIPv6('::') AND service_port = 0, '', {})",
+            ip_text("service_addr")
+        ),
+        _ => {
+            // `src_*` is the initiator's end, `dst_*` the responder's.
+            let (src, attr) = match name.split_once('_')? {
+                ("src", a) => (true, a),
+                ("dst", a) => (false, a),
+                _ => return None,
+            };
+            let (local, remote) = end_columns(attr)?;
+            let (a, b) = if src {
+                (local, remote)
+            } else {
+                (remote, local)
+            };
+            format!("if(local_initiated, {a}, {b})")
+        }
+    };
+    Some(format!("CAST({e} AS String)"))
+}
+
+/// `group()` output row; field names are the SELECT's aliases.
+#[derive(Row, Deserialize)]
+struct GroupedRow {
+    g_key: Vec<String>,
+    g_bytes_sd: u64,
+    g_bytes_ds: u64,
+    g_packets_sd: u64,
+    g_packets_ds: u64,
+    g_opened: u64,
+    g_closed: u64,
+    g_cost_usd: f64,
+}
+
+/// The grouped query's SQL, with `?` for, in order: from, to, each filter's value, the
+/// limit (values are bound, never spliced). `Err` names a dimension without an
+/// expression here.
+fn group_sql(db: &str, table: &str, q: &GroupQuery) -> Result<String, &'static str> {
+    let expr = |d: &query::Dim| dim_expr(d.name).ok_or(d.name);
+    let keys = q.group_by.iter().map(expr).collect::<Result<Vec<_>, _>>()?;
+    let mut wh = vec![
+        "intervalStartTime >= toDateTime(?)".to_string(),
+        "intervalStartTime < toDateTime(?)".to_string(),
+    ];
+    if q.view == View::Once {
+        wh.push("NOT (remote_observed AND NOT local_initiated)".into());
+    }
+    for (d, _) in &q.filters {
+        wh.push(format!("{} = ?", expr(d)?));
+    }
+    let group = if keys.is_empty() {
+        ""
+    } else {
+        " GROUP BY g_key"
+    };
+    // Aliases differ from column names (an alias equal to a column would shadow it).
+    Ok(format!(
+        "SELECT CAST([{}] AS Array(String)) AS g_key, \
+         sum(if(local_initiated, bytes_out, bytes_in)) AS g_bytes_sd, \
+         sum(if(local_initiated, bytes_in, bytes_out)) AS g_bytes_ds, \
+         sum(if(local_initiated, packets_out, packets_in)) AS g_packets_sd, \
+         sum(if(local_initiated, packets_in, packets_out)) AS g_packets_ds, \
+         sum(conns_opened) AS g_opened, sum(conns_closed) AS g_closed, \
+         sum(cost_usd) AS g_cost_usd \
+         FROM `{db}`.`{table}` WHERE {}{group} \
+         ORDER BY sum(bytes_out) + sum(bytes_in) DESC LIMIT ?",
+        keys.join(", "),
+        wh.join(" AND "),
+    ))
 }
 
 /// IPv4 as IPv4-mapped IPv6 (the key columns hold both families).
@@ -583,6 +714,7 @@ pub fn batch_token(rows: &[FlowRow]) -> String {
         }
         h.str(&l.service_namespace);
         h.str(&l.service_name);
+        h.bytes(&[u8::from(l.remote_observed)]);
     }
     format!("podflow-{:032x}", h.0)
 }
@@ -621,6 +753,15 @@ fn transient(e: &::clickhouse::error::Error) -> bool {
         E::BadResponse(text) => error_code(text).is_none_or(|c| TRANSIENT_CODES.contains(&c)),
         _ => false,
     }
+}
+
+/// The current-thread runtime a store blocks on.
+fn runtime() -> Result<tokio::runtime::Runtime, ClickHouseError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("podflow-clickhouse")
+        .build()
+        .map_err(|e| ClickHouseError::Config(format!("cannot start a runtime: {e}")))
 }
 
 /// The ClickHouse store.
@@ -673,11 +814,7 @@ impl ClickHouseStore {
             }
             (None, None) => None,
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("podflow-clickhouse")
-            .build()
-            .map_err(|e| ClickHouseError::Config(format!("cannot start a runtime: {e}")))?;
+        let rt = runtime()?;
         let mut client = Client::default()
             .with_url(cfg.url.clone())
             .with_database(cfg.database.clone())
@@ -703,6 +840,17 @@ impl ClickHouseStore {
     /// The configuration in use.
     pub fn config(&self) -> &ClickHouseConfig {
         &self.cfg
+    }
+
+    /// A second handle on the same table with a runtime of its own (for queries beside
+    /// the writer); the table is not migrated again.
+    pub fn reader(&self) -> Result<ClickHouseStore, StoreError> {
+        Ok(ClickHouseStore {
+            client: self.client.clone(),
+            rt: runtime()?,
+            cfg: self.cfg.clone(),
+            name: self.name.clone(),
+        })
     }
 
     fn request_err(
@@ -881,6 +1029,7 @@ impl ClickHouseStore {
             conns_opened: t.opened,
             conns_closed: t.closed,
             cost_usd: r.cost_usd,
+            remote_observed: l.remote_observed,
         };
         let inb = ChRow {
             direction: 2,
@@ -989,7 +1138,7 @@ impl ClickHouseStore {
                 remote: end(s.l_remote),
                 service_namespace: s.l_service_namespace.into(),
                 service_name: s.l_service_name.into(),
-                remote_observed: false,
+                remote_observed: s.l_remote_observed,
             }),
             cost_usd: s.t_cost_usd,
             first: s.t_first,
@@ -1026,6 +1175,48 @@ impl FlowStore for ClickHouseStore {
                 .fetch_all::<SummaryRow>()
         })?;
         rows.into_iter().map(|s| self.summary(s)).collect()
+    }
+
+    /// The embedded store's grouped query over this table: both rows of a flow (`out`
+    /// and `in`) fall in the same group, and unmerged parts are summed like merged ones.
+    fn group(&self, q: &GroupQuery) -> Result<Vec<GroupRow>, StoreError> {
+        let sql = group_sql(&self.cfg.database, &self.cfg.table, q)
+            .map_err(|d| self.invalid(format!("dimension {d} has no ClickHouse expression")))?;
+        let limit = u64::try_from(q.limit).unwrap_or(u64::MAX);
+        let rows: Vec<GroupedRow> = self.retrying("grouped query", || {
+            let mut c = self
+                .client
+                .query(&sql)
+                .bind(datetime_bound(q.from))
+                .bind(datetime_bound(q.to));
+            for (_, v) in &q.filters {
+                c = c.bind(v.as_str());
+            }
+            c.bind(limit).fetch_all::<GroupedRow>()
+        })?;
+        let mut out: Vec<GroupRow> = rows
+            .into_iter()
+            .map(|r| GroupRow {
+                key: r.g_key,
+                bytes_src_to_dst: r.g_bytes_sd,
+                bytes_dst_to_src: r.g_bytes_ds,
+                packets_src_to_dst: r.g_packets_sd,
+                packets_dst_to_src: r.g_packets_ds,
+                connections: r.g_opened,
+                closed: r.g_closed,
+                cost_usd: r.g_cost_usd,
+            })
+            .collect();
+        // Without GROUP BY an empty range still yields one all-zero row: drop it, as the
+        // embedded store does.
+        if q.group_by.is_empty()
+            && out
+                .first()
+                .is_some_and(|r| r.bytes() == 0 && r.connections == 0)
+        {
+            out.clear();
+        }
+        Ok(out)
     }
 
     /// Deletes with a lightweight DELETE (the TTL normally does this by whole days);
@@ -1089,6 +1280,48 @@ mod tests {
         assert!(check_identifier("table", "network_flows_0").is_ok());
         assert!(check_identifier("table", "a`; DROP").is_err());
         assert!(check_identifier("table", "").is_err());
+    }
+
+    #[test]
+    fn every_dimension_has_a_clickhouse_expression() {
+        for d in query::dimensions() {
+            let e = dim_expr(d.name).unwrap_or_else(|| panic!("no expression for {}", d.name));
+            // `?` is the client's placeholder: an expression must not contain one.
+            assert!(!e.contains('?'), "{}: {e}", d.name);
+        }
+        assert_eq!(dim_expr("src_nope"), None);
+        assert_eq!(dim_expr("bytes"), None);
+    }
+
+    #[test]
+    fn grouped_sql_binds_every_value() {
+        let d = |n| query::dim(n).expect("dim");
+        let q = GroupQuery {
+            from: 0,
+            to: 10,
+            group_by: vec![d("src_workload"), d("proto")],
+            filters: vec![
+                (d("class"), "x' OR 1 --".into()),
+                (d("dst_ip"), String::new()),
+            ],
+            limit: 5,
+            view: View::Once,
+        };
+        let sql = group_sql("db", "t", &q).expect("sql");
+        assert_eq!(sql.matches('?').count(), 5, "{sql}");
+        assert!(!sql.contains("OR 1"), "{sql}");
+        assert!(sql.contains("'tcp'") && sql.contains("'6'"), "{sql}");
+        assert!(sql.contains("GROUP BY g_key") && sql.contains("remote_observed"));
+        let total = GroupQuery {
+            group_by: vec![],
+            view: View::Raw,
+            ..q
+        };
+        let sql = group_sql("db", "t", &total).expect("sql");
+        assert!(
+            !sql.contains("GROUP BY") && !sql.contains("remote_observed"),
+            "{sql}"
+        );
     }
 
     #[test]

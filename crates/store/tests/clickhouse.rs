@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, Protocol};
 use podflow_store::clickhouse::{batch_token, create_statements};
+use podflow_store::query::{self, GroupQuery, GroupRow, View};
 use podflow_store::{
     ClickHouseConfig, ClickHouseStore, FlowQuery, FlowStore, FlowSummary, SqliteStore, StoreError,
 };
@@ -603,7 +604,7 @@ fn opening_twice_migrates_idempotently_and_adds_missing_columns() {
         ch.write(&rows[..3]).expect("write");
     }
     let n = cols(&url);
-    assert_eq!(n, 60, "35 kubenetmon columns + 25 of podflow's");
+    assert_eq!(n, 61, "35 kubenetmon columns + 26 of podflow's");
     let ch = ClickHouseStore::open(config(&url)).expect("second open");
     assert_eq!(cols(&url), n);
     // A table from an older podflow (a column missing) gets it back, data kept.
@@ -732,4 +733,451 @@ fn ddl_uses_on_cluster_and_replicated_engine_when_configured() {
     ));
     assert!(!ddl[1].contains("non_replicated_deduplication_window"));
     assert!(!ddl[1].contains("TTL"), "ttl_days = 0 keeps rows forever");
+}
+
+/// A small cluster's traffic with known totals: web (node-a, zone a) calls db (node-b,
+/// zone b) through a Service and both nodes see it; web calls S3; the internet reaches
+/// node-b's sshd; coredns (IPv6) asks an outside resolver.
+fn grouped_rows(t0: i64) -> Vec<FlowRow> {
+    let web = end("pod", "shop", "web-1", "node-a", "us-east-1a");
+    let db = end("pod", "shop", "db-0", "node-b", "us-east-1b");
+    let row =
+        |t: i64, observer: &str, key: FlowKey, labels: FlowLabels, n: [u64; 6], cost| FlowRow {
+            interval_start: t,
+            interval_s: 60,
+            observer: observer.into(),
+            key,
+            totals: FlowTotals {
+                bytes_out: n[0],
+                packets_out: n[1],
+                bytes_in: n[2],
+                packets_in: n[3],
+                opened: n[4],
+                closed: n[5],
+            },
+            labels: Arc::new(labels),
+            cost_usd: cost,
+        };
+    let tcp = |local, remote, port, local_initiated, service| FlowKey {
+        proto: Protocol::TCP,
+        local,
+        remote,
+        responder_port: port,
+        local_initiated,
+        service,
+    };
+    let web_db = |t, n, cost| {
+        row(
+            t,
+            "node-a",
+            tcp(
+                v4(10, 0, 1, 5),
+                v4(10, 0, 2, 7),
+                5432,
+                true,
+                Some((v4(10, 96, 0, 10), 5432)),
+            ),
+            FlowLabels {
+                class: Class::InterZone,
+                local: web.clone(),
+                remote: db.clone(),
+                service_namespace: "shop".into(),
+                service_name: "db".into(),
+                remote_observed: true,
+            },
+            n,
+            cost,
+        )
+    };
+    // The same connections from db's node: db responded, no DNAT seen there.
+    let db_web = |t, n, cost| {
+        row(
+            t,
+            "node-b",
+            tcp(v4(10, 0, 2, 7), v4(10, 0, 1, 5), 5432, false, None),
+            FlowLabels {
+                class: Class::InterZone,
+                local: db.clone(),
+                remote: web.clone(),
+                remote_observed: true,
+                ..Default::default()
+            },
+            n,
+            cost,
+        )
+    };
+    let s3 = row(
+        t0,
+        "node-a",
+        tcp(v4(10, 0, 1, 5), v4(52, 216, 1, 1), 443, true, None),
+        FlowLabels {
+            class: Class::IntraVpc,
+            local: web.clone(),
+            remote: EndLabels {
+                kind: "cloud_range",
+                name: "S3".into(),
+                region: "us-east-1".into(),
+                cloud: "aws".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        [300, 5, 9000, 8, 1, 1],
+        0.125,
+    );
+    let ssh = row(
+        t0 + 60,
+        "node-b",
+        tcp(v4(10, 0, 2, 1), v4(192, 0, 2, 1), 22, false, None),
+        FlowLabels {
+            class: Class::PublicInternet,
+            local: end("node", "", "node-b", "node-b", "us-east-1b"),
+            remote: EndLabels {
+                kind: "internet",
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        [700, 7, 200, 3, 3, 0],
+        0.0,
+    );
+    let dns = row(
+        t0,
+        "node-b",
+        FlowKey {
+            proto: Protocol::UDP,
+            local: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0x2, 0x10)),
+            remote: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x53)),
+            responder_port: 53,
+            local_initiated: true,
+            service: Some((
+                IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0xa)),
+                53,
+            )),
+        },
+        FlowLabels {
+            class: Class::PublicInternet,
+            local: EndLabels {
+                workload_kind: "Deployment".into(),
+                workload: "coredns".into(),
+                namespace: "kube-system".into(),
+                ..end("pod", "kube-system", "coredns-5d", "node-b", "us-east-1b")
+            },
+            remote: EndLabels {
+                kind: "internet",
+                ..Default::default()
+            },
+            service_namespace: "kube-system".into(),
+            service_name: "kube-dns".into(),
+            remote_observed: false,
+        },
+        [64, 1, 128, 1, 1, 1],
+        0.0625,
+    );
+    vec![
+        web_db(t0, [1000, 10, 5000, 20, 2, 1], 0.25),
+        db_web(t0, [5000, 20, 1000, 10, 2, 1], 0.25),
+        web_db(t0 + 60, [100, 1, 400, 2, 1, 1], 0.5),
+        db_web(t0 + 60, [400, 2, 100, 1, 1, 1], 0.5),
+        s3,
+        ssh,
+        dns,
+        // Before the range every query below uses.
+        web_db(t0 - 60, [1 << 40, 1, 1, 1, 1, 1], 1.0),
+    ]
+}
+
+fn group_query(
+    from: i64,
+    to: i64,
+    view: View,
+    group_by: &[&str],
+    filters: &[(&str, &str)],
+    limit: usize,
+) -> GroupQuery {
+    GroupQuery {
+        from,
+        to,
+        group_by: group_by
+            .iter()
+            .map(|n| query::dim(n).expect("dimension"))
+            .collect(),
+        filters: filters
+            .iter()
+            .map(|(n, v)| (query::dim(n).expect("dimension"), v.to_string()))
+            .collect(),
+        limit,
+        view,
+    }
+}
+
+/// `(key, bytes src → dst, bytes dst → src, connections, cost)` of each row.
+fn brief(rows: &[GroupRow]) -> Vec<(Vec<&str>, u64, u64, u64, f64)> {
+    rows.iter()
+        .map(|r| {
+            (
+                r.key.iter().map(String::as_str).collect(),
+                r.bytes_src_to_dst,
+                r.bytes_dst_to_src,
+                r.connections,
+                r.cost_usd,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn grouped_queries_equal_the_sqlite_store() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((dir, front)) = setup() else { return };
+    let mut ch = ClickHouseStore::open(config(&front.url())).expect("open ClickHouse store");
+    let mut lite = SqliteStore::open(&dir.path().join("flows.db")).expect("open SQLite store");
+    let rows = grouped_rows(t0());
+    // Two inserts: ClickHouse holds unmerged parts, which must sum like merged ones.
+    let (a, b) = rows.split_at(3);
+    for s in [&mut ch as &mut dyn FlowStore, &mut lite] {
+        s.write(a).expect("write");
+        s.write(b).expect("write");
+    }
+    let (from, to) = (t0(), t0() + 120);
+    // Both answers, largest first; rows that tie on bytes come in either order, so both
+    // are put in key order within a tie before comparing.
+    let both = |q: &GroupQuery| {
+        let [c, l] = [
+            ch.group(q).expect("ClickHouse group"),
+            lite.group(q).expect("SQLite group"),
+        ]
+        .map(|mut v| {
+            assert!(
+                v.is_sorted_by(|a, b| a.bytes() >= b.bytes()),
+                "{q:?}: {v:?}"
+            );
+            v.sort_by(|a, b| b.bytes().cmp(&a.bytes()).then_with(|| a.key.cmp(&b.key)));
+            v
+        });
+        assert_eq!(c, l, "{q:?}");
+        c
+    };
+
+    // Workload pairs: the raw view counts web → db on both nodes, count-once on web's.
+    let q = |view| {
+        group_query(
+            from,
+            to,
+            view,
+            &[
+                "src_namespace",
+                "src_workload",
+                "dst_namespace",
+                "dst_workload",
+            ],
+            &[],
+            100,
+        )
+    };
+    assert_eq!(
+        brief(&both(&q(View::Raw))),
+        vec![
+            (
+                vec!["shop", "web", "shop", "db"],
+                2 * 1100,
+                2 * 5400,
+                6,
+                1.5
+            ),
+            (vec!["shop", "web", "", "S3"], 300, 9000, 1, 0.125),
+            (vec!["", "internet", "", "node-b"], 200, 700, 3, 0.0),
+            (
+                vec!["kube-system", "coredns", "", "internet"],
+                64,
+                128,
+                1,
+                0.0625
+            ),
+        ]
+    );
+    // Count-once: web → db now weighs less than web → S3.
+    let once = both(&q(View::Once));
+    assert_eq!(
+        brief(&once[..2]),
+        vec![
+            (vec!["shop", "web", "", "S3"], 300, 9000, 1, 0.125),
+            (vec!["shop", "web", "shop", "db"], 1100, 5400, 3, 0.75),
+        ]
+    );
+    assert_eq!(once.len(), 4);
+    assert_eq!(once[1].packets_src_to_dst, 11);
+    assert_eq!(once[1].packets_dst_to_src, 22);
+    assert_eq!(once[1].closed, 2);
+
+    // Totals: no dimension, one row; an empty range, none.
+    let total = both(&group_query(from, to, View::Once, &[], &[], 10));
+    assert_eq!(
+        brief(&total),
+        vec![(
+            vec![],
+            1100 + 300 + 200 + 64,
+            5400 + 9000 + 700 + 128,
+            8,
+            0.9375
+        )]
+    );
+    assert!(both(&group_query(0, 100, View::Raw, &[], &[], 10)).is_empty());
+    assert_eq!(
+        both(&group_query(t0() - 60, to, View::Once, &[], &[], 10))[0].bytes_src_to_dst,
+        (1 << 40) + 1100 + 300 + 200 + 64,
+        "from is inclusive"
+    );
+
+    // Class and Service; "" is "no Service".
+    assert_eq!(
+        brief(&both(&group_query(
+            from,
+            to,
+            View::Once,
+            &["class"],
+            &[],
+            10
+        ))),
+        vec![
+            (vec!["INTRA_VPC"], 300, 9000, 1, 0.125),
+            (vec!["INTER_ZONE"], 1100, 5400, 3, 0.75),
+            (vec!["PUBLIC_INTERNET"], 264, 828, 4, 0.0625),
+        ]
+    );
+    assert_eq!(
+        brief(&both(&group_query(
+            from,
+            to,
+            View::Raw,
+            &["service_namespace", "service_name", "service_ip"],
+            &[("service_name", "")],
+            10,
+        ))),
+        vec![(
+            vec!["", "", ""],
+            300 + 1100 + 200,
+            9000 + 5400 + 700,
+            7,
+            0.875
+        ),]
+    );
+    assert_eq!(
+        brief(&both(&group_query(
+            from,
+            to,
+            View::Once,
+            &["service_name", "service_ip", "dst_ip", "dst_port", "proto"],
+            &[("service_namespace", "kube-system")],
+            10,
+        ))),
+        vec![(
+            vec!["kube-dns", "fd00:96::a", "2001:db8:0:1::53", "53", "17"],
+            64,
+            128,
+            1,
+            0.0625
+        )]
+    );
+    // Addresses, ports and protocols as the embedded store writes them (the two web → db
+    // rows tie on bytes: sorted by key to compare).
+    let mut by_addr = both(&group_query(
+        from,
+        to,
+        View::Raw,
+        &["src_ip", "dst_ip", "dst_port", "proto", "observer"],
+        &[("src_ip", "10.0.1.5"), ("proto", "6")],
+        10,
+    ));
+    by_addr.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(
+        brief(&by_addr),
+        vec![
+            (
+                vec!["10.0.1.5", "10.0.2.7", "5432", "6", "node-a"],
+                1100,
+                5400,
+                3,
+                0.75
+            ),
+            (
+                vec!["10.0.1.5", "10.0.2.7", "5432", "6", "node-b"],
+                1100,
+                5400,
+                3,
+                0.75
+            ),
+            (
+                vec!["10.0.1.5", "52.216.1.1", "443", "6", "node-a"],
+                300,
+                9000,
+                1,
+                0.125
+            ),
+        ]
+    );
+
+    // Largest first, and the limit cuts.
+    let top = both(&group_query(from, to, View::Raw, &["dst_workload"], &[], 2));
+    assert_eq!(
+        brief(&top),
+        vec![
+            (vec!["db"], 2200, 10800, 6, 1.5),
+            (vec!["S3"], 300, 9000, 1, 0.125),
+        ]
+    );
+    // Filters match text exactly; a value with a quote is bound, not spliced.
+    for (d, v) in [
+        ("class", "INTER_ZONE' OR '1'='1"),
+        ("src_workload", "WEB"),
+        ("dst_port", "5432 "),
+    ] {
+        assert!(
+            both(&group_query(from, to, View::Raw, &["class"], &[(d, v)], 10)).is_empty(),
+            "{d}={v:?}"
+        );
+    }
+    assert_eq!(
+        brief(&both(&group_query(
+            from,
+            to,
+            View::Once,
+            &[
+                "src_kind", "dst_kind", "src_zone", "dst_zone", "src_node", "dst_node"
+            ],
+            &[("dst_kind", "node"), ("src_zone", "")],
+            10,
+        ))),
+        vec![(
+            vec!["internet", "node", "", "us-east-1b", "", "node-b"],
+            200,
+            700,
+            3,
+            0.0
+        )]
+    );
+
+    // Every dimension, alone and all together, in both views: the same rows as SQLite.
+    let all: Vec<&str> = query::dimensions().map(|d| d.name).collect();
+    for view in [View::Raw, View::Once] {
+        let mut each = both(&group_query(from, to, view, &all, &[], 100));
+        each.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(each.len(), if view == View::Raw { 5 } else { 4 });
+        for d in &all {
+            let mut c = ch
+                .group(&group_query(from, to, view, &[d], &[], 100))
+                .expect("ClickHouse");
+            let mut l = lite
+                .group(&group_query(from, to, view, &[d], &[], 100))
+                .expect("SQLite");
+            c.sort_by(|a, b| a.key.cmp(&b.key));
+            l.sort_by(|a, b| a.key.cmp(&b.key));
+            assert_eq!(c, l, "group by {d} ({view:?})");
+            // Filtering by each value found gives that row back.
+            for r in &c {
+                let f = both(&group_query(from, to, view, &[], &[(d, &r.key[0])], 10));
+                assert_eq!(f[0].bytes(), r.bytes(), "{d}={:?}", r.key[0]);
+            }
+        }
+    }
 }

@@ -850,6 +850,8 @@ fn time_ns(ctx: &Ctx, init_ms: u64, (op, v): (Op, u64)) -> u64 {
         Op::StartSecs | Op::EndSecs => v.saturating_mul(1_000_000_000),
         Op::StartMs | Op::EndMs => v.saturating_mul(1_000_000),
         Op::StartNtp | Op::EndNtp => ntp_ns(v),
+        // Already ns since the epoch (decode_record converted the timeval).
+        Op::StartTimeval | Op::EndTimeval => v,
         Op::StartDeltaUs | Op::EndDeltaUs => ctx.export_ns.saturating_sub(v.saturating_mul(1000)),
         _ => 0,
     }

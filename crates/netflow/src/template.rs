@@ -33,6 +33,11 @@ pub(crate) enum Op {
     EndMs,
     StartNtp,
     EndNtp,
+    /// pmacct's 16-byte flowStart/EndMicroseconds (`nfprobe_tstamp_usec`): a Unix
+    /// `struct timeval` of two big-endian u64s, seconds then microseconds, where
+    /// RFC 7011 has 8-byte NTP time. Decoded to ns since the epoch.
+    StartTimeval,
+    EndTimeval,
     StartDeltaUs,
     EndDeltaUs,
     SysInitMs,
@@ -105,6 +110,8 @@ fn op_for(id: u16, len: u16) -> Op {
         153 => Op::EndMs,
         154 | 156 if len == 8 => return Op::StartNtp,
         155 | 157 if len == 8 => return Op::EndNtp,
+        154 if len == 16 => return Op::StartTimeval,
+        155 if len == 16 => return Op::EndTimeval,
         158 => Op::StartDeltaUs,
         159 => Op::EndDeltaUs,
         160 => Op::SysInitMs,
@@ -227,6 +234,14 @@ fn be(b: &[u8]) -> u64 {
     }
 }
 
+/// ns since the epoch from pmacct's 16-byte timeval (see [`Op::StartTimeval`]).
+fn timeval_ns(v: &[u8]) -> u64 {
+    let (secs, usecs) = v.split_at(8);
+    be(secs)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(be(usecs).saturating_mul(1000))
+}
+
 /// Decodes one record starting at `*pos` in `set` and advances `*pos` past it.
 ///
 /// Returns the index of the field that ran past the set on failure.
@@ -289,6 +304,8 @@ pub(crate) fn decode_record(
             Op::EndUptime | Op::EndSecs | Op::EndMs | Op::EndNtp | Op::EndDeltaUs => {
                 raw.end = (f.op, be(v))
             }
+            Op::StartTimeval => raw.start = (f.op, timeval_ns(v)),
+            Op::EndTimeval => raw.end = (f.op, timeval_ns(v)),
             Op::SysInitMs => raw.sys_init_ms = be(v),
             Op::Direction => raw.direction = Some(be(v) as u8),
             Op::EndReason => raw.end_reason = Some(be(v) as u8),
@@ -336,6 +353,32 @@ mod tests {
         let ops: Vec<Op> = t.fields.iter().map(|f| f.op).collect();
         assert_eq!(ops, vec![Op::Skip, Op::Bytes, Op::Skip, Op::Skip]);
         assert_eq!(t.min_len, 3 + 4 + 8 + 9);
+    }
+
+    #[test]
+    fn pmacct_16_byte_microsecond_times_are_timevals() {
+        // flowEndMicroseconds (155) and flowStartMicroseconds (154) as pmacctd's
+        // nfprobe sends them with nfprobe_tstamp_usec (v9 and IPFIX alike); 16 bytes,
+        // not RFC 7011's 8-byte NTP time. From tests/data/pmacctd_sampled_v9.pcap.
+        let t = Template::compile(&[spec(155, 16), spec(154, 16)], false, &[], 0).expect("t");
+        #[rustfmt::skip]
+        let set = [
+            0x00, 0x00, 0x00, 0x00, 0x6b, 0x07, 0x15, 0x2f, // end: 1795626287 s (Unix)
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0xb3, 0x8d, //      635789 µs
+            0x00, 0x00, 0x00, 0x00, 0x6b, 0x07, 0x15, 0x2f, // start: 1795626287 s
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0xa7, 0xcb, //        632779 µs
+        ];
+        let mut raw = Raw::default();
+        let mut pos = 0;
+        decode_record(&t.fields, &set, &mut pos, &mut raw).expect("fits");
+        assert_eq!(pos, 32);
+        assert_eq!(raw.end, (Op::EndTimeval, 1_795_626_287_635_789_000));
+        assert_eq!(raw.start, (Op::StartTimeval, 1_795_626_287_632_779_000));
+        // Other lengths of the time elements are not guessed at.
+        for (id, len) in [(154, 12), (156, 16), (157, 16), (155, 4)] {
+            let t = Template::compile(&[spec(id, len)], false, &[], 0).expect("t");
+            assert_eq!(t.fields[0].op, Op::Skip, "{id}/{len}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Totals, data_dir, read_expected, read_pcap};
+use common::{CAPTURES, Totals, read_capture, read_expected};
 use podflow_model::{Observation, Protocol};
 use podflow_netflow::encode::{
     IPFIX_IPV4_18, Message, V5Flow, V5Header, V9_IPV4_18, Value, ie, v5,
@@ -223,14 +223,15 @@ fn v5_v9_ipfix_records_reach_the_sink_exactly_once() {
     assert!(ex.iter().all(|(k, _)| k.exporter.ip() == to.ip()));
 }
 
-/// softflowd's real export streams through the socket: per-pair totals equal nfdump's.
+/// Real exporters' streams (softflowd, pmacctd, fprobe) through the socket: per-pair
+/// totals equal nfdump's (scaled by the sampling rate: observations carry scaled counters).
 #[test]
-fn softflowd_captures_through_the_socket_match_nfdump() {
-    for name in ["softflowd_v5", "softflowd_v9", "softflowd_ipfix"] {
+fn exporter_captures_through_the_socket_match_nfdump() {
+    for name in CAPTURES {
         let (l, stop, seen) = start(&["127.0.0.1:0"], 2);
         let to = l.local_addrs()[0];
-        let datagrams = read_pcap(&data_dir().join(format!("{name}.pcap")));
-        let want = read_expected(&data_dir().join(format!("{name}.nfdump")));
+        let datagrams = read_capture(name);
+        let want = read_expected(name).scaled_pairs();
         let flows: u64 = want.values().map(|v| v.0).sum();
         let c = client(to);
         for g in &datagrams {

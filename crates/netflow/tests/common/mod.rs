@@ -12,6 +12,26 @@ pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
+/// The real exporters' captures in tests/data (see its README): each `<name>.pcap`
+/// has a `<name>.nfdump` beside it.
+pub const CAPTURES: &[&str] = &[
+    "softflowd_v5",
+    "softflowd_v9",
+    "softflowd_ipfix",
+    "pmacctd_v5",
+    "pmacctd_v9",
+    "pmacctd_ipfix",
+    "pmacctd_sampled_v5",
+    "pmacctd_sampled_v9",
+    "pmacctd_sampled_ipfix",
+    "fprobe_v5",
+];
+
+/// The datagrams of tests/data/`<name>.pcap`.
+pub fn read_capture(name: &str) -> Vec<Datagram> {
+    read_pcap(&data_dir().join(format!("{name}.pcap")))
+}
+
 /// One UDP datagram out of a capture: when, from where, and its payload.
 pub struct Datagram {
     pub ts_secs: u64,
@@ -105,18 +125,60 @@ pub fn read_pcap(path: &Path) -> Vec<Datagram> {
 
 pub type Totals = BTreeMap<(IpAddr, IpAddr), (u64, u64, u64)>;
 
-/// `src dst flows packets bytes` lines, as written by the README's nfdump command.
-pub fn read_expected(path: &Path) -> Totals {
-    let text = std::fs::read_to_string(path).expect("read expectation");
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let n = |i: usize| f[i].parse::<u64>().expect("number");
-            (
-                (f[0].parse().expect("src"), f[1].parse().expect("dst")),
-                (n(2), n(3), n(4)),
-            )
-        })
-        .collect()
+/// What a capture must decode to, from its `<name>.nfdump` file.
+pub struct Expected {
+    /// nfdump's `src dst flows packets bytes` lines (the README's command): counters
+    /// as exported, since neither nfdump nor nfacctd scales sampled records.
+    pub pairs: Totals,
+    /// nfacctd's totals from a `# nfacctd: flows packets bytes` line, where the lab
+    /// gave them.
+    pub nfacctd: Option<(u64, u64, u64)>,
+    /// The 1-in-N rate podflow must apply, from a `# sampling: N` line (else 1).
+    pub sampling_rate: u32,
+}
+
+impl Expected {
+    /// `pairs` with packets and bytes multiplied by the sampling rate: what podflow's
+    /// scaled counters sum to.
+    pub fn scaled_pairs(&self) -> Totals {
+        let r = u64::from(self.sampling_rate);
+        let scale = |&(f, p, b): &(u64, u64, u64)| (f, p * r, b * r);
+        self.pairs.iter().map(|(k, v)| (*k, scale(v))).collect()
+    }
+}
+
+/// Reads tests/data/`<name>.nfdump`.
+pub fn read_expected(name: &str) -> Expected {
+    let path = data_dir().join(format!("{name}.nfdump"));
+    let text = std::fs::read_to_string(&path).expect("read expectation");
+    let numbers = |l: &str| -> Vec<u64> {
+        l.split_whitespace()
+            .map(|f| {
+                f.parse()
+                    .unwrap_or_else(|_| panic!("{name}: number in {l:?}"))
+            })
+            .collect()
+    };
+    let mut e = Expected {
+        pairs: Totals::new(),
+        nfacctd: None,
+        sampling_rate: 1,
+    };
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(v) = l.strip_prefix("# nfacctd:") {
+            let n = numbers(v);
+            assert_eq!(n.len(), 3, "{name}: nfacctd line {l:?}");
+            e.nfacctd = Some((n[0], n[1], n[2]));
+        } else if let Some(v) = l.strip_prefix("# sampling:") {
+            e.sampling_rate = v.trim().parse().expect("sampling rate");
+        } else if !l.starts_with('#') {
+            let (addrs, rest) = l.split_at(l.match_indices(' ').nth(1).expect("src dst").0);
+            let (src, dst) = addrs.split_once(' ').expect("src dst");
+            let n = numbers(rest);
+            assert_eq!(n.len(), 3, "{name}: line {l:?}");
+            let key = (src.parse().expect("src"), dst.parse().expect("dst"));
+            e.pairs.insert(key, (n[0], n[1], n[2]));
+        }
+    }
+    e
 }

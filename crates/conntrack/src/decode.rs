@@ -21,9 +21,11 @@ const CTA_COUNTERS_REPLY: u16 = 10;
 const CTA_ID: u16 = 12;
 const CTA_ZONE: u16 = 18;
 const CTA_TIMESTAMP: u16 = 20;
-/// Highest top-level attribute podflow knows of (CTA_TIMESTAMP_EVENT = 27); others are
-/// counted as unknown.
-const CTA_MAX_KNOWN: u16 = 27;
+/// When the kernel generated this event (CLOCK_REALTIME ns); newer kernels add it to
+/// events when `nf_conntrack_timestamp` is on.
+const CTA_TIMESTAMP_EVENT: u16 = 27;
+/// Highest top-level attribute podflow knows of; others are counted as unknown.
+const CTA_MAX_KNOWN: u16 = CTA_TIMESTAMP_EVENT;
 
 // enum ctattr_tuple
 const CTA_TUPLE_IP: u16 = 1;
@@ -73,7 +75,8 @@ pub enum CtEvent {
     Dump,
     /// A NEW event: the connection was just confirmed (no counters, no timestamps).
     New,
-    /// An UPDATE event.
+    /// An UPDATE event: the status or protocol state changed (e.g. the first reply
+    /// packet set `IPS_SEEN_REPLY`); no counters, no start/stop timestamps.
     Update,
     /// A DESTROY event: final counters and the stop time.
     Destroy,
@@ -108,6 +111,9 @@ pub struct CtEntry {
     pub start_ns: u64,
     /// Stop time, ns since the Unix epoch (0 = open or unknown).
     pub stop_ns: u64,
+    /// Events only: when the kernel generated the event, ns since the Unix epoch
+    /// (`CTA_TIMESTAMP_EVENT`; 0 = absent: older kernel or timestamps off).
+    pub event_ns: u64,
 }
 
 impl CtEntry {
@@ -132,6 +138,7 @@ impl CtEntry {
             conn_id: self.id,
             zone: self.zone,
             mark: self.mark,
+            first_reply_ns: 0,
         }
     }
 }
@@ -384,6 +391,7 @@ pub fn decode_entry(payload: &[u8], stats: &mut DecodeStats) -> Result<CtEntry, 
                     }
                 }
             }
+            CTA_TIMESTAMP_EVENT => e.event_ns = be64(val, "CTA_TIMESTAMP_EVENT")?,
             k if k > CTA_MAX_KNOWN => stats.unknown_attributes += 1,
             _ => {}
         }
@@ -534,6 +542,71 @@ mod tests {
             (5, 2, 1_000_000_000, 0)
         );
         assert!(!e.has_counters);
+    }
+
+    /// An UPDATE event captured on this kernel (6.18): UDP 10.98.0.1:56604 ->
+    /// 10.98.0.2:7000, sent when the first reply datagram (150 ms after the request) set
+    /// `IPS_SEEN_REPLY`. No counters, no CTA_TIMESTAMP: only status, timeout and the
+    /// event's own timestamp.
+    #[rustfmt::skip]
+    const UPDATE_UDP4: &[u8] = &[
+        // nlmsghdr: len 160, type 0x0100 (CTNETLINK << 8 | CT_NEW), flags 0 (no
+        // NLM_F_CREATE/EXCL: an UPDATE, not a NEW), seq 0, pid 0 (the kernel)
+        0xa0, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0,
+        0x02, 0x00, 0x00, 0x00,                 // nfgenmsg: AF_INET, v0, res_id 0
+        // CTA_TUPLE_ORIG (nested), len 52
+        0x34, 0x00, 0x01, 0x80,
+        0x14, 0x00, 0x01, 0x80,                 //   CTA_TUPLE_IP, len 20
+        0x08, 0x00, 0x01, 0x00, 10, 98, 0, 1,   //     V4_SRC 10.98.0.1
+        0x08, 0x00, 0x02, 0x00, 10, 98, 0, 2,   //     V4_DST 10.98.0.2
+        0x1c, 0x00, 0x02, 0x80,                 //   CTA_TUPLE_PROTO, len 28
+        0x05, 0x00, 0x01, 0x00, 17, 0, 0, 0,    //     PROTO_NUM = UDP
+        0x06, 0x00, 0x02, 0x00, 0xdd, 0x1c, 0, 0, //   SRC_PORT 56604
+        0x06, 0x00, 0x03, 0x00, 0x1b, 0x58, 0, 0, //   DST_PORT 7000
+        // CTA_TUPLE_REPLY (nested), len 52
+        0x34, 0x00, 0x02, 0x80,
+        0x14, 0x00, 0x01, 0x80,
+        0x08, 0x00, 0x01, 0x00, 10, 98, 0, 2,   //     V4_SRC 10.98.0.2
+        0x08, 0x00, 0x02, 0x00, 10, 98, 0, 1,   //     V4_DST 10.98.0.1
+        0x1c, 0x00, 0x02, 0x80,
+        0x05, 0x00, 0x01, 0x00, 17, 0, 0, 0,
+        0x06, 0x00, 0x02, 0x00, 0x1b, 0x58, 0, 0, //   SRC_PORT 7000
+        0x06, 0x00, 0x03, 0x00, 0xdd, 0x1c, 0, 0, //   DST_PORT 56604
+        0x08, 0x00, 0x0c, 0x00, 0xa7, 0x24, 0x7b, 0xcc, // CTA_ID 2804186060
+        0x08, 0x00, 0x03, 0x00, 0, 0, 0, 0x0a,  // CTA_STATUS = CONFIRMED | SEEN_REPLY
+        0x08, 0x00, 0x07, 0x00, 0, 0, 0, 0x1e,  // CTA_TIMEOUT = 30 s
+        // CTA_TIMESTAMP_EVENT (not nested), len 12: 1795626182120146389 ns
+        0x0c, 0x00, 0x1b, 0x00, 0x18, 0xeb, 0x58, 0x7f, 0xbe, 0xa9, 0x85, 0xd5,
+    ];
+
+    #[test]
+    fn decodes_captured_update_event_of_a_first_reply() {
+        assert_eq!(UPDATE_UDP4.len(), 160);
+        let (h, payload) = Messages::new(UPDATE_UDP4)
+            .next()
+            .expect("one")
+            .expect("valid");
+        assert_eq!(event_of(&h), Some(CtEvent::Update));
+        let mut stats = DecodeStats::default();
+        let e = decode_entry(payload, &mut stats).expect("decodes");
+        assert_eq!(e.proto, Protocol::UDP);
+        assert_eq!((e.orig.src_port, e.orig.dst_port), (56604, 7000));
+        assert_eq!(e.reply.src, "10.98.0.2".parse::<IpAddr>().expect("ip"));
+        assert_eq!(e.id, 2_804_186_060);
+        assert_eq!(e.status, IPS_CONFIRMED | IPS_SEEN_REPLY);
+        assert_eq!(e.event_ns, 1_795_626_182_120_146_389);
+        assert_eq!(
+            (e.start_ns, e.stop_ns),
+            (0, 0),
+            "UPDATEs carry no CTA_TIMESTAMP"
+        );
+        assert!(!e.has_counters);
+        assert_eq!(stats.unknown_attributes, 0, "CTA_TIMESTAMP_EVENT is known");
+        // The same message with NLM_F_CREATE | NLM_F_EXCL is the connection's NEW event.
+        let mut new = UPDATE_UDP4.to_vec();
+        new[6..8].copy_from_slice(&(nl::NLM_F_CREATE | nl::NLM_F_EXCL).to_ne_bytes());
+        let (h, _) = Messages::new(&new).next().expect("one").expect("valid");
+        assert_eq!(event_of(&h), Some(CtEvent::New));
     }
 
     #[test]

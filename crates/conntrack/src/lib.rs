@@ -6,7 +6,8 @@
 //!   tests and the benchmark;
 //! - [`Tracker`]: per-connection delta tracking that turns absolute kernel counters into
 //!   [`podflow_model::Observation`] deltas, without ever zeroing the kernel's counters;
-//! - [`Source`]: the sockets (dump + NEW/DESTROY events) in one network namespace.
+//! - [`Source`]: the sockets (dump + NEW/DESTROY events, and UPDATE events for the time
+//!   to first reply when asked) in one network namespace.
 
 pub mod decode;
 pub mod encode;

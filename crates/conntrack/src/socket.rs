@@ -1,4 +1,4 @@
-//! The netlink sockets: one for dumps, one subscribed to NEW/DESTROY events.
+//! The netlink sockets: one for dumps, one subscribed to NEW/DESTROY (and UPDATE) events.
 //!
 //! Thin I/O over `nix`; everything that interprets bytes lives in `decode`.
 

@@ -27,6 +27,10 @@ pub struct SourceConfig {
     pub events: bool,
     /// Turn `nf_conntrack_acct` and `nf_conntrack_timestamp` on at open.
     pub enable_features: bool,
+    /// Also subscribe to UPDATE events, to measure each connection's time to first
+    /// reply. Off by default: every TCP state change is an UPDATE, so a short TCP
+    /// connection sends 7 events instead of 2 (NEW, DESTROY).
+    pub first_reply: bool,
 }
 
 impl Default for SourceConfig {
@@ -36,6 +40,7 @@ impl Default for SourceConfig {
             event_buffer: 16 << 20,
             events: true,
             enable_features: false,
+            first_reply: false,
         }
     }
 }
@@ -57,6 +62,12 @@ pub struct SourceStats {
     pub events_new: AtomicU64,
     /// DESTROY events received.
     pub events_destroy: AtomicU64,
+    /// UPDATE events received (only with `first_reply`).
+    pub events_update: AtomicU64,
+    /// UPDATE events that were not a connection's first reply podflow could measure.
+    pub updates_ignored: AtomicU64,
+    /// First-reply times reported.
+    pub first_replies: AtomicU64,
     /// Event socket overflows (ENOBUFS): events were lost; a dump followed.
     pub event_overflows: AtomicU64,
     /// Messages that could not be decoded (skipped).
@@ -125,8 +136,11 @@ impl Source {
             }
             // Subscribe to events before the first dump, so nothing falls between them.
             let events = if cfg.events {
-                let groups = (1 << (nl::NFNLGRP_CONNTRACK_NEW - 1))
+                let mut groups = (1 << (nl::NFNLGRP_CONNTRACK_NEW - 1))
                     | (1 << (nl::NFNLGRP_CONNTRACK_DESTROY - 1));
+                if cfg.first_reply {
+                    groups |= 1 << (nl::NFNLGRP_CONNTRACK_UPDATE - 1);
+                }
                 Some(CtSocket::open(
                     groups,
                     cfg.event_buffer,
@@ -328,6 +342,7 @@ impl Source {
         s.id_reused.store(t.id_reused, Relaxed);
         s.destroy_unknown.store(t.destroy_unknown, Relaxed);
         s.baselined.store(t.baselined, Relaxed);
+        s.first_replies.store(t.first_replies, Relaxed);
         s.unknown_attributes
             .store(self.decode_stats.unknown_attributes, Relaxed);
     }
@@ -353,11 +368,15 @@ impl Source {
                 Recv::Timeout => break,
                 Recv::Overflow => {
                     self.stats.event_overflows.fetch_add(1, Relaxed);
+                    self.tracker.events_lost();
                     overflow = true;
                     continue;
                 }
             };
             wait = Some(Duration::ZERO);
+            // One clock read per datagram: the reply time when the kernel does not stamp
+            // its events.
+            let recv_ns = now_ns();
             for m in Messages::new(&self.buf[..n]) {
                 let Ok((h, payload)) = m else {
                     self.stats.decode_errors.fetch_add(1, Relaxed);
@@ -374,7 +393,14 @@ impl Source {
                             self.stats.events_destroy.fetch_add(1, Relaxed);
                             self.tracker.on_destroy(&e, emit);
                         }
-                        CtEvent::Update | CtEvent::Dump => {}
+                        CtEvent::Update => {
+                            // Only subscribed with `first_reply`; anything else is ignored.
+                            self.stats.events_update.fetch_add(1, Relaxed);
+                            if !self.tracker.on_update(&e, recv_ns) {
+                                self.stats.updates_ignored.fetch_add(1, Relaxed);
+                            }
+                        }
+                        CtEvent::Dump => {}
                     },
                     Err(err) => {
                         self.stats.decode_errors.fetch_add(1, Relaxed);

@@ -17,13 +17,20 @@
 //!   and the reset is counted;
 //! - missing from two dumps in a row without a DESTROY (events lost to an overflow):
 //!   forgotten and counted as vanished; the bytes after its last dump are lost.
+//!
+//! First reply (UPDATE events, only when subscribed): the first UPDATE that shows
+//! `IPS_SEEN_REPLY` for a connection not yet replied to stores when the reply came; the
+//! next observation of that connection that knows its start time (the next dump that
+//! emits, or its DESTROY) carries `first_reply_ns` = reply time − start, once. A
+//! connection already replied to when first met (in a dump), or whose UPDATE may have
+//! been lost to an overflow, is never measured: a later UPDATE would give a wrong time.
 
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 use hashbrown::HashMap;
 use podflow_model::{Counters, Observation};
 
-use crate::decode::CtEntry;
+use crate::decode::{CtEntry, IPS_SEEN_REPLY};
 
 /// The hasher of the map: keys are already 64-bit hashes.
 #[derive(Default, Clone, Copy)]
@@ -43,14 +50,61 @@ impl Hasher for IdentityHasher {
     }
 }
 
-/// What the tracker remembers of one live connection (48 bytes).
+/// What the tracker remembers of one live connection (56 bytes).
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     orig: Counters,
     reply: Counters,
     start_ns: u64,
+    /// When the first reply came (ns since the Unix epoch), not yet reported; or
+    /// [`NO_REPLY_YET`] / [`REPLY_DONE`].
+    reply_at_ns: u64,
     /// The dump epoch that last saw (or created) it.
     seen: u32,
+}
+
+/// `reply_at_ns`: no reply seen yet; the first UPDATE showing one is measured.
+const NO_REPLY_YET: u64 = 0;
+/// `reply_at_ns`: reported, or replied before podflow could see it: never measured.
+const REPLY_DONE: u64 = u64::MAX;
+
+/// The `reply_at_ns` of a connection first met in this state.
+#[inline]
+fn reply_state(e: &CtEntry) -> u64 {
+    if e.status & IPS_SEEN_REPLY != 0 {
+        REPLY_DONE
+    } else {
+        NO_REPLY_YET
+    }
+}
+
+/// The first-reply latency to report with an observation of `e`, if one is pending and
+/// the start time is known; marks it reported.
+#[inline]
+fn take_first_reply(s: &mut Entry, e: &CtEntry, stats: &mut TrackerStats) -> u64 {
+    if s.reply_at_ns == NO_REPLY_YET || s.reply_at_ns == REPLY_DONE {
+        return 0;
+    }
+    let start = if e.start_ns != 0 {
+        e.start_ns
+    } else {
+        s.start_ns
+    };
+    if start == 0 {
+        // Timestamps off: wait for a message that carries the start.
+        return 0;
+    }
+    let at = std::mem::replace(&mut s.reply_at_ns, REPLY_DONE);
+    // A reply stamped before the start only comes from a clock step: not a latency.
+    let latency = at.saturating_sub(start);
+    stats.first_replies += u64::from(latency > 0);
+    latency
+}
+
+#[inline]
+fn with_first_reply(mut o: Observation, first_reply_ns: u64) -> Observation {
+    o.first_reply_ns = first_reply_ns;
+    o
 }
 
 /// Counts of the tracker's exceptional paths; never reset.
@@ -66,6 +120,8 @@ pub struct TrackerStats {
     pub destroy_unknown: u64,
     /// Connections taken as a baseline at start (their earlier bytes predate podflow).
     pub baselined: u64,
+    /// First-reply latencies reported.
+    pub first_replies: u64,
 }
 
 /// Per-connection delta tracking. Pure: no I/O, no clock.
@@ -78,6 +134,11 @@ pub struct Tracker {
     /// Connections that started before this time (ns) and are first seen before the first
     /// dump completes predate podflow.
     started_at_ns: u64,
+    /// Events were lost since the last dump began: UPDATEs may be missing.
+    events_lost: bool,
+    /// This dump follows lost events: connections it shows replied to, whose UPDATE
+    /// was not seen, are not measured.
+    distrust_replies: bool,
     stats: TrackerStats,
 }
 
@@ -109,6 +170,8 @@ impl Tracker {
             epoch: 1,
             dumps_done: 0,
             started_at_ns,
+            events_lost: false,
+            distrust_replies: false,
             stats: TrackerStats::default(),
         }
     }
@@ -165,15 +228,43 @@ impl Tracker {
                 orig: Counters::default(),
                 reply: Counters::default(),
                 start_ns: e.start_ns,
+                reply_at_ns: reply_state(e),
                 seen: epoch,
             });
             emit(e.observation(Counters::default(), Counters::default(), true, false));
         }
     }
 
+    /// An UPDATE event received at `recv_ns` (ns since the Unix epoch): the first one
+    /// showing a reply stores the reply time (the kernel's event time when the message
+    /// has one, else `recv_ns`). Returns whether it was a first reply; UPDATEs carry no
+    /// counters, so nothing is emitted.
+    #[inline]
+    pub fn on_update(&mut self, e: &CtEntry, recv_ns: u64) -> bool {
+        if e.status & IPS_SEEN_REPLY == 0 {
+            return false;
+        }
+        let key = self.key(e);
+        match self.map.get_mut(&key) {
+            Some(s) if s.reply_at_ns == NO_REPLY_YET => {
+                let at = if e.event_ns != 0 { e.event_ns } else { recv_ns };
+                s.reply_at_ns = at.clamp(1, REPLY_DONE - 1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Events were lost (the event socket overflowed): an UPDATE may be among them, so
+    /// the next dump marks connections already replied to as not measurable.
+    pub fn events_lost(&mut self) {
+        self.events_lost = true;
+    }
+
     /// Call before feeding the entries of a full dump.
     pub fn begin_dump(&mut self) {
         self.epoch = self.epoch.wrapping_add(1);
+        self.distrust_replies = std::mem::take(&mut self.events_lost);
     }
 
     /// One entry of a full dump.
@@ -190,13 +281,23 @@ impl Tracker {
                     s.start_ns = e.start_ns;
                     s.orig = e.counters_orig;
                     s.reply = e.counters_reply;
+                    s.reply_at_ns = reply_state(e);
                     emit(e.observation(e.counters_orig, e.counters_reply, true, false));
                     return;
                 }
                 if s.start_ns == 0 {
                     s.start_ns = e.start_ns;
                 }
+                if self.distrust_replies && s.reply_at_ns == NO_REPLY_YET {
+                    s.reply_at_ns = reply_state(e);
+                }
+                let first_reply = take_first_reply(s, e, &mut self.stats);
                 if !e.has_counters {
+                    if first_reply != 0 {
+                        let o =
+                            e.observation(Counters::default(), Counters::default(), false, false);
+                        emit(with_first_reply(o, first_reply));
+                    }
                     return;
                 }
                 let (d_orig, d_reply) =
@@ -208,8 +309,9 @@ impl Tracker {
                     };
                 s.orig = e.counters_orig;
                 s.reply = e.counters_reply;
-                if !(d_orig.is_zero() && d_reply.is_zero()) {
-                    emit(e.observation(d_orig, d_reply, false, false));
+                if !(d_orig.is_zero() && d_reply.is_zero()) || first_reply != 0 {
+                    let o = e.observation(d_orig, d_reply, false, false);
+                    emit(with_first_reply(o, first_reply));
                 }
             }
             None => {
@@ -220,6 +322,7 @@ impl Tracker {
                         orig: e.counters_orig,
                         reply: e.counters_reply,
                         start_ns: e.start_ns,
+                        reply_at_ns: reply_state(e),
                         seen: epoch,
                     },
                 );
@@ -250,7 +353,8 @@ impl Tracker {
     pub fn on_destroy(&mut self, e: &CtEntry, emit: &mut impl FnMut(Observation)) {
         let key = self.key(e);
         match self.map.remove(&key) {
-            Some(s) if s.start_ns == 0 || e.start_ns == 0 || s.start_ns == e.start_ns => {
+            Some(mut s) if s.start_ns == 0 || e.start_ns == 0 || s.start_ns == e.start_ns => {
+                let first_reply = take_first_reply(&mut s, e, &mut self.stats);
                 let (d_orig, d_reply) = if !e.has_counters {
                     (Counters::default(), Counters::default())
                 } else if went_back(e.counters_orig, s.orig) || went_back(e.counters_reply, s.reply)
@@ -260,7 +364,10 @@ impl Tracker {
                 } else {
                     (sub(e.counters_orig, s.orig), sub(e.counters_reply, s.reply))
                 };
-                emit(e.observation(d_orig, d_reply, false, true));
+                emit(with_first_reply(
+                    e.observation(d_orig, d_reply, false, true),
+                    first_reply,
+                ));
             }
             other => {
                 if other.is_some() {
@@ -457,6 +564,74 @@ mod tests {
         e2.start_ns = 2_000;
         let out = collect(&mut t, |t, f| t.on_destroy(&e2, &mut |o| f(o)));
         assert_eq!(out[0].delta_orig.bytes, 5000);
+    }
+
+    /// A connection seen replied to: `status` with `IPS_SEEN_REPLY`, stamped `event_ns`.
+    fn replied(mut e: CtEntry, event_ns: u64) -> CtEntry {
+        e.status |= IPS_SEEN_REPLY;
+        e.event_ns = event_ns;
+        e
+    }
+
+    #[test]
+    fn first_reply_is_measured_from_the_start_and_reported_once_on_close() {
+        let mut t = Tracker::new(0);
+        dump(&mut t, &[]);
+        let new = entry(20, 48000, (0, 0), (0, 0));
+        collect(&mut t, |t, f| t.on_new(&new, &mut |o| f(o)));
+        // A state change before any reply is not one.
+        assert!(!t.on_update(&entry(20, 48000, (0, 0), (0, 0)), 5_000));
+        // The reply: the kernel's event time wins over the receive time.
+        assert!(t.on_update(&replied(new, 1_150_000_000), 1_151_000_000));
+        // Later UPDATEs (TCP state changes) still show the reply: ignored.
+        assert!(!t.on_update(&replied(new, 1_300_000_000), 1_300_000_000));
+        let mut fin = replied(entry(20, 48000, (100, 2), (200, 2)), 0);
+        fin.start_ns = 1_000_000_000;
+        fin.stop_ns = 2_000_000_000;
+        let out = collect(&mut t, |t, f| t.on_destroy(&fin, &mut |o| f(o)));
+        assert_eq!(out[0].first_reply_ns, 150_000_000);
+        assert_eq!(t.stats().first_replies, 1);
+    }
+
+    #[test]
+    fn first_reply_rides_on_the_next_dump_and_falls_back_to_receive_time() {
+        let mut t = Tracker::new(0);
+        dump(&mut t, &[]);
+        let new = entry(21, 48001, (0, 0), (0, 0));
+        collect(&mut t, |t, f| t.on_new(&new, &mut |o| f(o)));
+        // No CTA_TIMESTAMP_EVENT (older kernel): the receive time is the reply time.
+        assert!(t.on_update(&replied(new, 0), 1_020_000_000));
+        let mut now = replied(entry(21, 48001, (60, 1), (60, 1)), 0);
+        now.start_ns = 1_000_000_000;
+        let out = dump(&mut t, &[now]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].first_reply_ns, 20_000_000);
+        // Counters did not move and the reply is reported: nothing more.
+        assert!(dump(&mut t, &[now]).is_empty());
+        let out = collect(&mut t, |t, f| t.on_destroy(&now, &mut |o| f(o)));
+        assert_eq!(out[0].first_reply_ns, 0, "once per connection");
+    }
+
+    #[test]
+    fn a_reply_podflow_did_not_see_is_never_measured() {
+        let mut t = Tracker::new(0);
+        // Met in a dump already replied to (older than podflow, or its events lost).
+        let mut old = replied(entry(22, 48002, (10, 1), (10, 1)), 0);
+        old.start_ns = 10;
+        dump(&mut t, &[old]);
+        assert!(!t.on_update(&replied(old, 999), 999));
+        // Met unreplied, NEW seen, then events were lost: the next dump shows the reply
+        // and the UPDATE may have been among the lost ones.
+        let new = entry(23, 48003, (0, 0), (0, 0));
+        collect(&mut t, |t, f| t.on_new(&new, &mut |o| f(o)));
+        t.events_lost();
+        let mut now = replied(entry(23, 48003, (10, 1), (10, 1)), 0);
+        now.start_ns = 10;
+        dump(&mut t, &[old, now]);
+        assert!(!t.on_update(&replied(now, 5_000), 5_000), "a later UPDATE");
+        let out = collect(&mut t, |t, f| t.on_destroy(&now, &mut |o| f(o)));
+        assert_eq!(out[0].first_reply_ns, 0);
+        assert_eq!(t.stats().first_replies, 0);
     }
 
     proptest::proptest! {

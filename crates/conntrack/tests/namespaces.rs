@@ -376,3 +376,146 @@ fn missing_accounting_is_reported_and_enable_features_turns_it_on() {
         "1"
     );
 }
+
+/// What the first-reply source reported per connection, and the UPDATE event counters.
+#[derive(Default)]
+struct Replies(HashMap<(u8, u16), Vec<u64>>);
+
+impl Replies {
+    fn add(&mut self, o: Observation) {
+        if o.first_reply_ns > 0 {
+            self.0
+                .entry((o.proto.0, o.orig.src_port))
+                .or_default()
+                .push(o.first_reply_ns);
+        }
+    }
+    /// The one first-reply time of the connection (it must be reported exactly once).
+    fn of(&self, proto: Protocol, port: u16) -> Duration {
+        match self.0.get(&(proto.0, port)).map(Vec::as_slice) {
+            Some([ns]) => Duration::from_nanos(*ns),
+            other => panic!("{proto} {port}: first reply reported {other:?}, want once"),
+        }
+    }
+}
+
+/// (UPDATE events, UPDATEs that were not a first reply, all events).
+fn updates(src: &Source) -> (u64, u64, u64) {
+    let s = src.stats();
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let update = g(&s.events_update);
+    (
+        update,
+        g(&s.updates_ignored),
+        update + g(&s.events_new) + g(&s.events_destroy),
+    )
+}
+
+fn pump(src: &mut Source, seen: &mut Replies) {
+    src.poll(Duration::from_millis(100), &mut |o| seen.add(o))
+        .expect("poll");
+    src.dump(&mut |o| seen.add(o)).expect("dump");
+    src.poll(Duration::from_millis(100), &mut |o| seen.add(o))
+        .expect("poll");
+}
+
+/// One client connection's whole life, from A: a UDP question answered after `DELAY`,
+/// then a TCP request/response and close; the entries are deleted so their DESTROY
+/// events come now. Returns (udp port, tcp port).
+fn one_udp_and_one_tcp(pair: &Pair, ns_tag: u16) -> (u16, u16) {
+    let up = podflow_testkit::udp_ask(pair, Pair::B4, 6100 + ns_tag);
+    let mut c = connect(pair, Pair::B4, 5100 + ns_tag);
+    let tp = c.local_addr().expect("addr").port();
+    exchange(&mut c, 1_000, 2_000);
+    drop(c);
+    // Let the FIN exchange finish (TIME_WAIT), then end both entries.
+    std::thread::sleep(Duration::from_millis(300));
+    pair.a
+        .sh(&format!(
+            "conntrack -D -p udp --orig-port-src {up} >/dev/null 2>&1; \
+             conntrack -D -p tcp --orig-port-src {tp} >/dev/null 2>&1; true"
+        ))
+        .expect("delete entries");
+    (up, tp)
+}
+
+/// The first reply of a UDP exchange is the application's answer: a server that thinks
+/// for 150 ms gives a first reply of 150 ms. For TCP it is the SYN-ACK, sent by the
+/// kernel at once, whatever the application does. Also measures what UPDATE events cost
+/// and that `ct event set new,reply,destroy` leaves one per connection.
+#[test]
+fn first_reply_times_a_delayed_udp_answer_and_a_tcp_handshake() {
+    if !podflow_testkit::can_run("first_reply") || !podflow_testkit::have("first_reply", "nft") {
+        return;
+    }
+    const DELAY: Duration = Duration::from_millis(150);
+    let pair = Pair::new("fr").expect("namespaces");
+    for tag in [1, 2] {
+        podflow_testkit::serve_udp_delayed(&pair, Pair::B4, 6100 + tag, DELAY);
+        serve(&pair, 5100 + tag);
+    }
+    let mut src = Source::open(&SourceConfig {
+        netns: Some(pair.a.path()),
+        first_reply: true,
+        ..Default::default()
+    })
+    .expect("open source");
+    assert!(src.features().timestamps);
+    let mut seen = Replies::default();
+    pump(&mut src, &mut seen);
+
+    // Every event the kernel sends.
+    let before = updates(&src);
+    let (up, tp) = one_udp_and_one_tcp(&pair, 1);
+    pump(&mut src, &mut seen);
+    let after = updates(&src);
+    let udp = seen.of(Protocol::UDP, up);
+    assert!(
+        udp >= DELAY && udp <= DELAY + Duration::from_millis(50),
+        "UDP first reply {udp:?}, server waited {DELAY:?}"
+    );
+    let tcp = seen.of(Protocol::TCP, tp);
+    assert!(
+        tcp < Duration::from_millis(50),
+        "TCP first reply is the SYN-ACK: {tcp:?}"
+    );
+    let all_updates = after.0 - before.0;
+    eprintln!(
+        "first reply: UDP {udp:?} (server waited {DELAY:?}), TCP {tcp:?}; events for one \
+         UDP exchange and one short TCP connection: {} of which {all_updates} UPDATEs \
+         ({} not a first reply)",
+        after.2 - before.2,
+        after.1 - before.1
+    );
+    // UDP: the reply. TCP: SYN_RECV (the reply), ESTABLISHED, then the close states.
+    assert!(all_updates >= 5, "{all_updates}");
+    assert_eq!(after.1 - before.1, all_updates - 2, "two first replies");
+
+    // With the event mask operators can set, one UPDATE per connection remains: the reply.
+    pair.a
+        .sh("nft -f - <<'EOF'
+table inet pfmask {
+  chain out { type filter hook output priority 0; ct state new ct event set new,reply,destroy; }
+}
+EOF")
+        .expect("nft ct event set");
+    let before = updates(&src);
+    let (up, tp) = one_udp_and_one_tcp(&pair, 2);
+    pump(&mut src, &mut seen);
+    let after = updates(&src);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (2, 0),
+        "ct event set new,reply,destroy: only the two replies"
+    );
+    eprintln!(
+        "with ct event set new,reply,destroy: {} events",
+        after.2 - before.2
+    );
+    let udp = seen.of(Protocol::UDP, up);
+    assert!(
+        udp >= DELAY && udp <= DELAY + Duration::from_millis(50),
+        "{udp:?}"
+    );
+    assert!(seen.of(Protocol::TCP, tp) < Duration::from_millis(50));
+}

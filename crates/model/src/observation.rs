@@ -151,6 +151,11 @@ pub struct Observation {
     pub zone: u16,
     /// Connection mark.
     pub mark: u32,
+    /// Time from the connection's first packet to its first reply packet, ns (0 = not
+    /// measured). Carried once per connection, on the observation after the reply (see
+    /// docs/semantics.md, "Time to first reply").
+    #[serde(default)]
+    pub first_reply_ns: u64,
 }
 
 /// An observation seen from the observer's side: which end is local, who initiated,

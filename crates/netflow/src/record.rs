@@ -142,6 +142,7 @@ impl FlowRecord {
             conn_id: 0,
             zone: 0,
             mark: 0,
+            first_reply_ns: 0,
         }
     }
 }

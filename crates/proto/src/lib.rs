@@ -118,6 +118,7 @@ pub fn observation_pb(o: &Observation) -> PbObservation {
         conn_id: o.conn_id,
         zone: u32::from(o.zone),
         mark: o.mark,
+        first_reply_ns: o.first_reply_ns,
     }
 }
 
@@ -191,6 +192,7 @@ pub fn observation_from(p: &PbObservation, at: At<'_>) -> Result<Observation, Co
         conn_id: p.conn_id,
         zone: u16::try_from(p.zone).map_err(|_| at.range("zone", u64::from(p.zone)))?,
         mark: p.mark,
+        first_reply_ns: p.first_reply_ns,
     })
 }
 
@@ -217,7 +219,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn observation_round_trips(orig in tuple(), reply in tuple(), n in any::<[u64; 4]>(), f in any::<(bool, bool, u8, u16, u32, u32, u64, u64)>()) {
+        fn observation_round_trips(orig in tuple(), reply in tuple(), n in any::<[u64; 5]>(), f in any::<(bool, bool, u8, u16, u32, u32, u64, u64)>()) {
             let o = Observation {
                 proto: Protocol(f.2),
                 orig,
@@ -231,6 +233,7 @@ mod tests {
                 conn_id: f.4,
                 zone: f.3,
                 mark: f.5,
+                first_reply_ns: n[4],
             };
             let back = observation_from(&observation_pb(&o), At { agent: "a", seq: 1, index: 0 });
             prop_assert_eq!(back, Ok(o));
@@ -266,5 +269,25 @@ mod tests {
         )
         .expect_err("port");
         assert!(e.to_string().contains("dst_port = 70000"));
+    }
+
+    /// `first_reply_ns` is field 15, a varint: old peers skip it, and an old agent's
+    /// message (without it) reads as 0 = not measured.
+    #[test]
+    fn first_reply_is_a_new_field_old_peers_can_ignore() {
+        use prost::Message;
+        let old = observation_pb(&Observation::default()).encode_to_vec();
+        assert!(!old.contains(&0x78), "unset: not on the wire");
+        let back = PbObservation::decode(old.as_slice()).expect("decode");
+        assert_eq!(back.first_reply_ns, 0);
+        let o = Observation {
+            first_reply_ns: 150_000_000,
+            ..Default::default()
+        };
+        let new = observation_pb(&o).encode_to_vec();
+        // Tag 15 << 3 | varint = 0x78, then 150_000_000 as a varint.
+        let mut tail = vec![0x78];
+        prost::encoding::encode_varint(150_000_000, &mut tail);
+        assert!(new.ends_with(&tail), "{new:02x?}");
     }
 }

@@ -231,6 +231,50 @@ pub fn serve(pair: &Pair, port: u16) {
         .expect("server up");
 }
 
+/// A UDP server in B on `ip:port` that answers each datagram with the same bytes after
+/// waiting `delay` (an application's think time: the reply is the first packet back).
+pub fn serve_udp_delayed(pair: &Pair, ip: &str, port: u16, delay: Duration) {
+    let addr = socket_addr(ip, port);
+    let (tx, rx) = std::sync::mpsc::channel();
+    pair.b.spawn(move || {
+        let s = std::net::UdpSocket::bind(addr).expect("bind udp in B");
+        tx.send(()).expect("ready");
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            std::thread::sleep(delay);
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("udp server up");
+}
+
+/// From A: one UDP datagram to `ip:port`, waits (up to 5 s) for the answer; returns the
+/// client's port.
+pub fn udp_ask(pair: &Pair, ip: &str, port: u16) -> u16 {
+    let dst = socket_addr(ip, port);
+    pair.a.run(move || {
+        let any = if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        let s = std::net::UdpSocket::bind(any).expect("bind udp in A");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.send_to(b"podflow-first-reply", dst).expect("send");
+        let mut buf = [0u8; 64];
+        s.recv_from(&mut buf).expect("answer");
+        s.local_addr().expect("addr").port()
+    })
+}
+
+fn socket_addr(ip: &str, port: u16) -> SocketAddr {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+    .parse()
+    .expect("addr")
+}
+
 /// One request on an open client connection: send n bytes, read m back.
 pub fn exchange(s: &mut TcpStream, n: usize, m: usize) {
     let mut hdr = [0u8; 16];
@@ -243,13 +287,7 @@ pub fn exchange(s: &mut TcpStream, n: usize, m: usize) {
 }
 
 pub fn connect(pair: &Pair, ip: &str, port: u16) -> TcpStream {
-    let addr: SocketAddr = if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-    .parse()
-    .expect("addr");
+    let addr = socket_addr(ip, port);
     pair.a
         .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"))
 }

@@ -573,12 +573,18 @@ mod tests {
         e
     }
 
-    #[test]
-    fn first_reply_is_measured_from_the_start_and_reported_once_on_close() {
+    /// A tracker past its first dump that saw the NEW event of connection `id`.
+    fn opened(id: u32, port: u16) -> (Tracker, CtEntry) {
         let mut t = Tracker::new(0);
         dump(&mut t, &[]);
-        let new = entry(20, 48000, (0, 0), (0, 0));
+        let new = entry(id, port, (0, 0), (0, 0));
         collect(&mut t, |t, f| t.on_new(&new, &mut |o| f(o)));
+        (t, new)
+    }
+
+    #[test]
+    fn first_reply_is_measured_from_the_start_and_reported_once_on_close() {
+        let (mut t, new) = opened(20, 48000);
         // A state change before any reply is not one.
         assert!(!t.on_update(&entry(20, 48000, (0, 0), (0, 0)), 5_000));
         // The reply: the kernel's event time wins over the receive time.
@@ -595,10 +601,7 @@ mod tests {
 
     #[test]
     fn first_reply_rides_on_the_next_dump_and_falls_back_to_receive_time() {
-        let mut t = Tracker::new(0);
-        dump(&mut t, &[]);
-        let new = entry(21, 48001, (0, 0), (0, 0));
-        collect(&mut t, |t, f| t.on_new(&new, &mut |o| f(o)));
+        let (mut t, new) = opened(21, 48001);
         // No CTA_TIMESTAMP_EVENT (older kernel): the receive time is the reply time.
         assert!(t.on_update(&replied(new, 0), 1_020_000_000));
         let mut now = replied(entry(21, 48001, (60, 1), (60, 1)), 0);

@@ -141,6 +141,13 @@ struct RunArgs {
     #[arg(long, env = "PODFLOW_EVENT_BUFFER", default_value_t = 16 << 20)]
     event_buffer: usize,
 
+    /// Measure each connection's time to first reply (per-Service histogram
+    /// podflow_service_first_reply_seconds) from conntrack UPDATE events. Raises event
+    /// volume: a short TCP connection sends 7 events instead of 2 (nftables
+    /// `ct event set new,reply,destroy` brings that to 3). Needs nf_conntrack_timestamp.
+    #[arg(long, env = "PODFLOW_FIRST_REPLY")]
+    first_reply: bool,
+
     /// Observe another network namespace (a file such as /run/netns/NAME).
     #[arg(long, env = "PODFLOW_NETNS")]
     netns: Option<PathBuf>,
@@ -275,6 +282,13 @@ struct AgentArgs {
     /// Receive buffer of the conntrack event socket, bytes.
     #[arg(long, env = "PODFLOW_EVENT_BUFFER", default_value_t = 16 << 20)]
     event_buffer: usize,
+
+    /// Measure each connection's time to first reply (per-Service histogram
+    /// podflow_service_first_reply_seconds) from conntrack UPDATE events. Raises event
+    /// volume: a short TCP connection sends 7 events instead of 2 (nftables
+    /// `ct event set new,reply,destroy` brings that to 3). Needs nf_conntrack_timestamp.
+    #[arg(long, env = "PODFLOW_FIRST_REPLY")]
+    first_reply: bool,
 
     /// Observe another network namespace (a file such as /run/netns/NAME).
     #[arg(long, env = "PODFLOW_NETNS")]
@@ -437,6 +451,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
             event_buffer: a.event_buffer,
             events: true,
             enable_features: a.enable_accounting,
+            first_reply: a.first_reply,
         },
         tls,
         token: read_token(&a.token_file)?,
@@ -572,6 +587,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             event_buffer: args.event_buffer,
             events: true,
             enable_features: args.enable_accounting,
+            first_reply: args.first_reply,
         },
         max_keys: args.max_keys,
         enrich: args.attribution.settings()?,

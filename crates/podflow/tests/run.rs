@@ -67,6 +67,15 @@ fn start_run(pair: &Pair, data: &Path, port: u16, extra: &[String]) -> ChildGuar
     pf
 }
 
+/// [`start_run`] with the test inventory (written into `data`) and `extra` arguments.
+fn start_run_with_inventory(pair: &Pair, data: &Path, port: u16, extra: &[&str]) -> ChildGuard {
+    let inv = data.join("inventory.yaml");
+    std::fs::write(&inv, INVENTORY).expect("inventory");
+    let mut args = vec!["--inventory".to_string(), inv.display().to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    start_run(pair, data, port, &args)
+}
+
 /// Kernel counters (orig, reply) bytes of the TCP entry whose source port is `sport`.
 fn kernel_bytes(pair: &Pair, sport: u16) -> (u64, u64) {
     let out = pair
@@ -259,15 +268,8 @@ fn run_attributes_flows_to_workloads_services_zones_and_cost() {
     pair.a.short_tcp_timeouts().expect("timeouts");
     serve(&pair, 5201);
     let data = tempfile::tempdir().expect("tmp");
-    let inv = data.path().join("inventory.yaml");
-    std::fs::write(&inv, INVENTORY).expect("inventory");
     let port = free_port();
-    let _pf = start_run(
-        &pair,
-        data.path(),
-        port,
-        &["--inventory".to_string(), inv.display().to_string()],
-    );
+    let _pf = start_run_with_inventory(&pair, data.path(), port, &[]);
     let mut c = connect(&pair, "10.96.0.10", 80);
     let sport = c.local_addr().expect("addr").port();
     exchange(&mut c, 50_000, 400_000);
@@ -392,6 +394,77 @@ fn run_attributes_flows_to_workloads_services_zones_and_cost() {
         assert!(Instant::now() < deadline, "no duration observed:\n{m}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The value of the sample `name{labels}` in an exposition, if present.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn run_measures_time_to_first_reply_per_service() {
+    if !podflow_testkit::can_run("run_first_reply")
+        || !podflow_testkit::have("run_first_reply", "iptables")
+    {
+        return;
+    }
+    const DELAY: Duration = Duration::from_millis(150);
+    let pair = Pair::new("frr").expect("namespaces");
+    // The Service 10.96.0.10 (shop/db): TCP 80 and UDP 53, DNATed to the backend in B.
+    pair.a
+        .sh("ip route add default via 10.99.0.2 && \
+             iptables -t nat -A OUTPUT -d 10.96.0.10 -p tcp --dport 80 -j DNAT --to-destination 10.99.0.2:5202 && \
+             iptables -t nat -A OUTPUT -d 10.96.0.10 -p udp --dport 53 -j DNAT --to-destination 10.99.0.2:6202")
+        .expect("DNAT rules");
+    serve(&pair, 5202);
+    podflow_testkit::serve_udp_delayed(&pair, Pair::B4, 6202, DELAY);
+    let data = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let _pf = start_run_with_inventory(&pair, data.path(), port, &["--first-reply"]);
+    // A UDP question the backend answers after DELAY; a TCP connection (its first reply
+    // is the SYN-ACK, at once).
+    podflow_testkit::udp_ask(&pair, "10.96.0.10", 53);
+    let mut c = connect(&pair, "10.96.0.10", 80);
+    exchange(&mut c, 1_000, 2_000);
+    let labels = "{service_namespace=\"shop\",service=\"db\"}";
+    let count = format!("podflow_service_first_reply_seconds_count{labels}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let m = loop {
+        let (_, m) = get(port, "/metrics");
+        if sample(&m, &count) == Some(2.0) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no first replies:\n{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let bucket = |le: &str| {
+        let series = format!(
+            "podflow_service_first_reply_seconds_bucket{{service_namespace=\"shop\",service=\"db\",le=\"{le}\"}}"
+        );
+        sample(&m, &series).unwrap_or_else(|| panic!("no {series} in\n{m}"))
+    };
+    assert_eq!(bucket("0.1"), 1.0, "TCP: the SYN-ACK");
+    assert_eq!(bucket("0.25"), 2.0, "UDP: the answer after {DELAY:?}");
+    let sum = sample(
+        &m,
+        &format!("podflow_service_first_reply_seconds_sum{labels}"),
+    )
+    .expect("sum");
+    assert!(
+        (DELAY.as_secs_f64()..DELAY.as_secs_f64() + 0.1).contains(&sum),
+        "sum {sum}"
+    );
+    assert_eq!(
+        sample(&m, "podflow_conntrack_first_replies_total"),
+        Some(2.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "podflow_conntrack_events_total{type=\"update\"}").is_some_and(|n| n >= 2.0)
+    );
+    promtool_check(&m);
 }
 
 #[test]

@@ -208,19 +208,11 @@ impl<S: FlowStore + 'static> Pipeline<S> {
         let idx = self.shared.load();
         let at = (at_ns / 1_000_000_000) as i64;
         let telemetry = Arc::clone(&self.telemetry);
-        let mut durations = telemetry.service_durations.lock().ok();
+        let mut histograms = telemetry.service_histograms.lock().ok();
         for o in obs {
             let a = self.attributor.attribute(o, observer, &idx, at_ns);
-            if let (Some(s), Some(d)) = (&a.service, durations.as_mut())
-                && o.closed
-                && o.start_ns > 0
-                && o.stop_ns >= o.start_ns
-            {
-                d.observe(
-                    &s.meta.namespace,
-                    &s.meta.name,
-                    (o.stop_ns - o.start_ns) as f64 / 1e9,
-                );
+            if let (Some(s), Some(h)) = (&a.service, histograms.as_mut()) {
+                h.observe(&s.meta.namespace, &s.meta.name, o);
             }
             let observers = &self.observers;
             let labels = || {
@@ -236,7 +228,7 @@ impl<S: FlowStore + 'static> Pipeline<S> {
             self.agg
                 .record(observer, o, &oriented(o, &a), at, labels, a.cost_usd);
         }
-        drop(durations);
+        drop(histograms);
         self.telemetry
             .agg_keys
             .store(self.agg.keys() as u64, Relaxed);

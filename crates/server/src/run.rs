@@ -121,6 +121,7 @@ pub async fn spawn_source(
     let thread = std::thread::Builder::new()
         .name("conntrack".into())
         .spawn(move || -> Result<(), RunError> {
+            let first_reply = cfg.first_reply;
             let opened = (|| {
                 if let Some(ns) = &cfg.netns {
                     podflow_conntrack::enter_netns(ns)?;
@@ -137,6 +138,12 @@ pub async fn spawn_source(
             let features = src.features();
             for m in features.missing() {
                 tracing::warn!("{m}");
+            }
+            if first_reply && !features.timestamps {
+                tracing::warn!(
+                    "--first-reply needs net.netfilter.nf_conntrack_timestamp=1 (or \
+                     --enable-accounting): without start times no time to first reply is measured"
+                );
             }
             let _ = telemetry.conntrack.set((src.stats(), features));
             let _ = opened_tx.send(Ok(()));

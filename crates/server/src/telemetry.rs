@@ -38,7 +38,9 @@ defs! {
     CT_DUMPS_INTERRUPTED = "podflow_conntrack_dumps_interrupted_total", "counter", "Dumps the kernel flagged as interrupted because the table changed meanwhile.", [];
     CT_DUMP_SECONDS = "podflow_conntrack_dump_seconds_total", "counter", "Time spent dumping the table.", [];
     CT_LAST_DUMP = "podflow_conntrack_last_dump_seconds", "gauge", "Duration of the last table dump.", [];
-    CT_EVENTS = "podflow_conntrack_events_total", "counter", "Conntrack events received, by type (new, destroy).", ["type"];
+    CT_EVENTS = "podflow_conntrack_events_total", "counter", "Conntrack events received, by type (new, update, destroy); update only with --first-reply.", ["type"];
+    CT_UPDATES_IGNORED = "podflow_conntrack_update_events_ignored_total", "counter", "UPDATE events that were not a connection's first reply podflow could measure (later TCP state changes, connections replied to before podflow saw them).", [];
+    CT_FIRST_REPLIES = "podflow_conntrack_first_replies_total", "counter", "Connections whose time to first reply was measured and reported (--first-reply).", [];
     CT_OVERFLOWS = "podflow_conntrack_event_overflows_total", "counter", "Event socket overflows (ENOBUFS): events were lost and a dump recovered live connections.", [];
     CT_DECODE_ERRORS = "podflow_conntrack_decode_errors_total", "counter", "Netlink messages that could not be decoded and were skipped.", [];
     CT_UNKNOWN_ATTRS = "podflow_conntrack_unknown_attributes_total", "counter", "Unknown conntrack attributes skipped (newer kernel).", [];
@@ -90,6 +92,7 @@ defs! {
     NF_EXP_RECORDS = "podflow_netflow_exporter_records_total", "counter", "Records per exporter and domain (only with --netflow-exporter-labels: the exporter address is a label).", ["exporter", "domain", "version"];
     NF_EXP_SEQ_LOST = "podflow_netflow_exporter_sequence_lost_total", "counter", "Sequence loss per exporter and domain (only with --netflow-exporter-labels).", ["exporter", "domain", "version"];
     SVC_DURATION = "podflow_service_connection_duration_seconds", "histogram", "Duration of closed connections through each Service (DNAT), from conntrack's start/stop timestamps; at most 500 Services, the rest under `other`.", ["service_namespace", "service"];
+    SVC_FIRST_REPLY = "podflow_service_first_reply_seconds", "histogram", "Time from a connection's first packet to its first reply packet, per Service (DNAT), as conntrack on this node saw them (--first-reply); at most 500 Services, the rest under `other`.", ["service_namespace", "service"];
     WL_SERIES = "podflow_workload_series", "gauge", "Live workload series (bounded by --metrics-top-k).", [];
     WL_FOLDED = "podflow_workload_folded_total", "counter", "Interval series folded into `other` by the top-K bound.", [];
 }
@@ -184,8 +187,8 @@ pub struct Telemetry {
     pub netflow: std::sync::OnceLock<(Arc<podflow_netflow::ListenerStats>, bool)>,
     /// Agent role counters, when this process is an agent.
     pub agent: std::sync::OnceLock<Arc<AgentStats>>,
-    /// Connection durations per Service.
-    pub service_durations: std::sync::Mutex<crate::histograms::ServiceDurations>,
+    /// Connection durations and times to first reply per Service.
+    pub service_histograms: std::sync::Mutex<crate::histograms::ServiceHistograms>,
     /// Workload-level series.
     pub workloads: std::sync::Mutex<Option<crate::workload_metrics::WorkloadMetrics>>,
     flows: [ProtoTotals; 6],
@@ -253,9 +256,17 @@ impl Telemetry {
             sample(
                 &mut out,
                 &CT_EVENTS,
+                &[("type", "update")],
+                g(&s.events_update),
+            );
+            sample(
+                &mut out,
+                &CT_EVENTS,
                 &[("type", "destroy")],
                 g(&s.events_destroy),
             );
+            one(&mut out, &CT_UPDATES_IGNORED, g(&s.updates_ignored));
+            one(&mut out, &CT_FIRST_REPLIES, g(&s.first_replies));
             one(&mut out, &CT_OVERFLOWS, g(&s.event_overflows));
             one(&mut out, &CT_DECODE_ERRORS, g(&s.decode_errors));
             one(&mut out, &CT_UNKNOWN_ATTRS, g(&s.unknown_attributes));
@@ -400,9 +411,11 @@ impl Telemetry {
                 }
             }
         }
-        if let Ok(d) = self.service_durations.lock() {
+        if let Ok(h) = self.service_histograms.lock() {
             header(&mut out, &SVC_DURATION);
-            d.render(&mut out, SVC_DURATION.name);
+            h.duration.render(&mut out, SVC_DURATION.name);
+            header(&mut out, &SVC_FIRST_REPLY);
+            h.first_reply.render(&mut out, SVC_FIRST_REPLY.name);
         }
         if let Some(a) = self.agent.get() {
             one(&mut out, &AG_SENT, g(&a.sent));

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::Buffer;
-use crate::http::AppState;
+use crate::http::{AppState, StoreReader};
 use crate::run::{RunError, serve_http, spawn_source, telemetry};
 use crate::telemetry::AgentStats;
 
@@ -95,8 +95,7 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
     let _ = telemetry.agent.set(Arc::clone(&stats));
     let state = Arc::new(AppState {
         telemetry: Arc::clone(&telemetry),
-        store_path: None,
-        reader: Mutex::new(None),
+        store: StoreReader::None,
         interval_s: cfg.interval.as_secs().max(1) as u32,
     });
     let http_stop = CancellationToken::new();

@@ -9,7 +9,6 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use podflow_store::query::{self, GroupQuery, GroupRow, View};
-use podflow_store::{FlowStore, SqliteStore};
 use serde_json::{Value, json};
 
 use crate::http::AppState;
@@ -24,42 +23,7 @@ fn unix_now() -> i64 {
 
 /// Runs a grouped query on the store's reader connection.
 async fn run_query(s: &Arc<AppState>, q: GroupQuery) -> Result<Vec<GroupRow>, Response> {
-    let Some(path) = s.store_path.clone() else {
-        return Err((
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": "no store in this role" })),
-        )
-            .into_response());
-    };
-    let st = Arc::clone(s);
-    let r = tokio::task::spawn_blocking(move || {
-        let mut guard = st
-            .reader
-            .lock()
-            .map_err(|_| "store reader lock poisoned".to_string())?;
-        if guard.is_none() {
-            *guard = Some(SqliteStore::open_reader(&path).map_err(|e| e.to_string())?);
-        }
-        guard
-            .as_ref()
-            .ok_or("no reader")?
-            .group(&q)
-            .map_err(|e| e.to_string())
-    })
-    .await;
-    match r {
-        Ok(Ok(rows)) => Ok(rows),
-        Ok(Err(e)) => Err((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({ "error": e })),
-        )
-            .into_response()),
-        Err(e) => Err((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({ "error": e.to_string() })),
-        )
-            .into_response()),
-    }
+    crate::http::with_store(s, move |st| st.group(&q)).await
 }
 
 /// Parses the common parameters; every other parameter must be a dimension filter.

@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use podflow_store::{FlowQuery, FlowStore, FlowSummary, SqliteStore};
+use podflow_store::{ClickHouseStore, FlowQuery, FlowStore, FlowSummary, SqliteStore, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::Telemetry;
@@ -19,13 +19,84 @@ use crate::Telemetry;
 pub struct AppState {
     /// Metrics.
     pub telemetry: Arc<Telemetry>,
-    /// The store file (a reader connection is opened on first use); `None` in the agent
-    /// role, which has no store.
-    pub store_path: Option<PathBuf>,
-    /// Read connection.
-    pub reader: Mutex<Option<SqliteStore>>,
+    /// Where the queries read flows.
+    pub store: StoreReader,
     /// Interval length, seconds (the default `to` includes the open interval).
     pub interval_s: u32,
+}
+
+/// Where the HTTP handlers read flows: the writer's store, through a connection of its own.
+#[derive(Debug)]
+pub enum StoreReader {
+    /// No store: the agent role.
+    None,
+    /// The embedded store's file; a read-only connection is opened on first use.
+    Sqlite {
+        /// The file.
+        path: PathBuf,
+        /// The connection, once opened.
+        conn: Mutex<Option<SqliteStore>>,
+    },
+    /// ClickHouse, through a handle beside the writer's ([`ClickHouseStore::reader`]).
+    ClickHouse(Box<Mutex<ClickHouseStore>>),
+}
+
+impl StoreReader {
+    /// Reads the embedded store at `path`.
+    pub fn sqlite(path: PathBuf) -> StoreReader {
+        StoreReader::Sqlite {
+            path,
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// Reads ClickHouse through `store` (call from a blocking thread).
+    pub fn clickhouse(store: ClickHouseStore) -> StoreReader {
+        StoreReader::ClickHouse(Box::new(Mutex::new(store)))
+    }
+
+    /// Runs `f` on the store (blocking); `None` without a store.
+    fn run<T>(
+        &self,
+        f: impl FnOnce(&dyn FlowStore) -> Result<T, StoreError>,
+    ) -> Option<Result<T, String>> {
+        let poisoned = || "store reader lock poisoned".to_string();
+        Some(match self {
+            StoreReader::None => return None,
+            StoreReader::Sqlite { path, conn } => (|| {
+                let mut guard = conn.lock().map_err(|_| poisoned())?;
+                if guard.is_none() {
+                    *guard = Some(SqliteStore::open_reader(path).map_err(|e| e.to_string())?);
+                }
+                let reader = guard.as_ref().ok_or("no reader")?;
+                f(reader).map_err(|e| e.to_string())
+            })(),
+            StoreReader::ClickHouse(store) => match store.lock() {
+                Ok(s) => f(&*s).map_err(|e| e.to_string()),
+                Err(_) => Err(poisoned()),
+            },
+        })
+    }
+}
+
+/// Runs `f` on the state's store on a blocking thread; the error answer is 404 where
+/// there is no store (an agent) and 500 when the store fails.
+pub(crate) async fn with_store<T: Send + 'static>(
+    s: &Arc<AppState>,
+    f: impl FnOnce(&dyn FlowStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    let st = Arc::clone(s);
+    let error =
+        |status, e: String| (status, Json(serde_json::json!({ "error": e }))).into_response();
+    match tokio::task::spawn_blocking(move || st.store.run(f)).await {
+        Ok(Some(Ok(v))) => Ok(v),
+        Ok(None) => Err(error(
+            StatusCode::NOT_FOUND,
+            "this process is an agent: flows are served by the server".into(),
+        )),
+        Ok(Some(Err(e))) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
 }
 
 /// The router.
@@ -275,41 +346,8 @@ async fn flows(
     if !(1..=10_000).contains(&limit) {
         return bad(format!("`limit` ({limit}) must be between 1 and 10000"));
     }
-    let Some(store_path) = s.store_path.clone() else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": "this process is an agent: flows are served by the server" })),
-        )
-            .into_response();
-    };
-    let st = Arc::clone(&s);
-    let res = tokio::task::spawn_blocking(move || {
-        let mut guard = st
-            .reader
-            .lock()
-            .map_err(|_| "store reader lock poisoned".to_string())?;
-        if guard.is_none() {
-            *guard = Some(SqliteStore::open_reader(&store_path).map_err(|e| e.to_string())?);
-        }
-        let reader = guard.as_ref().ok_or("no reader")?;
-        reader
-            .flows(&FlowQuery { from, to, limit })
-            .map_err(|e| e.to_string())
-    })
-    .await;
-    match res {
-        Ok(Ok(rows)) => {
-            Json(rows.into_iter().map(FlowJson::from).collect::<Vec<_>>()).into_response()
-        }
-        Ok(Err(e)) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({ "error": e })),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({ "error": e.to_string() })),
-        )
-            .into_response(),
+    match with_store(&s, move |st| st.flows(&FlowQuery { from, to, limit })).await {
+        Ok(rows) => Json(rows.into_iter().map(FlowJson::from).collect::<Vec<_>>()).into_response(),
+        Err(r) => r,
     }
 }

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use podflow_conntrack::{Source, SourceConfig};
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Telemetry;
 use crate::enrichment::{self, EnrichSettings};
-use crate::http::{AppState, router};
+use crate::http::{AppState, StoreReader, router};
 use crate::local::local_addresses;
 use crate::pipeline::Pipeline;
 
@@ -244,8 +244,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
     .await?;
     let state = Arc::new(AppState {
         telemetry: Arc::clone(&telemetry),
-        store_path: Some(store_path.clone()),
-        reader: Mutex::new(None),
+        store: StoreReader::sqlite(store_path.clone()),
         interval_s,
     });
     let http = serve_http(cfg.listen, state, shutdown.clone()).await?;

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use podflow_proto::{
@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Telemetry;
 use crate::enrichment::EnrichSettings;
-use crate::http::AppState;
+use crate::http::{AppState, StoreReader};
 use crate::pipeline::{AckToken, Admission, Pipeline};
 use crate::run::{RunError, open_store, serve_http, telemetry};
 
@@ -156,17 +156,20 @@ pub async fn serve(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(),
     match cfg.clickhouse.clone() {
         Some(ch) => {
             // The ClickHouse store blocks on a runtime of its own: open (and later drop) it
-            // off the async threads.
-            let store =
-                tokio::task::spawn_blocking(move || podflow_store::ClickHouseStore::open(ch))
-                    .await
-                    .map_err(|e| RunError::Task(e.to_string()))??;
+            // off the async threads. Queries get a handle of their own.
+            let (store, reader) = tokio::task::spawn_blocking(move || {
+                let store = podflow_store::ClickHouseStore::open(ch)?;
+                let reader = store.reader()?;
+                Ok::<_, podflow_store::StoreError>((store, reader))
+            })
+            .await
+            .map_err(|e| RunError::Task(e.to_string()))??;
             tracing::info!("podflow server: writing to ClickHouse");
-            serve_with(cfg, store, None, shutdown).await
+            serve_with(cfg, store, StoreReader::clickhouse(reader), shutdown).await
         }
         None => {
             let (store, path) = open_store(&cfg.data_dir)?;
-            serve_with(cfg, store, Some(path), shutdown).await
+            serve_with(cfg, store, StoreReader::sqlite(path), shutdown).await
         }
     }
 }
@@ -174,7 +177,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(),
 async fn serve_with<S: podflow_store::FlowStore + 'static>(
     cfg: ServerConfig,
     store: S,
-    store_path: Option<PathBuf>,
+    reader: StoreReader,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let telemetry = telemetry(&cfg.metrics);
@@ -192,10 +195,13 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
         &shutdown,
     )
     .await?;
+    let store_name = match &reader {
+        StoreReader::Sqlite { path, .. } => path.display().to_string(),
+        _ => "ClickHouse".into(),
+    };
     let state = Arc::new(AppState {
         telemetry: Arc::clone(&telemetry),
-        store_path: store_path.clone(),
-        reader: Mutex::new(None),
+        store: reader,
         interval_s,
     });
     let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
@@ -238,7 +244,7 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
                 async move { grpc_stop.cancelled().await },
             ),
     );
-    tracing::info!(listen = %cfg.listen, grpc = %cfg.grpc_listen, store = %store_path.as_deref().map_or_else(|| "ClickHouse".into(), |p| p.display().to_string()), tls = cfg.tls.is_some(), "podflow server: ready for agents");
+    tracing::info!(listen = %cfg.listen, grpc = %cfg.grpc_listen, store = %store_name, tls = cfg.tls.is_some(), "podflow server: ready for agents");
 
     let mut netflow = crate::netflow::Intake::start(
         &cfg.netflow_listen,

@@ -2,11 +2,11 @@
 //! (`UPDATE_GOLDEN=1 cargo test -p podflow-server --test api` rewrites them; review the diff).
 
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, Protocol};
 use podflow_server::Telemetry;
-use podflow_server::http::{AppState, router};
+use podflow_server::http::{AppState, StoreReader, router};
 use podflow_store::{FlowStore, SqliteStore};
 
 fn pod(ns: &str, workload: &str, node: &str, zone: &str) -> EndLabels {
@@ -176,8 +176,7 @@ async fn query_and_nodegraph_answers_match_the_golden_files() {
         .expect("write");
     let state = Arc::new(AppState {
         telemetry: Arc::new(Telemetry::default()),
-        store_path: Some(path),
-        reader: Mutex::new(None),
+        store: StoreReader::sqlite(path),
         interval_s: 10,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

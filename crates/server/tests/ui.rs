@@ -13,12 +13,12 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, Protocol};
 use podflow_server::Telemetry;
-use podflow_server::http::{AppState, router};
+use podflow_server::http::{AppState, StoreReader, router};
 use podflow_store::{FlowStore, SqliteStore};
 use serde_json::Value;
 
@@ -234,8 +234,7 @@ async fn serve(rows: &[FlowRow]) -> (SocketAddr, tempfile::TempDir) {
         .expect("write");
     let state = Arc::new(AppState {
         telemetry: Arc::new(Telemetry::default()),
-        store_path: Some(path),
-        reader: Mutex::new(None),
+        store: StoreReader::sqlite(path),
         interval_s: 10,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -767,10 +767,21 @@ fn runtime() -> Result<tokio::runtime::Runtime, ClickHouseError> {
 /// The ClickHouse store.
 pub struct ClickHouseStore {
     client: Client,
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until dropped.
+    rt: Option<tokio::runtime::Runtime>,
     cfg: ClickHouseConfig,
     /// `database.table`, for messages.
     name: String,
+}
+
+impl Drop for ClickHouseStore {
+    // No task runs on the runtime (every request is `block_on`), so it can stop without
+    // waiting, which also works inside an async task (a plain drop there panics).
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl fmt::Debug for ClickHouseStore {
@@ -829,7 +840,7 @@ impl ClickHouseStore {
         let name = format!("{}.{}", cfg.database, cfg.table);
         let store = ClickHouseStore {
             client,
-            rt,
+            rt: Some(rt),
             cfg,
             name,
         };
@@ -847,7 +858,7 @@ impl ClickHouseStore {
     pub fn reader(&self) -> Result<ClickHouseStore, StoreError> {
         Ok(ClickHouseStore {
             client: self.client.clone(),
-            rt: runtime()?,
+            rt: Some(runtime()?),
             cfg: self.cfg.clone(),
             name: self.name.clone(),
         })
@@ -885,7 +896,10 @@ impl ClickHouseStore {
         Fut: Future<Output = Result<T, ::clickhouse::error::Error>>,
     {
         let timeout = Duration::from_secs(self.cfg.timeout_s.max(1));
-        self.rt.block_on(async {
+        let rt = self.rt.as_ref().ok_or_else(|| {
+            self.invalid("the store's runtime is gone (the store is being dropped)".into())
+        })?;
+        rt.block_on(async {
             let mut attempt = 0u32;
             loop {
                 attempt += 1;

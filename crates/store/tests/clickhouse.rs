@@ -160,6 +160,30 @@ fn end(kind: &'static str, ns: &str, name: &str, node: &str, zone: &str) -> EndL
     }
 }
 
+/// Node-b's host network and a host on the internet.
+fn node_b_and_internet() -> FlowLabels {
+    FlowLabels {
+        class: Class::PublicInternet,
+        local: end("node", "", "node-b", "node-b", "us-east-1b"),
+        remote: EndLabels {
+            kind: "internet",
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// S3 in us-east-1 (a cloud range).
+fn s3_end() -> EndLabels {
+    EndLabels {
+        kind: "cloud_range",
+        name: "S3".into(),
+        region: "us-east-1".into(),
+        cloud: "aws".into(),
+        ..Default::default()
+    }
+}
+
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
 }
@@ -189,24 +213,10 @@ fn sample_rows(t0: i64) -> Vec<FlowRow> {
     let s3 = Arc::new(FlowLabels {
         class: Class::IntraVpc,
         local: end("pod", "shop", "web-1", "node-a", "us-east-1a"),
-        remote: EndLabels {
-            kind: "cloud_range",
-            name: "S3".into(),
-            region: "us-east-1".into(),
-            cloud: "aws".into(),
-            ..Default::default()
-        },
+        remote: s3_end(),
         ..Default::default()
     });
-    let inet = Arc::new(FlowLabels {
-        class: Class::PublicInternet,
-        local: end("node", "", "node-b", "node-b", "us-east-1b"),
-        remote: EndLabels {
-            kind: "internet",
-            ..Default::default()
-        },
-        ..Default::default()
-    });
+    let inet = Arc::new(node_b_and_internet());
     let v6a = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10));
     let v6b = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x53));
     let keys: Vec<(&str, FlowKey, Arc<FlowLabels>)> = vec![
@@ -813,13 +823,7 @@ fn grouped_rows(t0: i64) -> Vec<FlowRow> {
         FlowLabels {
             class: Class::IntraVpc,
             local: web.clone(),
-            remote: EndLabels {
-                kind: "cloud_range",
-                name: "S3".into(),
-                region: "us-east-1".into(),
-                cloud: "aws".into(),
-                ..Default::default()
-            },
+            remote: s3_end(),
             ..Default::default()
         },
         [300, 5, 9000, 8, 1, 1],
@@ -829,15 +833,7 @@ fn grouped_rows(t0: i64) -> Vec<FlowRow> {
         t0 + 60,
         "node-b",
         tcp(v4(10, 0, 2, 1), v4(192, 0, 2, 1), 22, false, None),
-        FlowLabels {
-            class: Class::PublicInternet,
-            local: end("node", "", "node-b", "node-b", "us-east-1b"),
-            remote: EndLabels {
-                kind: "internet",
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+        node_b_and_internet(),
         [700, 7, 200, 3, 3, 0],
         0.0,
     );

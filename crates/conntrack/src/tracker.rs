@@ -4,7 +4,7 @@
 //! Identity: a connection is (conntrack id, protocol, original tuple, zone), hashed to 64
 //! bits; the start timestamp, when the kernel gives one, tells a reused id apart. The
 //! tracker keeps only the counters last reported (no tuples: every message carries
-//! them), so it costs about 120 bytes per live connection.
+//! them), so it costs about 130 bytes per live connection.
 //!
 //! Life of a connection:
 //! - NEW event: remembered with zero counters, reported as opened;

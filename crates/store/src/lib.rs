@@ -4,6 +4,7 @@
 
 pub mod clickhouse;
 pub mod query;
+mod rollup;
 mod sqlite;
 
 use std::sync::Arc;

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use crate::{FlowQuery, FlowStore, FlowSummary, StoreError};
 
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Columns added in version 2 (attribution), in order; each `TEXT NOT NULL DEFAULT ''`
 /// except `cost_usd`.
@@ -134,7 +134,7 @@ impl SqliteStore {
                 source,
             }
         };
-        let conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
@@ -158,6 +158,16 @@ impl SqliteStore {
             });
         }
         conn.execute_batch(SCHEMA).map_err(err("create schema"))?;
+        let rollups: usize = conn
+            .query_row(
+                &format!(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('{}')",
+                    crate::rollup::LEVELS.map(|(t, _)| t).join("', '")
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err("look for the rollups"))?;
         let have: Vec<String> = {
             let mut st = conn
                 .prepare("SELECT name FROM pragma_table_info('flows')")
@@ -190,6 +200,20 @@ impl SqliteStore {
                 ))
                 .map_err(err("migrate: add label column"))?;
             }
+        }
+        if rollups < crate::rollup::LEVELS.len() {
+            // Version 3: the rollups, filled from the rows already stored (all of them
+            // again if one is missing: a file edited by hand).
+            let tx = conn.transaction().map_err(err("begin migration"))?;
+            for (table, width) in crate::rollup::LEVELS {
+                tx.execute_batch(&crate::rollup::schema(table))
+                    .map_err(err("migrate: create a rollup"))?;
+                tx.execute_batch(&format!("DELETE FROM {table}"))
+                    .map_err(err("migrate: empty a rollup"))?;
+                tx.execute_batch(&crate::rollup::backfill_sql(table, width))
+                    .map_err(err("migrate: fill a rollup"))?;
+            }
+            tx.commit().map_err(err("commit migration"))?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err("set schema version"))?;
@@ -256,6 +280,64 @@ impl SqliteStore {
             service_name: l[22].as_str().into(),
             remote_observed: false,
         }))
+    }
+
+    /// A grouped query answered from `flows` alone (the reference for the rollup).
+    #[cfg(test)]
+    pub(crate) fn group_from_flows(
+        &self,
+        q: &crate::query::GroupQuery,
+    ) -> Vec<crate::query::GroupRow> {
+        // An `oldest` of None reads flows alone.
+        let (sql, params) = crate::rollup::group_sql(q, None);
+        assert!(!sql.contains("flows_hourly"));
+        self.run_group(&sql, &params, q.group_by.len())
+            .expect("query")
+    }
+
+    fn run_group(
+        &self,
+        sql: &str,
+        params: &[String],
+        n: usize,
+    ) -> Result<Vec<crate::query::GroupRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached(sql)
+            .map_err(self.err("prepare grouped query"))?;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                let key = (0..n)
+                    .map(|i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let u = |i: usize| {
+                    r.get::<_, Option<i64>>(n + i)
+                        .map(|v| v.unwrap_or(0).max(0) as u64)
+                };
+                Ok(crate::query::GroupRow {
+                    key,
+                    bytes_src_to_dst: u(0)?,
+                    bytes_dst_to_src: u(1)?,
+                    packets_src_to_dst: u(2)?,
+                    packets_dst_to_src: u(3)?,
+                    connections: u(4)?,
+                    closed: u(5)?,
+                    cost_usd: r.get::<_, Option<f64>>(n + 6)?.unwrap_or(0.0),
+                })
+            })
+            .map_err(self.err("grouped query"))?;
+        let mut out: Vec<_> = rows
+            .collect::<Result<_, _>>()
+            .map_err(self.err("grouped query"))?;
+        // An empty range still yields one all-zero total row without GROUP BY: drop it.
+        if n == 0
+            && out
+                .first()
+                .is_some_and(|r: &crate::query::GroupRow| r.bytes() == 0 && r.connections == 0)
+        {
+            out.clear();
+        }
+        Ok(out)
     }
 
     fn ip(&self, column: &'static str, s: String) -> Result<IpAddr, StoreError> {
@@ -339,6 +421,19 @@ impl FlowStore for SqliteStore {
                 p.extend(service.iter().map(|c| c as &dyn rusqlite::ToSql));
                 p.push(&l.remote_observed);
                 st.execute(p.as_slice()).map_err(err("upsert"))?;
+            }
+            for (table, width) in crate::rollup::LEVELS {
+                let mut st = tx
+                    .prepare_cached(&crate::rollup::upsert_sql(table))
+                    .map_err(err("prepare rollup upsert"))?;
+                for ((bucket, once, dims), sums) in crate::rollup::aggregate(rows, width) {
+                    let counts = sums.counts.map(u);
+                    let mut p: Vec<&dyn rusqlite::ToSql> = vec![&bucket, &once];
+                    p.extend(dims.iter().map(|d| d as &dyn rusqlite::ToSql));
+                    p.extend(counts.iter().map(|c| c as &dyn rusqlite::ToSql));
+                    p.push(&sums.cost_usd);
+                    st.execute(p.as_slice()).map_err(err("rollup upsert"))?;
+                }
             }
         }
         {
@@ -448,55 +543,37 @@ impl FlowStore for SqliteStore {
         &self,
         q: &crate::query::GroupQuery,
     ) -> Result<Vec<crate::query::GroupRow>, StoreError> {
-        let (sql, params) = crate::query::sql(q);
-        let mut st = self
+        // The oldest row left (the first key column: one index lookup).
+        let oldest: Option<i64> = self
             .conn
-            .prepare_cached(&sql)
-            .map_err(self.err("prepare grouped query"))?;
-        let n = q.group_by.len();
-        let rows = st
-            .query_map(rusqlite::params_from_iter(params.iter()), |r| {
-                let key = (0..n)
-                    .map(|i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let u = |i: usize| {
-                    r.get::<_, Option<i64>>(n + i)
-                        .map(|v| v.unwrap_or(0).max(0) as u64)
-                };
-                Ok(crate::query::GroupRow {
-                    key,
-                    bytes_src_to_dst: u(0)?,
-                    bytes_dst_to_src: u(1)?,
-                    packets_src_to_dst: u(2)?,
-                    packets_dst_to_src: u(3)?,
-                    connections: u(4)?,
-                    closed: u(5)?,
-                    cost_usd: r.get::<_, Option<f64>>(n + 6)?.unwrap_or(0.0),
-                })
-            })
-            .map_err(self.err("grouped query"))?;
-        let mut out: Vec<_> = rows
-            .collect::<Result<_, _>>()
-            .map_err(self.err("grouped query"))?;
-        // An empty range still yields one all-zero total row without GROUP BY: drop it.
-        if n == 0
-            && out
-                .first()
-                .is_some_and(|r: &crate::query::GroupRow| r.bytes() == 0 && r.connections == 0)
-        {
-            out.clear();
-        }
-        Ok(out)
+            .query_row("SELECT MIN(interval_start) FROM flows", [], |r| r.get(0))
+            .map_err(self.err("read the oldest interval"))?;
+        let (sql, params) = crate::rollup::group_sql(q, oldest);
+        self.run_group(&sql, &params, q.group_by.len())
     }
 
     fn expire(&mut self, before: i64) -> Result<u64, StoreError> {
-        let n = self
-            .conn
+        let path = self.path.clone();
+        let err = |op| {
+            let path = path.clone();
+            move |source| StoreError::Sqlite { path, op, source }
+        };
+        let tx = self.conn.transaction().map_err(err("begin expiry"))?;
+        let n = tx
             .execute(
                 "DELETE FROM flows WHERE interval_start < ?1",
                 params![before],
             )
-            .map_err(self.err("expire"))?;
+            .map_err(err("expire"))?;
+        // Whole buckets only: the one holding `before` is answered from `flows`.
+        for (table, width) in crate::rollup::LEVELS {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE bucket_start + ?2 <= ?1"),
+                params![before, width],
+            )
+            .map_err(err("expire a rollup"))?;
+        }
+        tx.commit().map_err(err("commit expiry"))?;
         Ok(n as u64)
     }
 }
@@ -739,6 +816,171 @@ mod tests {
             (old.totals.bytes_out, old.labels.class),
             (5, Class::Unknown)
         );
+    }
+
+    mod rollup_props {
+        use super::*;
+        use crate::query::{GroupQuery, View, dim};
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 3] = ["", "a", "b"];
+        const KINDS: [&str; 3] = ["pod", "node", "internet"];
+
+        fn end(k: usize, ns: usize, w: usize, n: usize, z: usize) -> EndLabels {
+            EndLabels {
+                kind: KINDS[k],
+                namespace: NAMES[ns].into(),
+                workload: NAMES[w].into(),
+                name: NAMES[n].into(),
+                zone: NAMES[z].into(),
+                ..Default::default()
+            }
+        }
+
+        fn arb_row() -> impl Strategy<Value = FlowRow> {
+            let e = || (0..3usize, 0..3usize, 0..3usize, 0..3usize, 0..3usize);
+            (
+                (0..6 * 3600i64, any::<bool>(), any::<bool>(), 0..3usize),
+                (e(), e()),
+                (0..1000u64, 0..1000u64, 0..3u64, 0..8u32),
+            )
+                .prop_map(
+                    |((t, init, ro, class), (l, r), (out, inn, opened, cost))| {
+                        let mut row = super::row(t, "10.0.0.2", out);
+                        row.key.local_initiated = init;
+                        row.totals.bytes_in = inn;
+                        row.totals.opened = opened;
+                        // Quarters add exactly in floating point, in any order.
+                        row.cost_usd = f64::from(cost) * 0.25;
+                        row.observer = format!("node-{}", t % 2);
+                        row.labels = Arc::new(FlowLabels {
+                            class: [Class::InterZone, Class::IntraZone, Class::PublicInternet]
+                                [class],
+                            local: end(l.0, l.1, l.2, l.3, l.4),
+                            remote: end(r.0, r.1, r.2, r.3, r.4),
+                            service_namespace: NAMES[l.1].into(),
+                            service_name: NAMES[r.2].into(),
+                            remote_observed: ro,
+                        });
+                        row
+                    },
+                )
+        }
+
+        fn arb_query() -> impl Strategy<Value = GroupQuery> {
+            let dims = prop::sample::subsequence(
+                &[
+                    "src_kind",
+                    "dst_workload",
+                    "src_workload",
+                    "class",
+                    "dst_zone",
+                    "service_name",
+                    // Not in the rollup: such queries read flows alone.
+                    "observer",
+                ][..],
+                0..=3,
+            );
+            (
+                dims,
+                prop::option::of((0..4usize, 0..3usize)),
+                (0..7 * 3600i64, 0..7 * 3600i64),
+                1..20usize,
+                any::<bool>(),
+            )
+                .prop_map(|(dims, filter, (a, b), limit, once)| GroupQuery {
+                    from: a.min(b),
+                    to: a.max(b),
+                    group_by: dims.iter().filter_map(|d| dim(d)).collect(),
+                    filters: filter
+                        .map(|(d, v)| {
+                            let d = ["src_namespace", "dst_kind", "src_zone", "observer"][d];
+                            let v = if d == "dst_kind" { KINDS[v] } else { NAMES[v] };
+                            (dim(d).expect("dim"), v.to_string())
+                        })
+                        .into_iter()
+                        .collect(),
+                    limit,
+                    view: if once { View::Once } else { View::Raw },
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            /// Whatever the rows, batches, range, dimensions, filters, limit, view and
+            /// expiry, a query answers what `flows` alone answers.
+            #[test]
+            fn the_rollup_answers_what_the_flows_answer(
+                batches in prop::collection::vec(prop::collection::vec(arb_row(), 0..40), 1..4),
+                queries in prop::collection::vec(arb_query(), 8),
+                cutoff in prop::option::of(0..6 * 3600i64),
+            ) {
+                // A key's labels are fixed within an interval (the aggregator's rows); a
+                // later write of the same key and interval with other labels would keep
+                // the first labels in `flows` but its own in the rollups.
+                let mut batches = batches;
+                let mut first = std::collections::HashMap::new();
+                for r in batches.iter_mut().flatten() {
+                    let id = (r.interval_start, r.observer.clone(), r.key);
+                    r.labels = Arc::clone(first.entry(id).or_insert_with(|| Arc::clone(&r.labels)));
+                }
+                let dir = tempfile::tempdir().expect("tmp");
+                let mut s = SqliteStore::open(&dir.path().join("f.sqlite")).expect("open");
+                for b in &batches {
+                    s.write(b).expect("write");
+                }
+                if let Some(c) = cutoff {
+                    s.expire(c).expect("expire");
+                }
+                for q in &queries {
+                    prop_assert_eq!(s.group(q).expect("group"), s.group_from_flows(q), "{:?}", q);
+                }
+                // A file written before the rollup existed is filled on open.
+                drop(s);
+                let c = Connection::open(dir.path().join("f.sqlite")).expect("open");
+                c.execute_batch("DROP TABLE flows_hourly; DROP TABLE flows_1m").expect("drop");
+                drop(c);
+                let s = SqliteStore::open(&dir.path().join("f.sqlite")).expect("reopen");
+                for q in &queries {
+                    prop_assert_eq!(s.group(q).expect("group"), s.group_from_flows(q), "{:?}", q);
+                }
+            }
+        }
+
+        #[test]
+        fn a_day_of_one_pair_is_read_from_the_rollup() {
+            let dir = tempfile::tempdir().expect("tmp");
+            let mut s = SqliteStore::open(&dir.path().join("f.sqlite")).expect("open");
+            let rows: Vec<FlowRow> = (0..24 * 6)
+                .map(|i| super::row(i * 600, "10.0.0.2", 10))
+                .collect();
+            s.write(&rows).expect("write");
+            let count = |t: &str| -> i64 {
+                s.conn
+                    .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+                    .expect("count")
+            };
+            assert_eq!(count("flows_hourly"), 24, "one row per hour for one key");
+            assert_eq!(count("flows_10m"), 144);
+            let q = GroupQuery {
+                from: 0,
+                to: 86_400,
+                group_by: vec![dim("src_namespace").expect("dim")],
+                filters: Vec::new(),
+                limit: 5,
+                view: View::Once,
+            };
+            let got = s.group(&q).expect("group");
+            assert_eq!(got.len(), 1);
+            assert_eq!(
+                (
+                    got[0].key[0].as_str(),
+                    got[0].bytes_src_to_dst,
+                    got[0].connections
+                ),
+                ("shop", 1440, 144)
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,390 @@
+//! The embedded store's rollups: the same rows summed per hour, per 10 minutes and per
+//! minute and per workload-level key, written in the transaction that writes the rows,
+//! so grouped queries over long ranges read thousands of rollup rows instead of millions
+//! of flows.
+//!
+//! A grouped query can use them when every dimension it groups or filters by is one of
+//! [`DIMS`] (workload level: no pods, nodes, addresses or ports). Its range is then cut
+//! into whole hours (from the hourly table), the whole 10 minutes and minutes around
+//! them (from the finer tables), and the ragged edges under a minute (from `flows`);
+//! all parts go through one outer `GROUP BY`, so the answer is the one `flows` alone
+//! gives. Buckets older than the oldest row left in `flows` (the retention boundary)
+//! are read from finer levels and finally `flows`, so all agree after expiry.
+
+use std::collections::HashMap;
+
+use podflow_model::{EndLabels, FlowRow};
+
+use crate::query::{Dim, GroupQuery, View};
+
+/// The rollup tables and their bucket widths (seconds), coarsest first; each width
+/// divides the one before.
+pub(crate) const LEVELS: [(&str, i64); 3] =
+    [("flows_hourly", 3600), ("flows_10m", 600), ("flows_1m", 60)];
+
+/// The dimensions kept in the rollup; each is also its column name.
+pub(crate) const DIMS: [&str; 19] = [
+    "src_kind",
+    "dst_kind",
+    "src_namespace",
+    "dst_namespace",
+    "src_workload",
+    "dst_workload",
+    "src_workload_kind",
+    "dst_workload_kind",
+    "src_app",
+    "dst_app",
+    "src_zone",
+    "dst_zone",
+    "src_region",
+    "dst_region",
+    "src_cloud",
+    "dst_cloud",
+    "class",
+    "service_namespace",
+    "service_name",
+];
+
+/// Summed columns, in the order [`Sums`] holds them.
+const SUMS: [&str; 7] = [
+    "bytes_s2d",
+    "bytes_d2s",
+    "packets_s2d",
+    "packets_d2s",
+    "conns_opened",
+    "conns_closed",
+    "cost_usd",
+];
+
+/// The same sums over `flows`, oriented source (initiator) → destination.
+const FLOW_SUMS: [&str; 7] = [
+    "CASE WHEN local_initiated THEN bytes_out ELSE bytes_in END",
+    "CASE WHEN local_initiated THEN bytes_in ELSE bytes_out END",
+    "CASE WHEN local_initiated THEN packets_out ELSE packets_in END",
+    "CASE WHEN local_initiated THEN packets_in ELSE packets_out END",
+    "conns_opened",
+    "conns_closed",
+    "cost_usd",
+];
+
+/// A row counts in the count-once view unless its other end is observed too and did
+/// not initiate (then the initiator's row counts).
+const ONCE_FLOWS: &str = "NOT (remote_observed = 1 AND local_initiated = 0)";
+
+/// `CREATE TABLE` for the rollup `table`.
+pub(crate) fn schema(table: &str) -> String {
+    let dims: Vec<String> = DIMS
+        .iter()
+        .map(|d| format!("    {d} TEXT NOT NULL,\n"))
+        .collect();
+    let sums: Vec<String> = SUMS
+        .iter()
+        .map(|s| {
+            let ty = if *s == "cost_usd" { "REAL" } else { "INTEGER" };
+            format!("    {s} {ty} NOT NULL,\n")
+        })
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (\n    bucket_start INTEGER NOT NULL,\n    \
+         once INTEGER NOT NULL,\n{}{}    PRIMARY KEY (bucket_start, once, {})\n) WITHOUT ROWID;",
+        dims.concat(),
+        sums.concat(),
+        DIMS.join(", ")
+    )
+}
+
+fn dim(name: &str) -> Dim {
+    // DIMS only names dimensions of the query layer (a unit test checks every one).
+    crate::query::dim(name).unwrap_or_else(|| panic!("rollup dimension {name} is unknown"))
+}
+
+/// Fills the rollup `table` of bucket width `width` from the rows already in `flows`
+/// (the migration to schema v3).
+pub(crate) fn backfill_sql(table: &str, width: i64) -> String {
+    let keys: Vec<String> = DIMS
+        .iter()
+        .map(|d| format!("CAST({} AS TEXT)", dim(d).sql))
+        .collect();
+    let sums: Vec<String> = FLOW_SUMS.iter().map(|s| format!("SUM({s})")).collect();
+    format!(
+        "INSERT INTO {table} (bucket_start, once, {dims}, {sum_cols})
+         SELECT (interval_start / {width}) * {width}, {ONCE_FLOWS}, {keys}, {sums}
+         FROM flows GROUP BY 1, 2, {groups}",
+        dims = DIMS.join(", "),
+        sum_cols = SUMS.join(", "),
+        keys = keys.join(", "),
+        sums = sums.join(", "),
+        groups = (3..3 + DIMS.len())
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// The upsert that adds one row to the rollup `table`.
+pub(crate) fn upsert_sql(table: &str) -> String {
+    let cols: Vec<&str> = ["bucket_start", "once"]
+        .into_iter()
+        .chain(DIMS)
+        .chain(SUMS)
+        .collect();
+    let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+    let adds: Vec<String> = SUMS
+        .iter()
+        .map(|s| format!("{s} = {s} + excluded.{s}"))
+        .collect();
+    format!(
+        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT DO UPDATE SET {}",
+        cols.join(", "),
+        params.join(", "),
+        adds.join(", ")
+    )
+}
+
+/// Bytes, packets, connections (source → destination first) and cost of one rollup key.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Sums {
+    pub(crate) counts: [u64; 6],
+    pub(crate) cost_usd: f64,
+}
+
+/// A rollup key: bucket start, counts-once flag, and the [`DIMS`] values in order.
+pub(crate) type Key<'a> = (i64, bool, [&'a str; DIMS.len()]);
+
+/// The value of a workload dimension for one end, as the query layer computes it: the
+/// workload, else the end's name, else its kind.
+fn workload(e: &EndLabels) -> &str {
+    [&*e.workload, &*e.name]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or(e.kind)
+}
+
+/// Sums `rows` per rollup key of bucket width `width` (a batch of rows shares few
+/// workload pairs).
+pub(crate) fn aggregate(rows: &[FlowRow], width: i64) -> HashMap<Key<'_>, Sums> {
+    let mut out: HashMap<Key<'_>, Sums> = HashMap::new();
+    for r in rows {
+        let l = &r.labels;
+        let init = r.key.local_initiated;
+        let (s, d) = if init {
+            (&l.local, &l.remote)
+        } else {
+            (&l.remote, &l.local)
+        };
+        let key: Key<'_> = (
+            r.interval_start.div_euclid(width) * width,
+            !l.remote_observed || init,
+            [
+                s.kind,
+                d.kind,
+                &s.namespace,
+                &d.namespace,
+                workload(s),
+                workload(d),
+                &s.workload_kind,
+                &d.workload_kind,
+                &s.app,
+                &d.app,
+                &s.zone,
+                &d.zone,
+                &s.region,
+                &d.region,
+                &s.cloud,
+                &d.cloud,
+                l.class.as_str(),
+                &l.service_namespace,
+                &l.service_name,
+            ],
+        );
+        let t = &r.totals;
+        let (bs, bd, ps, pd) = if init {
+            (t.bytes_out, t.bytes_in, t.packets_out, t.packets_in)
+        } else {
+            (t.bytes_in, t.bytes_out, t.packets_in, t.packets_out)
+        };
+        let e = out.entry(key).or_default();
+        for (acc, v) in e
+            .counts
+            .iter_mut()
+            .zip([bs, bd, ps, pd, t.opened, t.closed])
+        {
+            *acc += v;
+        }
+        e.cost_usd += r.cost_usd;
+    }
+    out
+}
+
+/// Whether a query groups and filters only by rollup dimensions.
+fn eligible(q: &GroupQuery) -> bool {
+    q.group_by
+        .iter()
+        .chain(q.filters.iter().map(|(d, _)| d))
+        .all(|d| DIMS.contains(&d.name))
+}
+
+/// Where a part of a query's range is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Flows,
+    Rollup(&'static str),
+}
+
+/// Cuts `[from, to)` into whole buckets of the coarsest level that fits, then of finer
+/// levels around them, then rows; buckets before `oldest` are left to finer levels.
+fn plan(
+    from: i64,
+    to: i64,
+    oldest: i64,
+    levels: &[(&'static str, i64)],
+    out: &mut Vec<(Source, i64, i64)>,
+) {
+    if from >= to {
+        return;
+    }
+    let Some((&(table, w), finer)) = levels.split_first() else {
+        out.push((Source::Flows, from, to));
+        return;
+    };
+    let a = (from.max(oldest) + w - 1).div_euclid(w) * w;
+    let b = to.div_euclid(w) * w;
+    if a < b {
+        plan(from, a, oldest, finer, out);
+        out.push((Source::Rollup(table), a, b));
+        plan(b, to, oldest, finer, out);
+    } else {
+        plan(from, to, oldest, finer, out);
+    }
+}
+
+/// The SQL of a grouped query and its parameters (values bound, never spliced).
+///
+/// `oldest` is the earliest `interval_start` left in `flows` (None when empty): buckets
+/// that start before it are read from finer levels or `flows`, where retention has cut
+/// them, and an empty `flows` answers alone.
+pub(crate) fn group_sql(q: &GroupQuery, oldest: Option<i64>) -> (String, Vec<String>) {
+    let mut ranges = Vec::new();
+    match oldest {
+        Some(oldest) if eligible(q) => plan(q.from, q.to, oldest, &LEVELS, &mut ranges),
+        // An empty `flows` (all expired) reads nothing from the rollups' last buckets.
+        _ => plan(q.from, q.to, i64::MAX, &[], &mut ranges),
+    }
+    if ranges.is_empty() {
+        // An empty range: one part that matches nothing keeps the shape of the answer.
+        ranges.push((Source::Flows, q.from, q.from));
+    }
+    // ?1..?k: the filter values, shared by every part; then each part's range.
+    let mut params: Vec<String> = q.filters.iter().map(|(_, v)| v.clone()).collect();
+    let n = q.group_by.len();
+    let mut parts = Vec::new();
+    for (source, from, to) in ranges {
+        params.push(from.to_string());
+        params.push(to.to_string());
+        let (a, b) = (params.len() - 1, params.len());
+        let (table, time, once, sums) = match source {
+            Source::Flows => ("flows", "interval_start", ONCE_FLOWS, FLOW_SUMS),
+            Source::Rollup(t) => (t, "bucket_start", "once = 1", SUMS),
+        };
+        // A dimension is an expression over `flows`, a column of its own in a rollup.
+        let key = |d: &Dim| match source {
+            Source::Flows => format!("CAST({} AS TEXT)", d.sql),
+            Source::Rollup(_) => d.name.to_string(),
+        };
+        let mut cols: Vec<String> = q
+            .group_by
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("{} AS k{i}", key(d)))
+            .collect();
+        cols.extend(sums.iter().enumerate().map(|(i, s)| format!("{s} AS s{i}")));
+        let mut wh = vec![
+            format!("{time} >= CAST(?{a} AS INTEGER)"),
+            format!("{time} < CAST(?{b} AS INTEGER)"),
+        ];
+        if q.view == View::Once {
+            wh.push(once.into());
+        }
+        wh.extend(
+            q.filters
+                .iter()
+                .enumerate()
+                .map(|(i, (d, _))| format!("{} = ?{}", key(d), i + 1)),
+        );
+        parts.push(format!(
+            "SELECT {} FROM {table} WHERE {}",
+            cols.join(", "),
+            wh.join(" AND ")
+        ));
+    }
+    let mut select: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    select.extend((0..SUMS.len()).map(|i| format!("SUM(s{i})")));
+    let mut sql = format!(
+        "SELECT {} FROM ({})",
+        select.join(", "),
+        parts.join(" UNION ALL ")
+    );
+    let keys: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+    if n > 0 {
+        sql.push_str(&format!(" GROUP BY {}", keys.join(", ")));
+    }
+    // Largest first; equal totals in key order, so the answer does not depend on
+    // which table a part came from.
+    sql.push_str(" ORDER BY SUM(s0) + SUM(s1) DESC");
+    for k in &keys {
+        sql.push_str(&format!(", {k}"));
+    }
+    sql.push_str(&format!(" LIMIT {}", q.limit));
+    (sql, params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rollup_dimension_is_a_query_dimension() {
+        for d in DIMS {
+            assert!(crate::query::dim(d).is_some(), "{d}");
+        }
+    }
+
+    #[test]
+    fn only_workload_level_queries_over_whole_buckets_read_the_rollups() {
+        const HOUR: i64 = 3600;
+        let q = |group: &[&str], from, to| GroupQuery {
+            from,
+            to,
+            group_by: group.iter().map(|g| dim(g)).collect(),
+            filters: Vec::new(),
+            limit: 5,
+            view: View::Raw,
+        };
+        let (sql, params) = group_sql(&q(&["src_workload"], 1799, 4 * HOUR + 660), Some(0));
+        assert!(sql.contains("flows_hourly"), "{sql}");
+        // [1799, 1800) from flows, [1800, 3600) from 10-minute buckets, [3600, 14400)
+        // hourly, [14400, 15000) 10-minute again, [15000, 15060) per minute.
+        assert_eq!(
+            params,
+            [
+                "1799", "1800", "1800", "3600", "3600", "14400", "14400", "15000", "15000", "15060"
+            ]
+        );
+        assert_eq!(sql.matches("FROM flows_10m").count(), 2, "{sql}");
+        let (sql, _) = group_sql(&q(&["src_ip"], 0, 10 * HOUR), Some(0));
+        assert!(!sql.contains("flows_"), "{sql}");
+        let (sql, params) = group_sql(&q(&["class"], 100, 130), Some(0));
+        assert!(!sql.contains("flows_"), "under a minute: {sql}");
+        assert_eq!(params, ["100", "130"]);
+        // Retention left rows from 7300 on: buckets before 7320 come from flows.
+        let (_, params) = group_sql(&q(&["class"], 0, 5 * HOUR), Some(7300));
+        assert_eq!(
+            params,
+            [
+                "0", "7320", "7320", "7800", "7800", "10800", "10800", "18000"
+            ]
+        );
+        let (sql, _) = group_sql(&q(&["class"], 0, 5 * HOUR), None);
+        assert!(!sql.contains("flows_"), "empty flows: {sql}");
+    }
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# bench-netflow.sh - podflow's NetFlow/IPFIX collector (crates/netflow/examples/collect.rs:
-# listener + decode + per-key aggregation) against nfcapd, on the same replayed export
-# streams, in one run.
+# bench-netflow.sh - podflow's NetFlow/IPFIX collector (`podflow server --netflow-listen`:
+# listener, decoders, attribution, per-interval aggregation, the embedded store) against
+# nfcapd (which writes its files), on the same replayed export streams, in one run.
 #
 #   scripts/bench-netflow.sh            full run (~6 min): v9, IPFIX and v5 at rising rates
 #   scripts/bench-netflow.sh --smoke    < 60 s: small captures, v9 at one rate
@@ -10,11 +10,13 @@
 # pcap of BENCH_FLOWS distinct flows, exporting to 127.0.0.1:2055, captured and checksum
 # fixed): ../shared/tools/netflow-lab.sh (or $NETFLOW_LAB). This script then, inside a
 # network namespace of its own (only its loopback is used), replays each capture with
-# tcpreplay at each rate into nfcapd, then into podflow's collector, and reads each
-# collector's CPU time (utime+stime from /proc/PID/stat) over the replay.
+# tcpreplay at each rate into nfcapd, then into podflow, and reads each collector's CPU
+# time: nfcapd's utime+stime from /proc/PID/stat over the replay; podflow's over its whole
+# life (start, replay, and the last interval's attribution and store write at SIGTERM),
+# from /usr/bin/time.
 #
 # Per point it prints: offered datagrams/s (tcpreplay's rate), datagrams sent, and per
-# collector: datagrams received (podflow: its own count; nfcapd: sent - kernel receive
+# collector: datagrams received (podflow: its /metrics; nfcapd: sent - kernel receive
 # buffer drops), flow records received and lost, CPU seconds. Last line:
 #   netflow_v9_cpu_ratio=<podflow CPU s / nfcapd CPU s>
 # over the v9 points both collectors received losslessly (the same work for both; all
@@ -23,7 +25,7 @@
 # Env knobs: BENCH_FLOWS (300000), DUR (seconds per point, 5), RATES_V9, RATES_IPFIX,
 # RATES_V5 (datagrams/s; "top" = tcpreplay --topspeed; set empty to skip), CAPTURES (a folder holding
 # bench_netflow_v9.pcap etc. and bench_results.txt from an earlier run: skips generation),
-# OUT (results folder), PODFLOW_ARGS (extra flags for the collector, e.g. "--batch 1"),
+# OUT (results folder), PODFLOW_ARGS (extra flags for podflow server, e.g. "--interval 1s"),
 # CARGO_TARGET_DIR.
 set -uo pipefail
 
@@ -46,9 +48,10 @@ if [ -z "$LAB" ]; then
 	done
 fi
 [ -n "$LAB" ] && [ -x "$LAB" ] || die "netflow-lab.sh not found (looked in $REPO/../shared/tools and /work/shared/tools; set NETFLOW_LAB=/path/to/netflow-lab.sh)"
-for c in ip tcpreplay nfcapd ss awk cargo getconf; do
-	command -v "$c" >/dev/null 2>&1 || die "$c not found (apt-get install -y iproute2 tcpreplay nfdump; cargo from rustup)"
+for c in ip tcpreplay nfcapd ss awk cargo getconf pgrep; do
+	command -v "$c" >/dev/null 2>&1 || die "$c not found (apt-get install -y iproute2 tcpreplay nfdump procps; cargo from rustup)"
 done
+[ -x /usr/bin/time ] || die "/usr/bin/time not found (apt-get install -y time)"
 
 if [ $SMOKE = 1 ]; then
 	BENCH_FLOWS=${BENCH_FLOWS:-20000}; DUR=${DUR:-2}
@@ -63,6 +66,8 @@ fi
 OUT=${OUT:-$(mktemp -d /tmp/podflow-bench-netflow.XXXXXX)}
 mkdir -p "$OUT"
 NS=pfnf-bench
+HTTP_PORT=9190
+PF_DATA=/dev/shm/podflow-bench-netflow
 PORT=2055
 HZ=$(getconf CLK_TCK)
 
@@ -91,7 +96,7 @@ cleanup() {
 		sleep 0.2
 		ip netns del "$NS" 2>/dev/null
 	fi
-	rm -rf "$OUT/nfcapd-out"
+	rm -rf "$OUT/nfcapd-out" "$PF_DATA"
 	log "cleanup done (collectors stopped, namespace $NS deleted); results in $OUT"
 }
 trap cleanup EXIT
@@ -103,11 +108,11 @@ wait_for() {                  # wait_for SECONDS CMD... (every 0.1 s)
 	return 1
 }
 
-# ------------------------------------------------------------- build podflow's collector
-log "building the collector (cargo build --release -p podflow-netflow --example collect)"
-(cd "$REPO" && cargo build -q --release -p podflow-netflow --example collect) || die "build failed"
-COLLECT=${CARGO_TARGET_DIR:-$REPO/target}/release/examples/collect
-[ -x "$COLLECT" ] || die "no collector binary at $COLLECT"
+# ------------------------------------------------------------- build podflow
+log "building podflow (cargo build --release -p podflow)"
+(cd "$REPO" && cargo build -q --release -p podflow) || die "build failed"
+PODFLOW=${CARGO_TARGET_DIR:-$REPO/target}/release/podflow
+[ -x "$PODFLOW" ] || die "no podflow binary at $PODFLOW"
 
 # ------------------------------------------------------------- export captures (lab tool)
 CAP=${CAPTURES:-$OUT/lab}
@@ -138,12 +143,15 @@ in_ns() { ip netns exec "$NS" "$@"; }
 udp_bound() { in_ns ss -Hlun "sport = :$PORT" | grep -q .; }
 rcvbuf_errors() { in_ns awk '/^Udp:/ {getline; print $6}' /proc/net/snmp; }
 cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+metrics() {                   # podflow's /metrics, fetched inside the namespace
+	in_ns bash -c "exec 3<>/dev/tcp/127.0.0.1/$HTTP_PORT && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3"
+}
 
 RESULTS=$OUT/results.txt
 : >"$RESULTS"
 say() { echo "$*" | tee -a "$RESULTS"; }
 say "# bench-netflow $(date -Is) $(nproc) CPUs; $(uname -r); BENCH_FLOWS=$BENCH_FLOWS, ${DUR}s per point; generator tcpreplay on lo in netns $NS"
-say "# nfcapd $(nfcapd -V 2>&1 | head -1 | awk '{print $NF}') -B 16777216 to tmpfs; podflow collect ${PODFLOW_ARGS:-(defaults: SO_RCVBUF 32 MiB forced, one socket per core, batches of 64, 1 ms coalescing)}"
+say "# nfcapd $(nfcapd -V 2>&1 | head -1 | awk '{print $NF}') -B 16777216 to tmpfs; podflow server --netflow-listen, embedded store on tmpfs ${PODFLOW_ARGS:-(defaults: 10 s intervals, SO_RCVBUF 32 MiB forced, one socket per core)}"
 for v in 9 10 5; do say "# $(basename "${PCAP[$v]}"): ${NPK[$v]} datagrams, ${FPL[$v]} flow records per loop"; done
 printf -v HDR '%-6s %7s %9s %9s | %-44s | %-44s | %s' ver target offered/s sent \
 	"nfcapd: recv_dgrams records lost cpu_s" "podflow: recv_dgrams records lost cpu_s" ratio
@@ -167,9 +175,13 @@ point() {
 			rm -rf "$OUT/nfcapd-out"; mkdir -p "$OUT/nfcapd-out"
 			ip netns exec "$NS" nfcapd -w "$OUT/nfcapd-out" -b 127.0.0.1 -p $PORT -t 3600 -B 16777216 >"$lf" 2>&1 &
 		else
-			ip netns exec "$NS" "$COLLECT" --listen 127.0.0.1:$PORT ${PODFLOW_ARGS:-} >"$lf" 2>&1 &
+			rm -rf "$PF_DATA"; mkdir -p "$PF_DATA"
+			# shellcheck disable=SC2086
+			ip netns exec "$NS" /usr/bin/time -f "cpu_s %U %S" -o "$OUT/podflow.time" \
+				"$PODFLOW" server --netflow-listen 127.0.0.1:$PORT --listen 127.0.0.1:$HTTP_PORT \
+				--grpc-listen 127.0.0.1:$((HTTP_PORT + 1)) --data-dir "$PF_DATA" ${PODFLOW_ARGS:-} >"$lf" 2>&1 &
 		fi
-		P=$!; PIDS+=("$P")   # ip netns exec execs the collector: same PID
+		P=$!; PIDS+=("$P")   # ip netns exec execs the collector (podflow: /usr/bin/time): same PID
 		wait_for 10 udp_bound || { cat "$lf" >&2; die "$coll did not bind 127.0.0.1:$PORT"; }
 		local e0 e1 c0 c1
 		e0=$(rcvbuf_errors); c0=$(cpu_ticks "$P")
@@ -177,18 +189,27 @@ point() {
 			{ cat "$OUT/tcpreplay.log" >&2; die "tcpreplay failed"; }
 		sleep 2
 		e1=$(rcvbuf_errors); c1=$(cpu_ticks "$P")
-		stop_pid "$P"
-		local drops=$((e1 - e0)) got recv
+		local drops=$((e1 - e0)) got recv cpu
 		if [ $coll = nfcapd ]; then
+			stop_pid "$P"
 			got=$(sed -n 's/.*Flows: \([0-9]*\),.*/\1/p' "$lf" | tail -1)
 			recv=$((sent - drops))
+			cpu=$(awk -v t=$((c1 - c0)) -v hz="$HZ" 'BEGIN {printf "%.2f", t / hz}')
 		else
-			got=$(sed -n 's/.* records=\([0-9]*\) .*/\1/p' "$lf" | tail -1)
-			recv=$(sed -n 's/.* datagrams=\([0-9]*\) .*/\1/p' "$lf" | tail -1)
+			local m child
+			m=$(metrics)
+			got=$(awk '$1 == "podflow_netflow_records_total" {print $2}' <<<"$m")
+			recv=$(awk '$1 == "podflow_netflow_datagrams_total" {print $2}' <<<"$m")
+			# SIGTERM to podflow (time's child): it writes the last interval and exits.
+			child=$(pgrep -P "$P" | head -1)
+			[ -n "$child" ] && kill -TERM "$child"
+			local i
+			for i in $(seq 300); do alive "$P" || break; sleep 0.1; done
+			stop_pid "$P"
+			cpu=$(awk '$1 == "cpu_s" {printf "%.2f", $2 + $3}' "$OUT/podflow.time")
 		fi
-		[ -n "$got" ] && [ -n "$recv" ] || { cat "$lf" >&2; die "$coll reported no totals"; }
-		local cpu lost=$((exp - got))
-		cpu=$(awk -v t=$((c1 - c0)) -v hz="$HZ" 'BEGIN {printf "%.2f", t / hz}')
+		[ -n "$got" ] && [ -n "$recv" ] && [ -n "$cpu" ] || { cat "$lf" >&2; die "$coll reported no totals"; }
+		local lost=$((exp - got))
 		[ -z "$offered" ] && offered=$(awk '/Rated:/ {for (i = 1; i <= NF; i++) if ($i == "pps" || $i == "pps,") print $(i - 1)}' "$OUT/tcpreplay.log" | head -1)
 		row+=("$(printf '%10d %9d %7d %6s' "$recv" "$got" "$lost" "$cpu")")
 		eval "local ${coll}_cpu=$cpu ${coll}_lost=$lost"

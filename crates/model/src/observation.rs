@@ -85,6 +85,18 @@ pub struct Tuple {
     pub dst_port: u16,
 }
 
+impl Tuple {
+    /// The same tuple seen from the other end (the reply direction without NAT).
+    pub fn reversed(&self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        }
+    }
+}
+
 impl Default for Tuple {
     fn default() -> Self {
         Tuple {

@@ -120,12 +120,7 @@ impl FlowRecord {
             src_port: self.src_port,
             dst_port: self.dst_port,
         };
-        let reply = Tuple {
-            src: self.dst,
-            dst: self.src,
-            src_port: self.dst_port,
-            dst_port: self.src_port,
-        };
+        let reply = orig.reversed();
         Observation {
             proto: self.proto,
             orig,

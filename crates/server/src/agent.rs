@@ -124,7 +124,7 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
     // Producer: numbered, encoded batches into the buffer.
     // NetFlow/IPFIX records received here travel in their own batches, their observer
     // being the exporter (`"<ip>/<domain>"`) instead of this node.
-    let mut netflow = crate::netflow::Intake::start(&cfg.netflow_listen, &telemetry, false)?;
+    let mut netflow = crate::netflow::Intake::start(&cfg.netflow_listen, &telemetry, false, None)?;
     let producer = {
         let shared = Arc::clone(&shared);
         let (agent_id, node) = (cfg.agent_id.clone(), cfg.node.clone());
@@ -172,9 +172,9 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                             break;
                         }
                     }
-                    Some(groups) = netflow.recv() => {
+                    Some(batch) = netflow.recv() => {
                         let now = podflow_inventory::now_ns();
-                        for (who, obs) in groups {
+                        for (who, obs) in crate::netflow::by_observer(batch) {
                             push(&who, &[], &obs, now);
                         }
                     }

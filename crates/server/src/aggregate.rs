@@ -64,7 +64,23 @@ impl Aggregator {
         labels: impl FnOnce() -> FlowLabels,
         cost_usd: f64,
     ) {
-        let mut key = FlowKey::of(obs.proto, o);
+        let n = (u64::from(obs.opened), u64::from(obs.closed));
+        self.record_counted(observer, obs.proto, o, now, labels, cost_usd, n);
+    }
+
+    /// Adds summed records: `conns` = (connections opened, closed) among them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_counted(
+        &mut self,
+        observer: &Arc<str>,
+        proto: podflow_model::Protocol,
+        o: &Oriented,
+        now: i64,
+        labels: impl FnOnce() -> FlowLabels,
+        cost_usd: f64,
+        conns: (u64, u64),
+    ) {
+        let mut key = FlowKey::of(proto, o);
         let at = self.interval_of(now);
         let full = self.buckets.len() >= self.max_keys;
         if full && !self.buckets.contains_key(&(at, Arc::clone(observer), key)) {
@@ -83,7 +99,9 @@ impl Aggregator {
                 }),
                 cost_usd: 0.0,
             });
-        b.totals.add(o, obs.opened, obs.closed);
+        b.totals.add(o, false, false);
+        b.totals.opened += conns.0;
+        b.totals.closed += conns.1;
         b.cost_usd += cost_usd;
     }
 

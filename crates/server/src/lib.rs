@@ -11,6 +11,7 @@ pub mod http;
 mod local;
 pub mod netflow;
 pub mod pipeline;
+pub mod prefold;
 pub mod run;
 pub mod server;
 pub mod telemetry;

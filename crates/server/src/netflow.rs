@@ -3,25 +3,28 @@
 //! aggregation, store and metrics as conntrack's.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use podflow_model::Observation;
 use podflow_netflow::{Batch, Listener, ListenerConfig};
 use tokio::sync::mpsc;
 
 use crate::Telemetry;
+use crate::prefold::Prefold;
 use crate::run::RunError;
 
 /// Batches queued between the receive threads and the pipeline; beyond, the threads wait
 /// and the sockets' buffers fill (the kernel's drops are counted).
 const QUEUE: usize = 64;
 
-/// Starts listening on `addrs` (none: nothing to start).
+/// Starts listening on `addrs` (none: nothing to start). With `prefold`, the receive
+/// threads sum records per flow there and queue only what it does not take.
 pub fn start(
     addrs: &[SocketAddr],
     telemetry: &Arc<Telemetry>,
     per_exporter: bool,
+    prefold: Option<Arc<Mutex<Prefold>>>,
     stop: Arc<AtomicBool>,
 ) -> Result<Option<(Listener, mpsc::Receiver<Batch>)>, RunError> {
     if addrs.is_empty() {
@@ -33,6 +36,20 @@ pub fn start(
         ..Default::default()
     };
     let listener = Listener::start(cfg, stop, move |b: Batch| {
+        let b = match &prefold {
+            Some(p) => {
+                let now = podflow_inventory::now_ns();
+                let rest = match p.lock() {
+                    Ok(mut p) => p.add_batch(b.observations, now),
+                    Err(_) => b.observations,
+                };
+                if rest.is_empty() {
+                    return;
+                }
+                Batch { observations: rest }
+            }
+            None => b,
+        };
         let _ = tx.blocking_send(b);
     })
     .map_err(|e| RunError::Config(e.to_string()))?;
@@ -71,30 +88,33 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Starts listening on `addrs`; with none, an intake that never yields.
+    /// Starts listening on `addrs`; with none, an intake that never yields. See
+    /// [`start`] for `prefold`.
     pub fn start(
         addrs: &[SocketAddr],
         telemetry: &Arc<Telemetry>,
         per_exporter: bool,
+        prefold: Option<Arc<Mutex<Prefold>>>,
     ) -> Result<Intake, RunError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (listener, rx) = match start(addrs, telemetry, per_exporter, Arc::clone(&stop))? {
-            Some((l, rx)) => (Some(l), Some(rx)),
-            None => (None, None),
-        };
+        let (listener, rx) =
+            match start(addrs, telemetry, per_exporter, prefold, Arc::clone(&stop))? {
+                Some((l, rx)) => (Some(l), Some(rx)),
+                None => (None, None),
+            };
         Ok(Intake { listener, rx, stop })
     }
 
-    /// The next batch, split per observer; pending forever without a listener.
-    pub async fn recv(&mut self) -> Option<Vec<(Arc<str>, Vec<Observation>)>> {
+    /// The next batch; pending forever without a listener.
+    pub async fn recv(&mut self) -> Option<Batch> {
         match &mut self.rx {
-            Some(rx) => rx.recv().await.map(by_observer),
+            Some(rx) => rx.recv().await,
             None => std::future::pending().await,
         }
     }
 
-    /// Stops the receive threads and returns what was still queued, split per observer.
-    pub async fn stop(mut self) -> Vec<(Arc<str>, Vec<Observation>)> {
+    /// Stops the receive threads and returns the batches still queued.
+    pub async fn stop(mut self) -> Vec<Batch> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(l) = self.listener.take() {
             let _ = tokio::task::spawn_blocking(move || l.join()).await;
@@ -102,7 +122,7 @@ impl Intake {
         let mut out = Vec::new();
         if let Some(rx) = self.rx.as_mut() {
             while let Ok(b) = rx.try_recv() {
-                out.extend(by_observer(b));
+                out.push(b);
             }
         }
         out

@@ -49,6 +49,18 @@ pub enum Admission {
 }
 
 /// The observation oriented the way attribution decided (local end, initiator).
+/// A key's labels; `remote_observed` when another observed node sees the connection
+/// too (the count-once view).
+fn labels(a: &Attribution, observer: &str, observers: &HashSet<Arc<str>>) -> FlowLabels {
+    let mut l = FlowLabels::of(a);
+    l.remote_observed = a
+        .remote
+        .place
+        .node()
+        .is_some_and(|n| *n.name != *observer && observers.contains(&n.name));
+    l
+}
+
 fn oriented(o: &Observation, a: &Attribution) -> Oriented {
     let (out, inbound) = if a.local_initiated {
         (o.delta_orig, o.delta_reply)
@@ -112,6 +124,9 @@ pub struct Pipeline<S: FlowStore + 'static> {
     acks: BTreeMap<i64, Vec<AckToken>>,
     /// Intervals before this one have been flushed to `pending`.
     flushed_before: i64,
+    /// NetFlow records summed per flow until their interval closes (filled by the
+    /// receive threads).
+    prefold: Arc<Mutex<crate::prefold::Prefold>>,
 }
 
 impl<S: FlowStore + 'static> Pipeline<S> {
@@ -170,6 +185,9 @@ impl<S: FlowStore + 'static> Pipeline<S> {
             shared,
             local_inv,
             agg: Aggregator::new(interval_s, max_keys),
+            prefold: Arc::new(Mutex::new(crate::prefold::Prefold::new(
+                interval_s, max_keys,
+            ))),
             store: Arc::new(Mutex::new(store)),
             pending: Vec::new(),
             telemetry,
@@ -215,20 +233,20 @@ impl<S: FlowStore + 'static> Pipeline<S> {
                 h.observe(&s.meta.namespace, &s.meta.name, o);
             }
             let observers = &self.observers;
-            let labels = || {
-                let mut l = FlowLabels::of(&a);
-                // Another observed node sees this connection too (count-once view).
-                l.remote_observed = a
-                    .remote
-                    .place
-                    .node()
-                    .is_some_and(|n| *n.name != **observer && observers.contains(&n.name));
-                l
-            };
-            self.agg
-                .record(observer, o, &oriented(o, &a), at, labels, a.cost_usd);
+            self.agg.record(
+                observer,
+                o,
+                &oriented(o, &a),
+                at,
+                || labels(&a, observer, observers),
+                a.cost_usd,
+            );
         }
         drop(histograms);
+        self.note_keys();
+    }
+
+    fn note_keys(&self) {
         self.telemetry
             .agg_keys
             .store(self.agg.keys() as u64, Relaxed);
@@ -237,12 +255,53 @@ impl<S: FlowStore + 'static> Pipeline<S> {
             .store(self.agg.overflowed(), Relaxed);
     }
 
-    /// NetFlow records, split per observer (the exporter), read now.
-    pub fn ingest_groups(&mut self, groups: Vec<(Arc<str>, Vec<Observation>)>) {
+    /// Where the NetFlow receive threads sum records per flow; the pipeline attributes
+    /// each flow when its interval closes (crate::prefold).
+    pub fn prefold(&self) -> Arc<Mutex<crate::prefold::Prefold>> {
+        Arc::clone(&self.prefold)
+    }
+
+    /// NetFlow records the receive threads did not sum (see [`Self::prefold`]), read
+    /// now: attributed one by one.
+    pub fn ingest_records(&mut self, batch: podflow_netflow::Batch) {
         let now = podflow_inventory::now_ns();
-        for (who, obs) in groups {
+        for (who, obs) in crate::netflow::by_observer(batch) {
             self.ingest(&who, None, &obs, now);
         }
+    }
+
+    /// Attributes and aggregates the NetFlow flows of the intervals before `before`.
+    fn fold(&mut self, before: i64) {
+        let (flows, held) = match self.prefold.lock() {
+            Ok(mut p) => (p.drain(before), p.len()),
+            Err(_) => return,
+        };
+        self.telemetry
+            .netflow_flows_held
+            .store(held as u64, Relaxed);
+        if flows.is_empty() {
+            return;
+        }
+        let idx = self.shared.load();
+        for f in flows {
+            if !self.observers.contains(&f.observer) {
+                self.observers.insert(Arc::clone(&f.observer));
+            }
+            let a = self
+                .attributor
+                .attribute(&f.obs, &f.observer, &idx, f.seen_ns);
+            let observers = &self.observers;
+            self.agg.record_counted(
+                &f.observer,
+                f.obs.proto,
+                &oriented(&f.obs, &a),
+                f.interval,
+                || labels(&a, &f.observer, observers),
+                a.cost_usd,
+                (f.opened, f.closed),
+            );
+        }
+        self.note_keys();
     }
 
     /// Offers an agent's batch: counts it unless it was seen, and arranges its ack.
@@ -313,6 +372,11 @@ impl<S: FlowStore + 'static> Pipeline<S> {
     }
 
     async fn flush(&mut self, now: i64, force: bool) {
+        self.fold(if force {
+            i64::MAX
+        } else {
+            self.agg.interval_of(now)
+        });
         let rows = self.agg.flush(now, force);
         let upto = if force {
             i64::MAX

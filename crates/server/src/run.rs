@@ -279,6 +279,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
         &cfg.netflow_listen,
         &telemetry,
         cfg.netflow_exporter_labels,
+        Some(pipeline.prefold()),
     )?;
     let observer: Arc<str> = Arc::from(cfg.observer.as_str());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -289,13 +290,15 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), RunE
                 Some(b) => pipeline.ingest(&observer, b.local, &b.obs, b.at_ns),
                 None => break,
             },
-            Some(groups) = netflow.recv() => pipeline.ingest_groups(groups),
+            Some(batch) = netflow.recv() => pipeline.ingest_records(batch),
             _ = tick.tick() => pipeline.tick().await,
         }
     }
     // The source made its last dump and closed the queue: take the NetFlow records still
     // queued, then flush everything.
-    pipeline.ingest_groups(netflow.stop().await);
+    for batch in netflow.stop().await {
+        pipeline.ingest_records(batch);
+    }
     pipeline.finish().await;
     stopper.abort();
     let source_result = source_thread

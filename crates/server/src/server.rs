@@ -250,6 +250,7 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
         &cfg.netflow_listen,
         &telemetry,
         cfg.netflow_exporter_labels,
+        Some(pipeline.prefold()),
     )?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -260,11 +261,13 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
                 Some(m) => admit(&mut pipeline, &telemetry, m),
                 None => break,
             },
-            Some(groups) = netflow.recv() => pipeline.ingest_groups(groups),
+            Some(batch) = netflow.recv() => pipeline.ingest_records(batch),
             _ = tick.tick() => pipeline.tick().await,
         }
     }
-    pipeline.ingest_groups(netflow.stop().await);
+    for batch in netflow.stop().await {
+        pipeline.ingest_records(batch);
+    }
     // Take what is queued, write it all, send the acks, then stop.
     while let Ok(m) = rx.try_recv() {
         admit(&mut pipeline, &telemetry, m);

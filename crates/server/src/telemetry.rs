@@ -53,6 +53,7 @@ defs! {
     CT_OBSERVATIONS = "podflow_conntrack_observations_total", "counter", "Observations (per-connection deltas) produced by the conntrack source.", [];
     QUEUE_WAITS = "podflow_pipeline_queue_full_total", "counter", "Times the source waited because the pipeline queue was full (back-pressure, nothing dropped).", [];
     AGG_KEYS = "podflow_aggregator_keys", "gauge", "Flow keys held by the aggregator for open intervals.", [];
+    NF_FLOWS_HELD = "podflow_netflow_flows_held", "gauge", "Distinct NetFlow/IPFIX flows (exporter, 5-tuple) summed for open intervals, waiting for attribution when the interval closes (bounded by --max-keys; beyond, records are attributed one by one).", [];
     AGG_OVERFLOW = "podflow_aggregator_overflow_observations_total", "counter", "Observations summed into a per-protocol overflow key because the key limit was reached.", [];
     STORE_ROWS = "podflow_store_rows_written_total", "counter", "Rows written to the store.", [];
     STORE_ERRORS = "podflow_store_write_errors_total", "counter", "Failed store writes (the rows are retried).", [];
@@ -165,6 +166,8 @@ pub struct Telemetry {
     pub agg_keys: AtomicU64,
     /// Aggregator overflow.
     pub agg_overflow: AtomicU64,
+    /// NetFlow flows summed, waiting for their interval to close.
+    pub netflow_flows_held: AtomicU64,
     /// Rows written.
     pub store_rows: AtomicU64,
     /// Failed writes.
@@ -281,6 +284,7 @@ impl Telemetry {
         let g = |a: &AtomicU64| a.load(Relaxed);
         one(&mut out, &QUEUE_WAITS, g(&self.queue_waits));
         one(&mut out, &AGG_KEYS, g(&self.agg_keys));
+        one(&mut out, &NF_FLOWS_HELD, g(&self.netflow_flows_held));
         one(&mut out, &AGG_OVERFLOW, g(&self.agg_overflow));
         one(&mut out, &STORE_ROWS, g(&self.store_rows));
         one(&mut out, &STORE_ERRORS, g(&self.store_errors));

@@ -147,6 +147,10 @@ impl SqliteStore {
             .map_err(err("set synchronous"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err("set busy timeout"))?;
+        // 32 MiB of page cache (the default is 2 MiB): an interval's new rows and the
+        // rollups' recent buckets stay in memory while they are written.
+        conn.pragma_update(None, "cache_size", -32_768)
+            .map_err(err("set cache size"))?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(err("read schema version"))?;
@@ -377,14 +381,34 @@ impl FlowStore for SqliteStore {
         let tx = self.conn.transaction().map_err(err("begin"))?;
         {
             let mut st = tx.prepare_cached(UPSERT).map_err(err("prepare upsert"))?;
-            for r in rows {
+            // In primary-key order: the rows of a new interval then append to the end of
+            // the table's B-tree instead of landing on random pages (several times faster
+            // with hundreds of thousands of keys per interval).
+            let mut keyed: Vec<(&FlowRow, String, String, String)> = rows
+                .iter()
+                .map(|r| {
+                    let k = &r.key;
+                    let sa = k.service.map(|(a, _)| a.to_string()).unwrap_or_default();
+                    (r, k.local.to_string(), k.remote.to_string(), sa)
+                })
+                .collect();
+            keyed.sort_unstable_by(|a, b| {
+                let (ka, kb) = (&a.0.key, &b.0.key);
+                (a.0.interval_start, &a.0.observer, ka.proto.0, &a.1, &a.2)
+                    .cmp(&(b.0.interval_start, &b.0.observer, kb.proto.0, &b.1, &b.2))
+                    .then_with(|| {
+                        (ka.responder_port, ka.local_initiated, &a.3).cmp(&(
+                            kb.responder_port,
+                            kb.local_initiated,
+                            &b.3,
+                        ))
+                    })
+            });
+            for (r, local, remote, sa) in &keyed {
                 let k = &r.key;
                 let t = &r.totals;
                 let l = &r.labels;
-                let (sa, sp) = match k.service {
-                    Some((a, p)) => (a.to_string(), p),
-                    None => (String::new(), 0),
-                };
+                let sp = k.service.map_or(0, |(_, p)| p);
                 let counters = [
                     t.bytes_out,
                     t.packets_out,
@@ -394,17 +418,16 @@ impl FlowStore for SqliteStore {
                     t.closed,
                 ]
                 .map(u);
-                let (local, remote) = (k.local.to_string(), k.remote.to_string());
                 let mut p: Vec<&dyn rusqlite::ToSql> = vec![
                     &r.interval_start,
                     &r.interval_s,
                     &r.observer,
                     &k.proto.0,
-                    &local,
-                    &remote,
+                    local,
+                    remote,
                     &k.responder_port,
                     &k.local_initiated,
-                    &sa,
+                    sa,
                     &sp,
                 ];
                 p.extend(counters.iter().map(|c| c as &dyn rusqlite::ToSql));

@@ -1,0 +1,364 @@
+//! NetFlow/IPFIX records summed per interval, exporter and 5-tuple before attribution.
+//!
+//! An exporter reports the same flow again every active timeout and a busy network has
+//! far more records than distinct flows, so records are first added up here, in the
+//! receive threads (one hash update each), and each distinct flow is attributed once
+//! per interval, when its interval closes. The answer is the one attributing every
+//! record gives: attribution depends on the tuple, the exporter and the time, and a
+//! key's labels are those of its first record in the interval (docs/semantics.md).
+//! Bounded: beyond `max` flows, records go to attribution one by one (slower, nothing
+//! lost).
+//!
+//! IPv4 keys pack into one u128 (addresses, ports, protocol, exporter number), so an
+//! entry is 48 bytes: with hundreds of thousands of live flows the map is bound by
+//! memory latency, and small entries keep more of it in cache.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use podflow_model::{Counters, Observation, Protocol, Tuple};
+
+/// Exporters with a number of their own (24 bits of the packed key).
+const MAX_EXPORTERS: usize = 1 << 24;
+
+/// What the records of one flow added up to.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sum {
+    bytes: u64,
+    packets: u64,
+    /// The earliest start seen (0: unknown): the attribution time.
+    start_ns: u64,
+    opened: u32,
+    closed: u32,
+}
+
+impl Sum {
+    fn add(&mut self, o: &Observation) {
+        self.bytes += o.delta_orig.bytes;
+        self.packets += o.delta_orig.packets;
+        self.opened += u32::from(o.opened);
+        self.closed += u32::from(o.closed);
+        if o.start_ns != 0 && (self.start_ns == 0 || o.start_ns < self.start_ns) {
+            self.start_ns = o.start_ns;
+        }
+    }
+}
+
+/// The flows of one interval.
+#[derive(Debug, Default)]
+struct Interval {
+    v4: HashMap<u128, Sum>,
+    /// IPv6 and mixed: (exporter number, protocol, tuple).
+    other: HashMap<(u32, Protocol, Tuple), Sum>,
+    /// When its first record arrived (attribution time for records without times).
+    seen_ns: u64,
+}
+
+fn pack(exporter: u32, proto: Protocol, t: &Tuple) -> Option<u128> {
+    match (t.src, t.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Some(
+            (u128::from(u32::from(s)) << 96)
+                | (u128::from(u32::from(d)) << 64)
+                | (u128::from(t.src_port) << 48)
+                | (u128::from(t.dst_port) << 32)
+                | (u128::from(proto.0) << 24)
+                | u128::from(exporter),
+        ),
+        _ => None,
+    }
+}
+
+fn unpack(k: u128) -> (u32, Protocol, Tuple) {
+    let t = Tuple {
+        src: IpAddr::V4(Ipv4Addr::from((k >> 96) as u32)),
+        dst: IpAddr::V4(Ipv4Addr::from((k >> 64) as u32)),
+        src_port: (k >> 48) as u16,
+        dst_port: (k >> 32) as u16,
+    };
+    ((k & 0xff_ffff) as u32, Protocol((k >> 24) as u8), t)
+}
+
+/// The sum of flow `k`: held, or new unless `full` (then `len` counts it).
+fn slot<'m, K: std::hash::Hash + Eq>(
+    m: &'m mut HashMap<K, Sum>,
+    k: K,
+    full: bool,
+    len: &mut usize,
+) -> Option<&'m mut Sum> {
+    match m.entry(k) {
+        hashbrown::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+        hashbrown::hash_map::Entry::Vacant(_) if full => None,
+        hashbrown::hash_map::Entry::Vacant(e) => {
+            *len += 1;
+            Some(e.insert(Sum::default()))
+        }
+    }
+}
+
+/// One distinct flow of a closed interval, ready for attribution.
+#[derive(Debug)]
+pub(crate) struct Folded {
+    pub(crate) interval: i64,
+    pub(crate) observer: Arc<str>,
+    /// The flow with its summed counters (`opened`/`closed` set when any record was).
+    pub(crate) obs: Observation,
+    pub(crate) opened: u64,
+    pub(crate) closed: u64,
+    pub(crate) seen_ns: u64,
+}
+
+/// The sums, bounded by `max` flows.
+#[derive(Debug)]
+pub struct Prefold {
+    interval_s: i64,
+    max: usize,
+    len: usize,
+    intervals: BTreeMap<i64, Interval>,
+    exporters: Vec<Arc<str>>,
+}
+
+impl Prefold {
+    /// Sums for intervals of `interval_s` seconds, at most `max` flows.
+    pub fn new(interval_s: u32, max: usize) -> Prefold {
+        Prefold {
+            interval_s: i64::from(interval_s.max(1)),
+            max,
+            len: 0,
+            intervals: BTreeMap::new(),
+            exporters: Vec::new(),
+        }
+    }
+
+    fn exporter(&mut self, who: &Arc<str>) -> Option<u32> {
+        // Records of one exporter come together: the last one is the usual answer.
+        if let Some(i) = self
+            .exporters
+            .iter()
+            .rposition(|e| Arc::ptr_eq(e, who) || **e == **who)
+        {
+            return Some(i as u32);
+        }
+        if self.exporters.len() >= MAX_EXPORTERS {
+            return None;
+        }
+        self.exporters.push(Arc::clone(who));
+        Some((self.exporters.len() - 1) as u32)
+    }
+
+    /// Adds the records of a batch received at `now_ns`; returns those it could not
+    /// take (NAT'd or two-way observations, a full map), for attribution now.
+    pub fn add_batch(
+        &mut self,
+        records: impl IntoIterator<Item = (Arc<str>, Observation)>,
+        now_ns: u64,
+    ) -> Vec<(Arc<str>, Observation)> {
+        let at = (now_ns / 1_000_000_000) as i64;
+        let interval = at - at.rem_euclid(self.interval_s);
+        let mut rest = Vec::new();
+        // The exporter of the last record, by address of its shared name.
+        let mut last: Option<(*const u8, u32)> = None;
+        for (who, o) in records {
+            let plain =
+                o.delta_reply.is_zero() && o.reply == o.orig.reversed() && o.first_reply_ns == 0;
+            let exporter = match last {
+                Some((w, i)) if std::ptr::eq(w, who.as_ptr()) => Some(i),
+                _ => self.exporter(&who),
+            };
+            let Some(exporter) = exporter.filter(|_| plain) else {
+                rest.push((who, o));
+                continue;
+            };
+            last = Some((who.as_ptr(), exporter));
+            let full = self.len >= self.max;
+            let iv = self.intervals.entry(interval).or_insert_with(|| Interval {
+                seen_ns: now_ns,
+                ..Default::default()
+            });
+            let sum = match pack(exporter, o.proto, &o.orig) {
+                Some(k) => slot(&mut iv.v4, k, full, &mut self.len),
+                None => slot(
+                    &mut iv.other,
+                    (exporter, o.proto, o.orig),
+                    full,
+                    &mut self.len,
+                ),
+            };
+            match sum {
+                Some(s) => s.add(&o),
+                None => rest.push((who, o)),
+            }
+        }
+        rest
+    }
+
+    /// Flows held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes out every flow of the intervals before `before`.
+    pub(crate) fn drain(&mut self, before: i64) -> Vec<Folded> {
+        let keep = self.intervals.split_off(&before);
+        let done = std::mem::replace(&mut self.intervals, keep);
+        let mut out = Vec::new();
+        for (interval, iv) in done {
+            let flows = iv
+                .v4
+                .into_iter()
+                .map(|(k, s)| (unpack(k), s))
+                .chain(iv.other);
+            for ((exporter, proto, orig), s) in flows {
+                out.push(Folded {
+                    interval,
+                    observer: Arc::clone(&self.exporters[exporter as usize]),
+                    obs: Observation {
+                        proto,
+                        orig,
+                        reply: orig.reversed(),
+                        delta_orig: Counters {
+                            bytes: s.bytes,
+                            packets: s.packets,
+                        },
+                        opened: s.opened > 0,
+                        closed: s.closed > 0,
+                        start_ns: s.start_ns,
+                        ..Default::default()
+                    },
+                    opened: u64::from(s.opened),
+                    closed: u64::from(s.closed),
+                    seen_ns: iv.seen_ns,
+                });
+            }
+        }
+        self.len -= out.len().min(self.len);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(src: &str, sport: u16, bytes: u64, opened: bool, start_ns: u64) -> Observation {
+        let orig = Tuple {
+            src: src.parse().expect("ip"),
+            dst: if src.contains(':') {
+                "fd00::2".parse().expect("ip")
+            } else {
+                "10.0.0.2".parse().expect("ip")
+            },
+            src_port: sport,
+            dst_port: 443,
+        };
+        Observation {
+            proto: Protocol::TCP,
+            orig,
+            reply: orig.reversed(),
+            delta_orig: Counters { bytes, packets: 1 },
+            opened,
+            start_ns,
+            ..Default::default()
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn records_of_a_flow_add_up_and_leave_with_their_interval() {
+        let mut p = Prefold::new(10, 10);
+        let a: Arc<str> = Arc::from("192.0.2.1/0");
+        let b: Arc<str> = Arc::from("192.0.2.9/0");
+        let rest = p.add_batch(
+            [
+                (a.clone(), rec("10.0.0.1", 5000, 10, true, 7)),
+                (a.clone(), rec("10.0.0.1", 5000, 5, true, 3)),
+                (a.clone(), rec("10.0.0.1", 5001, 1, false, 0)),
+                (b.clone(), rec("10.0.0.1", 5000, 2, false, 0)),
+                (a.clone(), rec("fd00::1", 5000, 4, false, 0)),
+                (a.clone(), rec("fd00::1", 5000, 4, false, 0)),
+            ],
+            105 * S,
+        );
+        assert!(rest.is_empty());
+        assert!(
+            p.add_batch([(a.clone(), rec("10.0.0.1", 5000, 100, false, 0))], 111 * S)
+                .is_empty()
+        );
+        assert_eq!(p.len(), 5);
+        let mut out = p.drain(110);
+        out.sort_by_key(|f| {
+            (
+                f.obs.orig.src.is_ipv6(),
+                f.obs.orig.src_port,
+                f.obs.delta_orig.bytes,
+            )
+        });
+        let got: Vec<_> = out
+            .iter()
+            .map(|f| {
+                (
+                    &*f.observer,
+                    f.obs.orig.src_port,
+                    f.obs.delta_orig.bytes,
+                    f.obs.delta_orig.packets,
+                    f.opened,
+                    f.obs.start_ns,
+                    f.interval,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("192.0.2.9/0", 5000, 2, 1, 0, 0, 100),
+                ("192.0.2.1/0", 5000, 15, 2, 2, 3, 100),
+                ("192.0.2.1/0", 5001, 1, 1, 0, 0, 100),
+                ("192.0.2.1/0", 5000, 8, 2, 0, 0, 100),
+            ]
+        );
+        assert_eq!(out[1].obs.reply.dst_port, 5000);
+        assert_eq!(out[1].seen_ns, 105 * S);
+        assert_eq!(p.len(), 1, "the next interval stays");
+        assert_eq!(p.drain(i64::MAX).len(), 1);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_nat_record_or_a_full_map_goes_straight_through() {
+        let mut p = Prefold::new(10, 1);
+        let who: Arc<str> = Arc::from("e/0");
+        let mut nat = rec("10.0.0.1", 1, 1, false, 0);
+        nat.reply.src = "10.0.0.9".parse().expect("ip");
+        let rest = p.add_batch(
+            [
+                (who.clone(), nat),
+                (who.clone(), rec("10.0.0.1", 1, 1, false, 0)),
+                (who.clone(), rec("10.0.0.1", 1, 1, false, 0)),
+                (who.clone(), rec("10.0.0.1", 2, 1, false, 0)),
+            ],
+            0,
+        );
+        let ports: Vec<u16> = rest.iter().map(|(_, o)| o.orig.src_port).collect();
+        assert_eq!(ports, [1, 2], "the NAT'd record and the one past the bound");
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn packing_keeps_every_field() {
+        let t = Tuple {
+            src: "255.1.2.3".parse().expect("ip"),
+            dst: "10.9.8.7".parse().expect("ip"),
+            src_port: 65535,
+            dst_port: 1,
+        };
+        let k = pack(0xab_cdef, Protocol(132), &t).expect("v4");
+        assert_eq!(unpack(k), (0xab_cdef, Protocol(132), t));
+    }
+}

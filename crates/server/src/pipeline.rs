@@ -273,7 +273,7 @@ impl<S: FlowStore + 'static> Pipeline<S> {
     /// Attributes and aggregates the NetFlow flows of the intervals before `before`.
     fn fold(&mut self, before: i64) {
         let (flows, held) = match self.prefold.lock() {
-            Ok(mut p) => (p.drain(before), p.len()),
+            Ok(mut p) => (p.take(before), p.len()),
             Err(_) => return,
         };
         self.telemetry
@@ -283,7 +283,7 @@ impl<S: FlowStore + 'static> Pipeline<S> {
             return;
         }
         let idx = self.shared.load();
-        for f in flows {
+        flows.for_each(|f| {
             if !self.observers.contains(&f.observer) {
                 self.observers.insert(Arc::clone(&f.observer));
             }
@@ -300,6 +300,9 @@ impl<S: FlowStore + 'static> Pipeline<S> {
                 a.cost_usd,
                 (f.opened, f.closed),
             );
+        });
+        if let Ok(mut p) = self.prefold.lock() {
+            p.recycle(flows);
         }
         self.note_keys();
     }

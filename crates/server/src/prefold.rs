@@ -80,6 +80,21 @@ fn unpack(k: u128) -> (u32, Protocol, Tuple) {
     ((k & 0xff_ffff) as u32, Protocol((k >> 24) as u8), t)
 }
 
+/// The number of exporter `who` (None past [`MAX_EXPORTERS`]).
+fn exporter_number(exporters: &mut Vec<Arc<str>>, who: &Arc<str>) -> Option<u32> {
+    if let Some(i) = exporters
+        .iter()
+        .rposition(|e| Arc::ptr_eq(e, who) || **e == **who)
+    {
+        return Some(i as u32);
+    }
+    if exporters.len() >= MAX_EXPORTERS {
+        return None;
+    }
+    exporters.push(Arc::clone(who));
+    Some((exporters.len() - 1) as u32)
+}
+
 /// The sum of flow `k`: held, or new unless `full` (then `len` counts it).
 fn slot<'m, K: std::hash::Hash + Eq>(
     m: &'m mut HashMap<K, Sum>,
@@ -117,6 +132,9 @@ pub struct Prefold {
     len: usize,
     intervals: BTreeMap<i64, Interval>,
     exporters: Vec<Arc<str>>,
+    /// Emptied maps of closed intervals, kept with their capacity (no regrowth and no
+    /// fresh pages for the next interval).
+    spare: Vec<Interval>,
 }
 
 impl Prefold {
@@ -128,23 +146,8 @@ impl Prefold {
             len: 0,
             intervals: BTreeMap::new(),
             exporters: Vec::new(),
+            spare: Vec::new(),
         }
-    }
-
-    fn exporter(&mut self, who: &Arc<str>) -> Option<u32> {
-        // Records of one exporter come together: the last one is the usual answer.
-        if let Some(i) = self
-            .exporters
-            .iter()
-            .rposition(|e| Arc::ptr_eq(e, who) || **e == **who)
-        {
-            return Some(i as u32);
-        }
-        if self.exporters.len() >= MAX_EXPORTERS {
-            return None;
-        }
-        self.exporters.push(Arc::clone(who));
-        Some((self.exporters.len() - 1) as u32)
     }
 
     /// Adds the records of a batch received at `now_ns`; returns those it could not
@@ -159,37 +162,39 @@ impl Prefold {
         let mut rest = Vec::new();
         // The exporter of the last record, by address of its shared name.
         let mut last: Option<(*const u8, u32)> = None;
+        if !self.intervals.contains_key(&interval) {
+            let mut iv = self.spare.pop().unwrap_or_default();
+            iv.seen_ns = now_ns;
+            self.intervals.insert(interval, iv);
+        }
+        let mut len = self.len;
+        let (max, exporters) = (self.max, &mut self.exporters);
+        let Some(iv) = self.intervals.get_mut(&interval) else {
+            return records.into_iter().collect();
+        };
         for (who, o) in records {
             let plain =
                 o.delta_reply.is_zero() && o.reply == o.orig.reversed() && o.first_reply_ns == 0;
             let exporter = match last {
                 Some((w, i)) if std::ptr::eq(w, who.as_ptr()) => Some(i),
-                _ => self.exporter(&who),
+                _ => exporter_number(exporters, &who),
             };
             let Some(exporter) = exporter.filter(|_| plain) else {
                 rest.push((who, o));
                 continue;
             };
             last = Some((who.as_ptr(), exporter));
-            let full = self.len >= self.max;
-            let iv = self.intervals.entry(interval).or_insert_with(|| Interval {
-                seen_ns: now_ns,
-                ..Default::default()
-            });
+            let full = len >= max;
             let sum = match pack(exporter, o.proto, &o.orig) {
-                Some(k) => slot(&mut iv.v4, k, full, &mut self.len),
-                None => slot(
-                    &mut iv.other,
-                    (exporter, o.proto, o.orig),
-                    full,
-                    &mut self.len,
-                ),
+                Some(k) => slot(&mut iv.v4, k, full, &mut len),
+                None => slot(&mut iv.other, (exporter, o.proto, o.orig), full, &mut len),
             };
             match sum {
                 Some(s) => s.add(&o),
                 None => rest.push((who, o)),
             }
         }
+        self.len = len;
         rest
     }
 
@@ -203,20 +208,58 @@ impl Prefold {
         self.len == 0
     }
 
-    /// Takes out every flow of the intervals before `before`.
-    pub(crate) fn drain(&mut self, before: i64) -> Vec<Folded> {
+    /// Takes out the intervals before `before` (cheap: the caller walks them with
+    /// [`Taken::for_each`] after letting go of the lock, then gives them back with
+    /// [`Prefold::recycle`] so their memory is reused).
+    pub(crate) fn take(&mut self, before: i64) -> Taken {
         let keep = self.intervals.split_off(&before);
         let done = std::mem::replace(&mut self.intervals, keep);
-        let mut out = Vec::new();
-        for (interval, iv) in done {
+        let n: usize = done.values().map(|iv| iv.v4.len() + iv.other.len()).sum();
+        self.len -= n.min(self.len);
+        Taken {
+            intervals: done.into_iter().collect(),
+            exporters: self.exporters.clone(),
+        }
+    }
+
+    /// Keeps the emptied maps of `t` for the next intervals.
+    pub(crate) fn recycle(&mut self, t: Taken) {
+        for (_, mut iv) in t.intervals {
+            if self.spare.len() < 2 {
+                iv.v4.clear();
+                iv.other.clear();
+                self.spare.push(iv);
+            }
+        }
+    }
+}
+
+/// Intervals taken out of a [`Prefold`].
+#[derive(Debug)]
+pub(crate) struct Taken {
+    intervals: Vec<(i64, Interval)>,
+    exporters: Vec<Arc<str>>,
+}
+
+impl Taken {
+    /// Whether it holds no flow.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.intervals
+            .iter()
+            .all(|(_, iv)| iv.v4.is_empty() && iv.other.is_empty())
+    }
+
+    /// Calls `f` with every flow.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(Folded)) {
+        for (interval, iv) in &self.intervals {
             let flows = iv
                 .v4
-                .into_iter()
-                .map(|(k, s)| (unpack(k), s))
-                .chain(iv.other);
+                .iter()
+                .map(|(k, s)| (unpack(*k), s))
+                .chain(iv.other.iter().map(|(k, s)| (*k, s)));
             for ((exporter, proto, orig), s) in flows {
-                out.push(Folded {
-                    interval,
+                f(Folded {
+                    interval: *interval,
                     observer: Arc::clone(&self.exporters[exporter as usize]),
                     obs: Observation {
                         proto,
@@ -237,8 +280,6 @@ impl Prefold {
                 });
             }
         }
-        self.len -= out.len().min(self.len);
-        out
     }
 }
 
@@ -292,7 +333,10 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(p.len(), 5);
-        let mut out = p.drain(110);
+        let mut out = Vec::new();
+        let t = p.take(110);
+        t.for_each(|f| out.push(f));
+        p.recycle(t);
         out.sort_by_key(|f| {
             (
                 f.obs.orig.src.is_ipv6(),
@@ -326,7 +370,9 @@ mod tests {
         assert_eq!(out[1].obs.reply.dst_port, 5000);
         assert_eq!(out[1].seen_ns, 105 * S);
         assert_eq!(p.len(), 1, "the next interval stays");
-        assert_eq!(p.drain(i64::MAX).len(), 1);
+        let mut n = 0;
+        p.take(i64::MAX).for_each(|_| n += 1);
+        assert_eq!(n, 1);
         assert!(p.is_empty());
     }
 

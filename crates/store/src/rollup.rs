@@ -11,7 +11,7 @@
 //! gives. Buckets older than the oldest row left in `flows` (the retention boundary)
 //! are read from finer levels and finally `flows`, so all agree after expiry.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use podflow_model::{EndLabels, FlowRow};
 
@@ -160,9 +160,35 @@ fn workload(e: &EndLabels) -> &str {
         .unwrap_or(e.kind)
 }
 
-/// Sums `rows` per rollup key of bucket width `width` (a batch of rows shares few
-/// workload pairs).
-pub(crate) fn aggregate(rows: &[FlowRow], width: i64) -> HashMap<Key<'_>, Sums> {
+/// Sums `rows` per rollup key of every level, as (table, sums): the finest level from
+/// the rows, each coarser one from the level below (a batch of rows shares few
+/// workload pairs, so the coarser passes are short).
+pub(crate) fn aggregate_levels(rows: &[FlowRow]) -> Vec<(&'static str, HashMap<Key<'_>, Sums>)> {
+    let mut out: Vec<(&'static str, HashMap<Key<'_>, Sums>)> = Vec::new();
+    for &(table, width) in LEVELS.iter().rev() {
+        let sums = match out.last() {
+            None => aggregate(rows, width),
+            Some((_, finer)) => {
+                let mut m: HashMap<Key<'_>, Sums> = HashMap::with_capacity(finer.len());
+                for ((bucket, once, dims), s) in finer {
+                    let e = m
+                        .entry((bucket.div_euclid(width) * width, *once, *dims))
+                        .or_default();
+                    for (acc, v) in e.counts.iter_mut().zip(s.counts) {
+                        *acc += v;
+                    }
+                    e.cost_usd += s.cost_usd;
+                }
+                m
+            }
+        };
+        out.push((table, sums));
+    }
+    out
+}
+
+/// Sums `rows` per rollup key of bucket width `width`.
+fn aggregate(rows: &[FlowRow], width: i64) -> HashMap<Key<'_>, Sums> {
     let mut out: HashMap<Key<'_>, Sums> = HashMap::new();
     for r in rows {
         let l = &r.labels;

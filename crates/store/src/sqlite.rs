@@ -445,11 +445,11 @@ impl FlowStore for SqliteStore {
                 p.push(&l.remote_observed);
                 st.execute(p.as_slice()).map_err(err("upsert"))?;
             }
-            for (table, width) in crate::rollup::LEVELS {
+            for (table, level) in crate::rollup::aggregate_levels(rows) {
                 let mut st = tx
                     .prepare_cached(&crate::rollup::upsert_sql(table))
                     .map_err(err("prepare rollup upsert"))?;
-                for ((bucket, once, dims), sums) in crate::rollup::aggregate(rows, width) {
+                for ((bucket, once, dims), sums) in level {
                     let counts = sums.counts.map(u);
                     let mut p: Vec<&dyn rusqlite::ToSql> = vec![&bucket, &once];
                     p.extend(dims.iter().map(|d| d as &dyn rusqlite::ToSql));

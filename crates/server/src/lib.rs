@@ -5,6 +5,7 @@ pub mod agent;
 pub mod aggregate;
 mod buffer;
 pub mod enrichment;
+mod flat;
 pub mod graph;
 pub mod histograms;
 pub mod http;

@@ -40,7 +40,7 @@ pub fn start(
             Some(p) => {
                 let now = podflow_inventory::now_ns();
                 let rest = match p.lock() {
-                    Ok(mut p) => p.add_batch(b.observations, now),
+                    Ok(mut p) => p.add_batch(&b.observations, now),
                     Err(_) => b.observations,
                 };
                 if rest.is_empty() {

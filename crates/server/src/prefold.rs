@@ -9,15 +9,18 @@
 //! Bounded: beyond `max` flows, records go to attribution one by one (slower, nothing
 //! lost).
 //!
-//! IPv4 keys pack into one u128 (addresses, ports, protocol, exporter number), so an
-//! entry is 48 bytes: with hundreds of thousands of live flows the map is bound by
-//! memory latency, and small entries keep more of it in cache.
+//! IPv4 keys pack into one u128 (addresses, ports, protocol, exporter number) in a flat
+//! table of 48-byte slots (crate::flat): with hundreds of thousands of live flows the
+//! sums are bound by memory latency, so a batch's slots are loaded together first and
+//! their misses overlap.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
+
+use crate::flat::Flat;
 use podflow_model::{Counters, Observation, Protocol, Tuple};
 
 /// Exporters with a number of their own (24 bits of the packed key).
@@ -49,7 +52,7 @@ impl Sum {
 /// The flows of one interval.
 #[derive(Debug, Default)]
 struct Interval {
-    v4: HashMap<u128, Sum>,
+    v4: Flat<Sum>,
     /// IPv6 and mixed: (exporter number, protocol, tuple).
     other: HashMap<(u32, Protocol, Tuple), Sum>,
     /// When its first record arrived (attribution time for records without times).
@@ -154,9 +157,11 @@ impl Prefold {
     /// take (NAT'd or two-way observations, a full map), for attribution now.
     pub fn add_batch(
         &mut self,
-        records: impl IntoIterator<Item = (Arc<str>, Observation)>,
+        records: &[(Arc<str>, Observation)],
         now_ns: u64,
     ) -> Vec<(Arc<str>, Observation)> {
+        /// Records whose slots are warmed together (their cache misses overlap).
+        const AHEAD: usize = 16;
         let at = (now_ns / 1_000_000_000) as i64;
         let interval = at - at.rem_euclid(self.interval_s);
         let mut rest = Vec::new();
@@ -170,28 +175,46 @@ impl Prefold {
         let mut len = self.len;
         let (max, exporters) = (self.max, &mut self.exporters);
         let Some(iv) = self.intervals.get_mut(&interval) else {
-            return records.into_iter().collect();
+            return records.to_vec();
         };
-        for (who, o) in records {
-            let plain =
-                o.delta_reply.is_zero() && o.reply == o.orig.reversed() && o.first_reply_ns == 0;
-            let exporter = match last {
-                Some((w, i)) if std::ptr::eq(w, who.as_ptr()) => Some(i),
-                _ => exporter_number(exporters, &who),
-            };
-            let Some(exporter) = exporter.filter(|_| plain) else {
-                rest.push((who, o));
-                continue;
-            };
-            last = Some((who.as_ptr(), exporter));
-            let full = len >= max;
-            let sum = match pack(exporter, o.proto, &o.orig) {
-                Some(k) => slot(&mut iv.v4, k, full, &mut len),
-                None => slot(&mut iv.other, (exporter, o.proto, o.orig), full, &mut len),
-            };
-            match sum {
-                Some(s) => s.add(&o),
-                None => rest.push((who, o)),
+        let mut keys = [None; AHEAD];
+        for chunk in records.chunks(AHEAD) {
+            // First pass: keys, and one independent load of each home slot.
+            let mut warm = 0u128;
+            for ((who, o), key) in chunk.iter().zip(keys.iter_mut()) {
+                let plain = o.delta_reply.is_zero()
+                    && o.reply == o.orig.reversed()
+                    && o.first_reply_ns == 0;
+                let exporter = match last {
+                    Some((w, i)) if std::ptr::eq(w, who.as_ptr()) => Some(i),
+                    _ => exporter_number(exporters, who),
+                };
+                *key = exporter
+                    .filter(|_| plain)
+                    .map(|e| (e, pack(e, o.proto, &o.orig)));
+                if let Some(e) = exporter {
+                    last = Some((who.as_ptr(), e));
+                }
+                if let Some((_, Some(k))) = key {
+                    warm ^= iv.v4.touch(*k);
+                }
+            }
+            std::hint::black_box(warm);
+            // Second pass: the sums.
+            for ((who, o), key) in chunk.iter().zip(keys.iter()) {
+                let full = len >= max;
+                let sum = match *key {
+                    None => None,
+                    Some((_, Some(k))) => iv.v4.get_or_insert(k, full).map(|(s, new)| {
+                        len += usize::from(new);
+                        s
+                    }),
+                    Some((e, None)) => slot(&mut iv.other, (e, o.proto, o.orig), full, &mut len),
+                };
+                match sum {
+                    Some(s) => s.add(o),
+                    None => rest.push((Arc::clone(who), *o)),
+                }
             }
         }
         self.len = len;
@@ -255,7 +278,7 @@ impl Taken {
             let flows = iv
                 .v4
                 .iter()
-                .map(|(k, s)| (unpack(*k), s))
+                .map(|(k, s)| (unpack(k), s))
                 .chain(iv.other.iter().map(|(k, s)| (*k, s)));
             for ((exporter, proto, orig), s) in flows {
                 f(Folded {
@@ -317,7 +340,7 @@ mod tests {
         let a: Arc<str> = Arc::from("192.0.2.1/0");
         let b: Arc<str> = Arc::from("192.0.2.9/0");
         let rest = p.add_batch(
-            [
+            &[
                 (a.clone(), rec("10.0.0.1", 5000, 10, true, 7)),
                 (a.clone(), rec("10.0.0.1", 5000, 5, true, 3)),
                 (a.clone(), rec("10.0.0.1", 5001, 1, false, 0)),
@@ -329,8 +352,11 @@ mod tests {
         );
         assert!(rest.is_empty());
         assert!(
-            p.add_batch([(a.clone(), rec("10.0.0.1", 5000, 100, false, 0))], 111 * S)
-                .is_empty()
+            p.add_batch(
+                &[(a.clone(), rec("10.0.0.1", 5000, 100, false, 0))],
+                111 * S
+            )
+            .is_empty()
         );
         assert_eq!(p.len(), 5);
         let mut out = Vec::new();
@@ -383,7 +409,7 @@ mod tests {
         let mut nat = rec("10.0.0.1", 1, 1, false, 0);
         nat.reply.src = "10.0.0.9".parse().expect("ip");
         let rest = p.add_batch(
-            [
+            &[
                 (who.clone(), nat),
                 (who.clone(), rec("10.0.0.1", 1, 1, false, 0)),
                 (who.clone(), rec("10.0.0.1", 1, 1, false, 0)),
@@ -394,6 +420,47 @@ mod tests {
         let ports: Vec<u16> = rest.iter().map(|(_, o)| o.orig.src_port).collect();
         assert_eq!(ports, [1, 2], "the NAT'd record and the one past the bound");
         assert_eq!(p.len(), 1);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any records, in batches of any size (across the warm-up chunks), sum per
+        /// exporter and tuple like a plain map does.
+        #[test]
+        fn batches_sum_like_a_map(
+            recs in proptest::collection::vec((0..3usize, 0..2usize, 0..40u16, 0..500u64), 0..300),
+            cut in 1..70usize,
+        ) {
+            let exporters: Vec<Arc<str>> = ["a/0", "b/0", "c/1"].map(Arc::from).to_vec();
+            let all: Vec<(Arc<str>, Observation)> = recs
+                .iter()
+                .map(|&(e, v6, port, bytes)| {
+                    let src = if v6 == 1 { "fd00::1" } else { "10.0.0.1" };
+                    (Arc::clone(&exporters[e]), rec(src, port, bytes, port % 3 == 0, 0))
+                })
+                .collect();
+            let mut p = Prefold::new(10, usize::MAX);
+            for chunk in all.chunks(cut) {
+                proptest::prop_assert!(p.add_batch(chunk, 5 * S).is_empty());
+            }
+            let mut want: std::collections::HashMap<(String, Tuple), (u64, u64, u64)> =
+                std::collections::HashMap::new();
+            for (who, o) in &all {
+                let e = want.entry((who.to_string(), o.orig)).or_default();
+                e.0 += o.delta_orig.bytes;
+                e.1 += o.delta_orig.packets;
+                e.2 += u64::from(o.opened);
+            }
+            let mut got = std::collections::HashMap::new();
+            p.take(i64::MAX).for_each(|f| {
+                got.insert(
+                    (f.observer.to_string(), f.obs.orig),
+                    (f.obs.delta_orig.bytes, f.obs.delta_orig.packets, f.opened),
+                );
+            });
+            proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert!(p.is_empty());
+        }
     }
 
     #[test]

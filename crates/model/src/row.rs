@@ -55,14 +55,14 @@ pub struct FlowTotals {
 }
 
 impl FlowTotals {
-    /// Adds an oriented observation's traffic and events.
-    pub fn add(&mut self, o: &Oriented, opened: bool, closed: bool) {
+    /// Adds an oriented observation's traffic and its (opened, closed) connections.
+    pub fn add(&mut self, o: &Oriented, (opened, closed): (u64, u64)) {
         self.bytes_out += o.out.bytes;
         self.packets_out += o.out.packets;
         self.bytes_in += o.inbound.bytes;
         self.packets_in += o.inbound.packets;
-        self.opened += u64::from(opened);
-        self.closed += u64::from(closed);
+        self.opened += opened;
+        self.closed += closed;
     }
 
     /// Adds another total.

@@ -99,9 +99,7 @@ impl Aggregator {
                 }),
                 cost_usd: 0.0,
             });
-        b.totals.add(o, false, false);
-        b.totals.opened += conns.0;
-        b.totals.closed += conns.1;
+        b.totals.add(o, conns);
         b.cost_usd += cost_usd;
     }
 

@@ -48,7 +48,6 @@ pub enum Admission {
     InFlight,
 }
 
-/// The observation oriented the way attribution decided (local end, initiator).
 /// A key's labels; `remote_observed` when another observed node sees the connection
 /// too (the count-once view).
 fn labels(a: &Attribution, observer: &str, observers: &HashSet<Arc<str>>) -> FlowLabels {
@@ -61,6 +60,7 @@ fn labels(a: &Attribution, observer: &str, observers: &HashSet<Arc<str>>) -> Flo
     l
 }
 
+/// The observation oriented the way attribution decided (local end, initiator).
 fn oriented(o: &Observation, a: &Attribution) -> Oriented {
     let (out, inbound) = if a.local_initiated {
         (o.delta_orig, o.delta_reply)

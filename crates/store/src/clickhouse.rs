@@ -619,19 +619,6 @@ fn kubenetmon_class(l: &FlowLabels) -> &'static str {
     .as_str()
 }
 
-/// The place kinds podflow writes, as static strings (anything else reads as `unknown`).
-fn kind_static(s: &str) -> &'static str {
-    match s {
-        "pod" => "pod",
-        "node" => "node",
-        "service" => "service",
-        "known_network" => "known_network",
-        "cloud_range" => "cloud_range",
-        "internet" => "internet",
-        _ => "unknown",
-    }
-}
-
 /// A stable 128-bit FNV-1a hash (the dedup token must not change between builds).
 struct Fnv128(u128);
 
@@ -1111,7 +1098,7 @@ impl ClickHouseStore {
                 cloud,
             ] = l;
             EndLabels {
-                kind: kind_static(&kind),
+                kind: crate::kind_static(&kind),
                 namespace: namespace.into(),
                 name: name.into(),
                 workload_kind: workload_kind.into(),

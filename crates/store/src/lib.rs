@@ -38,9 +38,6 @@ pub enum StoreError {
         /// The value found.
         value: String,
     },
-    /// The backend does not implement this query.
-    #[error("this store backend does not support {0} yet")]
-    Unsupported(&'static str),
     /// The ClickHouse backend failed (the message names the URL and table).
     #[error(transparent)]
     ClickHouse(#[from] ClickHouseError),
@@ -95,12 +92,22 @@ pub trait FlowStore: Send {
         self.write(rows)
     }
     /// Flows grouped by dimensions (see [`query`]).
-    fn group(&self, q: &query::GroupQuery) -> Result<Vec<query::GroupRow>, StoreError> {
-        let _ = q;
-        Err(StoreError::Unsupported("grouped queries"))
-    }
+    fn group(&self, q: &query::GroupQuery) -> Result<Vec<query::GroupRow>, StoreError>;
     /// The marks recorded by [`FlowStore::write_marked`].
     fn marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
         Ok(Vec::new())
+    }
+}
+
+/// The place kinds podflow writes, as static strings (anything else reads as `unknown`).
+pub(crate) fn kind_static(s: &str) -> &'static str {
+    match s {
+        "pod" => "pod",
+        "node" => "node",
+        "service" => "service",
+        "known_network" => "known_network",
+        "cloud_range" => "cloud_range",
+        "internet" => "internet",
+        _ => "unknown",
     }
 }

@@ -265,7 +265,7 @@ impl SqliteStore {
     fn labels(&self, l: Vec<String>) -> Result<Arc<FlowLabels>, StoreError> {
         let class = Class::parse(&l[0]).ok_or_else(|| self.corrupt("class", l[0].clone()))?;
         let end = |o: usize| EndLabels {
-            kind: kind_static(&l[o]),
+            kind: crate::kind_static(&l[o]),
             namespace: l[o + 1].as_str().into(),
             name: l[o + 2].as_str().into(),
             workload_kind: l[o + 3].as_str().into(),
@@ -598,19 +598,6 @@ impl FlowStore for SqliteStore {
         }
         tx.commit().map_err(err("commit expiry"))?;
         Ok(n as u64)
-    }
-}
-
-/// The place kinds podflow writes, as static strings (anything else reads as `unknown`).
-fn kind_static(s: &str) -> &'static str {
-    match s {
-        "pod" => "pod",
-        "node" => "node",
-        "service" => "service",
-        "known_network" => "known_network",
-        "cloud_range" => "cloud_range",
-        "internet" => "internet",
-        _ => "unknown",
     }
 }
 

@@ -12,9 +12,7 @@
 //! Last lines: `server_ingest_obs_per_sec_sqlite=`, `server_ingest_obs_per_sec_clickhouse=`,
 //! `query_top50_24h_ms=`.
 
-use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,32 +110,13 @@ fn podflow_inventory_now() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn clickhouse_front(dir: &std::path::Path) -> Option<(std::process::Child, u16)> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../store/tests/fixtures/chdb_front.py"
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let mut child = Command::new("python3")
-        .args([script, "--data"])
-        .arg(dir)
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let out = child.stdout.take()?;
-    let mut line = String::new();
-    std::io::BufReader::new(out).read_line(&mut line).ok()?;
-    line.starts_with("READY").then_some((child, port))
+fn clickhouse_front(dir: &std::path::Path) -> Option<(podflow_testkit::ChildGuard, u16)> {
+    let port = podflow_testkit::free_port();
+    podflow_testkit::clickhouse_front(dir, port).map(|f| (f, port))
 }
 
 /// Stored rows `first..first + n` of the query benchmark.
-fn rows(first: usize, n: usize, t0: i64) -> Vec<FlowRow> {
+fn rows(first: usize, n: usize, t0: i64, per_interval: usize) -> Vec<FlowRow> {
     (first..first + n)
         .map(|i| {
             let w = (i % 500) as u32;
@@ -150,8 +129,8 @@ fn rows(first: usize, n: usize, t0: i64) -> Vec<FlowRow> {
                 ..Default::default()
             };
             FlowRow {
-                // ~1,160 rows per 10 s interval: 10M rows fill the 24 h.
-                interval_start: t0 + (i / 1_158) as i64 * 10 % 86_400,
+                // `per_interval` rows per 10 s interval: the rows fill the 24 h.
+                interval_start: t0 + (i / per_interval) as i64 * 10 % 86_400,
                 interval_s: 10,
                 observer: format!("node-{}", i % 20),
                 key: FlowKey {
@@ -199,9 +178,8 @@ fn main() {
     let ch_dir = dir.path().join("ch");
     std::fs::create_dir_all(&ch_dir).expect("dir");
     let rate_ch = match clickhouse_front(&ch_dir) {
-        Some((front, port)) => {
-            // Killed when dropped, also if the run below panics.
-            let _front = podflow_testkit::ChildGuard(front);
+        // The front is killed when dropped, also if the run below panics.
+        Some((_front, port)) => {
             let cfg = ClickHouseConfig {
                 url: format!("http://127.0.0.1:{port}"),
                 ..Default::default()
@@ -227,9 +205,11 @@ fn main() {
     let path = dir.path().join("query.sqlite");
     let mut store = SqliteStore::open(&path).expect("sqlite");
     let t0 = 1_800_000_000;
+    // 8,640 intervals of 10 s in 24 h (≈ 1,160 rows each at 10M rows).
+    let per_interval = n_rows.div_ceil(8_640).max(1);
     let t = Instant::now();
     for start in (0..n_rows).step_by(200_000) {
-        let chunk = rows(start, (n_rows - start).min(200_000), t0);
+        let chunk = rows(start, (n_rows - start).min(200_000), t0, per_interval);
         store.write(&chunk).expect("write");
     }
     println!(

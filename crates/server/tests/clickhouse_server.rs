@@ -2,10 +2,9 @@
 //! acks are withheld while ClickHouse is down and released once it is back; the stored
 //! totals are exact; the query API and the Node Graph answer from ClickHouse.
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use podflow_model::{Counters, Observation, Protocol, Tuple};
@@ -16,32 +15,10 @@ use podflow_store::{ClickHouseConfig, ClickHouseStore, FlowQuery, FlowStore};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-struct Front(Child);
-
-impl Drop for Front {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+type Front = podflow_testkit::ChildGuard;
 
 fn front(data: &Path, port: u16) -> Option<Front> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../store/tests/fixtures/chdb_front.py"
-    );
-    let mut child = Command::new("python3")
-        .args([script, "--data"])
-        .arg(data)
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let out = child.stdout.take()?;
-    let mut line = String::new();
-    std::io::BufReader::new(out).read_line(&mut line).ok()?;
-    line.starts_with("READY").then_some(Front(child))
+    podflow_testkit::clickhouse_front(data, port)
 }
 
 async fn next_ack(

@@ -467,3 +467,27 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Starts the ClickHouse HTTP front of the store tests (the real engine, chdb, behind
+/// `crates/store/tests/fixtures/chdb_front.py`) on 127.0.0.1:`port` with its data under
+/// `data`, and waits until it is ready; None when python3 with chdb cannot run it.
+pub fn clickhouse_front(data: &std::path::Path, port: u16) -> Option<ChildGuard> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../store/tests/fixtures/chdb_front.py"
+    );
+    let mut child = ChildGuard(
+        Command::new("python3")
+            .args([script, "--data"])
+            .arg(data)
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?,
+    );
+    let out = child.0.stdout.take()?;
+    let mut line = String::new();
+    io::BufRead::read_line(&mut io::BufReader::new(out), &mut line).ok()?;
+    line.starts_with("READY").then_some(child)
+}

@@ -22,18 +22,8 @@ use podflow_server::http::{AppState, StoreReader, router};
 use podflow_store::{FlowStore, SqliteStore};
 use serde_json::Value;
 
-fn pod(ns: &str, workload: &str, node: &str, zone: &str) -> EndLabels {
-    EndLabels {
-        kind: "pod",
-        namespace: ns.into(),
-        name: format!("{workload}-0").into(),
-        workload_kind: "Deployment".into(),
-        workload: workload.into(),
-        node: node.into(),
-        zone: zone.into(),
-        ..Default::default()
-    }
-}
+mod common;
+use common::pod;
 
 /// One row: `local` initiated the connection to `remote` iff `initiated`.
 #[allow(clippy::too_many_arguments)]

@@ -98,18 +98,32 @@ fn dim(name: &str) -> Dim {
     crate::query::dim(name).unwrap_or_else(|| panic!("rollup dimension {name} is unknown"))
 }
 
-/// Fills the rollup `table` of bucket width `width` from the rows already in `flows`
-/// (the migration to schema v3).
-pub(crate) fn backfill_sql(table: &str, width: i64) -> String {
-    let keys: Vec<String> = DIMS
-        .iter()
-        .map(|d| format!("CAST({} AS TEXT)", dim(d).sql))
-        .collect();
-    let sums: Vec<String> = FLOW_SUMS.iter().map(|s| format!("SUM({s})")).collect();
+/// Fills the rollup `table` of bucket width `width` (the migration to schema v3): from
+/// the rows already in `flows`, or from the filled rollup `finer` below it.
+pub(crate) fn backfill_sql(table: &str, width: i64, finer: Option<&str>) -> String {
+    let (source, time, once, keys, sums): (&str, &str, &str, Vec<String>, Vec<String>) = match finer
+    {
+        None => (
+            "flows",
+            "interval_start",
+            ONCE_FLOWS,
+            DIMS.iter()
+                .map(|d| format!("CAST({} AS TEXT)", dim(d).sql))
+                .collect(),
+            FLOW_SUMS.iter().map(|s| format!("SUM({s})")).collect(),
+        ),
+        Some(f) => (
+            f,
+            "bucket_start",
+            "once",
+            DIMS.iter().map(|d| d.to_string()).collect(),
+            SUMS.iter().map(|s| format!("SUM({s})")).collect(),
+        ),
+    };
     format!(
         "INSERT INTO {table} (bucket_start, once, {dims}, {sum_cols})
-         SELECT (interval_start / {width}) * {width}, {ONCE_FLOWS}, {keys}, {sums}
-         FROM flows GROUP BY 1, 2, {groups}",
+         SELECT ({time} / {width}) * {width}, {once}, {keys}, {sums}
+         FROM {source} GROUP BY 1, 2, {groups}",
         dims = DIMS.join(", "),
         sum_cols = SUMS.join(", "),
         keys = keys.join(", "),
@@ -148,6 +162,15 @@ pub(crate) struct Sums {
     pub(crate) cost_usd: f64,
 }
 
+impl Sums {
+    fn add(&mut self, other: &Sums) {
+        for (acc, v) in self.counts.iter_mut().zip(other.counts) {
+            *acc += v;
+        }
+        self.cost_usd += other.cost_usd;
+    }
+}
+
 /// A rollup key: bucket start, counts-once flag, and the [`DIMS`] values in order.
 pub(crate) type Key<'a> = (i64, bool, [&'a str; DIMS.len()]);
 
@@ -171,13 +194,9 @@ pub(crate) fn aggregate_levels(rows: &[FlowRow]) -> Vec<(&'static str, HashMap<K
             Some((_, finer)) => {
                 let mut m: HashMap<Key<'_>, Sums> = HashMap::with_capacity(finer.len());
                 for ((bucket, once, dims), s) in finer {
-                    let e = m
-                        .entry((bucket.div_euclid(width) * width, *once, *dims))
-                        .or_default();
-                    for (acc, v) in e.counts.iter_mut().zip(s.counts) {
-                        *acc += v;
-                    }
-                    e.cost_usd += s.cost_usd;
+                    m.entry((bucket.div_euclid(width) * width, *once, *dims))
+                        .or_default()
+                        .add(s);
                 }
                 m
             }
@@ -229,15 +248,10 @@ fn aggregate(rows: &[FlowRow], width: i64) -> HashMap<Key<'_>, Sums> {
         } else {
             (t.bytes_in, t.bytes_out, t.packets_in, t.packets_out)
         };
-        let e = out.entry(key).or_default();
-        for (acc, v) in e
-            .counts
-            .iter_mut()
-            .zip([bs, bd, ps, pd, t.opened, t.closed])
-        {
-            *acc += v;
-        }
-        e.cost_usd += r.cost_usd;
+        out.entry(key).or_default().add(&Sums {
+            counts: [bs, bd, ps, pd, t.opened, t.closed],
+            cost_usd: r.cost_usd,
+        });
     }
     out
 }

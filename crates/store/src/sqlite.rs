@@ -209,13 +209,17 @@ impl SqliteStore {
             // Version 3: the rollups, filled from the rows already stored (all of them
             // again if one is missing: a file edited by hand).
             let tx = conn.transaction().map_err(err("begin migration"))?;
-            for (table, width) in crate::rollup::LEVELS {
+            // Finest first: each coarser level is summed from the one below it, so
+            // `flows` is read once.
+            let mut finer = None;
+            for (table, width) in crate::rollup::LEVELS.into_iter().rev() {
                 tx.execute_batch(&crate::rollup::schema(table))
                     .map_err(err("migrate: create a rollup"))?;
                 tx.execute_batch(&format!("DELETE FROM {table}"))
                     .map_err(err("migrate: empty a rollup"))?;
-                tx.execute_batch(&crate::rollup::backfill_sql(table, width))
+                tx.execute_batch(&crate::rollup::backfill_sql(table, width, finer))
                     .map_err(err("migrate: fill a rollup"))?;
+                finer = Some(table);
             }
             tx.commit().map_err(err("commit migration"))?;
         }

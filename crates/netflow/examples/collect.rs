@@ -1,7 +1,8 @@
-//! A NetFlow/IPFIX collector for benchmarks: the listener, the decoders, and a per-key
-//! aggregation shaped like podflow's aggregator (sum bytes and packets per
-//! (src, dst, dst port, protocol) in a hash map, flushed every second). Attribution
-//! is not included yet.
+//! The floor of podflow's NetFlow/IPFIX collector, for profiling: the listener, the
+//! decoders, and a per-(src, dst, dst port, protocol) sum of bytes and packets in a
+//! hash map flushed every second; no attribution and no store. `scripts/bench-netflow.sh`
+//! measures the whole collector (`podflow server --netflow-listen`); this one shows
+//! what decoding and receiving cost alone (docs/benchmarks.md).
 //!
 //! ```text
 //! collect [--listen ADDR]... [--threads N] [--batch N] [--rcvbuf BYTES] [--coalesce-us N]

@@ -75,6 +75,19 @@ impl FlowTotals {
         self.closed += other.closed;
     }
 
+    /// The six counters in their stored column order: bytes out, packets out, bytes in,
+    /// packets in, connections opened, connections closed.
+    pub fn columns(&self) -> [u64; 6] {
+        [
+            self.bytes_out,
+            self.packets_out,
+            self.bytes_in,
+            self.packets_in,
+            self.opened,
+            self.closed,
+        ]
+    }
+
     /// Bytes in both directions.
     pub fn bytes(&self) -> u64 {
         self.bytes_out + self.bytes_in

@@ -164,15 +164,16 @@ fn main() -> ExitCode {
         packets_flushed: 0,
     }));
     let a = Arc::clone(&agg);
-    let listener = match Listener::start(args.config, Arc::clone(&stop), move |batch| {
-        a.lock().unwrap_or_else(|p| p.into_inner()).record(&batch)
-    }) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let listener =
+        match Listener::start(args.config, Arc::clone(&stop), move |batch: &mut Batch| {
+            a.lock().unwrap_or_else(|p| p.into_inner()).record(batch)
+        }) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
     for s in listener.sockets() {
         eprintln!(
             "listening on {} (SO_RCVBUF {} bytes{})",

@@ -249,7 +249,9 @@ impl Listener {
     /// Binds every socket, then starts one receive thread per socket.
     ///
     /// `sink` is called from the receive threads, concurrently, once per non-empty
-    /// batch; while it runs that thread receives nothing (back-pressure goes to the
+    /// batch. It reads the batch or takes its observations (`std::mem::take`); the
+    /// thread then clears what is left and decodes the next datagrams into the same
+    /// buffer (no allocation, no fresh pages per batch). While the sink runs that thread receives nothing (back-pressure goes to the
     /// socket buffer, then to the kernel's counted drops). Threads end within
     /// [`POLL_MS`] of `stop` becoming true; then call [`Listener::join`].
     pub fn start<F>(
@@ -258,7 +260,7 @@ impl Listener {
         sink: F,
     ) -> Result<Listener, ListenError>
     where
-        F: Fn(Batch) + Send + Sync + 'static,
+        F: Fn(&mut Batch) + Send + Sync + 'static,
     {
         if config.addrs.is_empty() {
             return Err(ListenError::Config("no listen address".into()));
@@ -443,14 +445,14 @@ struct Received {
 }
 
 impl Worker {
-    fn run(mut self, sink: &(dyn Fn(Batch) + Send + Sync)) {
+    fn run(mut self, sink: &(dyn Fn(&mut Batch) + Send + Sync)) {
         let mut bufs: Vec<Vec<u8>> = (0..self.batch)
             .map(|_| vec![0u8; self.max_datagram])
             .collect();
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(self.batch, None);
         let mut got: Vec<Received> = Vec::with_capacity(self.batch);
         let mut observers: HashMap<(IpAddr, u32), Arc<str>> = HashMap::new();
-        let mut out: Vec<(Arc<str>, Observation)> = Vec::new();
+        let mut out = Batch::default();
         let inode = nix::sys::stat::fstat(self.sock.as_fd())
             .ok()
             .map(|st| st.st_ino);
@@ -473,12 +475,11 @@ impl Worker {
             if got.is_empty() {
                 continue;
             }
-            self.decode(&got, &bufs, &mut observers, &mut out);
-            if !out.is_empty() {
-                let cap = out.len();
-                let observations = std::mem::replace(&mut out, Vec::with_capacity(cap));
+            out.observations.clear();
+            self.decode(&got, &bufs, &mut observers, &mut out.observations);
+            if !out.observations.is_empty() {
                 self.stats.batches.fetch_add(1, Relaxed);
-                sink(Batch { observations });
+                sink(&mut out);
             }
             if got.len() < self.batch && !self.coalesce.is_zero() {
                 std::thread::sleep(self.coalesce);

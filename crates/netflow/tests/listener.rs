@@ -13,7 +13,7 @@ use podflow_model::{Observation, Protocol};
 use podflow_netflow::encode::{
     IPFIX_IPV4_18, Message, V5Flow, V5Header, V9_IPV4_18, Value, ie, v5,
 };
-use podflow_netflow::{ErrorReason, Listener, ListenerConfig, Version};
+use podflow_netflow::{Batch, ErrorReason, Listener, ListenerConfig, Version};
 
 type Seen = Arc<Mutex<Vec<(Arc<str>, Observation)>>>;
 
@@ -32,8 +32,8 @@ fn start_with(config: ListenerConfig) -> (Listener, Arc<AtomicBool>, Seen) {
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Seen = Arc::default();
     let s = Arc::clone(&seen);
-    let l = Listener::start(config, Arc::clone(&stop), move |b| {
-        s.lock().expect("lock").extend(b.observations)
+    let l = Listener::start(config, Arc::clone(&stop), move |b: &mut Batch| {
+        s.lock().expect("lock").append(&mut b.observations)
     })
     .expect("listener starts");
     (l, stop, seen)
@@ -337,7 +337,7 @@ fn kernel_drops_are_counted_when_the_sink_blocks() {
         Arc::clone(&entered),
         Arc::clone(&delivered),
     );
-    let l = Listener::start(config, Arc::clone(&stop), move |b| {
+    let l = Listener::start(config, Arc::clone(&stop), move |b: &mut Batch| {
         e.fetch_add(1, Ordering::SeqCst);
         let t = Instant::now();
         while !r.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(10) {
@@ -409,7 +409,7 @@ fn bind_error_names_the_address() {
             ..Default::default()
         },
         Arc::new(AtomicBool::new(false)),
-        |_| {},
+        |_: &mut Batch| {},
     )
     .expect_err("the port is taken without SO_REUSEPORT");
     let msg = err.to_string();
@@ -424,7 +424,7 @@ fn bind_error_names_the_address() {
             ..Default::default()
         },
         Arc::new(AtomicBool::new(false)),
-        |_| {},
+        |_: &mut Batch| {},
     )
     .expect_err("no address");
     assert_eq!(err.to_string(), "NetFlow listener: no listen address");

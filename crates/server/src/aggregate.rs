@@ -21,6 +21,9 @@ pub struct Aggregator {
     max_keys: usize,
     buckets: HashMap<(i64, Arc<str>, FlowKey), Bucket>,
     overflowed: u64,
+    /// The labels of the last new key: a new key with equal labels shares them (one
+    /// allocation instead of many, and the store sees equal labels by address).
+    last_labels: Option<Arc<FlowLabels>>,
 }
 
 /// The key that takes traffic beyond `max_keys`: protocol kept, addresses unspecified,
@@ -45,6 +48,7 @@ impl Aggregator {
             max_keys: max_keys.max(1),
             buckets: HashMap::new(),
             overflowed: 0,
+            last_labels: None,
         }
     }
 
@@ -87,17 +91,25 @@ impl Aggregator {
             self.overflowed += 1;
             key = overflow_key(&key);
         }
+        let last = &mut self.last_labels;
         let b = self
             .buckets
             .entry((at, Arc::clone(observer), key))
-            .or_insert_with(|| Bucket {
-                totals: FlowTotals::default(),
-                labels: Arc::new(if full {
+            .or_insert_with(|| {
+                let l = if full {
                     FlowLabels::default()
                 } else {
                     labels()
-                }),
-                cost_usd: 0.0,
+                };
+                let labels = match last {
+                    Some(prev) if **prev == l => Arc::clone(prev),
+                    _ => Arc::clone(last.insert(Arc::new(l))),
+                };
+                Bucket {
+                    totals: FlowTotals::default(),
+                    labels,
+                    cost_usd: 0.0,
+                }
             });
         b.totals.add(o, conns);
         b.cost_usd += cost_usd;

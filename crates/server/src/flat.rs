@@ -54,11 +54,11 @@ impl<V: Copy + Default> Flat<V> {
         self.len == 0
     }
 
-    /// Reads the home slot of `k` (to warm the cache before [`Flat::get_or_insert`]);
-    /// the result means nothing.
+    /// Reads the home slot of `k`, key and value (a slot may span two cache lines), to
+    /// warm the cache before [`Flat::get_or_insert`]; the result means nothing.
     #[inline]
-    pub(crate) fn touch(&self, k: u128) -> u128 {
-        self.slots[self.home(k)].0
+    pub(crate) fn touch(&self, k: u128) -> (u128, V) {
+        self.slots[self.home(k)]
     }
 
     /// The value of `k`; a new default one unless `full` (then None). The bool is true

@@ -35,20 +35,20 @@ pub fn start(
         addrs: addrs.to_vec(),
         ..Default::default()
     };
-    let listener = Listener::start(cfg, stop, move |b: Batch| {
+    let listener = Listener::start(cfg, stop, move |b: &mut Batch| {
         let b = match &prefold {
             Some(p) => {
                 let now = podflow_inventory::now_ns();
                 let rest = match p.lock() {
                     Ok(mut p) => p.add_batch(&b.observations, now),
-                    Err(_) => b.observations,
+                    Err(_) => std::mem::take(&mut b.observations),
                 };
                 if rest.is_empty() {
                     return;
                 }
                 Batch { observations: rest }
             }
-            None => b,
+            None => std::mem::take(b),
         };
         let _ = tx.blocking_send(b);
     })

@@ -283,9 +283,17 @@ impl<S: FlowStore + 'static> Pipeline<S> {
             return;
         }
         let idx = self.shared.load();
+        let mut last_observer: Option<Arc<str>> = None;
         flows.for_each(|f| {
-            if !self.observers.contains(&f.observer) {
-                self.observers.insert(Arc::clone(&f.observer));
+            // Runs of flows share an exporter: look the set up when it changes.
+            if !last_observer
+                .as_ref()
+                .is_some_and(|o| Arc::ptr_eq(o, &f.observer))
+            {
+                if !self.observers.contains(&f.observer) {
+                    self.observers.insert(Arc::clone(&f.observer));
+                }
+                last_observer = Some(Arc::clone(&f.observer));
             }
             let a = self
                 .attributor

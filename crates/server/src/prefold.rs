@@ -179,8 +179,7 @@ impl Prefold {
         };
         let mut keys = [None; AHEAD];
         for chunk in records.chunks(AHEAD) {
-            // First pass: keys, and one independent load of each home slot.
-            let mut warm = 0u128;
+            // First pass: the keys.
             for ((who, o), key) in chunk.iter().zip(keys.iter_mut()) {
                 let plain = o.delta_reply.is_zero()
                     && o.reply == o.orig.reversed()
@@ -195,11 +194,19 @@ impl Prefold {
                 if let Some(e) = exporter {
                     last = Some((who.as_ptr(), e));
                 }
+            }
+            // Then one load of each home slot, in a loop of nothing else: the loads are
+            // independent and few instructions apart, so the processor has all their
+            // misses in flight at once (with the key work in between, its reorder window
+            // filled up after a few). Each lands in its own cell: folding them into one
+            // value would chain every load on the one before.
+            let mut warm = [(0u128, Sum::default()); AHEAD];
+            for (key, w) in keys.iter().zip(warm.iter_mut()) {
                 if let Some((_, Some(k))) = key {
-                    warm ^= iv.v4.touch(*k);
+                    *w = iv.v4.touch(*k);
                 }
             }
-            std::hint::black_box(warm);
+            std::hint::black_box(&warm);
             // Second pass: the sums.
             for ((who, o), key) in chunk.iter().zip(keys.iter()) {
                 let full = len >= max;

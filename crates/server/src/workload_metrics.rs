@@ -123,7 +123,8 @@ impl WorkloadMetrics {
         }
     }
 
-    fn dim(&self, row: &FlowRow, d: &str) -> String {
+    /// The value of dimension `d` (an index into [`DIMENSIONS`]) for `row`.
+    fn dim(row: &FlowRow, d: usize) -> &str {
         let l = &row.labels;
         let (src, dst) = if row.key.local_initiated {
             (&l.local, &l.remote)
@@ -131,32 +132,50 @@ impl WorkloadMetrics {
             (&l.remote, &l.local)
         };
         match d {
-            "src_namespace" => src.namespace.to_string(),
-            "src_workload" => workload_of(src).to_string(),
-            "src_kind" => src.kind.to_string(),
-            "src_zone" => src.zone.to_string(),
-            "dst_namespace" => dst.namespace.to_string(),
-            "dst_workload" => workload_of(dst).to_string(),
-            "dst_kind" => dst.kind.to_string(),
-            "dst_zone" => dst.zone.to_string(),
-            "class" => l.class.as_str().to_string(),
-            "src_pod" if src.kind == "pod" => src.name.to_string(),
-            "dst_pod" if dst.kind == "pod" => dst.name.to_string(),
-            _ => String::new(),
+            0 => &src.namespace,
+            1 => workload_of(src),
+            2 => src.kind,
+            3 => &src.zone,
+            4 => &dst.namespace,
+            5 => workload_of(dst),
+            6 => dst.kind,
+            7 => &dst.zone,
+            8 => l.class.as_str(),
+            9 if src.kind == "pod" => &src.name,
+            10 if dst.kind == "pod" => &dst.name,
+            _ => "",
         }
     }
 
     /// Adds one interval's rows at `now` (Unix seconds).
     pub fn add_interval(&mut self, rows: &[FlowRow], now: i64) {
-        let mut per: HashMap<Vec<String>, Values> = HashMap::new();
+        // Keys borrow the rows' labels (nothing allocated per row); unused slots stay "".
+        let dims: Vec<usize> = self
+            .cfg
+            .dimensions
+            .iter()
+            .map(|d| DIMENSIONS.iter().position(|x| x == d).unwrap_or(usize::MAX))
+            .collect();
+        let mut per: HashMap<[&str; DIMENSIONS.len()], Values> = HashMap::new();
         for r in rows {
-            let key: Vec<String> = self.cfg.dimensions.iter().map(|d| self.dim(r, d)).collect();
+            let mut key = [""; DIMENSIONS.len()];
+            for (k, d) in key.iter_mut().zip(&dims) {
+                *k = Self::dim(r, *d);
+            }
             let v = per.entry(key).or_default();
             v.bytes += r.totals.bytes();
             v.connections += r.totals.opened;
             v.cost_usd += r.cost_usd;
         }
-        let mut items: Vec<_> = per.into_iter().collect();
+        let mut items: Vec<(Vec<String>, Values)> = per
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.iter().take(dims.len()).map(|s| s.to_string()).collect(),
+                    v,
+                )
+            })
+            .collect();
         items.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then_with(|| a.0.cmp(&b.0)));
         let cap = self.cfg.top_k.saturating_mul(5).max(1);
         for (i, (mut key, v)) in items.into_iter().enumerate() {

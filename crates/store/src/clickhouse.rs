@@ -669,15 +669,7 @@ pub fn batch_token(rows: &[FlowRow]) -> String {
             }
             None => h.bytes(&[0]),
         }
-        let t = &r.totals;
-        for v in [
-            t.bytes_out,
-            t.packets_out,
-            t.bytes_in,
-            t.packets_in,
-            t.opened,
-            t.closed,
-        ] {
+        for v in r.totals.columns() {
             h.u64(v);
         }
         h.u64(r.cost_usd.to_bits());

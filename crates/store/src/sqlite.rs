@@ -122,6 +122,170 @@ fn u(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// An address as text, on the stack (the longest, an IPv4-mapped IPv6, is 45 bytes).
+#[derive(Clone, Copy)]
+struct AddrText {
+    len: u8,
+    buf: [u8; 46],
+}
+
+impl AddrText {
+    fn of(a: Option<IpAddr>) -> AddrText {
+        use std::fmt::Write as _;
+        let mut t = AddrText {
+            len: 0,
+            buf: [0; 46],
+        };
+        if let Some(a) = a {
+            // Cannot fail: an address is at most 45 bytes of text.
+            let _ = write!(t, "{a}");
+        }
+        t
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever copied in, so this never fails.
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+    }
+
+    /// The first 16 bytes, zero padded: orders like the text for texts that differ
+    /// there (zero sorts before every character, as a shorter text does).
+    fn prefix(&self) -> u128 {
+        let mut p = [0u8; 16];
+        p.copy_from_slice(&self.buf[..16]);
+        u128::from_be_bytes(p)
+    }
+}
+
+impl std::fmt::Write for AddrText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let at = usize::from(self.len);
+        let dst = self.buf.get_mut(at..at + s.len()).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len += s.len() as u8;
+        Ok(())
+    }
+}
+
+/// A row with its key columns as the table stores them.
+struct Keyed<'r> {
+    row: &'r FlowRow,
+    local: AddrText,
+    remote: AddrText,
+    service: AddrText,
+}
+
+/// `rows` in the table's primary-key order (interval, observer, proto, addresses as
+/// text, port, initiator, Service address). Only speed depends on the order being
+/// exact: the upsert is right in any order.
+fn in_key_order(rows: &[FlowRow]) -> Vec<Keyed<'_>> {
+    let mut observers: Vec<&str> = rows.iter().map(|r| r.observer.as_str()).collect();
+    observers.sort_unstable();
+    observers.dedup();
+    let rank = |o: &str| observers.binary_search(&o).unwrap_or_default() as u64;
+    let keyed: Vec<Keyed> = rows
+        .iter()
+        .map(|r| Keyed {
+            row: r,
+            local: AddrText::of(Some(r.key.local)),
+            remote: AddrText::of(Some(r.key.remote)),
+            service: AddrText::of(r.key.service.map(|(a, _)| a)),
+        })
+        .collect();
+    // Sorted by a compact copy of the key (integers: no string compares, small moves).
+    let mut order: Vec<(i64, u64, u128, u128, u64, u128, u32)> = keyed
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let key = &k.row.key;
+            (
+                k.row.interval_start,
+                rank(&k.row.observer) << 8 | u64::from(key.proto.0),
+                k.local.prefix(),
+                k.remote.prefix(),
+                u64::from(key.responder_port) << 1 | u64::from(key.local_initiated),
+                k.service.prefix(),
+                i as u32,
+            )
+        })
+        .collect();
+    order.sort_unstable();
+    let mut slots: Vec<Option<Keyed>> = keyed.into_iter().map(Some).collect();
+    order
+        .iter()
+        .filter_map(|o| slots.get_mut(o.6 as usize).and_then(Option::take))
+        .collect()
+}
+
+/// Binds the upsert's parameters for `k`, skipping those equal to `prev`'s.
+fn bind_row(
+    st: &mut rusqlite::Statement<'_>,
+    k: &Keyed<'_>,
+    prev: Option<&Keyed<'_>>,
+) -> rusqlite::Result<()> {
+    fn one<T: rusqlite::ToSql + PartialEq>(
+        st: &mut rusqlite::Statement<'_>,
+        i: usize,
+        now: T,
+        was: Option<T>,
+    ) -> rusqlite::Result<()> {
+        if was.as_ref() != Some(&now) {
+            st.raw_bind_parameter(i, now)?;
+        }
+        Ok(())
+    }
+    let (r, p) = (k.row, prev.map(|p| p.row));
+    one(st, 1, r.interval_start, p.map(|p| p.interval_start))?;
+    one(st, 2, r.interval_s, p.map(|p| p.interval_s))?;
+    one(st, 3, r.observer.as_str(), p.map(|p| p.observer.as_str()))?;
+    one(st, 4, r.key.proto.0, p.map(|p| p.key.proto.0))?;
+    one(st, 5, k.local.as_str(), prev.map(|p| p.local.as_str()))?;
+    one(st, 6, k.remote.as_str(), prev.map(|p| p.remote.as_str()))?;
+    one(st, 7, r.key.responder_port, p.map(|p| p.key.responder_port))?;
+    one(
+        st,
+        8,
+        r.key.local_initiated,
+        p.map(|p| p.key.local_initiated),
+    )?;
+    one(st, 9, k.service.as_str(), prev.map(|p| p.service.as_str()))?;
+    let sport = |r: &FlowRow| r.key.service.map_or(0, |(_, port)| port);
+    one(st, 10, sport(r), p.map(sport))?;
+    let was = p.map(|p| p.totals.columns());
+    for (i, c) in r.totals.columns().into_iter().enumerate() {
+        one(st, 11 + i, u(c), was.map(|w| u(w[i])))?;
+    }
+    one(st, 17, r.cost_usd, p.map(|p| p.cost_usd))?;
+    /// Parameters 18..=40: class, the ten labels of each end, the Service.
+    fn labels(r: &FlowRow) -> [&str; 23] {
+        let l = &r.labels;
+        let mut v = [""; 23];
+        v[0] = l.class.as_str();
+        v[1..11].copy_from_slice(&l.local.columns());
+        v[11..21].copy_from_slice(&l.remote.columns());
+        v[21] = &l.service_namespace;
+        v[22] = &l.service_name;
+        v
+    }
+    let same_labels = p.is_some_and(|p| Arc::ptr_eq(&p.labels, &r.labels));
+    if !same_labels {
+        let was = p.map(labels);
+        for (i, v) in labels(r).into_iter().enumerate() {
+            // Equal labels are mostly the same shared string: compare addresses first.
+            let same = was.is_some_and(|w| std::ptr::eq(w[i], v) || w[i] == v);
+            if !same {
+                st.raw_bind_parameter(18 + i, v)?;
+            }
+        }
+    }
+    one(
+        st,
+        41,
+        r.labels.remote_observed,
+        p.map(|p| p.labels.remote_observed),
+    )
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
@@ -388,66 +552,14 @@ impl FlowStore for SqliteStore {
             // In primary-key order: the rows of a new interval then append to the end of
             // the table's B-tree instead of landing on random pages (several times faster
             // with hundreds of thousands of keys per interval).
-            let mut keyed: Vec<(&FlowRow, String, String, String)> = rows
-                .iter()
-                .map(|r| {
-                    let k = &r.key;
-                    let sa = k.service.map(|(a, _)| a.to_string()).unwrap_or_default();
-                    (r, k.local.to_string(), k.remote.to_string(), sa)
-                })
-                .collect();
-            keyed.sort_unstable_by(|a, b| {
-                let (ka, kb) = (&a.0.key, &b.0.key);
-                (a.0.interval_start, &a.0.observer, ka.proto.0, &a.1, &a.2)
-                    .cmp(&(b.0.interval_start, &b.0.observer, kb.proto.0, &b.1, &b.2))
-                    .then_with(|| {
-                        (ka.responder_port, ka.local_initiated, &a.3).cmp(&(
-                            kb.responder_port,
-                            kb.local_initiated,
-                            &b.3,
-                        ))
-                    })
-            });
-            for (r, local, remote, sa) in &keyed {
-                let k = &r.key;
-                let t = &r.totals;
-                let l = &r.labels;
-                let sp = k.service.map_or(0, |(_, p)| p);
-                let counters = [
-                    t.bytes_out,
-                    t.packets_out,
-                    t.bytes_in,
-                    t.packets_in,
-                    t.opened,
-                    t.closed,
-                ]
-                .map(u);
-                let mut p: Vec<&dyn rusqlite::ToSql> = vec![
-                    &r.interval_start,
-                    &r.interval_s,
-                    &r.observer,
-                    &k.proto.0,
-                    local,
-                    remote,
-                    &k.responder_port,
-                    &k.local_initiated,
-                    sa,
-                    &sp,
-                ];
-                p.extend(counters.iter().map(|c| c as &dyn rusqlite::ToSql));
-                let class = l.class.as_str();
-                p.push(&r.cost_usd);
-                p.push(&class);
-                let (lc, rc) = (l.local.columns(), l.remote.columns());
-                p.extend(
-                    lc.iter()
-                        .chain(rc.iter())
-                        .map(|c| c as &dyn rusqlite::ToSql),
-                );
-                let service = [&*l.service_namespace, &*l.service_name];
-                p.extend(service.iter().map(|c| c as &dyn rusqlite::ToSql));
-                p.push(&l.remote_observed);
-                st.execute(p.as_slice()).map_err(err("upsert"))?;
+            let keyed = in_key_order(rows);
+            // SQLite keeps a statement's bindings across executions: bind only the
+            // parameters that differ from the previous row's (most labels repeat).
+            let mut prev: Option<&Keyed> = None;
+            for k in &keyed {
+                bind_row(&mut st, k, prev).map_err(err("bind upsert"))?;
+                st.raw_execute().map_err(err("upsert"))?;
+                prev = Some(k);
             }
             for (table, level) in crate::rollup::aggregate_levels(rows) {
                 let mut st = tx
@@ -649,6 +761,122 @@ mod tests {
                 remote_observed: false,
             }),
             cost_usd: 0.5,
+        }
+    }
+
+    /// The 41 columns of `r` as the table should hold them.
+    fn stored(r: &FlowRow) -> Vec<rusqlite::types::Value> {
+        use rusqlite::types::Value::{Integer as I, Real, Text as T};
+        let (k, t, l) = (&r.key, &r.totals, &r.labels);
+        let mut v = vec![
+            I(r.interval_start),
+            I(i64::from(r.interval_s)),
+            T(r.observer.clone()),
+            I(i64::from(k.proto.0)),
+            T(k.local.to_string()),
+            T(k.remote.to_string()),
+            I(i64::from(k.responder_port)),
+            I(i64::from(k.local_initiated)),
+            T(k.service.map(|(a, _)| a.to_string()).unwrap_or_default()),
+            I(k.service.map_or(0, |(_, p)| i64::from(p))),
+        ];
+        for c in t.columns() {
+            v.push(I(c as i64));
+        }
+        v.push(Real(r.cost_usd));
+        v.push(T(l.class.as_str().into()));
+        for c in l.local.columns().iter().chain(l.remote.columns().iter()) {
+            v.push(T(c.to_string()));
+        }
+        v.push(T(l.service_namespace.to_string()));
+        v.push(T(l.service_name.to_string()));
+        v.push(I(i64::from(l.remote_observed)));
+        v
+    }
+
+    #[test]
+    fn every_column_is_stored_when_each_row_changes_one() {
+        // The writer binds only the parameters that differ from the row before (in key
+        // order). Here each row differs from the one before in its remote address (the
+        // key order) and in one other column, in turn every column; some rows share the
+        // labels of the row before, by address.
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = SqliteStore::open(&dir.path().join("f.sqlite")).expect("open");
+        let mut rows: Vec<FlowRow> = Vec::new();
+        for i in 0..90u32 {
+            let mut r = rows
+                .last()
+                .cloned()
+                .unwrap_or_else(|| row(100, "10.0.1.0", 5));
+            r.key.remote = IpAddr::from([10, 0, 1, i as u8]);
+            let n = u64::from(i) + 1000;
+            let mut l = FlowLabels::clone(&r.labels);
+            let name = || podflow_model::Name::from(format!("v{i}"));
+            match i % 30 {
+                0 => r.interval_s = 10 + i,
+                1 => r.key.proto = Protocol(17 - (i % 2) as u8 * 11),
+                2 => r.key.responder_port = i as u16,
+                3 => r.key.local_initiated = !r.key.local_initiated,
+                4 => r.key.service = Some((IpAddr::from([10, 96, 0, i as u8]), 53)),
+                5 => r.key.service = None,
+                6 => r.totals.bytes_out = n,
+                7 => r.totals.packets_out = n,
+                8 => r.totals.bytes_in = n,
+                9 => r.totals.packets_in = n,
+                10 => r.totals.opened = n,
+                11 => r.totals.closed = n,
+                12 => r.cost_usd = f64::from(i) / 8.0,
+                13 => l.class = Class::PublicInternet,
+                14 => l.local.kind = "service",
+                15 => l.local.namespace = name(),
+                16 => l.local.name = name(),
+                17 => l.local.workload_kind = name(),
+                18 => l.local.workload = name(),
+                19 => l.local.app = name(),
+                20 => l.local.node = name(),
+                21 => l.local.zone = name(),
+                22 => l.local.region = name(),
+                23 => l.local.cloud = name(),
+                24 => l.remote.kind = "internet",
+                25 => l.remote.zone = name(),
+                26 => l.service_namespace = name(),
+                27 => l.service_name = name(),
+                28 => l.remote_observed = !l.remote_observed,
+                _ => r.key.local = IpAddr::from([10, 0, 0, i as u8]),
+            }
+            if l != *r.labels {
+                r.labels = Arc::new(l);
+            }
+            rows.push(r);
+        }
+        // Handed over in another order than the key order.
+        let mut shuffled = rows.clone();
+        shuffled.reverse();
+        shuffled.rotate_left(17);
+        s.write(&shuffled).expect("write");
+        let mut got: Vec<Vec<rusqlite::types::Value>> = {
+            // The upsert's column list, in its order.
+            let cols = UPSERT
+                .split_once('(')
+                .and_then(|(_, r)| r.split_once(')'))
+                .map(|(c, _)| c.split_whitespace().collect::<String>())
+                .expect("column list");
+            let sql = format!("SELECT {cols} FROM flows");
+            let mut st = s.conn.prepare(&sql).expect("prepare");
+            st.query_map([], |r| (0..41).map(|i| r.get(i)).collect())
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        let mut want: Vec<_> = rows.iter().map(stored).collect();
+        let by_text = |a: &Vec<rusqlite::types::Value>, b: &Vec<rusqlite::types::Value>| {
+            format!("{a:?}").cmp(&format!("{b:?}"))
+        };
+        got.sort_by(by_text);
+        want.sort_by(by_text);
+        assert_eq!(got.len(), 90);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g, w);
         }
     }
 

@@ -7,10 +7,10 @@
 //! Source is the initiator, destination the responder. Pod names are labels only when
 //! asked for (`--metrics-pod-labels`).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use hashbrown::HashMap;
 use podflow_model::{EndLabels, FlowRow};
 
 /// Every dimension a workload series can carry, in label order.

@@ -143,6 +143,10 @@ impl AddrText {
         t
     }
 
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
     fn as_str(&self) -> &str {
         // Only whole `&str`s are ever copied in, so this never fails.
         std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
@@ -167,9 +171,22 @@ impl std::fmt::Write for AddrText {
     }
 }
 
-/// A row with its key columns as the table stores them.
+/// A row with its key columns as the table stores them and its other values copied
+/// out: the rows are written in key order, not in the order they sit in memory, and
+/// reading each through its reference would miss the cache once per row.
 struct Keyed<'r> {
     row: &'r FlowRow,
+    labels: &'r FlowLabels,
+    /// The observer's rank among the batch's observers (its text is bound on change).
+    observer: u64,
+    interval_start: i64,
+    interval_s: u32,
+    proto: u8,
+    responder_port: u16,
+    local_initiated: bool,
+    service_port: u16,
+    counters: [u64; 6],
+    cost_usd: f64,
     local: AddrText,
     remote: AddrText,
     service: AddrText,
@@ -187,6 +204,16 @@ fn in_key_order(rows: &[FlowRow]) -> Vec<Keyed<'_>> {
         .iter()
         .map(|r| Keyed {
             row: r,
+            labels: &r.labels,
+            observer: rank(&r.observer),
+            interval_start: r.interval_start,
+            interval_s: r.interval_s,
+            proto: r.key.proto.0,
+            responder_port: r.key.responder_port,
+            local_initiated: r.key.local_initiated,
+            service_port: r.key.service.map_or(0, |(_, p)| p),
+            counters: r.totals.columns(),
+            cost_usd: r.cost_usd,
             local: AddrText::of(Some(r.key.local)),
             remote: AddrText::of(Some(r.key.remote)),
             service: AddrText::of(r.key.service.map(|(a, _)| a)),
@@ -197,13 +224,12 @@ fn in_key_order(rows: &[FlowRow]) -> Vec<Keyed<'_>> {
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            let key = &k.row.key;
             (
-                k.row.interval_start,
-                rank(&k.row.observer) << 8 | u64::from(key.proto.0),
+                k.interval_start,
+                k.observer << 8 | u64::from(k.proto),
                 k.local.prefix(),
                 k.remote.prefix(),
-                u64::from(key.responder_port) << 1 | u64::from(key.local_initiated),
+                u64::from(k.responder_port) << 1 | u64::from(k.local_initiated),
                 k.service.prefix(),
                 i as u32,
             )
@@ -234,31 +260,31 @@ fn bind_row(
         }
         Ok(())
     }
-    let (r, p) = (k.row, prev.map(|p| p.row));
-    one(st, 1, r.interval_start, p.map(|p| p.interval_start))?;
-    one(st, 2, r.interval_s, p.map(|p| p.interval_s))?;
-    one(st, 3, r.observer.as_str(), p.map(|p| p.observer.as_str()))?;
-    one(st, 4, r.key.proto.0, p.map(|p| p.key.proto.0))?;
-    one(st, 5, k.local.as_str(), prev.map(|p| p.local.as_str()))?;
-    one(st, 6, k.remote.as_str(), prev.map(|p| p.remote.as_str()))?;
-    one(st, 7, r.key.responder_port, p.map(|p| p.key.responder_port))?;
-    one(
-        st,
-        8,
-        r.key.local_initiated,
-        p.map(|p| p.key.local_initiated),
-    )?;
-    one(st, 9, k.service.as_str(), prev.map(|p| p.service.as_str()))?;
-    let sport = |r: &FlowRow| r.key.service.map_or(0, |(_, port)| port);
-    one(st, 10, sport(r), p.map(sport))?;
-    let was = p.map(|p| p.totals.columns());
-    for (i, c) in r.totals.columns().into_iter().enumerate() {
-        one(st, 11 + i, u(c), was.map(|w| u(w[i])))?;
+    let p = prev;
+    one(st, 1, k.interval_start, p.map(|p| p.interval_start))?;
+    one(st, 2, k.interval_s, p.map(|p| p.interval_s))?;
+    if p.is_none_or(|p| p.observer != k.observer) {
+        st.raw_bind_parameter(3, k.row.observer.as_str())?;
     }
-    one(st, 17, r.cost_usd, p.map(|p| p.cost_usd))?;
+    one(st, 4, k.proto, p.map(|p| p.proto))?;
+    for (i, now, was) in [
+        (5, &k.local, p.map(|p| &p.local)),
+        (6, &k.remote, p.map(|p| &p.remote)),
+        (9, &k.service, p.map(|p| &p.service)),
+    ] {
+        if was.is_none_or(|w| w.bytes() != now.bytes()) {
+            st.raw_bind_parameter(i, now.as_str())?;
+        }
+    }
+    one(st, 7, k.responder_port, p.map(|p| p.responder_port))?;
+    one(st, 8, k.local_initiated, p.map(|p| p.local_initiated))?;
+    one(st, 10, k.service_port, p.map(|p| p.service_port))?;
+    for (i, c) in k.counters.into_iter().enumerate() {
+        one(st, 11 + i, u(c), p.map(|p| u(p.counters[i])))?;
+    }
+    one(st, 17, k.cost_usd, p.map(|p| p.cost_usd))?;
     /// Parameters 18..=40: class, the ten labels of each end, the Service.
-    fn labels(r: &FlowRow) -> [&str; 23] {
-        let l = &r.labels;
+    fn labels(l: &FlowLabels) -> [&str; 23] {
         let mut v = [""; 23];
         v[0] = l.class.as_str();
         v[1..11].copy_from_slice(&l.local.columns());
@@ -267,10 +293,10 @@ fn bind_row(
         v[22] = &l.service_name;
         v
     }
-    let same_labels = p.is_some_and(|p| Arc::ptr_eq(&p.labels, &r.labels));
+    let same_labels = p.is_some_and(|p| std::ptr::eq(p.labels, k.labels));
     if !same_labels {
-        let was = p.map(labels);
-        for (i, v) in labels(r).into_iter().enumerate() {
+        let was = p.map(|p| labels(p.labels));
+        for (i, v) in labels(k.labels).into_iter().enumerate() {
             // Equal labels are mostly the same shared string: compare addresses first.
             let same = was.is_some_and(|w| std::ptr::eq(w[i], v) || w[i] == v);
             if !same {
@@ -281,7 +307,7 @@ fn bind_row(
     one(
         st,
         41,
-        r.labels.remote_observed,
+        k.labels.remote_observed,
         p.map(|p| p.labels.remote_observed),
     )
 }

@@ -31,6 +31,15 @@ fn hash(k: u128) -> u64 {
 }
 
 impl<V: Copy + Default> Flat<V> {
+    /// An empty table with room for as many keys as `other` holds now, without growing.
+    pub(crate) fn sized_like(other: &Flat<V>) -> Flat<V> {
+        let mut bits = 10;
+        while other.len * 8 > (1usize << bits) * 5 {
+            bits += 1;
+        }
+        Flat::with_bits(bits)
+    }
+
     fn with_bits(bits: u32) -> Flat<V> {
         Flat {
             slots: vec![(0, V::default()); 1 << bits],
@@ -175,5 +184,26 @@ mod tests {
         *v += 1;
         assert!(!new);
         assert_eq!(f.iter().collect::<Vec<_>>(), vec![(7, &2)]);
+    }
+
+    #[test]
+    fn a_table_sized_like_another_takes_its_keys_without_growing() {
+        for n in [0u128, 1, 639, 640, 641, 100_000] {
+            let mut a: Flat<u8> = Flat::default();
+            for k in 1..=n {
+                a.get_or_insert(k, false).expect("room");
+            }
+            let mut b: Flat<u8> = Flat::sized_like(&a);
+            let slots = b.slots.len();
+            for k in 1..=n {
+                b.get_or_insert(k << 64, false).expect("room");
+            }
+            assert_eq!(b.slots.len(), slots, "{n} keys");
+            assert!(
+                slots <= a.slots.len(),
+                "{n} keys: {slots} > {}",
+                a.slots.len()
+            );
+        }
     }
 }

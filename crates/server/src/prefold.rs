@@ -168,7 +168,18 @@ impl Prefold {
         // The exporter of the last record, by address of its shared name.
         let mut last: Option<(*const u8, u32)> = None;
         if !self.intervals.contains_key(&interval) {
-            let mut iv = self.spare.pop().unwrap_or_default();
+            // No emptied table to reuse (the first intervals, or the last one is still
+            // being attributed): size the new one like the newest held, so it does not
+            // grow (and rehash) its way up from empty.
+            let mut iv = self.spare.pop().unwrap_or_else(|| Interval {
+                v4: self
+                    .intervals
+                    .values()
+                    .next_back()
+                    .map(|iv| Flat::sized_like(&iv.v4))
+                    .unwrap_or_default(),
+                ..Default::default()
+            });
             iv.seen_ns = now_ns;
             self.intervals.insert(interval, iv);
         }

@@ -212,7 +212,7 @@ impl Prefold {
             // filled up after a few). Each lands in its own cell: folding them into one
             // value would chain every load on the one before.
             let mut warm = [(0u128, Sum::default()); AHEAD];
-            for (key, w) in keys.iter().zip(warm.iter_mut()) {
+            for (key, w) in keys[..chunk.len()].iter().zip(warm.iter_mut()) {
                 if let Some((_, Some(k))) = key {
                     *w = iv.v4.touch(*k);
                 }

@@ -122,7 +122,8 @@ fn u(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// An address as text, on the stack (the longest, an IPv4-mapped IPv6, is 45 bytes).
+/// An address as text, on the stack (IPv6 text is at most 45 bytes, with an embedded
+/// IPv4 address; Rust writes at most 39).
 #[derive(Clone, Copy)]
 struct AddrText {
     len: u8,
@@ -149,7 +150,7 @@ impl AddrText {
 
     fn as_str(&self) -> &str {
         // Only whole `&str`s are ever copied in, so this never fails.
-        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+        std::str::from_utf8(self.bytes()).unwrap_or_default()
     }
 
     /// The first 16 bytes, zero padded: orders like the text for texts that differ

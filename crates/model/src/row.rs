@@ -88,6 +88,19 @@ impl FlowTotals {
         ]
     }
 
+    /// Totals from the six counters in [`FlowTotals::columns`] order.
+    pub fn from_columns(c: [u64; 6]) -> FlowTotals {
+        let [bytes_out, packets_out, bytes_in, packets_in, opened, closed] = c;
+        FlowTotals {
+            bytes_out,
+            packets_out,
+            bytes_in,
+            packets_in,
+            opened,
+            closed,
+        }
+    }
+
     /// Bytes in both directions.
     pub fn bytes(&self) -> u64 {
         self.bytes_out + self.bytes_in

@@ -757,14 +757,7 @@ fn grouped_rows(t0: i64) -> Vec<FlowRow> {
             interval_s: 60,
             observer: observer.into(),
             key,
-            totals: FlowTotals {
-                bytes_out: n[0],
-                packets_out: n[1],
-                bytes_in: n[2],
-                packets_in: n[3],
-                opened: n[4],
-                closed: n[5],
-            },
+            totals: FlowTotals::from_columns(n),
             labels: Arc::new(labels),
             cost_usd: cost,
         };

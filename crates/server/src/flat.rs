@@ -31,10 +31,10 @@ fn hash(k: u128) -> u64 {
 }
 
 impl<V: Copy + Default> Flat<V> {
-    /// An empty table with room for as many keys as `other` holds now, without growing.
-    pub(crate) fn sized_like(other: &Flat<V>) -> Flat<V> {
+    /// An empty table with room for `keys` keys without growing.
+    pub(crate) fn with_room(keys: usize) -> Flat<V> {
         let mut bits = 10;
-        while other.len * 8 > (1usize << bits) * 5 {
+        while keys * 8 > (1usize << bits) * 5 {
             bits += 1;
         }
         Flat::with_bits(bits)
@@ -187,13 +187,13 @@ mod tests {
     }
 
     #[test]
-    fn a_table_sized_like_another_takes_its_keys_without_growing() {
+    fn a_table_with_room_for_another_s_keys_takes_them_without_growing() {
         for n in [0u128, 1, 639, 640, 641, 100_000] {
             let mut a: Flat<u8> = Flat::default();
             for k in 1..=n {
                 a.get_or_insert(k, false).expect("room");
             }
-            let mut b: Flat<u8> = Flat::sized_like(&a);
+            let mut b: Flat<u8> = Flat::with_room(a.len());
             let slots = b.slots.len();
             for k in 1..=n {
                 b.get_or_insert(k << 64, false).expect("room");

@@ -167,27 +167,25 @@ impl Prefold {
         let mut rest = Vec::new();
         // The exporter of the last record, by address of its shared name.
         let mut last: Option<(*const u8, u32)> = None;
-        if !self.intervals.contains_key(&interval) {
-            // No emptied table to reuse (the first intervals, or the last one is still
-            // being attributed): size the new one like the newest held, so it does not
-            // grow (and rehash) its way up from empty.
-            let mut iv = self.spare.pop().unwrap_or_else(|| Interval {
-                v4: self
-                    .intervals
-                    .values()
-                    .next_back()
-                    .map(|iv| Flat::sized_like(&iv.v4))
-                    .unwrap_or_default(),
+        // A new interval reuses an emptied table; with none spare (the first intervals,
+        // or the last one is still being attributed) its table gets room for as many
+        // flows as the newest one held, so it does not grow (and rehash) up from empty.
+        let room = self
+            .intervals
+            .values()
+            .next_back()
+            .map_or(0, |iv| iv.v4.len());
+        let spare = &mut self.spare;
+        let iv = self.intervals.entry(interval).or_insert_with(|| {
+            let mut iv = spare.pop().unwrap_or_else(|| Interval {
+                v4: Flat::with_room(room),
                 ..Default::default()
             });
             iv.seen_ns = now_ns;
-            self.intervals.insert(interval, iv);
-        }
+            iv
+        });
         let mut len = self.len;
         let (max, exporters) = (self.max, &mut self.exporters);
-        let Some(iv) = self.intervals.get_mut(&interval) else {
-            return records.to_vec();
-        };
         let mut keys = [None; AHEAD];
         for chunk in records.chunks(AHEAD) {
             // First pass: the keys.

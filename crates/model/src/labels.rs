@@ -41,6 +41,18 @@ fn name(n: Option<&Name>) -> Name {
 }
 
 impl EndLabels {
+    /// The end's value in a workload dimension (queries, rollups, metrics): the
+    /// workload for pods, else the place's name, else its kind (`internet`, `unknown`).
+    pub fn workload_or_name(&self) -> &str {
+        if !self.workload.is_empty() {
+            &self.workload
+        } else if !self.name.is_empty() {
+            &self.name
+        } else {
+            self.kind
+        }
+    }
+
     /// The ten fields in their stored column order: kind, namespace, name, workload_kind,
     /// workload, app, node, zone, region, cloud.
     pub fn columns(&self) -> [&str; 10] {

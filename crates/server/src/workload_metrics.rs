@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use podflow_model::{EndLabels, FlowRow};
+use podflow_model::FlowRow;
 
 /// Every dimension a workload series can carry, in label order.
 pub const DIMENSIONS: [&str; 11] = [
@@ -101,18 +101,6 @@ pub struct WorkloadMetrics {
     pub folded: u64,
 }
 
-/// The workload label value of one end: the workload for pods, else the place's name, else
-/// its kind (`internet`, `unknown`).
-fn workload_of(e: &EndLabels) -> &str {
-    if !e.workload.is_empty() {
-        &e.workload
-    } else if !e.name.is_empty() {
-        &e.name
-    } else {
-        e.kind
-    }
-}
-
 impl WorkloadMetrics {
     /// Empty counters.
     pub fn new(cfg: WorkloadMetricsConfig) -> WorkloadMetrics {
@@ -133,11 +121,11 @@ impl WorkloadMetrics {
         };
         match d {
             0 => &src.namespace,
-            1 => workload_of(src),
+            1 => src.workload_or_name(),
             2 => src.kind,
             3 => &src.zone,
             4 => &dst.namespace,
-            5 => workload_of(dst),
+            5 => dst.workload_or_name(),
             6 => dst.kind,
             7 => &dst.zone,
             8 => l.class.as_str(),
@@ -252,7 +240,7 @@ fn escape(s: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podflow_model::{Class, FlowKey, FlowLabels, FlowTotals, Protocol};
+    use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowTotals, Protocol};
 
     fn row(src: &str, dst: &str, bytes: u64) -> FlowRow {
         let end = |w: &str| EndLabels {

@@ -13,7 +13,7 @@
 
 use hashbrown::HashMap;
 
-use podflow_model::{EndLabels, FlowRow};
+use podflow_model::FlowRow;
 
 use crate::query::{Dim, GroupQuery, View};
 
@@ -174,15 +174,6 @@ impl Sums {
 /// A rollup key: bucket start, counts-once flag, and the [`DIMS`] values in order.
 pub(crate) type Key<'a> = (i64, bool, [&'a str; DIMS.len()]);
 
-/// The value of a workload dimension for one end, as the query layer computes it: the
-/// workload, else the end's name, else its kind.
-fn workload(e: &EndLabels) -> &str {
-    [&*e.workload, &*e.name]
-        .into_iter()
-        .find(|s| !s.is_empty())
-        .unwrap_or(e.kind)
-}
-
 /// Sums `rows` per rollup key of every level, as (table, sums): the finest level from
 /// the rows, each coarser one from the level below (a batch of rows shares few
 /// workload pairs, so the coarser passes are short).
@@ -225,8 +216,8 @@ fn aggregate(rows: &[FlowRow], width: i64) -> HashMap<Key<'_>, Sums> {
                 d.kind,
                 &s.namespace,
                 &d.namespace,
-                workload(s),
-                workload(d),
+                s.workload_or_name(),
+                d.workload_or_name(),
                 &s.workload_kind,
                 &d.workload_kind,
                 &s.app,

@@ -201,7 +201,7 @@ fn in_key_order(rows: &[FlowRow]) -> Vec<Keyed<'_>> {
     observers.sort_unstable();
     observers.dedup();
     let rank = |o: &str| observers.binary_search(&o).unwrap_or_default() as u64;
-    let keyed: Vec<Keyed> = rows
+    let mut keyed: Vec<Keyed> = rows
         .iter()
         .map(|r| Keyed {
             row: r,
@@ -220,28 +220,19 @@ fn in_key_order(rows: &[FlowRow]) -> Vec<Keyed<'_>> {
             service: AddrText::of(r.key.service.map(|(a, _)| a)),
         })
         .collect();
-    // Sorted by a compact copy of the key (integers: no string compares, small moves).
-    let mut order: Vec<(i64, u64, u128, u128, u64, u128, u32)> = keyed
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            (
-                k.interval_start,
-                k.observer << 8 | u64::from(k.proto),
-                k.local.prefix(),
-                k.remote.prefix(),
-                u64::from(k.responder_port) << 1 | u64::from(k.local_initiated),
-                k.service.prefix(),
-                i as u32,
-            )
-        })
-        .collect();
-    order.sort_unstable();
-    let mut slots: Vec<Option<Keyed>> = keyed.into_iter().map(Some).collect();
-    order
-        .iter()
-        .filter_map(|o| slots.get_mut(o.6 as usize).and_then(Option::take))
-        .collect()
+    // Sorted by a compact copy of the key, computed once per row (integers: no string
+    // compares).
+    keyed.sort_by_cached_key(|k| {
+        (
+            k.interval_start,
+            k.observer << 8 | u64::from(k.proto),
+            k.local.prefix(),
+            k.remote.prefix(),
+            u64::from(k.responder_port) << 1 | u64::from(k.local_initiated),
+            k.service.prefix(),
+        )
+    });
+    keyed
 }
 
 /// Binds the upsert's parameters for `k`, skipping those equal to `prev`'s.

@@ -45,9 +45,9 @@ struct Agg {
 
 impl Agg {
     fn record(&mut self, batch: &Batch) {
-        for (_, o) in &batch.observations {
-            let (port, proto) = (o.orig.dst_port, o.proto.0);
-            let e = match (o.orig.src, o.orig.dst) {
+        for f in &batch.flows {
+            let (port, proto) = (f.dst_port, f.proto.0);
+            let e = match (f.src, f.dst) {
                 (IpAddr::V4(s), IpAddr::V4(d)) => {
                     let k = (u128::from(u32::from(s)) << 64)
                         | (u128::from(u32::from(d)) << 32)
@@ -57,8 +57,8 @@ impl Agg {
                 }
                 (s, d) => self.v6.entry((s, d, port, proto)).or_default(),
             };
-            e.0 += o.delta_orig.bytes;
-            e.1 += o.delta_orig.packets;
+            e.0 += f.bytes;
+            e.1 += f.packets;
         }
         if self.last_flush.elapsed() >= Duration::from_secs(1) {
             self.flush();

@@ -6,7 +6,7 @@
 //! and counts everything it skips or drops in [`Stats`].
 //!
 //! The one I/O part is the [`Listener`]: UDP sockets, receive threads, one decoder
-//! per thread, observations out to a sink.
+//! per thread, flows out to a sink.
 
 mod decoder;
 pub mod encode;
@@ -22,5 +22,5 @@ pub use listener::{
     Batch, ListenError, Listener, ListenerConfig, ListenerSnapshot, ListenerStats, POLL_MS,
     SocketInfo,
 };
-pub use record::{Direction, FlowRecord, TCP_FIN, TCP_RST, TCP_SYN};
+pub use record::{Direction, Flow, FlowRecord, TCP_FIN, TCP_RST, TCP_SYN};
 pub use stats::{DomainKey, Stats};

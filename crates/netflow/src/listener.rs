@@ -6,7 +6,7 @@
 //! and data) always lands on the same thread. A thread blocks in `recvmmsg`
 //! (MSG_WAITFORONE, with a [`POLL_MS`] receive timeout so a stop request is seen
 //! within that), gets up to `batch_datagrams` datagrams in one call, decodes them and
-//! hands the observations to the sink as one [`Batch`].
+//! hands the flows to the sink as one [`Batch`].
 //!
 //! A thread that keeps up with its exporters would otherwise wake up for nearly every
 //! datagram (at 20k datagrams/s, 95% of batches held one datagram and most of the CPU
@@ -40,6 +40,8 @@ use nix::sys::socket::{
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 use podflow_model::Observation;
+
+use crate::record::Flow;
 
 use crate::decoder::{Decoder, DecoderConfig};
 use crate::error::{ErrorCounts, ErrorReason};
@@ -92,16 +94,66 @@ impl Default for ListenerConfig {
     }
 }
 
-/// What the sink receives: the observations decoded from one `recvmmsg` call's datagrams.
+/// What the sink receives: the flows decoded from one `recvmmsg` call's datagrams.
 ///
-/// Each observation comes with its observer, `"<exporter ip>/<domain>"` (domain = IPFIX
-/// observation domain, v9 source id, or v5 engine type << 8 | engine id), e.g.
-/// `"10.0.0.7/0"` or `"2001:db8::7/256"`. The `Arc<str>` is shared by every record of
-/// that exporter and domain on the thread.
+/// Each flow names its observer by index into `observers`: `"<exporter ip>/<domain>"`
+/// (domain = IPFIX observation domain, v9 source id, or v5 engine type << 8 | engine
+/// id), e.g. `"10.0.0.7/0"` or `"2001:db8::7/256"`. An observer's `Arc<str>` is shared
+/// by every batch of that exporter and domain on the thread.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
-    /// (observer, observation) in the order the records were decoded.
-    pub observations: Vec<(Arc<str>, Observation)>,
+    /// The observers of this batch's flows (each once).
+    pub observers: Vec<Arc<str>>,
+    /// The flows in the order they were decoded.
+    pub flows: Vec<Flow>,
+}
+
+impl Batch {
+    /// Flows held.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether none.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Empties it, keeping its memory.
+    pub fn clear(&mut self) {
+        self.observers.clear();
+        self.flows.clear();
+    }
+
+    /// The observer of `flow` (a flow of this batch).
+    pub fn observer(&self, flow: &Flow) -> Option<&Arc<str>> {
+        self.observers.get(flow.observer as usize)
+    }
+
+    /// Adds `flow` of `observer` (the index it carries is replaced by this batch's).
+    pub fn push(&mut self, observer: &Arc<str>, mut flow: Flow) {
+        let i = match self
+            .observers
+            .iter()
+            .rposition(|o| Arc::ptr_eq(o, observer) || **o == **observer)
+        {
+            Some(i) => i,
+            None => {
+                self.observers.push(Arc::clone(observer));
+                self.observers.len() - 1
+            }
+        };
+        flow.observer = i as u32;
+        self.flows.push(flow);
+    }
+
+    /// (observer, observation) of every flow, in order.
+    pub fn observations(&self) -> impl Iterator<Item = (Arc<str>, Observation)> + '_ {
+        self.flows.iter().filter_map(|f| {
+            self.observer(f)
+                .map(|who| (Arc::clone(who), f.to_observation()))
+        })
+    }
 }
 
 /// One bound socket.
@@ -475,9 +527,9 @@ impl Worker {
             if got.is_empty() {
                 continue;
             }
-            out.observations.clear();
-            self.decode(&got, &bufs, &mut observers, &mut out.observations);
-            if !out.observations.is_empty() {
+            out.clear();
+            self.decode(&got, &bufs, &mut observers, &mut out);
+            if !out.is_empty() {
                 self.stats.batches.fetch_add(1, Relaxed);
                 sink(&mut out);
             }
@@ -493,7 +545,7 @@ impl Worker {
         got: &[Received],
         bufs: &[Vec<u8>],
         observers: &mut HashMap<(IpAddr, u32), Arc<str>>,
-        out: &mut Vec<(Arc<str>, Observation)>,
+        out: &mut Batch,
     ) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -501,7 +553,7 @@ impl Worker {
         let (mut bytes, mut truncated, mut no_source) = (0u64, 0u64, 0u64);
         let before = out.len();
         // The records of a batch nearly always share a few domains: skip the map.
-        let mut last: Option<((IpAddr, u32), Arc<str>)> = None;
+        let mut last: Option<((IpAddr, u32), u32)> = None;
         for (r, buf) in got.iter().zip(bufs) {
             bytes += r.len as u64;
             let Some(from) = r.from else {
@@ -522,18 +574,24 @@ impl Worker {
             }
             let res = self.decoder.decode_with(from, data, now, |rec| {
                 let key = (rec.exporter.ip(), rec.domain);
-                let observer = match &last {
-                    Some((k, o)) if *k == key => o.clone(),
+                let observer = match last {
+                    Some((k, i)) if k == key => i,
                     _ => {
                         let o = observers
                             .entry(key)
-                            .or_insert_with(|| Arc::from(format!("{}/{}", key.0, key.1)))
-                            .clone();
-                        last = Some((key, o.clone()));
-                        o
+                            .or_insert_with(|| Arc::from(format!("{}/{}", key.0, key.1)));
+                        let i = match out.observers.iter().position(|x| Arc::ptr_eq(x, o)) {
+                            Some(i) => i,
+                            None => {
+                                out.observers.push(Arc::clone(o));
+                                out.observers.len() - 1
+                            }
+                        } as u32;
+                        last = Some((key, i));
+                        i
                     }
                 };
-                out.push((observer, rec.to_observation()));
+                out.flows.push(rec.to_flow(observer));
             });
             if let Err(e) = res
                 && let Some(c) = self.stats.decode_errors.get(e.reason().index())

@@ -111,27 +111,87 @@ impl FlowRecord {
         self.proto == Protocol::TCP && self.tcp_flags & TCP_SYN != 0
     }
 
-    /// The record as a podflow observation: `orig` is src → dst, `reply` its mirror,
-    /// all traffic in the original direction (a flow record is one-way).
-    pub fn to_observation(&self) -> Observation {
-        let orig = Tuple {
+    /// What of the record an observation needs, with the number of its observer.
+    pub fn to_flow(&self, observer: u32) -> Flow {
+        Flow {
             src: self.src,
             dst: self.dst,
             src_port: self.src_port,
             dst_port: self.dst_port,
-        };
-        let reply = orig.reversed();
+            proto: self.proto,
+            opened: self.started(),
+            closed: self.ended(),
+            observer,
+            bytes: self.bytes,
+            packets: self.packets,
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+        }
+    }
+
+    /// The record as a podflow observation ([`Flow::to_observation`]).
+    pub fn to_observation(&self) -> Observation {
+        self.to_flow(0).to_observation()
+    }
+}
+
+/// A decoded record as the collector keeps it: a one-way flow, what
+/// [`Flow::to_observation`] needs and nothing else (half an observation's size). The
+/// listener hands these to its sink; most are only summed, never made observations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port (ICMP: 0).
+    pub src_port: u16,
+    /// Destination port (ICMP: type << 8 | code).
+    pub dst_port: u16,
+    /// IP protocol.
+    pub proto: Protocol,
+    /// The record says the flow started in it ([`FlowRecord::started`]).
+    pub opened: bool,
+    /// The record says the flow ended ([`FlowRecord::ended`]).
+    pub closed: bool,
+    /// Its observer: an index into the batch's observers ([`crate::Batch`]).
+    pub observer: u32,
+    /// Bytes, scaled by the sampling rate.
+    pub bytes: u64,
+    /// Packets, scaled by the sampling rate.
+    pub packets: u64,
+    /// Flow start, ns since the Unix epoch (0 = unknown).
+    pub start_ns: u64,
+    /// Flow end, ns since the Unix epoch (0 = unknown).
+    pub end_ns: u64,
+}
+
+impl Flow {
+    /// The original tuple: src → dst.
+    pub fn tuple(&self) -> Tuple {
+        Tuple {
+            src: self.src,
+            dst: self.dst,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+        }
+    }
+
+    /// The flow as a podflow observation: `orig` is src → dst, `reply` its mirror, all
+    /// traffic in the original direction (a flow record is one-way).
+    pub fn to_observation(&self) -> Observation {
+        let orig = self.tuple();
         Observation {
             proto: self.proto,
             orig,
-            reply,
+            reply: orig.reversed(),
             delta_orig: Counters {
                 bytes: self.bytes,
                 packets: self.packets,
             },
             delta_reply: Counters::default(),
-            opened: self.started(),
-            closed: self.ended(),
+            opened: self.opened,
+            closed: self.closed,
             start_ns: self.start_ns,
             stop_ns: self.end_ns,
             conn_id: 0,

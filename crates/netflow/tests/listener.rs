@@ -33,7 +33,7 @@ fn start_with(config: ListenerConfig) -> (Listener, Arc<AtomicBool>, Seen) {
     let seen: Seen = Arc::default();
     let s = Arc::clone(&seen);
     let l = Listener::start(config, Arc::clone(&stop), move |b: &mut Batch| {
-        s.lock().expect("lock").append(&mut b.observations)
+        s.lock().expect("lock").extend(b.observations())
     })
     .expect("listener starts");
     (l, stop, seen)
@@ -343,7 +343,7 @@ fn kernel_drops_are_counted_when_the_sink_blocks() {
         while !r.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        d.fetch_add(b.observations.len(), Ordering::SeqCst);
+        d.fetch_add(b.len(), Ordering::SeqCst);
     })
     .expect("listener starts");
     let info = l.sockets()[0];

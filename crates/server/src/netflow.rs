@@ -40,13 +40,13 @@ pub fn start(
             Some(p) => {
                 let now = podflow_inventory::now_ns();
                 let rest = match p.lock() {
-                    Ok(mut p) => p.add_batch(&b.observations, now),
-                    Err(_) => std::mem::take(&mut b.observations),
+                    Ok(mut p) => p.add_batch(b, now),
+                    Err(_) => std::mem::take(b),
                 };
                 if rest.is_empty() {
                     return;
                 }
-                Batch { observations: rest }
+                rest
             }
             None => std::mem::take(b),
         };
@@ -70,11 +70,14 @@ impl Drop for Intake {
 /// Splits a batch into runs of one observer each (records of one exporter come together).
 pub fn by_observer(b: Batch) -> Vec<(Arc<str>, Vec<Observation>)> {
     let mut out: Vec<(Arc<str>, Vec<Observation>)> = Vec::new();
-    for (who, o) in b.observations {
+    let mut last = None;
+    for f in &b.flows {
+        let Some(who) = b.observer(f) else { continue };
         match out.last_mut() {
-            Some((w, v)) if Arc::ptr_eq(w, &who) || **w == *who => v.push(o),
-            _ => out.push((who, vec![o])),
+            Some((_, v)) if last == Some(f.observer) => v.push(f.to_observation()),
+            _ => out.push((Arc::clone(who), vec![f.to_observation()])),
         }
+        last = Some(f.observer);
     }
     out
 }
@@ -126,5 +129,66 @@ impl Intake {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podflow_model::Protocol;
+    use podflow_netflow::Flow;
+
+    fn flow(src_port: u16) -> Flow {
+        Flow {
+            src: "10.0.0.1".parse().expect("ip"),
+            dst: "10.0.0.2".parse().expect("ip"),
+            src_port,
+            dst_port: 53,
+            proto: Protocol::UDP,
+            opened: false,
+            closed: src_port == 3,
+            observer: 0,
+            bytes: 100 + u64::from(src_port),
+            packets: 1,
+            start_ns: 7,
+            end_ns: 9,
+        }
+    }
+
+    #[test]
+    fn a_batch_splits_into_runs_of_one_observer_each() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a/0"), Arc::from("b/0"));
+        let mut batch = Batch::default();
+        for (who, port) in [(&a, 1), (&a, 2), (&b, 3), (&a, 4)] {
+            batch.push(who, flow(port));
+        }
+        assert_eq!(batch.observers.len(), 2, "each observer once");
+        let runs = by_observer(batch);
+        type Run<'a> = (&'a str, Vec<(u16, u64, bool)>);
+        let got: Vec<Run> = runs
+            .iter()
+            .map(|(who, obs)| {
+                let v = obs
+                    .iter()
+                    .map(|o| (o.orig.src_port, o.delta_orig.bytes, o.closed))
+                    .collect();
+                (&**who, v)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a/0", vec![(1, 101, false), (2, 102, false)]),
+                ("b/0", vec![(3, 103, true)]),
+                ("a/0", vec![(4, 104, false)]),
+            ]
+        );
+        let o = &runs[0].1[0];
+        assert_eq!(
+            (o.reply.src_port, o.reply.dst_port),
+            (53, 1),
+            "reply mirrors"
+        );
+        assert_eq!((o.start_ns, o.stop_ns), (7, 9));
     }
 }

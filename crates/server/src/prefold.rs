@@ -22,6 +22,7 @@ use hashbrown::HashMap;
 
 use crate::flat::Flat;
 use podflow_model::{Counters, Observation, Protocol, Tuple};
+use podflow_netflow::{Batch, Flow};
 
 /// Exporters with a number of their own (24 bits of the packed key).
 const MAX_EXPORTERS: usize = 1 << 24;
@@ -38,13 +39,13 @@ struct Sum {
 }
 
 impl Sum {
-    fn add(&mut self, o: &Observation) {
-        self.bytes += o.delta_orig.bytes;
-        self.packets += o.delta_orig.packets;
-        self.opened += u32::from(o.opened);
-        self.closed += u32::from(o.closed);
-        if o.start_ns != 0 && (self.start_ns == 0 || o.start_ns < self.start_ns) {
-            self.start_ns = o.start_ns;
+    fn add(&mut self, f: &Flow) {
+        self.bytes += f.bytes;
+        self.packets += f.packets;
+        self.opened += u32::from(f.opened);
+        self.closed += u32::from(f.closed);
+        if f.start_ns != 0 && (self.start_ns == 0 || f.start_ns < self.start_ns) {
+            self.start_ns = f.start_ns;
         }
     }
 }
@@ -59,14 +60,14 @@ struct Interval {
     seen_ns: u64,
 }
 
-fn pack(exporter: u32, proto: Protocol, t: &Tuple) -> Option<u128> {
-    match (t.src, t.dst) {
+fn pack(exporter: u32, f: &Flow) -> Option<u128> {
+    match (f.src, f.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => Some(
             (u128::from(u32::from(s)) << 96)
                 | (u128::from(u32::from(d)) << 64)
-                | (u128::from(t.src_port) << 48)
-                | (u128::from(t.dst_port) << 32)
-                | (u128::from(proto.0) << 24)
+                | (u128::from(f.src_port) << 48)
+                | (u128::from(f.dst_port) << 32)
+                | (u128::from(f.proto.0) << 24)
                 | u128::from(exporter),
         ),
         _ => None,
@@ -135,6 +136,8 @@ pub struct Prefold {
     len: usize,
     intervals: BTreeMap<i64, Interval>,
     exporters: Vec<Arc<str>>,
+    /// The exporter number of each observer of the batch being added.
+    numbers: Vec<Option<u32>>,
     /// Emptied maps of closed intervals, kept with their capacity (no regrowth and no
     /// fresh pages for the next interval).
     spare: Vec<Interval>,
@@ -149,24 +152,23 @@ impl Prefold {
             len: 0,
             intervals: BTreeMap::new(),
             exporters: Vec::new(),
+            numbers: Vec::new(),
             spare: Vec::new(),
         }
     }
 
-    /// Adds the records of a batch received at `now_ns`; returns those it could not
-    /// take (NAT'd or two-way observations, a full map), for attribution now.
-    pub fn add_batch(
-        &mut self,
-        records: &[(Arc<str>, Observation)],
-        now_ns: u64,
-    ) -> Vec<(Arc<str>, Observation)> {
+    /// Adds the flows of a batch received at `now_ns`; returns those it could not take
+    /// (past a full map), for attribution now.
+    pub fn add_batch(&mut self, batch: &Batch, now_ns: u64) -> Batch {
         /// Records whose slots are warmed together (their cache misses overlap).
         const AHEAD: usize = 16;
         let at = (now_ns / 1_000_000_000) as i64;
         let interval = at - at.rem_euclid(self.interval_s);
-        let mut rest = Vec::new();
-        // The exporter of the last record, by address of its shared name.
-        let mut last: Option<(*const u8, u32)> = None;
+        let mut rest = Batch::default();
+        self.numbers.clear();
+        for who in &batch.observers {
+            self.numbers.push(exporter_number(&mut self.exporters, who));
+        }
         // A new interval reuses an emptied table; with none spare (the first intervals,
         // or the last one is still being attributed) its table gets room for as many
         // flows as the newest one held, so it does not grow (and rehash) up from empty.
@@ -185,24 +187,16 @@ impl Prefold {
             iv
         });
         let mut len = self.len;
-        let (max, exporters) = (self.max, &mut self.exporters);
+        let (max, numbers) = (self.max, &self.numbers);
         let mut keys = [None; AHEAD];
-        for chunk in records.chunks(AHEAD) {
+        for chunk in batch.flows.chunks(AHEAD) {
             // First pass: the keys.
-            for ((who, o), key) in chunk.iter().zip(keys.iter_mut()) {
-                let plain = o.delta_reply.is_zero()
-                    && o.reply == o.orig.reversed()
-                    && o.first_reply_ns == 0;
-                let exporter = match last {
-                    Some((w, i)) if std::ptr::eq(w, who.as_ptr()) => Some(i),
-                    _ => exporter_number(exporters, who),
-                };
-                *key = exporter
-                    .filter(|_| plain)
-                    .map(|e| (e, pack(e, o.proto, &o.orig)));
-                if let Some(e) = exporter {
-                    last = Some((who.as_ptr(), e));
-                }
+            for (f, key) in chunk.iter().zip(keys.iter_mut()) {
+                *key = numbers
+                    .get(f.observer as usize)
+                    .copied()
+                    .flatten()
+                    .map(|e| (e, pack(e, f)));
             }
             // Then one load of each home slot, in a loop of nothing else: the loads are
             // independent and few instructions apart, so the processor has all their
@@ -217,7 +211,7 @@ impl Prefold {
             }
             std::hint::black_box(&warm);
             // Second pass: the sums.
-            for ((who, o), key) in chunk.iter().zip(keys.iter()) {
+            for (f, key) in chunk.iter().zip(keys.iter()) {
                 let full = len >= max;
                 let sum = match *key {
                     None => None,
@@ -225,11 +219,12 @@ impl Prefold {
                         len += usize::from(new);
                         s
                     }),
-                    Some((e, None)) => slot(&mut iv.other, (e, o.proto, o.orig), full, &mut len),
+                    Some((e, None)) => slot(&mut iv.other, (e, f.proto, f.tuple()), full, &mut len),
                 };
-                match sum {
-                    Some(s) => s.add(o),
-                    None => rest.push((Arc::clone(who), *o)),
+                match (sum, batch.observer(f)) {
+                    (Some(s), _) => s.add(f),
+                    (None, Some(who)) => rest.push(who, *f),
+                    (None, None) => {}
                 }
             }
         }
@@ -326,8 +321,8 @@ impl Taken {
 mod tests {
     use super::*;
 
-    fn rec(src: &str, sport: u16, bytes: u64, opened: bool, start_ns: u64) -> Observation {
-        let orig = Tuple {
+    fn rec(src: &str, sport: u16, bytes: u64, opened: bool, start_ns: u64) -> Flow {
+        Flow {
             src: src.parse().expect("ip"),
             dst: if src.contains(':') {
                 "fd00::2".parse().expect("ip")
@@ -336,16 +331,23 @@ mod tests {
             },
             src_port: sport,
             dst_port: 443,
-        };
-        Observation {
             proto: Protocol::TCP,
-            orig,
-            reply: orig.reversed(),
-            delta_orig: Counters { bytes, packets: 1 },
             opened,
+            closed: false,
+            observer: 0,
+            bytes,
+            packets: 1,
             start_ns,
-            ..Default::default()
+            end_ns: 0,
         }
+    }
+
+    fn batch(flows: &[(Arc<str>, Flow)]) -> Batch {
+        let mut b = Batch::default();
+        for (who, f) in flows {
+            b.push(who, *f);
+        }
+        b
     }
 
     const S: u64 = 1_000_000_000;
@@ -356,20 +358,20 @@ mod tests {
         let a: Arc<str> = Arc::from("192.0.2.1/0");
         let b: Arc<str> = Arc::from("192.0.2.9/0");
         let rest = p.add_batch(
-            &[
+            &batch(&[
                 (a.clone(), rec("10.0.0.1", 5000, 10, true, 7)),
                 (a.clone(), rec("10.0.0.1", 5000, 5, true, 3)),
                 (a.clone(), rec("10.0.0.1", 5001, 1, false, 0)),
                 (b.clone(), rec("10.0.0.1", 5000, 2, false, 0)),
                 (a.clone(), rec("fd00::1", 5000, 4, false, 0)),
                 (a.clone(), rec("fd00::1", 5000, 4, false, 0)),
-            ],
+            ]),
             105 * S,
         );
         assert!(rest.is_empty());
         assert!(
             p.add_batch(
-                &[(a.clone(), rec("10.0.0.1", 5000, 100, false, 0))],
+                &batch(&[(a.clone(), rec("10.0.0.1", 5000, 100, false, 0))]),
                 111 * S
             )
             .is_empty()
@@ -419,22 +421,24 @@ mod tests {
     }
 
     #[test]
-    fn a_nat_record_or_a_full_map_goes_straight_through() {
+    fn past_a_full_map_flows_go_straight_through() {
         let mut p = Prefold::new(10, 1);
-        let who: Arc<str> = Arc::from("e/0");
-        let mut nat = rec("10.0.0.1", 1, 1, false, 0);
-        nat.reply.src = "10.0.0.9".parse().expect("ip");
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a/0"), Arc::from("b/0"));
         let rest = p.add_batch(
-            &[
-                (who.clone(), nat),
-                (who.clone(), rec("10.0.0.1", 1, 1, false, 0)),
-                (who.clone(), rec("10.0.0.1", 1, 1, false, 0)),
-                (who.clone(), rec("10.0.0.1", 2, 1, false, 0)),
-            ],
+            &batch(&[
+                (a.clone(), rec("10.0.0.1", 1, 1, false, 0)),
+                (b.clone(), rec("10.0.0.1", 1, 1, false, 0)),
+                (a.clone(), rec("10.0.0.1", 1, 1, false, 0)),
+                (a.clone(), rec("10.0.0.1", 2, 1, false, 0)),
+            ]),
             0,
         );
-        let ports: Vec<u16> = rest.iter().map(|(_, o)| o.orig.src_port).collect();
-        assert_eq!(ports, [1, 2], "the NAT'd record and the one past the bound");
+        let got: Vec<(&str, u16)> = rest
+            .flows
+            .iter()
+            .map(|f| (&**rest.observer(f).expect("observer"), f.src_port))
+            .collect();
+        assert_eq!(got, [("b/0", 1), ("a/0", 2)], "the flows past the bound");
         assert_eq!(p.len(), 1);
     }
 
@@ -448,7 +452,7 @@ mod tests {
             cut in 1..70usize,
         ) {
             let exporters: Vec<Arc<str>> = ["a/0", "b/0", "c/1"].map(Arc::from).to_vec();
-            let all: Vec<(Arc<str>, Observation)> = recs
+            let all: Vec<(Arc<str>, Flow)> = recs
                 .iter()
                 .map(|&(e, v6, port, bytes)| {
                     let src = if v6 == 1 { "fd00::1" } else { "10.0.0.1" };
@@ -457,15 +461,15 @@ mod tests {
                 .collect();
             let mut p = Prefold::new(10, usize::MAX);
             for chunk in all.chunks(cut) {
-                proptest::prop_assert!(p.add_batch(chunk, 5 * S).is_empty());
+                proptest::prop_assert!(p.add_batch(&batch(chunk), 5 * S).is_empty());
             }
             let mut want: std::collections::HashMap<(String, Tuple), (u64, u64, u64)> =
                 std::collections::HashMap::new();
-            for (who, o) in &all {
-                let e = want.entry((who.to_string(), o.orig)).or_default();
-                e.0 += o.delta_orig.bytes;
-                e.1 += o.delta_orig.packets;
-                e.2 += u64::from(o.opened);
+            for (who, f) in &all {
+                let e = want.entry((who.to_string(), f.tuple())).or_default();
+                e.0 += f.bytes;
+                e.1 += f.packets;
+                e.2 += u64::from(f.opened);
             }
             let mut got = std::collections::HashMap::new();
             p.take(i64::MAX).for_each(|f| {
@@ -481,13 +485,11 @@ mod tests {
 
     #[test]
     fn packing_keeps_every_field() {
-        let t = Tuple {
-            src: "255.1.2.3".parse().expect("ip"),
-            dst: "10.9.8.7".parse().expect("ip"),
-            src_port: 65535,
-            dst_port: 1,
-        };
-        let k = pack(0xab_cdef, Protocol(132), &t).expect("v4");
-        assert_eq!(unpack(k), (0xab_cdef, Protocol(132), t));
+        let mut f = rec("255.1.2.3", 65535, 0, false, 0);
+        f.dst = "10.9.8.7".parse().expect("ip");
+        f.dst_port = 1;
+        f.proto = Protocol(132);
+        let k = pack(0xab_cdef, &f).expect("v4");
+        assert_eq!(unpack(k), (0xab_cdef, Protocol(132), f.tuple()));
     }
 }

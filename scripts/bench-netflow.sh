@@ -17,7 +17,7 @@
 #
 # Per point it prints: offered datagrams/s (tcpreplay's rate), datagrams sent, and per
 # collector: datagrams received (podflow: its /metrics; nfcapd: sent - kernel receive
-# buffer drops), flow records received and lost, CPU seconds. Last line:
+# buffer drops), flow records received and lost, CPU seconds and the kernel's part of them. Last line:
 #   netflow_v9_cpu_ratio=<podflow CPU s / nfcapd CPU s>
 # over the v9 points both collectors received losslessly (the same work for both; all
 # v9 points if there is none).
@@ -146,6 +146,7 @@ in_ns() { ip netns exec "$NS" "$@"; }
 udp_bound() { in_ns ss -Hlun "sport = :$PORT" | grep -q .; }
 rcvbuf_errors() { in_ns awk '/^Udp:/ {getline; print $6}' /proc/net/snmp; }
 cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+sys_ticks() { awk '{sub(/^.*\) /, ""); print $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 metrics() {                   # podflow's /metrics, fetched inside the namespace
 	in_ns bash -c "exec 3<>/dev/tcp/127.0.0.1/$HTTP_PORT && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3"
 }
@@ -157,7 +158,7 @@ say "# bench-netflow $(date -Is) $(nproc) CPUs; $(uname -r); BENCH_FLOWS=$BENCH_
 say "# nfcapd $(nfcapd -V 2>&1 | head -1 | awk '{print $NF}') -B 16777216 to tmpfs; podflow server --netflow-listen, embedded store on tmpfs ${PODFLOW_ARGS:-(defaults: 10 s intervals, SO_RCVBUF 32 MiB forced, one socket per core)}"
 for v in 9 10 5; do say "# $(basename "${PCAP[$v]}"): ${NPK[$v]} datagrams, ${FPL[$v]} flow records per loop"; done
 printf -v HDR '%-6s %7s %9s %9s | %-44s | %-44s | %s' ver target offered/s sent \
-	"nfcapd: recv_dgrams records lost cpu_s" "podflow: recv_dgrams records lost cpu_s" ratio
+	"nfcapd: recv_dgrams records lost cpu_s sys_s" "podflow: recv_dgrams records lost cpu_s sys_s" ratio
 say "$HDR"
 
 # point VER PPS -> one line; accumulates CPU per version and collector
@@ -186,19 +187,20 @@ point() {
 		fi
 		P=$!; PIDS+=("$P")   # ip netns exec execs the collector (podflow: /usr/bin/time): same PID
 		wait_for 10 udp_bound || { cat "$lf" >&2; die "$coll did not bind 127.0.0.1:$PORT"; }
-		local e0 e1 c0 c1
-		e0=$(rcvbuf_errors); c0=$(cpu_ticks "$P")
+		local e0 e1 c0 c1 s0 s1
+		e0=$(rcvbuf_errors); c0=$(cpu_ticks "$P"); s0=$(sys_ticks "$P")
 		in_ns tcpreplay -q -i lo "$rate" --loop="$loops" "$pcap" >"$OUT/tcpreplay.log" 2>&1 ||
 			{ cat "$OUT/tcpreplay.log" >&2; die "tcpreplay failed"; }
 		sleep 2
-		e1=$(rcvbuf_errors); c1=$(cpu_ticks "$P")
-		local drops=$((e1 - e0)) got recv cpu
+		e1=$(rcvbuf_errors); c1=$(cpu_ticks "$P"); s1=$(sys_ticks "$P")
+		local drops=$((e1 - e0)) got recv cpu sys
 		if [ $coll = nfcapd ]; then
 			stop_pid "$P"
 			rm -rf "$NF_DATA"   # its files, in memory, before podflow's turn
 			got=$(sed -n 's/.*Flows: \([0-9]*\),.*/\1/p' "$lf" | tail -1)
 			recv=$((sent - drops))
 			cpu=$(awk -v t=$((c1 - c0)) -v hz="$HZ" 'BEGIN {printf "%.2f", t / hz}')
+			sys=$(awk -v t=$((s1 - s0)) -v hz="$HZ" 'BEGIN {printf "%.2f", t / hz}')
 		else
 			local m child
 			m=$(metrics)
@@ -211,16 +213,17 @@ point() {
 			for i in $(seq 300); do alive "$P" || break; sleep 0.1; done
 			stop_pid "$P"
 			cpu=$(awk '$1 == "cpu_s" {printf "%.2f", $2 + $3}' "$OUT/podflow.time")
+			sys=$(awk '$1 == "cpu_s" {printf "%.2f", $3}' "$OUT/podflow.time")
 		fi
 		[ -n "$got" ] && [ -n "$recv" ] && [ -n "$cpu" ] || { cat "$lf" >&2; die "$coll reported no totals"; }
 		local lost=$((exp - got))
 		[ -z "$offered" ] && offered=$(awk '/Rated:/ {for (i = 1; i <= NF; i++) if ($i == "pps" || $i == "pps,") print $(i - 1)}' "$OUT/tcpreplay.log" | head -1)
-		row+=("$(printf '%10d %9d %7d %6s' "$recv" "$got" "$lost" "$cpu")")
+		row+=("$(printf '%10d %9d %7d %6s %5s' "$recv" "$got" "$lost" "$cpu" "$sys")")
 		eval "local ${coll}_cpu=$cpu ${coll}_lost=$lost"
 	done
 	local ratio
 	ratio=$(awk -v a="$podflow_cpu" -v b="$nfcapd_cpu" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')
-	say "$(printf '%-6s %7s %9.0f %9d | nfcapd  %-36s | podflow %-36s | %s' "v$v" "$pps" "${offered:-0}" "$sent" "${row[0]}" "${row[1]}" "$ratio")"
+	say "$(printf '%-6s %7s %9.0f %9d | nfcapd  %-42s | podflow %-42s | %s' "v$v" "$pps" "${offered:-0}" "$sent" "${row[0]}" "${row[1]}" "$ratio")"
 	CPU_ALL[$v.nfcapd]=$(awk -v a="${CPU_ALL[$v.nfcapd]:-0}" -v b="$nfcapd_cpu" 'BEGIN {print a + b}')
 	CPU_ALL[$v.podflow]=$(awk -v a="${CPU_ALL[$v.podflow]:-0}" -v b="$podflow_cpu" 'BEGIN {print a + b}')
 	if [ "$nfcapd_lost" = 0 ] && [ "$podflow_lost" = 0 ]; then

@@ -41,10 +41,9 @@ use nix::sys::socket::{
 use nix::sys::time::{TimeVal, TimeValLike};
 use podflow_model::Observation;
 
-use crate::record::Flow;
-
 use crate::decoder::{Decoder, DecoderConfig};
 use crate::error::{ErrorCounts, ErrorReason};
+use crate::record::Flow;
 use crate::stats::{DomainKey, Stats};
 
 /// Longest wait in `recvmmsg`, ms: the stop flag is checked at least this often.

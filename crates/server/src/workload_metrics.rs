@@ -144,18 +144,31 @@ impl WorkloadMetrics {
             .iter()
             .map(|d| DIMENSIONS.iter().position(|x| x == d).unwrap_or(usize::MAX))
             .collect();
-        let mut per: HashMap<[&str; DIMENSIONS.len()], Values> = HashMap::new();
+        type Key<'r> = [&'r str; DIMENSIONS.len()];
+        let mut sums: Vec<(Key, Values)> = Vec::new();
+        let mut by_key: HashMap<Key, usize> = HashMap::new();
+        // A row's key depends on its labels and its direction only, and rows with equal
+        // labels mostly share one `Arc` (the aggregator hands them out so): each labels
+        // `Arc` (by address; all are alive while `rows` is) and direction is keyed once.
+        let mut by_labels: HashMap<(usize, bool), usize> = HashMap::new();
         for r in rows {
-            let mut key = [""; DIMENSIONS.len()];
-            for (k, d) in key.iter_mut().zip(&dims) {
-                *k = Self::dim(r, *d);
-            }
-            let v = per.entry(key).or_default();
+            let id = (Arc::as_ptr(&r.labels) as usize, r.key.local_initiated);
+            let i = *by_labels.entry(id).or_insert_with(|| {
+                let mut key = [""; DIMENSIONS.len()];
+                for (k, d) in key.iter_mut().zip(&dims) {
+                    *k = Self::dim(r, *d);
+                }
+                *by_key.entry(key).or_insert_with(|| {
+                    sums.push((key, Values::default()));
+                    sums.len() - 1
+                })
+            });
+            let v = &mut sums[i].1;
             v.bytes += r.totals.bytes();
             v.connections += r.totals.opened;
             v.cost_usd += r.cost_usd;
         }
-        let mut items: Vec<(Vec<String>, Values)> = per
+        let mut items: Vec<(Vec<String>, Values)> = sums
             .into_iter()
             .map(|(k, v)| {
                 (
@@ -308,6 +321,40 @@ mod tests {
             })
             .expect("other series");
         assert!(other.ends_with(" 3600"), "100+..+800 folded: {other}");
+    }
+
+    #[test]
+    fn rows_sharing_labels_split_by_direction_and_equal_labels_merge() {
+        let mut m = WorkloadMetrics::new(WorkloadMetricsConfig::default());
+        let a = row("web", "db", 1);
+        let mut b = row("web", "db", 10);
+        b.labels = Arc::clone(&a.labels);
+        b.key.local_initiated = false;
+        let mut c = row("web", "db", 100);
+        c.labels = Arc::clone(&a.labels);
+        let d = row("web", "db", 1000); // equal labels, its own Arc
+        m.add_interval(&[a, b, c, d], 100);
+        let mut text = String::new();
+        let defs = [
+            &crate::telemetry::WL_BYTES,
+            &crate::telemetry::WL_CONNS,
+            &crate::telemetry::WL_COST,
+        ];
+        m.render(&mut text, defs);
+        let bytes: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("podflow_workload_bytes_total{"))
+            .collect();
+        assert_eq!(bytes.len(), 2, "{text}");
+        let of = |src: &str| {
+            bytes
+                .iter()
+                .find(|l| l.contains(&format!("src_workload=\"{src}\"")))
+                .and_then(|l| l.rsplit(' ').next())
+                .expect("series")
+        };
+        assert_eq!(of("web"), "1101", "initiated by web: a, c and d");
+        assert_eq!(of("db"), "10", "b: the remote end initiated");
     }
 
     #[test]

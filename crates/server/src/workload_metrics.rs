@@ -292,6 +292,17 @@ mod tests {
         }
     }
 
+    fn rendered(m: &WorkloadMetrics) -> String {
+        let mut text = String::new();
+        let defs = [
+            &crate::telemetry::WL_BYTES,
+            &crate::telemetry::WL_CONNS,
+            &crate::telemetry::WL_COST,
+        ];
+        m.render(&mut text, defs);
+        text
+    }
+
     #[test]
     fn top_k_keeps_the_largest_and_folds_the_rest_with_totals_kept() {
         let mut m = WorkloadMetrics::new(WorkloadMetricsConfig {
@@ -303,13 +314,7 @@ mod tests {
             .collect();
         m.add_interval(&rows, 100);
         assert_eq!(m.len(), 3, "two named series and one `other`");
-        let mut text = String::new();
-        let d = [
-            &crate::telemetry::WL_BYTES,
-            &crate::telemetry::WL_CONNS,
-            &crate::telemetry::WL_COST,
-        ];
-        m.render(&mut text, d);
+        let text = rendered(&m);
         assert!(text.contains("src_workload=\"w9\""), "{text}");
         assert!(text.contains("src_workload=\"w8\""));
         assert!(!text.contains("src_workload=\"w7\""));
@@ -334,13 +339,7 @@ mod tests {
         c.labels = Arc::clone(&a.labels);
         let d = row("web", "db", 1000); // equal labels, its own Arc
         m.add_interval(&[a, b, c, d], 100);
-        let mut text = String::new();
-        let defs = [
-            &crate::telemetry::WL_BYTES,
-            &crate::telemetry::WL_CONNS,
-            &crate::telemetry::WL_COST,
-        ];
-        m.render(&mut text, defs);
+        let text = rendered(&m);
         let bytes: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("podflow_workload_bytes_total{"))

@@ -129,8 +129,8 @@ impl Batch {
         self.observers.get(flow.observer as usize)
     }
 
-    /// Adds `flow` of `observer` (the index it carries is replaced by this batch's).
-    pub fn push(&mut self, observer: &Arc<str>, mut flow: Flow) {
+    /// The index of `observer` in this batch's observers, added if new.
+    pub fn observer_index(&mut self, observer: &Arc<str>) -> u32 {
         let i = match self
             .observers
             .iter()
@@ -142,7 +142,12 @@ impl Batch {
                 self.observers.len() - 1
             }
         };
-        flow.observer = i as u32;
+        i as u32
+    }
+
+    /// Adds `flow` of `observer` (the index it carries is replaced by this batch's).
+    pub fn push(&mut self, observer: &Arc<str>, mut flow: Flow) {
+        flow.observer = self.observer_index(observer);
         self.flows.push(flow);
     }
 
@@ -300,10 +305,11 @@ impl Listener {
     /// Binds every socket, then starts one receive thread per socket.
     ///
     /// `sink` is called from the receive threads, concurrently, once per non-empty
-    /// batch. It reads the batch or takes its observations (`std::mem::take`); the
-    /// thread then clears what is left and decodes the next datagrams into the same
-    /// buffer (no allocation, no fresh pages per batch). While the sink runs that thread receives nothing (back-pressure goes to the
-    /// socket buffer, then to the kernel's counted drops). Threads end within
+    /// batch. It reads the batch or takes it (`std::mem::take`); the thread then clears
+    /// what is left and decodes the next datagrams into the same buffers (no
+    /// allocation, no fresh pages per batch). While the sink runs that thread receives
+    /// nothing (back-pressure goes to the socket buffer, then to the kernel's counted
+    /// drops). Threads end within
     /// [`POLL_MS`] of `stop` becoming true; then call [`Listener::join`].
     pub fn start<F>(
         config: ListenerConfig,
@@ -579,13 +585,7 @@ impl Worker {
                         let o = observers
                             .entry(key)
                             .or_insert_with(|| Arc::from(format!("{}/{}", key.0, key.1)));
-                        let i = match out.observers.iter().position(|x| Arc::ptr_eq(x, o)) {
-                            Some(i) => i,
-                            None => {
-                                out.observers.push(Arc::clone(o));
-                                out.observers.len() - 1
-                            }
-                        } as u32;
+                        let i = out.observer_index(o);
                         last = Some((key, i));
                         i
                     }

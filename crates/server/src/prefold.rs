@@ -136,8 +136,6 @@ pub struct Prefold {
     len: usize,
     intervals: BTreeMap<i64, Interval>,
     exporters: Vec<Arc<str>>,
-    /// The exporter number of each observer of the batch being added.
-    numbers: Vec<Option<u32>>,
     /// Emptied maps of closed intervals, kept with their capacity (no regrowth and no
     /// fresh pages for the next interval).
     spare: Vec<Interval>,
@@ -152,7 +150,6 @@ impl Prefold {
             len: 0,
             intervals: BTreeMap::new(),
             exporters: Vec::new(),
-            numbers: Vec::new(),
             spare: Vec::new(),
         }
     }
@@ -165,10 +162,12 @@ impl Prefold {
         let at = (now_ns / 1_000_000_000) as i64;
         let interval = at - at.rem_euclid(self.interval_s);
         let mut rest = Batch::default();
-        self.numbers.clear();
-        for who in &batch.observers {
-            self.numbers.push(exporter_number(&mut self.exporters, who));
-        }
+        // The exporter number of each of the batch's observers.
+        let numbers: Vec<Option<u32>> = batch
+            .observers
+            .iter()
+            .map(|who| exporter_number(&mut self.exporters, who))
+            .collect();
         // A new interval reuses an emptied table; with none spare (the first intervals,
         // or the last one is still being attributed) its table gets room for as many
         // flows as the newest one held, so it does not grow (and rehash) up from empty.
@@ -187,7 +186,7 @@ impl Prefold {
             iv
         });
         let mut len = self.len;
-        let (max, numbers) = (self.max, &self.numbers);
+        let max = self.max;
         let mut keys = [None; AHEAD];
         for chunk in batch.flows.chunks(AHEAD) {
             // First pass: the keys.

@@ -5,22 +5,26 @@
 //! sequence numbers, data that came before its template) per exporter and domain,
 //! and counts everything it skips or drops in [`Stats`].
 //!
-//! The one I/O part is the [`Listener`]: UDP sockets, receive threads, one decoder
-//! per thread, flows out to a sink.
+//! The one I/O part is the `Listener` (feature `listener`): UDP sockets, receive
+//! threads, one decoder per thread, flows out to a sink. Without the feature the crate
+//! has no sockets, threads or system calls.
 
+mod batch;
 mod decoder;
 pub mod encode;
 mod error;
+#[cfg(feature = "listener")]
 mod listener;
 mod record;
 mod stats;
 mod template;
 
+pub use batch::Batch;
 pub use decoder::{Decoder, DecoderConfig};
 pub use error::{DecodeError, ErrorCounts, ErrorKind, ErrorReason, Version};
+#[cfg(feature = "listener")]
 pub use listener::{
-    Batch, ListenError, Listener, ListenerConfig, ListenerSnapshot, ListenerStats, POLL_MS,
-    SocketInfo,
+    ListenError, Listener, ListenerConfig, ListenerSnapshot, ListenerStats, POLL_MS, SocketInfo,
 };
 pub use record::{Direction, Flow, FlowRecord, TCP_FIN, TCP_RST, TCP_SYN};
 pub use stats::{DomainKey, Stats};

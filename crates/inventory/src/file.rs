@@ -1,12 +1,10 @@
-//! An inventory file reloaded when it changes: a pure poll step and a thin tokio task.
+//! An inventory file reloaded when it changes: a poll step the caller drives.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use tokio_util::sync::CancellationToken;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::InventoryError;
-use crate::index::{IndexConfig, InventoryTracker, IpIndex, SharedIndex};
+use crate::index::{IndexConfig, InventoryTracker, IpIndex};
 use crate::objects::Inventory;
 
 /// Nanoseconds since the Unix epoch now.
@@ -69,40 +67,5 @@ impl FileInventory {
     /// The tracker (current inventory and tombstones).
     pub fn tracker(&self) -> &InventoryTracker {
         &self.tracker
-    }
-}
-
-/// Polls the file every `every` and swaps a new index in when it changed, until `cancel`.
-pub async fn watch_file(
-    mut src: FileInventory,
-    shared: SharedIndex,
-    every: Duration,
-    cancel: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match src.poll(now_ns()) {
-            Ok(Some(idx)) => {
-                let s = idx.stats();
-                tracing::info!(
-                    path = %src.path().display(),
-                    pods = s.pods,
-                    nodes = s.nodes,
-                    services = s.services,
-                    tombstones = s.tombstones,
-                    "inventory reloaded"
-                );
-                shared.store(idx);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "inventory reload failed; keeping the previous one")
-            }
-        }
     }
 }

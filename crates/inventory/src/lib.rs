@@ -14,7 +14,7 @@ mod objects;
 mod time;
 
 pub use error::InventoryError;
-pub use file::{FileInventory, now_ns, watch_file};
+pub use file::{FileInventory, now_ns};
 pub use index::{
     IndexConfig, IndexStats, InventoryTracker, IpIndex, SharedIndex, Tombstone, node_meta,
     parse_provider_id, workload_of,

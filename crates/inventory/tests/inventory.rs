@@ -2,11 +2,10 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use podflow_inventory::{
     FileInventory, IndexConfig, Inventory, InventoryError, InventoryTracker, IpIndex, PodPhase,
-    SharedIndex, parse_provider_id, parse_rfc3339_ns, watch_file,
+    parse_provider_id, parse_rfc3339_ns,
 };
 use podflow_model::{Place, ServiceVia};
 
@@ -366,35 +365,4 @@ fn the_file_is_reloaded_when_it_changes() {
             .expect("same broken version is not re-read")
             .is_none()
     );
-}
-
-#[tokio::test]
-async fn the_watch_task_swaps_the_shared_index() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("inv.yaml");
-    std::fs::write(
-        &path,
-        "kind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.9.0.1}\n",
-    )
-    .expect("write");
-    let shared = SharedIndex::default();
-    assert_eq!(shared.load().stats().pods, 0);
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(watch_file(
-        FileInventory::new(&path, IndexConfig::default()),
-        shared.clone(),
-        Duration::from_millis(10),
-        cancel.clone(),
-    ));
-    let mut pods = 0;
-    for _ in 0..200 {
-        pods = shared.load().stats().pods;
-        if pods == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(pods, 1);
-    cancel.cancel();
-    task.await.expect("watcher stops on cancel");
 }

@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use podflow_server::http::{EndJson, FlowJson};
+use podflow_api::{EndJson, FlowJson};
 
 /// Fetches `/api/v1/flows` from `base` (http://host:port) over the last `since`.
 pub fn fetch(base: &str, since: Duration, limit: usize) -> anyhow::Result<Vec<FlowJson>> {

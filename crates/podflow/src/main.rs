@@ -3,6 +3,7 @@
 mod demo;
 mod duration;
 mod flows;
+mod run;
 mod tracking;
 
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use podflow_conntrack::SourceConfig;
-use podflow_server::RunConfig;
+use run::RunConfig;
 use tokio_util::sync::CancellationToken;
 
 /// podflow shows who talks to whom on a Kubernetes cluster, how many bytes cross nodes,
@@ -433,13 +434,12 @@ fn read_token(p: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
 
 fn agent(a: AgentArgs) -> anyhow::Result<()> {
     let node = a.node_name.unwrap_or_else(hostname);
-    let tls =
-        (a.tls_ca.is_some() || a.tls_cert.is_some()).then(|| podflow_server::agent::ClientTls {
-            ca: a.tls_ca.clone(),
-            identity: a.tls_cert.clone().zip(a.tls_key.clone()),
-            domain: a.tls_domain.clone(),
-        });
-    let cfg = podflow_server::agent::AgentConfig {
+    let tls = (a.tls_ca.is_some() || a.tls_cert.is_some()).then(|| podflow_agent::ClientTls {
+        ca: a.tls_ca.clone(),
+        identity: a.tls_cert.clone().zip(a.tls_key.clone()),
+        domain: a.tls_domain.clone(),
+    });
+    let cfg = podflow_agent::AgentConfig {
         server: a.server,
         agent_id: a.agent_id.unwrap_or_else(|| node.clone()),
         node,
@@ -460,7 +460,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
         max_connection_age: a.max_connection_age,
         netflow_listen: a.netflow_listen,
     };
-    block_on(|token| async move { podflow_server::agent::agent(cfg, token).await })
+    block_on(|token| async move { podflow_agent::agent(cfg, token).await })
 }
 
 fn server(a: ServerArgs) -> anyhow::Result<()> {
@@ -468,12 +468,12 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         .tls_cert
         .clone()
         .zip(a.tls_key.clone())
-        .map(|(cert, key)| podflow_server::server::ServerTls {
+        .map(|(cert, key)| podflow_server::ServerTls {
             cert,
             key,
             client_ca: a.tls_client_ca.clone(),
         });
-    let cfg = podflow_server::server::ServerConfig {
+    let cfg = podflow_server::ServerConfig {
         listen: a.listen,
         grpc_listen: a.grpc_listen,
         data_dir: a.data_dir,
@@ -498,14 +498,14 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
             ..Default::default()
         }),
     };
-    block_on(|token| async move { podflow_server::server::serve(cfg, token).await })
+    block_on(|token| async move { podflow_server::serve(cfg, token).await })
 }
 
 /// Runs a role on a multi-threaded runtime until SIGINT/SIGTERM.
 fn block_on<F, Fut>(role: F) -> anyhow::Result<()>
 where
     F: FnOnce(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = Result<(), podflow_server::RunError>>,
+    Fut: std::future::Future<Output = Result<(), podflow_role::RoleError>>,
 {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -591,18 +591,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         max_keys: args.max_keys,
         enrich: args.attribution.settings()?,
-        metrics: podflow_server::workload_metrics::WorkloadMetricsConfig {
-            dimensions: podflow_server::workload_metrics::WorkloadMetricsConfig::parse_dimensions(
-                &args.metrics_labels,
-            )
-            .map_err(|e| anyhow::anyhow!("--metrics-labels: {e}"))?,
+        metrics: podflow_pipeline::workload_metrics::WorkloadMetricsConfig {
+            dimensions:
+                podflow_pipeline::workload_metrics::WorkloadMetricsConfig::parse_dimensions(
+                    &args.metrics_labels,
+                )
+                .map_err(|e| anyhow::anyhow!("--metrics-labels: {e}"))?,
             top_k: args.metrics_top_k,
             expire_s: args.metrics_expire.as_secs() as i64,
         },
         netflow_listen: args.netflow_listen,
         netflow_exporter_labels: args.netflow_exporter_labels,
     };
-    block_on(|token| async move { podflow_server::run(cfg, token).await })
+    block_on(|token| async move { run::run(cfg, token).await })
 }
 
 fn main() -> ExitCode {

@@ -20,8 +20,8 @@ use podflow_model::{
     Class, Counters, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, Observation, Protocol,
     Tuple,
 };
-use podflow_server::Telemetry;
-use podflow_server::pipeline::{Pipeline, PipelineConfig};
+use podflow_role::Registry;
+use podflow_server::{Driver, DriverConfig, MAX_PENDING_ROWS};
 use podflow_store::query::{GroupQuery, View, dim};
 use podflow_store::{ClickHouseConfig, ClickHouseStore, FlowStore, SqliteStore};
 
@@ -77,17 +77,18 @@ fn ingest<S: FlowStore + 'static>(store: S, obs: &[Observation]) -> f64 {
         .expect("runtime");
     // The store is dropped outside the runtime (the ClickHouse store owns a runtime of its own).
     let (rate, _store) = rt.block_on(async {
-        let cfg = PipelineConfig {
+        let cfg = DriverConfig {
             settings: Default::default(),
             observer: Some("node-a".into()),
             interval_s: 1,
             max_keys: 1_000_000,
             retention: Duration::from_secs(86400),
+            max_pending_rows: MAX_PENDING_ROWS,
         };
         let token = tokio_util::sync::CancellationToken::new();
-        let mut p = Pipeline::new(cfg, store, Arc::new(Telemetry::default()), &token)
+        let mut p = Driver::new(cfg, store, Arc::new(Registry::default()), &token)
             .await
-            .expect("pipeline");
+            .expect("driver");
         let observer: Arc<str> = Arc::from("node-a");
         let t0 = Instant::now();
         let mut last = Instant::now();

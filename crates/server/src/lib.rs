@@ -1,25 +1,216 @@
-//! podflow's pipeline: the conntrack source feeding aggregation, the store writer,
-//! Prometheus exposition and the HTTP API.
+//! `podflow server`: agents' batches in over gRPC ([`intake`]), attributed, aggregated
+//! and written by the [`driver`], and served over HTTP (`podflow_api`).
 
-pub mod agent;
-pub mod aggregate;
-mod buffer;
-pub mod enrichment;
-mod flat;
-pub mod graph;
-pub mod histograms;
-pub mod http;
-mod local;
-pub mod netflow;
-pub mod pipeline;
-pub mod prefold;
-pub mod run;
-pub mod server;
-pub mod telemetry;
-pub mod ui;
-pub mod workload_metrics;
+pub mod attribution;
+pub mod driver;
+mod intake;
 
-pub use aggregate::Aggregator;
-pub use enrichment::{EnrichSettings, InventorySource};
-pub use run::{RunConfig, RunError, run};
-pub use telemetry::{METRICS, MetricDef, Telemetry};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use podflow_api::{AppState, StoreReader};
+use podflow_pipeline::workload_metrics::WorkloadMetricsConfig;
+use podflow_proto::IngestServer;
+use podflow_role::netflow::Intake;
+use podflow_role::{Registry, RoleError, open_store, read_file, serve_http};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use attribution::{EnrichSettings, InventorySource};
+pub use driver::{Driver, DriverConfig};
+
+use intake::{INGRESS_QUEUE, IngestSvc, Ingress, admit};
+
+/// Rows waiting for the store beyond which agents' batches wait in their streams.
+pub const MAX_PENDING_ROWS: usize = 1_000_000;
+
+/// TLS files of the gRPC listener.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// When set, agents must present a certificate signed by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Settings of `podflow server`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// HTTP listen address (metrics, API).
+    pub listen: SocketAddr,
+    /// gRPC listen address (agents).
+    pub grpc_listen: SocketAddr,
+    /// Directory of the store file.
+    pub data_dir: PathBuf,
+    /// Aggregation interval.
+    pub interval: Duration,
+    /// How long rows are kept.
+    pub retention: Duration,
+    /// Bound on flow keys per open interval.
+    pub max_keys: usize,
+    /// Attribution settings.
+    pub enrich: EnrichSettings,
+    /// Workload metrics bounds.
+    pub metrics: WorkloadMetricsConfig,
+    /// TLS; `None` = plaintext (inside a trusted network only).
+    pub tls: Option<ServerTls>,
+    /// Bearer token agents must send; `None` = none required.
+    pub token: Option<String>,
+    /// NetFlow/IPFIX listen addresses (none: no listener).
+    pub netflow_listen: Vec<SocketAddr>,
+    /// Per-exporter NetFlow series (the exporter address becomes a label).
+    pub netflow_exporter_labels: bool,
+    /// Write to ClickHouse instead of the embedded store.
+    pub clickhouse: Option<podflow_store::ClickHouseConfig>,
+}
+
+/// Runs until `shutdown`, then writes what it holds and acks it.
+pub async fn serve(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), RoleError> {
+    match cfg.clickhouse.clone() {
+        Some(ch) => {
+            // The ClickHouse store blocks on a runtime of its own: open (and later drop) it
+            // off the async threads. Queries get a handle of their own.
+            let (store, reader) = tokio::task::spawn_blocking(move || {
+                let store = podflow_store::ClickHouseStore::open(ch)?;
+                let reader = store.reader()?;
+                Ok::<_, podflow_store::StoreError>((store, reader))
+            })
+            .await
+            .map_err(|e| RoleError::Task(e.to_string()))??;
+            tracing::info!("podflow server: writing to ClickHouse");
+            serve_with(cfg, store, StoreReader::clickhouse(reader), shutdown).await
+        }
+        None => {
+            let (store, path) = open_store(&cfg.data_dir)?;
+            serve_with(cfg, store, StoreReader::sqlite(path), shutdown).await
+        }
+    }
+}
+
+async fn serve_with<S: podflow_store::FlowStore + 'static>(
+    cfg: ServerConfig,
+    store: S,
+    reader: StoreReader,
+    shutdown: CancellationToken,
+) -> Result<(), RoleError> {
+    let registry = Registry::new(&cfg.metrics);
+    let interval_s = cfg.interval.as_secs().max(1) as u32;
+    let store_name = match &reader {
+        StoreReader::Sqlite { path, .. } => path.display().to_string(),
+        _ => "ClickHouse".into(),
+    };
+    // /live answers from here on; /ready once the inventory is in and the store writes.
+    let state = Arc::new(AppState {
+        exposition: Arc::clone(&registry) as _,
+        store: reader,
+        interval_s,
+    });
+    let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
+    let inventory_ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::clone(&inventory_ready);
+    registry
+        .health
+        .require("the inventory", move || ready.load(Relaxed));
+    let r = Arc::clone(&registry);
+    registry.health.require("a writable store", move || {
+        r.pipeline.store_errors_in_a_row.load(Relaxed) == 0
+    });
+    let mut driver = Driver::new(
+        DriverConfig {
+            settings: cfg.enrich.clone(),
+            observer: None,
+            interval_s,
+            max_keys: cfg.max_keys,
+            retention: cfg.retention,
+            max_pending_rows: MAX_PENDING_ROWS,
+        },
+        store,
+        Arc::clone(&registry),
+        &shutdown,
+    )
+    .await?;
+    inventory_ready.store(true, Relaxed);
+
+    let (tx, mut rx) = mpsc::channel::<Ingress>(INGRESS_QUEUE);
+    let svc = IngestSvc {
+        tx,
+        token: cfg.token.as_deref().map(Arc::from),
+        registry: Arc::clone(&registry),
+    };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &cfg.tls {
+        let identity = tonic::transport::Identity::from_pem(
+            read_file("--tls-cert", &tls.cert)?,
+            read_file("--tls-key", &tls.key)?,
+        );
+        let mut t = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &tls.client_ca {
+            t = t.client_ca_root(tonic::transport::Certificate::from_pem(read_file(
+                "--tls-client-ca",
+                ca,
+            )?));
+        }
+        builder = builder
+            .tls_config(t)
+            .map_err(|e| RoleError::Config(format!("TLS: {e}")))?;
+    }
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
+        .await
+        .map_err(|source| RoleError::Listen {
+            addr: cfg.grpc_listen,
+            source,
+        })?;
+    let grpc_stop = shutdown.clone();
+    let grpc = tokio::spawn(
+        builder
+            .add_service(IngestServer::new(svc).max_decoding_message_size(64 << 20))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                async move { grpc_stop.cancelled().await },
+            ),
+    );
+    tracing::info!(listen = %cfg.listen, grpc = %cfg.grpc_listen, store = %store_name, tls = cfg.tls.is_some(), "podflow server: ready for agents");
+
+    let mut netflow = Intake::start(
+        &cfg.netflow_listen,
+        &registry,
+        cfg.netflow_exporter_labels,
+        Some(driver.prefold()),
+    )?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            // While the write backlog is full, batches wait in their streams (HTTP/2 flow
+            // control pushes back on the agents, which keep them).
+            msg = rx.recv(), if !driver.is_full() => match msg {
+                Some(m) => admit(&mut driver, &registry, m),
+                None => break,
+            },
+            Some(batch) = netflow.recv() => driver.ingest_records(batch),
+            _ = tick.tick() => driver.tick().await,
+        }
+    }
+    for batch in netflow.stop().await {
+        driver.ingest_records(batch);
+    }
+    // Take what is queued, write it all, send the acks, then stop.
+    while let Ok(m) = rx.try_recv() {
+        admit(&mut driver, &registry, m);
+    }
+    driver.finish().await;
+    let _ = grpc.await;
+    http.await.map_err(|e| RoleError::Task(e.to_string()))??;
+    // Drop the store outside the async threads (ClickHouse's owns a runtime).
+    let store = driver.store();
+    drop(driver);
+    let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+    tracing::info!("podflow server: stopped, everything received is written");
+    Ok(())
+}

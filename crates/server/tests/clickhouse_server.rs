@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use podflow_model::{Counters, Observation, Protocol, Tuple};
 use podflow_proto::{Ack, IngestClient, ObservationBatch, VERSION, observation_pb};
-use podflow_server::enrichment::{EnrichSettings, InventorySource};
-use podflow_server::server::{ServerConfig, serve};
+use podflow_server::{EnrichSettings, InventorySource};
+use podflow_server::{ServerConfig, serve};
 use podflow_store::{ClickHouseConfig, ClickHouseStore, FlowQuery, FlowStore};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -117,7 +117,7 @@ fn ch_config(port: u16) -> ClickHouseConfig {
 struct Server {
     http: SocketAddr,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), podflow_server::RunError>>,
+    task: tokio::task::JoinHandle<Result<(), podflow_role::RoleError>>,
     tx: tokio::sync::mpsc::Sender<ObservationBatch>,
     acks: tonic::Streaming<Ack>,
     _data: tempfile::TempDir,

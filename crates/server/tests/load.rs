@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use podflow_model::{Counters, Observation, Protocol, Tuple};
 use podflow_proto::{IngestClient, ObservationBatch, VERSION, observation_pb};
-use podflow_server::server::{ServerConfig, serve};
+use podflow_server::{ServerConfig, serve};
 use podflow_store::{FlowQuery, FlowStore, SqliteStore};
 use tokio_util::sync::CancellationToken;
 

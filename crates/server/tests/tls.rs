@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use podflow_proto::{IngestClient, ObservationBatch, VERSION, observation_pb};
-use podflow_server::server::{ServerConfig, ServerTls, serve};
+use podflow_server::{ServerConfig, ServerTls, serve};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 

@@ -1,5 +1,5 @@
-//! Attribution for `run` (and later the server): the inventory (a List file, the
-//! Kubernetes API, or nothing) plus this node itself, the cloud ranges, the prices.
+//! What attribution is set up from: the inventory (a List file, the Kubernetes API, or
+//! nothing) plus the observing nodes themselves, the cloud ranges, the prices.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -11,6 +11,8 @@ use podflow_enrich::{Attributor, CloudRanges, EnrichConfig, EnrichError, PriceTa
 use podflow_inventory::{
     IndexConfig, Inventory, InventoryError, InventoryTracker, Node, SharedIndex,
 };
+use podflow_role::RoleError;
+use tokio_util::sync::CancellationToken;
 
 /// Where pods, nodes and services come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,4 +209,51 @@ impl LocalInventory {
             None => Ok(changed),
         }
     }
+}
+
+/// Starts watching the Kubernetes API into `shared` and waits for the first full list.
+#[cfg(feature = "kube")]
+pub async fn start_kube(
+    kubeconfig: Option<&std::path::Path>,
+    s: &EnrichSettings,
+    shared: SharedIndex,
+    cancel: CancellationToken,
+) -> Result<(), RoleError> {
+    use podflow_inventory::kube;
+    let client = kube::client(kubeconfig)
+        .await
+        .map_err(|e| RoleError::Attribution(e.to_string()))?;
+    let source = kube::KubeSource::start(&client, &cancel);
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    let cfg = index_config(s);
+    tokio::spawn(async move {
+        if let Err(e) = kube::run(
+            source,
+            cfg,
+            shared,
+            ready_tx,
+            std::time::Duration::from_secs(1),
+            cancel,
+        )
+        .await
+        {
+            tracing::error!(error = %e, "Kubernetes inventory stopped");
+        }
+    });
+    tracing::info!("waiting for the first full list of pods, nodes, services and owners");
+    let _ = ready_rx.wait_for(|r| *r).await;
+    Ok(())
+}
+
+/// Without the `kube` feature there is no API source.
+#[cfg(not(feature = "kube"))]
+pub async fn start_kube(
+    _kubeconfig: Option<&std::path::Path>,
+    _s: &EnrichSettings,
+    _shared: SharedIndex,
+    _cancel: CancellationToken,
+) -> Result<(), RoleError> {
+    Err(RoleError::Task(
+        "this podflow was built without the Kubernetes API source (feature `kube`)".into(),
+    ))
 }

@@ -1,25 +1,19 @@
-//! Every metric podflow exposes, defined in one place ([`METRICS`]), and the Prometheus
-//! text rendering. docs/metrics.md is checked against [`METRICS`] by a test.
+//! Every metric podflow exposes, defined in one place ([`METRICS`]), the counters each
+//! part of a role publishes into a [`Registry`], and their Prometheus text rendering.
+//! docs/metrics.md is checked against [`METRICS`] by a test.
 
-use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use podflow_conntrack::{Features, SourceStats};
 use podflow_model::{FlowTotals, Protocol};
+use podflow_netflow::ListenerStats;
+use podflow_pipeline::MetricDef;
+use podflow_pipeline::exposition::{header, one, sample};
+use podflow_pipeline::histograms::ServiceHistograms;
+use podflow_pipeline::workload_metrics::{WorkloadMetrics, WorkloadMetricsConfig};
 
-/// A metric's definition: name (with `_total` for counters), type, help, labels.
-#[derive(Debug, Clone, Copy)]
-pub struct MetricDef {
-    /// Full name.
-    pub name: &'static str,
-    /// `counter` or `gauge`.
-    pub kind: &'static str,
-    /// One-line help.
-    pub help: &'static str,
-    /// Label names.
-    pub labels: &'static [&'static str],
-}
+use crate::health::Health;
 
 macro_rules! defs {
     ($($id:ident = $name:literal, $kind:literal, $help:literal, [$($l:literal),*];)*) => {
@@ -56,10 +50,9 @@ defs! {
     NF_FLOWS_HELD = "podflow_netflow_flows_held", "gauge", "Distinct NetFlow/IPFIX flows (exporter, 5-tuple) summed for open intervals, waiting for attribution when the interval closes (bounded by --max-keys; beyond, records are attributed one by one).", [];
     AGG_OVERFLOW = "podflow_aggregator_overflow_observations_total", "counter", "Observations summed into a per-protocol overflow key because the key limit was reached.", [];
     STORE_ROWS = "podflow_store_rows_written_total", "counter", "Rows written to the store.", [];
-    STORE_ERRORS = "podflow_store_write_errors_total", "counter", "Failed store writes (the rows are retried).", [];
+    STORE_ERRORS = "podflow_store_write_errors_total", "counter", "Failed store writes (the rows are kept and the same write is tried again).", [];
     STORE_SECONDS = "podflow_store_write_seconds_total", "counter", "Time spent writing to the store.", [];
-    STORE_PENDING = "podflow_store_rows_pending", "gauge", "Rows waiting to be written after a failed write.", [];
-    STORE_DROPPED = "podflow_store_rows_dropped_total", "counter", "Rows dropped because the retry backlog was full.", [];
+    STORE_PENDING = "podflow_store_rows_pending", "gauge", "Rows waiting to be written (closed intervals not yet durable).", [];
     FLOW_BYTES = "podflow_flow_bytes_total", "counter", "L3 bytes of observed connections, by protocol and direction (out = local to remote).", ["proto", "direction"];
     FLOW_PACKETS = "podflow_flow_packets_total", "counter", "Packets of observed connections, by protocol and direction.", ["proto", "direction"];
     CONNS_OPENED = "podflow_connections_opened_total", "counter", "Connections that started while observed, by protocol.", ["proto"];
@@ -67,7 +60,7 @@ defs! {
     WL_BYTES = "podflow_workload_bytes_total", "counter", "L3 bytes in both directions between a source (initiator) and a destination (responder), by the allowed labels (see docs/metrics.md).", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
     WL_CONNS = "podflow_workload_connections_total", "counter", "Connections opened between a source and a destination, by the allowed labels.", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
     WL_COST = "podflow_workload_cost_usd_total", "counter", "Price of the bytes between a source and a destination in USD, by the allowed labels.", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
-    SRV_BATCHES = "podflow_server_batches_total", "counter", "Agent batches received, by outcome (applied, duplicate, in_flight, rejected).", ["outcome"];
+    SRV_BATCHES = "podflow_server_batches_total", "counter", "Agent batches received, by outcome (applied, duplicate, in_flight, busy: refused for now because the write backlog is full, rejected: refused for good).", ["outcome"];
     SRV_OBSERVATIONS = "podflow_server_observations_total", "counter", "Observations received from agents and counted.", [];
     SRV_ACKS_DROPPED = "podflow_server_acks_dropped_total", "counter", "Acks that could not be queued to their connection (closed or full); the agent's replay is acked as a duplicate.", [];
     SRV_CONNECTIONS = "podflow_server_agent_connections", "gauge", "Agent streams open now.", [];
@@ -121,6 +114,10 @@ fn proto_index(p: Protocol) -> usize {
     }
 }
 
+fn g(a: &AtomicU64) -> u64 {
+    a.load(Relaxed)
+}
+
 /// Flow totals per protocol class.
 #[derive(Debug, Default)]
 struct ProtoTotals {
@@ -155,11 +152,9 @@ pub struct AgentStats {
     pub connected: AtomicU64,
 }
 
-/// The live state every metric is read from.
+/// Counters of the pipeline between a source and the store.
 #[derive(Debug, Default)]
-pub struct Telemetry {
-    /// Conntrack source counters, once a source is open.
-    pub conntrack: std::sync::OnceLock<(Arc<SourceStats>, Features)>,
+pub struct PipelineStats {
     /// Times the source waited on a full queue.
     pub queue_waits: AtomicU64,
     /// Aggregator keys.
@@ -174,56 +169,105 @@ pub struct Telemetry {
     pub store_errors: AtomicU64,
     /// Write time, ns.
     pub store_ns: AtomicU64,
-    /// Rows pending retry.
+    /// Rows waiting to be written.
     pub store_pending: AtomicU64,
-    /// Rows dropped from the retry backlog.
-    pub store_dropped: AtomicU64,
-    /// Acks that could not be queued to their connection (closed or full).
+    /// Store writes failed since the last one that succeeded (readiness).
+    pub store_errors_in_a_row: AtomicU64,
+}
+
+/// What became of an agent's batch at the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counted; acknowledged once durable.
+    Applied,
+    /// Already durable: acknowledged, not counted.
+    Duplicate,
+    /// Received before, not yet durable: acknowledged with the first copy.
+    InFlight,
+    /// Refused for now (write backlog full); the agent keeps it.
+    Busy,
+    /// Refused for good (malformed).
+    Rejected,
+}
+
+impl Outcome {
+    /// Every outcome, in label order.
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Applied,
+        Outcome::Duplicate,
+        Outcome::InFlight,
+        Outcome::Busy,
+        Outcome::Rejected,
+    ];
+
+    /// The `outcome` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::InFlight => "in_flight",
+            Outcome::Busy => "busy",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// Counters of the server role's intake.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    batches: [AtomicU64; Outcome::ALL.len()],
+    /// Observations received from agents and counted.
+    pub observations: AtomicU64,
+    /// Acks that could not be queued to their connection.
     pub acks_dropped: AtomicU64,
-    /// Server: batches by outcome (applied, duplicate, in_flight, rejected).
-    pub srv_batches: [AtomicU64; 4],
-    /// Server: observations counted.
-    pub srv_observations: AtomicU64,
-    /// Server: open agent streams.
-    pub srv_connections: AtomicU64,
+    /// Agent streams open now.
+    pub connections: AtomicU64,
+}
+
+impl ServerStats {
+    /// Counts one batch with outcome `o`.
+    pub fn batch(&self, o: Outcome) {
+        self.batches[o as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Batches with outcome `o` so far.
+    pub fn batches(&self, o: Outcome) -> u64 {
+        g(&self.batches[o as usize])
+    }
+}
+
+/// Where every part of a role publishes what `/metrics` and `/ready` show.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Conntrack source counters, once a source is open.
+    pub conntrack: OnceLock<(Arc<SourceStats>, Features)>,
     /// The NetFlow listener's counters, and whether per-exporter series are wanted.
-    pub netflow: std::sync::OnceLock<(Arc<podflow_netflow::ListenerStats>, bool)>,
+    pub netflow: OnceLock<(Arc<ListenerStats>, bool)>,
     /// Agent role counters, when this process is an agent.
-    pub agent: std::sync::OnceLock<Arc<AgentStats>>,
+    pub agent: OnceLock<Arc<AgentStats>>,
+    /// Pipeline and store counters.
+    pub pipeline: PipelineStats,
+    /// Server intake counters.
+    pub server: ServerStats,
     /// Connection durations and times to first reply per Service.
-    pub service_histograms: std::sync::Mutex<crate::histograms::ServiceHistograms>,
-    /// Workload-level series.
-    pub workloads: std::sync::Mutex<Option<crate::workload_metrics::WorkloadMetrics>>,
+    pub service_histograms: Mutex<ServiceHistograms>,
+    /// Workload-level series (none in an agent).
+    pub workloads: Mutex<Option<WorkloadMetrics>>,
+    /// What the role waits for before it is ready.
+    pub health: Health,
     flows: [ProtoTotals; 6],
 }
 
-fn header(out: &mut String, d: &MetricDef) {
-    let _ = writeln!(out, "# HELP {} {}", d.name, d.help);
-    let _ = writeln!(out, "# TYPE {} {}", d.name, d.kind);
-}
-
-fn sample(out: &mut String, d: &MetricDef, labels: &[(&str, &str)], v: impl std::fmt::Display) {
-    out.push_str(d.name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, val)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            // Label values here are fixed words or the version: nothing to escape.
-            let _ = write!(out, "{k}=\"{val}\"");
+impl Registry {
+    /// A registry whose workload series are bounded by `metrics`.
+    pub fn new(metrics: &WorkloadMetricsConfig) -> Arc<Registry> {
+        let r = Registry::default();
+        if let Ok(mut w) = r.workloads.lock() {
+            *w = Some(WorkloadMetrics::new(metrics.clone()));
         }
-        out.push('}');
+        Arc::new(r)
     }
-    let _ = writeln!(out, " {v}");
-}
 
-fn one(out: &mut String, d: &MetricDef, v: impl std::fmt::Display) {
-    header(out, d);
-    sample(out, d, &[], v);
-}
-
-impl Telemetry {
     /// Counts a row's traffic into the flow totals.
     pub fn add_flow(&self, proto: Protocol, t: &FlowTotals) {
         let p = &self.flows[proto_index(proto)];
@@ -245,212 +289,209 @@ impl Telemetry {
             &[("version", env!("CARGO_PKG_VERSION"))],
             1,
         );
-        if let Some((s, f)) = self.conntrack.get() {
-            let g = |a: &AtomicU64| a.load(Relaxed);
-            one(&mut out, &CT_ACCOUNTING, u8::from(f.accounting));
-            one(&mut out, &CT_TIMESTAMPS, u8::from(f.timestamps));
-            one(&mut out, &CT_DUMPS, g(&s.dumps));
-            one(&mut out, &CT_DUMP_ENTRIES, g(&s.dump_entries));
-            one(&mut out, &CT_DUMPS_INTERRUPTED, g(&s.dumps_interrupted));
-            one(&mut out, &CT_DUMP_SECONDS, g(&s.dump_ns) as f64 / 1e9);
-            one(&mut out, &CT_LAST_DUMP, g(&s.last_dump_ns) as f64 / 1e9);
-            header(&mut out, &CT_EVENTS);
-            sample(&mut out, &CT_EVENTS, &[("type", "new")], g(&s.events_new));
-            sample(
-                &mut out,
-                &CT_EVENTS,
-                &[("type", "update")],
-                g(&s.events_update),
-            );
-            sample(
-                &mut out,
-                &CT_EVENTS,
-                &[("type", "destroy")],
-                g(&s.events_destroy),
-            );
-            one(&mut out, &CT_UPDATES_IGNORED, g(&s.updates_ignored));
-            one(&mut out, &CT_FIRST_REPLIES, g(&s.first_replies));
-            one(&mut out, &CT_OVERFLOWS, g(&s.event_overflows));
-            one(&mut out, &CT_DECODE_ERRORS, g(&s.decode_errors));
-            one(&mut out, &CT_UNKNOWN_ATTRS, g(&s.unknown_attributes));
-            one(&mut out, &CT_TRACKED, g(&s.tracked));
-            one(&mut out, &CT_RESETS, g(&s.counter_resets));
-            one(&mut out, &CT_VANISHED, g(&s.vanished));
-            one(&mut out, &CT_ID_REUSED, g(&s.id_reused));
-            one(&mut out, &CT_DESTROY_UNKNOWN, g(&s.destroy_unknown));
-            one(&mut out, &CT_BASELINED, g(&s.baselined));
-            one(&mut out, &CT_OBSERVATIONS, g(&s.observations));
+        self.render_conntrack(&mut out);
+        self.render_pipeline(&mut out);
+        self.render_flows(&mut out);
+        self.render_server(&mut out);
+        self.render_netflow(&mut out);
+        self.render_histograms(&mut out);
+        self.render_agent(&mut out);
+        self.render_workloads(&mut out);
+        out
+    }
+
+    fn render_conntrack(&self, out: &mut String) {
+        let Some((s, f)) = self.conntrack.get() else {
+            return;
+        };
+        one(out, &CT_ACCOUNTING, u8::from(f.accounting));
+        one(out, &CT_TIMESTAMPS, u8::from(f.timestamps));
+        one(out, &CT_DUMPS, g(&s.dumps));
+        one(out, &CT_DUMP_ENTRIES, g(&s.dump_entries));
+        one(out, &CT_DUMPS_INTERRUPTED, g(&s.dumps_interrupted));
+        one(out, &CT_DUMP_SECONDS, g(&s.dump_ns) as f64 / 1e9);
+        one(out, &CT_LAST_DUMP, g(&s.last_dump_ns) as f64 / 1e9);
+        header(out, &CT_EVENTS);
+        for (t, v) in [
+            ("new", &s.events_new),
+            ("update", &s.events_update),
+            ("destroy", &s.events_destroy),
+        ] {
+            sample(out, &CT_EVENTS, &[("type", t)], g(v));
         }
-        let g = |a: &AtomicU64| a.load(Relaxed);
-        one(&mut out, &QUEUE_WAITS, g(&self.queue_waits));
-        one(&mut out, &AGG_KEYS, g(&self.agg_keys));
-        one(&mut out, &NF_FLOWS_HELD, g(&self.netflow_flows_held));
-        one(&mut out, &AGG_OVERFLOW, g(&self.agg_overflow));
-        one(&mut out, &STORE_ROWS, g(&self.store_rows));
-        one(&mut out, &STORE_ERRORS, g(&self.store_errors));
-        one(&mut out, &STORE_SECONDS, g(&self.store_ns) as f64 / 1e9);
-        one(&mut out, &STORE_PENDING, g(&self.store_pending));
-        one(&mut out, &STORE_DROPPED, g(&self.store_dropped));
-        header(&mut out, &FLOW_BYTES);
-        for (i, name) in PROTOS.iter().enumerate() {
-            let p = &self.flows[i];
-            sample(
-                &mut out,
-                &FLOW_BYTES,
-                &[("proto", name), ("direction", "out")],
-                g(&p.bytes_out),
-            );
-            sample(
-                &mut out,
-                &FLOW_BYTES,
-                &[("proto", name), ("direction", "in")],
-                g(&p.bytes_in),
-            );
-        }
-        header(&mut out, &FLOW_PACKETS);
-        for (i, name) in PROTOS.iter().enumerate() {
-            let p = &self.flows[i];
-            sample(
-                &mut out,
-                &FLOW_PACKETS,
-                &[("proto", name), ("direction", "out")],
-                g(&p.packets_out),
-            );
-            sample(
-                &mut out,
-                &FLOW_PACKETS,
-                &[("proto", name), ("direction", "in")],
-                g(&p.packets_in),
-            );
-        }
-        header(&mut out, &CONNS_OPENED);
-        for (i, name) in PROTOS.iter().enumerate() {
-            sample(
-                &mut out,
-                &CONNS_OPENED,
-                &[("proto", name)],
-                g(&self.flows[i].opened),
-            );
-        }
-        header(&mut out, &CONNS_CLOSED);
-        for (i, name) in PROTOS.iter().enumerate() {
-            sample(
-                &mut out,
-                &CONNS_CLOSED,
-                &[("proto", name)],
-                g(&self.flows[i].closed),
-            );
-        }
-        header(&mut out, &SRV_BATCHES);
-        for (i, o) in ["applied", "duplicate", "in_flight", "rejected"]
-            .iter()
-            .enumerate()
-        {
-            sample(
-                &mut out,
-                &SRV_BATCHES,
-                &[("outcome", o)],
-                g(&self.srv_batches[i]),
-            );
-        }
-        one(&mut out, &SRV_OBSERVATIONS, g(&self.srv_observations));
-        one(&mut out, &SRV_ACKS_DROPPED, g(&self.acks_dropped));
-        one(&mut out, &SRV_CONNECTIONS, g(&self.srv_connections));
-        if let Some((nf, per_exporter)) = self.netflow.get() {
-            let n = nf.snapshot();
-            one(&mut out, &NF_DATAGRAMS, n.datagrams);
-            one(&mut out, &NF_BYTES, n.bytes);
-            one(&mut out, &NF_RECORDS, n.records);
-            one(&mut out, &NF_KERNEL_DROPS, n.kernel_drops);
-            one(&mut out, &NF_TRUNCATED, n.truncated);
-            one(&mut out, &NF_RECEIVE_ERRORS, n.receive_errors);
-            header(&mut out, &NF_DECODE_ERRORS);
-            for r in podflow_netflow::ErrorReason::ALL {
-                sample(
-                    &mut out,
-                    &NF_DECODE_ERRORS,
-                    &[("reason", r.as_str())],
-                    n.decode_errors.get(r),
-                );
-            }
-            let mut exporters = nf.exporters();
-            exporters.sort_by_key(|(k, _)| (k.exporter, k.domain));
-            let mut total = podflow_netflow::Stats::default();
-            for (_, s) in &exporters {
-                total.merge(s);
-            }
-            one(
-                &mut out,
-                &NF_TEMPLATES,
-                total.templates + total.options_templates,
-            );
-            one(&mut out, &NF_SEQ_LOST, total.sequence_lost);
-            one(&mut out, &NF_ENTERPRISE, total.enterprise_fields_skipped);
-            one(&mut out, &NF_PENDING_DROPPED, total.pending_sets_dropped);
-            if *per_exporter {
-                for (def, pick) in [
-                    (
-                        &NF_EXP_RECORDS,
-                        (|s: &podflow_netflow::Stats| s.records)
-                            as fn(&podflow_netflow::Stats) -> u64,
-                    ),
-                    (&NF_EXP_SEQ_LOST, |s: &podflow_netflow::Stats| {
-                        s.sequence_lost
-                    }),
-                ] {
-                    header(&mut out, def);
-                    for (k, s) in &exporters {
-                        let (e, d, v) = (
-                            k.exporter.ip().to_string(),
-                            k.domain.to_string(),
-                            version_label(k.version).to_string(),
-                        );
-                        sample(
-                            &mut out,
-                            def,
-                            &[("exporter", &e), ("domain", &d), ("version", &v)],
-                            pick(s),
-                        );
-                    }
-                }
+        one(out, &CT_UPDATES_IGNORED, g(&s.updates_ignored));
+        one(out, &CT_FIRST_REPLIES, g(&s.first_replies));
+        one(out, &CT_OVERFLOWS, g(&s.event_overflows));
+        one(out, &CT_DECODE_ERRORS, g(&s.decode_errors));
+        one(out, &CT_UNKNOWN_ATTRS, g(&s.unknown_attributes));
+        one(out, &CT_TRACKED, g(&s.tracked));
+        one(out, &CT_RESETS, g(&s.counter_resets));
+        one(out, &CT_VANISHED, g(&s.vanished));
+        one(out, &CT_ID_REUSED, g(&s.id_reused));
+        one(out, &CT_DESTROY_UNKNOWN, g(&s.destroy_unknown));
+        one(out, &CT_BASELINED, g(&s.baselined));
+        one(out, &CT_OBSERVATIONS, g(&s.observations));
+    }
+
+    fn render_pipeline(&self, out: &mut String) {
+        let p = &self.pipeline;
+        one(out, &QUEUE_WAITS, g(&p.queue_waits));
+        one(out, &AGG_KEYS, g(&p.agg_keys));
+        one(out, &NF_FLOWS_HELD, g(&p.netflow_flows_held));
+        one(out, &AGG_OVERFLOW, g(&p.agg_overflow));
+        one(out, &STORE_ROWS, g(&p.store_rows));
+        one(out, &STORE_ERRORS, g(&p.store_errors));
+        one(out, &STORE_SECONDS, g(&p.store_ns) as f64 / 1e9);
+        one(out, &STORE_PENDING, g(&p.store_pending));
+    }
+
+    fn render_flows(&self, out: &mut String) {
+        type Pick = fn(&ProtoTotals) -> (u64, u64);
+        let both: [(&MetricDef, Pick); 2] = [
+            (&FLOW_BYTES, |p| (g(&p.bytes_out), g(&p.bytes_in))),
+            (&FLOW_PACKETS, |p| (g(&p.packets_out), g(&p.packets_in))),
+        ];
+        for (def, pick) in both {
+            header(out, def);
+            for (p, name) in self.flows.iter().zip(PROTOS) {
+                let (o, i) = pick(p);
+                sample(out, def, &[("proto", name), ("direction", "out")], o);
+                sample(out, def, &[("proto", name), ("direction", "in")], i);
             }
         }
+        type Count = fn(&ProtoTotals) -> u64;
+        let conns: [(&MetricDef, Count); 2] = [
+            (&CONNS_OPENED, |p| g(&p.opened)),
+            (&CONNS_CLOSED, |p| g(&p.closed)),
+        ];
+        for (def, pick) in conns {
+            header(out, def);
+            for (p, name) in self.flows.iter().zip(PROTOS) {
+                sample(out, def, &[("proto", name)], pick(p));
+            }
+        }
+    }
+
+    fn render_server(&self, out: &mut String) {
+        let s = &self.server;
+        header(out, &SRV_BATCHES);
+        for o in Outcome::ALL {
+            sample(out, &SRV_BATCHES, &[("outcome", o.label())], s.batches(o));
+        }
+        one(out, &SRV_OBSERVATIONS, g(&s.observations));
+        one(out, &SRV_ACKS_DROPPED, g(&s.acks_dropped));
+        one(out, &SRV_CONNECTIONS, g(&s.connections));
+    }
+
+    fn render_netflow(&self, out: &mut String) {
+        let Some((nf, per_exporter)) = self.netflow.get() else {
+            return;
+        };
+        let n = nf.snapshot();
+        one(out, &NF_DATAGRAMS, n.datagrams);
+        one(out, &NF_BYTES, n.bytes);
+        one(out, &NF_RECORDS, n.records);
+        one(out, &NF_KERNEL_DROPS, n.kernel_drops);
+        one(out, &NF_TRUNCATED, n.truncated);
+        one(out, &NF_RECEIVE_ERRORS, n.receive_errors);
+        header(out, &NF_DECODE_ERRORS);
+        for r in podflow_netflow::ErrorReason::ALL {
+            sample(
+                out,
+                &NF_DECODE_ERRORS,
+                &[("reason", r.as_str())],
+                n.decode_errors.get(r),
+            );
+        }
+        let mut exporters = nf.exporters();
+        exporters.sort_by_key(|(k, _)| (k.exporter, k.domain));
+        let mut total = podflow_netflow::Stats::default();
+        for (_, s) in &exporters {
+            total.merge(s);
+        }
+        one(
+            out,
+            &NF_TEMPLATES,
+            total.templates + total.options_templates,
+        );
+        one(out, &NF_SEQ_LOST, total.sequence_lost);
+        one(out, &NF_ENTERPRISE, total.enterprise_fields_skipped);
+        one(out, &NF_PENDING_DROPPED, total.pending_sets_dropped);
+        if !*per_exporter {
+            return;
+        }
+        type Pick = fn(&podflow_netflow::Stats) -> u64;
+        let families: [(&MetricDef, Pick); 2] = [
+            (&NF_EXP_RECORDS, |s| s.records),
+            (&NF_EXP_SEQ_LOST, |s| s.sequence_lost),
+        ];
+        for (def, pick) in families {
+            header(out, def);
+            for (k, s) in &exporters {
+                let (e, d) = (k.exporter.ip().to_string(), k.domain.to_string());
+                let labels = [
+                    ("exporter", e.as_str()),
+                    ("domain", d.as_str()),
+                    ("version", version_label(k.version)),
+                ];
+                sample(out, def, &labels, pick(s));
+            }
+        }
+    }
+
+    fn render_histograms(&self, out: &mut String) {
         if let Ok(h) = self.service_histograms.lock() {
-            header(&mut out, &SVC_DURATION);
-            h.duration.render(&mut out, SVC_DURATION.name);
-            header(&mut out, &SVC_FIRST_REPLY);
-            h.first_reply.render(&mut out, SVC_FIRST_REPLY.name);
+            header(out, &SVC_DURATION);
+            h.duration.render(out, SVC_DURATION.name);
+            header(out, &SVC_FIRST_REPLY);
+            h.first_reply.render(out, SVC_FIRST_REPLY.name);
         }
-        if let Some(a) = self.agent.get() {
-            one(&mut out, &AG_SENT, g(&a.sent));
-            one(&mut out, &AG_ACKED, g(&a.acked));
-            one(&mut out, &AG_REJECTED, g(&a.rejected));
-            one(&mut out, &AG_BUFFERED, g(&a.buffered));
-            header(&mut out, &AG_BUFFERED_BYTES);
-            sample(
-                &mut out,
-                &AG_BUFFERED_BYTES,
-                &[("place", "memory")],
-                g(&a.buffered_mem_bytes),
-            );
-            sample(
-                &mut out,
-                &AG_BUFFERED_BYTES,
-                &[("place", "spill")],
-                g(&a.buffered_spill_bytes),
-            );
-            one(&mut out, &AG_DROPPED, g(&a.dropped));
-            one(&mut out, &AG_RECONNECTS, g(&a.reconnects));
-            one(&mut out, &AG_CONNECTED, g(&a.connected));
-        }
+    }
+
+    fn render_agent(&self, out: &mut String) {
+        let Some(a) = self.agent.get() else {
+            return;
+        };
+        one(out, &AG_SENT, g(&a.sent));
+        one(out, &AG_ACKED, g(&a.acked));
+        one(out, &AG_REJECTED, g(&a.rejected));
+        one(out, &AG_BUFFERED, g(&a.buffered));
+        header(out, &AG_BUFFERED_BYTES);
+        sample(
+            out,
+            &AG_BUFFERED_BYTES,
+            &[("place", "memory")],
+            g(&a.buffered_mem_bytes),
+        );
+        sample(
+            out,
+            &AG_BUFFERED_BYTES,
+            &[("place", "spill")],
+            g(&a.buffered_spill_bytes),
+        );
+        one(out, &AG_DROPPED, g(&a.dropped));
+        one(out, &AG_RECONNECTS, g(&a.reconnects));
+        one(out, &AG_CONNECTED, g(&a.connected));
+    }
+
+    fn render_workloads(&self, out: &mut String) {
         if let Ok(w) = self.workloads.lock()
             && let Some(w) = w.as_ref()
         {
-            one(&mut out, &WL_SERIES, w.len());
-            one(&mut out, &WL_FOLDED, w.folded);
-            w.render(&mut out, [&WL_BYTES, &WL_CONNS, &WL_COST]);
+            one(out, &WL_SERIES, w.len());
+            one(out, &WL_FOLDED, w.folded);
+            w.render(out, [&WL_BYTES, &WL_CONNS, &WL_COST]);
         }
-        out
+    }
+}
+
+impl podflow_api::Exposition for Registry {
+    fn metrics(&self) -> String {
+        self.render()
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.health.ready()
     }
 }
 
@@ -460,7 +501,7 @@ mod tests {
 
     #[test]
     fn every_rendered_family_is_defined_once_and_counters_end_in_total() {
-        let t = Telemetry::default();
+        let t = Registry::default();
         t.add_flow(
             Protocol::TCP,
             &FlowTotals {

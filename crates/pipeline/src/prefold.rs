@@ -118,14 +118,19 @@ fn slot<'m, K: std::hash::Hash + Eq>(
 
 /// One distinct flow of a closed interval, ready for attribution.
 #[derive(Debug)]
-pub(crate) struct Folded {
-    pub(crate) interval: i64,
-    pub(crate) observer: Arc<str>,
+pub struct Folded {
+    /// Start of its interval, Unix seconds.
+    pub interval: i64,
+    /// The exporter and domain that reported it.
+    pub observer: Arc<str>,
     /// The flow with its summed counters (`opened`/`closed` set when any record was).
-    pub(crate) obs: Observation,
-    pub(crate) opened: u64,
-    pub(crate) closed: u64,
-    pub(crate) seen_ns: u64,
+    pub obs: Observation,
+    /// Records that opened a connection.
+    pub opened: u64,
+    /// Records that closed one.
+    pub closed: u64,
+    /// The attribution time: the earliest start, else when the first record arrived.
+    pub seen_ns: u64,
 }
 
 /// The sums, bounded by `max` flows.
@@ -244,7 +249,7 @@ impl Prefold {
     /// Takes out the intervals before `before` (cheap: the caller walks them with
     /// [`Taken::for_each`] after letting go of the lock, then gives them back with
     /// [`Prefold::recycle`] so their memory is reused).
-    pub(crate) fn take(&mut self, before: i64) -> Taken {
+    pub fn take(&mut self, before: i64) -> Taken {
         let keep = self.intervals.split_off(&before);
         let done = std::mem::replace(&mut self.intervals, keep);
         let n: usize = done.values().map(|iv| iv.v4.len() + iv.other.len()).sum();
@@ -256,7 +261,7 @@ impl Prefold {
     }
 
     /// Keeps the emptied maps of `t` for the next intervals.
-    pub(crate) fn recycle(&mut self, t: Taken) {
+    pub fn recycle(&mut self, t: Taken) {
         for (_, mut iv) in t.intervals {
             if self.spare.len() < 2 {
                 iv.v4.clear();
@@ -269,21 +274,21 @@ impl Prefold {
 
 /// Intervals taken out of a [`Prefold`].
 #[derive(Debug)]
-pub(crate) struct Taken {
+pub struct Taken {
     intervals: Vec<(i64, Interval)>,
     exporters: Vec<Arc<str>>,
 }
 
 impl Taken {
     /// Whether it holds no flow.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.intervals
             .iter()
             .all(|(_, iv)| iv.v4.is_empty() && iv.other.is_empty())
     }
 
     /// Calls `f` with every flow.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(Folded)) {
+    pub fn for_each(&self, mut f: impl FnMut(Folded)) {
         for (interval, iv) in &self.intervals {
             let flows = iv
                 .v4

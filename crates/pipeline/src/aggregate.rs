@@ -115,18 +115,6 @@ impl Aggregator {
         b.cost_usd += cost_usd;
     }
 
-    /// Adds an observation with no attribution, the local end decided by `is_local`.
-    pub fn record_plain(
-        &mut self,
-        observer: &Arc<str>,
-        obs: &Observation,
-        now: i64,
-        is_local: impl Fn(IpAddr) -> bool,
-    ) {
-        let o = obs.orient(is_local);
-        self.record(observer, obs, &o, now, FlowLabels::default, 0.0);
-    }
-
     /// Rows of every interval that ended at or before `now`; `force` flushes all.
     pub fn flush(&mut self, now: i64, force: bool) -> Vec<FlowRow> {
         let current = self.interval_of(now);
@@ -197,12 +185,24 @@ mod tests {
         a.to_string() == "10.0.0.1"
     }
 
+    /// Records `o` unattributed, oriented by [`local`].
+    fn record(g: &mut Aggregator, o: &Observation, now: i64) {
+        g.record(
+            &"n".into(),
+            o,
+            &o.orient(local),
+            now,
+            FlowLabels::default,
+            0.0,
+        );
+    }
+
     #[test]
     fn ephemeral_ports_collapse_into_one_row_per_interval() {
         let mut g = Aggregator::new(10, 100);
-        g.record_plain(&"n".into(), &obs(40000, 80, 10), 101, local);
-        g.record_plain(&"n".into(), &obs(40001, 80, 20), 109, local);
-        g.record_plain(&"n".into(), &obs(40002, 80, 40), 110, local);
+        record(&mut g, &obs(40000, 80, 10), 101);
+        record(&mut g, &obs(40001, 80, 20), 109);
+        record(&mut g, &obs(40002, 80, 40), 110);
         assert!(
             g.flush(109, false).is_empty(),
             "interval 100..110 is still open"
@@ -223,7 +223,7 @@ mod tests {
     fn keys_beyond_the_bound_go_to_the_overflow_key_with_totals_kept() {
         let mut g = Aggregator::new(10, 2);
         for port in 1..=5 {
-            g.record_plain(&"n".into(), &obs(40000, port, 100), 100, local);
+            record(&mut g, &obs(40000, port, 100), 100);
         }
         let rows = g.flush(0, true);
         assert_eq!(rows.len(), 3);
@@ -237,7 +237,7 @@ mod tests {
             let mut g = Aggregator::new(10, max);
             let mut want = 0u64;
             for (port, bytes, t) in &items {
-                g.record_plain(&"n".into(), &obs(40000, *port, *bytes), *t, local);
+                record(&mut g, &obs(40000, *port, *bytes), *t);
                 want += bytes * 3;
             }
             let got: u64 = g.flush(0, true).iter().map(|r| r.totals.bytes()).sum();

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use podflow_model::FlowRow;
 
+use crate::exposition::escape;
+
 /// Every dimension a workload series can carry, in label order.
 pub const DIMENSIONS: [&str; 11] = [
     "src_namespace",
@@ -238,18 +240,6 @@ impl WorkloadMetrics {
     }
 }
 
-/// Escapes a label value (backslash, quote, newline).
-fn escape(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains(['\\', '"', '\n']) {
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-            .into()
-    } else {
-        s.into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,10 +284,16 @@ mod tests {
 
     fn rendered(m: &WorkloadMetrics) -> String {
         let mut text = String::new();
+        let def = |name| crate::MetricDef {
+            name,
+            kind: "counter",
+            help: "h",
+            labels: &[],
+        };
         let defs = [
-            &crate::telemetry::WL_BYTES,
-            &crate::telemetry::WL_CONNS,
-            &crate::telemetry::WL_COST,
+            &def("podflow_workload_bytes_total"),
+            &def("podflow_workload_connections_total"),
+            &def("podflow_workload_cost_usd_total"),
         ];
         m.render(&mut text, defs);
         text

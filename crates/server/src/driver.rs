@@ -1,12 +1,14 @@
-//! The shared middle of `run` and `server`: attribution, per-interval aggregation, the
-//! store writer with bounded retry, and exactly-once acknowledgement of agents' batches.
+//! The async driver of `run` and `server`: attribution, per-interval aggregation, and
+//! the store writes that make agents' batches durable, in the order the ledger
+//! (`podflow_pipeline::ledger`) decides; periodic reloads and expiry.
 //!
-//! Acks: a batch is acknowledged only once every interval it touched is written; the
-//! highest durable sequence number per agent is written in the same transaction as the
-//! rows (`agent_marks`), so after a restart a replayed batch is recognised and acked
-//! without being counted again.
+//! Acks: a batch is acknowledged only once every row it contributed to is written;
+//! the agents' durable marks are written in the same transaction as the rows
+//! (`agent_marks`), so after a restart a replayed batch is recognised and acked without
+//! being counted again. A failed (or panicked) write keeps its rows and acks nothing;
+//! when the rows waiting reach the bound, new batches are refused as busy.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -14,39 +16,20 @@ use std::time::{Duration, Instant};
 
 use podflow_enrich::Attributor;
 use podflow_inventory::SharedIndex;
-use podflow_model::{Attribution, FlowLabels, FlowRow, Observation, Oriented};
+use podflow_model::{Attribution, FlowLabels, Observation, Oriented};
+use podflow_pipeline::Aggregator;
+use podflow_pipeline::ledger::{BatchId, Ledger, Offer};
+use podflow_pipeline::prefold::Prefold;
+use podflow_role::netflow::by_observer;
+use podflow_role::{Registry, RoleError};
 use podflow_store::FlowStore;
 use tokio_util::sync::CancellationToken;
 
-use crate::enrichment::{self, EnrichSettings, InventorySource, LocalInventory};
-use crate::run::RunError;
-use crate::{Aggregator, Telemetry};
+use crate::attribution::{self, EnrichSettings, InventorySource, LocalInventory};
 
-/// Bound on rows kept for retry after failed store writes.
-const MAX_PENDING_ROWS: usize = 1_000_000;
-
-/// Where to send the ack of a batch, once durable.
-#[derive(Debug, Clone)]
-pub struct AckToken {
-    /// The agent.
-    pub agent: Arc<str>,
-    /// The batch.
-    pub seq: u64,
-    /// The connection's ack queue (bounded; a full or closed queue drops the ack, and the
-    /// agent's replay is then acked as a duplicate).
-    pub tx: tokio::sync::mpsc::Sender<podflow_proto::Ack>,
-}
-
-/// What happened to a batch offered to the pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Counted; acked when durable.
-    Applied,
-    /// Already durable: ack now, count nothing.
-    Durable,
-    /// Received before and not yet durable: acked with the original.
-    InFlight,
-}
+/// Where the ack of a batch goes, once durable: its connection's bounded queue (a full or
+/// closed queue drops the ack, counted; the agent's replay is then acked as a duplicate).
+pub type AckTx = tokio::sync::mpsc::Sender<podflow_proto::Ack>;
 
 /// A key's labels; `remote_observed` when another observed node sees the connection
 /// too (the count-once view).
@@ -78,15 +61,14 @@ fn oriented(o: &Observation, a: &Attribution) -> Oriented {
     }
 }
 
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+/// Now, Unix seconds.
+fn unix_now() -> i64 {
+    (podflow_inventory::now_ns() / 1_000_000_000) as i64
 }
 
-/// What a pipeline is built from.
+/// What a driver is built from.
 #[derive(Debug, Clone)]
-pub struct PipelineConfig {
+pub struct DriverConfig {
     /// Attribution settings.
     pub settings: EnrichSettings,
     /// The observing node, when there is only one (`run`).
@@ -97,11 +79,13 @@ pub struct PipelineConfig {
     pub max_keys: usize,
     /// How long rows are kept.
     pub retention: Duration,
+    /// Rows waiting for the store beyond which agents' new batches are refused as busy.
+    pub max_pending_rows: usize,
 }
 
 /// Attribution, aggregation, the writer and the acks.
 #[derive(Debug)]
-pub struct Pipeline<S: FlowStore + 'static> {
+pub struct Driver<S: FlowStore + 'static> {
     settings: EnrichSettings,
     attributor: Attributor,
     ranges_stamp: Vec<(String, u64, Option<std::time::SystemTime>)>,
@@ -110,50 +94,45 @@ pub struct Pipeline<S: FlowStore + 'static> {
     local_inv: Option<LocalInventory>,
     agg: Aggregator,
     store: Arc<Mutex<S>>,
-    pending: Vec<FlowRow>,
-    telemetry: Arc<Telemetry>,
+    registry: Arc<Registry>,
     retention: Duration,
     last_expire: Instant,
     /// Every observer seen (nodes running an agent, exporters).
     observers: HashSet<Arc<str>>,
-    /// Highest durable batch per agent.
-    durable: HashMap<Arc<str>, u64>,
-    /// Batches counted but not yet durable: (agent, seq) → interval.
-    in_flight: HashMap<(Arc<str>, u64), i64>,
-    /// Acks waiting for their interval to be written.
-    acks: BTreeMap<i64, Vec<AckToken>>,
-    /// Intervals before this one have been flushed to `pending`.
-    flushed_before: i64,
+    /// Which batches are counted, written and acknowledged.
+    ledger: Ledger<AckTx>,
     /// NetFlow records summed per flow until their interval closes (filled by the
     /// receive threads).
-    prefold: Arc<Mutex<crate::prefold::Prefold>>,
+    prefold: Arc<Mutex<Prefold>>,
 }
 
-impl<S: FlowStore + 'static> Pipeline<S> {
+impl<S: FlowStore + 'static> Driver<S> {
     /// Sets up attribution (loading cloud ranges, prices, the inventory) around `store`.
     pub async fn new(
-        cfg: PipelineConfig,
+        cfg: DriverConfig,
         store: S,
-        telemetry: Arc<Telemetry>,
+        registry: Arc<Registry>,
         shutdown: &CancellationToken,
-    ) -> Result<Pipeline<S>, RunError> {
-        let PipelineConfig {
+    ) -> Result<Driver<S>, RoleError> {
+        let DriverConfig {
             settings,
             observer,
             interval_s,
             max_keys,
             retention,
+            max_pending_rows,
         } = cfg;
         let observer = observer.as_deref();
-        let attributor = enrichment::attributor(&settings)?;
+        let attributor = attribution::attributor(&settings)
+            .map_err(|e| RoleError::Attribution(e.to_string()))?;
         let shared = SharedIndex::default();
-        let cfg = enrichment::index_config(&settings);
+        let cfg = attribution::index_config(&settings);
         let local_inv = match &settings.inventory {
             InventorySource::None => Some(LocalInventory::new(None, observer, cfg, shared.clone())),
             InventorySource::File(p) => {
                 // Fail fast on a file that does not parse; later bad versions keep the last index.
                 podflow_inventory::Inventory::load(p)
-                    .map_err(enrichment::EnrichSetupError::from)?;
+                    .map_err(|e| RoleError::Attribution(e.to_string()))?;
                 Some(LocalInventory::new(
                     Some(p.clone()),
                     observer,
@@ -162,7 +141,7 @@ impl<S: FlowStore + 'static> Pipeline<S> {
                 ))
             }
             InventorySource::Kube { kubeconfig } => {
-                crate::run::start_kube(
+                attribution::start_kube(
                     kubeconfig.as_deref(),
                     &settings,
                     shared.clone(),
@@ -172,32 +151,22 @@ impl<S: FlowStore + 'static> Pipeline<S> {
                 None
             }
         };
-        let durable = store
-            .marks()?
-            .into_iter()
-            .map(|(a, s)| (Arc::from(a.as_str()), s))
-            .collect();
-        Ok(Pipeline {
-            ranges_stamp: enrichment::ranges_stamp(&settings),
+        let ledger = Ledger::new(interval_s, max_pending_rows, store.marks()?);
+        Ok(Driver {
+            ranges_stamp: attribution::ranges_stamp(&settings),
             ranges_checked: Instant::now(),
             settings,
             attributor,
             shared,
             local_inv,
             agg: Aggregator::new(interval_s, max_keys),
-            prefold: Arc::new(Mutex::new(crate::prefold::Prefold::new(
-                interval_s, max_keys,
-            ))),
+            prefold: Arc::new(Mutex::new(Prefold::new(interval_s, max_keys))),
             store: Arc::new(Mutex::new(store)),
-            pending: Vec::new(),
-            telemetry,
+            registry,
             retention,
             last_expire: Instant::now(),
-            durable,
             observers: HashSet::new(),
-            in_flight: HashMap::new(),
-            acks: BTreeMap::new(),
-            flushed_before: i64::MIN,
+            ledger,
         })
     }
 
@@ -225,8 +194,8 @@ impl<S: FlowStore + 'static> Pipeline<S> {
         }
         let idx = self.shared.load();
         let at = (at_ns / 1_000_000_000) as i64;
-        let telemetry = Arc::clone(&self.telemetry);
-        let mut histograms = telemetry.service_histograms.lock().ok();
+        let registry = Arc::clone(&self.registry);
+        let mut histograms = registry.service_histograms.lock().ok();
         for o in obs {
             let a = self.attributor.attribute(o, observer, &idx, at_ns);
             if let (Some(s), Some(h)) = (&a.service, histograms.as_mut()) {
@@ -247,17 +216,14 @@ impl<S: FlowStore + 'static> Pipeline<S> {
     }
 
     fn note_keys(&self) {
-        self.telemetry
-            .agg_keys
-            .store(self.agg.keys() as u64, Relaxed);
-        self.telemetry
-            .agg_overflow
-            .store(self.agg.overflowed(), Relaxed);
+        let p = &self.registry.pipeline;
+        p.agg_keys.store(self.agg.keys() as u64, Relaxed);
+        p.agg_overflow.store(self.agg.overflowed(), Relaxed);
     }
 
     /// Where the NetFlow receive threads sum records per flow; the pipeline attributes
-    /// each flow when its interval closes (crate::prefold).
-    pub fn prefold(&self) -> Arc<Mutex<crate::prefold::Prefold>> {
+    /// each flow when its interval closes (`podflow_pipeline::prefold`).
+    pub fn prefold(&self) -> Arc<Mutex<Prefold>> {
         Arc::clone(&self.prefold)
     }
 
@@ -265,7 +231,7 @@ impl<S: FlowStore + 'static> Pipeline<S> {
     /// now: attributed one by one.
     pub fn ingest_records(&mut self, batch: podflow_netflow::Batch) {
         let now = podflow_inventory::now_ns();
-        for (who, obs) in crate::netflow::by_observer(batch) {
+        for (who, obs) in by_observer(batch) {
             self.ingest(&who, None, &obs, now);
         }
     }
@@ -276,7 +242,8 @@ impl<S: FlowStore + 'static> Pipeline<S> {
             Ok(mut p) => (p.take(before), p.len()),
             Err(_) => return,
         };
-        self.telemetry
+        self.registry
+            .pipeline
             .netflow_flows_held
             .store(held as u64, Relaxed);
         if flows.is_empty() {
@@ -315,34 +282,31 @@ impl<S: FlowStore + 'static> Pipeline<S> {
         self.note_keys();
     }
 
-    /// Offers an agent's batch: counts it unless it was seen, and arranges its ack.
-    pub fn admit(
+    /// Offers an agent's batch `id`, observed at `at_ns`: counts it unless it was seen
+    /// (or the write backlog is full), and arranges its ack on `ack`.
+    pub fn offer(
         &mut self,
-        ack: AckToken,
+        id: BatchId,
+        ack: AckTx,
         observer: &Arc<str>,
         addrs: Option<Arc<HashSet<IpAddr>>>,
         obs: &[Observation],
         at_ns: u64,
-    ) -> Admission {
-        if self.durable.get(&ack.agent).is_some_and(|d| ack.seq <= *d) {
-            let _ = ack.tx.try_send(podflow_proto::Ack {
-                seq: ack.seq,
-                error: String::new(),
-            });
-            return Admission::Durable;
+    ) -> Offer<AckTx> {
+        let at = (at_ns / 1_000_000_000) as i64;
+        let offer = self.ledger.offer(id, at, ack);
+        if let Offer::Count { at: counted } = offer {
+            // Never before the agent's previous batch, so its batches close in order.
+            let at_ns = at_ns.max(counted as u64 * 1_000_000_000);
+            self.ingest(observer, addrs, obs, at_ns);
         }
-        let interval = self.agg.interval_of((at_ns / 1_000_000_000) as i64);
-        if let Some(iv) = self.in_flight.get(&(Arc::clone(&ack.agent), ack.seq)) {
-            self.acks.entry(*iv).or_default().push(ack);
-            return Admission::InFlight;
-        }
-        // A replay of an interval already flushed makes a bucket of that interval again;
-        // the next tick writes it, and the ack goes with it.
-        self.ingest(observer, addrs, obs, at_ns);
-        self.in_flight
-            .insert((Arc::clone(&ack.agent), ack.seq), interval);
-        self.acks.entry(interval).or_default().push(ack);
-        Admission::Applied
+        offer
+    }
+
+    /// Whether the rows waiting for the store reached the bound: read no more batches
+    /// until a write succeeds.
+    pub fn is_full(&self) -> bool {
+        self.ledger.is_full()
     }
 
     /// Periodic work: reloads, flushes closed intervals, writes, releases acks, expires.
@@ -355,10 +319,10 @@ impl<S: FlowStore + 'static> Pipeline<S> {
         // The providers' range files are replaced now and then: reload on change.
         if self.ranges_checked.elapsed() > Duration::from_secs(30) {
             self.ranges_checked = Instant::now();
-            let st = enrichment::ranges_stamp(&self.settings);
+            let st = attribution::ranges_stamp(&self.settings);
             if st != self.ranges_stamp {
                 self.ranges_stamp = st;
-                match enrichment::attributor(&self.settings) {
+                match attribution::attributor(&self.settings) {
                     Ok(a) => self.attributor = a,
                     Err(e) => {
                         tracing::warn!(error = %e, "cloud ranges not reloaded; keeping the previous ones")
@@ -377,97 +341,75 @@ impl<S: FlowStore + 'static> Pipeline<S> {
     /// Flushes every interval (at shutdown).
     pub async fn finish(&mut self) {
         self.flush(unix_now(), true).await;
-        if !self.pending.is_empty() {
-            self.flush(unix_now(), true).await;
+        if self.ledger.pending_jobs() > 0 {
+            self.write().await;
         }
     }
 
     async fn flush(&mut self, now: i64, force: bool) {
-        self.fold(if force {
-            i64::MAX
-        } else {
-            self.agg.interval_of(now)
-        });
-        let rows = self.agg.flush(now, force);
         let upto = if force {
             i64::MAX
         } else {
             self.agg.interval_of(now)
         };
-        self.flushed_before = self.flushed_before.max(upto);
+        self.fold(upto);
+        let rows = self.agg.flush(now, force);
         for r in &rows {
-            self.telemetry.add_flow(r.key.proto, &r.totals);
+            self.registry.add_flow(r.key.proto, &r.totals);
         }
         // Also with no rows: series that stopped moving expire.
-        if let Ok(mut w) = self.telemetry.workloads.lock()
+        if let Ok(mut w) = self.registry.workloads.lock()
             && let Some(w) = w.as_mut()
         {
             w.add_interval(&rows, now);
         }
-        self.pending.extend(rows);
-        // The batches whose intervals are all in `pending` now.
-        let ready: Vec<i64> = self.acks.range(..upto).map(|(k, _)| *k).collect();
-        let mut marks: HashMap<Arc<str>, u64> = HashMap::new();
-        for k in &ready {
-            for a in &self.acks[k] {
-                let m = marks.entry(Arc::clone(&a.agent)).or_default();
-                *m = (*m).max(a.seq);
-            }
-        }
-        if self.pending.is_empty() && marks.is_empty() {
-            return;
-        }
-        let marks_v: Vec<(String, u64)> = marks.iter().map(|(a, s)| (a.to_string(), *s)).collect();
-        let batch = std::mem::take(&mut self.pending);
-        let store = Arc::clone(&self.store);
-        let t0 = Instant::now();
-        let res = tokio::task::spawn_blocking(move || {
-            let r = match store.lock() {
-                Ok(mut s) => s.write_marked(&batch, &marks_v).map_err(|e| e.to_string()),
+        self.ledger.seal(upto, rows);
+        self.write().await;
+    }
+
+    /// Writes the sealed jobs in order, each with its marks, and sends the acks of the
+    /// batches each completes; stops at the first failure (the job is tried again on the
+    /// next tick, unchanged).
+    async fn write(&mut self) {
+        let p = &self.registry.pipeline;
+        while let Some((job, marks)) = self.ledger.next() {
+            let (id, rows) = (job.id, Arc::clone(&job.rows));
+            let n = rows.len() as u64;
+            let store = Arc::clone(&self.store);
+            let t0 = Instant::now();
+            let res = tokio::task::spawn_blocking(move || match store.lock() {
+                Ok(mut s) => s.write_marked(&rows, &marks).map_err(|e| e.to_string()),
                 Err(_) => Err("store lock poisoned".to_string()),
-            };
-            (batch, r)
-        })
-        .await;
-        let t = &self.telemetry;
-        t.store_ns
-            .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
-        match res {
-            Ok((batch, Ok(()))) => {
-                t.store_rows.fetch_add(batch.len() as u64, Relaxed);
-                for (agent, seq) in marks {
-                    let d = self.durable.entry(agent).or_default();
-                    *d = (*d).max(seq);
-                }
-                for k in ready {
-                    for a in self.acks.remove(&k).unwrap_or_default() {
-                        self.in_flight.remove(&(Arc::clone(&a.agent), a.seq));
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("store writer task failed: {e}")));
+            p.store_ns
+                .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+            match res {
+                Ok(()) => {
+                    p.store_rows.fetch_add(n, Relaxed);
+                    p.store_errors_in_a_row.store(0, Relaxed);
+                    for (b, tx) in self.ledger.written(id) {
                         let ack = podflow_proto::Ack {
-                            seq: a.seq,
+                            seq: b.seq,
                             error: String::new(),
                         };
-                        if a.tx.try_send(ack).is_err() {
-                            t.acks_dropped.fetch_add(1, Relaxed);
+                        if tx.try_send(ack).is_err() {
+                            self.registry.server.acks_dropped.fetch_add(1, Relaxed);
                         }
                     }
                 }
-            }
-            Ok((batch, Err(e))) => {
-                t.store_errors.fetch_add(1, Relaxed);
-                tracing::warn!(error = %e, rows = batch.len(), "store write failed; will retry (acks withheld)");
-                self.pending = batch;
-                if self.pending.len() > MAX_PENDING_ROWS {
-                    let drop_n = self.pending.len() - MAX_PENDING_ROWS;
-                    self.pending.drain(..drop_n);
-                    t.store_dropped.fetch_add(drop_n as u64, Relaxed);
+                Err(e) => {
+                    p.store_errors.fetch_add(1, Relaxed);
+                    p.store_errors_in_a_row.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, rows = self.ledger.pending_rows(), "store write failed; will retry (acks withheld)");
+                    self.ledger.failed(id);
+                    break;
                 }
             }
-            Err(e) => {
-                t.store_errors.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, "store writer task failed");
-            }
         }
-        t.store_pending.store(self.pending.len() as u64, Relaxed);
+        p.store_pending
+            .store(self.ledger.pending_rows() as u64, Relaxed);
     }
 
     async fn expire(&self, before: i64) {

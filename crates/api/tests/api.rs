@@ -1,12 +1,11 @@
 //! The HTTP API on a store with known rows, compared with golden JSON files
-//! (`UPDATE_GOLDEN=1 cargo test -p podflow-server --test api` rewrites them; review the diff).
+//! (`UPDATE_GOLDEN=1 cargo test -p podflow-api --test api` rewrites them; review the diff).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 
+use podflow_api::{AppState, StoreReader, router};
 use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, Protocol};
-use podflow_server::Telemetry;
-use podflow_server::http::{AppState, StoreReader, router};
 use podflow_store::{FlowStore, SqliteStore};
 
 mod common;
@@ -165,7 +164,7 @@ async fn query_and_nodegraph_answers_match_the_golden_files() {
         .write(&rows())
         .expect("write");
     let state = Arc::new(AppState {
-        telemetry: Arc::new(Telemetry::default()),
+        exposition: Arc::new(common::Quiet),
         store: StoreReader::sqlite(path),
         interval_s: 10,
     });

@@ -1,4 +1,4 @@
-//! Helpers shared by the server's integration tests.
+//! Helpers shared by the API's integration tests.
 
 use podflow_model::EndLabels;
 
@@ -13,5 +13,18 @@ pub fn pod(ns: &str, workload: &str, node: &str, zone: &str) -> EndLabels {
         node: node.into(),
         zone: zone.into(),
         ..Default::default()
+    }
+}
+
+/// An exposition with no metrics that is always ready (the API tests need only flows).
+#[derive(Debug)]
+pub struct Quiet;
+
+impl podflow_api::Exposition for Quiet {
+    fn metrics(&self) -> String {
+        String::new()
+    }
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
     }
 }

@@ -1,6 +1,6 @@
-//! The NetFlow/IPFIX listener inside `run` and `server`: records become observations
-//! (observer = `"<exporter ip>/<domain>"`) and go through the same attribution,
-//! aggregation, store and metrics as conntrack's.
+//! The NetFlow/IPFIX listener inside a role: records become observations (observer =
+//! `"<exporter ip>/<domain>"`) and go through the same attribution, aggregation, store
+//! and metrics as conntrack's (`run`, `server`), or are forwarded (`agent`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -10,9 +10,10 @@ use podflow_model::Observation;
 use podflow_netflow::{Batch, Listener, ListenerConfig};
 use tokio::sync::mpsc;
 
-use crate::Telemetry;
-use crate::prefold::Prefold;
-use crate::run::RunError;
+use podflow_pipeline::prefold::Prefold;
+
+use crate::error::RoleError;
+use crate::telemetry::Registry;
 
 /// Batches queued between the receive threads and the pipeline; beyond, the threads wait
 /// and the sockets' buffers fill (the kernel's drops are counted).
@@ -22,11 +23,11 @@ const QUEUE: usize = 64;
 /// threads sum records per flow there and queue only what it does not take.
 pub fn start(
     addrs: &[SocketAddr],
-    telemetry: &Arc<Telemetry>,
+    registry: &Arc<Registry>,
     per_exporter: bool,
     prefold: Option<Arc<Mutex<Prefold>>>,
     stop: Arc<AtomicBool>,
-) -> Result<Option<(Listener, mpsc::Receiver<Batch>)>, RunError> {
+) -> Result<Option<(Listener, mpsc::Receiver<Batch>)>, RoleError> {
     if addrs.is_empty() {
         return Ok(None);
     }
@@ -52,8 +53,8 @@ pub fn start(
         };
         let _ = tx.blocking_send(b);
     })
-    .map_err(|e| RunError::Config(e.to_string()))?;
-    let _ = telemetry.netflow.set((listener.stats(), per_exporter));
+    .map_err(|e| RoleError::Config(e.to_string()))?;
+    let _ = registry.netflow.set((listener.stats(), per_exporter));
     for s in listener.sockets() {
         tracing::info!(listen = %s.local, rcvbuf = s.rcvbuf_bytes, "NetFlow/IPFIX listener ready");
     }
@@ -95,16 +96,16 @@ impl Intake {
     /// [`start`] for `prefold`.
     pub fn start(
         addrs: &[SocketAddr],
-        telemetry: &Arc<Telemetry>,
+        registry: &Arc<Registry>,
         per_exporter: bool,
         prefold: Option<Arc<Mutex<Prefold>>>,
-    ) -> Result<Intake, RunError> {
+    ) -> Result<Intake, RoleError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (listener, rx) =
-            match start(addrs, telemetry, per_exporter, prefold, Arc::clone(&stop))? {
-                Some((l, rx)) => (Some(l), Some(rx)),
-                None => (None, None),
-            };
+        let (listener, rx) = match start(addrs, registry, per_exporter, prefold, Arc::clone(&stop))?
+        {
+            Some((l, rx)) => (Some(l), Some(rx)),
+            None => (None, None),
+        };
         Ok(Intake { listener, rx, stop })
     }
 

@@ -16,9 +16,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use podflow_api::{AppState, StoreReader, router};
 use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, Protocol};
-use podflow_server::Telemetry;
-use podflow_server::http::{AppState, StoreReader, router};
 use podflow_store::{FlowStore, SqliteStore};
 use serde_json::Value;
 
@@ -223,7 +222,7 @@ async fn serve(rows: &[FlowRow]) -> (SocketAddr, tempfile::TempDir) {
         .write(rows)
         .expect("write");
     let state = Arc::new(AppState {
-        telemetry: Arc::new(Telemetry::default()),
+        exposition: Arc::new(common::Quiet),
         store: StoreReader::sqlite(path),
         interval_s: 10,
     });

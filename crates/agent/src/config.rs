@@ -1,0 +1,50 @@
+//! The agent's settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use podflow_conntrack::SourceConfig;
+
+/// TLS settings of the connection to the server.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// CA that signed the server's certificate (PEM); `None` = the system roots are not
+    /// used, so set it for https.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM), when the server asks for one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Name to verify the server's certificate against (default: the URL's host).
+    pub domain: Option<String>,
+}
+
+/// Settings of `podflow agent`.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Server URL (`http://host:9470` or `https://...`).
+    pub server: String,
+    /// This agent's id (default: the node name).
+    pub agent_id: String,
+    /// This node's name.
+    pub node: String,
+    /// HTTP listen address (metrics, health).
+    pub listen: SocketAddr,
+    /// Directory of the spill file.
+    pub data_dir: PathBuf,
+    /// Dump interval.
+    pub interval: Duration,
+    /// The conntrack source.
+    pub source: SourceConfig,
+    /// TLS.
+    pub tls: Option<ClientTls>,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Memory for unacked batches.
+    pub max_memory: usize,
+    /// Spill file size for unacked batches beyond memory.
+    pub max_spill: u64,
+    /// Reconnect after this long, so agents spread over server replicas.
+    pub max_connection_age: Duration,
+    /// NetFlow/IPFIX listen addresses (none: no listener).
+    pub netflow_listen: Vec<SocketAddr>,
+}

@@ -1,0 +1,114 @@
+//! The conntrack source on a thread of its own (blocking netlink I/O), feeding a bounded
+//! queue of batches: what the agent sends and what `run` aggregates itself.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use podflow_conntrack::{Source, SourceConfig};
+use podflow_model::Observation;
+use podflow_role::{Registry, RoleError};
+use tokio::sync::mpsc;
+
+use crate::local::local_addresses;
+
+/// A batch from the source thread: observations and, now and then, this node's addresses.
+#[derive(Debug)]
+pub struct SourceBatch {
+    /// Observations (may be empty).
+    pub obs: Vec<Observation>,
+    /// This node's addresses, when re-read (every 5 s).
+    pub local: Option<Arc<HashSet<IpAddr>>>,
+    /// When they were read, ns since the Unix epoch.
+    pub at_ns: u64,
+}
+
+/// Queue depth between the source thread and its consumer, in batches.
+const QUEUE_BATCHES: usize = 64;
+/// Observations per batch.
+const BATCH: usize = 4096;
+
+/// The conntrack source on its own thread (blocking netlink I/O). It stays in the observed
+/// namespace for its whole life, so local addresses are read from there too. Returns once
+/// the source is open (or failed to open); the thread ends after its last dump when `stop`
+/// is set, closing the queue.
+pub async fn spawn(
+    cfg: SourceConfig,
+    interval: Duration,
+    registry: Arc<Registry>,
+    stop: Arc<AtomicBool>,
+) -> Result<
+    (
+        std::thread::JoinHandle<Result<(), RoleError>>,
+        mpsc::Receiver<SourceBatch>,
+    ),
+    RoleError,
+> {
+    let (tx, rx) = mpsc::channel::<SourceBatch>(QUEUE_BATCHES);
+    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("conntrack".into())
+        .spawn(move || -> Result<(), RoleError> {
+            let first_reply = cfg.first_reply;
+            let opened = (|| {
+                if let Some(ns) = &cfg.netns {
+                    podflow_conntrack::enter_netns(ns)?;
+                }
+                Source::open(&SourceConfig { netns: None, ..cfg })
+            })();
+            let mut src = match opened {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e.to_string()));
+                    return Err(e.into());
+                }
+            };
+            let features = src.features();
+            for m in features.missing() {
+                tracing::warn!("{m}");
+            }
+            if first_reply && !features.timestamps {
+                tracing::warn!(
+                    "--first-reply needs net.netfilter.nf_conntrack_timestamp=1 (or \
+                     --enable-accounting): without start times no time to first reply is measured"
+                );
+            }
+            let _ = registry.conntrack.set((src.stats(), features));
+            let _ = opened_tx.send(Ok(()));
+            let mut last_local = Instant::now() - Duration::from_secs(3600);
+            let mut sink = |obs: Vec<Observation>| {
+                let local = (last_local.elapsed() > Duration::from_secs(5)).then(|| {
+                    last_local = Instant::now();
+                    Arc::new(local_addresses())
+                });
+                let batch = SourceBatch {
+                    obs,
+                    local,
+                    at_ns: podflow_inventory::now_ns(),
+                };
+                match tx.try_send(batch) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(b)) => {
+                        registry.pipeline.queue_waits.fetch_add(1, Relaxed);
+                        let _ = tx.blocking_send(b);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            };
+            // An empty first batch carries the local addresses before any traffic.
+            sink(Vec::new());
+            src.run(interval, BATCH, &stop, &mut sink)?;
+            Ok(())
+        })
+        .map_err(|e| RoleError::Task(format!("spawn conntrack thread: {e}")))?;
+    match opened_rx.await {
+        Ok(Ok(())) => Ok((thread, rx)),
+        _ => match thread.join() {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(RoleError::Task("conntrack thread ended at start".into())),
+            Err(_) => Err(RoleError::Task("conntrack thread panicked".into())),
+        },
+    }
+}

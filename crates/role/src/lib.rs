@@ -1,0 +1,13 @@
+//! What every podflow role composes: its errors, its HTTP endpoints, the embedded store,
+//! the metrics registry and readiness, and the NetFlow intake.
+
+pub mod error;
+pub mod health;
+pub mod netflow;
+pub mod serve;
+pub mod telemetry;
+
+pub use error::{RoleError, read_file};
+pub use health::Health;
+pub use serve::{data_dir, open_store, serve_http};
+pub use telemetry::{AgentStats, METRICS, Outcome, Registry};

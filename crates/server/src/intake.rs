@@ -1,0 +1,169 @@
+//! The gRPC intake: agents' streams of batches in, acknowledgements out, and the checks
+//! a batch passes before the driver sees it.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use podflow_pipeline::ledger::{BatchId, Offer};
+use podflow_proto::{Ack, At, Ingest, ObservationBatch, VERSION, ip_from, observation_from};
+use podflow_role::{Outcome, Registry};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::driver::Driver;
+
+/// One batch on its way from a connection to the pipeline.
+pub(crate) struct Ingress {
+    batch: ObservationBatch,
+    ack: mpsc::Sender<Ack>,
+}
+
+/// Batches queued between the connections and the pipeline (back-pressure beyond: the
+/// agents' streams stall, HTTP/2 flow control holds them).
+pub(crate) const INGRESS_QUEUE: usize = 256;
+/// Acks queued per connection.
+const ACK_QUEUE: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub(crate) struct IngestSvc {
+    pub(crate) tx: mpsc::Sender<Ingress>,
+    pub(crate) token: Option<Arc<str>>,
+    pub(crate) registry: Arc<Registry>,
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send + 'static>>;
+
+/// Decrements the open-connection gauge when a stream ends.
+struct ConnGuard(Arc<Registry>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.server.connections.fetch_sub(1, Relaxed);
+    }
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestSvc {
+    type PushStream = AckStream;
+
+    async fn push(
+        &self,
+        req: Request<Streaming<ObservationBatch>>,
+    ) -> Result<Response<AckStream>, Status> {
+        if let Some(want) = &self.token {
+            let got = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if got != Some(&format!("Bearer {want}")) {
+                return Err(Status::unauthenticated("missing or wrong bearer token"));
+            }
+        }
+        let peer = req.remote_addr();
+        let mut inbound = req.into_inner();
+        let (ack_tx, ack_rx) = mpsc::channel::<Ack>(ACK_QUEUE);
+        let tx = self.tx.clone();
+        self.registry.server.connections.fetch_add(1, Relaxed);
+        let guard = ConnGuard(Arc::clone(&self.registry));
+        tokio::spawn(async move {
+            let _guard = guard;
+            loop {
+                match inbound.message().await {
+                    Ok(Some(batch)) => {
+                        if tx
+                            .send(Ingress {
+                                batch,
+                                ack: ack_tx.clone(),
+                            })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(?peer, error = %e, "agent stream ended");
+                        break;
+                    }
+                }
+            }
+        });
+        let out = tokio_stream::wrappers::ReceiverStream::new(ack_rx).map(Ok);
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+/// Checks a batch from a connection and offers it to the driver.
+pub(crate) fn admit<S: podflow_store::FlowStore + 'static>(
+    driver: &mut Driver<S>,
+    r: &Registry,
+    m: Ingress,
+) {
+    let b = m.batch;
+    let reject = |why: String| {
+        r.server.batch(Outcome::Rejected);
+        tracing::warn!(agent = %b.agent_id, seq = b.seq, "refusing batch: {why}");
+        let _ = m.ack.try_send(Ack {
+            seq: b.seq,
+            error: why,
+        });
+    };
+    if b.version == 0 || b.version > VERSION {
+        return reject(format!(
+            "protocol version {} (this server speaks 1..={VERSION})",
+            b.version
+        ));
+    }
+    if b.agent_id.is_empty() || b.node.is_empty() {
+        return reject("agent_id and node must be set".into());
+    }
+    let mut obs = Vec::with_capacity(b.observations.len());
+    for (index, o) in b.observations.iter().enumerate() {
+        match observation_from(
+            o,
+            At {
+                agent: &b.agent_id,
+                seq: b.seq,
+                index,
+            },
+        ) {
+            Ok(o) => obs.push(o),
+            Err(e) => return reject(e.to_string()),
+        }
+    }
+    let addrs: HashSet<_> = b.local_addrs.iter().filter_map(|a| ip_from(a)).collect();
+    // An agent's clock ahead of ours would park its rows (and acks) in a future interval:
+    // never later than now.
+    let at_ns = u64::try_from(b.observed_at_ms)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000)
+        .min(podflow_inventory::now_ns());
+    let node: Arc<str> = Arc::from(b.node.as_str());
+    let id = BatchId {
+        agent: Arc::from(b.agent_id.as_str()),
+        seq: b.seq,
+    };
+    let addrs = (!addrs.is_empty()).then(|| Arc::new(addrs));
+    let outcome = match driver.offer(id, m.ack, &node, addrs, &obs, at_ns) {
+        Offer::Count { .. } => {
+            r.server.observations.fetch_add(obs.len() as u64, Relaxed);
+            Outcome::Applied
+        }
+        Offer::Duplicate(tx) => {
+            let _ = tx.try_send(Ack {
+                seq: b.seq,
+                error: String::new(),
+            });
+            Outcome::Duplicate
+        }
+        Offer::InFlight => Outcome::InFlight,
+        // Not acknowledged: the agent keeps it and sends it again when it reconnects. (The
+        // serve loop reads no batch while the backlog is full, so this is rare.)
+        Offer::Busy(_) => Outcome::Busy,
+    };
+    r.server.batch(outcome);
+}

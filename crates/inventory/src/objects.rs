@@ -436,8 +436,8 @@ impl Inventory {
         self.add_raw(raw, origin)
     }
 
-    fn add_raw(&mut self, raw: RawObject, origin: &str) -> Result<(), InventoryError> {
-        let m = raw.metadata;
+    fn add_raw(&mut self, mut raw: RawObject, origin: &str) -> Result<(), InventoryError> {
+        let m = std::mem::take(&mut raw.metadata);
         let ctx = Ctx {
             origin,
             object: if m.namespace.is_empty() {
@@ -453,145 +453,10 @@ impl Inventory {
                     self.add_raw(item, origin)?;
                 }
             }
-            "Pod" => {
-                let s = raw.status;
-                let mut ips = Vec::new();
-                for (i, p) in s.pod_ips.iter().enumerate() {
-                    if let Some(a) = &p.ip {
-                        ips.push(ctx.ip(a, || format!("status.podIPs[{i}].ip"))?);
-                    }
-                }
-                if ips.is_empty()
-                    && let Some(a) = s.pod_ip.as_deref().filter(|a| !a.is_empty())
-                {
-                    ips.push(ctx.ip(a, || "status.podIP".into())?);
-                }
-                let mut ports = Vec::new();
-                for (i, c) in raw.spec.containers.iter().enumerate() {
-                    for (j, p) in c.ports.iter().enumerate() {
-                        let Some(cp) = p.container_port else { continue };
-                        let port = ctx.port(cp, || {
-                            format!("spec.containers[{i}].ports[{j}].containerPort")
-                        })?;
-                        let host_port =
-                            match p.host_port {
-                                None | Some(0) => None,
-                                Some(h) => Some(ctx.port(h, || {
-                                    format!("spec.containers[{i}].ports[{j}].hostPort")
-                                })?),
-                            };
-                        ports.push(ContainerPort { port, host_port });
-                    }
-                }
-                self.pods.push(Pod {
-                    created_ns: ctx.time(&m.creation_timestamp, "metadata.creationTimestamp")?,
-                    deletion_ns: ctx.time(&m.deletion_timestamp, "metadata.deletionTimestamp")?,
-                    namespace: m.namespace,
-                    name: m.name,
-                    uid: m.uid,
-                    phase: s
-                        .phase
-                        .as_deref()
-                        .map_or(PodPhase::Unknown, PodPhase::parse),
-                    ips,
-                    host_network: raw.spec.host_network.unwrap_or(false),
-                    ports,
-                    node_name: raw.spec.node_name.filter(|n| !n.is_empty()),
-                    labels: m.labels,
-                    owners: owners(m.owner_references),
-                });
-            }
-            "Node" => {
-                // Hostname and DNS entries are names, not addresses: skip them.
-                let addresses = raw
-                    .status
-                    .addresses
-                    .into_iter()
-                    .filter_map(|a| a.address.trim().parse().ok().map(|ip| (a.kind, ip)))
-                    .collect();
-                self.nodes.push(Node {
-                    name: m.name,
-                    addresses,
-                    labels: m.labels,
-                    provider_id: raw.spec.provider_id.filter(|p| !p.is_empty()),
-                });
-            }
-            "Service" => {
-                let spec = raw.spec;
-                let mut cluster_ips = Vec::new();
-                let listed = if spec.cluster_ips.is_empty() {
-                    spec.cluster_ip.into_iter().collect()
-                } else {
-                    spec.cluster_ips
-                };
-                for (i, a) in listed.iter().enumerate() {
-                    // Headless Services say "None".
-                    if a.is_empty() || a == "None" {
-                        continue;
-                    }
-                    cluster_ips.push(ctx.ip(a, || format!("spec.clusterIPs[{i}]"))?);
-                }
-                let mut ports = Vec::new();
-                for (i, p) in spec.ports.iter().enumerate() {
-                    let Some(port) = p.port else { continue };
-                    let port = ctx.port(port, || format!("spec.ports[{i}].port"))?;
-                    let node_port = match p.node_port {
-                        None | Some(0) => None,
-                        Some(n) => Some(ctx.port(n, || format!("spec.ports[{i}].nodePort"))?),
-                    };
-                    ports.push(ServicePort { port, node_port });
-                }
-                let mut lb_ips = Vec::new();
-                for (i, ing) in raw.status.load_balancer.ingress.iter().enumerate() {
-                    // Hostname-only ingress (AWS ELB) has no address to index.
-                    if let Some(a) = &ing.ip {
-                        lb_ips.push(ctx.ip(a, || format!("status.loadBalancer.ingress[{i}].ip"))?);
-                    }
-                }
-                let mut external_ips = Vec::new();
-                for (i, a) in spec.external_ips.iter().enumerate() {
-                    external_ips.push(ctx.ip(a, || format!("spec.externalIPs[{i}]"))?);
-                }
-                let selector = match spec.selector {
-                    Some(serde_json::Value::Object(o)) => o
-                        .into_iter()
-                        .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
-                        .collect(),
-                    _ => BTreeMap::new(),
-                };
-                self.services.push(Service {
-                    namespace: m.namespace,
-                    name: m.name,
-                    kind: spec.kind.unwrap_or_else(|| "ClusterIP".into()),
-                    cluster_ips,
-                    ports,
-                    lb_ips,
-                    external_ips,
-                    selector,
-                });
-            }
-            "EndpointSlice" => {
-                let mut endpoints = Vec::new();
-                for e in raw.endpoints {
-                    // FQDN slices carry names, not addresses: those are skipped.
-                    let addresses = e
-                        .addresses
-                        .iter()
-                        .filter_map(|a| a.trim().parse().ok())
-                        .collect();
-                    endpoints.push(SliceEndpoint {
-                        addresses,
-                        node_name: e.node_name,
-                        target: e.target_ref.map(|t| (t.kind, t.name)),
-                    });
-                }
-                self.slices.push(EndpointSlice {
-                    service: m.labels.get("kubernetes.io/service-name").cloned(),
-                    namespace: m.namespace,
-                    name: m.name,
-                    endpoints,
-                });
-            }
+            "Pod" => self.pods.push(pod(raw, m, &ctx)?),
+            "Node" => self.nodes.push(node(raw, m)),
+            "Service" => self.services.push(service(raw, m, &ctx)?),
+            "EndpointSlice" => self.slices.push(endpoint_slice(raw, m)),
             "ReplicaSet"
             | "Job"
             | "ReplicationController"
@@ -599,19 +464,163 @@ impl Inventory {
             | "StatefulSet"
             | "DaemonSet"
             | "CronJob" => {
-                let key = (raw.kind.clone(), m.namespace.clone(), m.name.clone());
-                self.controllers.insert(
-                    key,
-                    Controller {
-                        kind: raw.kind,
-                        namespace: m.namespace,
-                        name: m.name,
-                        owners: owners(m.owner_references),
-                    },
-                );
+                let c = Controller {
+                    kind: raw.kind,
+                    namespace: m.namespace,
+                    name: m.name,
+                    owners: owners(m.owner_references),
+                };
+                let key = (c.kind.clone(), c.namespace.clone(), c.name.clone());
+                self.controllers.insert(key, c);
             }
             _ => self.skipped += 1,
         }
         Ok(())
+    }
+}
+
+/// A Pod: its addresses, declared ports, phase, node and owners.
+fn pod(raw: RawObject, m: RawMeta, ctx: &Ctx<'_>) -> Result<Pod, InventoryError> {
+    let s = raw.status;
+    let mut ips = Vec::new();
+    for (i, p) in s.pod_ips.iter().enumerate() {
+        if let Some(a) = &p.ip {
+            ips.push(ctx.ip(a, || format!("status.podIPs[{i}].ip"))?);
+        }
+    }
+    if ips.is_empty()
+        && let Some(a) = s.pod_ip.as_deref().filter(|a| !a.is_empty())
+    {
+        ips.push(ctx.ip(a, || "status.podIP".into())?);
+    }
+    let mut ports = Vec::new();
+    for (i, c) in raw.spec.containers.iter().enumerate() {
+        for (j, p) in c.ports.iter().enumerate() {
+            let Some(cp) = p.container_port else { continue };
+            let port = ctx.port(cp, || {
+                format!("spec.containers[{i}].ports[{j}].containerPort")
+            })?;
+            let host_port = match p.host_port {
+                None | Some(0) => None,
+                Some(h) => {
+                    Some(ctx.port(h, || format!("spec.containers[{i}].ports[{j}].hostPort"))?)
+                }
+            };
+            ports.push(ContainerPort { port, host_port });
+        }
+    }
+    Ok(Pod {
+        created_ns: ctx.time(&m.creation_timestamp, "metadata.creationTimestamp")?,
+        deletion_ns: ctx.time(&m.deletion_timestamp, "metadata.deletionTimestamp")?,
+        namespace: m.namespace,
+        name: m.name,
+        uid: m.uid,
+        phase: s
+            .phase
+            .as_deref()
+            .map_or(PodPhase::Unknown, PodPhase::parse),
+        ips,
+        host_network: raw.spec.host_network.unwrap_or(false),
+        ports,
+        node_name: raw.spec.node_name.filter(|n| !n.is_empty()),
+        labels: m.labels,
+        owners: owners(m.owner_references),
+    })
+}
+
+/// A Node: its addresses (names such as Hostname are skipped), labels and provider id.
+fn node(raw: RawObject, m: RawMeta) -> Node {
+    // Hostname and DNS entries are names, not addresses: skip them.
+    let addresses = raw
+        .status
+        .addresses
+        .into_iter()
+        .filter_map(|a| a.address.trim().parse().ok().map(|ip| (a.kind, ip)))
+        .collect();
+    Node {
+        name: m.name,
+        addresses,
+        labels: m.labels,
+        provider_id: raw.spec.provider_id.filter(|p| !p.is_empty()),
+    }
+}
+
+/// A Service: its cluster, load-balancer and external addresses, ports and selector.
+fn service(raw: RawObject, m: RawMeta, ctx: &Ctx<'_>) -> Result<Service, InventoryError> {
+    let spec = raw.spec;
+    let mut cluster_ips = Vec::new();
+    let listed = if spec.cluster_ips.is_empty() {
+        spec.cluster_ip.into_iter().collect()
+    } else {
+        spec.cluster_ips
+    };
+    for (i, a) in listed.iter().enumerate() {
+        // Headless Services say "None".
+        if a.is_empty() || a == "None" {
+            continue;
+        }
+        cluster_ips.push(ctx.ip(a, || format!("spec.clusterIPs[{i}]"))?);
+    }
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        let Some(port) = p.port else { continue };
+        let port = ctx.port(port, || format!("spec.ports[{i}].port"))?;
+        let node_port = match p.node_port {
+            None | Some(0) => None,
+            Some(n) => Some(ctx.port(n, || format!("spec.ports[{i}].nodePort"))?),
+        };
+        ports.push(ServicePort { port, node_port });
+    }
+    let mut lb_ips = Vec::new();
+    for (i, ing) in raw.status.load_balancer.ingress.iter().enumerate() {
+        // Hostname-only ingress (AWS ELB) has no address to index.
+        if let Some(a) = &ing.ip {
+            lb_ips.push(ctx.ip(a, || format!("status.loadBalancer.ingress[{i}].ip"))?);
+        }
+    }
+    let mut external_ips = Vec::new();
+    for (i, a) in spec.external_ips.iter().enumerate() {
+        external_ips.push(ctx.ip(a, || format!("spec.externalIPs[{i}]"))?);
+    }
+    let selector = match spec.selector {
+        Some(serde_json::Value::Object(o)) => o
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    Ok(Service {
+        namespace: m.namespace,
+        name: m.name,
+        kind: spec.kind.unwrap_or_else(|| "ClusterIP".into()),
+        cluster_ips,
+        ports,
+        lb_ips,
+        external_ips,
+        selector,
+    })
+}
+
+/// An EndpointSlice: the backends of a Service, by address.
+fn endpoint_slice(raw: RawObject, m: RawMeta) -> EndpointSlice {
+    let mut endpoints = Vec::new();
+    for e in raw.endpoints {
+        // FQDN slices carry names, not addresses: those are skipped.
+        let addresses = e
+            .addresses
+            .iter()
+            .filter_map(|a| a.trim().parse().ok())
+            .collect();
+        endpoints.push(SliceEndpoint {
+            addresses,
+            node_name: e.node_name,
+            target: e.target_ref.map(|t| (t.kind, t.name)),
+        });
+    }
+    EndpointSlice {
+        service: m.labels.get("kubernetes.io/service-name").cloned(),
+        namespace: m.namespace,
+        name: m.name,
+        endpoints,
     }
 }

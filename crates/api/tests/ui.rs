@@ -524,9 +524,9 @@ async fn the_page_and_its_assets_are_served_with_types_and_cache_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_chromium_renders_the_map_talkers_and_summary_from_the_api() {
     let Some(bin) = chromium() else {
-        eprintln!(
-            "\n*** SKIPPED: the web UI test needs Chromium (apt-get install -y chromium) \
-             or PODFLOW_CHROMIUM=/path/to/chromium ***\n"
+        podflow_testkit::skip(
+            "the web UI test",
+            "needs Chromium (apt-get install -y chromium) or PODFLOW_CHROMIUM=/path/to/chromium",
         );
         return;
     };
@@ -735,7 +735,7 @@ async fn headless_chromium_renders_the_map_talkers_and_summary_from_the_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_chromium_draws_500_workloads() {
     let Some(bin) = chromium() else {
-        eprintln!("\n*** SKIPPED: the 500-workload UI test needs Chromium ***\n");
+        podflow_testkit::skip("the 500-workload UI test", "needs Chromium");
         return;
     };
     let (addr, _dir) = serve(&big_rows(recent())).await;
@@ -984,9 +984,9 @@ impl Drop for Driver {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clicks_in_chromium_show_details_and_the_controls_refetch() {
     let (Some(chromium), Some(driver)) = (chromium(), Driver::find()) else {
-        eprintln!(
-            "\n*** SKIPPED: the UI click test needs Chromium and chromedriver \
-             (apt-get install -y chromium chromium-driver) ***\n"
+        podflow_testkit::skip(
+            "the UI click test",
+            "needs Chromium and chromedriver (apt-get install -y chromium chromium-driver)",
         );
         return;
     };

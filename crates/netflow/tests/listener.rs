@@ -264,7 +264,10 @@ fn exporter_captures_through_the_socket_match_nfdump() {
 fn ipv6_and_ipv4_addresses_in_one_listener() {
     let probe = UdpSocket::bind("[::1]:0");
     if let Err(e) = probe {
-        eprintln!("SKIPPED ipv6_and_ipv4_addresses_in_one_listener: cannot bind [::1]: {e}");
+        podflow_testkit::skip(
+            "ipv6_and_ipv4_addresses_in_one_listener",
+            &format!("cannot bind [::1]: {e}"),
+        );
         return;
     }
     let (l, stop, seen) = start(&["127.0.0.1:0", "[::1]:0"], 2);

@@ -338,7 +338,10 @@ fn ui_renders_the_demo(port: u16) {
 
 fn can_run(test: &str) -> bool {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED {test}: needs root (network namespaces); .ci/run runs it as root");
+        podflow_testkit::skip(
+            test,
+            "needs root (network namespaces); .ci/run runs it as root",
+        );
         return false;
     }
     ["ip", "iptables-restore", "nft", "conntrack", "stdbuf"]

@@ -91,8 +91,9 @@ fn chdb(test: &str) -> Option<(tempfile::TempDir, u16, Front)> {
         .map(|s| !s.success())
         .unwrap_or(true);
     if missing {
-        eprintln!(
-            "*** SKIPPED {test}: python3 with chdb is missing (pip install --no-deps chdb-core==26.9.0 lz4 clickhouse-cityhash; scripts/test.sh does) ***"
+        podflow_testkit::skip(
+            test,
+            "python3 with chdb is missing (pip install --no-deps chdb-core==26.9.0 lz4 clickhouse-cityhash; scripts/test.sh does)",
         );
         return None;
     }

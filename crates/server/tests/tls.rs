@@ -160,7 +160,7 @@ async fn push(ep: Endpoint, token: Option<&str>) -> Result<u64, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_client_certificates_and_a_token() {
     if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("*** SKIPPED tls: openssl is not installed ***");
+        podflow_testkit::skip("tls", "openssl is not installed");
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");

@@ -11,8 +11,18 @@ use std::time::Duration;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// Whether the tests can create namespaces (root and `ip` present). When not, prints a
-/// loud skip line naming the test and returns false.
+/// A test that cannot run here: prints a loud skip line naming it and why, so a laptop
+/// without root or a package still runs the rest. Under CI (`PODFLOW_REQUIRE_ALL=1`, set
+/// by `.ci/run`) a test that cannot run fails instead: CI never passes a skipped test.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var_os("PODFLOW_REQUIRE_ALL").is_some_and(|v| v != "0" && !v.is_empty()) {
+        panic!("{test} cannot run: {why} (PODFLOW_REQUIRE_ALL is set: a skip is a failure)");
+    }
+    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+}
+
+/// Whether the tests can create namespaces (root and `ip` present). When not, skips
+/// loudly (see [`skip`]) and returns false.
 pub fn can_run(test: &str) -> bool {
     let root = nix::unistd::Uid::effective().is_root();
     let ip = Command::new("ip")
@@ -21,8 +31,9 @@ pub fn can_run(test: &str) -> bool {
         .status()
         .is_ok();
     if !(root && ip) {
-        eprintln!(
-            "SKIPPED {test}: needs root and iproute2 (root={root}, ip={ip}); .ci/run runs it as root"
+        skip(
+            test,
+            &format!("needs root and iproute2 (root={root}, ip={ip}); .ci/run runs it as root"),
         );
     }
     root && ip
@@ -36,7 +47,10 @@ pub fn have(test: &str, cmd: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("SKIPPED {test}: `{cmd}` is not installed; .ci/run installs it");
+        skip(
+            test,
+            &format!("`{cmd}` is not installed; .ci/run installs it"),
+        );
     }
     ok
 }

@@ -1,0 +1,20 @@
+//! Node-to-node connectivity probes.
+//!
+//! Pure cores: the probe packet ([`wire`]), the DNS codec ([`dns`]), ICMP echo
+//! ([`icmp`]), burst bookkeeping ([`burst`]), peer selection ([`peers`]), interval
+//! stats ([`stats`]) and Prometheus rendering ([`metrics`]). Thin tokio shells around
+//! them: the [`responder`], the [`prober`] functions and the [`mesh`] runner.
+
+pub mod burst;
+pub mod dns;
+mod error;
+pub mod icmp;
+pub mod peers;
+pub mod responder;
+pub mod result;
+mod sys;
+pub mod tsock;
+pub mod wire;
+
+pub use error::{DnsError, Error, WireError};
+pub use result::{Outcome, ProbeKind, ProbeResult};

@@ -10,6 +10,7 @@ pub mod dns;
 mod error;
 pub mod icmp;
 pub mod peers;
+pub mod prober;
 pub mod responder;
 pub mod result;
 mod sys;

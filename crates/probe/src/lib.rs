@@ -9,13 +9,23 @@ pub mod burst;
 pub mod dns;
 mod error;
 pub mod icmp;
+pub mod mesh;
+pub mod metrics;
 pub mod peers;
 pub mod prober;
 pub mod responder;
 pub mod result;
+pub mod stats;
 mod sys;
 pub mod tsock;
 pub mod wire;
 
 pub use error::{DnsError, Error, WireError};
 pub use result::{Outcome, ProbeKind, ProbeResult};
+
+pub use mesh::{DnsTarget, Mesh, MeshConfig, MeshStats, probe_once};
+pub use metrics::{KCONMON_METRICS, METRICS, MetricDef, Metrics, MetricsConfig};
+pub use peers::{Peer, PeerState, TopologyConfig};
+pub use prober::{Me, ProbeConfig};
+pub use responder::{Ports, Responder, ResponderConfig, ResponderStats};
+pub use stats::{Aggregator, IntervalStats, PairKey, PairStats};

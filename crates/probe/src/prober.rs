@@ -124,7 +124,7 @@ pub async fn probe(cfg: &ProbeConfig, me: &Me, peer: &Peer, kind: ProbeKind) -> 
 }
 
 /// How a burst's packets are written and read.
-trait BurstCodec {
+trait BurstCodec: Sync {
     fn request(&self, session: u64, seq: u32, t1: u64, out: &mut Vec<u8>);
     /// `(session, seq, t2, t3)` of a reply.
     fn reply(&self, b: &[u8]) -> Option<(u64, u32, u64, u64)>;

@@ -141,6 +141,9 @@ impl MeshStats {
 
 struct Shared {
     cfg: MeshConfig,
+    /// The latest peer set: a result for a node no longer in it is not sent, even
+    /// when its task has not yet seen the cancellation.
+    peers: watch::Receiver<Vec<Peer>>,
     results: mpsc::Sender<ProbeResult>,
     counters: Arc<Counters>,
     slots: Semaphore,
@@ -150,6 +153,9 @@ impl Shared {
     /// Sends unless cancelled; a full channel drops and counts.
     fn emit(&self, token: &CancellationToken, r: ProbeResult) {
         if token.is_cancelled() {
+            return;
+        }
+        if r.kind != ProbeKind::Dns && !self.peers.borrow().iter().any(|p| p.node == r.dst_node) {
             return;
         }
         match self.results.try_send(r) {
@@ -174,6 +180,7 @@ impl Mesh {
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
             slots: Semaphore::new(cfg.max_concurrent.max(1)),
+            peers: peers.clone(),
             cfg,
             results,
             counters: counters.clone(),

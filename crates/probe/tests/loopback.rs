@@ -204,3 +204,50 @@ async fn dns_against_a_local_fake_resolver() {
     assert_eq!(r.outcome, Outcome::Fail);
     assert!(!r.error.is_empty());
 }
+
+/// A fake peer that answers every probe twice, replays the previous answer and sends
+/// an answer of another session: no reply may land on the wrong packet.
+#[tokio::test]
+async fn duplicated_replayed_and_foreign_replies_never_mismatch() {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = s.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut prev: Option<Vec<u8>> = None;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let t = podflow_probe::tsock::now_ns();
+            if podflow_probe::wire::reply_in_place(&mut buf[..n], t, t).is_err() {
+                continue;
+            }
+            let reply = buf[..n].to_vec();
+            let mut foreign = reply.clone();
+            foreign[8] ^= 0x01; // another session
+            for m in [&reply, &reply, &foreign] {
+                let _ = s.send_to(m, from);
+            }
+            if let Some(p) = prev.replace(reply) {
+                let _ = s.send_to(&p, from);
+            }
+        }
+    });
+    let cfg = ProbeConfig {
+        ports: Ports {
+            udp: port,
+            tcp: 1,
+            http: 1,
+        },
+        udp_count: 20,
+        udp_spacing_ms: 2,
+        ..ProbeConfig::default()
+    };
+    let peer = Peer::new("fake", "z", vec!["127.0.0.1".parse().expect("addr")]);
+    let r = prober::probe(&cfg, &me(), &peer, ProbeKind::Udp).await;
+    assert_eq!(r.outcome, Outcome::Ok, "{}", r.error);
+    assert_eq!((r.sent, r.lost, r.late), (20, 0, 0));
+    assert_eq!(r.rtt_ns.len(), 20);
+    // Each packet's second copy, plus the replays that came before the burst ended.
+    assert!(r.duplicates >= 20, "{} duplicates", r.duplicates);
+    assert!(r.rtt_ns.iter().all(|&t| t < 5_000_000), "{:?}", r.rtt_ns);
+}

@@ -3,7 +3,7 @@
 //!
 //!     probe_node responder --bind 10.96.0.2 [--seconds 60]
 //!     probe_node prober --bind 10.96.0.1 --peers peers.txt [--seconds 60]
-//!         [--interval-ms 5000] [--metrics FILE] [--kconmon PREFIX]
+//!         [--interval-ms 5000] [--full-mesh-max 50] [--metrics FILE] [--kconmon PREFIX]
 //!
 //! `peers.txt`: one peer a line, `node zone address`. The prober prints one summary
 //! line at the end; with `--metrics` it writes the Prometheus text there.
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use podflow_probe::{
     Me, Mesh, MeshConfig, Metrics, MetricsConfig, Outcome, Peer, ProbeConfig, Responder,
-    ResponderConfig,
+    ResponderConfig, TopologyConfig,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -97,6 +97,10 @@ async fn prober(args: &[String], bind: IpAddr, seconds: u64) {
             ..ProbeConfig::default()
         },
         interval_ms: arg(args, "--interval-ms").map_or(5000, |s| s.parse().unwrap_or(5000)),
+        topology: TopologyConfig {
+            full_mesh_max: arg(args, "--full-mesh-max").map_or(50, |s| s.parse().unwrap_or(50)),
+            ..TopologyConfig::default()
+        },
         ..MeshConfig::default()
     };
     let mut metrics = Metrics::new(MetricsConfig {

@@ -310,12 +310,19 @@ async fn peer_task(shared: Arc<Shared>, peer: Peer, token: CancellationToken) {
             .filter(|k| *k != ProbeKind::Dns)
             .filter(|k| *k != ProbeKind::UdpMtu || round.is_multiple_of(cfg.mtu_every.max(1)))
             .collect();
+        // With both on, one HTTP connection gives the TCP connect result too.
+        let both = kinds.contains(&ProbeKind::Tcp) && kinds.contains(&ProbeKind::Http);
         let run = async {
             let _slot = shared.slots.acquire().await;
             let probes = kinds
                 .iter()
-                .map(|&k| prober::probe(&cfg.probe, &cfg.me, &peer, k));
-            futures_join(probes).await
+                .filter(|&&k| !(both && k == ProbeKind::Tcp))
+                .map(|&k| round_probe(cfg, &peer, k, both));
+            futures_join(probes)
+                .await
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
         };
         let results = tokio::select! {
             _ = token.cancelled() => return,
@@ -333,6 +340,22 @@ async fn peer_task(shared: Arc<Shared>, peer: Peer, token: CancellationToken) {
             shared.counters.overrun.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+async fn round_probe(
+    cfg: &MeshConfig,
+    peer: &Peer,
+    kind: ProbeKind,
+    both: bool,
+) -> Vec<ProbeResult> {
+    if both && kind == ProbeKind::Http {
+        let Some(addr) = peer.addr_like(cfg.probe.bind) else {
+            return vec![prober::probe(&cfg.probe, &cfg.me, peer, kind).await];
+        };
+        let (t, h) = prober::http_and_connect(&cfg.probe, &cfg.me, peer, addr).await;
+        return vec![t, h];
+    }
+    vec![prober::probe(&cfg.probe, &cfg.me, peer, kind).await]
 }
 
 /// Runs futures concurrently on this task and collects their outputs in order.

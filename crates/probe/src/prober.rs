@@ -62,7 +62,7 @@ impl Default for ProbeConfig {
             udp_size: wire::HEADER_LEN,
             mtu: 1500,
             mtu_count: 2,
-            icmp_count: 5,
+            icmp_count: 3,
             tcp_timeout_ms: 1000,
             http_timeout_ms: 1000,
             http_path: "/".to_string(),
@@ -201,13 +201,15 @@ async fn run_burst(
     count: u32,
     spacing: Duration,
     timeout: Duration,
+    max_len: usize,
 ) -> BurstRun {
     let session = fastrand::u64(..);
     let mut burst = Burst::new(session, count, timeout.as_nanos() as u64);
     let mut first_error = None;
     let mut out = Vec::with_capacity(64);
-    let mut rbuf = vec![0u8; 9216];
-    let mut ebuf = vec![0u8; 9300];
+    // Room for the largest probe (a reply is as long as its request) plus headers.
+    let mut rbuf = vec![0u8; max_len + 64];
+    let mut ebuf = vec![0u8; max_len + 128];
     let start = tokio::time::Instant::now();
     let mut next = 0u32;
     let mut last_send = start;
@@ -258,7 +260,7 @@ async fn run_burst(
                     first_error.get_or_insert_with(|| describe(&e, dst));
                 }
                 last_send = tokio::time::Instant::now();
-                drain(&mut burst, &mut ebuf);
+                // Transmit stamps are read when a reply needs them (and at the end).
                 next += 1;
             }
         }
@@ -337,6 +339,7 @@ pub async fn udp_burst(
         count,
         ms(cfg.udp_spacing_ms),
         ms(cfg.udp_timeout_ms),
+        size,
     )
     .await;
     let emsgsize = run
@@ -409,6 +412,7 @@ pub async fn icmp_echo(cfg: &ProbeConfig, me: &Me, peer: &Peer, addr: IpAddr) ->
         cfg.icmp_count,
         ms(cfg.udp_spacing_ms),
         ms(cfg.udp_timeout_ms),
+        icmp::ECHO_LEN + 60,
     )
     .await;
     fill_burst(&mut r, run);
@@ -460,13 +464,29 @@ pub async fn tcp_connect(cfg: &ProbeConfig, me: &Me, peer: &Peer, addr: IpAddr) 
 /// An HTTP GET over a fresh connection (TCP_NODELAY, `Connection: close`); the sample
 /// is the whole request, connect included. Anything but a 200 fails.
 pub async fn http_get(cfg: &ProbeConfig, me: &Me, peer: &Peer, addr: IpAddr) -> ProbeResult {
+    http_and_connect(cfg, me, peer, addr).await.1
+}
+
+/// One HTTP GET that also gives the TCP connect result (to the HTTP port): what the
+/// mesh runs when both `tcp` and `http` are on, one connection instead of two.
+pub async fn http_and_connect(
+    cfg: &ProbeConfig,
+    me: &Me,
+    peer: &Peer,
+    addr: IpAddr,
+) -> (ProbeResult, ProbeResult) {
+    let mut t = result(ProbeKind::Tcp, me, peer);
     let mut r = result(ProbeKind::Http, me, peer);
+    t.sent = 1;
     r.sent = 1;
     let dst = SocketAddr::new(addr, cfg.ports.http);
     let timeout = ms(cfg.http_timeout_ms);
     let t0 = Instant::now();
+    let mut connected = None;
     let exchange = async {
-        let (mut s, _) = connect(cfg, dst, timeout).await?;
+        let (mut s, ct) =
+            connect(cfg, dst, ms(cfg.tcp_timeout_ms.min(cfg.http_timeout_ms))).await?;
+        connected = Some(ct);
         let _ = s.set_nodelay(true);
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: podflow-probe\r\nConnection: close\r\n\r\n",
@@ -495,6 +515,16 @@ pub async fn http_get(cfg: &ProbeConfig, me: &Me, peer: &Peer, addr: IpAddr) -> 
         )),
     };
     let elapsed = t0.elapsed().as_nanos() as u64;
+    match connected {
+        Some(ct) => {
+            t.outcome = Outcome::Ok;
+            t.rtt_ns.push(ct);
+        }
+        None => {
+            t.lost = 1;
+            t.error = body.as_ref().err().cloned().unwrap_or_default();
+        }
+    }
     match body {
         Ok(b) => match status(&b) {
             Some(200) => {
@@ -515,7 +545,7 @@ pub async fn http_get(cfg: &ProbeConfig, me: &Me, peer: &Peer, addr: IpAddr) -> 
             r.error = e;
         }
     }
-    r
+    (t, r)
 }
 
 /// The status code of an HTTP/1.x response.

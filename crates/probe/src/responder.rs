@@ -159,7 +159,7 @@ impl Responder {
         let at = |p| SocketAddr::new(cfg.bind, p);
 
         let udp_at = at(cfg.ports.udp);
-        let sock = TsSocket::open(Proto::Udp, cfg.bind)
+        let sock = TsSocket::open_with(Proto::Udp, cfg.bind, false)
             .map_err(|e| Error::socket("open UDP responder", udp_at, e))?;
         sock.bind(udp_at)
             .map_err(|e| Error::socket("bind UDP responder", udp_at, e))?;
@@ -293,11 +293,6 @@ async fn serve_udp(sock: TsSocket, c: Arc<ResponderCounters>, cancel: Cancellati
         match sock.send(&buf[..r.len], Some(from)).await {
             Ok(()) => inc(&c.udp.answered),
             Err(_) => inc(&c.udp.dropped),
-        }
-        // Transmit stamps are not used here; keep the error queue empty.
-        if sock.stamps() {
-            let mut e = [0u8; 64];
-            sock.drain_tx_stamps(&mut e, |_, _| {});
         }
     }
 }

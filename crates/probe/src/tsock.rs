@@ -59,6 +59,7 @@ pub struct Received {
 pub struct TsSocket {
     fd: AsyncFd<OwnedFd>,
     stamps: bool,
+    tx_stamps: bool,
     v6: bool,
 }
 
@@ -77,6 +78,12 @@ impl TsSocket {
     /// Opens a socket of `proto` for the family of `family_of`, with timestamps on
     /// when the kernel allows them.
     pub fn open(proto: Proto, family_of: IpAddr) -> io::Result<TsSocket> {
+        Self::open_with(proto, family_of, true)
+    }
+
+    /// As [`TsSocket::open`]; `tx` says whether to ask for transmit stamps too (a
+    /// responder does not: each costs the kernel a packet copy and us a read).
+    pub fn open_with(proto: Proto, family_of: IpAddr, tx: bool) -> io::Result<TsSocket> {
         let v6 = family_of.is_ipv6();
         let af = if v6 {
             AddressFamily::Inet6
@@ -91,13 +98,17 @@ impl TsSocket {
             (Proto::IcmpRaw, true) => (SockType::Raw, SockProtocol::IcmpV6),
         };
         let fd = socket::socket(af, ty, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, p)?;
-        let flags = TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE
-            | TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE
-            | TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE;
+        let mut flags = TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE
+            | TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE;
+        if tx {
+            flags |= TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE;
+        }
         let stamps = socket::setsockopt(&fd, sockopt::Timestamping, &flags).is_ok();
+        let tx_stamps = stamps && tx;
         Ok(TsSocket {
             fd: crate::sys::async_fd(fd)?,
             stamps,
+            tx_stamps,
             v6,
         })
     }
@@ -187,7 +198,7 @@ impl TsSocket {
     /// gets the looped-back packet (headers included; the payload is its tail) and
     /// the stamp. Returns how many entries it read.
     pub fn drain_tx_stamps(&self, buf: &mut [u8], mut f: impl FnMut(&[u8], u64)) -> usize {
-        if !self.stamps {
+        if !self.tx_stamps {
             return 0;
         }
         let mut cmsg = nix::cmsg_space!(

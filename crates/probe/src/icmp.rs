@@ -65,7 +65,15 @@ pub fn echo_reply(b: &[u8], v6: bool, raw_v4: bool) -> Option<(u64, u32)> {
         b
     };
     let want = if v6 { 129 } else { 0 };
-    if b.len() < ECHO_LEN || b[0] != want || b[1] != 0 || &b[8..12] != MAGIC {
+    if b.first() != Some(&want) || b.get(1) != Some(&0) {
+        return None;
+    }
+    ids(b)
+}
+
+/// `(session, seq)` from the payload of an echo message of ours.
+fn ids(b: &[u8]) -> Option<(u64, u32)> {
+    if b.len() < ECHO_LEN || &b[8..12] != MAGIC {
         return None;
     }
     let mut s = [0u8; 8];
@@ -79,15 +87,10 @@ pub fn echo_reply(b: &[u8], v6: bool, raw_v4: bool) -> Option<(u64, u32)> {
 /// Reads `(session, seq)` from an echo request (the copy the kernel returns with a
 /// transmit timestamp).
 pub fn echo_sent(b: &[u8]) -> Option<(u64, u32)> {
-    if b.len() < ECHO_LEN || !(b[0] == 8 || b[0] == 128) || &b[8..12] != MAGIC {
+    if !matches!(b.first(), Some(8 | 128)) {
         return None;
     }
-    let mut s = [0u8; 8];
-    s.copy_from_slice(&b[12..20]);
-    Some((
-        u64::from_be_bytes(s),
-        u32::from_be_bytes([b[20], b[21], b[22], b[23]]),
-    ))
+    ids(b)
 }
 
 #[cfg(test)]

@@ -4,7 +4,13 @@
 # minute), all on one bridge. Measures, over the window, the CPU of the prober and of
 # the responders (/proc/PID/task/*/schedstat, and utime+stime from /proc/PID/stat),
 # their RSS, and the bytes on the prober's link.
-#   scripts/bench-probe.sh [--sizes "10 50 100"] [--seconds 30]
+#   scripts/bench-probe.sh [--sizes "10 50 100"] [--seconds 30] [--napi threaded|sender]
+#
+# --napi threaded (the default when ethtool is there): every veth end gets GRO and a
+# threaded NAPI, so a packet's receive path runs in a kernel thread, as a real NIC's
+# softirq does, instead of in the sending process; those threads' CPU is printed
+# apart ("wire"). --napi sender: plain veth, the sender pays the other side's receive
+# path too (an upper bound).
 # Last line: probe_cpu_millicores_100_peers=<prober + all responders at 100 peers>.
 # Run as root. Traffic stays inside the namespaces it creates (10.96.0.0/16).
 set -euo pipefail
@@ -12,10 +18,13 @@ cd "$(dirname "$0")/.."
 
 sizes="10 50 100"
 secs=30
+napi=threaded
+command -v ethtool >/dev/null 2>&1 || napi=sender
 while [ $# -gt 0 ]; do
   case $1 in
     --sizes) sizes=$2; shift 2 ;;
     --seconds) secs=$2; shift 2 ;;
+    --napi) napi=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -76,7 +85,12 @@ for n in $sizes; do
     ip -n "$ns" addr add "$a/16" dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
+    if [ "$napi" = threaded ]; then
+      ip netns exec "$ns" sh -c 'ethtool -K eth0 gro on tso off >/dev/null && echo 1 > /sys/class/net/eth0/threaded'
+      ip netns exec "$hub" sh -c "ethtool -K pfb$i gro on tso off >/dev/null && echo 1 > /sys/class/net/pfb$i/threaded"
+    fi
   }
+  napi_before=$(pgrep '^napi/' | sort || true)
   mk "$tag-p-$n" 0 10.96.0.1
   : > "$work/peers"
   for i in $(seq 1 "$n"); do
@@ -84,6 +98,7 @@ for n in $sizes; do
     mk "$tag-r$i-$n" "$i" "$a"
     echo "node-$i zone-$(( i % 3 )) $a" >> "$work/peers"
   done
+  wire=$(comm -13 <(echo "$napi_before") <(pgrep '^napi/' | sort || true) | tr '\n' ' ')
   rpids=()
   for i in $(seq 1 "$n"); do
     ip netns exec "$tag-r$i-$n" "$bin" responder --bind "$(addr "$i")" --seconds $((secs + 20)) > /dev/null &
@@ -97,10 +112,10 @@ for n in $sizes; do
   stats=/sys/class/net/eth0/statistics
   b0=$(ip netns exec "$tag-p-$n" sh -c "echo \$(( \$(cat $stats/tx_bytes) + \$(cat $stats/rx_bytes) ))")
   p0=$(ticks "$ppid"); r0=$(ticks "${rpids[@]}"); u0=$(uticks "$ppid")
-  q0=$(cpu_ns "$ppid"); s0=$(cpu_ns "${rpids[@]}")
+  q0=$(cpu_ns "$ppid"); s0=$(cpu_ns "${rpids[@]}"); w0=$(cpu_ns $wire)
   sleep "$secs"
   p1=$(ticks "$ppid"); r1=$(ticks "${rpids[@]}"); u1=$(uticks "$ppid")
-  q1=$(cpu_ns "$ppid"); s1=$(cpu_ns "${rpids[@]}")
+  q1=$(cpu_ns "$ppid"); s1=$(cpu_ns "${rpids[@]}"); w1=$(cpu_ns $wire)
   b1=$(ip netns exec "$tag-p-$n" sh -c "echo \$(( \$(cat $stats/tx_bytes) + \$(cat $stats/rx_bytes) ))")
   prss=$(rss_kb "$ppid")
   rrss=0; for p in "${rpids[@]}"; do rrss=$((rrss + $(rss_kb "$p"))); done
@@ -113,8 +128,9 @@ for n in $sizes; do
   pu=$(awk -v t=$((u1 - u0)) -v k="$tck" -v s="$secs" 'BEGIN {printf "%.1f", t * 1000 / k / s}')
   pmf=$(awk -v t=$((q1 - q0)) -v s="$secs" 'BEGIN {printf "%.2f", t / 1e6 / s}')
   rmf=$(awk -v t=$((s1 - s0)) -v s="$secs" 'BEGIN {printf "%.2f", t / 1e6 / s}')
+  wmf=$(awk -v t=$((w1 - w0)) -v s="$secs" 'BEGIN {printf "%.2f", t / 1e6 / s}')
   bps=$(( (b1 - b0) / secs ))
-  echo "peers=$n prober_millicores=$pmf responders_millicores_total=$rmf (stat ticks: $pst of which user $pu, $rst) prober_rss_kb=$prss responder_rss_kb_avg=$((rrss / n)) wire_bytes_per_sec=$bps ($(cat "$work/prober.out"))"
+  echo "napi=$napi ($(echo $wire | wc -w) threads) peers=$n wire_napi_millicores=$wmf prober_millicores=$pmf responders_millicores_total=$rmf (stat ticks: $pst of which user $pu, $rst) prober_rss_kb=$prss responder_rss_kb_avg=$((rrss / n)) wire_bytes_per_sec=$bps ($(cat "$work/prober.out"))"
   if [ "$n" = 100 ]; then
     result_100=$(awk -v a="$pmf" -v b="$rmf" 'BEGIN {printf "%.1f", a + b}')
   fi

@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::dns::QType;
 use crate::metrics::RunnerStats;
 use crate::peers::{self, Peer, TopologyConfig};
-use crate::prober::{self, Me, ProbeConfig};
+use crate::prober::{self, Me, PeerSockets, ProbeConfig};
 use crate::result::{ProbeKind, ProbeResult};
+use crate::tsock::TsSocket;
 use crate::tsock::now_ns;
 
 /// A DNS name to look up at a resolver.
@@ -296,6 +297,7 @@ async fn peer_task(shared: Arc<Shared>, peer: Peer, token: CancellationToken) {
     let interval = Duration::from_millis(cfg.interval_ms.max(1));
     let mut next = Instant::now() + phase(&cfg.me.node, &peer.node, interval);
     let mut round: u32 = 0;
+    let mut socks = PeerSockets::default();
     loop {
         let jitter =
             Duration::from_millis(fastrand::u64(0..=cfg.jitter_ms.min(cfg.interval_ms / 2)));
@@ -310,15 +312,25 @@ async fn peer_task(shared: Arc<Shared>, peer: Peer, token: CancellationToken) {
             .filter(|k| *k != ProbeKind::Dns)
             .filter(|k| *k != ProbeKind::UdpMtu || round.is_multiple_of(cfg.mtu_every.max(1)))
             .collect();
-        // With both on, one HTTP connection gives the TCP connect result too.
         let both = kinds.contains(&ProbeKind::Tcp) && kinds.contains(&ProbeKind::Http);
         let run = async {
             let _slot = shared.slots.acquire().await;
-            let probes = kinds
+            let PeerSockets { udp, mtu, icmp } = &mut socks;
+            let (mut udp, mut mtu, mut icmp) = (Some(udp), Some(mtu), Some(icmp));
+            let probes: Vec<_> = kinds
                 .iter()
                 .filter(|&&k| !(both && k == ProbeKind::Tcp))
-                .map(|&k| round_probe(cfg, &peer, k, both));
-            futures_join(probes)
+                .map(|&k| {
+                    let slot = match k {
+                        ProbeKind::Udp => udp.take().map(Slot::Udp),
+                        ProbeKind::UdpMtu => mtu.take().map(Slot::Udp),
+                        ProbeKind::Icmp => icmp.take().map(Slot::Icmp),
+                        _ => None,
+                    };
+                    round_probe(cfg, &peer, k, both, slot)
+                })
+                .collect();
+            futures_join(probes.into_iter())
                 .await
                 .into_iter()
                 .flatten()
@@ -342,20 +354,37 @@ async fn peer_task(shared: Arc<Shared>, peer: Peer, token: CancellationToken) {
     }
 }
 
+/// The socket a probe of a round reuses.
+enum Slot<'a> {
+    Udp(&'a mut Option<TsSocket>),
+    Icmp(&'a mut Option<(TsSocket, bool)>),
+}
+
 async fn round_probe(
     cfg: &MeshConfig,
     peer: &Peer,
     kind: ProbeKind,
     both: bool,
+    slot: Option<Slot<'_>>,
 ) -> Vec<ProbeResult> {
-    if both && kind == ProbeKind::Http {
-        let Some(addr) = peer.addr_like(cfg.probe.bind) else {
-            return vec![prober::probe(&cfg.probe, &cfg.me, peer, kind).await];
-        };
-        let (t, h) = prober::http_and_connect(&cfg.probe, &cfg.me, peer, addr).await;
-        return vec![t, h];
+    let (p, me) = (&cfg.probe, &cfg.me);
+    let Some(addr) = peer.addr_like(p.bind) else {
+        return vec![prober::probe(p, me, peer, kind).await];
+    };
+    match (kind, slot) {
+        // With both on, one HTTP connection gives the TCP connect result too.
+        (ProbeKind::Http, _) if both => {
+            let (t, h) = prober::http_and_connect(p, me, peer, addr).await;
+            vec![t, h]
+        }
+        (ProbeKind::Udp | ProbeKind::UdpMtu, Some(Slot::Udp(s))) => {
+            vec![prober::udp_burst(p, me, peer, addr, kind == ProbeKind::UdpMtu, s).await]
+        }
+        (ProbeKind::Icmp, Some(Slot::Icmp(s))) => {
+            vec![prober::icmp_echo(p, me, peer, addr, s).await]
+        }
+        _ => vec![prober::probe(p, me, peer, kind).await],
     }
-    vec![prober::probe(&cfg.probe, &cfg.me, peer, kind).await]
 }
 
 /// Runs futures concurrently on this task and collects their outputs in order.

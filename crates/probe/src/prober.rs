@@ -101,19 +101,44 @@ fn bind_addr(cfg: &ProbeConfig, dst: IpAddr) -> SocketAddr {
     }
 }
 
+/// Sockets kept for one peer across rounds (a connected UDP socket per burst kind and
+/// an ICMP socket), so a round costs no socket set-up. A socket that saw an error is
+/// dropped and opened anew next time. Replies still in flight from an earlier round
+/// arrive with another session and never match.
+#[derive(Debug, Default)]
+pub struct PeerSockets {
+    /// Small UDP probes.
+    pub udp: Option<TsSocket>,
+    /// Full-MTU UDP probes (Don't Fragment).
+    pub mtu: Option<TsSocket>,
+    /// ICMP echo, and whether it is a raw socket.
+    pub icmp: Option<(TsSocket, bool)>,
+}
+
 /// Runs one probe of `kind` against `peer` (DNS is not a peer probe: see [`dns_lookup`]).
 pub async fn probe(cfg: &ProbeConfig, me: &Me, peer: &Peer, kind: ProbeKind) -> ProbeResult {
+    probe_with(cfg, me, peer, kind, &mut PeerSockets::default()).await
+}
+
+/// As [`probe`], reusing (and filling) `socks`.
+pub async fn probe_with(
+    cfg: &ProbeConfig,
+    me: &Me,
+    peer: &Peer,
+    kind: ProbeKind,
+    socks: &mut PeerSockets,
+) -> ProbeResult {
     let Some(addr) = peer.addr_like(cfg.bind) else {
         let mut r = result(kind, me, peer);
         r.error = format!("peer {} has no address", peer.node);
         return r;
     };
     match kind {
-        ProbeKind::Udp => udp_burst(cfg, me, peer, addr, false).await,
-        ProbeKind::UdpMtu => udp_burst(cfg, me, peer, addr, true).await,
+        ProbeKind::Udp => udp_burst(cfg, me, peer, addr, false, &mut socks.udp).await,
+        ProbeKind::UdpMtu => udp_burst(cfg, me, peer, addr, true, &mut socks.mtu).await,
         ProbeKind::Tcp => tcp_connect(cfg, me, peer, addr).await,
         ProbeKind::Http => http_get(cfg, me, peer, addr).await,
-        ProbeKind::Icmp => icmp_echo(cfg, me, peer, addr).await,
+        ProbeKind::Icmp => icmp_echo(cfg, me, peer, addr, &mut socks.icmp).await,
         ProbeKind::Dns => {
             let mut r = result(kind, me, peer);
             r.outcome = Outcome::Unavailable;
@@ -296,13 +321,15 @@ fn fill_burst(r: &mut ProbeResult, run: BurstRun) {
 }
 
 /// A UDP burst to the peer's echo port: small packets, or (`full_mtu`) packets of the
-/// configured path MTU with Don't Fragment set.
+/// configured path MTU with Don't Fragment set. Uses the socket in `slot` (opening
+/// one when empty) and keeps it there unless the burst saw a socket error.
 pub async fn udp_burst(
     cfg: &ProbeConfig,
     me: &Me,
     peer: &Peer,
     addr: IpAddr,
     full_mtu: bool,
+    slot: &mut Option<TsSocket>,
 ) -> ProbeResult {
     let kind = if full_mtu {
         ProbeKind::UdpMtu
@@ -325,12 +352,18 @@ pub async fn udp_burst(
         );
         return r;
     }
-    let sock = match open_udp(cfg, dst, full_mtu) {
-        Ok(s) => s,
-        Err(e) => {
-            r.error = describe(&e, dst);
-            return r;
-        }
+    if slot.as_ref().is_some_and(|s| s.peer() != Some(dst)) {
+        *slot = None;
+    }
+    let sock = match slot.take() {
+        Some(s) => s,
+        None => match open_udp(cfg, dst, full_mtu) {
+            Ok(s) => s,
+            Err(e) => {
+                r.error = describe(&e, dst);
+                return r;
+            }
+        },
     };
     let run = run_burst(
         &sock,
@@ -346,6 +379,7 @@ pub async fn udp_burst(
         .first_error
         .as_deref()
         .is_some_and(|e| e.contains("EMSGSIZE"));
+    let clean = run.first_error.is_none();
     fill_burst(&mut r, run);
     if full_mtu
         && emsgsize
@@ -355,6 +389,9 @@ pub async fn udp_burst(
             "{dst}: the kernel knows a path MTU of {pmtu}, below the {} probed",
             cfg.mtu
         );
+    }
+    if clean {
+        *slot = Some(sock);
     }
     r
 }
@@ -372,9 +409,28 @@ fn open_udp(cfg: &ProbeConfig, dst: SocketAddr, df: bool) -> io::Result<TsSocket
 /// A burst of ICMP echo requests: through a ping socket when
 /// `net.ipv4.ping_group_range` allows, else a raw socket (CAP_NET_RAW), else
 /// [`Outcome::Unavailable`].
-pub async fn icmp_echo(cfg: &ProbeConfig, me: &Me, peer: &Peer, addr: IpAddr) -> ProbeResult {
+pub async fn icmp_echo(
+    cfg: &ProbeConfig,
+    me: &Me,
+    peer: &Peer,
+    addr: IpAddr,
+    slot: &mut Option<(TsSocket, bool)>,
+) -> ProbeResult {
     let mut r = result(ProbeKind::Icmp, me, peer);
     let dst = SocketAddr::new(addr, 0);
+    if slot
+        .as_ref()
+        .is_some_and(|(s, _)| s.peer().map(|p| p.ip()) != Some(addr))
+    {
+        *slot = None;
+    }
+    if let Some((sock, raw)) = slot.take() {
+        let clean = icmp_run(cfg, &mut r, &sock, raw, dst).await;
+        if clean {
+            *slot = Some((sock, raw));
+        }
+        return r;
+    }
     let mut refused = Vec::new();
     let mut opened = None;
     for (proto, raw) in [(Proto::IcmpDgram, false), (Proto::IcmpRaw, true)] {
@@ -401,12 +457,26 @@ pub async fn icmp_echo(cfg: &ProbeConfig, me: &Me, peer: &Peer, addr: IpAddr) ->
         r.error = describe(&e, dst);
         return r;
     }
+    if icmp_run(cfg, &mut r, &sock, raw, dst).await {
+        *slot = Some((sock, raw));
+    }
+    r
+}
+
+/// One ICMP burst on `sock`; true when it saw no socket error.
+async fn icmp_run(
+    cfg: &ProbeConfig,
+    r: &mut ProbeResult,
+    sock: &TsSocket,
+    raw: bool,
+    dst: SocketAddr,
+) -> bool {
     let codec = Icmp {
-        v6: addr.is_ipv6(),
+        v6: dst.is_ipv6(),
         raw,
     };
     let run = run_burst(
-        &sock,
+        sock,
         &codec,
         dst,
         cfg.icmp_count,
@@ -415,8 +485,9 @@ pub async fn icmp_echo(cfg: &ProbeConfig, me: &Me, peer: &Peer, addr: IpAddr) ->
         icmp::ECHO_LEN + 60,
     )
     .await;
-    fill_burst(&mut r, run);
-    r
+    let clean = run.first_error.is_none();
+    fill_burst(r, run);
+    clean
 }
 
 async fn connect(

@@ -133,6 +133,12 @@ impl TsSocket {
         Ok(socket::connect(self.fd.as_raw_fd(), &sockaddr(addr))?)
     }
 
+    /// The connected peer, if any.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        let s: SockaddrStorage = socket::getpeername(self.fd.as_raw_fd()).ok()?;
+        socket_addr(&s)
+    }
+
     /// Sets Don't Fragment (path-MTU discovery "do").
     pub fn dont_fragment(&self) -> io::Result<()> {
         crate::sys::set_pmtudisc_do(self.fd.get_ref().as_fd(), self.v6)

@@ -14,6 +14,8 @@ run() { # crate-dir target seed-dir
   (cd "$dir" && cargo fuzz run --sanitizer none "$target" "$corpus" "$seeds" -- -max_total_time="$secs" -print_final_stats=1 2>&1 | tail -3)
 }
 run crates/conntrack/fuzz ctnetlink seeds/ctnetlink
+run crates/probe/fuzz wire seeds/wire
+run crates/probe/fuzz dns seeds/dns
 for t in v5 v9 ipfix; do
   seeds=../tests/data/corpus/$t
   [ -d "crates/netflow/fuzz/$seeds" ] || seeds=$(mktemp -d)

@@ -73,6 +73,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "podflow-store",
         ],
     ),
+    ("podflow-probe", &[]),
+    ("podflow-impair", &[]),
     ("podflow-testkit", &[]),
 ];
 

@@ -4,7 +4,6 @@
 
 pub mod clickhouse;
 pub mod query;
-mod rollup;
 mod sqlite;
 
 use std::sync::Arc;

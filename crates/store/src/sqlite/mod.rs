@@ -8,6 +8,8 @@ use rusqlite::{Connection, OpenFlags, params};
 
 use crate::{FlowQuery, FlowStore, FlowSummary, StoreError};
 
+mod rollup;
+
 /// Schema version stored in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 3;
 
@@ -348,7 +350,7 @@ impl SqliteStore {
             .query_row(
                 &format!(
                     "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('{}')",
-                    crate::rollup::LEVELS.map(|(t, _)| t).join("', '")
+                    rollup::LEVELS.map(|(t, _)| t).join("', '")
                 ),
                 [],
                 |r| r.get(0),
@@ -387,19 +389,19 @@ impl SqliteStore {
                 .map_err(err("migrate: add label column"))?;
             }
         }
-        if rollups < crate::rollup::LEVELS.len() {
+        if rollups < rollup::LEVELS.len() {
             // Version 3: the rollups, filled from the rows already stored (all of them
             // again if one is missing: a file edited by hand).
             let tx = conn.transaction().map_err(err("begin migration"))?;
             // Finest first: each coarser level is summed from the one below it, so
             // `flows` is read once.
             let mut finer = None;
-            for (table, width) in crate::rollup::LEVELS.into_iter().rev() {
-                tx.execute_batch(&crate::rollup::schema(table))
+            for (table, width) in rollup::LEVELS.into_iter().rev() {
+                tx.execute_batch(&rollup::schema(table))
                     .map_err(err("migrate: create a rollup"))?;
                 tx.execute_batch(&format!("DELETE FROM {table}"))
                     .map_err(err("migrate: empty a rollup"))?;
-                tx.execute_batch(&crate::rollup::backfill_sql(table, width, finer))
+                tx.execute_batch(&rollup::backfill_sql(table, width, finer))
                     .map_err(err("migrate: fill a rollup"))?;
                 finer = Some(table);
             }
@@ -479,7 +481,7 @@ impl SqliteStore {
         q: &crate::query::GroupQuery,
     ) -> Vec<crate::query::GroupRow> {
         // An `oldest` of None reads flows alone.
-        let (sql, params) = crate::rollup::group_sql(q, None);
+        let (sql, params) = rollup::group_sql(q, None);
         assert!(!sql.contains("flows_hourly"));
         self.run_group(&sql, &params, q.group_by.len())
             .expect("query")
@@ -579,9 +581,9 @@ impl FlowStore for SqliteStore {
                 st.raw_execute().map_err(err("upsert"))?;
                 prev = Some(k);
             }
-            for (table, level) in crate::rollup::aggregate_levels(rows) {
+            for (table, level) in rollup::aggregate_levels(rows) {
                 let mut st = tx
-                    .prepare_cached(&crate::rollup::upsert_sql(table))
+                    .prepare_cached(&rollup::upsert_sql(table))
                     .map_err(err("prepare rollup upsert"))?;
                 for ((bucket, once, dims), sums) in level {
                     let counts = sums.counts.map(u);
@@ -698,7 +700,7 @@ impl FlowStore for SqliteStore {
             .conn
             .query_row("SELECT MIN(interval_start) FROM flows", [], |r| r.get(0))
             .map_err(self.err("read the oldest interval"))?;
-        let (sql, params) = crate::rollup::group_sql(q, oldest);
+        let (sql, params) = rollup::group_sql(q, oldest);
         self.run_group(&sql, &params, q.group_by.len())
     }
 
@@ -716,7 +718,7 @@ impl FlowStore for SqliteStore {
             )
             .map_err(err("expire"))?;
         // Whole buckets only: the one holding `before` is answered from `flows`.
-        for (table, width) in crate::rollup::LEVELS {
+        for (table, width) in rollup::LEVELS {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE bucket_start + ?2 <= ?1"),
                 params![before, width],

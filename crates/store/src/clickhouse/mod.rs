@@ -24,8 +24,11 @@ use podflow_model::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::error::StoreError;
+use crate::flow_store::{FlowQuery, FlowStore, FlowSummary};
 use crate::query::{self, GroupQuery, GroupRow, View};
-use crate::{FlowQuery, FlowStore, FlowSummary, StoreError};
+
+pub use crate::error::ClickHouseError;
 
 /// Where and how to store flows in ClickHouse.
 #[derive(Clone, Deserialize)]
@@ -100,38 +103,6 @@ impl fmt::Debug for ClickHouseConfig {
             .field("dedup_window", &self.dedup_window)
             .finish()
     }
-}
-
-/// What went wrong talking to ClickHouse; every message names the URL and table.
-#[derive(Debug, thiserror::Error)]
-pub enum ClickHouseError {
-    /// A request failed (after its retries, when the failure looked transient).
-    #[error("ClickHouse {url} table {table}: {op} failed after {attempts} attempt(s): {source}")]
-    Request {
-        /// The endpoint.
-        url: String,
-        /// `database.table`.
-        table: String,
-        /// What podflow was doing.
-        op: &'static str,
-        /// How many times it was tried.
-        attempts: u32,
-        /// The client's error.
-        source: ::clickhouse::error::Error,
-    },
-    /// A row or a stored value cannot be represented.
-    #[error("ClickHouse {url} table {table}: {what}")]
-    Invalid {
-        /// The endpoint.
-        url: String,
-        /// `database.table`.
-        table: String,
-        /// What is wrong.
-        what: String,
-    },
-    /// The configuration is unusable.
-    #[error("ClickHouse config: {0}")]
-    Config(String),
 }
 
 /// A column of the table: name, type, and an optional default expression for the

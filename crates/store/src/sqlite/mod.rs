@@ -1,3 +1,6 @@
+//! The embedded backend: one SQLite file (WAL) whose upserts add, like ClickHouse's
+//! SummingMergeTree.
+
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -6,7 +9,8 @@ use std::sync::Arc;
 use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, Protocol};
 use rusqlite::{Connection, OpenFlags, params};
 
-use crate::{FlowQuery, FlowStore, FlowSummary, StoreError};
+use crate::error::StoreError;
+use crate::flow_store::{FlowQuery, FlowStore, FlowSummary};
 
 mod rollup;
 

@@ -13,65 +13,9 @@ use crate::error::StoreError;
 use crate::flow_store::{FlowQuery, FlowStore, FlowSummary};
 
 mod rollup;
+mod schema;
 
-/// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
-
-/// Columns added in version 2 (attribution), in order; each `TEXT NOT NULL DEFAULT ''`
-/// except `cost_usd`.
-const LABEL_COLUMNS: [&str; 23] = [
-    "class",
-    "local_kind",
-    "local_namespace",
-    "local_name",
-    "local_workload_kind",
-    "local_workload",
-    "local_app",
-    "local_node",
-    "local_zone",
-    "local_region",
-    "local_cloud",
-    "remote_kind",
-    "remote_namespace",
-    "remote_name",
-    "remote_workload_kind",
-    "remote_workload",
-    "remote_app",
-    "remote_node",
-    "remote_zone",
-    "remote_region",
-    "remote_cloud",
-    "service_namespace",
-    "service_name",
-];
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS flows (
-    interval_start  INTEGER NOT NULL,
-    interval_s      INTEGER NOT NULL,
-    observer        TEXT    NOT NULL,
-    proto           INTEGER NOT NULL,
-    local_addr      TEXT    NOT NULL,
-    remote_addr     TEXT    NOT NULL,
-    responder_port  INTEGER NOT NULL,
-    local_initiated INTEGER NOT NULL,
-    service_addr    TEXT    NOT NULL,
-    service_port    INTEGER NOT NULL,
-    bytes_out       INTEGER NOT NULL,
-    packets_out     INTEGER NOT NULL,
-    bytes_in        INTEGER NOT NULL,
-    packets_in      INTEGER NOT NULL,
-    conns_opened    INTEGER NOT NULL,
-    conns_closed    INTEGER NOT NULL,
-    PRIMARY KEY (interval_start, observer, proto, local_addr, remote_addr,
-                 responder_port, local_initiated, service_addr, service_port)
-) WITHOUT ROWID;
--- The highest batch of each agent made durable (written with the rows it carried).
-CREATE TABLE IF NOT EXISTS agent_marks (
-    agent_id TEXT PRIMARY KEY,
-    seq      INTEGER NOT NULL
-) WITHOUT ROWID;
-";
+use schema::SCHEMA_VERSION;
 
 const UPSERT: &str = "
 INSERT INTO flows (interval_start, interval_s, observer, proto, local_addr, remote_addr,
@@ -349,65 +293,27 @@ impl SqliteStore {
                 value: version.to_string(),
             });
         }
-        conn.execute_batch(SCHEMA).map_err(err("create schema"))?;
+        conn.execute_batch(schema::SCHEMA)
+            .map_err(err("create schema"))?;
         let rollups: usize = conn
-            .query_row(
-                &format!(
-                    "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('{}')",
-                    rollup::LEVELS.map(|(t, _)| t).join("', '")
-                ),
-                [],
-                |r| r.get(0),
-            )
+            .query_row(&schema::count_rollups(), [], |r| r.get(0))
             .map_err(err("look for the rollups"))?;
         let have: Vec<String> = {
             let mut st = conn
-                .prepare("SELECT name FROM pragma_table_info('flows')")
+                .prepare(schema::FLOWS_COLUMNS)
                 .map_err(err("read columns"))?;
             st.query_map([], |r| r.get(0))
                 .map_err(err("read columns"))?
                 .collect::<Result<_, _>>()
                 .map_err(err("read columns"))?
         };
-        if !have.iter().any(|c| c == "remote_observed") {
-            conn.execute_batch(
-                "ALTER TABLE flows ADD COLUMN remote_observed INTEGER NOT NULL DEFAULT 0",
-            )
-            .map_err(err("migrate: add remote_observed"))?;
-        }
-        if !have.iter().any(|c| c == "cost_usd") {
-            conn.execute_batch("ALTER TABLE flows ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0")
-                .map_err(err("migrate: add cost_usd"))?;
-        }
-        for c in LABEL_COLUMNS {
-            if !have.iter().any(|h| h == c) {
-                // Rows from before attribution read as UNKNOWN / unknown.
-                let default = match c {
-                    "class" => "UNKNOWN",
-                    "local_kind" | "remote_kind" => "unknown",
-                    _ => "",
-                };
-                conn.execute_batch(&format!(
-                    "ALTER TABLE flows ADD COLUMN {c} TEXT NOT NULL DEFAULT '{default}'"
-                ))
-                .map_err(err("migrate: add label column"))?;
-            }
+        for (op, sql) in schema::add_columns(&have) {
+            conn.execute_batch(&sql).map_err(err(op))?;
         }
         if rollups < rollup::LEVELS.len() {
-            // Version 3: the rollups, filled from the rows already stored (all of them
-            // again if one is missing: a file edited by hand).
             let tx = conn.transaction().map_err(err("begin migration"))?;
-            // Finest first: each coarser level is summed from the one below it, so
-            // `flows` is read once.
-            let mut finer = None;
-            for (table, width) in rollup::LEVELS.into_iter().rev() {
-                tx.execute_batch(&rollup::schema(table))
-                    .map_err(err("migrate: create a rollup"))?;
-                tx.execute_batch(&format!("DELETE FROM {table}"))
-                    .map_err(err("migrate: empty a rollup"))?;
-                tx.execute_batch(&rollup::backfill_sql(table, width, finer))
-                    .map_err(err("migrate: fill a rollup"))?;
-                finer = Some(table);
+            for (op, sql) in schema::add_rollups() {
+                tx.execute_batch(&sql).map_err(err(op))?;
             }
             tx.commit().map_err(err("commit migration"))?;
         }
@@ -736,6 +642,7 @@ impl FlowStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::schema::SCHEMA;
     use super::*;
 
     fn row(t: i64, remote: &str, bytes_out: u64) -> FlowRow {

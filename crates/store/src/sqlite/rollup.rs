@@ -46,7 +46,7 @@ pub(crate) const DIMS: [&str; 19] = [
 ];
 
 /// Summed columns, in the order [`Sums`] holds them.
-const SUMS: [&str; 7] = [
+pub(super) const SUMS: [&str; 7] = [
     "bytes_s2d",
     "bytes_d2s",
     "packets_s2d",
@@ -57,7 +57,7 @@ const SUMS: [&str; 7] = [
 ];
 
 /// The same sums over `flows`, oriented source (initiator) → destination.
-const FLOW_SUMS: [&str; 7] = [
+pub(super) const FLOW_SUMS: [&str; 7] = [
     "CASE WHEN local_initiated THEN bytes_out ELSE bytes_in END",
     "CASE WHEN local_initiated THEN bytes_in ELSE bytes_out END",
     "CASE WHEN local_initiated THEN packets_out ELSE packets_in END",
@@ -69,70 +69,12 @@ const FLOW_SUMS: [&str; 7] = [
 
 /// A row counts in the count-once view unless its other end is observed too and did
 /// not initiate (then the initiator's row counts).
-const ONCE_FLOWS: &str = "NOT (remote_observed = 1 AND local_initiated = 0)";
+pub(super) const ONCE_FLOWS: &str = "NOT (remote_observed = 1 AND local_initiated = 0)";
 
-/// `CREATE TABLE` for the rollup `table`.
-pub(crate) fn schema(table: &str) -> String {
-    let dims: Vec<String> = DIMS
-        .iter()
-        .map(|d| format!("    {d} TEXT NOT NULL,\n"))
-        .collect();
-    let sums: Vec<String> = SUMS
-        .iter()
-        .map(|s| {
-            let ty = if *s == "cost_usd" { "REAL" } else { "INTEGER" };
-            format!("    {s} {ty} NOT NULL,\n")
-        })
-        .collect();
-    format!(
-        "CREATE TABLE IF NOT EXISTS {table} (\n    bucket_start INTEGER NOT NULL,\n    \
-         once INTEGER NOT NULL,\n{}{}    PRIMARY KEY (bucket_start, once, {})\n) WITHOUT ROWID;",
-        dims.concat(),
-        sums.concat(),
-        DIMS.join(", ")
-    )
-}
-
-fn dim(name: &str) -> Dim {
+/// The query dimension of a rollup dimension.
+pub(super) fn dim(name: &str) -> Dim {
     // DIMS only names dimensions of the query layer (a unit test checks every one).
     crate::query::dim(name).unwrap_or_else(|| panic!("rollup dimension {name} is unknown"))
-}
-
-/// Fills the rollup `table` of bucket width `width` (the migration to schema v3): from
-/// the rows already in `flows`, or from the filled rollup `finer` below it.
-pub(crate) fn backfill_sql(table: &str, width: i64, finer: Option<&str>) -> String {
-    let (source, time, once, keys, sums): (&str, &str, &str, Vec<String>, Vec<String>) = match finer
-    {
-        None => (
-            "flows",
-            "interval_start",
-            ONCE_FLOWS,
-            DIMS.iter()
-                .map(|d| format!("CAST({} AS TEXT)", dim(d).sql))
-                .collect(),
-            FLOW_SUMS.iter().map(|s| format!("SUM({s})")).collect(),
-        ),
-        Some(f) => (
-            f,
-            "bucket_start",
-            "once",
-            DIMS.iter().map(|d| d.to_string()).collect(),
-            SUMS.iter().map(|s| format!("SUM({s})")).collect(),
-        ),
-    };
-    format!(
-        "INSERT INTO {table} (bucket_start, once, {dims}, {sum_cols})
-         SELECT ({time} / {width}) * {width}, {once}, {keys}, {sums}
-         FROM {source} GROUP BY 1, 2, {groups}",
-        dims = DIMS.join(", "),
-        sum_cols = SUMS.join(", "),
-        keys = keys.join(", "),
-        sums = sums.join(", "),
-        groups = (3..3 + DIMS.len())
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-    )
 }
 
 /// The upsert that adds one row to the rollup `table`.

@@ -14,51 +14,9 @@ use crate::flow_store::{FlowQuery, FlowStore, FlowSummary};
 
 mod rollup;
 mod schema;
+mod sql;
 
 use schema::SCHEMA_VERSION;
-
-const UPSERT: &str = "
-INSERT INTO flows (interval_start, interval_s, observer, proto, local_addr, remote_addr,
-    responder_port, local_initiated, service_addr, service_port, bytes_out, packets_out,
-    bytes_in, packets_in, conns_opened, conns_closed, cost_usd, class,
-    local_kind, local_namespace, local_name, local_workload_kind, local_workload, local_app,
-    local_node, local_zone, local_region, local_cloud,
-    remote_kind, remote_namespace, remote_name, remote_workload_kind, remote_workload,
-    remote_app, remote_node, remote_zone, remote_region, remote_cloud,
-    service_namespace, service_name, remote_observed)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-    ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35,
-    ?36, ?37, ?38, ?39, ?40, ?41)
-ON CONFLICT DO UPDATE SET
-    cost_usd = cost_usd + excluded.cost_usd,
-    bytes_out = bytes_out + excluded.bytes_out,
-    packets_out = packets_out + excluded.packets_out,
-    bytes_in = bytes_in + excluded.bytes_in,
-    packets_in = packets_in + excluded.packets_in,
-    conns_opened = conns_opened + excluded.conns_opened,
-    conns_closed = conns_closed + excluded.conns_closed
-";
-
-const FLOWS: &str = "
-SELECT observer, proto, local_addr, remote_addr, responder_port, local_initiated,
-       service_addr, service_port,
-       SUM(bytes_out), SUM(packets_out), SUM(bytes_in), SUM(packets_in),
-       SUM(conns_opened), SUM(conns_closed),
-       MIN(interval_start), MAX(interval_start + interval_s), SUM(cost_usd),
-       MAX(class), MAX(local_kind), MAX(local_namespace), MAX(local_name),
-       MAX(local_workload_kind), MAX(local_workload), MAX(local_app), MAX(local_node),
-       MAX(local_zone), MAX(local_region), MAX(local_cloud),
-       MAX(remote_kind), MAX(remote_namespace), MAX(remote_name),
-       MAX(remote_workload_kind), MAX(remote_workload), MAX(remote_app), MAX(remote_node),
-       MAX(remote_zone), MAX(remote_region), MAX(remote_cloud),
-       MAX(service_namespace), MAX(service_name), MAX(remote_observed)
-FROM flows
-WHERE interval_start >= ?1 AND interval_start < ?2
-GROUP BY observer, proto, local_addr, remote_addr, responder_port, local_initiated,
-         service_addr, service_port
-ORDER BY SUM(bytes_out) + SUM(bytes_in) DESC, SUM(conns_opened) DESC
-LIMIT ?3
-";
 
 /// The embedded store: one SQLite file in WAL mode.
 #[derive(Debug)]
@@ -391,7 +349,7 @@ impl SqliteStore {
         q: &crate::query::GroupQuery,
     ) -> Vec<crate::query::GroupRow> {
         // An `oldest` of None reads flows alone.
-        let (sql, params) = rollup::group_sql(q, None);
+        let (sql, params) = sql::group_sql(q, None);
         assert!(!sql.contains("flows_hourly"));
         self.run_group(&sql, &params, q.group_by.len())
             .expect("query")
@@ -455,7 +413,7 @@ impl FlowStore for SqliteStore {
     fn marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT agent_id, seq FROM agent_marks")
+            .prepare_cached(sql::MARKS)
             .map_err(self.err("read marks"))?;
         let rows = st
             .query_map([], |r| {
@@ -478,7 +436,9 @@ impl FlowStore for SqliteStore {
         };
         let tx = self.conn.transaction().map_err(err("begin"))?;
         {
-            let mut st = tx.prepare_cached(UPSERT).map_err(err("prepare upsert"))?;
+            let mut st = tx
+                .prepare_cached(sql::UPSERT)
+                .map_err(err("prepare upsert"))?;
             // In primary-key order: the rows of a new interval then append to the end of
             // the table's B-tree instead of landing on random pages (several times faster
             // with hundreds of thousands of keys per interval).
@@ -493,7 +453,7 @@ impl FlowStore for SqliteStore {
             }
             for (table, level) in rollup::aggregate_levels(rows) {
                 let mut st = tx
-                    .prepare_cached(&rollup::upsert_sql(table))
+                    .prepare_cached(&sql::rollup_upsert(table))
                     .map_err(err("prepare rollup upsert"))?;
                 for ((bucket, once, dims), sums) in level {
                     let counts = sums.counts.map(u);
@@ -506,12 +466,7 @@ impl FlowStore for SqliteStore {
             }
         }
         {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT INTO agent_marks VALUES (?1, ?2)
-                     ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq)",
-                )
-                .map_err(err("prepare marks"))?;
+            let mut st = tx.prepare_cached(sql::MARK).map_err(err("prepare marks"))?;
             for (agent, seq) in marks {
                 st.execute(params![agent, u(*seq)])
                     .map_err(err("write mark"))?;
@@ -523,7 +478,7 @@ impl FlowStore for SqliteStore {
     fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError> {
         let mut st = self
             .conn
-            .prepare_cached(FLOWS)
+            .prepare_cached(sql::FLOWS)
             .map_err(self.err("prepare query"))?;
         let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
         let raw = st
@@ -605,12 +560,11 @@ impl FlowStore for SqliteStore {
         &self,
         q: &crate::query::GroupQuery,
     ) -> Result<Vec<crate::query::GroupRow>, StoreError> {
-        // The oldest row left (the first key column: one index lookup).
         let oldest: Option<i64> = self
             .conn
-            .query_row("SELECT MIN(interval_start) FROM flows", [], |r| r.get(0))
+            .query_row(sql::OLDEST, [], |r| r.get(0))
             .map_err(self.err("read the oldest interval"))?;
-        let (sql, params) = rollup::group_sql(q, oldest);
+        let (sql, params) = sql::group_sql(q, oldest);
         self.run_group(&sql, &params, q.group_by.len())
     }
 
@@ -622,18 +576,11 @@ impl FlowStore for SqliteStore {
         };
         let tx = self.conn.transaction().map_err(err("begin expiry"))?;
         let n = tx
-            .execute(
-                "DELETE FROM flows WHERE interval_start < ?1",
-                params![before],
-            )
+            .execute(sql::EXPIRE, params![before])
             .map_err(err("expire"))?;
-        // Whole buckets only: the one holding `before` is answered from `flows`.
         for (table, width) in rollup::LEVELS {
-            tx.execute(
-                &format!("DELETE FROM {table} WHERE bucket_start + ?2 <= ?1"),
-                params![before, width],
-            )
-            .map_err(err("expire a rollup"))?;
+            tx.execute(&sql::expire_rollup(table), params![before, width])
+                .map_err(err("expire a rollup"))?;
         }
         tx.commit().map_err(err("commit expiry"))?;
         Ok(n as u64)
@@ -643,6 +590,7 @@ impl FlowStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::schema::SCHEMA;
+    use super::sql::UPSERT;
     use super::*;
 
     fn row(t: i64, remote: &str, bytes_out: u64) -> FlowRow {

@@ -15,7 +15,7 @@ use hashbrown::HashMap;
 
 use podflow_model::FlowRow;
 
-use crate::query::{Dim, GroupQuery, View};
+use crate::query::{Dim, GroupQuery};
 
 /// The rollup tables and their bucket widths (seconds), coarsest first; each width
 /// divides the one before.
@@ -56,45 +56,10 @@ pub(super) const SUMS: [&str; 7] = [
     "cost_usd",
 ];
 
-/// The same sums over `flows`, oriented source (initiator) → destination.
-pub(super) const FLOW_SUMS: [&str; 7] = [
-    "CASE WHEN local_initiated THEN bytes_out ELSE bytes_in END",
-    "CASE WHEN local_initiated THEN bytes_in ELSE bytes_out END",
-    "CASE WHEN local_initiated THEN packets_out ELSE packets_in END",
-    "CASE WHEN local_initiated THEN packets_in ELSE packets_out END",
-    "conns_opened",
-    "conns_closed",
-    "cost_usd",
-];
-
-/// A row counts in the count-once view unless its other end is observed too and did
-/// not initiate (then the initiator's row counts).
-pub(super) const ONCE_FLOWS: &str = "NOT (remote_observed = 1 AND local_initiated = 0)";
-
 /// The query dimension of a rollup dimension.
 pub(super) fn dim(name: &str) -> Dim {
     // DIMS only names dimensions of the query layer (a unit test checks every one).
     crate::query::dim(name).unwrap_or_else(|| panic!("rollup dimension {name} is unknown"))
-}
-
-/// The upsert that adds one row to the rollup `table`.
-pub(crate) fn upsert_sql(table: &str) -> String {
-    let cols: Vec<&str> = ["bucket_start", "once"]
-        .into_iter()
-        .chain(DIMS)
-        .chain(SUMS)
-        .collect();
-    let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-    let adds: Vec<String> = SUMS
-        .iter()
-        .map(|s| format!("{s} = {s} + excluded.{s}"))
-        .collect();
-    format!(
-        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT DO UPDATE SET {}",
-        cols.join(", "),
-        params.join(", "),
-        adds.join(", ")
-    )
 }
 
 /// Bytes, packets, connections (source → destination first) and cost of one rollup key.
@@ -199,8 +164,10 @@ fn eligible(q: &GroupQuery) -> bool {
 
 /// Where a part of a query's range is read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Source {
+pub(super) enum Source {
+    /// The rows.
     Flows,
+    /// A rollup table.
     Rollup(&'static str),
 }
 
@@ -231,12 +198,12 @@ fn plan(
     }
 }
 
-/// The SQL of a grouped query and its parameters (values bound, never spliced).
+/// The parts of a grouped query's range, each with where it is read from.
 ///
 /// `oldest` is the earliest `interval_start` left in `flows` (None when empty): buckets
 /// that start before it are read from finer levels or `flows`, where retention has cut
 /// them, and an empty `flows` answers alone.
-pub(crate) fn group_sql(q: &GroupQuery, oldest: Option<i64>) -> (String, Vec<String>) {
+pub(super) fn parts(q: &GroupQuery, oldest: Option<i64>) -> Vec<(Source, i64, i64)> {
     let mut ranges = Vec::new();
     match oldest {
         Some(oldest) if eligible(q) => plan(q.from, q.to, oldest, &LEVELS, &mut ranges),
@@ -247,68 +214,7 @@ pub(crate) fn group_sql(q: &GroupQuery, oldest: Option<i64>) -> (String, Vec<Str
         // An empty range: one part that matches nothing keeps the shape of the answer.
         ranges.push((Source::Flows, q.from, q.from));
     }
-    // ?1..?k: the filter values, shared by every part; then each part's range.
-    let mut params: Vec<String> = q.filters.iter().map(|(_, v)| v.clone()).collect();
-    let n = q.group_by.len();
-    let mut parts = Vec::new();
-    for (source, from, to) in ranges {
-        params.push(from.to_string());
-        params.push(to.to_string());
-        let (a, b) = (params.len() - 1, params.len());
-        let (table, time, once, sums) = match source {
-            Source::Flows => ("flows", "interval_start", ONCE_FLOWS, FLOW_SUMS),
-            Source::Rollup(t) => (t, "bucket_start", "once = 1", SUMS),
-        };
-        // A dimension is an expression over `flows`, a column of its own in a rollup.
-        let key = |d: &Dim| match source {
-            Source::Flows => format!("CAST({} AS TEXT)", d.sql),
-            Source::Rollup(_) => d.name.to_string(),
-        };
-        let mut cols: Vec<String> = q
-            .group_by
-            .iter()
-            .enumerate()
-            .map(|(i, d)| format!("{} AS k{i}", key(d)))
-            .collect();
-        cols.extend(sums.iter().enumerate().map(|(i, s)| format!("{s} AS s{i}")));
-        let mut wh = vec![
-            format!("{time} >= CAST(?{a} AS INTEGER)"),
-            format!("{time} < CAST(?{b} AS INTEGER)"),
-        ];
-        if q.view == View::Once {
-            wh.push(once.into());
-        }
-        wh.extend(
-            q.filters
-                .iter()
-                .enumerate()
-                .map(|(i, (d, _))| format!("{} = ?{}", key(d), i + 1)),
-        );
-        parts.push(format!(
-            "SELECT {} FROM {table} WHERE {}",
-            cols.join(", "),
-            wh.join(" AND ")
-        ));
-    }
-    let mut select: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
-    select.extend((0..SUMS.len()).map(|i| format!("SUM(s{i})")));
-    let mut sql = format!(
-        "SELECT {} FROM ({})",
-        select.join(", "),
-        parts.join(" UNION ALL ")
-    );
-    let keys: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-    if n > 0 {
-        sql.push_str(&format!(" GROUP BY {}", keys.join(", ")));
-    }
-    // Largest first; equal totals in key order, so the answer does not depend on
-    // which table a part came from.
-    sql.push_str(" ORDER BY SUM(s0) + SUM(s1) DESC");
-    for k in &keys {
-        sql.push_str(&format!(", {k}"));
-    }
-    sql.push_str(&format!(" LIMIT {}", q.limit));
-    (sql, params)
+    ranges
 }
 
 #[cfg(test)]
@@ -320,44 +226,5 @@ mod tests {
         for d in DIMS {
             assert!(crate::query::dim(d).is_some(), "{d}");
         }
-    }
-
-    #[test]
-    fn only_workload_level_queries_over_whole_buckets_read_the_rollups() {
-        const HOUR: i64 = 3600;
-        let q = |group: &[&str], from, to| GroupQuery {
-            from,
-            to,
-            group_by: group.iter().map(|g| dim(g)).collect(),
-            filters: Vec::new(),
-            limit: 5,
-            view: View::Raw,
-        };
-        let (sql, params) = group_sql(&q(&["src_workload"], 1799, 4 * HOUR + 660), Some(0));
-        assert!(sql.contains("flows_hourly"), "{sql}");
-        // [1799, 1800) from flows, [1800, 3600) from 10-minute buckets, [3600, 14400)
-        // hourly, [14400, 15000) 10-minute again, [15000, 15060) per minute.
-        assert_eq!(
-            params,
-            [
-                "1799", "1800", "1800", "3600", "3600", "14400", "14400", "15000", "15000", "15060"
-            ]
-        );
-        assert_eq!(sql.matches("FROM flows_10m").count(), 2, "{sql}");
-        let (sql, _) = group_sql(&q(&["src_ip"], 0, 10 * HOUR), Some(0));
-        assert!(!sql.contains("flows_"), "{sql}");
-        let (sql, params) = group_sql(&q(&["class"], 100, 130), Some(0));
-        assert!(!sql.contains("flows_"), "under a minute: {sql}");
-        assert_eq!(params, ["100", "130"]);
-        // Retention left rows from 7300 on: buckets before 7320 come from flows.
-        let (_, params) = group_sql(&q(&["class"], 0, 5 * HOUR), Some(7300));
-        assert_eq!(
-            params,
-            [
-                "0", "7320", "7320", "7800", "7800", "10800", "10800", "18000"
-            ]
-        );
-        let (sql, _) = group_sql(&q(&["class"], 0, 5 * HOUR), None);
-        assert!(!sql.contains("flows_"), "empty flows: {sql}");
     }
 }

@@ -5,7 +5,8 @@
 //! every file, new or migrated, has the same columns in the same order); version 3 the
 //! rollups, filled from the rows already stored.
 
-use super::rollup::{self, DIMS, FLOW_SUMS, LEVELS, ONCE_FLOWS, SUMS};
+use super::rollup::{self, DIMS, LEVELS, SUMS};
+use super::sql::{FLOW_SUMS, ONCE_FLOWS};
 
 /// Schema version stored in `PRAGMA user_version`.
 pub(super) const SCHEMA_VERSION: i64 = 3;

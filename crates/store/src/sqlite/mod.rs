@@ -1,20 +1,20 @@
 //! The embedded backend: one SQLite file (WAL) whose upserts add, like ClickHouse's
 //! SummingMergeTree.
 
-use std::net::IpAddr;
 use std::path::Path;
 
-use std::sync::Arc;
-
-use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, Protocol};
-use rusqlite::{Connection, OpenFlags, params};
+use podflow_model::FlowRow;
+use rusqlite::{Connection, OpenFlags};
 
 use crate::error::StoreError;
 use crate::flow_store::{FlowQuery, FlowStore, FlowSummary};
+use crate::query::{GroupQuery, GroupRow};
 
+mod read;
 mod rollup;
 mod schema;
 mod sql;
+mod write;
 
 use schema::SCHEMA_VERSION;
 
@@ -25,205 +25,11 @@ pub struct SqliteStore {
     path: String,
 }
 
-fn u(v: u64) -> i64 {
-    // SQLite integers are i64; a single interval's counter never reaches 2^63.
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// An address as text, on the stack (IPv6 text is at most 45 bytes, with an embedded
-/// IPv4 address; Rust writes at most 39).
-#[derive(Clone, Copy)]
-struct AddrText {
-    len: u8,
-    buf: [u8; 46],
-}
-
-impl AddrText {
-    fn of(a: Option<IpAddr>) -> AddrText {
-        use std::fmt::Write as _;
-        let mut t = AddrText {
-            len: 0,
-            buf: [0; 46],
-        };
-        if let Some(a) = a {
-            // Cannot fail: an address is at most 45 bytes of text.
-            let _ = write!(t, "{a}");
-        }
-        t
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[..usize::from(self.len)]
-    }
-
-    fn as_str(&self) -> &str {
-        // Only whole `&str`s are ever copied in, so this never fails.
-        std::str::from_utf8(self.bytes()).unwrap_or_default()
-    }
-
-    /// The first 16 bytes, zero padded: orders like the text for texts that differ
-    /// there (zero sorts before every character, as a shorter text does).
-    fn prefix(&self) -> u128 {
-        let mut p = [0u8; 16];
-        p.copy_from_slice(&self.buf[..16]);
-        u128::from_be_bytes(p)
-    }
-}
-
-impl std::fmt::Write for AddrText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let at = usize::from(self.len);
-        let dst = self.buf.get_mut(at..at + s.len()).ok_or(std::fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
-        self.len += s.len() as u8;
-        Ok(())
-    }
-}
-
-/// A row with its key columns as the table stores them and its other values copied
-/// out: the rows are written in key order, not in the order they sit in memory, and
-/// reading each through its reference would miss the cache once per row.
-struct Keyed<'r> {
-    row: &'r FlowRow,
-    labels: &'r FlowLabels,
-    /// The observer's rank among the batch's observers (its text is bound on change).
-    observer: u64,
-    interval_start: i64,
-    interval_s: u32,
-    proto: u8,
-    responder_port: u16,
-    local_initiated: bool,
-    service_port: u16,
-    counters: [u64; 6],
-    cost_usd: f64,
-    local: AddrText,
-    remote: AddrText,
-    service: AddrText,
-}
-
-/// `rows` in the table's primary-key order (interval, observer, proto, addresses as
-/// text, port, initiator, Service address). Only speed depends on the order being
-/// exact: the upsert is right in any order.
-fn in_key_order(rows: &[FlowRow]) -> Vec<Keyed<'_>> {
-    let mut observers: Vec<&str> = rows.iter().map(|r| r.observer.as_str()).collect();
-    observers.sort_unstable();
-    observers.dedup();
-    let rank = |o: &str| observers.binary_search(&o).unwrap_or_default() as u64;
-    let mut keyed: Vec<Keyed> = rows
-        .iter()
-        .map(|r| Keyed {
-            row: r,
-            labels: &r.labels,
-            observer: rank(&r.observer),
-            interval_start: r.interval_start,
-            interval_s: r.interval_s,
-            proto: r.key.proto.0,
-            responder_port: r.key.responder_port,
-            local_initiated: r.key.local_initiated,
-            service_port: r.key.service.map_or(0, |(_, p)| p),
-            counters: r.totals.columns(),
-            cost_usd: r.cost_usd,
-            local: AddrText::of(Some(r.key.local)),
-            remote: AddrText::of(Some(r.key.remote)),
-            service: AddrText::of(r.key.service.map(|(a, _)| a)),
-        })
-        .collect();
-    // Sorted by a compact copy of the key, computed once per row (integers: no string
-    // compares).
-    keyed.sort_by_cached_key(|k| {
-        (
-            k.interval_start,
-            k.observer << 8 | u64::from(k.proto),
-            k.local.prefix(),
-            k.remote.prefix(),
-            u64::from(k.responder_port) << 1 | u64::from(k.local_initiated),
-            k.service.prefix(),
-        )
-    });
-    keyed
-}
-
-/// Binds the upsert's parameters for `k`, skipping those equal to `prev`'s.
-fn bind_row(
-    st: &mut rusqlite::Statement<'_>,
-    k: &Keyed<'_>,
-    prev: Option<&Keyed<'_>>,
-) -> rusqlite::Result<()> {
-    fn one<T: rusqlite::ToSql + PartialEq>(
-        st: &mut rusqlite::Statement<'_>,
-        i: usize,
-        now: T,
-        was: Option<T>,
-    ) -> rusqlite::Result<()> {
-        if was.as_ref() != Some(&now) {
-            st.raw_bind_parameter(i, now)?;
-        }
-        Ok(())
-    }
-    let p = prev;
-    one(st, 1, k.interval_start, p.map(|p| p.interval_start))?;
-    one(st, 2, k.interval_s, p.map(|p| p.interval_s))?;
-    if p.is_none_or(|p| p.observer != k.observer) {
-        st.raw_bind_parameter(3, k.row.observer.as_str())?;
-    }
-    one(st, 4, k.proto, p.map(|p| p.proto))?;
-    for (i, now, was) in [
-        (5, &k.local, p.map(|p| &p.local)),
-        (6, &k.remote, p.map(|p| &p.remote)),
-        (9, &k.service, p.map(|p| &p.service)),
-    ] {
-        if was.is_none_or(|w| w.bytes() != now.bytes()) {
-            st.raw_bind_parameter(i, now.as_str())?;
-        }
-    }
-    one(st, 7, k.responder_port, p.map(|p| p.responder_port))?;
-    one(st, 8, k.local_initiated, p.map(|p| p.local_initiated))?;
-    one(st, 10, k.service_port, p.map(|p| p.service_port))?;
-    for (i, c) in k.counters.into_iter().enumerate() {
-        one(st, 11 + i, u(c), p.map(|p| u(p.counters[i])))?;
-    }
-    one(st, 17, k.cost_usd, p.map(|p| p.cost_usd))?;
-    /// Parameters 18..=40: class, the ten labels of each end, the Service.
-    fn labels(l: &FlowLabels) -> [&str; 23] {
-        let mut v = [""; 23];
-        v[0] = l.class.as_str();
-        v[1..11].copy_from_slice(&l.local.columns());
-        v[11..21].copy_from_slice(&l.remote.columns());
-        v[21] = &l.service_namespace;
-        v[22] = &l.service_name;
-        v
-    }
-    let same_labels = p.is_some_and(|p| std::ptr::eq(p.labels, k.labels));
-    if !same_labels {
-        let was = p.map(|p| labels(p.labels));
-        for (i, v) in labels(k.labels).into_iter().enumerate() {
-            // Equal labels are mostly the same shared string: compare addresses first.
-            let same = was.is_some_and(|w| std::ptr::eq(w[i], v) || w[i] == v);
-            if !same {
-                st.raw_bind_parameter(18 + i, v)?;
-            }
-        }
-    }
-    one(
-        st,
-        41,
-        k.labels.remote_observed,
-        p.map(|p| p.labels.remote_observed),
-    )
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let p = path.display().to_string();
-        let err = |op| {
-            let p = p.clone();
-            move |source| StoreError::Sqlite {
-                path: p,
-                op,
-                source,
-            }
-        };
+        let err = |op| sqlite_err(&p, op);
         let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -246,7 +52,7 @@ impl SqliteStore {
             .map_err(err("read schema version"))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::Corrupt {
-                path: p,
+                path: p.clone(),
                 column: "user_version (written by a newer podflow)",
                 value: version.to_string(),
             });
@@ -287,121 +93,19 @@ impl SqliteStore {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|source| StoreError::Sqlite {
-            path: p.clone(),
-            op: "open reader",
-            source,
-        })?;
+        .map_err(sqlite_err(&p, "open reader"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|source| StoreError::Sqlite {
-                path: p.clone(),
-                op: "set busy timeout",
-                source,
-            })?;
+            .map_err(sqlite_err(&p, "set busy timeout"))?;
         Ok(SqliteStore { conn, path: p })
     }
+}
 
-    fn err(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        move |source| StoreError::Sqlite {
-            path: self.path.clone(),
-            op,
-            source,
-        }
-    }
-
-    fn corrupt(&self, column: &'static str, value: String) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.clone(),
-            column,
-            value,
-        }
-    }
-
-    /// Labels from the 23 label columns, in `LABEL_COLUMNS` order.
-    fn labels(&self, l: Vec<String>) -> Result<Arc<FlowLabels>, StoreError> {
-        let class = Class::parse(&l[0]).ok_or_else(|| self.corrupt("class", l[0].clone()))?;
-        let end = |o: usize| EndLabels {
-            kind: crate::kind_static(&l[o]),
-            namespace: l[o + 1].as_str().into(),
-            name: l[o + 2].as_str().into(),
-            workload_kind: l[o + 3].as_str().into(),
-            workload: l[o + 4].as_str().into(),
-            app: l[o + 5].as_str().into(),
-            node: l[o + 6].as_str().into(),
-            zone: l[o + 7].as_str().into(),
-            region: l[o + 8].as_str().into(),
-            cloud: l[o + 9].as_str().into(),
-        };
-        Ok(Arc::new(FlowLabels {
-            class,
-            local: end(1),
-            remote: end(11),
-            service_namespace: l[21].as_str().into(),
-            service_name: l[22].as_str().into(),
-            remote_observed: false,
-        }))
-    }
-
-    /// A grouped query answered from `flows` alone (the reference for the rollup).
-    #[cfg(test)]
-    pub(crate) fn group_from_flows(
-        &self,
-        q: &crate::query::GroupQuery,
-    ) -> Vec<crate::query::GroupRow> {
-        // An `oldest` of None reads flows alone.
-        let (sql, params) = sql::group_sql(q, None);
-        assert!(!sql.contains("flows_hourly"));
-        self.run_group(&sql, &params, q.group_by.len())
-            .expect("query")
-    }
-
-    fn run_group(
-        &self,
-        sql: &str,
-        params: &[String],
-        n: usize,
-    ) -> Result<Vec<crate::query::GroupRow>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached(sql)
-            .map_err(self.err("prepare grouped query"))?;
-        let rows = st
-            .query_map(rusqlite::params_from_iter(params.iter()), |r| {
-                let key = (0..n)
-                    .map(|i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let u = |i: usize| {
-                    r.get::<_, Option<i64>>(n + i)
-                        .map(|v| v.unwrap_or(0).max(0) as u64)
-                };
-                Ok(crate::query::GroupRow {
-                    key,
-                    bytes_src_to_dst: u(0)?,
-                    bytes_dst_to_src: u(1)?,
-                    packets_src_to_dst: u(2)?,
-                    packets_dst_to_src: u(3)?,
-                    connections: u(4)?,
-                    closed: u(5)?,
-                    cost_usd: r.get::<_, Option<f64>>(n + 6)?.unwrap_or(0.0),
-                })
-            })
-            .map_err(self.err("grouped query"))?;
-        let mut out: Vec<_> = rows
-            .collect::<Result<_, _>>()
-            .map_err(self.err("grouped query"))?;
-        // An empty range still yields one all-zero total row without GROUP BY: drop it.
-        if n == 0
-            && out
-                .first()
-                .is_some_and(|r: &crate::query::GroupRow| r.bytes() == 0 && r.connections == 0)
-        {
-            out.clear();
-        }
-        Ok(out)
-    }
-
-    fn ip(&self, column: &'static str, s: String) -> Result<IpAddr, StoreError> {
-        s.parse().map_err(|_| self.corrupt(column, s))
+/// Turns a SQLite error into the store's, naming the file and what podflow was doing.
+fn sqlite_err<'a>(path: &'a str, op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + 'a {
+    move |source| StoreError::Sqlite {
+        path: path.to_string(),
+        op,
+        source,
     }
 }
 
@@ -410,185 +114,38 @@ impl FlowStore for SqliteStore {
         self.write_marked(rows, &[])
     }
 
-    fn marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached(sql::MARKS)
-            .map_err(self.err("read marks"))?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
-            })
-            .map_err(self.err("read marks"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.err("read marks"))
-    }
-
     fn write_marked(
         &mut self,
         rows: &[FlowRow],
         marks: &[(String, u64)],
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |op| {
-            let path = path.clone();
-            move |source| StoreError::Sqlite { path, op, source }
-        };
-        let tx = self.conn.transaction().map_err(err("begin"))?;
-        {
-            let mut st = tx
-                .prepare_cached(sql::UPSERT)
-                .map_err(err("prepare upsert"))?;
-            // In primary-key order: the rows of a new interval then append to the end of
-            // the table's B-tree instead of landing on random pages (several times faster
-            // with hundreds of thousands of keys per interval).
-            let keyed = in_key_order(rows);
-            // SQLite keeps a statement's bindings across executions: bind only the
-            // parameters that differ from the previous row's (most labels repeat).
-            let mut prev: Option<&Keyed> = None;
-            for k in &keyed {
-                bind_row(&mut st, k, prev).map_err(err("bind upsert"))?;
-                st.raw_execute().map_err(err("upsert"))?;
-                prev = Some(k);
-            }
-            for (table, level) in rollup::aggregate_levels(rows) {
-                let mut st = tx
-                    .prepare_cached(&sql::rollup_upsert(table))
-                    .map_err(err("prepare rollup upsert"))?;
-                for ((bucket, once, dims), sums) in level {
-                    let counts = sums.counts.map(u);
-                    let mut p: Vec<&dyn rusqlite::ToSql> = vec![&bucket, &once];
-                    p.extend(dims.iter().map(|d| d as &dyn rusqlite::ToSql));
-                    p.extend(counts.iter().map(|c| c as &dyn rusqlite::ToSql));
-                    p.push(&sums.cost_usd);
-                    st.execute(p.as_slice()).map_err(err("rollup upsert"))?;
-                }
-            }
-        }
-        {
-            let mut st = tx.prepare_cached(sql::MARK).map_err(err("prepare marks"))?;
-            for (agent, seq) in marks {
-                st.execute(params![agent, u(*seq)])
-                    .map_err(err("write mark"))?;
-            }
-        }
-        tx.commit().map_err(err("commit"))
+        self.write_rows(rows, marks)
     }
 
     fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached(sql::FLOWS)
-            .map_err(self.err("prepare query"))?;
-        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-        let raw = st
-            .query_map(params![q.from, q.to, limit], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, u8>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, u16>(4)?,
-                    r.get::<_, bool>(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, u16>(7)?,
-                    [
-                        r.get::<_, i64>(8)?,
-                        r.get::<_, i64>(9)?,
-                        r.get::<_, i64>(10)?,
-                        r.get::<_, i64>(11)?,
-                        r.get::<_, i64>(12)?,
-                        r.get::<_, i64>(13)?,
-                    ],
-                    r.get::<_, i64>(14)?,
-                    r.get::<_, i64>(15)?,
-                    r.get::<_, f64>(16)?,
-                    (17..40)
-                        .map(|i| r.get::<_, String>(i))
-                        .collect::<Result<Vec<_>, _>>()?,
-                    r.get::<_, bool>(40)?,
-                ))
-            })
-            .map_err(self.err("query"))?;
-        let mut out = Vec::new();
-        for row in raw {
-            let (
-                observer,
-                proto,
-                local,
-                remote,
-                port,
-                init,
-                sa,
-                sp,
-                n,
-                first,
-                last,
-                cost_usd,
-                l,
-                ro,
-            ) = row.map_err(self.err("read row"))?;
-            let mut labels = self.labels(l)?;
-            Arc::make_mut(&mut labels).remote_observed = ro;
-            let service = if sa.is_empty() {
-                None
-            } else {
-                Some((self.ip("service_addr", sa)?, sp))
-            };
-            let n = n.map(|v| v.max(0) as u64);
-            out.push(FlowSummary {
-                observer,
-                key: FlowKey {
-                    proto: Protocol(proto),
-                    local: self.ip("local_addr", local)?,
-                    remote: self.ip("remote_addr", remote)?,
-                    responder_port: port,
-                    local_initiated: init,
-                    service,
-                },
-                totals: FlowTotals::from_columns(n),
-                labels,
-                cost_usd,
-                first,
-                last,
-            });
-        }
-        Ok(out)
+        self.read_flows(q)
     }
 
-    fn group(
-        &self,
-        q: &crate::query::GroupQuery,
-    ) -> Result<Vec<crate::query::GroupRow>, StoreError> {
-        let oldest: Option<i64> = self
-            .conn
-            .query_row(sql::OLDEST, [], |r| r.get(0))
-            .map_err(self.err("read the oldest interval"))?;
-        let (sql, params) = sql::group_sql(q, oldest);
-        self.run_group(&sql, &params, q.group_by.len())
+    fn group(&self, q: &GroupQuery) -> Result<Vec<GroupRow>, StoreError> {
+        self.read_group(q)
+    }
+
+    fn marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read_marks()
     }
 
     fn expire(&mut self, before: i64) -> Result<u64, StoreError> {
-        let path = self.path.clone();
-        let err = |op| {
-            let path = path.clone();
-            move |source| StoreError::Sqlite { path, op, source }
-        };
-        let tx = self.conn.transaction().map_err(err("begin expiry"))?;
-        let n = tx
-            .execute(sql::EXPIRE, params![before])
-            .map_err(err("expire"))?;
-        for (table, width) in rollup::LEVELS {
-            tx.execute(&sql::expire_rollup(table), params![before, width])
-                .map_err(err("expire a rollup"))?;
-        }
-        tx.commit().map_err(err("commit expiry"))?;
-        Ok(n as u64)
+        self.expire_rows(before)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+    use std::sync::Arc;
+
+    use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowTotals, Protocol};
+
     use super::schema::SCHEMA;
     use super::sql::UPSERT;
     use super::*;

@@ -1061,7 +1061,7 @@ impl ClickHouseStore {
                 cloud,
             ] = l;
             EndLabels {
-                kind: crate::kind_static(&kind),
+                kind: crate::columns::kind_static(&kind),
                 namespace: namespace.into(),
                 name: name.into(),
                 workload_kind: workload_kind.into(),

@@ -4,10 +4,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowTotals, Protocol};
+use podflow_model::{FlowKey, FlowLabels, FlowTotals, Protocol};
 use rusqlite::{params, params_from_iter};
 
 use super::{SqliteStore, sql, sqlite_err};
+use crate::columns::{self, LABELS};
 use crate::error::StoreError;
 use crate::flow_store::{FlowQuery, FlowSummary};
 use crate::query::{GroupQuery, GroupRow};
@@ -32,11 +33,12 @@ impl SqliteStore {
     pub(super) fn read_flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError> {
         let mut st = self
             .conn
-            .prepare_cached(sql::FLOWS)
+            .prepare_cached(&sql::FLOWS)
             .map_err(sqlite_err(&self.path, "prepare query"))?;
         let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
         let raw = st
             .query_map(params![q.from, q.to, limit], |r| {
+                let (c, l) = (sql::FLOWS_COUNTERS_AT, sql::FLOWS_LABELS_AT);
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, u8>(1)?,
@@ -47,20 +49,20 @@ impl SqliteStore {
                     r.get::<_, String>(6)?,
                     r.get::<_, u16>(7)?,
                     [
-                        r.get::<_, i64>(8)?,
-                        r.get::<_, i64>(9)?,
-                        r.get::<_, i64>(10)?,
-                        r.get::<_, i64>(11)?,
-                        r.get::<_, i64>(12)?,
-                        r.get::<_, i64>(13)?,
+                        r.get::<_, i64>(c)?,
+                        r.get::<_, i64>(c + 1)?,
+                        r.get::<_, i64>(c + 2)?,
+                        r.get::<_, i64>(c + 3)?,
+                        r.get::<_, i64>(c + 4)?,
+                        r.get::<_, i64>(c + 5)?,
                     ],
-                    r.get::<_, i64>(14)?,
-                    r.get::<_, i64>(15)?,
-                    r.get::<_, f64>(16)?,
-                    (17..40)
+                    r.get::<_, i64>(c + 6)?,
+                    r.get::<_, i64>(c + 7)?,
+                    r.get::<_, f64>(c + 8)?,
+                    (l..l + LABELS.len())
                         .map(|i| r.get::<_, String>(i))
                         .collect::<Result<Vec<_>, _>>()?,
-                    r.get::<_, bool>(40)?,
+                    r.get::<_, bool>(l + LABELS.len())?,
                 ))
             })
             .map_err(sqlite_err(&self.path, "query"))?;
@@ -128,29 +130,11 @@ impl SqliteStore {
         }
     }
 
-    /// Labels from the 23 label columns, in `LABEL_COLUMNS` order.
+    /// Labels from the label columns' values, in [`LABELS`] order.
     fn labels(&self, l: Vec<String>) -> Result<Arc<FlowLabels>, StoreError> {
-        let class = Class::parse(&l[0]).ok_or_else(|| self.corrupt("class", l[0].clone()))?;
-        let end = |o: usize| EndLabels {
-            kind: crate::kind_static(&l[o]),
-            namespace: l[o + 1].as_str().into(),
-            name: l[o + 2].as_str().into(),
-            workload_kind: l[o + 3].as_str().into(),
-            workload: l[o + 4].as_str().into(),
-            app: l[o + 5].as_str().into(),
-            node: l[o + 6].as_str().into(),
-            zone: l[o + 7].as_str().into(),
-            region: l[o + 8].as_str().into(),
-            cloud: l[o + 9].as_str().into(),
-        };
-        Ok(Arc::new(FlowLabels {
-            class,
-            local: end(1),
-            remote: end(11),
-            service_namespace: l[21].as_str().into(),
-            service_name: l[22].as_str().into(),
-            remote_observed: false,
-        }))
+        columns::from_values(l)
+            .map(Arc::new)
+            .map_err(|(column, value)| self.corrupt(column, value))
     }
 
     /// A grouped query answered from `flows` alone (the reference for the rollup).

@@ -7,37 +7,10 @@
 
 use super::rollup::{self, DIMS, LEVELS, SUMS};
 use super::sql::{FLOW_SUMS, ONCE_FLOWS};
+use crate::columns::LABELS;
 
 /// Schema version stored in `PRAGMA user_version`.
 pub(super) const SCHEMA_VERSION: i64 = 3;
-
-/// Columns added in version 2 (attribution), in order; each `TEXT NOT NULL DEFAULT ''`
-/// except `cost_usd`.
-const LABEL_COLUMNS: [&str; 23] = [
-    "class",
-    "local_kind",
-    "local_namespace",
-    "local_name",
-    "local_workload_kind",
-    "local_workload",
-    "local_app",
-    "local_node",
-    "local_zone",
-    "local_region",
-    "local_cloud",
-    "remote_kind",
-    "remote_namespace",
-    "remote_name",
-    "remote_workload_kind",
-    "remote_workload",
-    "remote_app",
-    "remote_node",
-    "remote_zone",
-    "remote_region",
-    "remote_cloud",
-    "service_namespace",
-    "service_name",
-];
 
 /// Version 1: the flows and the agents' marks.
 pub(super) const SCHEMA: &str = "
@@ -96,7 +69,8 @@ pub(super) fn add_columns(have: &[String]) -> Vec<(&'static str, String)> {
             "ALTER TABLE flows ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0".into(),
         ));
     }
-    for c in LABEL_COLUMNS {
+    // The label columns: `TEXT NOT NULL DEFAULT ''`.
+    for c in LABELS.map(|c| c.name) {
         if missing(c) {
             // Rows from before attribution read as UNKNOWN / unknown.
             let default = match c {
@@ -197,7 +171,7 @@ mod tests {
     fn a_version_1_table_gets_every_column_in_order_and_a_current_one_none() {
         let v1: Vec<String> = ["interval_start", "conns_closed"].map(String::from).into();
         let adds = add_columns(&v1);
-        assert_eq!(adds.len(), 2 + LABEL_COLUMNS.len());
+        assert_eq!(adds.len(), 2 + LABELS.len());
         assert!(adds[0].1.contains(" remote_observed INTEGER "), "{adds:?}");
         assert!(adds[1].1.contains(" cost_usd REAL "), "{adds:?}");
         assert_eq!(

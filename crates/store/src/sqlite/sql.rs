@@ -1,53 +1,97 @@
 //! The embedded store's SQL text (not its DDL: see `schema`): pure functions and
 //! constants, no connection.
 
+use std::sync::LazyLock;
+
 use super::rollup::{self, DIMS, SUMS, Source};
+use crate::columns::LABELS;
 use crate::query::{Dim, GroupQuery, View};
 
-/// Adds one row to `flows` (parameters in column order, see the write path).
-pub(super) const UPSERT: &str = "
-INSERT INTO flows (interval_start, interval_s, observer, proto, local_addr, remote_addr,
-    responder_port, local_initiated, service_addr, service_port, bytes_out, packets_out,
-    bytes_in, packets_in, conns_opened, conns_closed, cost_usd, class,
-    local_kind, local_namespace, local_name, local_workload_kind, local_workload, local_app,
-    local_node, local_zone, local_region, local_cloud,
-    remote_kind, remote_namespace, remote_name, remote_workload_kind, remote_workload,
-    remote_app, remote_node, remote_zone, remote_region, remote_cloud,
-    service_namespace, service_name, remote_observed)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-    ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35,
-    ?36, ?37, ?38, ?39, ?40, ?41)
-ON CONFLICT DO UPDATE SET
-    cost_usd = cost_usd + excluded.cost_usd,
-    bytes_out = bytes_out + excluded.bytes_out,
-    packets_out = packets_out + excluded.packets_out,
-    bytes_in = bytes_in + excluded.bytes_in,
-    packets_in = packets_in + excluded.packets_in,
-    conns_opened = conns_opened + excluded.conns_opened,
-    conns_closed = conns_closed + excluded.conns_closed
-";
+/// `flows`' key after the interval start, in stored order: what [`FLOWS`] groups by.
+const FLOW_KEY: [&str; 8] = [
+    "observer",
+    "proto",
+    "local_addr",
+    "remote_addr",
+    "responder_port",
+    "local_initiated",
+    "service_addr",
+    "service_port",
+];
 
-/// Totals per observer and key over `[?1, ?2)`, at most ?3 of them, largest first.
-pub(super) const FLOWS: &str = "
-SELECT observer, proto, local_addr, remote_addr, responder_port, local_initiated,
-       service_addr, service_port,
-       SUM(bytes_out), SUM(packets_out), SUM(bytes_in), SUM(packets_in),
-       SUM(conns_opened), SUM(conns_closed),
-       MIN(interval_start), MAX(interval_start + interval_s), SUM(cost_usd),
-       MAX(class), MAX(local_kind), MAX(local_namespace), MAX(local_name),
-       MAX(local_workload_kind), MAX(local_workload), MAX(local_app), MAX(local_node),
-       MAX(local_zone), MAX(local_region), MAX(local_cloud),
-       MAX(remote_kind), MAX(remote_namespace), MAX(remote_name),
-       MAX(remote_workload_kind), MAX(remote_workload), MAX(remote_app), MAX(remote_node),
-       MAX(remote_zone), MAX(remote_region), MAX(remote_cloud),
-       MAX(service_namespace), MAX(service_name), MAX(remote_observed)
-FROM flows
-WHERE interval_start >= ?1 AND interval_start < ?2
-GROUP BY observer, proto, local_addr, remote_addr, responder_port, local_initiated,
-         service_addr, service_port
-ORDER BY SUM(bytes_out) + SUM(bytes_in) DESC, SUM(conns_opened) DESC
-LIMIT ?3
-";
+/// The counters of `flows`, in `FlowTotals::columns` order.
+const COUNTERS: [&str; 6] = [
+    "bytes_out",
+    "packets_out",
+    "bytes_in",
+    "packets_in",
+    "conns_opened",
+    "conns_closed",
+];
+
+/// [`UPSERT`]'s parameter of the first label column; the others follow in [`LABELS`]
+/// order, then `remote_observed`. The ones before: the interval, the key, the counters,
+/// the cost.
+pub(super) const LABELS_PARAM: usize = 2 + FLOW_KEY.len() + COUNTERS.len() + 2;
+
+/// [`UPSERT`]'s parameter of `remote_observed`, the last.
+pub(super) const REMOTE_OBSERVED_PARAM: usize = LABELS_PARAM + LABELS.len();
+
+/// Adds one row to `flows`: parameters ?1.. in the order `interval_start`, `interval_s`,
+/// the key, the counters, `cost_usd`, the labels, `remote_observed`.
+pub(super) static UPSERT: LazyLock<String> = LazyLock::new(|| {
+    let cols: Vec<&str> = ["interval_start", "interval_s"]
+        .into_iter()
+        .chain(FLOW_KEY)
+        .chain(COUNTERS)
+        .chain(["cost_usd"])
+        .chain(LABELS.map(|c| c.name))
+        .chain(["remote_observed"])
+        .collect();
+    let summed: Vec<&str> = ["cost_usd"].into_iter().chain(COUNTERS).collect();
+    upsert("flows", &cols, &summed)
+});
+
+/// [`FLOWS`]' column of the first counter (the key's columns come before, in
+/// [`FLOW_KEY`] order).
+pub(super) const FLOWS_COUNTERS_AT: usize = FLOW_KEY.len();
+
+/// [`FLOWS`]' column of the first label (after the counters, the first and last
+/// interval and the cost); the others follow in [`LABELS`] order, then `remote_observed`.
+pub(super) const FLOWS_LABELS_AT: usize = FLOWS_COUNTERS_AT + COUNTERS.len() + 3;
+
+/// Totals per observer and key over `[?1, ?2)`, at most ?3 of them, largest first; labels
+/// by `MAX` over the key's rows.
+pub(super) static FLOWS: LazyLock<String> = LazyLock::new(|| {
+    let key = FLOW_KEY.join(", ");
+    let sums: Vec<String> = COUNTERS.iter().map(|c| format!("SUM({c})")).collect();
+    let labels: Vec<String> = LABELS.iter().map(|c| format!("MAX({})", c.name)).collect();
+    format!(
+        "SELECT {key}, {}, MIN(interval_start), MAX(interval_start + interval_s), \
+         SUM(cost_usd), {}, MAX(remote_observed) \
+         FROM flows WHERE interval_start >= ?1 AND interval_start < ?2 \
+         GROUP BY {key} \
+         ORDER BY SUM(bytes_out) + SUM(bytes_in) DESC, SUM(conns_opened) DESC LIMIT ?3",
+        sums.join(", "),
+        labels.join(", "),
+    )
+});
+
+/// An upsert into `table` of `cols` (parameters ?1.. in that order) that adds the
+/// `summed` columns to those of a row with the same key.
+fn upsert(table: &str, cols: &[&str], summed: &[&str]) -> String {
+    let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+    let adds: Vec<String> = summed
+        .iter()
+        .map(|s| format!("{s} = {s} + excluded.{s}"))
+        .collect();
+    format!(
+        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT DO UPDATE SET {}",
+        cols.join(", "),
+        params.join(", "),
+        adds.join(", ")
+    )
+}
 
 /// Records an agent's mark; a mark only goes up.
 pub(super) const MARK: &str = "INSERT INTO agent_marks VALUES (?1, ?2) ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq)";
@@ -89,17 +133,7 @@ pub(super) fn rollup_upsert(table: &str) -> String {
         .chain(DIMS)
         .chain(SUMS)
         .collect();
-    let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-    let adds: Vec<String> = SUMS
-        .iter()
-        .map(|s| format!("{s} = {s} + excluded.{s}"))
-        .collect();
-    format!(
-        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT DO UPDATE SET {}",
-        cols.join(", "),
-        params.join(", "),
-        adds.join(", ")
-    )
+    upsert(table, &cols, &SUMS)
 }
 
 /// The SQL of a grouped query and its parameters (values bound, never spliced): each
@@ -174,6 +208,33 @@ pub(super) fn group_sql(q: &GroupQuery, oldest: Option<i64>) -> (String, Vec<Str
 mod tests {
     use super::*;
     use crate::sqlite::rollup::dim;
+
+    #[test]
+    fn the_upsert_has_the_labels_where_the_writer_binds_them() {
+        let cols: Vec<&str> = UPSERT
+            .split_once('(')
+            .and_then(|(_, r)| r.split_once(')'))
+            .map(|(c, _)| c.split(", ").collect())
+            .expect("column list");
+        assert_eq!(cols.len(), REMOTE_OBSERVED_PARAM);
+        assert_eq!(cols[..2], ["interval_start", "interval_s"]);
+        assert_eq!(cols[16], "cost_usd", "parameter 17");
+        assert_eq!(cols[LABELS_PARAM - 1], "class");
+        assert_eq!(cols[REMOTE_OBSERVED_PARAM - 1], "remote_observed");
+        assert!(UPSERT.contains(&format!(", ?{REMOTE_OBSERVED_PARAM}) ON CONFLICT")));
+        assert!(UPSERT.ends_with("conns_closed = conns_closed + excluded.conns_closed"));
+    }
+
+    #[test]
+    fn flows_selects_the_labels_where_the_reader_reads_them() {
+        let select = FLOWS.split(" FROM ").next().expect("select");
+        let cols: Vec<&str> = select.trim_start_matches("SELECT ").split(", ").collect();
+        assert_eq!(cols[FLOWS_COUNTERS_AT], "SUM(bytes_out)");
+        assert_eq!(cols[FLOWS_LABELS_AT - 1], "SUM(cost_usd)");
+        assert_eq!(cols[FLOWS_LABELS_AT], "MAX(class)");
+        assert_eq!(cols.len(), FLOWS_LABELS_AT + LABELS.len() + 1);
+        assert_eq!(cols[cols.len() - 1], "MAX(remote_observed)");
+    }
 
     #[test]
     fn only_workload_level_queries_over_whole_buckets_read_the_rollups() {

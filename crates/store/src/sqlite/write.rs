@@ -8,6 +8,7 @@ use podflow_model::{FlowLabels, FlowRow};
 use rusqlite::params;
 
 use super::{SqliteStore, rollup, sql, sqlite_err};
+use crate::columns;
 use crate::error::StoreError;
 
 fn u(v: u64) -> i64 {
@@ -128,7 +129,9 @@ fn in_key_order(rows: &[FlowRow]) -> Vec<Keyed<'_>> {
     keyed
 }
 
-/// Binds the upsert's parameters for `k`, skipping those equal to `prev`'s.
+/// Binds the upsert's parameters for `k`, skipping those equal to `prev`'s: in
+/// [`sql::UPSERT`]'s order, 1-2 the interval, 3-10 the key, 11-16 the counters, 17 the
+/// cost, then the labels and `remote_observed`.
 fn bind_row(
     st: &mut rusqlite::Statement<'_>,
     k: &Keyed<'_>,
@@ -168,30 +171,20 @@ fn bind_row(
         one(st, 11 + i, u(c), p.map(|p| u(p.counters[i])))?;
     }
     one(st, 17, k.cost_usd, p.map(|p| p.cost_usd))?;
-    /// Parameters 18..=40: class, the ten labels of each end, the Service.
-    fn labels(l: &FlowLabels) -> [&str; 23] {
-        let mut v = [""; 23];
-        v[0] = l.class.as_str();
-        v[1..11].copy_from_slice(&l.local.columns());
-        v[11..21].copy_from_slice(&l.remote.columns());
-        v[21] = &l.service_namespace;
-        v[22] = &l.service_name;
-        v
-    }
     let same_labels = p.is_some_and(|p| std::ptr::eq(p.labels, k.labels));
     if !same_labels {
-        let was = p.map(|p| labels(p.labels));
-        for (i, v) in labels(k.labels).into_iter().enumerate() {
+        let was = p.map(|p| columns::values(p.labels));
+        for (i, v) in columns::values(k.labels).into_iter().enumerate() {
             // Equal labels are mostly the same shared string: compare addresses first.
             let same = was.is_some_and(|w| std::ptr::eq(w[i], v) || w[i] == v);
             if !same {
-                st.raw_bind_parameter(18 + i, v)?;
+                st.raw_bind_parameter(sql::LABELS_PARAM + i, v)?;
             }
         }
     }
     one(
         st,
-        41,
+        sql::REMOTE_OBSERVED_PARAM,
         k.labels.remote_observed,
         p.map(|p| p.labels.remote_observed),
     )
@@ -209,7 +202,7 @@ impl SqliteStore {
         let tx = self.conn.transaction().map_err(err("begin"))?;
         {
             let mut st = tx
-                .prepare_cached(sql::UPSERT)
+                .prepare_cached(&sql::UPSERT)
                 .map_err(err("prepare upsert"))?;
             // In primary-key order: the rows of a new interval then append to the end of
             // the table's B-tree instead of landing on random pages (several times faster

@@ -14,7 +14,6 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,82 +27,11 @@ use crate::error::StoreError;
 use crate::flow_store::{FlowQuery, FlowStore, FlowSummary};
 use crate::query::{self, GroupQuery, GroupRow, View};
 
+mod config;
+mod retry;
+
+pub use self::config::ClickHouseConfig;
 pub use crate::error::ClickHouseError;
-
-/// Where and how to store flows in ClickHouse.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClickHouseConfig {
-    /// HTTP(S) endpoint, e.g. `https://clickhouse.example:8443`.
-    pub url: String,
-    /// Database (created if missing).
-    pub database: String,
-    /// Table (created or migrated at start).
-    pub table: String,
-    /// User name.
-    pub user: Option<String>,
-    /// Password given directly (e.g. from `PODFLOW_CLICKHOUSE_PASSWORD`); prefer `password_file`.
-    pub password: Option<String>,
-    /// File holding the password (a mounted Secret); one trailing newline is ignored.
-    pub password_file: Option<PathBuf>,
-    /// Cluster name: DDL runs `ON CLUSTER` and the table is a ReplicatedSummingMergeTree.
-    pub cluster: Option<String>,
-    /// Rows older than this many days are dropped by the table's TTL (0: keep forever).
-    pub ttl_days: u32,
-    /// At most this many flow rows per INSERT (each becomes an `out` and an `in` row).
-    pub batch_rows: usize,
-    /// Retries of a request that failed transiently (network, timeouts, overload).
-    pub max_retries: u32,
-    /// First retry delay in milliseconds; doubles up to 10 s.
-    pub retry_backoff_ms: u64,
-    /// Timeout of one request, seconds.
-    pub timeout_s: u64,
-    /// `non_replicated_deduplication_window` of a non-replicated table: how many recent
-    /// inserts are remembered to drop a retried batch (replicated tables use the server's
-    /// `replicated_deduplication_window`).
-    pub dedup_window: u64,
-}
-
-impl Default for ClickHouseConfig {
-    fn default() -> Self {
-        ClickHouseConfig {
-            url: "http://127.0.0.1:8123".into(),
-            database: "default".into(),
-            table: "network_flows_0".into(),
-            user: None,
-            password: None,
-            password_file: None,
-            cluster: None,
-            ttl_days: 90,
-            batch_rows: 50_000,
-            max_retries: 5,
-            retry_backoff_ms: 200,
-            timeout_s: 30,
-            dedup_window: 1000,
-        }
-    }
-}
-
-impl fmt::Debug for ClickHouseConfig {
-    // By hand so that a password never reaches a log.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClickHouseConfig")
-            .field("url", &self.url)
-            .field("database", &self.database)
-            .field("table", &self.table)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("password_file", &self.password_file)
-            .field("cluster", &self.cluster)
-            .field("ttl_days", &self.ttl_days)
-            .field("batch_rows", &self.batch_rows)
-            .field("max_retries", &self.max_retries)
-            .field("retry_backoff_ms", &self.retry_backoff_ms)
-            .field("timeout_s", &self.timeout_s)
-            .field("dedup_window", &self.dedup_window)
-            .finish()
-    }
-}
 
 /// A column of the table: name, type, and an optional default expression for the
 /// columns podflow does not fill itself.
@@ -210,20 +138,6 @@ const SUMMED: &str = "bytes, packets, bytes_out, packets_out, bytes_in, packets_
 /// The sorting key: interval, observer, direction and podflow's flow key.
 const ORDER_BY: &str = "intervalStartTime, observer, direction, proto, local_addr, remote_addr, \
     responder_port, local_initiated, service_addr, service_port";
-
-fn check_identifier(what: &str, s: &str) -> Result<(), ClickHouseError> {
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(ClickHouseError::Config(format!(
-            "{what} {s:?} must be 1-128 characters of letters, digits, '_', '-', '.'"
-        )))
-    }
-}
 
 fn on_cluster(cfg: &ClickHouseConfig) -> String {
     cfg.cluster
@@ -669,42 +583,6 @@ pub fn batch_token(rows: &[FlowRow]) -> String {
     format!("podflow-{:032x}", h.0)
 }
 
-/// ClickHouse error codes worth a retry: overload, timeouts, network, replicas/keeper.
-const TRANSIENT_CODES: &[u32] = &[
-    3,   // UNEXPECTED_END_OF_FILE
-    159, // TIMEOUT_EXCEEDED
-    164, // READONLY (replica read-only while keeper reconnects)
-    202, // TOO_MANY_SIMULTANEOUS_QUERIES
-    203, // NO_FREE_CONNECTION
-    209, // SOCKET_TIMEOUT
-    210, // NETWORK_ERROR
-    241, // MEMORY_LIMIT_EXCEEDED
-    242, // TABLE_IS_READ_ONLY
-    252, // TOO_MANY_PARTS
-    285, // TOO_FEW_LIVE_REPLICAS
-    319, // UNKNOWN_STATUS_OF_INSERT
-    425, // SYSTEM_ERROR
-    999, // KEEPER_EXCEPTION
-];
-
-/// The `Code: N.` of a server error text, if any.
-fn error_code(text: &str) -> Option<u32> {
-    let rest = text.trim_start().strip_prefix("Code: ")?;
-    let end = rest.find(|c: char| !c.is_ascii_digit())?;
-    rest[..end].parse().ok()
-}
-
-/// Whether a failed request may succeed when sent again.
-fn transient(e: &::clickhouse::error::Error) -> bool {
-    use ::clickhouse::error::Error as E;
-    match e {
-        E::Network(_) | E::TimedOut => true,
-        // A reply without a ClickHouse code comes from a proxy or a restarting server.
-        E::BadResponse(text) => error_code(text).is_none_or(|c| TRANSIENT_CODES.contains(&c)),
-        _ => false,
-    }
-}
-
 /// The current-thread runtime a store blocks on.
 fn runtime() -> Result<tokio::runtime::Runtime, ClickHouseError> {
     tokio::runtime::Builder::new_current_thread()
@@ -746,35 +624,8 @@ impl fmt::Debug for ClickHouseStore {
 impl ClickHouseStore {
     /// Connects, then creates or migrates the database and table.
     pub fn open(cfg: ClickHouseConfig) -> Result<ClickHouseStore, StoreError> {
-        check_identifier("database", &cfg.database)?;
-        check_identifier("table", &cfg.table)?;
-        if let Some(c) = &cfg.cluster {
-            check_identifier("cluster", c)?;
-        }
-        if cfg.batch_rows == 0 {
-            return Err(ClickHouseError::Config("batch_rows must be at least 1".into()).into());
-        }
-        let password = match (&cfg.password, &cfg.password_file) {
-            (Some(_), Some(_)) => {
-                return Err(ClickHouseError::Config(
-                    "give either password or password_file, not both".into(),
-                )
-                .into());
-            }
-            (Some(p), None) => Some(p.clone()),
-            (None, Some(f)) => {
-                let s = std::fs::read_to_string(f).map_err(|e| {
-                    ClickHouseError::Config(format!("password_file {}: {e}", f.display()))
-                })?;
-                Some(
-                    s.strip_suffix('\n')
-                        .unwrap_or(&s)
-                        .trim_end_matches('\r')
-                        .to_string(),
-                )
-            }
-            (None, None) => None,
-        };
+        cfg.check()?;
+        let password = cfg.password()?;
         let rt = runtime()?;
         let mut client = Client::default()
             .with_url(cfg.url.clone())
@@ -859,12 +710,8 @@ impl ClickHouseStore {
                 };
                 match res {
                     Ok(v) => return Ok(v),
-                    Err(e) if attempt <= self.cfg.max_retries && transient(&e) => {
-                        let ms = self
-                            .cfg
-                            .retry_backoff_ms
-                            .saturating_mul(1 << (attempt - 1).min(16))
-                            .min(10_000);
+                    Err(e) if attempt <= self.cfg.max_retries && retry::transient(&e) => {
+                        let ms = retry::backoff_ms(self.cfg.retry_backoff_ms, attempt);
                         tracing::warn!(url = %self.cfg.url, table = %self.name, op, attempt,
                             retry_in_ms = ms, error = %e, "ClickHouse request failed, retrying");
                         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -1213,37 +1060,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn error_codes_are_read_from_server_text() {
-        assert_eq!(
-            error_code("Code: 252. DB::Exception: Too many parts"),
-            Some(252)
-        );
-        assert_eq!(
-            error_code("Code: 60. DB::Exception: Unknown table"),
-            Some(60)
-        );
-        assert_eq!(error_code("Service Unavailable"), None);
-        assert!(transient(&::clickhouse::error::Error::BadResponse(
-            "Code: 241. DB::Exception: Memory limit".into()
-        )));
-        assert!(!transient(&::clickhouse::error::Error::BadResponse(
-            "Code: 60. DB::Exception: Unknown table".into()
-        )));
-        assert!(transient(&::clickhouse::error::Error::TimedOut));
-    }
-
-    #[test]
     fn defaults_go_before_codecs() {
         let c = dflt("x", "String CODEC(ZSTD(1))", "''");
         assert_eq!(column_sql(&c), "`x` String DEFAULT '' CODEC(ZSTD(1))");
         assert_eq!(column_sql(&col("y", "UInt8")), "`y` UInt8");
-    }
-
-    #[test]
-    fn identifiers_are_checked() {
-        assert!(check_identifier("table", "network_flows_0").is_ok());
-        assert!(check_identifier("table", "a`; DROP").is_err());
-        assert!(check_identifier("table", "").is_err());
     }
 
     #[test]
@@ -1286,16 +1106,5 @@ mod tests {
             !sql.contains("GROUP BY") && !sql.contains("remote_observed"),
             "{sql}"
         );
-    }
-
-    #[test]
-    fn debug_hides_the_password() {
-        let cfg = ClickHouseConfig {
-            password: Some("hunter2".into()),
-            ..Default::default()
-        };
-        let s = format!("{cfg:?}");
-        assert!(!s.contains("hunter2"), "{s}");
-        assert!(s.contains("<redacted>"), "{s}");
     }
 }

@@ -25,188 +25,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::flow_store::{FlowQuery, FlowStore, FlowSummary};
-use crate::query::{self, GroupQuery, GroupRow, View};
+use crate::query::{GroupQuery, GroupRow};
 
 mod config;
 mod retry;
+mod schema;
+mod sql;
 
 pub use self::config::ClickHouseConfig;
+pub use self::schema::create_statements;
 pub use crate::error::ClickHouseError;
-
-/// A column of the table: name, type, and an optional default expression for the
-/// columns podflow does not fill itself.
-struct Column {
-    name: &'static str,
-    ty: &'static str,
-    default: Option<&'static str>,
-}
-
-const fn col(name: &'static str, ty: &'static str) -> Column {
-    Column {
-        name,
-        ty,
-        default: None,
-    }
-}
-
-const fn dflt(name: &'static str, ty: &'static str, default: &'static str) -> Column {
-    Column {
-        name,
-        ty,
-        default: Some(default),
-    }
-}
-
-const LCS: &str = "LowCardinality(String) CODEC(ZSTD(1))";
-const STR: &str = "String CODEC(ZSTD(1))";
-const U64: &str = "UInt64 CODEC(Delta(8), ZSTD(1))";
-
-/// Every column, kubenetmon's first (in its order), then podflow's. Migration adds the
-/// ones an existing table lacks; key columns never change (a new key is a new table).
-const COLUMNS: &[Column] = &[
-    col("date", "Date CODEC(Delta(2), ZSTD(1))"),
-    col("intervalStartTime", "DateTime CODEC(Delta(4), ZSTD(1))"),
-    col("intervalSeconds", "UInt16 CODEC(Delta(2), ZSTD(1))"),
-    dflt("environment", LCS, "''"),
-    col("proto", LCS),
-    col("connectionClass", LCS),
-    dflt(
-        "connectionFlags",
-        "Map(LowCardinality(String), Bool) CODEC(ZSTD(1))",
-        "map('local_initiated', local_initiated)",
-    ),
-    col("direction", "Enum8('out' = 1, 'in' = 2) CODEC(ZSTD(1))"),
-    col("localCloud", LCS),
-    col("localRegion", LCS),
-    dflt("localCluster", LCS, "''"),
-    dflt("localCell", LCS, "''"),
-    col("localAvailabilityZone", LCS),
-    col("localNode", STR),
-    dflt("localInstanceID", STR, "''"),
-    col("localNamespace", LCS),
-    col("localPod", STR),
-    col("localIPv4", "IPv4 CODEC(ZSTD(1))"),
-    col("localPort", "UInt16 CODEC(ZSTD(1))"),
-    col("localApp", STR),
-    col("remoteCloud", LCS),
-    col("remoteRegion", LCS),
-    dflt("remoteCluster", LCS, "''"),
-    dflt("remoteCell", LCS, "''"),
-    col("remoteAvailabilityZone", LCS),
-    col("remoteNode", STR),
-    dflt("remoteInstanceID", STR, "''"),
-    col("remoteNamespace", LCS),
-    col("remotePod", STR),
-    col("remoteIPv4", "IPv4 CODEC(ZSTD(1))"),
-    col("remotePort", "UInt16 CODEC(ZSTD(1))"),
-    col("remoteApp", STR),
-    col("remoteCloudService", LCS),
-    col("bytes", U64),
-    col("packets", U64),
-    // podflow's columns.
-    col("observer", LCS),
-    col("local_addr", "IPv6 CODEC(ZSTD(1))"),
-    col("remote_addr", "IPv6 CODEC(ZSTD(1))"),
-    col("responder_port", "UInt16 CODEC(ZSTD(1))"),
-    col("local_initiated", "Bool CODEC(ZSTD(1))"),
-    col("service_addr", "IPv6 CODEC(ZSTD(1))"),
-    col("service_port", "UInt16 CODEC(ZSTD(1))"),
-    col("class", LCS),
-    col("local_kind", LCS),
-    col("local_name", STR),
-    col("local_workload_kind", LCS),
-    col("local_workload", STR),
-    col("remote_kind", LCS),
-    col("remote_name", STR),
-    col("remote_workload_kind", LCS),
-    col("remote_workload", STR),
-    col("service_namespace", LCS),
-    col("service_name", STR),
-    col("bytes_out", U64),
-    col("packets_out", U64),
-    col("bytes_in", U64),
-    col("packets_in", U64),
-    col("conns_opened", U64),
-    col("conns_closed", U64),
-    col("cost_usd", "Float64 CODEC(ZSTD(1))"),
-    col("remote_observed", "Bool CODEC(ZSTD(1))"),
-];
-
-/// The columns SummingMergeTree adds up; every other non-key column keeps one row's value.
-const SUMMED: &str = "bytes, packets, bytes_out, packets_out, bytes_in, packets_in, conns_opened, conns_closed, cost_usd";
-
-/// The sorting key: interval, observer, direction and podflow's flow key.
-const ORDER_BY: &str = "intervalStartTime, observer, direction, proto, local_addr, remote_addr, \
-    responder_port, local_initiated, service_addr, service_port";
-
-fn on_cluster(cfg: &ClickHouseConfig) -> String {
-    cfg.cluster
-        .as_ref()
-        .map(|c| format!(" ON CLUSTER `{c}`"))
-        .unwrap_or_default()
-}
-
-fn column_sql(c: &Column) -> String {
-    // A codec goes after DEFAULT in ClickHouse's grammar.
-    match (c.default, c.ty.split_once(" CODEC")) {
-        (Some(d), Some((ty, codec))) => format!("`{}` {ty} DEFAULT {d} CODEC{codec}", c.name),
-        (Some(d), None) => format!("`{}` {} DEFAULT {d}", c.name, c.ty),
-        (None, _) => format!("`{}` {}", c.name, c.ty),
-    }
-}
-
-/// The statements that create the database and the table (pure: shown by docs and tests).
-pub fn create_statements(cfg: &ClickHouseConfig) -> Vec<String> {
-    let oc = on_cluster(cfg);
-    let db = &cfg.database;
-    let t = &cfg.table;
-    let columns = COLUMNS
-        .iter()
-        .map(|c| format!("    {}", column_sql(c)))
-        .collect::<Vec<_>>()
-        .join(",\n");
-    let (engine, dedup) = if cfg.cluster.is_some() {
-        (
-            format!(
-                "ReplicatedSummingMergeTree('/clickhouse/tables/{{shard}}/{{database}}/{{table}}', \
-                 '{{replica}}', ({SUMMED}))"
-            ),
-            String::new(),
-        )
-    } else {
-        (
-            format!("SummingMergeTree(({SUMMED}))"),
-            format!(
-                ", non_replicated_deduplication_window = {}",
-                cfg.dedup_window
-            ),
-        )
-    };
-    let ttl = if cfg.ttl_days > 0 {
-        format!("TTL intervalStartTime + toIntervalDay({})\n", cfg.ttl_days)
-    } else {
-        String::new()
-    };
-    vec![
-        format!("CREATE DATABASE IF NOT EXISTS `{db}`{oc}"),
-        format!(
-            "CREATE TABLE IF NOT EXISTS `{db}`.`{t}`{oc}\n(\n{columns}\n)\nENGINE = {engine}\n\
-             PARTITION BY date\nORDER BY ({ORDER_BY})\n{ttl}\
-             SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1{dedup}"
-        ),
-    ]
-}
-
-/// The statement that adds a missing column to an existing table.
-fn add_column_statement(cfg: &ClickHouseConfig, c: &Column) -> String {
-    format!(
-        "ALTER TABLE `{}`.`{}`{} ADD COLUMN IF NOT EXISTS {}",
-        cfg.database,
-        cfg.table,
-        on_cluster(cfg),
-        column_sql(c)
-    )
-}
 
 /// One ClickHouse row as inserted; field names are the column names.
 #[allow(non_snake_case)]
@@ -297,130 +125,6 @@ struct SummaryRow {
     l_remote_observed: bool,
 }
 
-/// The label columns of one end, in `EndLabels` field order (kind, namespace, name,
-/// workload kind, workload, app, node, zone, region, cloud).
-fn end_select(side: &str) -> String {
-    let camel = |s: &str| format!("{side}{s}");
-    [
-        format!("{side}_kind"),
-        camel("Namespace"),
-        format!("{side}_name"),
-        format!("{side}_workload_kind"),
-        format!("{side}_workload"),
-        camel("App"),
-        camel("Node"),
-        camel("AvailabilityZone"),
-        camel("Region"),
-        camel("Cloud"),
-    ]
-    .iter()
-    .map(|c| format!("max({c})"))
-    .collect::<Vec<_>>()
-    .join(", ")
-}
-
-fn flows_sql(db: &str, table: &str) -> String {
-    // Labels: max() over the group, like the embedded store, so both agree. Aliases differ
-    // from column names (an alias equal to a column would shadow it inside the sums).
-    format!(
-        "SELECT observer, proto, local_addr, remote_addr, responder_port, local_initiated, \
-         service_addr, service_port, \
-         sum(bytes_out) AS t_bytes_out, sum(packets_out) AS t_packets_out, \
-         sum(bytes_in) AS t_bytes_in, sum(packets_in) AS t_packets_in, \
-         sum(conns_opened) AS t_opened, sum(conns_closed) AS t_closed, \
-         min(toInt64(intervalStartTime)) AS t_first, \
-         max(toInt64(intervalStartTime) + intervalSeconds) AS t_last, \
-         sum(cost_usd) AS t_cost_usd, max(class) AS l_class, \
-         ({local}) AS l_local, ({remote}) AS l_remote, \
-         max(service_namespace) AS l_service_namespace, max(service_name) AS l_service_name, \
-         max(remote_observed) AS l_remote_observed \
-         FROM `{db}`.`{table}` \
-         WHERE intervalStartTime >= toDateTime(?) AND intervalStartTime < toDateTime(?) \
-         GROUP BY observer, proto, local_addr, remote_addr, responder_port, local_initiated, \
-         service_addr, service_port \
-         ORDER BY t_bytes_out + t_bytes_in DESC, t_opened DESC \
-         LIMIT ?",
-        local = end_select("local"),
-        remote = end_select("remote"),
-    )
-}
-
-/// An address column as text, as the embedded store writes it: IPv4 (stored mapped) as a
-/// dotted quad, IPv6 in RFC 5952 form.
-fn ip_text(column: &str) -> String {
-    format!("replaceRegexpOne(IPv6NumToString({column}), '^::ffff:([0-9]+[.][0-9.]+)$', '\\\\1')")
-}
-
-/// The columns of one end's attribute (`local_` and `remote_`), as ClickHouse expressions.
-fn end_columns(attr: &str) -> Option<(String, String)> {
-    let pair = |l: &str, r: &str| Some((l.to_string(), r.to_string()));
-    match attr {
-        "kind" | "name" | "workload_kind" => {
-            pair(&format!("local_{attr}"), &format!("remote_{attr}"))
-        }
-        "namespace" => pair("localNamespace", "remoteNamespace"),
-        "app" => pair("localApp", "remoteApp"),
-        "node" => pair("localNode", "remoteNode"),
-        "zone" => pair("localAvailabilityZone", "remoteAvailabilityZone"),
-        "region" => pair("localRegion", "remoteRegion"),
-        "cloud" => pair("localCloud", "remoteCloud"),
-        // The workload, else the name, else the kind: every end has a name to group by.
-        "workload" => {
-            let w = |e: &str| {
-                format!(
-                    "multiIf({e}_workload != '', {e}_workload, {e}_name != '', {e}_name, {e}_kind)"
-                )
-            };
-            Some((w("local"), w("remote")))
-        }
-        "ip" => Some((ip_text("local_addr"), ip_text("remote_addr"))),
-        _ => None,
-    }
-}
-
-/// The ClickHouse expression of a query dimension ([`query::Dim`]) over this table,
-/// giving the same text as the embedded store's expression over its `flows` table.
-fn dim_expr(name: &str) -> Option<String> {
-    let e = match name {
-        "dst_port" => "toString(responder_port)".to_string(),
-        "proto" => {
-            // The embedded store keeps the number; this table the name (`tcp`, ...).
-            let named: Vec<(String, u8)> = (0..=u8::MAX)
-                .map(|n| (Protocol(n).name().into_owned(), n))
-                .filter(|(s, n)| *s != n.to_string())
-                .collect();
-            let names: Vec<String> = named.iter().map(|(s, _)| format!("'{s}'")).collect();
-            let numbers: Vec<String> = named.iter().map(|(_, n)| format!("'{n}'")).collect();
-            format!(
-                "transform(CAST(proto AS String), [{}], [{}], CAST(proto AS String))",
-                names.join(", "),
-                numbers.join(", ")
-            )
-        }
-        "class" | "observer" | "service_namespace" | "service_name" => name.to_string(),
-        "service_ip" => format!(
-            "if(service_addr = toIPv6('::') AND service_port = 0, '', {})",
-            ip_text("service_addr")
-        ),
-        _ => {
-            // `src_*` is the initiator's end, `dst_*` the responder's.
-            let (src, attr) = match name.split_once('_')? {
-                ("src", a) => (true, a),
-                ("dst", a) => (false, a),
-                _ => return None,
-            };
-            let (local, remote) = end_columns(attr)?;
-            let (a, b) = if src {
-                (local, remote)
-            } else {
-                (remote, local)
-            };
-            format!("if(local_initiated, {a}, {b})")
-        }
-    };
-    Some(format!("CAST({e} AS String)"))
-}
-
 /// `group()` output row; field names are the SELECT's aliases.
 #[derive(Row, Deserialize)]
 struct GroupedRow {
@@ -432,43 +136,6 @@ struct GroupedRow {
     g_opened: u64,
     g_closed: u64,
     g_cost_usd: f64,
-}
-
-/// The grouped query's SQL, with `?` for, in order: from, to, each filter's value, the
-/// limit (values are bound, never spliced). `Err` names a dimension without an
-/// expression here.
-fn group_sql(db: &str, table: &str, q: &GroupQuery) -> Result<String, &'static str> {
-    let expr = |d: &query::Dim| dim_expr(d.name).ok_or(d.name);
-    let keys = q.group_by.iter().map(expr).collect::<Result<Vec<_>, _>>()?;
-    let mut wh = vec![
-        "intervalStartTime >= toDateTime(?)".to_string(),
-        "intervalStartTime < toDateTime(?)".to_string(),
-    ];
-    if q.view == View::Once {
-        wh.push("NOT (remote_observed AND NOT local_initiated)".into());
-    }
-    for (d, _) in &q.filters {
-        wh.push(format!("{} = ?", expr(d)?));
-    }
-    let group = if keys.is_empty() {
-        ""
-    } else {
-        " GROUP BY g_key"
-    };
-    // Aliases differ from column names (an alias equal to a column would shadow it).
-    Ok(format!(
-        "SELECT CAST([{}] AS Array(String)) AS g_key, \
-         sum(if(local_initiated, bytes_out, bytes_in)) AS g_bytes_sd, \
-         sum(if(local_initiated, bytes_in, bytes_out)) AS g_bytes_ds, \
-         sum(if(local_initiated, packets_out, packets_in)) AS g_packets_sd, \
-         sum(if(local_initiated, packets_in, packets_out)) AS g_packets_ds, \
-         sum(conns_opened) AS g_opened, sum(conns_closed) AS g_closed, \
-         sum(cost_usd) AS g_cost_usd \
-         FROM `{db}`.`{table}` WHERE {}{group} \
-         ORDER BY sum(bytes_out) + sum(bytes_in) DESC LIMIT ?",
-        keys.join(", "),
-        wh.join(" AND "),
-    ))
 }
 
 /// IPv4 as IPv4-mapped IPv6 (the key columns hold both families).
@@ -731,21 +398,19 @@ impl ClickHouseStore {
         // The database may not exist yet: run the DDL from `system` (naming it in the
         // `database` parameter would fail on a real server).
         let ddl = self.client.clone().with_database("system");
-        for s in create_statements(&self.cfg) {
+        for s in schema::create_statements(&self.cfg) {
             self.retrying("create table", || ddl.query(&s).execute())?;
         }
         let have: Vec<String> = self.retrying("read columns", || {
             self.client
-                .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+                .query(schema::TABLE_COLUMNS)
                 .bind(&self.cfg.database)
                 .bind(&self.cfg.table)
                 .fetch_all::<String>()
         })?;
-        for c in COLUMNS {
-            if !have.iter().any(|h| h == c.name) {
-                tracing::info!(table = %self.name, column = c.name, "adding a column");
-                self.execute("add column", &add_column_statement(&self.cfg, c))?;
-            }
+        for (column, sql) in schema::add_columns(&self.cfg, &have) {
+            tracing::info!(table = %self.name, column, "adding a column");
+            self.execute("add column", &sql)?;
         }
         Ok(())
     }
@@ -975,7 +640,7 @@ impl FlowStore for ClickHouseStore {
     }
 
     fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError> {
-        let sql = flows_sql(&self.cfg.database, &self.cfg.table);
+        let sql = sql::flows_sql(&self.cfg.database, &self.cfg.table);
         let limit = u64::try_from(q.limit).unwrap_or(u64::MAX);
         let rows: Vec<SummaryRow> = self.retrying("query flows", || {
             self.client
@@ -991,7 +656,7 @@ impl FlowStore for ClickHouseStore {
     /// The embedded store's grouped query over this table: both rows of a flow (`out`
     /// and `in`) fall in the same group, and unmerged parts are summed like merged ones.
     fn group(&self, q: &GroupQuery) -> Result<Vec<GroupRow>, StoreError> {
-        let sql = group_sql(&self.cfg.database, &self.cfg.table, q)
+        let sql = sql::group_sql(&self.cfg.database, &self.cfg.table, q)
             .map_err(|d| self.invalid(format!("dimension {d} has no ClickHouse expression")))?;
         let limit = u64::try_from(q.limit).unwrap_or(u64::MAX);
         let rows: Vec<GroupedRow> = self.retrying("grouped query", || {
@@ -1034,77 +699,13 @@ impl FlowStore for ClickHouseStore {
     /// returns the number of flow rows (`out` rows, before merges) it removed.
     fn expire(&mut self, before: i64) -> Result<u64, StoreError> {
         let before = datetime_bound(before);
-        let (db, t) = (&self.cfg.database, &self.cfg.table);
+        let count = sql::count_expired(&self.cfg.database, &self.cfg.table);
         let n: u64 = self.retrying("count expired rows", || {
-            self.client
-                .query(&format!(
-                    "SELECT count() FROM `{db}`.`{t}` \
-                     WHERE intervalStartTime < toDateTime(?) AND direction = 'out'"
-                ))
-                .bind(before)
-                .fetch_one::<u64>()
+            self.client.query(&count).bind(before).fetch_one::<u64>()
         })?;
         if n > 0 {
-            let sql = format!(
-                "DELETE FROM `{db}`.`{t}`{} WHERE intervalStartTime < toDateTime({before})",
-                on_cluster(&self.cfg)
-            );
-            self.execute("expire", &sql)?;
+            self.execute("expire", &sql::expire(&self.cfg, before))?;
         }
         Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_go_before_codecs() {
-        let c = dflt("x", "String CODEC(ZSTD(1))", "''");
-        assert_eq!(column_sql(&c), "`x` String DEFAULT '' CODEC(ZSTD(1))");
-        assert_eq!(column_sql(&col("y", "UInt8")), "`y` UInt8");
-    }
-
-    #[test]
-    fn every_dimension_has_a_clickhouse_expression() {
-        for d in query::dimensions() {
-            let e = dim_expr(d.name).unwrap_or_else(|| panic!("no expression for {}", d.name));
-            // `?` is the client's placeholder: an expression must not contain one.
-            assert!(!e.contains('?'), "{}: {e}", d.name);
-        }
-        assert_eq!(dim_expr("src_nope"), None);
-        assert_eq!(dim_expr("bytes"), None);
-    }
-
-    #[test]
-    fn grouped_sql_binds_every_value() {
-        let d = |n| query::dim(n).expect("dim");
-        let q = GroupQuery {
-            from: 0,
-            to: 10,
-            group_by: vec![d("src_workload"), d("proto")],
-            filters: vec![
-                (d("class"), "x' OR 1 --".into()),
-                (d("dst_ip"), String::new()),
-            ],
-            limit: 5,
-            view: View::Once,
-        };
-        let sql = group_sql("db", "t", &q).expect("sql");
-        assert_eq!(sql.matches('?').count(), 5, "{sql}");
-        assert!(!sql.contains("OR 1"), "{sql}");
-        assert!(sql.contains("'tcp'") && sql.contains("'6'"), "{sql}");
-        assert!(sql.contains("GROUP BY g_key") && sql.contains("remote_observed"));
-        let total = GroupQuery {
-            group_by: vec![],
-            view: View::Raw,
-            ..q
-        };
-        let sql = group_sql("db", "t", &total).expect("sql");
-        assert!(
-            !sql.contains("GROUP BY") && !sql.contains("remote_observed"),
-            "{sql}"
-        );
     }
 }

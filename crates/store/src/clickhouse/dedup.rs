@@ -1,0 +1,134 @@
+//! The insert deduplication token: a stable hash of everything a batch writes.
+
+use podflow_model::FlowRow;
+
+use super::row::v6;
+
+/// A stable 128-bit FNV-1a hash (the dedup token must not change between builds).
+struct Fnv128(u128);
+
+impl Fnv128 {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+
+    fn new() -> Self {
+        Fnv128(Self::OFFSET)
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 ^= u128::from(x);
+            self.0 = self.0.wrapping_mul(Self::PRIME);
+        }
+    }
+
+    fn str(&mut self, s: &str) {
+        self.bytes(&(s.len() as u64).to_le_bytes());
+        self.bytes(s.as_bytes());
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+}
+
+/// The insert deduplication token of a batch: a hash of everything written, so the same
+/// batch sent again (a retry after a lost reply) is dropped by ClickHouse.
+pub fn batch_token(rows: &[FlowRow]) -> String {
+    let mut h = Fnv128::new();
+    h.u64(rows.len() as u64);
+    for r in rows {
+        h.bytes(&r.interval_start.to_le_bytes());
+        h.bytes(&r.interval_s.to_le_bytes());
+        h.str(&r.observer);
+        let k = &r.key;
+        h.bytes(&[k.proto.0, u8::from(k.local_initiated)]);
+        h.bytes(&v6(k.local).octets());
+        h.bytes(&v6(k.remote).octets());
+        h.bytes(&k.responder_port.to_le_bytes());
+        match k.service {
+            Some((a, p)) => {
+                h.bytes(&[1]);
+                h.bytes(&v6(a).octets());
+                h.bytes(&p.to_le_bytes());
+            }
+            None => h.bytes(&[0]),
+        }
+        for v in r.totals.columns() {
+            h.u64(v);
+        }
+        h.u64(r.cost_usd.to_bits());
+        let l = &r.labels;
+        h.str(l.class.as_str());
+        for e in [&l.local, &l.remote] {
+            for s in [
+                e.kind,
+                &e.namespace,
+                &e.name,
+                &e.workload_kind,
+                &e.workload,
+                &e.app,
+                &e.node,
+                &e.zone,
+                &e.region,
+                &e.cloud,
+            ] {
+                h.str(s);
+            }
+        }
+        h.str(&l.service_namespace);
+        h.str(&l.service_name);
+        h.bytes(&[u8::from(l.remote_observed)]);
+    }
+    format!("podflow-{:032x}", h.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowTotals, Protocol};
+
+    use super::*;
+
+    #[test]
+    fn the_token_of_a_batch_does_not_change_between_builds() {
+        let row = FlowRow {
+            interval_start: 1_700_000_000,
+            interval_s: 60,
+            observer: "node-a".into(),
+            key: FlowKey {
+                proto: Protocol::TCP,
+                local: "10.0.0.1".parse().expect("ip"),
+                remote: "fd00::2".parse().expect("ip"),
+                responder_port: 443,
+                local_initiated: true,
+                service: Some(("10.96.0.10".parse().expect("ip"), 80)),
+            },
+            totals: FlowTotals::from_columns([1, 2, 3, 4, 5, 6]),
+            labels: Arc::new(FlowLabels {
+                class: Class::InterZone,
+                local: EndLabels {
+                    kind: "pod",
+                    namespace: "shop".into(),
+                    name: "web-1".into(),
+                    workload: "web".into(),
+                    zone: "a".into(),
+                    ..Default::default()
+                },
+                remote: EndLabels {
+                    kind: "internet",
+                    ..Default::default()
+                },
+                service_namespace: "shop".into(),
+                service_name: "db".into(),
+                remote_observed: true,
+            }),
+            cost_usd: 0.25,
+        };
+        assert_eq!(
+            batch_token(&[row]),
+            "podflow-e30aa9ceb07f066a24c0caa1c81bb8de"
+        );
+    }
+}

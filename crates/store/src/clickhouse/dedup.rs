@@ -3,6 +3,7 @@
 use podflow_model::FlowRow;
 
 use super::row::v6;
+use crate::columns;
 
 /// A stable 128-bit FNV-1a hash (the dedup token must not change between builds).
 struct Fnv128(u128);
@@ -58,27 +59,10 @@ pub fn batch_token(rows: &[FlowRow]) -> String {
             h.u64(v);
         }
         h.u64(r.cost_usd.to_bits());
-        let l = &r.labels;
-        h.str(l.class.as_str());
-        for e in [&l.local, &l.remote] {
-            for s in [
-                e.kind,
-                &e.namespace,
-                &e.name,
-                &e.workload_kind,
-                &e.workload,
-                &e.app,
-                &e.node,
-                &e.zone,
-                &e.region,
-                &e.cloud,
-            ] {
-                h.str(s);
-            }
+        for s in columns::values(&r.labels) {
+            h.str(s);
         }
-        h.str(&l.service_namespace);
-        h.str(&l.service_name);
-        h.bytes(&[u8::from(l.remote_observed)]);
+        h.bytes(&[u8::from(r.labels.remote_observed)]);
     }
     format!("podflow-{:032x}", h.0)
 }

@@ -11,10 +11,14 @@ use podflow_model::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::columns::{self, LABELS};
 use crate::flow_store::FlowSummary;
 use crate::query::GroupRow;
 
-/// One ClickHouse row as inserted; field names are the column names.
+/// One ClickHouse row as inserted; field names are the column names. Its label fields
+/// are listed by hand, not from [`LABELS`]: the `Row` derive needs a field per column,
+/// named as the table (kubenetmon's names, see `schema::label_column`); the chdb tests
+/// check the fields against the table.
 #[allow(non_snake_case)]
 #[derive(Row, Serialize)]
 pub(super) struct ChRow<'a> {
@@ -95,11 +99,7 @@ pub(super) struct SummaryRow {
     t_first: i64,
     t_last: i64,
     t_cost_usd: f64,
-    l_class: String,
-    l_local: [String; 10],
-    l_remote: [String; 10],
-    l_service_namespace: String,
-    l_service_name: String,
+    l_labels: [String; LABELS.len()],
     l_remote_observed: bool,
 }
 
@@ -260,34 +260,9 @@ impl SummaryRow {
         let s = self;
         let proto = Protocol::parse(&s.proto)
             .ok_or_else(|| format!("row has an invalid proto {:?}", s.proto))?;
-        let class = Class::parse(&s.l_class)
-            .ok_or_else(|| format!("row has an invalid class {:?}", s.l_class))?;
-        let end = |l: [String; 10]| {
-            let [
-                kind,
-                namespace,
-                name,
-                workload_kind,
-                workload,
-                app,
-                node,
-                zone,
-                region,
-                cloud,
-            ] = l;
-            EndLabels {
-                kind: crate::columns::kind_static(&kind),
-                namespace: namespace.into(),
-                name: name.into(),
-                workload_kind: workload_kind.into(),
-                workload: workload.into(),
-                app: app.into(),
-                node: node.into(),
-                zone: zone.into(),
-                region: region.into(),
-                cloud: cloud.into(),
-            }
-        };
+        let mut labels = columns::from_values(s.l_labels)
+            .map_err(|(column, value)| format!("row has an invalid {column} {value:?}"))?;
+        labels.remote_observed = s.l_remote_observed;
         let service = if s.service_addr.is_unspecified() && s.service_port == 0 {
             None
         } else {
@@ -311,14 +286,7 @@ impl SummaryRow {
                 opened: s.t_opened,
                 closed: s.t_closed,
             },
-            labels: Arc::new(FlowLabels {
-                class,
-                local: end(s.l_local),
-                remote: end(s.l_remote),
-                service_namespace: s.l_service_namespace.into(),
-                service_name: s.l_service_name.into(),
-                remote_observed: s.l_remote_observed,
-            }),
+            labels: Arc::new(labels),
             cost_usd: s.t_cost_usd,
             first: s.t_first,
             last: s.t_last,

@@ -35,7 +35,11 @@ const LCS: &str = "LowCardinality(String) CODEC(ZSTD(1))";
 const STR: &str = "String CODEC(ZSTD(1))";
 const U64: &str = "UInt64 CODEC(Delta(8), ZSTD(1))";
 
-/// Every column, kubenetmon's first (in its order), then podflow's. Migration adds the
+/// Every column, kubenetmon's first (in its order), then podflow's.
+///
+/// By hand, not from [`LABELS`](crate::columns::LABELS): kubenetmon's order interleaves the label columns with
+/// others, and the table's column order must not change. A test checks that every label
+/// column is here under [`label_column`]'s name. Migration adds the
 /// ones an existing table lacks; key columns never change (a new key is a new table).
 pub(super) const COLUMNS: &[Column] = &[
     col("date", "Date CODEC(Delta(2), ZSTD(1))"),
@@ -105,6 +109,27 @@ pub(super) const COLUMNS: &[Column] = &[
     col("cost_usd", "Float64 CODEC(ZSTD(1))"),
     col("remote_observed", "Bool CODEC(ZSTD(1))"),
 ];
+
+/// The column holding a label column ([`LABELS`](crate::columns::LABELS)): kubenetmon's where kubenetmon has
+/// the label, else podflow's own, named as in the embedded store. Not mechanical:
+/// kubenetmon calls a zone `AvailabilityZone` and keeps no kinds, names or workloads.
+pub(super) fn label_column(name: &'static str) -> &'static str {
+    match name {
+        "local_namespace" => "localNamespace",
+        "local_app" => "localApp",
+        "local_node" => "localNode",
+        "local_zone" => "localAvailabilityZone",
+        "local_region" => "localRegion",
+        "local_cloud" => "localCloud",
+        "remote_namespace" => "remoteNamespace",
+        "remote_app" => "remoteApp",
+        "remote_node" => "remoteNode",
+        "remote_zone" => "remoteAvailabilityZone",
+        "remote_region" => "remoteRegion",
+        "remote_cloud" => "remoteCloud",
+        _ => name,
+    }
+}
 
 /// The columns SummingMergeTree adds up; every other non-key column keeps one row's value.
 const SUMMED: &str = "bytes, packets, bytes_out, packets_out, bytes_in, packets_in, conns_opened, conns_closed, cost_usd";
@@ -196,6 +221,22 @@ fn add_column_statement(cfg: &ClickHouseConfig, c: &Column) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::columns::LABELS;
+
+    #[test]
+    fn every_label_column_is_a_column_of_its_own() {
+        let mut seen = Vec::new();
+        for c in LABELS {
+            let name = label_column(c.name);
+            assert!(
+                COLUMNS.iter().any(|k| k.name == name),
+                "{} as {name}",
+                c.name
+            );
+            assert!(!seen.contains(&name), "{name} twice");
+            seen.push(name);
+        }
+    }
 
     #[test]
     fn defaults_go_before_codecs() {

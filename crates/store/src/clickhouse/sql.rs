@@ -5,34 +5,14 @@
 use podflow_model::Protocol;
 
 use super::config::ClickHouseConfig;
-use super::schema::on_cluster;
+use super::schema::{label_column, on_cluster};
+use crate::columns::LABELS;
 use crate::query::{self, GroupQuery, View};
-
-/// The label columns of one end, in `EndLabels` field order (kind, namespace, name,
-/// workload kind, workload, app, node, zone, region, cloud).
-fn end_select(side: &str) -> String {
-    let camel = |s: &str| format!("{side}{s}");
-    [
-        format!("{side}_kind"),
-        camel("Namespace"),
-        format!("{side}_name"),
-        format!("{side}_workload_kind"),
-        format!("{side}_workload"),
-        camel("App"),
-        camel("Node"),
-        camel("AvailabilityZone"),
-        camel("Region"),
-        camel("Cloud"),
-    ]
-    .iter()
-    .map(|c| format!("max({c})"))
-    .collect::<Vec<_>>()
-    .join(", ")
-}
 
 /// Totals per observer and key over a time range (bound: from, to, limit).
 pub(super) fn flows_sql(db: &str, table: &str) -> String {
-    // Labels: max() over the group, like the embedded store, so both agree. Aliases differ
+    // Labels: max() over the group, like the embedded store, so both agree; one tuple
+    // in [`LABELS`] order. Aliases differ
     // from column names (an alias equal to a column would shadow it inside the sums).
     format!(
         "SELECT observer, proto, local_addr, remote_addr, responder_port, local_initiated, \
@@ -42,9 +22,7 @@ pub(super) fn flows_sql(db: &str, table: &str) -> String {
          sum(conns_opened) AS t_opened, sum(conns_closed) AS t_closed, \
          min(toInt64(intervalStartTime)) AS t_first, \
          max(toInt64(intervalStartTime) + intervalSeconds) AS t_last, \
-         sum(cost_usd) AS t_cost_usd, max(class) AS l_class, \
-         ({local}) AS l_local, ({remote}) AS l_remote, \
-         max(service_namespace) AS l_service_namespace, max(service_name) AS l_service_name, \
+         sum(cost_usd) AS t_cost_usd, ({labels}) AS l_labels, \
          max(remote_observed) AS l_remote_observed \
          FROM `{db}`.`{table}` \
          WHERE intervalStartTime >= toDateTime(?) AND intervalStartTime < toDateTime(?) \
@@ -52,8 +30,11 @@ pub(super) fn flows_sql(db: &str, table: &str) -> String {
          service_addr, service_port \
          ORDER BY t_bytes_out + t_bytes_in DESC, t_opened DESC \
          LIMIT ?",
-        local = end_select("local"),
-        remote = end_select("remote"),
+        labels = LABELS
+            .iter()
+            .map(|c| format!("max({})", label_column(c.name)))
+            .collect::<Vec<_>>()
+            .join(", "),
     )
 }
 
@@ -65,17 +46,7 @@ fn ip_text(column: &str) -> String {
 
 /// The columns of one end's attribute (`local_` and `remote_`), as ClickHouse expressions.
 fn end_columns(attr: &str) -> Option<(String, String)> {
-    let pair = |l: &str, r: &str| Some((l.to_string(), r.to_string()));
     match attr {
-        "kind" | "name" | "workload_kind" => {
-            pair(&format!("local_{attr}"), &format!("remote_{attr}"))
-        }
-        "namespace" => pair("localNamespace", "remoteNamespace"),
-        "app" => pair("localApp", "remoteApp"),
-        "node" => pair("localNode", "remoteNode"),
-        "zone" => pair("localAvailabilityZone", "remoteAvailabilityZone"),
-        "region" => pair("localRegion", "remoteRegion"),
-        "cloud" => pair("localCloud", "remoteCloud"),
         // The workload, else the name, else the kind: every end has a name to group by.
         "workload" => {
             let w = |e: &str| {
@@ -86,7 +57,18 @@ fn end_columns(attr: &str) -> Option<(String, String)> {
             Some((w("local"), w("remote")))
         }
         "ip" => Some((ip_text("local_addr"), ip_text("remote_addr"))),
-        _ => None,
+        // A label column of each end.
+        _ => {
+            let column = |end: &str| {
+                LABELS
+                    .iter()
+                    .find(|c| {
+                        c.name.strip_prefix(end).and_then(|a| a.strip_prefix('_')) == Some(attr)
+                    })
+                    .map(|c| label_column(c.name).to_string())
+            };
+            Some((column("local")?, column("remote")?))
+        }
     }
 }
 
@@ -194,6 +176,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn flows_reads_every_label_in_order() {
+        let sql = flows_sql("db", "t");
+        let labels = sql
+            .split_once("t_cost_usd, (")
+            .and_then(|(_, r)| r.split_once(") AS l_labels"))
+            .map(|(l, _)| l)
+            .expect("labels tuple");
+        let want: Vec<String> = LABELS
+            .iter()
+            .map(|c| format!("max({})", label_column(c.name)))
+            .collect();
+        assert_eq!(labels, want.join(", "));
+        assert!(labels.starts_with("max(class), max(local_kind), max(localNamespace), "));
+        assert!(labels.ends_with("max(service_namespace), max(service_name)"));
+    }
+
+    #[test]
     fn every_dimension_has_a_clickhouse_expression() {
         for d in query::dimensions() {
             let e = dim_expr(d.name).unwrap_or_else(|| panic!("no expression for {}", d.name));
@@ -201,6 +200,16 @@ mod tests {
             assert!(!e.contains('?'), "{}: {e}", d.name);
         }
         assert_eq!(dim_expr("src_nope"), None);
+        assert_eq!(
+            dim_expr("dst_zone").as_deref(),
+            Some(
+                "CAST(if(local_initiated, remoteAvailabilityZone, localAvailabilityZone) AS String)"
+            )
+        );
+        assert_eq!(
+            dim_expr("src_workload_kind").as_deref(),
+            Some("CAST(if(local_initiated, local_workload_kind, remote_workload_kind) AS String)")
+        );
         assert_eq!(dim_expr("bytes"), None);
     }
 

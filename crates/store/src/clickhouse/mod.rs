@@ -200,15 +200,7 @@ impl ClickHouseStore {
         Ok(())
     }
 
-    /// Inserts rows as one INSERT per `batch_rows` with the given deduplication token
-    /// (suffixed per chunk); a batch sent again with the same token is counted once.
-    pub fn write_with_token(&mut self, rows: &[FlowRow], token: &str) -> Result<(), StoreError> {
-        for (i, chunk) in rows.chunks(self.cfg.batch_rows).enumerate() {
-            self.insert_chunk(chunk, &format!("{token}-{i}"))?;
-        }
-        Ok(())
-    }
-
+    /// Inserts one chunk as one INSERT with the deduplication token `token`.
     fn insert_chunk(&self, rows: &[FlowRow], token: &str) -> Result<(), StoreError> {
         let protos: Vec<_> = rows.iter().map(|r| r.key.proto.name()).collect();
         let mut encoded = Vec::with_capacity(rows.len() * 2);

@@ -13,37 +13,64 @@
 
 use hashbrown::HashMap;
 
-use podflow_model::FlowRow;
+use podflow_model::{EndLabels, FlowLabels, FlowRow};
 
 use crate::query::{Dim, GroupQuery};
 
 /// The rollup tables and their bucket widths (seconds), coarsest first; each width
 /// divides the one before.
-pub(crate) const LEVELS: [(&str, i64); 3] =
+pub(super) const LEVELS: [(&str, i64); 3] =
     [("flows_hourly", 3600), ("flows_10m", 600), ("flows_1m", 60)];
 
-/// The dimensions kept in the rollup; each is also its column name.
-pub(crate) const DIMS: [&str; 19] = [
-    "src_kind",
-    "dst_kind",
-    "src_namespace",
-    "dst_namespace",
-    "src_workload",
-    "dst_workload",
-    "src_workload_kind",
-    "dst_workload_kind",
-    "src_app",
-    "dst_app",
-    "src_zone",
-    "dst_zone",
-    "src_region",
-    "dst_region",
-    "src_cloud",
-    "dst_cloud",
-    "class",
-    "service_namespace",
-    "service_name",
+/// A dimension kept in the rollup: a query dimension's name, also its column in the
+/// rollup tables, and its value for a row from the row's labels and its source and
+/// destination ends.
+#[derive(Clone, Copy)]
+struct RollupDim {
+    name: &'static str,
+    value: for<'a> fn(&'a FlowLabels, &'a EndLabels, &'a EndLabels) -> &'a str,
+}
+
+const fn dim_of(
+    name: &'static str,
+    value: for<'a> fn(&'a FlowLabels, &'a EndLabels, &'a EndLabels) -> &'a str,
+) -> RollupDim {
+    RollupDim { name, value }
+}
+
+/// The dimensions kept in the rollup, in column order.
+const DIMENSIONS: [RollupDim; 19] = [
+    dim_of("src_kind", |_, s, _| s.kind),
+    dim_of("dst_kind", |_, _, d| d.kind),
+    dim_of("src_namespace", |_, s, _| &s.namespace),
+    dim_of("dst_namespace", |_, _, d| &d.namespace),
+    dim_of("src_workload", |_, s, _| s.workload_or_name()),
+    dim_of("dst_workload", |_, _, d| d.workload_or_name()),
+    dim_of("src_workload_kind", |_, s, _| &s.workload_kind),
+    dim_of("dst_workload_kind", |_, _, d| &d.workload_kind),
+    dim_of("src_app", |_, s, _| &s.app),
+    dim_of("dst_app", |_, _, d| &d.app),
+    dim_of("src_zone", |_, s, _| &s.zone),
+    dim_of("dst_zone", |_, _, d| &d.zone),
+    dim_of("src_region", |_, s, _| &s.region),
+    dim_of("dst_region", |_, _, d| &d.region),
+    dim_of("src_cloud", |_, s, _| &s.cloud),
+    dim_of("dst_cloud", |_, _, d| &d.cloud),
+    dim_of("class", |l, _, _| l.class.as_str()),
+    dim_of("service_namespace", |l, _, _| &l.service_namespace),
+    dim_of("service_name", |l, _, _| &l.service_name),
 ];
+
+/// The rollup dimensions' names (their columns), in [`DIMENSIONS`] order.
+pub(super) const DIMS: [&str; DIMENSIONS.len()] = {
+    let mut names = [""; DIMENSIONS.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = DIMENSIONS[i].name;
+        i += 1;
+    }
+    names
+};
 
 /// Summed columns, in the order [`Sums`] holds them.
 pub(super) const SUMS: [&str; 7] = [
@@ -64,9 +91,9 @@ pub(super) fn dim(name: &str) -> Dim {
 
 /// Bytes, packets, connections (source → destination first) and cost of one rollup key.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub(crate) struct Sums {
-    pub(crate) counts: [u64; 6],
-    pub(crate) cost_usd: f64,
+pub(super) struct Sums {
+    pub(super) counts: [u64; 6],
+    pub(super) cost_usd: f64,
 }
 
 impl Sums {
@@ -79,12 +106,12 @@ impl Sums {
 }
 
 /// A rollup key: bucket start, counts-once flag, and the [`DIMS`] values in order.
-pub(crate) type Key<'a> = (i64, bool, [&'a str; DIMS.len()]);
+pub(super) type Key<'a> = (i64, bool, [&'a str; DIMS.len()]);
 
 /// Sums `rows` per rollup key of every level, as (table, sums): the finest level from
 /// the rows, each coarser one from the level below (a batch of rows shares few
 /// workload pairs, so the coarser passes are short).
-pub(crate) fn aggregate_levels(rows: &[FlowRow]) -> Vec<(&'static str, HashMap<Key<'_>, Sums>)> {
+pub(super) fn aggregate_levels(rows: &[FlowRow]) -> Vec<(&'static str, HashMap<Key<'_>, Sums>)> {
     let mut out: Vec<(&'static str, HashMap<Key<'_>, Sums>)> = Vec::new();
     for &(table, width) in LEVELS.iter().rev() {
         let sums = match out.last() {
@@ -118,27 +145,7 @@ fn aggregate(rows: &[FlowRow], width: i64) -> HashMap<Key<'_>, Sums> {
         let key: Key<'_> = (
             r.interval_start.div_euclid(width) * width,
             !l.remote_observed || init,
-            [
-                s.kind,
-                d.kind,
-                &s.namespace,
-                &d.namespace,
-                s.workload_or_name(),
-                d.workload_or_name(),
-                &s.workload_kind,
-                &d.workload_kind,
-                &s.app,
-                &d.app,
-                &s.zone,
-                &d.zone,
-                &s.region,
-                &d.region,
-                &s.cloud,
-                &d.cloud,
-                l.class.as_str(),
-                &l.service_namespace,
-                &l.service_name,
-            ],
+            DIMENSIONS.map(|dim| (dim.value)(l, s, d)),
         );
         let t = &r.totals;
         let (bs, bd, ps, pd) = if init {

@@ -7,6 +7,9 @@ mod flow_store;
 pub mod query;
 mod sqlite;
 
+#[cfg(test)]
+mod testing;
+
 pub use self::clickhouse::{ClickHouseConfig, ClickHouseStore};
 pub use error::{ClickHouseError, StoreError};
 pub use flow_store::{FlowQuery, FlowStore, FlowSummary};

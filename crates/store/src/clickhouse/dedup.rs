@@ -71,48 +71,16 @@ pub fn batch_token(rows: &[FlowRow]) -> String {
 mod tests {
     use std::sync::Arc;
 
-    use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowTotals, Protocol};
-
     use super::*;
+    use crate::testing::row;
 
     #[test]
     fn the_token_of_a_batch_does_not_change_between_builds() {
-        let row = FlowRow {
-            interval_start: 1_700_000_000,
-            interval_s: 60,
-            observer: "node-a".into(),
-            key: FlowKey {
-                proto: Protocol::TCP,
-                local: "10.0.0.1".parse().expect("ip"),
-                remote: "fd00::2".parse().expect("ip"),
-                responder_port: 443,
-                local_initiated: true,
-                service: Some(("10.96.0.10".parse().expect("ip"), 80)),
-            },
-            totals: FlowTotals::from_columns([1, 2, 3, 4, 5, 6]),
-            labels: Arc::new(FlowLabels {
-                class: Class::InterZone,
-                local: EndLabels {
-                    kind: "pod",
-                    namespace: "shop".into(),
-                    name: "web-1".into(),
-                    workload: "web".into(),
-                    zone: "a".into(),
-                    ..Default::default()
-                },
-                remote: EndLabels {
-                    kind: "internet",
-                    ..Default::default()
-                },
-                service_namespace: "shop".into(),
-                service_name: "db".into(),
-                remote_observed: true,
-            }),
-            cost_usd: 0.25,
-        };
+        let mut r = row(1_700_000_000, "fd00::2", 1000);
+        Arc::make_mut(&mut r.labels).remote_observed = true;
         assert_eq!(
-            batch_token(&[row]),
-            "podflow-e30aa9ceb07f066a24c0caa1c81bb8de"
+            batch_token(&[r]),
+            "podflow-808840928d0a5e6640a86cdcc4ef533f"
         );
     }
 }

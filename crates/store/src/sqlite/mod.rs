@@ -144,54 +144,12 @@ mod tests {
     use std::net::IpAddr;
     use std::sync::Arc;
 
-    use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowTotals, Protocol};
+    use podflow_model::{Class, EndLabels, FlowLabels, Protocol};
 
     use super::schema::SCHEMA;
     use super::sql::UPSERT;
     use super::*;
-
-    fn row(t: i64, remote: &str, bytes_out: u64) -> FlowRow {
-        FlowRow {
-            interval_start: t,
-            interval_s: 10,
-            observer: "node-a".into(),
-            key: FlowKey {
-                proto: Protocol::TCP,
-                local: "10.0.0.1".parse().expect("ip"),
-                remote: remote.parse().expect("ip"),
-                responder_port: 443,
-                local_initiated: true,
-                service: Some(("fd00::10".parse().expect("ip"), 80)),
-            },
-            totals: FlowTotals {
-                bytes_out,
-                packets_out: 1,
-                bytes_in: 7,
-                packets_in: 1,
-                opened: 1,
-                closed: 0,
-            },
-            labels: Arc::new(FlowLabels {
-                class: Class::InterZone,
-                local: EndLabels {
-                    kind: "pod",
-                    namespace: "shop".into(),
-                    name: "web-1".into(),
-                    ..Default::default()
-                },
-                remote: EndLabels {
-                    kind: "node",
-                    name: "node-b".into(),
-                    zone: "b".into(),
-                    ..Default::default()
-                },
-                service_namespace: "shop".into(),
-                service_name: "db".into(),
-                remote_observed: false,
-            }),
-            cost_usd: 0.5,
-        }
-    }
+    use crate::testing::row;
 
     /// The 41 columns of `r` as the table should hold them.
     fn stored(r: &FlowRow) -> Vec<rusqlite::types::Value> {

@@ -52,6 +52,8 @@ pub struct ClickHouseStore {
     cfg: ClickHouseConfig,
     /// `database.table`, for messages.
     name: String,
+    /// The flows query (built once: it depends on the table only).
+    flows_sql: String,
 }
 
 impl Drop for ClickHouseStore {
@@ -91,11 +93,13 @@ impl ClickHouseStore {
             client = client.with_password(p);
         }
         let name = format!("{}.{}", cfg.database, cfg.table);
+        let flows_sql = sql::flows_sql(&cfg.database, &cfg.table);
         let store = ClickHouseStore {
             client,
             rt: Some(rt),
             cfg,
             name,
+            flows_sql,
         };
         store.migrate()?;
         Ok(store)
@@ -114,6 +118,7 @@ impl ClickHouseStore {
             rt: Some(runtime()?),
             cfg: self.cfg.clone(),
             name: self.name.clone(),
+            flows_sql: self.flows_sql.clone(),
         })
     }
 
@@ -236,11 +241,10 @@ impl FlowStore for ClickHouseStore {
     }
 
     fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError> {
-        let sql = sql::flows_sql(&self.cfg.database, &self.cfg.table);
         let limit = u64::try_from(q.limit).unwrap_or(u64::MAX);
         let rows: Vec<SummaryRow> = self.retrying("query flows", || {
             self.client
-                .query(&sql)
+                .query(&self.flows_sql)
                 .bind(datetime_bound(q.from))
                 .bind(datetime_bound(q.to))
                 .bind(limit)

@@ -454,7 +454,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
             first_reply: a.first_reply,
         },
         tls,
-        token: read_token(&a.token_file)?,
+        token_file: a.token_file,
         max_memory: a.buffer_memory,
         max_spill: a.buffer_spill,
         max_connection_age: a.max_connection_age,

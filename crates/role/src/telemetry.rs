@@ -67,9 +67,15 @@ defs! {
     AG_SENT = "podflow_agent_batches_sent_total", "counter", "Batches sent to the server (replays included).", [];
     AG_ACKED = "podflow_agent_batches_acked_total", "counter", "Batches the server acknowledged as durable.", [];
     AG_REJECTED = "podflow_agent_batches_rejected_total", "counter", "Batches the server refused as invalid (dropped, with the reason logged).", [];
-    AG_BUFFERED = "podflow_agent_buffered_batches", "gauge", "Batches waiting for an ack (memory and spill file).", [];
-    AG_BUFFERED_BYTES = "podflow_agent_buffered_bytes", "gauge", "Bytes of batches waiting for an ack, by place (memory, spill).", ["place"];
-    AG_DROPPED = "podflow_agent_batches_dropped_total", "counter", "Batches dropped because memory and spill file were full (oldest first).", [];
+    AG_BUFFERED = "podflow_agent_buffered_batches", "gauge", "Batches waiting for an ack (all of them in the buffer's log on disk unless the disk refused them).", [];
+    AG_BUFFERED_BYTES = "podflow_agent_buffered_bytes", "gauge", "Bytes of the buffer, by place: memory (batches held in memory), spill (the log file on disk, acknowledged records included until compaction).", ["place"];
+    AG_DROPPED = "podflow_agent_batches_dropped_total", "counter", "Batches dropped, never delivered: the buffer's log reached --buffer-spill after compaction, or the disk refused writes and memory reached --buffer-memory (oldest first).", [];
+    AG_RETRIED = "podflow_agent_batches_retried_total", "counter", "Refusals the server said were not final (busy, or a newer protocol than it speaks): the batches were kept and sent again later.", [];
+    AG_RENUMBERED = "podflow_agent_batches_renumbered_total", "counter", "Batches given new sequence numbers because the server's durable mark for this agent was ahead of the data directory's (a wiped disk, a reused node name).", [];
+    AG_RECOVERED = "podflow_agent_batches_recovered_total", "counter", "Unacknowledged batches read back from the buffer's log at start (they survived a restart).", [];
+    AG_DISK_ERRORS = "podflow_agent_buffer_disk_errors_total", "counter", "Writes to the buffer's log the disk refused (full, read-only); the batch was kept in memory only.", [];
+    AG_TORN = "podflow_agent_buffer_torn_tails_total", "counter", "Torn tails (a record cut short or failing its checksum) cut from the buffer's log at start.", [];
+    AG_COMPACTIONS = "podflow_agent_buffer_compactions_total", "counter", "Rewrites of the buffer's log to free the space of acknowledged batches.", [];
     AG_RECONNECTS = "podflow_agent_reconnects_total", "counter", "Connections to the server opened after the first.", [];
     AG_CONNECTED = "podflow_agent_connected", "gauge", "1 while a stream to the server is open.", [];
     NF_DATAGRAMS = "podflow_netflow_datagrams_total", "counter", "NetFlow/IPFIX datagrams received.", [];
@@ -150,6 +156,20 @@ pub struct AgentStats {
     pub reconnects: AtomicU64,
     /// Connected now.
     pub connected: AtomicU64,
+    /// Refusals the server said were not final (the batches were kept).
+    pub retried: AtomicU64,
+    /// Batches renumbered because the server's mark was ahead of this data directory.
+    pub renumbered: AtomicU64,
+    /// Unacknowledged batches read back from the buffer's log at start.
+    pub recovered: AtomicU64,
+    /// Writes to the buffer's log the disk refused (kept in memory instead).
+    pub disk_errors: AtomicU64,
+    /// Torn tails cut from the buffer's log at start.
+    pub torn: AtomicU64,
+    /// Rewrites of the buffer's log to free space.
+    pub compactions: AtomicU64,
+    /// 1 when the last write to the buffer's log failed (readiness).
+    pub disk_errors_recent: AtomicU64,
 }
 
 /// Counters of the pipeline between a source and the store.
@@ -472,6 +492,12 @@ impl Registry {
         one(out, &AG_DROPPED, g(&a.dropped));
         one(out, &AG_RECONNECTS, g(&a.reconnects));
         one(out, &AG_CONNECTED, g(&a.connected));
+        one(out, &AG_RETRIED, g(&a.retried));
+        one(out, &AG_RENUMBERED, g(&a.renumbered));
+        one(out, &AG_RECOVERED, g(&a.recovered));
+        one(out, &AG_DISK_ERRORS, g(&a.disk_errors));
+        one(out, &AG_TORN, g(&a.torn));
+        one(out, &AG_COMPACTIONS, g(&a.compactions));
     }
 
     fn render_workloads(&self, out: &mut String) {
@@ -530,19 +556,42 @@ mod tests {
 
 #[cfg(test)]
 mod docs {
+    /// The reference table of docs/metrics.md, rendered from [`super::METRICS`].
+    fn table() -> String {
+        let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+        for m in super::METRICS {
+            let labels = if m.labels.is_empty() {
+                "—".to_string()
+            } else {
+                m.labels.join(", ")
+            };
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                m.name, m.kind, labels, m.help
+            ));
+        }
+        out
+    }
+
+    /// docs/metrics.md's table is exactly the metrics defined here (`UPDATE_DOCS=1 cargo
+    /// test -p podflow-role docs` rewrites it).
     #[test]
     fn every_metric_is_documented() {
-        let doc = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/metrics.md"
-        ))
-        .expect("docs/metrics.md");
-        for m in super::METRICS {
-            assert!(
-                doc.contains(&format!("`{}`", m.name)),
-                "docs/metrics.md misses {}",
-                m.name
-            );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md");
+        let doc = std::fs::read_to_string(path).expect("docs/metrics.md");
+        let start = doc.find("| metric | type |").expect("the table's header");
+        let end = doc[start..]
+            .find("\n\n")
+            .map_or(doc.len(), |e| start + e + 1);
+        let want = table();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            let new = format!("{}{}{}", &doc[..start], want, &doc[end..]);
+            std::fs::write(path, new).expect("write docs/metrics.md");
+            return;
         }
+        assert!(
+            doc[start..end] == want,
+            "docs/metrics.md's table and METRICS differ: run UPDATE_DOCS=1 cargo test -p podflow-role docs"
+        );
     }
 }

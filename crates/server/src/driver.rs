@@ -31,6 +31,10 @@ use crate::attribution::{self, EnrichSettings, InventorySource, LocalInventory};
 /// closed queue drops the ack, counted; the agent's replay is then acked as a duplicate).
 pub type AckTx = tokio::sync::mpsc::Sender<podflow_proto::Ack>;
 
+/// The durable mark of every agent, as the last write left it: what a connecting agent
+/// is told (shared with the gRPC intake).
+pub type Marks = Arc<std::sync::RwLock<std::collections::HashMap<String, u64>>>;
+
 /// A key's labels; `remote_observed` when another observed node sees the connection
 /// too (the count-once view).
 fn labels(a: &Attribution, observer: &str, observers: &HashSet<Arc<str>>) -> FlowLabels {
@@ -101,6 +105,8 @@ pub struct Driver<S: FlowStore + 'static> {
     observers: HashSet<Arc<str>>,
     /// Which batches are counted, written and acknowledged.
     ledger: Ledger<AckTx>,
+    /// The durable marks, published for connecting agents.
+    marks: Marks,
     /// NetFlow records summed per flow until their interval closes (filled by the
     /// receive threads).
     prefold: Arc<Mutex<Prefold>>,
@@ -151,7 +157,9 @@ impl<S: FlowStore + 'static> Driver<S> {
                 None
             }
         };
-        let ledger = Ledger::new(interval_s, max_pending_rows, store.marks()?);
+        let stored = store.marks()?;
+        let marks: Marks = Arc::new(std::sync::RwLock::new(stored.iter().cloned().collect()));
+        let ledger = Ledger::new(interval_s, max_pending_rows, stored);
         Ok(Driver {
             ranges_stamp: attribution::ranges_stamp(&settings),
             ranges_checked: Instant::now(),
@@ -167,7 +175,13 @@ impl<S: FlowStore + 'static> Driver<S> {
             last_expire: Instant::now(),
             observers: HashSet::new(),
             ledger,
+            marks,
         })
+    }
+
+    /// The agents' durable marks (updated after every write).
+    pub fn marks(&self) -> Marks {
+        Arc::clone(&self.marks)
     }
 
     /// The store (shared with the writer task).
@@ -374,6 +388,7 @@ impl<S: FlowStore + 'static> Driver<S> {
         let p = &self.registry.pipeline;
         while let Some((job, marks)) = self.ledger.next() {
             let (id, rows) = (job.id, Arc::clone(&job.rows));
+            let written_marks = marks.clone();
             let n = rows.len() as u64;
             let store = Arc::clone(&self.store);
             let t0 = Instant::now();
@@ -389,10 +404,16 @@ impl<S: FlowStore + 'static> Driver<S> {
                 Ok(()) => {
                     p.store_rows.fetch_add(n, Relaxed);
                     p.store_errors_in_a_row.store(0, Relaxed);
+                    if let Ok(mut m) = self.marks.write() {
+                        for (agent, seq) in written_marks {
+                            let e = m.entry(agent).or_default();
+                            *e = (*e).max(seq);
+                        }
+                    }
                     for (b, tx) in self.ledger.written(id) {
                         let ack = podflow_proto::Ack {
                             seq: b.seq,
-                            error: String::new(),
+                            ..Default::default()
                         };
                         if tx.try_send(ack).is_err() {
                             self.registry.server.acks_dropped.fetch_add(1, Relaxed);

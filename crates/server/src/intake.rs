@@ -13,7 +13,15 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::driver::Driver;
+use crate::driver::{Driver, Marks};
+
+/// The metadata key naming the agent of a stream (sent by agents that read the durable
+/// mark in the stream's first message).
+pub const AGENT_ID_HEADER: &str = "podflow-agent-id";
+/// Pause asked of an agent when the write backlog is full, ms.
+const RETRY_BUSY_MS: u64 = 5_000;
+/// Pause asked of an agent newer than this server, ms.
+const RETRY_NEWER_MS: u64 = 30_000;
 
 /// One batch on its way from a connection to the pipeline.
 pub(crate) struct Ingress {
@@ -30,6 +38,7 @@ const ACK_QUEUE: usize = 4096;
 #[derive(Debug, Clone)]
 pub(crate) struct IngestSvc {
     pub(crate) tx: mpsc::Sender<Ingress>,
+    pub(crate) marks: Marks,
     pub(crate) token: Option<Arc<str>>,
     pub(crate) registry: Arc<Registry>,
 }
@@ -63,8 +72,27 @@ impl Ingest for IngestSvc {
             }
         }
         let peer = req.remote_addr();
+        let agent = req
+            .metadata()
+            .get(AGENT_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut inbound = req.into_inner();
         let (ack_tx, ack_rx) = mpsc::channel::<Ack>(ACK_QUEUE);
+        // The first message: what this server holds as durable for the agent, so an agent
+        // whose numbers are behind (a wiped disk, a reused node name) renumbers first.
+        if let Some(agent) = agent {
+            let durable_seq = self
+                .marks
+                .read()
+                .ok()
+                .and_then(|m| m.get(agent.as_str()).copied())
+                .unwrap_or(0);
+            let _ = ack_tx.try_send(Ack {
+                durable_seq,
+                ..Default::default()
+            });
+        }
         let tx = self.tx.clone();
         self.registry.server.connections.fetch_add(1, Relaxed);
         let guard = ConnGuard(Arc::clone(&self.registry));
@@ -110,13 +138,26 @@ pub(crate) fn admit<S: podflow_store::FlowStore + 'static>(
         let _ = m.ack.try_send(Ack {
             seq: b.seq,
             error: why,
+            ..Default::default()
         });
     };
-    if b.version == 0 || b.version > VERSION {
-        return reject(format!(
-            "protocol version {} (this server speaks 1..={VERSION})",
-            b.version
-        ));
+    if b.version > VERSION {
+        // A newer agent than this server (agents rolled before servers): not final; the
+        // agent keeps the batch until a server that speaks its version answers.
+        r.server.batch(Outcome::Busy);
+        let _ = m.ack.try_send(Ack {
+            seq: b.seq,
+            error: format!(
+                "protocol version {} (this server speaks 1..={VERSION}); retry",
+                b.version
+            ),
+            retry_after_ms: RETRY_NEWER_MS,
+            ..Default::default()
+        });
+        return;
+    }
+    if b.version == 0 {
+        return reject("protocol version 0".into());
     }
     if b.agent_id.is_empty() || b.node.is_empty() {
         return reject("agent_id and node must be set".into());
@@ -156,14 +197,22 @@ pub(crate) fn admit<S: podflow_store::FlowStore + 'static>(
         Offer::Duplicate(tx) => {
             let _ = tx.try_send(Ack {
                 seq: b.seq,
-                error: String::new(),
+                ..Default::default()
             });
             Outcome::Duplicate
         }
         Offer::InFlight => Outcome::InFlight,
-        // Not acknowledged: the agent keeps it and sends it again when it reconnects. (The
-        // serve loop reads no batch while the backlog is full, so this is rare.)
-        Offer::Busy(_) => Outcome::Busy,
+        // Not final: the agent keeps it and sends it again after the pause. (The serve loop
+        // reads no batch while the backlog is full, so this is rare.)
+        Offer::Busy(tx) => {
+            let _ = tx.try_send(Ack {
+                seq: b.seq,
+                error: "busy: the server's write backlog is full".into(),
+                retry_after_ms: RETRY_BUSY_MS,
+                ..Default::default()
+            });
+            Outcome::Busy
+        }
     };
     r.server.batch(outcome);
 }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use attribution::{EnrichSettings, InventorySource};
 pub use driver::{Driver, DriverConfig};
+pub use intake::AGENT_ID_HEADER;
 
 use intake::{INGRESS_QUEUE, IngestSvc, Ingress, admit};
 
@@ -139,6 +140,7 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
     let (tx, mut rx) = mpsc::channel::<Ingress>(INGRESS_QUEUE);
     let svc = IngestSvc {
         tx,
+        marks: driver.marks(),
         token: cfg.token.as_deref().map(Arc::from),
         registry: Arc::clone(&registry),
     };

@@ -381,6 +381,12 @@ def cmd_invariants():
             script = " ".join(test[0]["spec"]["containers"][0]["args"]) if test else ""
             check("/ready" in script and "/api/v1/query" in script, f"{p} the test asks /ready and /api/v1/query")
         print(f"invariants {name}: checked")
+    # Servers first, agents after: agent.imageTag holds the agents back for one upgrade.
+    objs = list(objects(render({"image": {"tag": "9.9.9"}, "agent": {"imageTag": "9.9.8", "sysctlInit": {"enabled": True}}})))
+    ds, dep = one(objs, "DaemonSet"), one(objs, "Deployment")
+    agent_images = {c["image"] for c in ds["spec"]["template"]["spec"]["containers"] + ds["spec"]["template"]["spec"]["initContainers"]}
+    check(agent_images == {"localhost/podflow:9.9.8"}, f"agent.imageTag: agents run {agent_images}")
+    check(dep["spec"]["template"]["spec"]["containers"][0]["image"] == "localhost/podflow:9.9.9", "agent.imageTag leaves the server alone")
 
 
 # ---------------------------------------------------------------- schema

@@ -57,9 +57,12 @@ app.kubernetes.io/component: agent
 app.kubernetes.io/component: server
 {{- end }}
 
+{{/* The image; the agent's may lag one upgrade behind (agent.imageTag, docs/deploy.md#upgrades). */}}
 {{- define "podflow.image" -}}
 {{- $tag := .Values.image.tag | default .Chart.AppVersion }}
-{{- if .Values.image.digest }}
+{{- if .agentTag }}
+{{- printf "%s:%s" .Values.image.repository .agentTag }}
+{{- else if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
 {{- printf "%s:%s" .Values.image.repository $tag }}

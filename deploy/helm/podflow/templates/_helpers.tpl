@@ -57,7 +57,7 @@ app.kubernetes.io/component: agent
 app.kubernetes.io/component: server
 {{- end }}
 
-{{/* The image; the agent's may lag one upgrade behind (agent.imageTag, docs/deploy.md#upgrades). */}}
+{{/* The image; the agent's may lag one upgrade behind (agent.imageTag, docs/deploy.md#upgrades-and-version-skew). */}}
 {{- define "podflow.image" -}}
 {{- $tag := .Values.image.tag | default .Chart.AppVersion }}
 {{- if .agentTag }}

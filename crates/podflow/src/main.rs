@@ -34,6 +34,17 @@ struct Cli {
     #[arg(long, global = true, env = "PODFLOW_LOG", default_value = "info")]
     log: String,
 
+    /// Threads of the async runtime (0: one per core). Tie it to the container's CPU
+    /// request (the Helm chart does): more threads than the CPU the pod may use only adds
+    /// context switches.
+    #[arg(
+        long,
+        global = true,
+        env = "PODFLOW_WORKER_THREADS",
+        default_value_t = 0
+    )]
+    worker_threads: usize,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +84,19 @@ enum Command {
     /// node and a `podflow server` with the web UI. Needs root; everything it makes is named
     /// `pfd-*` and removed at exit.
     Demo(DemoArgs),
+    /// Turn on the kernel's conntrack byte counters and timestamps
+    /// (net.netfilter.nf_conntrack_acct=1, nf_conntrack_timestamp=1) in this network
+    /// namespace, print what they were and are, and exit: the agent's optional privileged
+    /// init step (an image without a shell has no `sysctl`). Counters exist only for
+    /// connections made after accounting is on. Needs CAP_NET_ADMIN.
+    Sysctl(SysctlArgs),
+}
+
+#[derive(Debug, Args)]
+struct SysctlArgs {
+    /// Apply them in another network namespace (a file such as /run/netns/NAME).
+    #[arg(long)]
+    netns: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +185,22 @@ struct RunArgs {
     #[command(flatten)]
     attribution: AttributionArgs,
 
+    #[command(flatten)]
+    metrics: MetricsArgs,
+
+    /// Receive NetFlow v5/v9/IPFIX on this UDP address (repeat for more; IPv4 or IPv6,
+    /// e.g. 0.0.0.0:2055 or [::]:4739). Records are attributed like conntrack's.
+    #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
+    netflow_listen: Vec<SocketAddr>,
+
+    /// Per-exporter NetFlow series in /metrics (the exporter's address becomes a label).
+    #[arg(long, env = "PODFLOW_NETFLOW_EXPORTER_LABELS")]
+    netflow_exporter_labels: bool,
+}
+
+/// How the workload series in /metrics are bounded and counted.
+#[derive(Debug, Args)]
+struct MetricsArgs {
     /// Labels of the workload series in /metrics (comma-separated allow-list from:
     /// src_namespace, src_workload, src_kind, src_zone, dst_namespace, dst_workload,
     /// dst_kind, dst_zone, class, src_pod, dst_pod). Pod names are opt-in.
@@ -179,14 +219,24 @@ struct RunArgs {
     #[arg(long, env = "PODFLOW_METRICS_EXPIRE", default_value = "10m", value_parser = duration::parse)]
     metrics_expire: Duration,
 
-    /// Receive NetFlow v5/v9/IPFIX on this UDP address (repeat for more; IPv4 or IPv6,
-    /// e.g. 0.0.0.0:2055 or [::]:4739). Records are attributed like conntrack's.
-    #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
-    netflow_listen: Vec<SocketAddr>,
+    /// Count every observer's row in the workload series (the raw view: a connection
+    /// between two observed nodes counts twice). Default: each connection once, from the
+    /// initiator's node, so summing the series gives the bill (as the API's count-once view).
+    #[arg(long, env = "PODFLOW_METRICS_PER_OBSERVER")]
+    metrics_per_observer: bool,
+}
 
-    /// Per-exporter NetFlow series in /metrics (the exporter's address becomes a label).
-    #[arg(long, env = "PODFLOW_NETFLOW_EXPORTER_LABELS")]
-    netflow_exporter_labels: bool,
+impl MetricsArgs {
+    fn config(&self) -> anyhow::Result<podflow_pipeline::workload_metrics::WorkloadMetricsConfig> {
+        use podflow_pipeline::workload_metrics::WorkloadMetricsConfig;
+        Ok(WorkloadMetricsConfig {
+            dimensions: WorkloadMetricsConfig::parse_dimensions(&self.metrics_labels)
+                .map_err(|e| anyhow::anyhow!("--metrics-labels: {e}"))?,
+            top_k: self.metrics_top_k,
+            expire_s: self.metrics_expire.as_secs() as i64,
+            count_once: !self.metrics_per_observer,
+        })
+    }
 }
 
 /// Where pods, workloads, services and prices come from.
@@ -419,6 +469,9 @@ struct ServerArgs {
     netflow_exporter_labels: bool,
 
     #[command(flatten)]
+    metrics: MetricsArgs,
+
+    #[command(flatten)]
     attribution: AttributionArgs,
 }
 
@@ -481,7 +534,7 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         retention: a.retention,
         max_keys: a.max_keys,
         enrich: a.attribution.settings()?,
-        metrics: Default::default(),
+        metrics: a.metrics.config()?,
         tls,
         token: read_token(&a.token_file)?,
         netflow_listen: a.netflow_listen,
@@ -507,9 +560,12 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), podflow_role::RoleError>>,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    let threads = WORKER_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    let rt = b.enable_all().build()?;
     rt.block_on(async move {
         let token = CancellationToken::new();
         tokio::spawn(shutdown_signal(token.clone()));
@@ -591,24 +647,47 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         max_keys: args.max_keys,
         enrich: args.attribution.settings()?,
-        metrics: podflow_pipeline::workload_metrics::WorkloadMetricsConfig {
-            dimensions:
-                podflow_pipeline::workload_metrics::WorkloadMetricsConfig::parse_dimensions(
-                    &args.metrics_labels,
-                )
-                .map_err(|e| anyhow::anyhow!("--metrics-labels: {e}"))?,
-            top_k: args.metrics_top_k,
-            expire_s: args.metrics_expire.as_secs() as i64,
-        },
+        metrics: args.metrics.config()?,
         netflow_listen: args.netflow_listen,
         netflow_exporter_labels: args.netflow_exporter_labels,
     };
     block_on(|token| async move { run::run(cfg, token).await })
 }
 
+/// `--worker-threads`, for [`block_on`].
+static WORKER_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `podflow sysctl`: turns accounting and timestamps on, says what changed.
+fn sysctl(a: SysctlArgs) -> anyhow::Result<()> {
+    if let Some(ns) = &a.netns {
+        podflow_conntrack::enter_netns(ns).with_context(|| format!("--netns {}", ns.display()))?;
+    }
+    let before = podflow_conntrack::read_features()?;
+    let after = podflow_conntrack::enable_features()?;
+    let word = |b: bool| if b { "on" } else { "off" };
+    println!(
+        "net.netfilter.nf_conntrack_acct: {} -> {}",
+        word(before.accounting),
+        word(after.accounting)
+    );
+    println!(
+        "net.netfilter.nf_conntrack_timestamp: {} -> {}",
+        word(before.timestamps),
+        word(after.timestamps)
+    );
+    anyhow::ensure!(
+        after.accounting && after.timestamps,
+        "the kernel kept accounting {} and timestamps {}",
+        word(after.accounting),
+        word(after.timestamps)
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
+    WORKER_THREADS.store(cli.worker_threads, std::sync::atomic::Ordering::Relaxed);
     let result = match cli.command {
         Command::Run(a) => run(*a),
         Command::Flows(a) => flows::fetch(&a.url, a.since, a.limit).map(|rows| {
@@ -623,6 +702,7 @@ fn main() -> ExitCode {
         }),
         Command::Agent(a) => agent(*a),
         Command::Server(a) => server(*a),
+        Command::Sysctl(a) => sysctl(a),
         Command::Demo(a) => demo::run(demo::Options {
             duration: a.duration,
             listen: a.listen,

@@ -38,6 +38,8 @@ defs! {
     CT_OVERFLOWS = "podflow_conntrack_event_overflows_total", "counter", "Event socket overflows (ENOBUFS): events were lost and a dump recovered live connections.", [];
     CT_DECODE_ERRORS = "podflow_conntrack_decode_errors_total", "counter", "Netlink messages that could not be decoded and were skipped.", [];
     CT_UNKNOWN_ATTRS = "podflow_conntrack_unknown_attributes_total", "counter", "Unknown conntrack attributes skipped (newer kernel).", [];
+    CT_TABLE_ENTRIES = "podflow_conntrack_table_entries", "gauge", "Entries in the observed conntrack table now (net.netfilter.nf_conntrack_count, read every 5 s).", [];
+    CT_TABLE_MAX = "podflow_conntrack_table_max", "gauge", "Size of the observed conntrack table (net.netfilter.nf_conntrack_max); new connections are dropped by the kernel when it is full.", [];
     CT_TRACKED = "podflow_conntrack_tracked_connections", "gauge", "Connections whose last reported counters podflow remembers.", [];
     CT_RESETS = "podflow_conntrack_resets_total", "counter", "Connections whose counters went backwards (zeroed by another tool).", [];
     CT_VANISHED = "podflow_conntrack_vanished_total", "counter", "Connections gone without a DESTROY event (lost to an overflow); bytes after their last dump are lost.", [];
@@ -61,8 +63,10 @@ defs! {
     WL_CONNS = "podflow_workload_connections_total", "counter", "Connections opened between a source and a destination, by the allowed labels.", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
     WL_COST = "podflow_workload_cost_usd_total", "counter", "Price of the bytes between a source and a destination in USD, by the allowed labels.", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
     SRV_BATCHES = "podflow_server_batches_total", "counter", "Agent batches received, by outcome (applied, duplicate, in_flight, busy: refused for now because the write backlog is full, rejected: refused for good).", ["outcome"];
-    SRV_OBSERVATIONS = "podflow_server_observations_total", "counter", "Observations received from agents and counted.", [];
+    SRV_OBSERVATIONS = "podflow_server_observations_total", "counter", "Observations received from agents and counted, by kind: live, or replayed (observed more than two intervals before they arrived: an agent catching up after an outage).", ["kind"];
+    LATE_BYTES = "podflow_late_bytes_total", "counter", "Bytes of rows whose interval had closed more than two intervals before they arrived (replays after an outage): stored in their own interval, kept out of the podflow_flow_* and podflow_workload_* counters so a recovery does not look like a traffic spike.", [];
     SRV_ACKS_DROPPED = "podflow_server_acks_dropped_total", "counter", "Acks that could not be queued to their connection (closed or full); the agent's replay is acked as a duplicate.", [];
+    SRV_LAST_SEEN = "podflow_server_agent_last_seen_timestamp_seconds", "gauge", "When each agent's last batch arrived at this server, Unix seconds (one series per agent id, at most 10,000).", ["agent"];
     SRV_CONNECTIONS = "podflow_server_agent_connections", "gauge", "Agent streams open now.", [];
     AG_SENT = "podflow_agent_batches_sent_total", "counter", "Batches sent to the server (replays included).", [];
     AG_ACKED = "podflow_agent_batches_acked_total", "counter", "Batches the server acknowledged as durable.", [];
@@ -191,6 +195,12 @@ pub struct PipelineStats {
     pub store_ns: AtomicU64,
     /// Rows waiting to be written.
     pub store_pending: AtomicU64,
+    /// Entries in the observed conntrack table (`nf_conntrack_count`), read every 5 s.
+    pub ct_table_entries: AtomicU64,
+    /// Its size (`nf_conntrack_max`).
+    pub ct_table_max: AtomicU64,
+    /// Bytes of rows that arrived late (replays), kept out of the live series.
+    pub late_bytes: AtomicU64,
     /// Store writes failed since the last one that succeeded (readiness).
     pub store_errors_in_a_row: AtomicU64,
 }
@@ -236,18 +246,36 @@ impl Outcome {
 #[derive(Debug, Default)]
 pub struct ServerStats {
     batches: [AtomicU64; Outcome::ALL.len()],
-    /// Observations received from agents and counted.
+    /// Observations received from agents and counted, observed recently.
     pub observations: AtomicU64,
+    /// Observations counted that were observed long before they arrived (replays).
+    pub observations_replayed: AtomicU64,
     /// Acks that could not be queued to their connection.
     pub acks_dropped: AtomicU64,
     /// Agent streams open now.
     pub connections: AtomicU64,
+    /// When each agent's last batch arrived, Unix seconds (at most [`MAX_AGENTS_SEEN`]).
+    pub last_seen: Mutex<std::collections::BTreeMap<String, i64>>,
 }
+
+/// Agents whose last-seen time `/metrics` shows (the rest are counted only).
+pub const MAX_AGENTS_SEEN: usize = 10_000;
 
 impl ServerStats {
     /// Counts one batch with outcome `o`.
     pub fn batch(&self, o: Outcome) {
         self.batches[o as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Notes that `agent` sent a batch at `now` (Unix seconds).
+    pub fn seen(&self, agent: &str, now: i64) {
+        if let Ok(mut m) = self.last_seen.lock() {
+            if let Some(t) = m.get_mut(agent) {
+                *t = now;
+            } else if m.len() < MAX_AGENTS_SEEN {
+                m.insert(agent.to_string(), now);
+            }
+        }
     }
 
     /// Batches with outcome `o` so far.
@@ -344,6 +372,8 @@ impl Registry {
         one(out, &CT_OVERFLOWS, g(&s.event_overflows));
         one(out, &CT_DECODE_ERRORS, g(&s.decode_errors));
         one(out, &CT_UNKNOWN_ATTRS, g(&s.unknown_attributes));
+        one(out, &CT_TABLE_ENTRIES, g(&self.pipeline.ct_table_entries));
+        one(out, &CT_TABLE_MAX, g(&self.pipeline.ct_table_max));
         one(out, &CT_TRACKED, g(&s.tracked));
         one(out, &CT_RESETS, g(&s.counter_resets));
         one(out, &CT_VANISHED, g(&s.vanished));
@@ -363,6 +393,7 @@ impl Registry {
         one(out, &STORE_ERRORS, g(&p.store_errors));
         one(out, &STORE_SECONDS, g(&p.store_ns) as f64 / 1e9);
         one(out, &STORE_PENDING, g(&p.store_pending));
+        one(out, &LATE_BYTES, g(&p.late_bytes));
     }
 
     fn render_flows(&self, out: &mut String) {
@@ -398,9 +429,27 @@ impl Registry {
         for o in Outcome::ALL {
             sample(out, &SRV_BATCHES, &[("outcome", o.label())], s.batches(o));
         }
-        one(out, &SRV_OBSERVATIONS, g(&s.observations));
+        header(out, &SRV_OBSERVATIONS);
+        sample(
+            out,
+            &SRV_OBSERVATIONS,
+            &[("kind", "live")],
+            g(&s.observations),
+        );
+        sample(
+            out,
+            &SRV_OBSERVATIONS,
+            &[("kind", "replayed")],
+            g(&s.observations_replayed),
+        );
         one(out, &SRV_ACKS_DROPPED, g(&s.acks_dropped));
         one(out, &SRV_CONNECTIONS, g(&s.connections));
+        header(out, &SRV_LAST_SEEN);
+        if let Ok(m) = s.last_seen.lock() {
+            for (agent, t) in m.iter() {
+                sample(out, &SRV_LAST_SEEN, &[("agent", agent)], t);
+            }
+        }
     }
 
     fn render_netflow(&self, out: &mut String) {

@@ -98,6 +98,7 @@ pub struct Driver<S: FlowStore + 'static> {
     local_inv: Option<LocalInventory>,
     agg: Aggregator,
     store: Arc<Mutex<S>>,
+    interval_s: u32,
     registry: Arc<Registry>,
     retention: Duration,
     last_expire: Instant,
@@ -168,6 +169,7 @@ impl<S: FlowStore + 'static> Driver<S> {
             shared,
             local_inv,
             agg: Aggregator::new(interval_s, max_keys),
+            interval_s,
             prefold: Arc::new(Mutex::new(Prefold::new(interval_s, max_keys))),
             store: Arc::new(Mutex::new(store)),
             registry,
@@ -317,6 +319,17 @@ impl<S: FlowStore + 'static> Driver<S> {
         offer
     }
 
+    /// Rows of intervals starting before this (Unix seconds) are late at `now`: three
+    /// intervals behind.
+    fn late_before(&self, now: i64) -> i64 {
+        self.agg.interval_of(now) - 2 * i64::from(self.interval_s)
+    }
+
+    /// Whether a batch observed at `at_ns` is a replay of the past (see [`Self::flush`]).
+    pub fn is_late(&self, at_ns: u64) -> bool {
+        ((at_ns / 1_000_000_000) as i64) < self.late_before(unix_now())
+    }
+
     /// Whether the rows waiting for the store reached the bound: read no more batches
     /// until a write succeeds.
     pub fn is_full(&self) -> bool {
@@ -368,14 +381,27 @@ impl<S: FlowStore + 'static> Driver<S> {
         };
         self.fold(upto);
         let rows = self.agg.flush(now, force);
+        // Rows of intervals that closed long ago (replays after an outage) are stored in
+        // their own interval but kept out of the live series, so a recovery does not look
+        // like a traffic spike (they are counted apart).
+        let late_before = self.late_before(now);
+        let mut live = Vec::with_capacity(rows.len());
         for r in &rows {
-            self.registry.add_flow(r.key.proto, &r.totals);
+            if r.interval_start < late_before {
+                self.registry
+                    .pipeline
+                    .late_bytes
+                    .fetch_add(r.totals.bytes(), Relaxed);
+            } else {
+                self.registry.add_flow(r.key.proto, &r.totals);
+                live.push(r.clone());
+            }
         }
         // Also with no rows: series that stopped moving expire.
         if let Ok(mut w) = self.registry.workloads.lock()
             && let Some(w) = w.as_mut()
         {
-            w.add_interval(&rows, now);
+            w.add_interval(&live, now);
         }
         self.ledger.seal(upto, rows);
         self.write().await;

@@ -183,6 +183,10 @@ pub(crate) fn admit<S: podflow_store::FlowStore + 'static>(
         .unwrap_or(0)
         .saturating_mul(1_000_000)
         .min(podflow_inventory::now_ns());
+    r.server.seen(
+        &b.agent_id,
+        (podflow_inventory::now_ns() / 1_000_000_000) as i64,
+    );
     let node: Arc<str> = Arc::from(b.node.as_str());
     let id = BatchId {
         agent: Arc::from(b.agent_id.as_str()),

@@ -140,6 +140,13 @@ fn on_durable_mark(shared: &Outbox, durable: u64) {
     shared.publish(&b);
 }
 
+/// A peer set from the server goes to the probes.
+fn on_peers(shared: &Outbox, ack: &podflow_proto::Ack) {
+    if let (Some(p), Some(set)) = (&shared.probes, &ack.peers) {
+        p.set_peers(&shared.node, set);
+    }
+}
+
 async fn session(
     ep: &tonic::transport::Endpoint,
     cfg: &AgentConfig,
@@ -181,7 +188,8 @@ async fn open(
     // A server that knows this agent says so first; an older one says nothing.
     match tokio::time::timeout(Duration::from_secs(2), acks.message()).await {
         Ok(Ok(Some(hello))) if hello.seq == 0 && hello.error.is_empty() => {
-            on_durable_mark(shared, hello.durable_seq)
+            on_durable_mark(shared, hello.durable_seq);
+            on_peers(shared, &hello);
         }
         Ok(Ok(Some(_))) | Err(_) => {}
         Ok(Ok(None)) => return Ok(End::Done),
@@ -233,7 +241,7 @@ async fn open(
         tokio::select! {
             _ = stop.cancelled() => break End::Done,
             m = acks.message() => match m {
-                Ok(Some(ack)) if ack.seq == 0 => {}
+                Ok(Some(ack)) if ack.seq == 0 => on_peers(shared, &ack),
                 Ok(Some(ack)) if !ack.error.is_empty() && ack.retry_after_ms > 0 => {
                     shared.stats.retried.fetch_add(1, Relaxed);
                     break End::Retry(Duration::from_millis(ack.retry_after_ms), ack.error);

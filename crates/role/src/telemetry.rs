@@ -285,7 +285,7 @@ impl ServerStats {
 }
 
 /// Where every part of a role publishes what `/metrics` and `/ready` show.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Registry {
     /// Conntrack source counters, once a source is open.
     pub conntrack: OnceLock<(Arc<SourceStats>, Features)>,
@@ -303,10 +303,33 @@ pub struct Registry {
     pub workloads: Mutex<Option<WorkloadMetrics>>,
     /// What the role waits for before it is ready.
     pub health: Health,
+    /// Families other parts render themselves (the probes'), at each scrape.
+    families: Mutex<Vec<Family>>,
     flows: [ProtoTotals; 6],
 }
 
+/// A part that renders families of its own into the exposition.
+type Family = Box<dyn Fn(&mut String) + Send + Sync>;
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("pipeline", &self.pipeline)
+            .field("server", &self.server)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Registry {
+    /// Adds families rendered by `render` at every scrape (their definitions are listed
+    /// in docs/metrics.md with the others).
+    pub fn add_families(&self, render: impl Fn(&mut String) + Send + Sync + 'static) {
+        if let Ok(mut f) = self.families.lock() {
+            f.push(Box::new(render));
+        }
+    }
+
     /// A registry whose workload series are bounded by `metrics`.
     pub fn new(metrics: &WorkloadMetricsConfig) -> Arc<Registry> {
         let r = Registry::default();
@@ -345,6 +368,11 @@ impl Registry {
         self.render_histograms(&mut out);
         self.render_agent(&mut out);
         self.render_workloads(&mut out);
+        if let Ok(f) = self.families.lock() {
+            for render in f.iter() {
+                render(&mut out);
+            }
+        }
         out
     }
 

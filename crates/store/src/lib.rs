@@ -4,6 +4,7 @@ pub mod clickhouse;
 mod columns;
 mod error;
 mod flow_store;
+pub mod probes;
 pub mod query;
 mod sqlite;
 
@@ -13,4 +14,5 @@ mod testing;
 pub use self::clickhouse::{ClickHouseConfig, ClickHouseStore};
 pub use error::{ClickHouseError, StoreError};
 pub use flow_store::{FlowQuery, FlowStore, FlowSummary};
+pub use probes::{ClickHouseProbeStore, ProbeStore, SqliteProbeStore};
 pub use sqlite::SqliteStore;

@@ -118,6 +118,7 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
         exposition: Arc::clone(&registry) as _,
         store: StoreReader::None,
         interval_s: cfg.interval.as_secs().max(1) as u32,
+        probes: None,
     });
     let http_stop = CancellationToken::new();
     let http = serve_http(cfg.listen, state, http_stop.clone()).await?;
@@ -159,9 +160,17 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
     let probe_stop = CancellationToken::new();
     let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel(16);
     let probes = match &cfg.probes {
-        Some(p) => {
-            Some(probes::start(p, &cfg.node, &registry, probe_tx, probe_stop.clone()).await?)
-        }
+        Some(p) => Some(
+            probes::start(
+                p,
+                &cfg.node,
+                cfg.source.netns.clone(),
+                &registry,
+                probe_tx,
+                probe_stop.clone(),
+            )
+            .await?,
+        ),
         None => {
             drop(probe_tx);
             None

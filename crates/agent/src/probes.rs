@@ -40,6 +40,9 @@ pub struct ProbeSettings {
     pub metrics: MetricsConfig,
     /// Peer selection: full mesh up to a node count, then a bounded set.
     pub topology: podflow_probe::TopologyConfig,
+    /// Results are summed and stored per this interval (the live metrics follow every
+    /// result).
+    pub store_interval: Duration,
 }
 
 impl Default for ProbeSettings {
@@ -53,6 +56,7 @@ impl Default for ProbeSettings {
             dns: Vec::new(),
             metrics: MetricsConfig::default(),
             topology: Default::default(),
+            store_interval: Duration::from_secs(60),
         }
     }
 }
@@ -130,35 +134,114 @@ pub(crate) fn to_pb(s: &IntervalStats) -> Vec<ProbeStats> {
         .collect()
 }
 
-/// Starts the responder at once and the mesh once the server has said which zone this
-/// node is in (its first peer set); closed intervals' stats go to `out`.
+/// Starts the probes on a thread of their own, inside the observed network namespace
+/// (`netns`, as the conntrack source; none on a node's host network): the responder at
+/// once, the mesh once the server has said which zone this node is in (its first peer
+/// set). Closed intervals' stats go to `out`.
 pub(crate) async fn start(
     s: &ProbeSettings,
     node: &str,
+    netns: Option<std::path::PathBuf>,
     registry: &Arc<Registry>,
     out: mpsc::Sender<Vec<ProbeStats>>,
     cancel: CancellationToken,
 ) -> Result<Probes, RoleError> {
+    let (peers_tx, peers_rx) = watch::channel(Vec::new());
+    let zone = Arc::new(Mutex::new(None::<String>));
+    let metrics = Arc::new(Mutex::new(Metrics::new(s.metrics.clone())));
+    let mesh: Arc<Mutex<Option<MeshStatsFn>>> = Arc::new(Mutex::new(None));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<Responder, String>>();
+    let (s2, node, zone2, metrics2, mesh2) = (
+        s.clone(),
+        node.to_string(),
+        Arc::clone(&zone),
+        Arc::clone(&metrics),
+        Arc::clone(&mesh),
+    );
+    std::thread::Builder::new()
+        .name("probes".into())
+        .spawn(move || {
+            let rt = match (|| {
+                if let Some(ns) = &netns {
+                    podflow_conntrack::enter_netns(ns).map_err(|e| e.to_string())?;
+                }
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("probe runtime: {e}"))
+            })() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(run(
+                s2, node, peers_rx, zone2, metrics2, mesh2, out, ready_tx, cancel,
+            ));
+        })
+        .map_err(|e| RoleError::Task(format!("probe thread: {e}")))?;
+    let responder = ready_rx
+        .await
+        .map_err(|_| RoleError::Task("probe thread ended at start".into()))?
+        .map_err(RoleError::Config)?;
+    // The families render from the live state at each scrape.
+    registry.add_families(move |text| {
+        let runner = mesh.lock().ok().and_then(|g| g.as_ref().map(|f| f()));
+        if let Ok(m) = metrics.lock() {
+            m.render(text, Some(&responder.stats()), runner.as_ref());
+        }
+    });
+    Ok(Probes {
+        peers: peers_tx,
+        zone,
+    })
+}
+
+/// Reads the mesh's counters for the metrics.
+type MeshStatsFn = Box<dyn Fn() -> podflow_probe::metrics::RunnerStats + Send>;
+
+/// The probes' life on their thread.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    s: ProbeSettings,
+    node: String,
+    peers_rx: watch::Receiver<Vec<Peer>>,
+    zone: Arc<Mutex<Option<String>>>,
+    metrics: Arc<Mutex<Metrics>>,
+    mesh_stats: Arc<Mutex<Option<MeshStatsFn>>>,
+    out: mpsc::Sender<Vec<ProbeStats>>,
+    ready: tokio::sync::oneshot::Sender<Result<Responder, String>>,
+    cancel: CancellationToken,
+) {
     let bind = s
         .bind
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let responder = Responder::start(
+    let started = Responder::start(
         &ResponderConfig {
             bind,
             ports: s.ports(),
             ..Default::default()
         },
         cancel.clone(),
-    )
-    .map_err(|e| RoleError::Config(format!("probe responder on {bind} port {}: {e}", s.port)))?;
-    let metrics = Arc::new(Mutex::new(Metrics::new(s.metrics.clone())));
-    let (peers_tx, peers_rx) = watch::channel(Vec::new());
-    let zone = Arc::new(Mutex::new(None::<String>));
+    );
+    match started {
+        Ok(r) => {
+            let _ = ready.send(Ok(r));
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!(
+                "probe responder on {bind} port {}: {e}",
+                s.port
+            )));
+            return;
+        }
+    }
     let (res_tx, mut res_rx) = mpsc::channel::<ProbeResult>(RESULTS_QUEUE);
-    let interval_s = s.interval.as_secs().max(1);
-    let mesh_cfg = MeshConfig {
+    let interval_s = s.store_interval.as_secs().max(1);
+    let mut mesh_cfg = Some(MeshConfig {
         me: Me {
-            node: node.to_string(),
+            node: node.clone(),
             zone: String::new(),
         },
         probe: ProbeConfig {
@@ -172,70 +255,50 @@ pub(crate) async fn start(
         kinds: s.kinds.clone(),
         dns: s.dns.clone(),
         ..Default::default()
-    };
-    let mesh: Arc<Mutex<Option<Mesh>>> = Arc::new(Mutex::new(None));
-    {
-        // The families render from the live state at each scrape.
-        let (m, mesh, responder) = (Arc::clone(&metrics), Arc::clone(&mesh), responder);
-        registry.add_families(move |text| {
-            let runner = mesh
-                .lock()
-                .ok()
-                .and_then(|g| g.as_ref().map(|m| m.stats().runner()));
-            if let Ok(m) = m.lock() {
-                m.render(text, Some(&responder.stats()), runner.as_ref());
-            }
-        });
-    }
-    // The mesh starts with the first peer set (it knows this node's zone then).
-    {
-        let (zone, mesh, cancel) = (Arc::clone(&zone), Arc::clone(&mesh), cancel.clone());
-        let mut ready = peers_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                if ready.changed().await.is_err() {
-                    return;
+    });
+    let mut res_tx = Some(res_tx);
+    let mut peers_seen = peers_rx.clone();
+    let mut agg = Aggregator::new(interval_s, MAX_PAIRS);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut mesh: Option<Mesh> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            // The mesh starts with the first peer set (this node's zone is known then).
+            changed = peers_seen.changed(), if mesh.is_none() => {
+                if changed.is_err() {
+                    break;
                 }
-                let z = zone.lock().ok().and_then(|z| z.clone());
-                if let Some(z) = z {
-                    let mut cfg = mesh_cfg;
+                let Some(z) = zone.lock().ok().and_then(|z| z.clone()) else {
+                    continue;
+                };
+                if let (Some(mut cfg), Some(tx)) = (mesh_cfg.take(), res_tx.take()) {
                     cfg.me.zone = z;
-                    let m = Mesh::start(cfg, peers_rx, res_tx, cancel);
-                    if let Ok(mut g) = mesh.lock() {
-                        *g = Some(m);
+                    let m = Mesh::start(cfg, peers_rx.clone(), tx, cancel.clone());
+                    let counters = m.stats_handle();
+                    if let Ok(mut g) = mesh_stats.lock() {
+                        *g = Some(Box::new(move || counters().runner()));
                     }
-                    return;
+                    mesh = Some(m);
                 }
             }
-        });
-    }
-    // Collector: results into the metrics and the interval sums; closed intervals out.
-    tokio::spawn(async move {
-        let mut agg = Aggregator::new(interval_s, MAX_PAIRS);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = res_rx.recv() => {
-                    let Some(r) = r else { break };
-                    if let Ok(mut m) = metrics.lock() {
-                        m.observe(&r);
-                    }
-                    agg.record(&r);
+            r = res_rx.recv() => {
+                let Some(r) = r else { break };
+                if let Ok(mut m) = metrics.lock() {
+                    m.observe(&r);
                 }
-                _ = tick.tick() => {
-                    let now = podflow_inventory::now_ns() / 1_000_000_000;
-                    let closed = agg.flush(now);
-                    let rows: Vec<ProbeStats> = closed.iter().flat_map(to_pb).collect();
-                    if !rows.is_empty() && out.send(rows).await.is_err() {
-                        break;
-                    }
+                agg.record(&r);
+            }
+            _ = tick.tick() => {
+                let now = podflow_inventory::now_ns() / 1_000_000_000;
+                let rows: Vec<ProbeStats> = agg.flush(now).iter().flat_map(to_pb).collect();
+                if !rows.is_empty() && out.send(rows).await.is_err() {
+                    break;
                 }
             }
         }
-    });
-    Ok(Probes {
-        peers: peers_tx,
-        zone,
-    })
+    }
+    if let Some(m) = mesh {
+        m.join().await;
+    }
 }

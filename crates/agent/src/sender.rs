@@ -9,6 +9,8 @@ use podflow_proto::{IngestClient, ObservationBatch};
 
 /// The metadata key naming the agent of a stream (the server's `AGENT_ID_HEADER`).
 const AGENT_ID_HEADER: &str = "podflow-agent-id";
+/// The metadata key naming the agent's node (it joins the probes' peer set on connect).
+const NODE_HEADER: &str = "podflow-node";
 use podflow_role::{RoleError, read_file};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -180,6 +182,11 @@ async fn open(
         .parse()
         .map_err(|_| format!("agent id {:?} is not a valid header value", cfg.agent_id))?;
     req.metadata_mut().insert(AGENT_ID_HEADER, id);
+    let node = cfg
+        .node
+        .parse()
+        .map_err(|_| format!("node name {:?} is not a valid header value", cfg.node))?;
+    req.metadata_mut().insert(NODE_HEADER, node);
     let mut acks = client
         .push(req)
         .await

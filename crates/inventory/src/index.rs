@@ -85,7 +85,12 @@ pub struct NodeInfo {
     pub leaving: bool,
     /// The Ready condition.
     pub ready: Option<bool>,
+    /// Known only because an agent on it reports (not in the inventory's own nodes).
+    pub observed_only: bool,
 }
+
+/// The label podflow puts on a node it knows only from an agent's reports.
+pub const OBSERVED_ONLY_LABEL: &str = "podflow.io/observed-only";
 
 /// What an index holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -238,6 +243,7 @@ impl IpIndex {
                 addrs: addrs.into_iter().map(|(_, ip)| ip).collect(),
                 leaving: n.leaving,
                 ready: n.ready,
+                observed_only: n.labels.contains_key(OBSERVED_ONLY_LABEL),
             });
             idx.nodes.insert(meta.name.clone(), meta);
         }

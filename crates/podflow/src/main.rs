@@ -435,6 +435,11 @@ struct ProbeArgs {
     #[arg(long, env = "PODFLOW_PROBE_NODE_LABEL_PAIRS", default_value_t = 2500)]
     probe_node_label_pairs: usize,
 
+    /// Probe results are summed and stored per this interval (the live metrics follow
+    /// every result): one row per node pair and kind each time.
+    #[arg(long, env = "PODFLOW_PROBE_STORE_INTERVAL", default_value = "60s", value_parser = duration::parse)]
+    probe_store_interval: Duration,
+
     /// Also expose kconmon's metric names and labels with this prefix (e.g. `kconmon`),
     /// so its dashboards and alerts work unchanged (one set of per-pair series more).
     #[arg(long, env = "PODFLOW_PROBE_KCONMON_PREFIX")]
@@ -486,6 +491,7 @@ impl ProbeArgs {
                 full_mesh_max: self.probe_full_mesh_max,
                 ..Default::default()
             },
+            store_interval: self.probe_store_interval,
         }))
     }
 }

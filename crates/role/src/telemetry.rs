@@ -67,6 +67,7 @@ defs! {
     LATE_BYTES = "podflow_late_bytes_total", "counter", "Bytes of rows whose interval had closed more than two intervals before they arrived (replays after an outage): stored in their own interval, kept out of the podflow_flow_* and podflow_workload_* counters so a recovery does not look like a traffic spike.", [];
     SRV_ACKS_DROPPED = "podflow_server_acks_dropped_total", "counter", "Acks that could not be queued to their connection (closed or full); the agent's replay is acked as a duplicate.", [];
     SRV_LAST_SEEN = "podflow_server_agent_last_seen_timestamp_seconds", "gauge", "When each agent's last batch arrived at this server, Unix seconds (one series per agent id, at most 10,000).", ["agent"];
+    SRV_PROBE_ROWS = "podflow_server_probe_rows_total", "counter", "Probe rows (an interval of one probe kind between two nodes) written to the probe store, by outcome: written; refused (a row about another node than the agent's own, or malformed); dropped (the writer's queue was full or the write failed).", ["outcome"];
     SRV_CONNECTIONS = "podflow_server_agent_connections", "gauge", "Agent streams open now.", [];
     AG_SENT = "podflow_agent_batches_sent_total", "counter", "Batches sent to the server (replays included).", [];
     AG_ACKED = "podflow_agent_batches_acked_total", "counter", "Batches the server acknowledged as durable.", [];
@@ -254,6 +255,12 @@ pub struct ServerStats {
     pub acks_dropped: AtomicU64,
     /// Agent streams open now.
     pub connections: AtomicU64,
+    /// Probe rows written to the probe store.
+    pub probe_rows: AtomicU64,
+    /// Probe rows refused (another node's, malformed).
+    pub probe_rows_refused: AtomicU64,
+    /// Probe rows dropped: the probe store's writer queue was full or the write failed.
+    pub probe_rows_dropped: AtomicU64,
     /// When each agent's last batch arrived, Unix seconds (at most [`MAX_AGENTS_SEEN`]).
     pub last_seen: Mutex<std::collections::BTreeMap<String, i64>>,
 }
@@ -472,6 +479,14 @@ impl Registry {
         );
         one(out, &SRV_ACKS_DROPPED, g(&s.acks_dropped));
         one(out, &SRV_CONNECTIONS, g(&s.connections));
+        header(out, &SRV_PROBE_ROWS);
+        for (o, v) in [
+            ("written", &s.probe_rows),
+            ("refused", &s.probe_rows_refused),
+            ("dropped", &s.probe_rows_dropped),
+        ] {
+            sample(out, &SRV_PROBE_ROWS, &[("outcome", o)], g(v));
+        }
         header(out, &SRV_LAST_SEEN);
         if let Ok(m) = s.last_seen.lock() {
             for (agent, t) in m.iter() {

@@ -196,7 +196,7 @@ pub fn group(rows: impl IntoIterator<Item = ProbeRow>, q: &ProbeQuery) -> Vec<Pr
 }
 
 /// Where probe history lives.
-pub trait ProbeStore: Send {
+pub trait ProbeStore: Send + std::fmt::Debug {
     /// Writes rows, replacing any row of the same (interval, pair, kind, name).
     fn write_probes(&mut self, rows: &[ProbeRow]) -> Result<(), StoreError>;
     /// Groups the rows of a range.

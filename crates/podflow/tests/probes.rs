@@ -102,9 +102,7 @@ fn probes_between_agents_show_the_impaired_pair_and_follow_the_inventory() {
                 .expect("start agent"),
         )
     };
-    let (pa, pb) = (free_port(), free_port());
-    let _a = agent("node-a", &pair.a, pa);
-    let _b = agent("node-b", &pair.b, pb);
+    // The impairments come first, so that every sample stored is an impaired one.
     // 20% of what A sends B is lost where B receives it; what B sends A is delayed 20 ms
     // on its way out of B: after the responder's own times, so it is the network's (a
     // delay in a responder's receive path counts as the responder's and is subtracted,
@@ -127,6 +125,9 @@ fn probes_between_agents_show_the_impaired_pair_and_follow_the_inventory() {
         },
     )
     .expect("delayer");
+    let (pa, pb) = (free_port(), free_port());
+    let _a = agent("node-a", &pair.a, pa);
+    let _b = agent("node-b", &pair.b, pb);
 
     // Peers arrive from the server and both agents probe each other.
     wait_until("probes from both agents", Duration::from_secs(30), || {

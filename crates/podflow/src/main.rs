@@ -534,9 +534,43 @@ struct ServerArgs {
     #[arg(long, env = "PODFLOW_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
 
-    /// File holding the bearer token agents must send.
+    /// How agents prove who they are (docs/security.md): kubernetes (projected
+    /// service-account tokens checked with the TokenReview API, bound to the pod's
+    /// node), tokens (per-node tokens of --agent-tokens), mtls (client certificates
+    /// naming the node, signed by --tls-client-ca), shared-token (the one token of
+    /// --token-file, bound to no node), none. auto: mtls with --tls-client-ca, else
+    /// tokens with --agent-tokens, else shared-token with --token-file, else none.
+    #[arg(long, env = "PODFLOW_AGENT_AUTH", default_value = "auto", value_parser = ["auto", "kubernetes", "tokens", "mtls", "shared-token", "none"])]
+    agent_auth: String,
+
+    /// Per-node agent tokens: `<node> <token>` lines (`#` comments), re-read when the
+    /// file changes.
+    #[arg(long, env = "PODFLOW_AGENT_TOKENS")]
+    agent_tokens: Option<PathBuf>,
+
+    /// One bearer token every agent sends (shared-token: not bound to a node), re-read
+    /// when the file changes.
     #[arg(long, env = "PODFLOW_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+
+    /// The audience agents' service-account tokens are issued for (kubernetes).
+    #[arg(long, env = "PODFLOW_TOKEN_AUDIENCE", default_value = "podflow")]
+    token_audience: String,
+
+    /// The agents' service account, `namespace/name` (kubernetes): tokens of any other
+    /// account are refused.
+    #[arg(long, env = "PODFLOW_AGENT_SERVICE_ACCOUNT")]
+    agent_service_account: Option<String>,
+
+    /// Accept unauthenticated agents on a non-loopback --grpc-listen (warned at start,
+    /// shown in podflow_server_agent_auth_info).
+    #[arg(long, env = "PODFLOW_INSECURE_NO_AGENT_AUTH")]
+    insecure_no_agent_auth: bool,
+
+    /// Serve gRPC without TLS on a non-loopback --grpc-listen (warned at start, shown in
+    /// podflow_server_agent_auth_info).
+    #[arg(long, env = "PODFLOW_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
 
     /// Write to ClickHouse at this URL (http:// or https://) instead of the embedded
     /// store; the table is created or migrated at start (docs/clickhouse.md).
@@ -587,14 +621,35 @@ struct ServerArgs {
     attribution: AttributionArgs,
 }
 
-fn read_token(p: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
-    p.as_ref()
-        .map(|p| {
-            std::fs::read_to_string(p)
-                .map(|s| s.trim().to_string())
-                .with_context(|| format!("--token-file {}", p.display()))
-        })
-        .transpose()
+/// The agent authentication `--agent-auth` and its companions ask for.
+fn agent_auth(a: &ServerArgs) -> anyhow::Result<podflow_server::AgentAuth> {
+    use podflow_server::AgentAuth;
+    let need = |what: Option<&PathBuf>, flag: &str| {
+        what.cloned()
+            .ok_or_else(|| anyhow::anyhow!("--agent-auth {}: {flag} is required", a.agent_auth))
+    };
+    let kubeconfig = a.attribution.kubeconfig.clone();
+    Ok(match a.agent_auth.as_str() {
+        "none" => AgentAuth::None,
+        "shared-token" => AgentAuth::SharedToken(need(a.token_file.as_ref(), "--token-file")?),
+        "tokens" => AgentAuth::Tokens(need(a.agent_tokens.as_ref(), "--agent-tokens")?),
+        "mtls" => AgentAuth::Mtls,
+        "kubernetes" => AgentAuth::Kubernetes {
+            audience: a.token_audience.clone(),
+            service_account: a.agent_service_account.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--agent-auth kubernetes: --agent-service-account NAMESPACE/NAME is required"
+                )
+            })?,
+            kubeconfig,
+        },
+        _ if a.tls_client_ca.is_some() => AgentAuth::Mtls,
+        _ => match (&a.agent_tokens, &a.token_file) {
+            (Some(t), _) => AgentAuth::Tokens(t.clone()),
+            (None, Some(t)) => AgentAuth::SharedToken(t.clone()),
+            (None, None) => AgentAuth::None,
+        },
+    })
 }
 
 fn agent(a: AgentArgs) -> anyhow::Result<()> {
@@ -639,6 +694,7 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
             key,
             client_ca: a.tls_client_ca.clone(),
         });
+    let agent_auth = agent_auth(&a)?;
     let cfg = podflow_server::ServerConfig {
         listen: a.listen,
         grpc_listen: a.grpc_listen,
@@ -649,7 +705,9 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         enrich: a.attribution.settings()?,
         metrics: a.metrics.config()?,
         tls,
-        token: read_token(&a.token_file)?,
+        agent_auth,
+        insecure_no_agent_auth: a.insecure_no_agent_auth,
+        insecure_plaintext: a.insecure_plaintext,
         netflow_listen: a.netflow_listen,
         netflow_exporter_labels: a.netflow_exporter_labels,
         clickhouse: a.clickhouse_url.map(|url| podflow_store::ClickHouseConfig {

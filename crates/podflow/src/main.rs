@@ -126,6 +126,13 @@ struct DemoArgs {
     /// Only remove what a crashed demo left behind (`pfd-*` namespaces, its processes).
     #[arg(long)]
     cleanup: bool,
+
+    /// Impair the links between a zone or node and the others, as `TARGET=DELAY,LOSS`
+    /// (e.g. `us-east-1b=30ms,5%`; either part may be left out): the probes then show a
+    /// sick pair in the UI, /api/v1/pairs and the metrics. Only node-to-node packets are
+    /// touched, not the pods' traffic. Repeat for more.
+    #[arg(long, value_parser = demo::Impairment::parse)]
+    impair: Vec<demo::Impairment>,
 }
 
 #[derive(Debug, Args)]
@@ -881,6 +888,7 @@ fn main() -> ExitCode {
             interval: a.interval,
             traffic_for: a.traffic_for,
             cleanup: a.cleanup,
+            impair: a.impair,
         }),
     };
     match result {

@@ -90,6 +90,29 @@ enum Command {
     /// init step (an image without a shell has no `sysctl`). Counters exist only for
     /// connections made after accounting is on. Needs CAP_NET_ADMIN.
     Sysctl(SysctlArgs),
+    /// Probe a node's responder once, from here, print the result and exit 2 if it
+    /// failed: `podflow probe 10.0.1.7 --type udp`. The peer runs `podflow agent
+    /// --probes` (its responder).
+    Probe(ProbeOnceArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProbeOnceArgs {
+    /// The node's address (or a name this host resolves).
+    target: String,
+
+    /// What to probe: udp (a burst: loss and RTT), tcp (connect), http (GET), icmp.
+    #[arg(long = "type", default_value = "udp", value_parser = ["udp", "tcp", "http", "icmp"])]
+    kind: String,
+
+    /// The responder's port (UDP echo and TCP accept; HTTP on the next port), as the
+    /// agent's --probe-port.
+    #[arg(long, default_value_t = 9471)]
+    port: u16,
+
+    /// Probe from inside this network namespace (a file such as /run/netns/NAME).
+    #[arg(long)]
+    netns: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -836,6 +859,64 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 static WORKER_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// `podflow sysctl`: turns accounting and timestamps on, says what changed.
+/// `podflow probe`: one probe, its result on stdout; `Ok(false)` when it failed.
+fn probe_once(a: ProbeOnceArgs) -> anyhow::Result<bool> {
+    use podflow_probe::{Outcome, ProbeKind};
+    if let Some(ns) = &a.netns {
+        podflow_conntrack::enter_netns(ns).with_context(|| format!("--netns {}", ns.display()))?;
+    }
+    let kind = ProbeKind::from_label(&a.kind)
+        .ok_or_else(|| anyhow::anyhow!("--type {}: unknown kind", a.kind))?;
+    let addr: std::net::IpAddr = match a.target.parse() {
+        Ok(ip) => ip,
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(a.target.as_str(), a.port))
+            .with_context(|| format!("resolving {}", a.target))?
+            .next()
+            .map(|s| s.ip())
+            .ok_or_else(|| anyhow::anyhow!("{} resolves to no address", a.target))?,
+    };
+    let mut cfg = podflow_probe::MeshConfig::default();
+    cfg.me.node = "podflow-probe".into();
+    cfg.probe.ports = podflow_probe::Ports {
+        udp: a.port,
+        tcp: a.port,
+        http: a.port.saturating_add(1),
+    };
+    let peer = podflow_probe::Peer::new(&a.target, "", vec![addr]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    let r = rt.block_on(podflow_probe::probe_once(&cfg, &peer, kind));
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let mut rtts = r.rtt_ns.clone();
+    rtts.sort_unstable();
+    let rtt = match rtts.as_slice() {
+        [] => "no RTT".to_string(),
+        [one] => format!("rtt {:.3} ms", ms(*one)),
+        all => format!(
+            "rtt min {:.3} / median {:.3} / max {:.3} ms",
+            ms(all[0]),
+            ms(all[all.len() / 2]),
+            ms(all[all.len() - 1])
+        ),
+    };
+    println!(
+        "{} {} {addr}: {}, {} sent, {} lost, {rtt}{}",
+        kind.label(),
+        a.target,
+        r.outcome.label(),
+        r.sent,
+        r.lost,
+        if r.error.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.error)
+        }
+    );
+    Ok(r.outcome == Outcome::Ok)
+}
+
 fn sysctl(a: SysctlArgs) -> anyhow::Result<()> {
     if let Some(ns) = &a.netns {
         podflow_conntrack::enter_netns(ns).with_context(|| format!("--netns {}", ns.display()))?;
@@ -881,6 +962,11 @@ fn main() -> ExitCode {
         Command::Agent(a) => agent(*a),
         Command::Server(a) => server(*a),
         Command::Sysctl(a) => sysctl(a),
+        Command::Probe(a) => match probe_once(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(2),
+            Err(e) => Err(e),
+        },
         Command::Demo(a) => demo::run(demo::Options {
             duration: a.duration,
             listen: a.listen,

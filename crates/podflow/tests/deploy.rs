@@ -4,7 +4,8 @@
 //! CRDs' own schemas (deploy/tests/crds/), golden renders, the alert rules (promtool check
 //! and unit tests), the Grafana dashboards (structure, every PromQL expression parsed by
 //! promtool, Grafana's dashboard model), the container image (podman, FROM scratch, run
-//! in a chroot), and the dashboards against a real Prometheus scraping `podflow demo`.
+//! in a chroot), the manifests executed in network namespaces, and the dashboards against
+//! a real Prometheus scraping `podflow demo`.
 //!
 //! The checks themselves are in deploy/tests/*.py; these tests run them. A test whose
 //! tool is missing prints a loud `SKIPPED` line and passes, unless PODFLOW_REQUIRE_ALL=1
@@ -90,6 +91,28 @@ fn chart_check(test: &str, command: &str) {
     run_ok(
         &format!("deploy/tests/chart.py {command}"),
         in_repo("python3").args(["deploy/tests/chart.py", command]),
+    );
+}
+
+/// The rendered server Deployment and agent DaemonSet, executed in network namespaces
+/// with a fake API server (deploy/tests/executed.py): their declared probes answer within
+/// their windows, the agent's port serves /metrics from outside its namespace, its
+/// stream is authenticated and bound, and the server uses exactly its RBAC grants.
+#[test]
+fn chart_manifests_run_ready_and_scraped() {
+    let test = "chart_manifests_run_ready_and_scraped";
+    if !have_python(CHART_MODULES) {
+        return skip(
+            test,
+            "python3 with helm-python-sdk and PyYAML is not installed",
+        );
+    }
+    if !is_root() {
+        return skip(test, "needs root (network namespaces)");
+    }
+    run_ok(
+        "deploy/tests/executed.py",
+        in_repo("python3").args(["deploy/tests/executed.py", env!("CARGO_BIN_EXE_podflow")]),
     );
 }
 

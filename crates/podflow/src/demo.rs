@@ -275,6 +275,8 @@ impl Demo {
                 .arg("--interval")
                 .arg(&interval)
                 .arg("--enable-accounting")
+                // Time to first reply per Service (the Services dashboard shows it).
+                .arg("--first-reply")
                 // Every node probes the others (peers come from the server).
                 .args([
                     "--probes",

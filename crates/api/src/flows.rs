@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::json::FlowJson;
+use crate::limits::Lane;
 use crate::params::{bad, unix_now, window};
 use crate::reader::with_store;
 
@@ -76,7 +77,11 @@ pub(crate) async fn flows(
     if !(1..=10_000).contains(&limit) {
         return bad(format!("`limit` ({limit}) must be between 1 and 10000"));
     }
-    match with_store(&s, move |st| st.flows(&FlowQuery { from, to, limit })).await {
+    match with_store(&s, Lane::Cheap, move |st| {
+        st.flows(&FlowQuery { from, to, limit })
+    })
+    .await
+    {
         Ok(rows) => Json(rows.into_iter().map(FlowJson::from).collect::<Vec<_>>()).into_response(),
         Err(r) => r,
     }

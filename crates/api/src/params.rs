@@ -83,11 +83,14 @@ pub(crate) fn parse(
     }
     let mut filters = Vec::new();
     for (k, v) in p {
-        if matches!(
-            k.as_str(),
-            "from" | "to" | "limit" | "view" | "group_by" | "namespace"
-        ) {
+        if matches!(k.as_str(), "from" | "to" | "limit" | "view" | "group_by") {
             continue;
+        }
+        if k == "namespace" {
+            return Err(
+                "`namespace` is not a filter of this endpoint: use src_namespace= and/or dst_namespace="
+                    .into(),
+            );
         }
         let d = query::dim(k).ok_or_else(|| {
             format!(

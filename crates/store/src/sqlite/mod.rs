@@ -10,12 +10,14 @@ use crate::error::StoreError;
 use crate::flow_store::{FlowQuery, FlowStore, FlowSummary};
 use crate::query::{GroupQuery, GroupRow};
 
+mod pool;
 mod read;
 mod rollup;
 mod schema;
 mod sql;
 mod write;
 
+pub use pool::{Interrupter, PooledReader, ReadPool};
 use schema::SCHEMA_VERSION;
 
 /// The embedded store: one SQLite file in WAL mode.

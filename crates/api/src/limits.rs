@@ -29,6 +29,10 @@ pub struct QueryLimits {
     pub expensive_lane: usize,
     /// Row listings (`/api/v1/flows`, `/flows`) running at once.
     pub cheap_lane: usize,
+    /// While the embedded store's write-ahead log is larger than this, new queries are
+    /// refused (503): readers that always overlap keep checkpoints from ever resetting
+    /// the log, which then grows until the disk is full.
+    pub max_wal_bytes: u64,
 }
 
 impl Default for QueryLimits {
@@ -39,6 +43,7 @@ impl Default for QueryLimits {
             max_concurrent: 64,
             expensive_lane: cores.saturating_sub(1).max(1),
             cheap_lane: 4,
+            max_wal_bytes: 512 << 20,
         }
     }
 }
@@ -64,8 +69,10 @@ pub struct HttpStats {
     pub timed_out: AtomicU64,
     /// Store errors answered with a generic message.
     pub store_errors: AtomicU64,
-    /// Size of the embedded store's write-ahead log after the last query, bytes.
+    /// Size of the embedded store's write-ahead log before the last query, bytes.
     pub wal_bytes: AtomicU64,
+    /// Queries refused because the write-ahead log was over its limit.
+    pub wal_paused: AtomicU64,
 }
 
 /// The API's counters.
@@ -75,6 +82,7 @@ pub static STATS: HttpStats = HttpStats {
     timed_out: AtomicU64::new(0),
     store_errors: AtomicU64::new(0),
     wal_bytes: AtomicU64::new(0),
+    wal_paused: AtomicU64::new(0),
 };
 
 /// The semaphores every request of one router shares.
@@ -159,9 +167,13 @@ fn error(status: StatusCode, msg: &str, id: &str) -> Response {
         .into_response()
 }
 
-/// 503 with `Retry-After`: the store is busy.
+/// 503 with `Retry-After`: the store is busy (counted).
 fn busy(ctx: &Ctx) -> Response {
     STATS.busy.fetch_add(1, Relaxed);
+    busy_answer(ctx)
+}
+
+fn busy_answer(ctx: &Ctx) -> Response {
     let mut r = error(
         StatusCode::SERVICE_UNAVAILABLE,
         "too many queries at once; retry later",
@@ -198,6 +210,21 @@ pub(crate) fn store_failed(detail: &dyn std::fmt::Display) -> Response {
         "the store could not answer; the server log has the details under this request id",
         &ctx.id,
     )
+}
+
+/// 503 while the write-ahead log is over its limit (`wal`: its size, `None` when the
+/// store has none), so the queries running end and a checkpoint can reset it.
+pub(crate) fn refuse_for_wal(wal: Option<u64>) -> Option<Response> {
+    let ctx = current();
+    let w = wal?;
+    STATS.wal_bytes.store(w, Relaxed);
+    if w <= ctx.adm.limits.max_wal_bytes {
+        return None;
+    }
+    STATS.wal_paused.fetch_add(1, Relaxed);
+    tracing::warn!(request_id = %ctx.id, wal_bytes = w, limit = ctx.adm.limits.max_wal_bytes,
+        "store write-ahead log over its limit: refusing queries until a checkpoint resets it");
+    Some(busy_answer(&ctx))
 }
 
 /// Why a bounded job did not answer.

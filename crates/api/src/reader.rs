@@ -70,9 +70,6 @@ impl StoreReader {
                 }
                 let r = f(&*conn);
                 cancel.disarm();
-                crate::limits::STATS
-                    .wal_bytes
-                    .store(pool.wal_bytes(), std::sync::atomic::Ordering::Relaxed);
                 r.map_err(store)
             }
             StoreReader::ClickHouse(ch) => {
@@ -97,6 +94,9 @@ pub(crate) async fn with_store<T: Send + 'static>(
     lane: Lane,
     f: impl FnOnce(&dyn FlowStore) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Response> {
+    if let Some(busy) = crate::limits::refuse_for_wal(s.store.wal_bytes()) {
+        return Err(busy);
+    }
     let st = std::sync::Arc::clone(s);
     bounded(lane, move |deadline, cancel| {
         st.store.run(deadline, cancel, f)

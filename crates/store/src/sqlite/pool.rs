@@ -9,6 +9,9 @@ use std::sync::Mutex;
 use super::SqliteStore;
 use crate::error::StoreError;
 
+/// What the write-ahead log shrinks back to after a checkpoint reset it, bytes.
+pub const WAL_KEEP_BYTES: i64 = 64 << 20;
+
 /// Idle read-only connections on one file, opened on demand; callers bound how many are
 /// out at once (the HTTP API's lanes), the pool only keeps the idle ones.
 #[derive(Debug)]

@@ -759,3 +759,64 @@ async fn the_write_ahead_log_stays_bounded_while_readers_run() {
         "the log stayed under its limit plus one time limit of writes: {api_max}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clickhouse_queries_and_their_retries_end_at_the_time_limit() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = podflow_testkit::free_port();
+    let Some(front) = podflow_testkit::clickhouse_front(dir.path(), port) else {
+        podflow_testkit::skip(
+            "clickhouse_queries_and_their_retries_end_at_the_time_limit",
+            "python3 with chdb (pip install --no-deps chdb-core==26.9.0 lz4 clickhouse-cityhash)",
+        );
+        return;
+    };
+    let cfg = podflow_store::ClickHouseConfig {
+        url: format!("http://127.0.0.1:{port}"),
+        ..Default::default()
+    };
+    let reader = tokio::task::spawn_blocking(move || {
+        let store = podflow_store::ClickHouseStore::open(cfg).expect("open");
+        store.reader().expect("reader")
+    })
+    .await
+    .expect("open");
+    let state = Arc::new(AppState {
+        exposition: Arc::new(Quiet),
+        store: StoreReader::clickhouse(reader),
+        interval_s: 10,
+        probes: None,
+    });
+    let addr: SocketAddr = format!("127.0.0.1:{}", podflow_testkit::free_port())
+        .parse()
+        .expect("addr");
+    let limit = Duration::from_secs(2);
+    serve_http_with(addr, state, settings(limit), CancellationToken::new())
+        .await
+        .expect("serve");
+    let (a, _) = timed(addr, "/api/v1/query?from=0&to=10&group_by=observer").await;
+    assert_eq!(a.status, 200, "{a:?}");
+
+    // The engine dies and something on its port accepts and never answers: each request
+    // would wait its 30 s timeout, 6 times with backoff in between.
+    drop(front);
+    let blackhole = std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in blackhole.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    for p in [
+        "/api/v1/query?from=0&to=10&group_by=observer",
+        "/api/v1/flows?from=0&to=10",
+    ] {
+        let (a, took) = timed(addr, p).await;
+        eprintln!("{p} with a silent ClickHouse: {} after {took:?}", a.status);
+        // 504 at the limit, or 500 a little before it when the next retry would end past it.
+        assert!([500, 504].contains(&a.status), "{a:?}");
+        assert!(took < limit + Duration::from_millis(700), "{took:?}");
+        assert!(!a.body.contains("127.0.0.1"), "{}", a.body);
+    }
+}

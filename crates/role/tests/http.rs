@@ -801,6 +801,13 @@ async fn clickhouse_queries_and_their_retries_end_at_the_time_limit() {
     // The engine dies and something on its port accepts and never answers: each request
     // would wait its 30 s timeout, 6 times with backoff in between.
     drop(front);
+    // Nothing listens: connection refused, retried with back-off until the next wait
+    // would end past the limit; the error (which names the URL) stays in the log.
+    let (a, took) = timed(addr, "/api/v1/query?from=0&to=10&group_by=observer").await;
+    eprintln!("with ClickHouse gone: {} after {took:?}: {}", a.status, a.body);
+    assert!([500, 504].contains(&a.status), "{a:?}");
+    assert!(took < limit + Duration::from_millis(700), "{took:?}");
+    assert!(!a.body.contains("127.0.0.1"), "{}", a.body);
     let blackhole = std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind");
     std::thread::spawn(move || {
         let mut held = Vec::new();

@@ -804,7 +804,10 @@ async fn clickhouse_queries_and_their_retries_end_at_the_time_limit() {
     // Nothing listens: connection refused, retried with back-off until the next wait
     // would end past the limit; the error (which names the URL) stays in the log.
     let (a, took) = timed(addr, "/api/v1/query?from=0&to=10&group_by=observer").await;
-    eprintln!("with ClickHouse gone: {} after {took:?}: {}", a.status, a.body);
+    eprintln!(
+        "with ClickHouse gone: {} after {took:?}: {}",
+        a.status, a.body
+    );
     assert!([500, 504].contains(&a.status), "{a:?}");
     assert!(took < limit + Duration::from_millis(700), "{took:?}");
     assert!(!a.body.contains("127.0.0.1"), "{}", a.body);

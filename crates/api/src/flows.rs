@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::json::FlowJson;
 use crate::limits::Lane;
-use crate::params::{bad, unix_now, window};
+use crate::params::{bad, only, unix_now, window};
 use crate::reader::with_store;
 
 /// `/api/v1/flows` parameters.
@@ -33,6 +33,9 @@ pub(crate) async fn recent_flows(
     State(s): State<Arc<AppState>>,
     Query(p): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
+    if let Err(e) = only(&p, &["window", "limit"]) {
+        return bad(e);
+    }
     let window = match window(&p, 86_400) {
         Ok(w) => w,
         Err(e) => return bad(e),

@@ -240,6 +240,13 @@ struct HttpArgs {
     /// cores, at least 1); the others wait in line within the time limit.
     #[arg(long, env = "PODFLOW_MAX_EXPENSIVE_QUERIES", default_value_t = 0)]
     max_expensive_queries: usize,
+
+    /// While the embedded store's write-ahead log is larger than this many MiB, API
+    /// queries answer 503 until the writer's next checkpoint resets it (readers that
+    /// always overlap would otherwise let it grow until the disk is full). At least 65:
+    /// a reset truncates the log to 64 MiB.
+    #[arg(long, env = "PODFLOW_QUERY_MAX_WAL_MIB", default_value_t = 512)]
+    query_max_wal_mib: u64,
 }
 
 impl HttpArgs {
@@ -247,6 +254,7 @@ impl HttpArgs {
         let mut limits = podflow_api::QueryLimits {
             timeout: self.query_timeout,
             max_concurrent: self.max_concurrent_queries.max(1),
+            max_wal_bytes: self.query_max_wal_mib.max(65) << 20,
             ..Default::default()
         };
         if self.max_expensive_queries > 0 {

@@ -613,8 +613,17 @@ async fn namespace_parameters_filter_before_the_limit_or_are_refused() {
     let a = get(addr, "/api/v1/query?from=1000&to=1010&namespace=small").await;
     assert_eq!(a.status, 400, "{a:?}");
     assert!(a.body.contains("src_namespace"), "{}", a.body);
-    let a = get(addr, "/api/v1/query?from=1000&to=1010&bogus=1").await;
-    assert_eq!(a.status, 400, "{a:?}");
+    for p in [
+        "/api/v1/query?from=1000&to=1010&bogus=1",
+        "/api/v1/flows?from=1000&to=1010&namespace=small",
+        "/flows?namespace=small",
+        "/transactions?namespace=small",
+        "/api/graph/data?bogus=1",
+    ] {
+        let a = get(addr, p).await;
+        assert_eq!(a.status, 400, "{p}: {a:?}");
+        assert!(a.body.contains("error"), "{p}: {}", a.body);
+    }
 
     // Node graph: the 3 small edges although the 30 large ones fill the limit.
     let a = get(

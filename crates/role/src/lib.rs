@@ -12,4 +12,4 @@ pub use error::{RoleError, read_file};
 pub use health::Health;
 pub use http::{HttpSettings, HttpTls, serve_http_with, set_http_settings};
 pub use serve::{data_dir, open_store, serve_http};
-pub use telemetry::{AgentStats, METRICS, Outcome, Registry};
+pub use telemetry::{AgentStats, METRICS, Outcome, Refusal, Registry};

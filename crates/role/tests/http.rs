@@ -751,6 +751,35 @@ async fn the_write_ahead_log_stays_bounded_while_readers_run() {
         c.await.expect("client");
     }
     let statuses = statuses.lock().expect("lock").clone();
+
+    // The time limit alone: one client's slow queries back to back (each stopped at
+    // 1 s), no log limit.
+    let mut s = settings(Duration::from_secs(1));
+    s.limits.max_wal_bytes = u64::MAX;
+    let (serial_addr, _) = serve(Some(path.clone()), s).await;
+    let serial_before = ReadPool::new(&path).wal_bytes();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = writer(path.clone(), Arc::clone(&stop));
+    let st = Arc::clone(&stop);
+    let client = tokio::spawn(async move {
+        let mut n = 0u32;
+        while !st.load(std::sync::atomic::Ordering::Relaxed) {
+            get(serial_addr, SLOW).await;
+            n += 1;
+        }
+        n
+    });
+    let (serial_max, serial_last) = wal_over(&ReadPool::new(&path), run).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let serial_rows = w.join().expect("writer");
+    let serial_queries = client.await.expect("client");
+    eprintln!(
+        "WAL with the time limit alone, one reader at a time ({serial_queries} queries back to back): \
+         {:.1} MiB before, max {:.1} MiB, last {:.1} MiB ({serial_rows} rows written)",
+        serial_before as f64 / MIB,
+        serial_max as f64 / MIB,
+        serial_last as f64 / MIB,
+    );
     eprintln!(
         "WAL over {run:?} of writes: one reader held: max {:.1} MiB, last {:.1} MiB ({held_rows} rows written); \
          API readers bounded (1 s limit, 96 MiB pause; {:.1} MiB before): max {:.1} MiB, last {:.1} MiB ({api_rows} rows written), answers {statuses:?}",

@@ -295,6 +295,35 @@ async fn the_token_guards_the_data_and_rotates_without_a_restart() {
     assert_eq!(old.status, 401, "the old token no longer works");
     let rotated = get_with(addr, flows, &[("Authorization", "Bearer s3cret-two")]).await;
     assert_eq!(rotated.status, 200);
+
+    // --http-token-protects-metrics: /metrics needs it too, the probes stay open.
+    let mut s = settings(Duration::from_secs(10));
+    s.token_file = Some(token.clone());
+    s.token_protects_metrics = true;
+    let (addr, _) = serve(None, s).await;
+    assert_eq!(get(addr, "/metrics").await.status, 401);
+    let m = get_with(addr, "/metrics", &[("Authorization", "Bearer s3cret-two")]).await;
+    assert_eq!(m.status, 200);
+    assert!(m.body.contains("podflow_build_info"), "{}", m.body);
+    assert_eq!(get(addr, "/live").await.status, 200);
+    assert_eq!(get(addr, "/ready").await.status, 200);
+    // An empty token file is refused at start.
+    std::fs::write(&token, "\n").expect("empty");
+    let mut s = settings(Duration::from_secs(10));
+    s.token_file = Some(token);
+    let state = Arc::new(AppState {
+        exposition: Arc::new(Quiet),
+        store: StoreReader::None,
+        interval_s: 10,
+        probes: None,
+    });
+    let addr: SocketAddr = format!("127.0.0.1:{}", podflow_testkit::free_port())
+        .parse()
+        .expect("addr");
+    let e = serve_http_with(addr, state, s, CancellationToken::new())
+        .await
+        .expect_err("an empty token file");
+    assert!(e.to_string().contains("--http-token-file"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

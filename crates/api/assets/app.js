@@ -101,11 +101,42 @@ function timeWindow() {
   return { from: Math.floor(Date.now() / 1000) - state.range, to: null };
 }
 
+// With --http-token-file the API wants a bearer token: asked for once (one prompt for
+// the queries in flight together), kept for this tab, forgotten when it stops working.
+const TOKEN_KEY = "podflow-token";
+let asking = null;
+
+function authHeaders(t) {
+  return t ? { Authorization: `Bearer ${t}` } : {};
+}
+
+async function askToken() {
+  asking ??= Promise.resolve().then(() => {
+    const t = (window.prompt("This podflow API needs its bearer token:") ?? "").trim();
+    if (t) sessionStorage.setItem(TOKEN_KEY, t);
+  });
+  await asking;
+}
+
+async function apiFetch(url) {
+  const sent = sessionStorage.getItem(TOKEN_KEY);
+  let r = await fetch(url, { headers: authHeaders(sent) });
+  if (r.status !== 401) return r;
+  // Ask only if no other query has got a new token meanwhile.
+  if (sessionStorage.getItem(TOKEN_KEY) === sent) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    await askToken();
+  }
+  r = await fetch(url, { headers: authHeaders(sessionStorage.getItem(TOKEN_KEY)) });
+  asking = null;
+  return r;
+}
+
 async function query(win, params) {
   const p = new URLSearchParams({ view: state.view, from: win.from, ...params });
   if (win.to !== null) p.set("to", win.to);
   const url = `/api/v1/query?${p}`;
-  const r = await fetch(url);
+  const r = await apiFetch(url);
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status} ${body.error ?? ""}`);
   return body;

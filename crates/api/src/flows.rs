@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::json::FlowJson;
-use crate::params::{bad, unix_now, window};
+use crate::limits::Lane;
+use crate::params::{bad, only, unix_now, window};
 use crate::reader::with_store;
 
 /// `/api/v1/flows` parameters.
@@ -32,6 +33,9 @@ pub(crate) async fn recent_flows(
     State(s): State<Arc<AppState>>,
     Query(p): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
+    if let Err(e) = only(&p, &["window", "limit"]) {
+        return bad(e);
+    }
     let window = match window(&p, 86_400) {
         Ok(w) => w,
         Err(e) => return bad(e),
@@ -76,7 +80,11 @@ pub(crate) async fn flows(
     if !(1..=10_000).contains(&limit) {
         return bad(format!("`limit` ({limit}) must be between 1 and 10000"));
     }
-    match with_store(&s, move |st| st.flows(&FlowQuery { from, to, limit })).await {
+    match with_store(&s, Lane::Cheap, move |st| {
+        st.flows(&FlowQuery { from, to, limit })
+    })
+    .await
+    {
         Ok(rows) => Json(rows.into_iter().map(FlowJson::from).collect::<Vec<_>>()).into_response(),
         Err(r) => r,
     }

@@ -64,6 +64,33 @@ fn class_color(class: &str) -> &'static str {
     }
 }
 
+/// The largest `q.limit` rows with either end in namespace `ns`, filtered in the store
+/// before the limit: the rows from each side (each its own largest `limit`, which
+/// holds the largest of the union), a row inside `ns` on both sides kept once. Exact
+/// because the grouping holds both namespaces.
+async fn touching(
+    s: &Arc<AppState>,
+    q: &query::GroupQuery,
+    ns: &str,
+) -> Result<Vec<query::GroupRow>, Response> {
+    let mut rows = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for side in ["src_namespace", "dst_namespace"] {
+        let mut q = q.clone();
+        if let Some(d) = query::dim(side) {
+            q.filters.push((d, ns.to_string()));
+        }
+        for r in group(s, q).await? {
+            if seen.insert(r.key.clone()) {
+                rows.push(r);
+            }
+        }
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.bytes()));
+    rows.truncate(q.limit);
+    Ok(rows)
+}
+
 #[derive(Default)]
 struct NodeAcc {
     kind: String,
@@ -82,6 +109,9 @@ pub async fn data(
     State(s): State<Arc<AppState>>,
     Query(p): Query<HashMap<String, String>>,
 ) -> Response {
+    // `namespace` (edges touching it) is ours: the rest is the common parameters.
+    let mut p = p;
+    let ns_filter = p.remove("namespace").filter(|n| !n.is_empty());
     let mut q = match parse(&p, &[], true) {
         Ok(q) => q,
         Err(e) => return bad(e),
@@ -101,19 +131,21 @@ pub async fn data(
     .iter()
     .filter_map(|n| query::dim(n))
     .collect();
-    let rows = match group(&s, q.clone()).await {
-        Ok(r) => r,
-        Err(r) => return r,
+    let rows = match ns_filter {
+        None => match group(&s, q.clone()).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        },
+        Some(ns) => match touching(&s, &q, &ns).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        },
     };
-    let ns_filter = p.get("namespace").filter(|n| !n.is_empty());
     let secs = (q.to - q.from).max(1) as f64;
     let mut nodes: BTreeMap<String, NodeAcc> = BTreeMap::new();
     let mut edges: BTreeMap<(String, String), (u64, u64, f64, String)> = BTreeMap::new();
     for r in rows {
         let k = &r.key;
-        if ns_filter.is_some_and(|n| &k[1] != n && &k[4] != n) {
-            continue;
-        }
         let (src, dst) = (node_id(&k[0], &k[1], &k[2]), node_id(&k[3], &k[4], &k[5]));
         let class = k[6].as_str();
         for (id, kind, ns, title, sent, received) in [

@@ -8,11 +8,14 @@
 //! - [`ui`]: the embedded single-page UI;
 //! - `/metrics`, `/live`, `/ready`: what the role's [`Exposition`] says.
 //!
-//! [`json`] holds the answer types clients read back.
+//! [`json`] holds the answer types clients read back; [`access`] and [`limits`] what
+//! guards and bounds every request ([`router_with`]).
 
+pub mod access;
 pub mod flows;
 pub mod graph;
 pub mod json;
+pub mod limits;
 mod params;
 pub mod probes;
 pub mod query;
@@ -25,10 +28,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+pub use access::TokenFile;
 pub use json::{EndJson, FlowJson};
+pub use limits::{HttpStats, QueryLimits, STATS};
 pub use reader::StoreReader;
 
 /// What a role exposes besides flows: its metrics and whether it can do its job.
@@ -55,12 +61,33 @@ pub struct AppState {
 /// Where the handlers read probe history (a connection or client of its own).
 pub type ProbeReader = std::sync::Mutex<Box<dyn podflow_store::ProbeStore>>;
 
-/// The router of every endpoint.
+/// What guards the API: a bearer token (`None`: open) and the query limits.
+#[derive(Debug, Clone, Default)]
+pub struct HttpPolicy {
+    /// Clients of the data endpoints must send this token.
+    pub token: Option<Arc<TokenFile>>,
+    /// The token guards `/metrics` too (`/live` and `/ready` stay open for the kubelet).
+    pub token_protects_metrics: bool,
+    /// Time limit, lanes, admission.
+    pub limits: QueryLimits,
+}
+
+/// The router of every endpoint, open and with the default limits.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
+    router_with(state, &HttpPolicy::default())
+}
+
+/// The router of every endpoint under `policy`. Only GET is routed (the API is
+/// read-only: anything else answers 405) and no CORS header is sent, so a page from
+/// another origin cannot read the answers. Without a token in the request the UI's
+/// static files, `/live`, `/ready` and (unless `token_protects_metrics`) `/metrics`
+/// answer; every endpoint that reads the store needs it.
+pub fn router_with(state: Arc<AppState>, policy: &HttpPolicy) -> Router {
+    let mut open = Router::new()
         .route("/live", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
+        .merge(ui::routes());
+    let mut data = Router::new()
         .route("/api/v1/flows", get(flows::flows))
         .route("/flows", get(flows::recent_flows))
         .route("/api/v1/query", get(query::query))
@@ -70,9 +97,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/graph/data", get(graph::data))
         .route("/transactions", get(transactions::transactions))
         .route("/api/v1/probes", get(probes::probes))
-        .route("/api/v1/pairs", get(probes::pairs))
-        .merge(ui::routes())
+        .route("/api/v1/pairs", get(probes::pairs));
+    if policy.token_protects_metrics {
+        data = data.route("/metrics", get(metrics));
+    } else {
+        open = open.route("/metrics", get(metrics));
+    }
+    if let Some(t) = &policy.token {
+        data = data.route_layer(from_fn_with_state(Arc::clone(t), access::require_token));
+    }
+    let admission = Arc::new(limits::Admission::new(policy.limits.clone()));
+    open.merge(data)
         .with_state(state)
+        .layer(from_fn_with_state(admission, limits::context))
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {

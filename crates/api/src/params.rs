@@ -23,6 +23,17 @@ pub(crate) fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// `Err` naming the first parameter not in `known`.
+pub(crate) fn only(p: &HashMap<String, String>, known: &[&str]) -> Result<(), String> {
+    match p.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "unknown parameter `{k}` (known: {})",
+            known.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The `window` parameter, seconds: 60 when absent, else 1..=`max`.
 pub(crate) fn window(p: &HashMap<String, String>, max: i64) -> Result<i64, String> {
     match p.get("window").map(|w| w.parse::<i64>()) {
@@ -83,11 +94,14 @@ pub(crate) fn parse(
     }
     let mut filters = Vec::new();
     for (k, v) in p {
-        if matches!(
-            k.as_str(),
-            "from" | "to" | "limit" | "view" | "group_by" | "namespace"
-        ) {
+        if matches!(k.as_str(), "from" | "to" | "limit" | "view" | "group_by") {
             continue;
+        }
+        if k == "namespace" {
+            return Err(
+                "`namespace` is not a filter of this endpoint: use src_namespace= and/or dst_namespace="
+                    .into(),
+            );
         }
         let d = query::dim(k).ok_or_else(|| {
             format!(

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use podflow_store::probes::{self as store_probes, ProbeGroup, ProbeQuery};
 use podflow_store::query::{self, GroupQuery, View};
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::limits::{Failure, Lane, bounded};
 use crate::params::{bad, unix_now};
 use crate::reader::group;
 
@@ -56,27 +56,20 @@ fn dims(list: &str) -> Result<Vec<&'static str>, String> {
         .collect()
 }
 
-/// Runs a probe query on the state's probe reader, on a blocking thread.
+/// Runs a probe query on the state's probe reader, on a blocking thread in the
+/// expensive lane.
 async fn run(s: &Arc<AppState>, q: ProbeQuery) -> Result<Vec<ProbeGroup>, Response> {
     let st = Arc::clone(s);
-    let r = tokio::task::spawn_blocking(move || {
-        let reader = st.probes.as_ref()?;
-        Some(match reader.lock() {
-            Ok(r) => r.probes(&q).map_err(|e| e.to_string()),
-            Err(_) => Err("probe reader lock poisoned".into()),
-        })
+    bounded(Lane::Expensive, move |_, _| {
+        let reader = st.probes.as_ref().ok_or(Failure::NotServed(
+            "this process keeps no probe history (probes are stored by the server)",
+        ))?;
+        match reader.lock() {
+            Ok(r) => r.probes(&q).map_err(|e| Failure::Store(e.to_string())),
+            Err(_) => Err(Failure::Store("probe reader lock poisoned".into())),
+        }
     })
-    .await;
-    let error = |status, e: String| (status, Json(json!({ "error": e }))).into_response();
-    match r {
-        Ok(Some(Ok(v))) => Ok(v),
-        Ok(None) => Err(error(
-            StatusCode::NOT_FOUND,
-            "this process keeps no probe history (probes are stored by the server)".into(),
-        )),
-        Ok(Some(Err(e))) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    }
+    .await
 }
 
 /// A group's health figures as JSON.

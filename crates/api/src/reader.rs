@@ -1,28 +1,28 @@
-//! Where the handlers read flows: the writer's store, through a connection of its own,
-//! always on a blocking thread.
+//! Where the handlers read flows: the writer's store through connections of their own,
+//! always on a blocking thread and within the request's limits ([`crate::limits`]).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::time::Instant;
 
-use axum::Json;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use podflow_store::query::{GroupQuery, GroupRow};
-use podflow_store::{ClickHouseStore, FlowStore, SqliteStore, StoreError};
+use podflow_store::{ClickHouseStore, FlowStore, ReadPool, StoreError};
 
-use crate::AppState;
+use crate::limits::{Cancel, Failure, Lane, bounded};
 
-/// Where the HTTP handlers read flows: the writer's store, through a connection of its own.
+/// Where the HTTP handlers read flows: the writer's store, through connections of its own.
 #[derive(Debug)]
 pub enum StoreReader {
     /// No store: the agent role.
     None,
-    /// The embedded store's file; a read-only connection is opened on first use.
+    /// The embedded store's file, read through a pool of read-only connections (WAL
+    /// lets them run side by side and beside the writer).
     Sqlite {
         /// The file.
         path: PathBuf,
-        /// The connection, once opened.
-        conn: Mutex<Option<SqliteStore>>,
+        /// The connections.
+        pool: ReadPool,
     },
     /// ClickHouse, through a handle beside the writer's ([`ClickHouseStore::reader`]).
     ClickHouse(Box<Mutex<ClickHouseStore>>),
@@ -32,8 +32,8 @@ impl StoreReader {
     /// Reads the embedded store at `path`.
     pub fn sqlite(path: PathBuf) -> StoreReader {
         StoreReader::Sqlite {
+            pool: ReadPool::new(&path),
             path,
-            conn: Mutex::new(None),
         }
     }
 
@@ -42,51 +42,72 @@ impl StoreReader {
         StoreReader::ClickHouse(Box::new(Mutex::new(store)))
     }
 
-    /// Runs `f` on the store (blocking); `None` without a store.
+    /// Size of the embedded store's write-ahead log, bytes (`None`: not SQLite).
+    pub fn wal_bytes(&self) -> Option<u64> {
+        match self {
+            StoreReader::Sqlite { pool, .. } => Some(pool.wal_bytes()),
+            _ => None,
+        }
+    }
+
+    /// Runs `f` on the store (blocking), stoppable through `cancel` and bounded by
+    /// `deadline`.
     fn run<T>(
         &self,
+        deadline: Instant,
+        cancel: &Cancel,
         f: impl FnOnce(&dyn FlowStore) -> Result<T, StoreError>,
-    ) -> Option<Result<T, String>> {
-        let poisoned = || "store reader lock poisoned".to_string();
-        Some(match self {
-            StoreReader::None => return None,
-            StoreReader::Sqlite { path, conn } => (|| {
-                let mut guard = conn.lock().map_err(|_| poisoned())?;
-                if guard.is_none() {
-                    *guard = Some(SqliteStore::open_reader(path).map_err(|e| e.to_string())?);
+    ) -> Result<T, Failure> {
+        let store = |e: StoreError| Failure::Store(e.to_string());
+        match self {
+            StoreReader::None => Err(Failure::NotServed(
+                "this process is an agent: flows are served by the server",
+            )),
+            StoreReader::Sqlite { pool, .. } => {
+                let conn = pool.get().map_err(store)?;
+                if !cancel.arm(conn.interrupter()) {
+                    return Err(Failure::Cancelled);
                 }
-                let reader = guard.as_ref().ok_or("no reader")?;
-                f(reader).map_err(|e| e.to_string())
-            })(),
-            StoreReader::ClickHouse(store) => match store.lock() {
-                Ok(s) => f(&*s).map_err(|e| e.to_string()),
-                Err(_) => Err(poisoned()),
-            },
-        })
+                let r = f(&*conn);
+                cancel.disarm();
+                r.map_err(store)
+            }
+            StoreReader::ClickHouse(ch) => {
+                let mut s = ch
+                    .lock()
+                    .map_err(|_| Failure::Store("store reader lock poisoned".into()))?;
+                // Retries and waits end at the deadline too.
+                s.set_deadline(Some(deadline));
+                let r = f(&*s);
+                s.set_deadline(None);
+                r.map_err(store)
+            }
+        }
     }
 }
 
-/// Runs `f` on the state's store on a blocking thread; the error answer is 404 where
-/// there is no store (an agent) and 500 when the store fails.
+/// Runs `f` on the state's store in `lane`, within the request's limits; the error
+/// answer is 404 where there is no store (an agent), 503 when busy, 504 past the time
+/// limit and a generic 500 when the store fails.
 pub(crate) async fn with_store<T: Send + 'static>(
-    s: &Arc<AppState>,
+    s: &std::sync::Arc<crate::AppState>,
+    lane: Lane,
     f: impl FnOnce(&dyn FlowStore) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Response> {
-    let st = Arc::clone(s);
-    let error =
-        |status, e: String| (status, Json(serde_json::json!({ "error": e }))).into_response();
-    match tokio::task::spawn_blocking(move || st.store.run(f)).await {
-        Ok(Some(Ok(v))) => Ok(v),
-        Ok(None) => Err(error(
-            StatusCode::NOT_FOUND,
-            "this process is an agent: flows are served by the server".into(),
-        )),
-        Ok(Some(Err(e))) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    if let Some(busy) = crate::limits::refuse_for_wal(s.store.wal_bytes()) {
+        return Err(busy);
     }
+    let st = std::sync::Arc::clone(s);
+    bounded(lane, move |deadline, cancel| {
+        st.store.run(deadline, cancel, f)
+    })
+    .await
 }
 
-/// Runs a grouped query on the store's reader connection.
-pub(crate) async fn group(s: &Arc<AppState>, q: GroupQuery) -> Result<Vec<GroupRow>, Response> {
-    with_store(s, move |st| st.group(&q)).await
+/// Runs a grouped query (the expensive lane).
+pub(crate) async fn group(
+    s: &std::sync::Arc<crate::AppState>,
+    q: GroupQuery,
+) -> Result<Vec<GroupRow>, Response> {
+    with_store(s, Lane::Expensive, move |st| st.group(&q)).await
 }

@@ -11,7 +11,7 @@ use podflow_store::query::{self, GroupQuery, View};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::params::{bad, unix_now, window};
+use crate::params::{bad, only, unix_now, window};
 use crate::reader::group;
 
 /// `GET /transactions?window=60` (K8sConntrack-style): per Service and per endpoint
@@ -21,6 +21,9 @@ pub async fn transactions(
     State(s): State<Arc<AppState>>,
     Query(p): Query<HashMap<String, String>>,
 ) -> Response {
+    if let Err(e) = only(&p, &["window"]) {
+        return bad(e);
+    }
     let window = match window(&p, 3600) {
         Ok(w) => w,
         Err(e) => return bad(e),

@@ -1058,3 +1058,79 @@ async fn clicks_in_chromium_show_details_and_the_controls_refetch() {
     .await
     .expect("webdriver session");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_the_page_asks_for_it_once_and_sends_it() {
+    let (Some(chromium), Some(driver)) = (chromium(), Driver::find()) else {
+        podflow_testkit::skip(
+            "the UI token test",
+            "needs Chromium and chromedriver (apt-get install -y chromium chromium-driver)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("podflow.sqlite");
+    SqliteStore::open(&path)
+        .expect("open")
+        .write(&small_rows(recent()))
+        .expect("write");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "ui-s3cret\n").expect("token");
+    let state = Arc::new(AppState {
+        exposition: Arc::new(common::Quiet),
+        store: StoreReader::sqlite(path),
+        interval_s: 10,
+        probes: None,
+    });
+    let policy = podflow_api::HttpPolicy {
+        token: Some(Arc::new(
+            podflow_api::TokenFile::open(&token).expect("token file"),
+        )),
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = podflow_api::router_with(state, &policy);
+    tokio::spawn(async move { axum::serve(listener, app.into_make_service()).await });
+    tokio::task::spawn_blocking(move || {
+        let d = Driver::start(&driver, &chromium);
+        d.cmd(
+            "POST",
+            "/url",
+            serde_json::json!({"url": format!("http://{addr}/")}),
+        );
+        // The page's first queries get 401: one prompt asks for the token.
+        let alert = format!("/session/{}/alert/text", d.session);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = d.http("GET", &alert, None).unwrap_or_default();
+            if let Some(t) = text["value"].as_str() {
+                assert!(t.contains("bearer token"), "{t}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no prompt for the token: {text}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d.cmd(
+            "POST",
+            "/alert/text",
+            serde_json::json!({"text": "ui-s3cret"}),
+        );
+        d.cmd("POST", "/alert/accept", serde_json::json!({}));
+        d.wait_ready();
+        let rows = d.exec(
+            "return document.querySelectorAll('#talkers tbody tr').length",
+            serde_json::json!([]),
+        );
+        assert!(rows.as_u64().is_some_and(|n| n > 0), "{rows}");
+        let kept = d.exec(
+            "return sessionStorage.getItem('podflow-token')",
+            serde_json::json!([]),
+        );
+        assert_eq!(kept, "ui-s3cret");
+    })
+    .await
+    .expect("webdriver session");
+}

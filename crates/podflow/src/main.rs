@@ -218,6 +218,9 @@ struct RunArgs {
     #[command(flatten)]
     metrics: MetricsArgs,
 
+    #[command(flatten)]
+    http: HttpArgs,
+
     /// Receive NetFlow v5/v9/IPFIX on this UDP address (repeat for more; IPv4 or IPv6,
     /// e.g. 0.0.0.0:2055 or [::]:4739). Records are attributed like conntrack's.
     #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
@@ -226,6 +229,79 @@ struct RunArgs {
     /// Per-exporter NetFlow series in /metrics (the exporter's address becomes a label).
     #[arg(long, env = "PODFLOW_NETFLOW_EXPORTER_LABELS")]
     netflow_exporter_labels: bool,
+}
+
+/// Who may read the HTTP API and how much each request may cost (docs/security.md).
+#[derive(Debug, Args)]
+struct HttpArgs {
+    /// File holding the bearer token the HTTP API requires (`Authorization: Bearer
+    /// <token>`); read again when it changes, so rotation needs no restart. Without it
+    /// the API is open: bind it to a trusted network only.
+    #[arg(long, env = "PODFLOW_HTTP_TOKEN_FILE")]
+    http_token_file: Option<PathBuf>,
+
+    /// The token guards /metrics too (/live and /ready always stay open).
+    #[arg(
+        long,
+        env = "PODFLOW_HTTP_TOKEN_PROTECTS_METRICS",
+        requires = "http_token_file"
+    )]
+    http_token_protects_metrics: bool,
+
+    /// Certificate chain (PEM) of the HTTP listener; with --http-tls-key serves HTTPS.
+    #[arg(long, env = "PODFLOW_HTTP_TLS_CERT", requires = "http_tls_key")]
+    http_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of the HTTP listener.
+    #[arg(long, env = "PODFLOW_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    http_tls_key: Option<PathBuf>,
+
+    /// Time limit of one API request's store query; past it the query is stopped and
+    /// the answer is 504.
+    #[arg(long, env = "PODFLOW_QUERY_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
+    query_timeout: Duration,
+
+    /// API requests running or waiting for the store at once; beyond, 503 with
+    /// Retry-After.
+    #[arg(long, env = "PODFLOW_MAX_CONCURRENT_QUERIES", default_value_t = 64)]
+    max_concurrent_queries: usize,
+
+    /// Grouped queries (the expensive ones) running at once (0: one less than the
+    /// cores, at least 1); the others wait in line within the time limit.
+    #[arg(long, env = "PODFLOW_MAX_EXPENSIVE_QUERIES", default_value_t = 0)]
+    max_expensive_queries: usize,
+
+    /// While the embedded store's write-ahead log is larger than this many MiB, API
+    /// queries answer 503 until the writer's next checkpoint resets it (readers that
+    /// always overlap would otherwise let it grow until the disk is full). At least 65:
+    /// a reset truncates the log to 64 MiB.
+    #[arg(long, env = "PODFLOW_QUERY_MAX_WAL_MIB", default_value_t = 512)]
+    query_max_wal_mib: u64,
+}
+
+impl HttpArgs {
+    fn settings(&self) -> podflow_role::HttpSettings {
+        let mut limits = podflow_api::QueryLimits {
+            timeout: self.query_timeout,
+            max_concurrent: self.max_concurrent_queries.max(1),
+            max_wal_bytes: self.query_max_wal_mib.max(65) << 20,
+            ..Default::default()
+        };
+        if self.max_expensive_queries > 0 {
+            limits.expensive_lane = self.max_expensive_queries;
+        }
+        podflow_role::HttpSettings {
+            token_file: self.http_token_file.clone(),
+            token_protects_metrics: self.http_token_protects_metrics,
+            tls: self
+                .http_tls_cert
+                .clone()
+                .zip(self.http_tls_key.clone())
+                .map(|(cert, key)| podflow_role::HttpTls { cert, key }),
+            limits,
+            ..Default::default()
+        }
+    }
 }
 
 /// How the workload series in /metrics are bounded and counted.
@@ -649,6 +725,9 @@ struct ServerArgs {
 
     #[command(flatten)]
     attribution: AttributionArgs,
+
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 /// The agent authentication `--agent-auth` and its companions ask for.
@@ -715,6 +794,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
 }
 
 fn server(a: ServerArgs) -> anyhow::Result<()> {
+    podflow_role::set_http_settings(a.http.settings());
     let tls = a
         .tls_cert
         .clone()
@@ -833,6 +913,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    podflow_role::set_http_settings(args.http.settings());
     let cfg = RunConfig {
         listen: args.listen,
         data_dir: args.data_dir,

@@ -3,11 +3,13 @@
 
 pub mod error;
 pub mod health;
+pub mod http;
 pub mod netflow;
 pub mod serve;
 pub mod telemetry;
 
 pub use error::{RoleError, read_file};
 pub use health::Health;
+pub use http::{HttpSettings, HttpTls, serve_http_with, set_http_settings};
 pub use serve::{data_dir, open_store, serve_http};
 pub use telemetry::{AgentStats, METRICS, Outcome, Refusal, Registry};

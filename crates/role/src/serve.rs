@@ -5,30 +5,20 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use podflow_api::{AppState, router};
+use podflow_api::AppState;
 use podflow_store::SqliteStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RoleError;
 
-/// Serves the HTTP endpoints of `state` on `listen` until `shutdown`.
+/// Serves the HTTP endpoints of `state` on `listen` until `shutdown`, under the
+/// process's [`crate::http::http_settings`].
 pub async fn serve_http(
     listen: SocketAddr,
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<(), RoleError>>, RoleError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| RoleError::Listen {
-            addr: listen,
-            source,
-        })?;
-    Ok(tokio::spawn(async move {
-        axum::serve(listener, router(state).into_make_service())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .map_err(|e| RoleError::Task(format!("http {listen}: {e}")))
-    }))
+    crate::http::serve_http_with(listen, state, crate::http::http_settings(), shutdown).await
 }
 
 /// Creates `data_dir` if needed.

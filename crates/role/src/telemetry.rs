@@ -55,6 +55,9 @@ defs! {
     STORE_ERRORS = "podflow_store_write_errors_total", "counter", "Failed store writes (the rows are kept and the same write is tried again).", [];
     STORE_SECONDS = "podflow_store_write_seconds_total", "counter", "Time spent writing to the store.", [];
     STORE_PENDING = "podflow_store_rows_pending", "gauge", "Rows waiting to be written (closed intervals not yet durable).", [];
+    HTTP_REJECTED = "podflow_http_requests_rejected_total", "counter", "HTTP API requests refused, by reason: unauthorized (missing or wrong bearer token, 401), busy (too many queries at once or no lane free before the time limit, 503), timeout (query stopped at --query-timeout, 504), wal (the embedded store's write-ahead log over its limit, 503 until a checkpoint resets it).", ["reason"];
+    HTTP_STORE_ERRORS = "podflow_http_store_errors_total", "counter", "HTTP API queries the store failed (answered 500 with a request id; the log has the details).", [];
+    HTTP_WAL_BYTES = "podflow_store_wal_bytes", "gauge", "Size of the embedded store's write-ahead log as of the last API query, bytes (grows while overlapping readers keep checkpoints from resetting it).", [];
     FLOW_BYTES = "podflow_flow_bytes_total", "counter", "L3 bytes of observed connections, by protocol and direction (out = local to remote).", ["proto", "direction"];
     FLOW_PACKETS = "podflow_flow_packets_total", "counter", "Packets of observed connections, by protocol and direction.", ["proto", "direction"];
     CONNS_OPENED = "podflow_connections_opened_total", "counter", "Connections that started while observed, by protocol.", ["proto"];
@@ -423,6 +426,7 @@ impl Registry {
         self.render_histograms(&mut out);
         self.render_agent(&mut out);
         self.render_workloads(&mut out);
+        render_http(&mut out);
         if let Ok(f) = self.families.lock() {
             for render in f.iter() {
                 render(&mut out);
@@ -691,6 +695,22 @@ impl podflow_api::Exposition for Registry {
     fn ready(&self) -> Result<(), String> {
         self.health.ready()
     }
+}
+
+/// The HTTP API's counters (process-wide, [`podflow_api::STATS`]).
+fn render_http(out: &mut String) {
+    let s = &podflow_api::STATS;
+    header(out, &HTTP_REJECTED);
+    for (reason, v) in [
+        ("unauthorized", &s.unauthorized),
+        ("busy", &s.busy),
+        ("timeout", &s.timed_out),
+        ("wal", &s.wal_paused),
+    ] {
+        sample(out, &HTTP_REJECTED, &[("reason", reason)], v.load(Relaxed));
+    }
+    one(out, &HTTP_STORE_ERRORS, s.store_errors.load(Relaxed));
+    one(out, &HTTP_WAL_BYTES, s.wal_bytes.load(Relaxed));
 }
 
 #[cfg(test)]

@@ -15,4 +15,4 @@ pub use self::clickhouse::{ClickHouseConfig, ClickHouseStore};
 pub use error::{ClickHouseError, StoreError};
 pub use flow_store::{FlowQuery, FlowStore, FlowSummary};
 pub use probes::{ClickHouseProbeStore, ProbeStore, SqliteProbeStore};
-pub use sqlite::SqliteStore;
+pub use sqlite::{Interrupter, PooledReader, ReadPool, SqliteStore};

@@ -54,6 +54,9 @@ pub struct ClickHouseStore {
     name: String,
     /// The flows query (built once: it depends on the table only).
     flows_sql: String,
+    /// When set, no request (retries included) runs past it: a reader's request time
+    /// limit ([`ClickHouseStore::set_deadline`]).
+    deadline: Option<std::time::Instant>,
 }
 
 impl Drop for ClickHouseStore {
@@ -100,6 +103,7 @@ impl ClickHouseStore {
             cfg,
             name,
             flows_sql,
+            deadline: None,
         };
         store.migrate()?;
         Ok(store)
@@ -119,7 +123,14 @@ impl ClickHouseStore {
             cfg: self.cfg.clone(),
             name: self.name.clone(),
             flows_sql: self.flows_sql.clone(),
+            deadline: None,
         })
+    }
+
+    /// Bounds every later request, its retries included, by `deadline` (`None`: only
+    /// the per-request timeout and the retry count bound them).
+    pub fn set_deadline(&mut self, deadline: Option<std::time::Instant>) {
+        self.deadline = deadline;
     }
 
     fn request_err(
@@ -161,13 +172,24 @@ impl ClickHouseStore {
             let mut attempt = 0u32;
             loop {
                 attempt += 1;
+                let left = self
+                    .deadline
+                    .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+                let timeout = left.map_or(timeout, |l| l.min(timeout));
                 let res = match tokio::time::timeout(timeout, f()).await {
                     Ok(r) => r,
                     Err(_) => Err(::clickhouse::error::Error::TimedOut),
                 };
                 match res {
                     Ok(v) => return Ok(v),
-                    Err(e) if attempt <= self.cfg.max_retries && retry::transient(&e) => {
+                    Err(e)
+                        if attempt <= self.cfg.max_retries
+                            && retry::transient(&e)
+                            && self.deadline.is_none_or(|d| {
+                                let ms = retry::backoff_ms(self.cfg.retry_backoff_ms, attempt);
+                                std::time::Instant::now() + Duration::from_millis(ms) < d
+                            }) =>
+                    {
                         let ms = retry::backoff_ms(self.cfg.retry_backoff_ms, attempt);
                         tracing::warn!(url = %self.cfg.url, table = %self.name, op, attempt,
                             retry_in_ms = ms, error = %e, "ClickHouse request failed, retrying");

@@ -10,12 +10,14 @@ use crate::error::StoreError;
 use crate::flow_store::{FlowQuery, FlowStore, FlowSummary};
 use crate::query::{GroupQuery, GroupRow};
 
+mod pool;
 mod read;
 mod rollup;
 mod schema;
 mod sql;
 mod write;
 
+pub use pool::{Interrupter, PooledReader, ReadPool};
 use schema::SCHEMA_VERSION;
 
 /// The embedded store: one SQLite file in WAL mode.
@@ -47,6 +49,10 @@ impl SqliteStore {
         // rollups' recent buckets stay in memory while they are written.
         conn.pragma_update(None, "cache_size", -32_768)
             .map_err(err("set cache size"))?;
+        // Once readers let a checkpoint reset the log, it shrinks back to this size
+        // instead of keeping its high-water mark (docs/security.md, "HTTP API").
+        conn.pragma_update(None, "journal_size_limit", pool::WAL_KEEP_BYTES)
+            .map_err(err("set journal size limit"))?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(err("read schema version"))?;

@@ -9,6 +9,7 @@
 //! - [`Source`]: the sockets (dump + NEW/DESTROY events, and UPDATE events for the time
 //!   to first reply when asked) in one network namespace.
 
+mod checkpoint;
 pub mod decode;
 pub mod encode;
 mod error;
@@ -18,6 +19,7 @@ mod source;
 mod sysctl;
 mod tracker;
 
+pub use checkpoint::CheckpointError;
 pub use decode::{CtEntry, CtEvent, DecodeStats};
 pub use error::Error;
 pub use socket::{CtSocket, enter_netns};
@@ -27,4 +29,4 @@ pub mod socket_recv {
 }
 pub use source::{DumpSummary, Source, SourceConfig, SourceStats};
 pub use sysctl::{Features, enable_features, read_features};
-pub use tracker::{Tracker, TrackerStats};
+pub use tracker::{Tracker, TrackerStats, conn_key};

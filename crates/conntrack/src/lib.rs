@@ -27,6 +27,7 @@ pub use socket::{CtSocket, enter_netns};
 pub mod socket_recv {
     pub use crate::socket::Recv;
 }
-pub use source::{DumpSummary, Source, SourceConfig, SourceStats};
+pub use encode::DumpFilter;
+pub use source::{DumpSummary, Source, SourceConfig, SourceOptions, SourceStats, budget_interval};
 pub use sysctl::{Features, enable_features, read_features};
 pub use tracker::{Tracker, TrackerStats, conn_key};

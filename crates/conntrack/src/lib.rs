@@ -6,6 +6,8 @@
 //!   tests and the benchmark;
 //! - [`Tracker`]: per-connection delta tracking that turns absolute kernel counters into
 //!   [`podflow_model::Observation`] deltas, without ever zeroing the kernel's counters;
+//! - [`load`]: batched entry creation and deletion (table fills, event storms) for the
+//!   tests and benchmarks;
 //! - [`Source`]: the sockets (dump + NEW/DESTROY events, and UPDATE events for the time
 //!   to first reply when asked) in one network namespace.
 
@@ -13,6 +15,7 @@ mod checkpoint;
 pub mod decode;
 pub mod encode;
 mod error;
+pub mod load;
 pub mod nl;
 mod socket;
 mod source;

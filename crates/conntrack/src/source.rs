@@ -410,8 +410,10 @@ impl Source {
     pub fn dump_discard(&mut self) -> Result<u64, Error> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        self.dump_sock
-            .send(&encode::dump_request(seq), "dump request")?;
+        self.dump_sock.send(
+            &encode::dump_request_filtered(seq, &self.filter),
+            "dump request",
+        )?;
         let mut n_msgs = 0u64;
         loop {
             let Recv::Data(n) = self.dump_sock.recv(&mut self.buf, None, "dump")? else {

@@ -599,3 +599,24 @@ impl Source {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_stretches_the_interval_only_when_dumps_cost_more_than_it() {
+        let five = Duration::from_secs(5);
+        // 0.25 s of CPU per dump within 5% of a core: 5 s.
+        assert_eq!(budget_interval(five, 250_000_000, Some(0.05)), five);
+        // 2.5 s per dump (1M entries) within 5%: 50 s.
+        assert_eq!(
+            budget_interval(five, 2_500_000_000, Some(0.05)),
+            Duration::from_secs(50)
+        );
+        // No budget, or a meaningless one: the configured interval.
+        assert_eq!(budget_interval(five, 2_500_000_000, None), five);
+        assert_eq!(budget_interval(five, 2_500_000_000, Some(0.0)), five);
+        assert_eq!(budget_interval(five, 2_500_000_000, Some(f64::NAN)), five);
+    }
+}

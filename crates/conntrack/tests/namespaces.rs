@@ -596,3 +596,62 @@ fn reliable_delivery_loses_no_destroy_under_a_storm() {
         }
     }
 }
+
+/// A restart from a checkpoint against the real kernel: a source dumps a table, its
+/// tracker is checkpointed, entries close and others open while "no agent runs", and a new
+/// source opened with the restored tracker continues: remembered connections report only
+/// what moved, the closed ones are counted as closed while down, the new ones are reported
+/// whole, and nothing is taken as a new baseline.
+#[test]
+fn a_restored_tracker_continues_where_the_checkpoint_left_off() {
+    if !podflow_testkit::can_run("restored_tracker") {
+        return;
+    }
+    let ns = podflow_testkit::Netns::new("ctcp").expect("namespace");
+    ns.sh("sysctl -qw net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_timestamp=1")
+        .expect("sysctl");
+    let cfg = SourceConfig {
+        netns: Some(ns.path()),
+        ..Default::default()
+    };
+    ns.run(|| {
+        let mut l = podflow_conntrack::load::Loader::open().expect("loader");
+        l.create(1, 0..3000, 600).expect("create");
+        assert_eq!(l.settle(Duration::from_millis(50)).expect("settle"), 0);
+    });
+    let mut src = open_source(&ns);
+    let mut n = 0;
+    src.dump(&mut |_| n += 1).expect("dump");
+    assert_eq!(
+        (n, src.tracker().len()),
+        (0, 3000),
+        "the first dump is a baseline"
+    );
+    let checkpoint = src.checkpoint();
+    drop(src);
+    // While down: 500 close (their DESTROY goes nowhere), 200 open.
+    ns.run(|| {
+        let mut l = podflow_conntrack::load::Loader::open().expect("loader");
+        l.delete(1, 0..500).expect("delete");
+        l.create(1, 5000..5200, 600).expect("create");
+        assert_eq!(l.settle(Duration::from_millis(50)).expect("settle"), 0);
+    });
+    let tracker = podflow_conntrack::Tracker::restore(&checkpoint).expect("restore");
+    let mut src = Source::open_with(&cfg, &Default::default(), tracker).expect("open");
+    let mut opened = 0;
+    let mut other = 0;
+    src.dump(&mut |o| {
+        if o.opened { opened += 1 } else { other += 1 }
+    })
+    .expect("dump");
+    let stats = src.stats();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        opened, 200,
+        "the connections new since the checkpoint, reported whole"
+    );
+    assert_eq!(other, 0, "the idle remembered ones did not move");
+    assert_eq!(get(&stats.closed_while_down), 500);
+    assert_eq!(get(&stats.baselined), 0, "no new baseline");
+    assert_eq!(src.tracker().len(), 2700);
+}

@@ -1,180 +1,574 @@
-//! The agent's buffer of unacknowledged batches: memory first, then a spill file, both
-//! bounded; when both are full the oldest batches are dropped (counted).
+//! The agent's durable buffer of unacknowledged batches: an append-only log of framed,
+//! checksummed records in the data directory, read back at start; recent batches are
+//! also kept in memory so sending rarely reads the disk.
+//!
+//! Record: `[0xB7][kind u8][len u32 LE][crc32 u32 LE of kind and payload][payload]`.
+//!
+//! | kind | payload | meaning |
+//! |---|---|---|
+//! | 1 batch | seq u64, flags u8 (bit 0: from conntrack), the encoded batch | a batch to deliver |
+//! | 2 acked | seq u64 | the server acknowledged it |
+//! | 3 checkpoint | covered seq u64, the conntrack tracker's state | the tracker after every batch ≤ seq |
+//! | 4 next seq | u64 | the highest sequence number ever given |
+//!
+//! Durability: a batch and a checkpoint are synced (`fdatasync`) before `push` returns,
+//! so a batch the source handed over survives a SIGKILL or a power cut; an acked record
+//! is not synced (losing one costs one resend, which the server recognises). At start a
+//! torn tail (a record cut short or failing its checksum) is cut off and counted.
+//!
+//! What is kept: every unacknowledged batch, the latest checkpoint, and the conntrack
+//! batches after it even once acknowledged (the tracker is rebuilt from the checkpoint
+//! plus those, so the first dump after a restart continues where the last one left off).
+//! The log is rewritten (compacted) when it would pass its bound; if it still would, the
+//! oldest batches are dropped and counted. When the disk refuses a write (full, read-only)
+//! batches are held in memory only, within the memory bound, and the oldest of those are
+//! dropped and counted beyond it.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug)]
-enum Loc {
-    Mem(Vec<u8>),
-    Spill { offset: u64, len: u32 },
+const MAGIC: u8 = 0xB7;
+const HEADER: usize = 10;
+const KIND_BATCH: u8 = 1;
+const KIND_ACKED: u8 = 2;
+const KIND_CHECKPOINT: u8 = 3;
+const KIND_NEXT_SEQ: u8 = 4;
+/// The largest record read back (a checkpoint of a big table is the largest).
+const MAX_RECORD: usize = 1 << 30;
+
+/// CRC-32 (IEEE), the checksum of a record.
+fn crc32(parts: &[&[u8]]) -> u32 {
+    static TABLE: std::sync::LazyLock<[u32; 256]> = std::sync::LazyLock::new(|| {
+        let mut t = [0u32; 256];
+        for (i, e) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *e = c;
+        }
+        t
+    });
+    let mut c = !0u32;
+    for p in parts {
+        for b in *p {
+            c = TABLE[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8);
+        }
+    }
+    !c
 }
 
-/// Unacked batches by sequence number.
+fn record(kind: u8, payload: &[&[u8]]) -> Vec<u8> {
+    let len: usize = payload.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(HEADER + len);
+    out.push(MAGIC);
+    out.push(kind);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    let mut parts: Vec<&[u8]> = vec![&out[1..2]];
+    parts.extend_from_slice(payload);
+    let crc = crc32(&parts);
+    out.extend_from_slice(&crc.to_le_bytes());
+    for p in payload {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// Where a batch's bytes are.
+#[derive(Debug)]
+struct Held {
+    /// Offset and length of the encoded batch in the log file, when it is on disk.
+    disk: Option<(u64, u32)>,
+    /// The encoded batch in memory (always, when it is not on disk).
+    mem: Option<Vec<u8>>,
+    /// Made by the conntrack source (replayed into the tracker at start).
+    conntrack: bool,
+}
+
+/// What the log held when it was opened.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The latest tracker checkpoint and the sequence number it covers.
+    pub checkpoint: Option<(u64, Vec<u8>)>,
+    /// The conntrack batches after the checkpoint, in order (acked or not).
+    pub replay: Vec<Vec<u8>>,
+    /// The highest sequence number ever given, if the log knows one.
+    pub last_seq: Option<u64>,
+    /// Unacknowledged batches recovered.
+    pub batches: usize,
+    /// Bytes cut off a torn tail (0: the log was whole).
+    pub torn_bytes: u64,
+}
+
+/// Counters of the buffer (monotonic, except the sizes).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BufferCounts {
+    /// Batches dropped because the buffer was full (never delivered).
+    pub dropped: u64,
+    /// Writes the disk refused (the batch was kept in memory instead).
+    pub disk_errors: u64,
+    /// Torn tails cut at start.
+    pub torn: u64,
+    /// Times the log was rewritten to free space.
+    pub compactions: u64,
+}
+
+/// The durable buffer.
 #[derive(Debug)]
 pub struct Buffer {
-    entries: BTreeMap<u64, Loc>,
+    path: PathBuf,
+    file: Option<File>,
+    end: u64,
+    live: BTreeMap<u64, Held>,
+    /// Acked conntrack batches after the checkpoint (offset, length), for the tracker.
+    retained: BTreeMap<u64, (u64, u32)>,
+    checkpoint: Option<(u64, u64, u32)>,
+    last_seq: u64,
     mem_bytes: usize,
     max_mem: usize,
-    spill_path: PathBuf,
-    spill: Option<File>,
-    spill_end: u64,
-    spill_live: usize,
-    spill_bytes: u64,
-    max_spill: u64,
-    /// Batches dropped because both places were full.
-    pub dropped: u64,
+    max_disk: u64,
+    /// What happened so far.
+    pub counts: BufferCounts,
+}
+
+fn read_at(f: &mut File, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+    f.seek(SeekFrom::Start(offset))?;
+    let mut b = vec![0u8; len as usize];
+    f.read_exact(&mut b)?;
+    Ok(b)
+}
+
+fn u64_at(b: &[u8]) -> Option<u64> {
+    b.get(..8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_le_bytes)
 }
 
 impl Buffer {
-    /// A buffer holding up to `max_mem` bytes in memory and `max_spill` in `spill_path`.
-    pub fn new(max_mem: usize, spill_path: &Path, max_spill: u64) -> Buffer {
-        Buffer {
-            entries: BTreeMap::new(),
+    /// Opens (or creates) the log `path`, holding up to `max_mem` bytes of batches in
+    /// memory and `max_disk` bytes on disk, and reads back what it held.
+    pub fn open(path: &Path, max_mem: usize, max_disk: u64) -> io::Result<(Buffer, Recovered)> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let mut b = Buffer {
+            path: path.to_path_buf(),
+            file: None,
+            end: 0,
+            live: BTreeMap::new(),
+            retained: BTreeMap::new(),
+            checkpoint: None,
+            last_seq: 0,
             mem_bytes: 0,
             max_mem,
-            spill_path: spill_path.to_path_buf(),
-            spill: None,
-            spill_end: 0,
-            spill_live: 0,
-            spill_bytes: 0,
-            max_spill,
-            dropped: 0,
+            max_disk: max_disk.max(1 << 16),
+            counts: BufferCounts::default(),
+        };
+        let len = file.metadata()?.len();
+        let mut rec = Recovered::default();
+        let mut r = BufReader::with_capacity(1 << 20, &mut file);
+        let mut at = 0u64;
+        let mut head = [0u8; HEADER];
+        let mut after_checkpoint: Vec<(u64, u64, u32, bool)> = Vec::new();
+        loop {
+            if r.read_exact(&mut head).is_err() {
+                break;
+            }
+            let kind = head[1];
+            let n = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as usize;
+            let crc = u32::from_le_bytes([head[6], head[7], head[8], head[9]]);
+            if head[0] != MAGIC || n > MAX_RECORD {
+                break;
+            }
+            let mut payload = vec![0u8; n];
+            if r.read_exact(&mut payload).is_err() || crc32(&[&[kind], &payload]) != crc {
+                break;
+            }
+            let body = at + HEADER as u64;
+            match kind {
+                KIND_BATCH if n >= 9 => {
+                    let seq = u64_at(&payload).unwrap_or(0);
+                    let conntrack = payload[8] & 1 != 0;
+                    b.last_seq = b.last_seq.max(seq);
+                    let (off, blen) = (body + 9, (n - 9) as u32);
+                    b.live.insert(
+                        seq,
+                        Held {
+                            disk: Some((off, blen)),
+                            mem: None,
+                            conntrack,
+                        },
+                    );
+                    after_checkpoint.push((seq, off, blen, conntrack));
+                }
+                KIND_ACKED if n >= 8 => {
+                    let seq = u64_at(&payload).unwrap_or(0);
+                    if let Some(h) = b.live.remove(&seq)
+                        && h.conntrack
+                        && let Some(d) = h.disk
+                    {
+                        b.retained.insert(seq, d);
+                    }
+                }
+                KIND_CHECKPOINT if n >= 8 => {
+                    let covered = u64_at(&payload).unwrap_or(0);
+                    b.checkpoint = Some((covered, body + 8, (n - 8) as u32));
+                    b.retained.retain(|s, _| *s > covered);
+                    after_checkpoint.retain(|(s, ..)| *s > covered);
+                }
+                KIND_NEXT_SEQ if n >= 8 => {
+                    b.last_seq = b.last_seq.max(u64_at(&payload).unwrap_or(0));
+                }
+                _ => {} // unknown kinds from a newer agent: skipped
+            }
+            at = body + n as u64;
         }
+        drop(r);
+        if at < len {
+            rec.torn_bytes = len - at;
+            b.counts.torn = 1;
+            file.set_len(at)?;
+            file.sync_data()?;
+        }
+        b.end = at;
+        if let Some((covered, off, clen)) = b.checkpoint {
+            rec.checkpoint = Some((covered, read_at(&mut file, off, clen)?));
+        }
+        for (seq, off, blen, conntrack) in after_checkpoint {
+            let kept = b.live.contains_key(&seq) || b.retained.contains_key(&seq);
+            if conntrack && kept {
+                rec.replay.push(read_at(&mut file, off, blen)?);
+            }
+        }
+        rec.last_seq = (b.last_seq > 0).then_some(b.last_seq);
+        rec.batches = b.live.len();
+        b.file = Some(file);
+        Ok((b, rec))
     }
 
-    /// Batches held.
+    /// Batches held (not acknowledged).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.live.len()
     }
 
     /// Whether none is held.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.live.is_empty()
     }
 
-    /// Bytes in memory.
+    /// Bytes of batches in memory.
     pub fn mem_bytes(&self) -> usize {
         self.mem_bytes
     }
 
-    /// Bytes of live batches in the spill file.
-    pub fn spill_bytes(&self) -> u64 {
-        self.spill_bytes
+    /// Bytes of the log file.
+    pub fn disk_bytes(&self) -> u64 {
+        self.end
     }
 
-    fn drop_oldest(&mut self) -> bool {
-        let Some((&seq, _)) = self.entries.iter().next() else {
-            return false;
-        };
-        self.remove(seq);
-        self.dropped += 1;
-        true
+    /// The highest sequence number given so far (0: none).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
     }
 
-    /// Adds batch `seq`. Memory while it fits and nothing is spilled (order is kept), else
-    /// the spill file; the oldest batches make room when both are full.
-    pub fn push(&mut self, seq: u64, bytes: Vec<u8>) -> std::io::Result<()> {
-        if self.spill_live == 0 && self.mem_bytes + bytes.len() <= self.max_mem {
-            self.mem_bytes += bytes.len();
-            self.entries.insert(seq, Loc::Mem(bytes));
-            return Ok(());
-        }
-        while self.spill_bytes + bytes.len() as u64 > self.max_spill {
-            if !self.drop_oldest() {
-                self.dropped += 1;
-                return Ok(());
-            }
-            // Dropping may have emptied the spill file: memory may fit again.
-            if self.spill_live == 0 && self.mem_bytes + bytes.len() <= self.max_mem {
-                self.mem_bytes += bytes.len();
-                self.entries.insert(seq, Loc::Mem(bytes));
-                return Ok(());
-            }
-        }
-        if self.spill.is_none() {
-            self.spill = Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .read(true)
-                    .write(true)
-                    .open(&self.spill_path)?,
-            );
-            self.spill_end = 0;
-        }
+    /// Starts numbering after `last` (a fresh log), durably.
+    pub fn start_at(&mut self, last: u64) -> io::Result<()> {
+        self.last_seq = self.last_seq.max(last);
+        let rec = record(KIND_NEXT_SEQ, &[&self.last_seq.to_le_bytes()]);
+        self.append(&rec, true).map(|_| ())
+    }
+
+    /// Appends `bytes` to the log and syncs; the offset of the record.
+    fn append(&mut self, rec: &[u8], sync: bool) -> io::Result<u64> {
         let f = self
-            .spill
+            .file
             .as_mut()
-            .ok_or_else(|| std::io::Error::other("spill file"))?;
-        f.seek(SeekFrom::Start(self.spill_end))?;
-        f.write_all(&bytes)?;
-        let len = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
-        self.entries.insert(
+            .ok_or_else(|| io::Error::other("log file closed"))?;
+        let at = self.end;
+        f.seek(SeekFrom::Start(at))?;
+        if let Err(e) = f
+            .write_all(rec)
+            .and_then(|()| if sync { f.sync_data() } else { Ok(()) })
+        {
+            // Cut whatever part was written, so the file stays a sequence of records.
+            let _ = f.set_len(at);
+            return Err(e);
+        }
+        self.end = at + rec.len() as u64;
+        Ok(at)
+    }
+
+    /// Adds batch `seq` (`conntrack`: made by the conntrack source); on disk before it
+    /// returns unless the disk refuses, then in memory only (counted).
+    pub fn push(&mut self, seq: u64, conntrack: bool, bytes: Vec<u8>) {
+        self.last_seq = self.last_seq.max(seq);
+        let rec = record(
+            KIND_BATCH,
+            &[&seq.to_le_bytes(), &[u8::from(conntrack)], &bytes],
+        );
+        self.make_room(rec.len() as u64);
+        let disk = match self.append(&rec, true) {
+            Ok(at) => Some((at + HEADER as u64 + 9, bytes.len() as u32)),
+            Err(e) => {
+                self.counts.disk_errors += 1;
+                tracing::warn!(error = %e, path = %self.path.display(), "buffer log write failed; batch kept in memory only");
+                None
+            }
+        };
+        let mem = (disk.is_none() || self.mem_bytes + bytes.len() <= self.max_mem).then(|| {
+            self.mem_bytes += bytes.len();
+            bytes
+        });
+        self.live.insert(
             seq,
-            Loc::Spill {
-                offset: self.spill_end,
-                len,
+            Held {
+                disk,
+                mem,
+                conntrack,
             },
         );
-        self.spill_end += u64::from(len);
-        self.spill_live += 1;
-        self.spill_bytes += u64::from(len);
+        // Memory-only batches beyond the memory bound: the oldest go (counted).
+        while self.mem_bytes > self.max_mem {
+            let Some(seq) = self
+                .live
+                .iter()
+                .find(|(_, h)| h.disk.is_none())
+                .map(|(s, _)| *s)
+            else {
+                break;
+            };
+            self.forget(seq);
+            self.counts.dropped += 1;
+        }
+    }
+
+    /// Records the tracker's state covering every batch up to `covered` (synced).
+    #[allow(dead_code)] // written by the conntrack source once it can export its tracker
+    pub fn checkpoint(&mut self, covered: u64, state: &[u8]) -> io::Result<()> {
+        let rec = record(KIND_CHECKPOINT, &[&covered.to_le_bytes(), state]);
+        self.make_room(rec.len() as u64);
+        let at = self.append(&rec, true)?;
+        self.checkpoint = Some((covered, at + HEADER as u64 + 8, state.len() as u32));
+        self.retained.retain(|s, _| *s > covered);
         Ok(())
     }
 
-    /// Forgets batch `seq` (acked). Returns whether it was held.
-    pub fn remove(&mut self, seq: u64) -> bool {
-        match self.entries.remove(&seq) {
-            Some(Loc::Mem(b)) => {
-                self.mem_bytes -= b.len();
-                true
-            }
-            Some(Loc::Spill { len, .. }) => {
-                self.spill_live -= 1;
-                self.spill_bytes -= u64::from(len);
-                if self.spill_live == 0 {
-                    // Everything spilled is acked: start the file over.
-                    self.spill = None;
-                    let _ = std::fs::remove_file(&self.spill_path);
-                    self.spill_end = 0;
-                }
-                true
-            }
-            None => false,
+    fn forget(&mut self, seq: u64) -> Option<Held> {
+        let h = self.live.remove(&seq)?;
+        if let Some(m) = &h.mem {
+            self.mem_bytes -= m.len();
         }
+        Some(h)
     }
 
-    /// The first batch after `after` (in sequence order), with its bytes.
-    pub fn next_after(&mut self, after: u64) -> std::io::Result<Option<(u64, Vec<u8>)>> {
-        let Some((&seq, loc)) = self.entries.range(after + 1..).next() else {
+    /// Forgets batch `seq` (acknowledged). Returns whether it was held.
+    pub fn remove(&mut self, seq: u64) -> bool {
+        let Some(h) = self.forget(seq) else {
+            return false;
+        };
+        let after = self.checkpoint.is_none_or(|(c, ..)| seq > c);
+        if let (true, true, Some(d)) = (h.conntrack, after, h.disk) {
+            self.retained.insert(seq, d);
+        }
+        // Not synced: a lost ack record costs one resend, recognised by the server.
+        let _ = self.append(&record(KIND_ACKED, &[&seq.to_le_bytes()]), false);
+        true
+    }
+
+    /// The first held batch after sequence number `after`.
+    pub fn next_after(&mut self, after: u64) -> io::Result<Option<(u64, Vec<u8>)>> {
+        let Some((&seq, h)) = self.live.range(after + 1..).next() else {
             return Ok(None);
         };
-        let bytes = match loc {
-            Loc::Mem(b) => b.clone(),
-            Loc::Spill { offset, len } => {
-                let (offset, len) = (*offset, *len);
+        let bytes = match (&h.mem, h.disk) {
+            (Some(m), _) => m.clone(),
+            (None, Some((off, len))) => {
                 let f = self
-                    .spill
+                    .file
                     .as_mut()
-                    .ok_or_else(|| std::io::Error::other("spill file"))?;
-                f.seek(SeekFrom::Start(offset))?;
-                let mut b = vec![0u8; len as usize];
-                f.read_exact(&mut b)?;
-                b
+                    .ok_or_else(|| io::Error::other("log file closed"))?;
+                read_at(f, off, len)?
             }
+            (None, None) => return Ok(None),
         };
         Ok(Some((seq, bytes)))
     }
-}
 
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        if self.spill.is_some() {
-            let _ = std::fs::remove_file(&self.spill_path);
+    /// Gives every held batch a new sequence number from `first` on, in order (a data
+    /// directory whose numbers the server has already seen: a wiped disk, a node name used
+    /// again). `reencode` rewrites a batch's bytes for its new number.
+    pub fn renumber(
+        &mut self,
+        first: u64,
+        mut reencode: impl FnMut(u64, &[u8]) -> Option<Vec<u8>>,
+    ) -> io::Result<usize> {
+        let old: Vec<u64> = self.live.keys().copied().collect();
+        let mut moved = BTreeMap::new();
+        for (i, seq) in old.iter().enumerate() {
+            let new = first + i as u64;
+            let Some((_, bytes)) = self.next_after(seq - 1)? else {
+                continue;
+            };
+            let Some(conntrack) = self.live.get(seq).map(|h| h.conntrack) else {
+                continue;
+            };
+            if let Some(b) = reencode(new, &bytes) {
+                moved.insert(new, (conntrack, b));
+            }
         }
+        for seq in old {
+            self.forget(seq);
+        }
+        // The tracker's replay set no longer matches these numbers: a checkpoint is
+        // written afresh by the source soon; until then none is kept.
+        self.retained.clear();
+        self.checkpoint = None;
+        let n = moved.len();
+        for (seq, (conntrack, b)) in moved {
+            self.mem_bytes += b.len();
+            self.live.insert(
+                seq,
+                Held {
+                    disk: None,
+                    mem: Some(b),
+                    conntrack,
+                },
+            );
+        }
+        self.last_seq = first + n as u64 - u64::from(n > 0);
+        self.last_seq = self.last_seq.max(first.saturating_sub(1));
+        self.compact()?;
+        Ok(n)
+    }
+
+    /// Bytes a compacted log would hold.
+    fn kept_bytes(&self) -> u64 {
+        let batch = |len: u32| HEADER as u64 + 9 + u64::from(len);
+        let live: u64 = self
+            .live
+            .values()
+            .map(|h| match (&h.mem, h.disk) {
+                (_, Some((_, len))) => batch(len),
+                (Some(m), None) => batch(m.len() as u32),
+                (None, None) => 0,
+            })
+            .sum();
+        let retained: u64 = self
+            .retained
+            .values()
+            .map(|(_, len)| batch(*len) + HEADER as u64 + 8)
+            .sum();
+        let checkpoint = self
+            .checkpoint
+            .map_or(0, |(_, _, len)| HEADER as u64 + 8 + u64::from(len));
+        2 * HEADER as u64 + 8 + live + retained + checkpoint
+    }
+
+    /// Makes room for a record of `len` bytes. When acknowledged records take the space,
+    /// one compaction frees it; when unacknowledged batches fill the bound, the oldest go
+    /// (counted) down to 80% of it, then one compaction — so a long outage costs a
+    /// rewrite per fifth of the bound, not one per batch.
+    fn make_room(&mut self, len: u64) {
+        if self.end + len <= self.max_disk {
+            return;
+        }
+        let target = self.max_disk / 10 * 8;
+        if self.kept_bytes() + len > self.max_disk / 10 * 9 {
+            while self.kept_bytes() + len > target {
+                if let Some(&oldest) = self.live.keys().next() {
+                    self.forget(oldest);
+                    self.counts.dropped += 1;
+                } else if !self.retained.is_empty() || self.checkpoint.is_some() {
+                    // Only the tracker's replay is left: it gives way (the next dump after a
+                    // restart would then take a new baseline).
+                    self.retained.clear();
+                    self.checkpoint = None;
+                } else {
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.compact() {
+            tracing::warn!(error = %e, path = %self.path.display(), "buffer log compaction failed");
+        }
+    }
+
+    /// Rewrites the log with only what must be kept (atomically: a new file renamed over).
+    fn compact(&mut self) -> io::Result<()> {
+        let tmp = self.path.with_extension("log.tmp");
+        let mut out = Vec::new();
+        out.extend(record(KIND_NEXT_SEQ, &[&self.last_seq.to_le_bytes()]));
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("log file closed"))?;
+        let mut new_checkpoint = None;
+        if let Some((covered, off, len)) = self.checkpoint {
+            let state = read_at(f, off, len)?;
+            new_checkpoint = Some((covered, out.len() as u64 + HEADER as u64 + 8, len));
+            out.extend(record(KIND_CHECKPOINT, &[&covered.to_le_bytes(), &state]));
+        }
+        let mut seqs: Vec<(u64, bool)> = self.live.keys().map(|s| (*s, false)).collect();
+        seqs.extend(self.retained.keys().map(|s| (*s, true)));
+        seqs.sort_unstable();
+        let mut new_live = BTreeMap::new();
+        let mut new_retained = BTreeMap::new();
+        for (seq, acked) in seqs {
+            let (bytes, conntrack) = if acked {
+                let (off, len) = self.retained[&seq];
+                (read_at(f, off, len)?, true)
+            } else {
+                let h = &self.live[&seq];
+                let b = match (&h.mem, h.disk) {
+                    (Some(m), _) => m.clone(),
+                    (None, Some((off, len))) => read_at(f, off, len)?,
+                    (None, None) => continue,
+                };
+                (b, h.conntrack)
+            };
+            let at = out.len() as u64 + HEADER as u64 + 9;
+            out.extend(record(
+                KIND_BATCH,
+                &[&seq.to_le_bytes(), &[u8::from(conntrack)], &bytes],
+            ));
+            if acked {
+                out.extend(record(KIND_ACKED, &[&seq.to_le_bytes()]));
+                new_retained.insert(seq, (at, bytes.len() as u32));
+            } else {
+                new_live.insert(seq, (at, bytes.len() as u32));
+            }
+        }
+        {
+            let mut t = File::create(&tmp)?;
+            if let Err(e) = t.write_all(&out).and_then(|()| t.sync_all()) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        self.file = Some(OpenOptions::new().read(true).write(true).open(&self.path)?);
+        self.end = out.len() as u64;
+        self.checkpoint = new_checkpoint;
+        self.retained = new_retained;
+        for (seq, d) in new_live {
+            if let Some(h) = self.live.get_mut(&seq) {
+                h.disk = Some(d);
+            }
+        }
+        self.counts.compactions += 1;
+        Ok(())
     }
 }
 
@@ -182,34 +576,143 @@ impl Drop for Buffer {
 mod tests {
     use super::*;
 
+    fn batches(b: &mut Buffer) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some((s, _)) = b.next_after(at).expect("read") {
+            out.push(s);
+            at = s;
+        }
+        out
+    }
+
     #[test]
-    fn memory_then_spill_in_order_and_oldest_dropped_when_full() {
+    fn batches_survive_a_reopen_and_acked_ones_do_not() {
         let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("spill");
-        let mut b = Buffer::new(10, &path, 12);
-        b.push(1, vec![1; 6]).expect("mem");
-        b.push(2, vec![2; 6])
-            .expect("spills: memory would be 12 > 10");
-        b.push(3, vec![3; 3]).expect("spills too: order is kept");
-        assert_eq!((b.mem_bytes(), b.spill_bytes()), (6, 9));
-        let got: Vec<u64> = std::iter::successors(b.next_after(0).expect("read"), |(s, _)| {
-            b.next_after(*s).expect("read")
-        })
-        .map(|(s, _)| s)
-        .collect();
-        assert_eq!(got, vec![1, 2, 3]);
-        assert_eq!(b.next_after(1).expect("read"), Some((2, vec![2; 6])));
-        // Spill is full (9 + 6 > 12): the oldest (1, in memory) goes, then 2 (spilled).
-        b.push(4, vec![4; 6]).expect("push");
-        assert_eq!(b.dropped, 2);
-        assert_eq!(b.next_after(0).expect("read").map(|(s, _)| s), Some(3));
-        assert!(b.remove(3) && b.remove(4));
-        assert!(b.is_empty());
-        assert!(
-            !path.exists(),
-            "the spill file goes once everything in it is acked"
+        let p = dir.path().join("outbox.log");
+        let (mut b, rec) = Buffer::open(&p, 1 << 20, 1 << 20).expect("open");
+        assert_eq!((rec.batches, rec.last_seq, rec.torn_bytes), (0, None, 0));
+        for s in 1..=4 {
+            b.push(s, true, vec![s as u8; 100]);
+        }
+        assert!(b.remove(2));
+        drop(b);
+        let (mut b, rec) = Buffer::open(&p, 1 << 20, 1 << 20).expect("reopen");
+        assert_eq!((rec.batches, rec.last_seq), (3, Some(4)));
+        assert_eq!(batches(&mut b), vec![1, 3, 4]);
+        assert_eq!(b.next_after(2).expect("read"), Some((3, vec![3; 100])));
+        assert_eq!(
+            rec.replay.len(),
+            4,
+            "no checkpoint yet: every conntrack batch replays"
         );
-        b.push(5, vec![5; 2]).expect("memory again");
-        assert_eq!(b.mem_bytes(), 2);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_counted_and_the_rest_kept() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("outbox.log");
+        let (mut b, _) = Buffer::open(&p, 1 << 20, 1 << 20).expect("open");
+        b.push(1, false, vec![1; 50]);
+        b.push(2, false, vec![2; 50]);
+        drop(b);
+        let len = std::fs::metadata(&p).expect("meta").len();
+        // A crash in the middle of the second record.
+        let f = OpenOptions::new().write(true).open(&p).expect("open");
+        f.set_len(len - 20).expect("cut");
+        drop(f);
+        let (mut b, rec) = Buffer::open(&p, 1 << 20, 1 << 20).expect("reopen");
+        assert_eq!(rec.torn_bytes, HEADER as u64 + 9 + 50 - 20);
+        assert_eq!(batches(&mut b), vec![1]);
+        assert_eq!(b.counts.torn, 1);
+        // A flipped bit fails the checksum the same way.
+        b.push(3, false, vec![3; 50]);
+        drop(b);
+        let mut bytes = std::fs::read(&p).expect("read");
+        let last = bytes.len() - 5;
+        bytes[last] ^= 1;
+        std::fs::write(&p, bytes).expect("write");
+        let (mut b, rec) = Buffer::open(&p, 1 << 20, 1 << 20).expect("reopen");
+        assert!(rec.torn_bytes > 0);
+        assert_eq!(batches(&mut b), vec![1]);
+    }
+
+    #[test]
+    fn the_checkpoint_and_the_batches_after_it_come_back_even_once_acked() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("outbox.log");
+        let (mut b, _) = Buffer::open(&p, 1 << 20, 1 << 20).expect("open");
+        b.push(1, true, vec![1; 10]);
+        b.push(2, false, vec![2; 10]); // NetFlow: never replayed into the tracker
+        b.checkpoint(2, b"state").expect("checkpoint");
+        b.push(3, true, vec![3; 10]);
+        b.push(4, true, vec![4; 10]);
+        assert!(b.remove(1) && b.remove(3));
+        drop(b);
+        let (mut b, rec) = Buffer::open(&p, 1 << 20, 1 << 20).expect("reopen");
+        assert_eq!(rec.checkpoint, Some((2, b"state".to_vec())));
+        assert_eq!(rec.replay, vec![vec![3; 10], vec![4; 10]]);
+        assert_eq!(batches(&mut b), vec![2, 4]);
+    }
+
+    #[test]
+    fn a_full_log_compacts_then_drops_the_oldest_counting_exactly() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("outbox.log");
+        let max = 1 << 16;
+        let (mut b, _) = Buffer::open(&p, 0, max).expect("open");
+        let rec_len = HEADER as u64 + 9 + 10_000;
+        for s in 1..=20u64 {
+            b.push(s, false, vec![s as u8; 10_000]);
+            if s % 2 == 0 {
+                b.remove(s);
+            }
+            assert!(b.disk_bytes() <= max, "the log stays within its bound");
+        }
+        let held = batches(&mut b);
+        let pushed_unacked = 10;
+        assert_eq!(held.len() as u64 + b.counts.dropped, pushed_unacked);
+        assert!(b.counts.compactions > 0);
+        assert!(held.len() as u64 * rec_len <= max);
+        drop(b);
+        let (mut b, _) = Buffer::open(&p, 0, max).expect("reopen");
+        assert_eq!(batches(&mut b), held, "what was kept survives");
+    }
+
+    #[test]
+    fn renumbering_keeps_order_and_the_log_knows_the_new_numbers() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("outbox.log");
+        let (mut b, _) = Buffer::open(&p, 1 << 20, 1 << 20).expect("open");
+        b.push(1, true, vec![1]);
+        b.push(2, true, vec![2]);
+        let n = b
+            .renumber(1000, |seq, bytes| {
+                Some([bytes, &seq.to_le_bytes()].concat())
+            })
+            .expect("renumber");
+        assert_eq!(n, 2);
+        assert_eq!(b.last_seq(), 1001);
+        drop(b);
+        let (mut b, rec) = Buffer::open(&p, 1 << 20, 1 << 20).expect("reopen");
+        assert_eq!(rec.last_seq, Some(1001));
+        assert_eq!(
+            b.next_after(0).expect("read"),
+            Some((1000, [&[1u8][..], &1000u64.to_le_bytes()].concat()))
+        );
+    }
+
+    #[test]
+    fn the_next_sequence_number_survives_when_everything_was_acked_and_compacted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("outbox.log");
+        let (mut b, _) = Buffer::open(&p, 1 << 20, 1 << 20).expect("open");
+        b.push(41, false, vec![0; 10]);
+        b.remove(41);
+        b.compact().expect("compact");
+        drop(b);
+        let (_, rec) = Buffer::open(&p, 1 << 20, 1 << 20).expect("reopen");
+        assert_eq!(rec.last_seq, Some(41));
+        assert_eq!(rec.batches, 0);
     }
 }

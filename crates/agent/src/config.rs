@@ -29,7 +29,7 @@ pub struct AgentConfig {
     pub node: String,
     /// HTTP listen address (metrics, health).
     pub listen: SocketAddr,
-    /// Directory of the spill file.
+    /// Directory of the durable buffer (locked while the agent runs).
     pub data_dir: PathBuf,
     /// Dump interval.
     pub interval: Duration,
@@ -37,14 +37,17 @@ pub struct AgentConfig {
     pub source: SourceConfig,
     /// TLS.
     pub tls: Option<ClientTls>,
-    /// Bearer token.
-    pub token: Option<String>,
-    /// Memory for unacked batches.
+    /// File holding the bearer token, read afresh for every connection (projected
+    /// service-account tokens rotate).
+    pub token_file: Option<PathBuf>,
+    /// Memory for unacked batches (a cache of the log; the only copy when the disk fails).
     pub max_memory: usize,
-    /// Spill file size for unacked batches beyond memory.
+    /// Size bound of the buffer's log on disk.
     pub max_spill: u64,
     /// Reconnect after this long, so agents spread over server replicas.
     pub max_connection_age: Duration,
     /// NetFlow/IPFIX listen addresses (none: no listener).
     pub netflow_listen: Vec<SocketAddr>,
+    /// Node-to-node probes (none: off).
+    pub probes: Option<crate::probes::ProbeSettings>,
 }

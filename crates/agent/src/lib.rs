@@ -24,28 +24,130 @@ mod buffer;
 mod config;
 mod local;
 mod outbox;
+pub mod probes;
 mod sender;
 pub mod source;
 
 pub use config::{AgentConfig, ClientTls};
+pub use probes::ProbeSettings;
 
 pub use local::local_addresses;
 
+/// The buffer's log in the data directory.
+const LOG_FILE: &str = "outbox.log";
+/// The lock that keeps a second agent out of the data directory.
+const LOCK_FILE: &str = "agent.lock";
+
+/// Takes the data directory's lock, waiting while another agent (a surge, a pod still
+/// terminating) holds it; `/live` answers meanwhile and `/ready` says what it waits for.
+async fn lock_data_dir(
+    dir: &std::path::Path,
+    shutdown: &CancellationToken,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, RoleError> {
+    let path = dir.join(LOCK_FILE);
+    let mut warned = false;
+    loop {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| RoleError::DataDir {
+                path: path.clone(),
+                source,
+            })?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(Some(l)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                if !warned {
+                    tracing::warn!(path = %path.display(), "another agent holds the data directory; waiting for it to stop");
+                    warned = true;
+                }
+            }
+            Err((_, e)) => {
+                return Err(RoleError::DataDir {
+                    path,
+                    source: e.into(),
+                });
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Now, ms since the Unix epoch: where a fresh data directory starts numbering, far above
+/// whatever an earlier incarnation on this node reached.
+fn now_ms() -> u64 {
+    podflow_inventory::now_ns() / 1_000_000
+}
+
 /// Runs until `shutdown`; then makes a last dump and keeps sending for up to
-/// `2 × interval + 5 s` so the last batches are acknowledged.
+/// `2 × interval + 5 s` so the last batches are acknowledged. Everything not acknowledged
+/// stays in the buffer's log and is sent after a restart.
 pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), RoleError> {
     data_dir(&cfg.data_dir)?;
     let registry = Arc::new(Registry::default());
     let stats = Arc::new(AgentStats::default());
     let _ = registry.agent.set(Arc::clone(&stats));
+    let locked = Arc::new(AtomicBool::new(false));
+    {
+        let l = Arc::clone(&locked);
+        registry
+            .health
+            .require("the data directory's lock", move || l.load(Relaxed));
+        let r = Arc::clone(&registry);
+        registry
+            .health
+            .require("the first conntrack dump", move || {
+                r.conntrack
+                    .get()
+                    .is_some_and(|(st, _)| st.dumps.load(Relaxed) > 0)
+            });
+        // Connected, or able to buffer until the server is back.
+        let st = Arc::clone(&stats);
+        registry
+            .health
+            .require("the server or a writable buffer", move || {
+                st.connected.load(Relaxed) == 1 || st.disk_errors_recent.load(Relaxed) == 0
+            });
+    }
     let state = Arc::new(AppState {
         exposition: Arc::clone(&registry) as _,
         store: StoreReader::None,
         interval_s: cfg.interval.as_secs().max(1) as u32,
+        probes: None,
     });
     let http_stop = CancellationToken::new();
     let http = serve_http(cfg.listen, state, http_stop.clone()).await?;
     let channel = sender::endpoint(&cfg)?;
+    let Some(_lock) = lock_data_dir(&cfg.data_dir, &shutdown).await? else {
+        http_stop.cancel();
+        let _ = http.await;
+        return Ok(());
+    };
+    locked.store(true, Relaxed);
+
+    let log = cfg.data_dir.join(LOG_FILE);
+    let (mut buffer, recovered) =
+        Buffer::open(&log, cfg.max_memory, cfg.max_spill).map_err(|source| RoleError::DataDir {
+            path: log.clone(),
+            source,
+        })?;
+    if recovered.last_seq.is_none() {
+        buffer
+            .start_at(now_ms())
+            .map_err(|source| RoleError::DataDir {
+                path: log.clone(),
+                source,
+            })?;
+    }
+    stats.recovered.store(recovered.batches as u64, Relaxed);
+    if recovered.batches > 0 || recovered.torn_bytes > 0 {
+        tracing::info!(batches = recovered.batches, torn_bytes = recovered.torn_bytes, path = %log.display(), "read back the buffer of unacknowledged batches");
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let (source_thread, mut rx) = source::spawn(
@@ -55,18 +157,38 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
         Arc::clone(&stop),
     )
     .await?;
+    let probe_stop = CancellationToken::new();
+    let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel(16);
+    let probes = match &cfg.probes {
+        Some(p) => Some(
+            probes::start(
+                p,
+                &cfg.node,
+                cfg.source.netns.clone(),
+                &registry,
+                probe_tx,
+                probe_stop.clone(),
+            )
+            .await?,
+        ),
+        None => {
+            drop(probe_tx);
+            None
+        }
+    };
     let shared = Arc::new(Outbox {
-        buffer: Mutex::new(Buffer::new(
-            cfg.max_memory,
-            &cfg.data_dir.join("agent-spill.bin"),
-            cfg.max_spill,
-        )),
+        buffer: Mutex::new(buffer),
         more: Notify::new(),
         stats: Arc::clone(&stats),
+        probes,
+        node: cfg.node.clone(),
     });
+    if let Ok(b) = shared.buffer.lock() {
+        shared.publish(&b);
+    }
     tracing::info!(server = %cfg.server, node = %cfg.node, "podflow agent: streaming to the server");
 
-    // Producer: numbered, encoded batches into the buffer.
+    // Producer: numbered, encoded batches into the buffer (on disk before the next).
     // NetFlow/IPFIX records received here travel in their own batches, their observer
     // being the exporter (`"<ip>/<domain>"`) instead of this node.
     let mut netflow = Intake::start(&cfg.netflow_listen, &registry, false, None)?;
@@ -74,17 +196,18 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
         let shared = Arc::clone(&shared);
         let (agent_id, node) = (cfg.agent_id.clone(), cfg.node.clone());
         tokio::spawn(async move {
-            // Sequence numbers start at the wall clock (ms), so a restarted agent never reuses
-            // one the server already made durable.
-            let mut seq = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_millis() as u64);
             let mut addrs: Vec<Vec<u8>> = Vec::new();
-            let mut push = |observer: &str,
-                            addrs: &[Vec<u8>],
-                            obs: &[podflow_model::Observation],
-                            at_ns: u64| {
-                seq += 1;
+            let push = |observer: &str,
+                        conntrack: bool,
+                        addrs: &[Vec<u8>],
+                        obs: &[podflow_model::Observation],
+                        probes: Vec<podflow_proto::ProbeStats>,
+                        at_ns: u64| {
+                let Ok(mut buf) = shared.buffer.lock() else {
+                    return false;
+                };
+                // Numbers only grow: the log keeps the highest ever given.
+                let seq = buf.last_seq() + 1;
                 let msg = ObservationBatch {
                     version: VERSION,
                     agent_id: agent_id.clone(),
@@ -93,14 +216,15 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                     observed_at_ms: (at_ns / 1_000_000) as i64,
                     observations: obs.iter().map(observation_pb).collect(),
                     local_addrs: addrs.to_vec(),
+                    probes,
                 };
-                let Ok(mut buf) = shared.buffer.lock() else {
-                    return false;
-                };
-                if let Err(e) = buf.push(seq, msg.encode_to_vec()) {
-                    tracing::error!(error = %e, "spill file write failed; batch dropped");
-                    shared.stats.dropped.fetch_add(1, Relaxed);
-                }
+                let errors = buf.counts.disk_errors;
+                buf.push(seq, conntrack, msg.encode_to_vec());
+                let failed = buf.counts.disk_errors > errors;
+                shared
+                    .stats
+                    .disk_errors_recent
+                    .store(u64::from(failed), Relaxed);
                 shared.publish(&buf);
                 drop(buf);
                 shared.more.notify_one();
@@ -113,15 +237,19 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                         if let Some(l) = &b.local {
                             addrs = l.iter().map(|a| ip_bytes(*a)).collect();
                         }
-                        if !b.obs.is_empty() && !push(&node, &addrs, &b.obs, b.at_ns) {
+                        if !b.obs.is_empty() && !push(&node, true, &addrs, &b.obs, Vec::new(), b.at_ns) {
                             break;
                         }
                     }
                     Some(batch) = netflow.recv() => {
                         let now = podflow_inventory::now_ns();
                         for (who, obs) in by_observer(batch) {
-                            push(&who, &[], &obs, now);
+                            push(&who, false, &[], &obs, Vec::new(), now);
                         }
+                    }
+                    Some(stats) = probe_rx.recv() => {
+                        let now = podflow_inventory::now_ns();
+                        push(&node, false, &addrs, &[], stats, now);
                     }
                 }
             }
@@ -153,10 +281,11 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
     if left > 0 {
         tracing::warn!(
             batches = left,
-            "stopping with unacknowledged batches (the server is unreachable)"
+            "stopping with unacknowledged batches; they stay in the buffer's log for the next start"
         );
     }
     sender_stop.cancel();
+    probe_stop.cancel();
     let _ = sender.await;
     http_stop.cancel();
     let _ = http.await;

@@ -14,6 +14,10 @@ pub(crate) struct Outbox {
     pub(crate) buffer: Mutex<Buffer>,
     pub(crate) more: Notify,
     pub(crate) stats: Arc<AgentStats>,
+    /// The probes, when on (the server's peer sets go there).
+    pub(crate) probes: Option<crate::probes::Probes>,
+    /// This node's name.
+    pub(crate) node: String,
 }
 
 impl Outbox {
@@ -25,7 +29,11 @@ impl Outbox {
             .store(b.mem_bytes() as u64, Relaxed);
         self.stats
             .buffered_spill_bytes
-            .store(b.spill_bytes(), Relaxed);
-        self.stats.dropped.store(b.dropped, Relaxed);
+            .store(b.disk_bytes(), Relaxed);
+        let c = b.counts;
+        self.stats.dropped.store(c.dropped, Relaxed);
+        self.stats.disk_errors.store(c.disk_errors, Relaxed);
+        self.stats.torn.store(c.torn, Relaxed);
+        self.stats.compactions.store(c.compactions, Relaxed);
     }
 }

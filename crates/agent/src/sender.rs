@@ -6,6 +6,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use podflow_proto::{IngestClient, ObservationBatch};
+
+/// The metadata key naming the agent of a stream (the server's `AGENT_ID_HEADER`).
+const AGENT_ID_HEADER: &str = "podflow-agent-id";
+/// The metadata key naming the agent's node (it joins the probes' peer set on connect).
+const NODE_HEADER: &str = "podflow-node";
 use podflow_role::{RoleError, read_file};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -44,8 +49,19 @@ pub(crate) fn endpoint(cfg: &AgentConfig) -> Result<tonic::transport::Endpoint, 
     Ok(ep)
 }
 
+/// Why a session with the server ended.
+enum End {
+    /// Shut down or rebalanced.
+    Done,
+    /// Connection or stream failure.
+    Failed(String),
+    /// The server asked to send again later (busy, or a newer agent than the server).
+    Retry(Duration, String),
+}
+
 /// Connects, replays every unacked batch in order, streams new ones, removes acked ones;
-/// reconnects with exponential backoff and jitter, and after `max_connection_age`.
+/// reconnects with exponential backoff and jitter, after `max_connection_age`, and after
+/// the pause a server asks for when it refuses a batch for now.
 pub(crate) async fn send_loop(
     ep: tonic::transport::Endpoint,
     cfg: AgentConfig,
@@ -56,12 +72,17 @@ pub(crate) async fn send_loop(
     let mut first = true;
     while !stop.is_cancelled() {
         let started = Instant::now();
-        let r = session(&ep, &cfg, &shared, &stop).await;
+        let end = session(&ep, &cfg, &shared, &stop).await;
         shared.stats.connected.store(0, Relaxed);
-        match r {
-            Ok(()) => backoff = Duration::from_millis(200),
-            Err(e) => {
+        let mut pause = backoff;
+        match end {
+            End::Done => backoff = Duration::from_millis(200),
+            End::Failed(e) => {
                 tracing::warn!(server = %cfg.server, error = %e, "connection to the server failed; retrying")
+            }
+            End::Retry(after, why) => {
+                tracing::info!(server = %cfg.server, reason = %why, after_ms = after.as_millis() as u64, "the server asked to send again later; batches kept");
+                pause = after;
             }
         }
         if stop.is_cancelled() {
@@ -73,7 +94,7 @@ pub(crate) async fn send_loop(
         let jitter = rand::random_range(0.5..1.5);
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+            _ = tokio::time::sleep(pause.mul_f64(jitter)) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
         if !first {
@@ -83,27 +104,104 @@ pub(crate) async fn send_loop(
     }
 }
 
+/// The bearer token, read afresh for every connection (projected tokens rotate).
+fn token(cfg: &AgentConfig) -> Result<Option<String>, String> {
+    let Some(p) = &cfg.token_file else {
+        return Ok(None);
+    };
+    let t = read_file("--token-file", p).map_err(|e| e.to_string())?;
+    Ok(Some(String::from_utf8_lossy(&t).trim().to_string()))
+}
+
+/// Acts on the server's first message, its durable mark for this agent: a data directory
+/// whose numbers are behind it (wiped, or a node name used again) renumbers what it holds
+/// above the mark, so nothing is taken for a replay.
+fn on_durable_mark(shared: &Outbox, durable: u64) {
+    let Ok(mut b) = shared.buffer.lock() else {
+        return;
+    };
+    if b.last_seq() >= durable {
+        return;
+    }
+    let reencode = |seq: u64, bytes: &[u8]| {
+        let mut m = ObservationBatch::decode(bytes).ok()?;
+        m.seq = seq;
+        Some(m.encode_to_vec())
+    };
+    match b.renumber(durable + 1, reencode) {
+        Ok(n) => {
+            shared.stats.renumbered.fetch_add(n as u64, Relaxed);
+            tracing::warn!(
+                server_mark = durable,
+                batches = n,
+                "this data directory's sequence numbers are behind the server's (a wiped disk or a reused node name): renumbered"
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "renumbering the buffer failed"),
+    }
+    shared.publish(&b);
+}
+
+/// A peer set from the server goes to the probes.
+fn on_peers(shared: &Outbox, ack: &podflow_proto::Ack) {
+    if let (Some(p), Some(set)) = (&shared.probes, &ack.peers) {
+        p.set_peers(&shared.node, set);
+    }
+}
+
 async fn session(
     ep: &tonic::transport::Endpoint,
     cfg: &AgentConfig,
     shared: &Arc<Outbox>,
     stop: &CancellationToken,
-) -> Result<(), String> {
+) -> End {
+    match open(ep, cfg, shared, stop).await {
+        Ok(end) => end,
+        Err(e) => End::Failed(e),
+    }
+}
+
+async fn open(
+    ep: &tonic::transport::Endpoint,
+    cfg: &AgentConfig,
+    shared: &Arc<Outbox>,
+    stop: &CancellationToken,
+) -> Result<End, String> {
     let channel = ep.connect().await.map_err(|e| format!("connect: {e}"))?;
     let mut client = IngestClient::new(channel).max_decoding_message_size(16 << 20);
     let (out_tx, out_rx) = mpsc::channel::<ObservationBatch>(16);
     let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(out_rx));
-    if let Some(t) = &cfg.token {
+    if let Some(t) = token(cfg)? {
         let v = format!("Bearer {t}")
             .parse()
             .map_err(|_| "the token is not a valid header value".to_string())?;
         req.metadata_mut().insert("authorization", v);
     }
+    let id = cfg
+        .agent_id
+        .parse()
+        .map_err(|_| format!("agent id {:?} is not a valid header value", cfg.agent_id))?;
+    req.metadata_mut().insert(AGENT_ID_HEADER, id);
+    let node = cfg
+        .node
+        .parse()
+        .map_err(|_| format!("node name {:?} is not a valid header value", cfg.node))?;
+    req.metadata_mut().insert(NODE_HEADER, node);
     let mut acks = client
         .push(req)
         .await
         .map_err(|e| format!("open stream: {e}"))?
         .into_inner();
+    // A server that knows this agent says so first; an older one says nothing.
+    match tokio::time::timeout(Duration::from_secs(2), acks.message()).await {
+        Ok(Ok(Some(hello))) if hello.seq == 0 && hello.error.is_empty() => {
+            on_durable_mark(shared, hello.durable_seq);
+            on_peers(shared, &hello);
+        }
+        Ok(Ok(Some(_))) | Err(_) => {}
+        Ok(Ok(None)) => return Ok(End::Done),
+        Ok(Err(e)) => return Err(format!("stream: {e}")),
+    }
     shared.stats.connected.store(1, Relaxed);
     let age = Instant::now();
     // Feeder: every unacked batch in order from the start, then new ones as they come.
@@ -146,27 +244,32 @@ async fn session(
             }
         })
     };
-    let result = loop {
+    let end = loop {
         tokio::select! {
-            _ = stop.cancelled() => break Ok(()),
+            _ = stop.cancelled() => break End::Done,
             m = acks.message() => match m {
+                Ok(Some(ack)) if ack.seq == 0 => on_peers(shared, &ack),
+                Ok(Some(ack)) if !ack.error.is_empty() && ack.retry_after_ms > 0 => {
+                    shared.stats.retried.fetch_add(1, Relaxed);
+                    break End::Retry(Duration::from_millis(ack.retry_after_ms), ack.error);
+                }
                 Ok(Some(ack)) => {
-                    let Ok(mut b) = shared.buffer.lock() else { break Err("buffer lock".into()) };
+                    let Ok(mut b) = shared.buffer.lock() else { break End::Failed("buffer lock".into()) };
                     if b.remove(ack.seq) {
                         if ack.error.is_empty() {
                             shared.stats.acked.fetch_add(1, Relaxed);
                         } else {
                             shared.stats.rejected.fetch_add(1, Relaxed);
-                            tracing::error!(seq = ack.seq, reason = %ack.error, "the server refused a batch; dropped");
+                            tracing::error!(seq = ack.seq, reason = %ack.error, "the server refused a batch for good; dropped");
                         }
                     }
                     shared.publish(&b);
                 }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(format!("stream: {e}")),
+                Ok(None) => break End::Done,
+                Err(e) => break End::Failed(format!("stream: {e}")),
             },
         }
     };
     feeder.abort();
-    result
+    Ok(end)
 }

@@ -81,6 +81,18 @@ pub async fn spawn(
             let mut sink = |obs: Vec<Observation>| {
                 let local = (last_local.elapsed() > Duration::from_secs(5)).then(|| {
                     last_local = Instant::now();
+                    // This thread lives in the observed namespace: its table's fill.
+                    let read = |f: &str| {
+                        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{f}"))
+                            .ok()
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                    };
+                    if let (Some(n), Some(max)) =
+                        (read("nf_conntrack_count"), read("nf_conntrack_max"))
+                    {
+                        registry.pipeline.ct_table_entries.store(n, Relaxed);
+                        registry.pipeline.ct_table_max.store(max, Relaxed);
+                    }
                     Arc::new(local_addresses())
                 });
                 let batch = SourceBatch {

@@ -52,6 +52,10 @@ pub struct WorkloadMetricsConfig {
     pub top_k: usize,
     /// Series not updated for this many seconds disappear.
     pub expire_s: i64,
+    /// Count each connection once: of a connection both ends' nodes observe, only the
+    /// initiator's observer's row counts (the API's count-once view), so summing the
+    /// series gives the bill. Off: every observer's row counts (the raw view).
+    pub count_once: bool,
 }
 
 impl Default for WorkloadMetricsConfig {
@@ -60,6 +64,7 @@ impl Default for WorkloadMetricsConfig {
             dimensions: DEFAULT_DIMENSIONS.to_vec(),
             top_k: 200,
             expire_s: 600,
+            count_once: true,
         }
     }
 }
@@ -154,6 +159,9 @@ impl WorkloadMetrics {
         // `Arc` (by address; all are alive while `rows` is) and direction is keyed once.
         let mut by_labels: HashMap<(usize, bool), usize> = HashMap::new();
         for r in rows {
+            if self.cfg.count_once && r.labels.remote_observed && !r.key.local_initiated {
+                continue; // the initiator's node reports this connection
+            }
             let id = (Arc::as_ptr(&r.labels) as usize, r.key.local_initiated);
             let i = *by_labels.entry(id).or_insert_with(|| {
                 let mut key = [""; DIMENSIONS.len()];
@@ -359,6 +367,7 @@ mod tests {
             dimensions: dims,
             top_k: 10,
             expire_s: 60,
+            count_once: true,
         });
         m.add_interval(&[row("a", "db", 10), row("b", "db", 20)], 100);
         assert_eq!(m.len(), 1, "both rows share class and destination");
@@ -371,5 +380,34 @@ mod tests {
                 .expect_err("bad")
                 .contains("`ip`")
         );
+    }
+
+    /// A connection between two observed nodes is reported by both: once from the
+    /// initiator's node (local end initiated) and once from the responder's. The series
+    /// count it once; the raw view counts both.
+    #[test]
+    fn a_connection_both_nodes_observe_counts_once() {
+        let seen_from = |initiator_side: bool| {
+            let mut r = row("web", "db", 100);
+            r.key.local_initiated = initiator_side;
+            let mut l = (*r.labels).clone();
+            l.remote_observed = true;
+            if !initiator_side {
+                std::mem::swap(&mut l.local, &mut l.remote);
+            }
+            r.labels = Arc::new(l);
+            r
+        };
+        let rows = [seen_from(true), seen_from(false)];
+        let bytes = |count_once| {
+            let mut m = WorkloadMetrics::new(WorkloadMetricsConfig {
+                count_once,
+                ..Default::default()
+            });
+            m.add_interval(&rows, 10);
+            m.series.values().map(|v| v.bytes).sum::<u64>()
+        };
+        assert_eq!(bytes(true), 100);
+        assert_eq!(bytes(false), 200);
     }
 }

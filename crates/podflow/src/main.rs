@@ -34,6 +34,17 @@ struct Cli {
     #[arg(long, global = true, env = "PODFLOW_LOG", default_value = "info")]
     log: String,
 
+    /// Threads of the async runtime (0: one per core). Tie it to the container's CPU
+    /// request (the Helm chart does): more threads than the CPU the pod may use only adds
+    /// context switches.
+    #[arg(
+        long,
+        global = true,
+        env = "PODFLOW_WORKER_THREADS",
+        default_value_t = 0
+    )]
+    worker_threads: usize,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +84,19 @@ enum Command {
     /// node and a `podflow server` with the web UI. Needs root; everything it makes is named
     /// `pfd-*` and removed at exit.
     Demo(DemoArgs),
+    /// Turn on the kernel's conntrack byte counters and timestamps
+    /// (net.netfilter.nf_conntrack_acct=1, nf_conntrack_timestamp=1) in this network
+    /// namespace, print what they were and are, and exit: the agent's optional privileged
+    /// init step (an image without a shell has no `sysctl`). Counters exist only for
+    /// connections made after accounting is on. Needs CAP_NET_ADMIN.
+    Sysctl(SysctlArgs),
+}
+
+#[derive(Debug, Args)]
+struct SysctlArgs {
+    /// Apply them in another network namespace (a file such as /run/netns/NAME).
+    #[arg(long)]
+    netns: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +185,22 @@ struct RunArgs {
     #[command(flatten)]
     attribution: AttributionArgs,
 
+    #[command(flatten)]
+    metrics: MetricsArgs,
+
+    /// Receive NetFlow v5/v9/IPFIX on this UDP address (repeat for more; IPv4 or IPv6,
+    /// e.g. 0.0.0.0:2055 or [::]:4739). Records are attributed like conntrack's.
+    #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
+    netflow_listen: Vec<SocketAddr>,
+
+    /// Per-exporter NetFlow series in /metrics (the exporter's address becomes a label).
+    #[arg(long, env = "PODFLOW_NETFLOW_EXPORTER_LABELS")]
+    netflow_exporter_labels: bool,
+}
+
+/// How the workload series in /metrics are bounded and counted.
+#[derive(Debug, Args)]
+struct MetricsArgs {
     /// Labels of the workload series in /metrics (comma-separated allow-list from:
     /// src_namespace, src_workload, src_kind, src_zone, dst_namespace, dst_workload,
     /// dst_kind, dst_zone, class, src_pod, dst_pod). Pod names are opt-in.
@@ -179,14 +219,24 @@ struct RunArgs {
     #[arg(long, env = "PODFLOW_METRICS_EXPIRE", default_value = "10m", value_parser = duration::parse)]
     metrics_expire: Duration,
 
-    /// Receive NetFlow v5/v9/IPFIX on this UDP address (repeat for more; IPv4 or IPv6,
-    /// e.g. 0.0.0.0:2055 or [::]:4739). Records are attributed like conntrack's.
-    #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
-    netflow_listen: Vec<SocketAddr>,
+    /// Count every observer's row in the workload series (the raw view: a connection
+    /// between two observed nodes counts twice). Default: each connection once, from the
+    /// initiator's node, so summing the series gives the bill (as the API's count-once view).
+    #[arg(long, env = "PODFLOW_METRICS_PER_OBSERVER")]
+    metrics_per_observer: bool,
+}
 
-    /// Per-exporter NetFlow series in /metrics (the exporter's address becomes a label).
-    #[arg(long, env = "PODFLOW_NETFLOW_EXPORTER_LABELS")]
-    netflow_exporter_labels: bool,
+impl MetricsArgs {
+    fn config(&self) -> anyhow::Result<podflow_pipeline::workload_metrics::WorkloadMetricsConfig> {
+        use podflow_pipeline::workload_metrics::WorkloadMetricsConfig;
+        Ok(WorkloadMetricsConfig {
+            dimensions: WorkloadMetricsConfig::parse_dimensions(&self.metrics_labels)
+                .map_err(|e| anyhow::anyhow!("--metrics-labels: {e}"))?,
+            top_k: self.metrics_top_k,
+            expire_s: self.metrics_expire.as_secs() as i64,
+            count_once: !self.metrics_per_observer,
+        })
+    }
 }
 
 /// Where pods, workloads, services and prices come from.
@@ -332,6 +382,118 @@ struct AgentArgs {
     /// server (repeat or comma-separate for more).
     #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
     netflow_listen: Vec<SocketAddr>,
+
+    #[command(flatten)]
+    probes: ProbeArgs,
+}
+
+/// Node-to-node probes (the agent's responder and prober).
+#[derive(Debug, Args)]
+struct ProbeArgs {
+    /// Probe the other nodes the server names (UDP bursts, TCP connect, HTTP GET, ICMP,
+    /// full-MTU UDP, DNS) and answer their probes.
+    #[arg(long, env = "PODFLOW_PROBES")]
+    probes: bool,
+
+    /// The responder's port on the host network: UDP echo and TCP accept on it, HTTP on
+    /// the next port.
+    #[arg(long, env = "PODFLOW_PROBE_PORT", default_value_t = 9471)]
+    probe_port: u16,
+
+    /// Address the responder binds and probes leave from (default: every address).
+    #[arg(long, env = "PODFLOW_PROBE_BIND")]
+    probe_bind: Option<std::net::IpAddr>,
+
+    /// How often each peer is probed.
+    #[arg(long, env = "PODFLOW_PROBE_INTERVAL", default_value = "5s", value_parser = duration::parse)]
+    probe_interval: Duration,
+
+    /// Kinds probed each round (comma-separated: udp, udp_mtu, tcp, http, icmp). ICMP
+    /// needs CAP_NET_RAW; without it ICMP results say `unavailable`.
+    #[arg(
+        long,
+        env = "PODFLOW_PROBE_KINDS",
+        default_value = "udp,udp_mtu,tcp,http,icmp"
+    )]
+    probe_kinds: String,
+
+    /// Path MTU the full-MTU probe checks (IP packet size; 0: off).
+    #[arg(long, env = "PODFLOW_PROBE_MTU", default_value_t = 1500)]
+    probe_mtu: usize,
+
+    /// DNS lookups each round: `RESOLVER=NAME` (e.g. 10.96.0.10:53=kubernetes.default.svc.cluster.local), comma-separated.
+    #[arg(long, env = "PODFLOW_PROBE_DNS", value_delimiter = ',')]
+    probe_dns: Vec<String>,
+
+    /// Full mesh up to this many nodes; beyond, each node probes a bounded set that still
+    /// covers every zone pair (see docs/probes.md).
+    #[arg(long, env = "PODFLOW_PROBE_FULL_MESH_MAX", default_value_t = 50)]
+    probe_full_mesh_max: usize,
+
+    /// Probe series carry node labels while the node pairs seen are at most this many
+    /// (zone labels always).
+    #[arg(long, env = "PODFLOW_PROBE_NODE_LABEL_PAIRS", default_value_t = 2500)]
+    probe_node_label_pairs: usize,
+
+    /// Probe results are summed and stored per this interval (the live metrics follow
+    /// every result): one row per node pair and kind each time.
+    #[arg(long, env = "PODFLOW_PROBE_STORE_INTERVAL", default_value = "60s", value_parser = duration::parse)]
+    probe_store_interval: Duration,
+
+    /// Also expose kconmon's metric names and labels with this prefix (e.g. `kconmon`),
+    /// so its dashboards and alerts work unchanged (one set of per-pair series more).
+    #[arg(long, env = "PODFLOW_PROBE_KCONMON_PREFIX")]
+    probe_kconmon_prefix: Option<String>,
+}
+
+impl ProbeArgs {
+    fn settings(&self) -> anyhow::Result<Option<podflow_agent::ProbeSettings>> {
+        if !self.probes {
+            return Ok(None);
+        }
+        let kinds = self
+            .probe_kinds
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                podflow_probe::ProbeKind::from_label(k)
+                    .filter(|k| *k != podflow_probe::ProbeKind::Dns)
+                    .ok_or_else(|| anyhow::anyhow!("--probe-kinds: unknown kind `{k}`"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut dns = Vec::new();
+        for d in &self.probe_dns {
+            let (resolver, name) = d
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--probe-dns {d:?}: want RESOLVER=NAME"))?;
+            dns.push(podflow_probe::DnsTarget {
+                resolver: resolver
+                    .parse()
+                    .with_context(|| format!("--probe-dns {d:?}: resolver"))?,
+                name: name.to_string(),
+                qtype: podflow_probe::dns::QType::A,
+            });
+        }
+        Ok(Some(podflow_agent::ProbeSettings {
+            port: self.probe_port,
+            bind: self.probe_bind,
+            interval: self.probe_interval,
+            kinds,
+            mtu: self.probe_mtu,
+            dns,
+            metrics: podflow_probe::MetricsConfig {
+                node_label_max_pairs: self.probe_node_label_pairs,
+                kconmon_prefix: self.probe_kconmon_prefix.clone(),
+                ..Default::default()
+            },
+            topology: podflow_probe::TopologyConfig {
+                full_mesh_max: self.probe_full_mesh_max,
+                ..Default::default()
+            },
+            store_interval: self.probe_store_interval,
+        }))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -419,6 +581,9 @@ struct ServerArgs {
     netflow_exporter_labels: bool,
 
     #[command(flatten)]
+    metrics: MetricsArgs,
+
+    #[command(flatten)]
     attribution: AttributionArgs,
 }
 
@@ -454,10 +619,11 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
             first_reply: a.first_reply,
         },
         tls,
-        token: read_token(&a.token_file)?,
+        token_file: a.token_file,
         max_memory: a.buffer_memory,
         max_spill: a.buffer_spill,
         max_connection_age: a.max_connection_age,
+        probes: a.probes.settings()?,
         netflow_listen: a.netflow_listen,
     };
     block_on(|token| async move { podflow_agent::agent(cfg, token).await })
@@ -481,7 +647,7 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         retention: a.retention,
         max_keys: a.max_keys,
         enrich: a.attribution.settings()?,
-        metrics: Default::default(),
+        metrics: a.metrics.config()?,
         tls,
         token: read_token(&a.token_file)?,
         netflow_listen: a.netflow_listen,
@@ -507,9 +673,12 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), podflow_role::RoleError>>,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    let threads = WORKER_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    let rt = b.enable_all().build()?;
     rt.block_on(async move {
         let token = CancellationToken::new();
         tokio::spawn(shutdown_signal(token.clone()));
@@ -591,24 +760,47 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         max_keys: args.max_keys,
         enrich: args.attribution.settings()?,
-        metrics: podflow_pipeline::workload_metrics::WorkloadMetricsConfig {
-            dimensions:
-                podflow_pipeline::workload_metrics::WorkloadMetricsConfig::parse_dimensions(
-                    &args.metrics_labels,
-                )
-                .map_err(|e| anyhow::anyhow!("--metrics-labels: {e}"))?,
-            top_k: args.metrics_top_k,
-            expire_s: args.metrics_expire.as_secs() as i64,
-        },
+        metrics: args.metrics.config()?,
         netflow_listen: args.netflow_listen,
         netflow_exporter_labels: args.netflow_exporter_labels,
     };
     block_on(|token| async move { run::run(cfg, token).await })
 }
 
+/// `--worker-threads`, for [`block_on`].
+static WORKER_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `podflow sysctl`: turns accounting and timestamps on, says what changed.
+fn sysctl(a: SysctlArgs) -> anyhow::Result<()> {
+    if let Some(ns) = &a.netns {
+        podflow_conntrack::enter_netns(ns).with_context(|| format!("--netns {}", ns.display()))?;
+    }
+    let before = podflow_conntrack::read_features()?;
+    let after = podflow_conntrack::enable_features()?;
+    let word = |b: bool| if b { "on" } else { "off" };
+    println!(
+        "net.netfilter.nf_conntrack_acct: {} -> {}",
+        word(before.accounting),
+        word(after.accounting)
+    );
+    println!(
+        "net.netfilter.nf_conntrack_timestamp: {} -> {}",
+        word(before.timestamps),
+        word(after.timestamps)
+    );
+    anyhow::ensure!(
+        after.accounting && after.timestamps,
+        "the kernel kept accounting {} and timestamps {}",
+        word(after.accounting),
+        word(after.timestamps)
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
+    WORKER_THREADS.store(cli.worker_threads, std::sync::atomic::Ordering::Relaxed);
     let result = match cli.command {
         Command::Run(a) => run(*a),
         Command::Flows(a) => flows::fetch(&a.url, a.since, a.limit).map(|rows| {
@@ -623,6 +815,7 @@ fn main() -> ExitCode {
         }),
         Command::Agent(a) => agent(*a),
         Command::Server(a) => server(*a),
+        Command::Sysctl(a) => sysctl(a),
         Command::Demo(a) => demo::run(demo::Options {
             duration: a.duration,
             listen: a.listen,

@@ -602,3 +602,37 @@ fn run_takes_netflow_records_through_the_same_attribution_with_sampling() {
     );
     promtool_check(&metrics);
 }
+
+/// `podflow sysctl --netns`: accounting and timestamps go from off to on in that
+/// namespace only, and it says so.
+#[test]
+fn sysctl_turns_accounting_and_timestamps_on_in_the_namespace() {
+    if !podflow_testkit::can_run("sysctl_turns_accounting_and_timestamps_on_in_the_namespace") {
+        return;
+    }
+    let ns = podflow_testkit::Netns::new("sysctl").expect("netns");
+    ns.enable_conntrack().expect("conntrack in the namespace");
+    let read = |key: &str| {
+        ns.sh(&format!("cat /proc/sys/net/netfilter/{key}"))
+            .expect("read")
+            .trim()
+            .to_string()
+    };
+    ns.sh("sysctl -qw net.netfilter.nf_conntrack_acct=0 net.netfilter.nf_conntrack_timestamp=0")
+        .expect("off first");
+    let out = Command::new(env!("CARGO_BIN_EXE_podflow"))
+        .args(["sysctl", "--netns"])
+        .arg(ns.path())
+        .output()
+        .expect("podflow sysctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("nf_conntrack_acct: off -> on"), "{text}");
+    assert!(text.contains("nf_conntrack_timestamp: off -> on"), "{text}");
+    assert_eq!(read("nf_conntrack_acct"), "1");
+    assert_eq!(read("nf_conntrack_timestamp"), "1");
+}

@@ -38,6 +38,8 @@ defs! {
     CT_OVERFLOWS = "podflow_conntrack_event_overflows_total", "counter", "Event socket overflows (ENOBUFS): events were lost and a dump recovered live connections.", [];
     CT_DECODE_ERRORS = "podflow_conntrack_decode_errors_total", "counter", "Netlink messages that could not be decoded and were skipped.", [];
     CT_UNKNOWN_ATTRS = "podflow_conntrack_unknown_attributes_total", "counter", "Unknown conntrack attributes skipped (newer kernel).", [];
+    CT_TABLE_ENTRIES = "podflow_conntrack_table_entries", "gauge", "Entries in the observed conntrack table now (net.netfilter.nf_conntrack_count, read every 5 s).", [];
+    CT_TABLE_MAX = "podflow_conntrack_table_max", "gauge", "Size of the observed conntrack table (net.netfilter.nf_conntrack_max); new connections are dropped by the kernel when it is full.", [];
     CT_TRACKED = "podflow_conntrack_tracked_connections", "gauge", "Connections whose last reported counters podflow remembers.", [];
     CT_RESETS = "podflow_conntrack_resets_total", "counter", "Connections whose counters went backwards (zeroed by another tool).", [];
     CT_VANISHED = "podflow_conntrack_vanished_total", "counter", "Connections gone without a DESTROY event (lost to an overflow); bytes after their last dump are lost.", [];
@@ -61,15 +63,24 @@ defs! {
     WL_CONNS = "podflow_workload_connections_total", "counter", "Connections opened between a source and a destination, by the allowed labels.", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
     WL_COST = "podflow_workload_cost_usd_total", "counter", "Price of the bytes between a source and a destination in USD, by the allowed labels.", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
     SRV_BATCHES = "podflow_server_batches_total", "counter", "Agent batches received, by outcome (applied, duplicate, in_flight, busy: refused for now because the write backlog is full, rejected: refused for good).", ["outcome"];
-    SRV_OBSERVATIONS = "podflow_server_observations_total", "counter", "Observations received from agents and counted.", [];
+    SRV_OBSERVATIONS = "podflow_server_observations_total", "counter", "Observations received from agents and counted, by kind: live, or replayed (observed more than two intervals before they arrived: an agent catching up after an outage).", ["kind"];
+    LATE_BYTES = "podflow_late_bytes_total", "counter", "Bytes of rows whose interval had closed more than two intervals before they arrived (replays after an outage): stored in their own interval, kept out of the podflow_flow_* and podflow_workload_* counters so a recovery does not look like a traffic spike.", [];
     SRV_ACKS_DROPPED = "podflow_server_acks_dropped_total", "counter", "Acks that could not be queued to their connection (closed or full); the agent's replay is acked as a duplicate.", [];
+    SRV_LAST_SEEN = "podflow_server_agent_last_seen_timestamp_seconds", "gauge", "When each agent's last batch arrived at this server, Unix seconds (one series per agent id, at most 10,000).", ["agent"];
+    SRV_PROBE_ROWS = "podflow_server_probe_rows_total", "counter", "Probe rows (an interval of one probe kind between two nodes) written to the probe store, by outcome: written; refused (a row about another node than the agent's own, or malformed); dropped (the writer's queue was full or the write failed).", ["outcome"];
     SRV_CONNECTIONS = "podflow_server_agent_connections", "gauge", "Agent streams open now.", [];
     AG_SENT = "podflow_agent_batches_sent_total", "counter", "Batches sent to the server (replays included).", [];
     AG_ACKED = "podflow_agent_batches_acked_total", "counter", "Batches the server acknowledged as durable.", [];
     AG_REJECTED = "podflow_agent_batches_rejected_total", "counter", "Batches the server refused as invalid (dropped, with the reason logged).", [];
-    AG_BUFFERED = "podflow_agent_buffered_batches", "gauge", "Batches waiting for an ack (memory and spill file).", [];
-    AG_BUFFERED_BYTES = "podflow_agent_buffered_bytes", "gauge", "Bytes of batches waiting for an ack, by place (memory, spill).", ["place"];
-    AG_DROPPED = "podflow_agent_batches_dropped_total", "counter", "Batches dropped because memory and spill file were full (oldest first).", [];
+    AG_BUFFERED = "podflow_agent_buffered_batches", "gauge", "Batches waiting for an ack (all of them in the buffer's log on disk unless the disk refused them).", [];
+    AG_BUFFERED_BYTES = "podflow_agent_buffered_bytes", "gauge", "Bytes of the buffer, by place: memory (batches held in memory), spill (the log file on disk, acknowledged records included until compaction).", ["place"];
+    AG_DROPPED = "podflow_agent_batches_dropped_total", "counter", "Batches dropped, never delivered: the buffer's log reached --buffer-spill after compaction, or the disk refused writes and memory reached --buffer-memory (oldest first).", [];
+    AG_RETRIED = "podflow_agent_batches_retried_total", "counter", "Refusals the server said were not final (busy, or a newer protocol than it speaks): the batches were kept and sent again later.", [];
+    AG_RENUMBERED = "podflow_agent_batches_renumbered_total", "counter", "Batches given new sequence numbers because the server's durable mark for this agent was ahead of the data directory's (a wiped disk, a reused node name).", [];
+    AG_RECOVERED = "podflow_agent_batches_recovered_total", "counter", "Unacknowledged batches read back from the buffer's log at start (they survived a restart).", [];
+    AG_DISK_ERRORS = "podflow_agent_buffer_disk_errors_total", "counter", "Writes to the buffer's log the disk refused (full, read-only); the batch was kept in memory only.", [];
+    AG_TORN = "podflow_agent_buffer_torn_tails_total", "counter", "Torn tails (a record cut short or failing its checksum) cut from the buffer's log at start.", [];
+    AG_COMPACTIONS = "podflow_agent_buffer_compactions_total", "counter", "Rewrites of the buffer's log to free the space of acknowledged batches.", [];
     AG_RECONNECTS = "podflow_agent_reconnects_total", "counter", "Connections to the server opened after the first.", [];
     AG_CONNECTED = "podflow_agent_connected", "gauge", "1 while a stream to the server is open.", [];
     NF_DATAGRAMS = "podflow_netflow_datagrams_total", "counter", "NetFlow/IPFIX datagrams received.", [];
@@ -150,6 +161,20 @@ pub struct AgentStats {
     pub reconnects: AtomicU64,
     /// Connected now.
     pub connected: AtomicU64,
+    /// Refusals the server said were not final (the batches were kept).
+    pub retried: AtomicU64,
+    /// Batches renumbered because the server's mark was ahead of this data directory.
+    pub renumbered: AtomicU64,
+    /// Unacknowledged batches read back from the buffer's log at start.
+    pub recovered: AtomicU64,
+    /// Writes to the buffer's log the disk refused (kept in memory instead).
+    pub disk_errors: AtomicU64,
+    /// Torn tails cut from the buffer's log at start.
+    pub torn: AtomicU64,
+    /// Rewrites of the buffer's log to free space.
+    pub compactions: AtomicU64,
+    /// 1 when the last write to the buffer's log failed (readiness).
+    pub disk_errors_recent: AtomicU64,
 }
 
 /// Counters of the pipeline between a source and the store.
@@ -171,6 +196,12 @@ pub struct PipelineStats {
     pub store_ns: AtomicU64,
     /// Rows waiting to be written.
     pub store_pending: AtomicU64,
+    /// Entries in the observed conntrack table (`nf_conntrack_count`), read every 5 s.
+    pub ct_table_entries: AtomicU64,
+    /// Its size (`nf_conntrack_max`).
+    pub ct_table_max: AtomicU64,
+    /// Bytes of rows that arrived late (replays), kept out of the live series.
+    pub late_bytes: AtomicU64,
     /// Store writes failed since the last one that succeeded (readiness).
     pub store_errors_in_a_row: AtomicU64,
 }
@@ -216,18 +247,42 @@ impl Outcome {
 #[derive(Debug, Default)]
 pub struct ServerStats {
     batches: [AtomicU64; Outcome::ALL.len()],
-    /// Observations received from agents and counted.
+    /// Observations received from agents and counted, observed recently.
     pub observations: AtomicU64,
+    /// Observations counted that were observed long before they arrived (replays).
+    pub observations_replayed: AtomicU64,
     /// Acks that could not be queued to their connection.
     pub acks_dropped: AtomicU64,
     /// Agent streams open now.
     pub connections: AtomicU64,
+    /// Probe rows written to the probe store.
+    pub probe_rows: AtomicU64,
+    /// Probe rows refused (another node's, malformed).
+    pub probe_rows_refused: AtomicU64,
+    /// Probe rows dropped: the probe store's writer queue was full or the write failed.
+    pub probe_rows_dropped: AtomicU64,
+    /// When each agent's last batch arrived, Unix seconds (at most [`MAX_AGENTS_SEEN`]).
+    pub last_seen: Mutex<std::collections::BTreeMap<String, i64>>,
 }
+
+/// Agents whose last-seen time `/metrics` shows (the rest are counted only).
+pub const MAX_AGENTS_SEEN: usize = 10_000;
 
 impl ServerStats {
     /// Counts one batch with outcome `o`.
     pub fn batch(&self, o: Outcome) {
         self.batches[o as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Notes that `agent` sent a batch at `now` (Unix seconds).
+    pub fn seen(&self, agent: &str, now: i64) {
+        if let Ok(mut m) = self.last_seen.lock() {
+            if let Some(t) = m.get_mut(agent) {
+                *t = now;
+            } else if m.len() < MAX_AGENTS_SEEN {
+                m.insert(agent.to_string(), now);
+            }
+        }
     }
 
     /// Batches with outcome `o` so far.
@@ -237,7 +292,7 @@ impl ServerStats {
 }
 
 /// Where every part of a role publishes what `/metrics` and `/ready` show.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Registry {
     /// Conntrack source counters, once a source is open.
     pub conntrack: OnceLock<(Arc<SourceStats>, Features)>,
@@ -255,10 +310,33 @@ pub struct Registry {
     pub workloads: Mutex<Option<WorkloadMetrics>>,
     /// What the role waits for before it is ready.
     pub health: Health,
+    /// Families other parts render themselves (the probes'), at each scrape.
+    families: Mutex<Vec<Family>>,
     flows: [ProtoTotals; 6],
 }
 
+/// A part that renders families of its own into the exposition.
+type Family = Box<dyn Fn(&mut String) + Send + Sync>;
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("pipeline", &self.pipeline)
+            .field("server", &self.server)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Registry {
+    /// Adds families rendered by `render` at every scrape (their definitions are listed
+    /// in docs/metrics.md with the others).
+    pub fn add_families(&self, render: impl Fn(&mut String) + Send + Sync + 'static) {
+        if let Ok(mut f) = self.families.lock() {
+            f.push(Box::new(render));
+        }
+    }
+
     /// A registry whose workload series are bounded by `metrics`.
     pub fn new(metrics: &WorkloadMetricsConfig) -> Arc<Registry> {
         let r = Registry::default();
@@ -297,6 +375,11 @@ impl Registry {
         self.render_histograms(&mut out);
         self.render_agent(&mut out);
         self.render_workloads(&mut out);
+        if let Ok(f) = self.families.lock() {
+            for render in f.iter() {
+                render(&mut out);
+            }
+        }
         out
     }
 
@@ -324,6 +407,8 @@ impl Registry {
         one(out, &CT_OVERFLOWS, g(&s.event_overflows));
         one(out, &CT_DECODE_ERRORS, g(&s.decode_errors));
         one(out, &CT_UNKNOWN_ATTRS, g(&s.unknown_attributes));
+        one(out, &CT_TABLE_ENTRIES, g(&self.pipeline.ct_table_entries));
+        one(out, &CT_TABLE_MAX, g(&self.pipeline.ct_table_max));
         one(out, &CT_TRACKED, g(&s.tracked));
         one(out, &CT_RESETS, g(&s.counter_resets));
         one(out, &CT_VANISHED, g(&s.vanished));
@@ -343,6 +428,7 @@ impl Registry {
         one(out, &STORE_ERRORS, g(&p.store_errors));
         one(out, &STORE_SECONDS, g(&p.store_ns) as f64 / 1e9);
         one(out, &STORE_PENDING, g(&p.store_pending));
+        one(out, &LATE_BYTES, g(&p.late_bytes));
     }
 
     fn render_flows(&self, out: &mut String) {
@@ -378,9 +464,35 @@ impl Registry {
         for o in Outcome::ALL {
             sample(out, &SRV_BATCHES, &[("outcome", o.label())], s.batches(o));
         }
-        one(out, &SRV_OBSERVATIONS, g(&s.observations));
+        header(out, &SRV_OBSERVATIONS);
+        sample(
+            out,
+            &SRV_OBSERVATIONS,
+            &[("kind", "live")],
+            g(&s.observations),
+        );
+        sample(
+            out,
+            &SRV_OBSERVATIONS,
+            &[("kind", "replayed")],
+            g(&s.observations_replayed),
+        );
         one(out, &SRV_ACKS_DROPPED, g(&s.acks_dropped));
         one(out, &SRV_CONNECTIONS, g(&s.connections));
+        header(out, &SRV_PROBE_ROWS);
+        for (o, v) in [
+            ("written", &s.probe_rows),
+            ("refused", &s.probe_rows_refused),
+            ("dropped", &s.probe_rows_dropped),
+        ] {
+            sample(out, &SRV_PROBE_ROWS, &[("outcome", o)], g(v));
+        }
+        header(out, &SRV_LAST_SEEN);
+        if let Ok(m) = s.last_seen.lock() {
+            for (agent, t) in m.iter() {
+                sample(out, &SRV_LAST_SEEN, &[("agent", agent)], t);
+            }
+        }
     }
 
     fn render_netflow(&self, out: &mut String) {
@@ -472,6 +584,12 @@ impl Registry {
         one(out, &AG_DROPPED, g(&a.dropped));
         one(out, &AG_RECONNECTS, g(&a.reconnects));
         one(out, &AG_CONNECTED, g(&a.connected));
+        one(out, &AG_RETRIED, g(&a.retried));
+        one(out, &AG_RENUMBERED, g(&a.renumbered));
+        one(out, &AG_RECOVERED, g(&a.recovered));
+        one(out, &AG_DISK_ERRORS, g(&a.disk_errors));
+        one(out, &AG_TORN, g(&a.torn));
+        one(out, &AG_COMPACTIONS, g(&a.compactions));
     }
 
     fn render_workloads(&self, out: &mut String) {
@@ -530,19 +648,42 @@ mod tests {
 
 #[cfg(test)]
 mod docs {
+    /// The reference table of docs/metrics.md, rendered from [`super::METRICS`].
+    fn table() -> String {
+        let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+        for m in super::METRICS {
+            let labels = if m.labels.is_empty() {
+                "—".to_string()
+            } else {
+                m.labels.join(", ")
+            };
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                m.name, m.kind, labels, m.help
+            ));
+        }
+        out
+    }
+
+    /// docs/metrics.md's table is exactly the metrics defined here (`UPDATE_DOCS=1 cargo
+    /// test -p podflow-role docs` rewrites it).
     #[test]
     fn every_metric_is_documented() {
-        let doc = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/metrics.md"
-        ))
-        .expect("docs/metrics.md");
-        for m in super::METRICS {
-            assert!(
-                doc.contains(&format!("`{}`", m.name)),
-                "docs/metrics.md misses {}",
-                m.name
-            );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md");
+        let doc = std::fs::read_to_string(path).expect("docs/metrics.md");
+        let start = doc.find("| metric | type |").expect("the table's header");
+        let end = doc[start..]
+            .find("\n\n")
+            .map_or(doc.len(), |e| start + e + 1);
+        let want = table();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            let new = format!("{}{}{}", &doc[..start], want, &doc[end..]);
+            std::fs::write(path, new).expect("write docs/metrics.md");
+            return;
         }
+        assert!(
+            doc[start..end] == want,
+            "docs/metrics.md's table and METRICS differ: run UPDATE_DOCS=1 cargo test -p podflow-role docs"
+        );
     }
 }

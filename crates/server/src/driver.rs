@@ -31,6 +31,10 @@ use crate::attribution::{self, EnrichSettings, InventorySource, LocalInventory};
 /// closed queue drops the ack, counted; the agent's replay is then acked as a duplicate).
 pub type AckTx = tokio::sync::mpsc::Sender<podflow_proto::Ack>;
 
+/// The durable mark of every agent, as the last write left it: what a connecting agent
+/// is told (shared with the gRPC intake).
+pub type Marks = Arc<std::sync::RwLock<std::collections::HashMap<String, u64>>>;
+
 /// A key's labels; `remote_observed` when another observed node sees the connection
 /// too (the count-once view).
 fn labels(a: &Attribution, observer: &str, observers: &HashSet<Arc<str>>) -> FlowLabels {
@@ -94,6 +98,7 @@ pub struct Driver<S: FlowStore + 'static> {
     local_inv: Option<LocalInventory>,
     agg: Aggregator,
     store: Arc<Mutex<S>>,
+    interval_s: u32,
     registry: Arc<Registry>,
     retention: Duration,
     last_expire: Instant,
@@ -101,6 +106,8 @@ pub struct Driver<S: FlowStore + 'static> {
     observers: HashSet<Arc<str>>,
     /// Which batches are counted, written and acknowledged.
     ledger: Ledger<AckTx>,
+    /// The durable marks, published for connecting agents.
+    marks: Marks,
     /// NetFlow records summed per flow until their interval closes (filled by the
     /// receive threads).
     prefold: Arc<Mutex<Prefold>>,
@@ -151,7 +158,9 @@ impl<S: FlowStore + 'static> Driver<S> {
                 None
             }
         };
-        let ledger = Ledger::new(interval_s, max_pending_rows, store.marks()?);
+        let stored = store.marks()?;
+        let marks: Marks = Arc::new(std::sync::RwLock::new(stored.iter().cloned().collect()));
+        let ledger = Ledger::new(interval_s, max_pending_rows, stored);
         Ok(Driver {
             ranges_stamp: attribution::ranges_stamp(&settings),
             ranges_checked: Instant::now(),
@@ -160,6 +169,7 @@ impl<S: FlowStore + 'static> Driver<S> {
             shared,
             local_inv,
             agg: Aggregator::new(interval_s, max_keys),
+            interval_s,
             prefold: Arc::new(Mutex::new(Prefold::new(interval_s, max_keys))),
             store: Arc::new(Mutex::new(store)),
             registry,
@@ -167,7 +177,13 @@ impl<S: FlowStore + 'static> Driver<S> {
             last_expire: Instant::now(),
             observers: HashSet::new(),
             ledger,
+            marks,
         })
+    }
+
+    /// The agents' durable marks (updated after every write).
+    pub fn marks(&self) -> Marks {
+        Arc::clone(&self.marks)
     }
 
     /// The store (shared with the writer task).
@@ -225,6 +241,11 @@ impl<S: FlowStore + 'static> Driver<S> {
     /// each flow when its interval closes (`podflow_pipeline::prefold`).
     pub fn prefold(&self) -> Arc<Mutex<Prefold>> {
         Arc::clone(&self.prefold)
+    }
+
+    /// The inventory index attribution reads (nodes for the probes' peer sets).
+    pub fn inventory(&self) -> SharedIndex {
+        self.shared.clone()
     }
 
     /// NetFlow records the receive threads did not sum (see [`Self::prefold`]), read
@@ -303,6 +324,17 @@ impl<S: FlowStore + 'static> Driver<S> {
         offer
     }
 
+    /// Rows of intervals starting before this (Unix seconds) are late at `now`: three
+    /// intervals behind.
+    fn late_before(&self, now: i64) -> i64 {
+        self.agg.interval_of(now) - 2 * i64::from(self.interval_s)
+    }
+
+    /// Whether a batch observed at `at_ns` is a replay of the past (see [`Self::flush`]).
+    pub fn is_late(&self, at_ns: u64) -> bool {
+        ((at_ns / 1_000_000_000) as i64) < self.late_before(unix_now())
+    }
+
     /// Whether the rows waiting for the store reached the bound: read no more batches
     /// until a write succeeds.
     pub fn is_full(&self) -> bool {
@@ -354,14 +386,27 @@ impl<S: FlowStore + 'static> Driver<S> {
         };
         self.fold(upto);
         let rows = self.agg.flush(now, force);
+        // Rows of intervals that closed long ago (replays after an outage) are stored in
+        // their own interval but kept out of the live series, so a recovery does not look
+        // like a traffic spike (they are counted apart).
+        let late_before = self.late_before(now);
+        let mut live = Vec::with_capacity(rows.len());
         for r in &rows {
-            self.registry.add_flow(r.key.proto, &r.totals);
+            if r.interval_start < late_before {
+                self.registry
+                    .pipeline
+                    .late_bytes
+                    .fetch_add(r.totals.bytes(), Relaxed);
+            } else {
+                self.registry.add_flow(r.key.proto, &r.totals);
+                live.push(r.clone());
+            }
         }
         // Also with no rows: series that stopped moving expire.
         if let Ok(mut w) = self.registry.workloads.lock()
             && let Some(w) = w.as_mut()
         {
-            w.add_interval(&rows, now);
+            w.add_interval(&live, now);
         }
         self.ledger.seal(upto, rows);
         self.write().await;
@@ -374,6 +419,7 @@ impl<S: FlowStore + 'static> Driver<S> {
         let p = &self.registry.pipeline;
         while let Some((job, marks)) = self.ledger.next() {
             let (id, rows) = (job.id, Arc::clone(&job.rows));
+            let written_marks = marks.clone();
             let n = rows.len() as u64;
             let store = Arc::clone(&self.store);
             let t0 = Instant::now();
@@ -389,10 +435,16 @@ impl<S: FlowStore + 'static> Driver<S> {
                 Ok(()) => {
                     p.store_rows.fetch_add(n, Relaxed);
                     p.store_errors_in_a_row.store(0, Relaxed);
+                    if let Ok(mut m) = self.marks.write() {
+                        for (agent, seq) in written_marks {
+                            let e = m.entry(agent).or_default();
+                            *e = (*e).max(seq);
+                        }
+                    }
                     for (b, tx) in self.ledger.written(id) {
                         let ack = podflow_proto::Ack {
                             seq: b.seq,
-                            error: String::new(),
+                            ..Default::default()
                         };
                         if tx.try_send(ack).is_err() {
                             self.registry.server.acks_dropped.fetch_add(1, Relaxed);

@@ -1,113 +1,18 @@
-//! podflow's flow store: the same logical table on every backend, summed per interval
-//! and key. The embedded backend is one SQLite file (WAL) whose upserts add, like
-//! ClickHouse's SummingMergeTree.
+//! podflow's flow store: the embedded SQLite store and ClickHouse behind one trait, plus the query layer.
 
 pub mod clickhouse;
+mod columns;
+mod error;
+mod flow_store;
+pub mod probes;
 pub mod query;
-mod rollup;
 mod sqlite;
 
-use std::sync::Arc;
+#[cfg(test)]
+mod testing;
 
-use podflow_model::{FlowKey, FlowLabels, FlowRow, FlowTotals};
-use serde::Serialize;
-
-pub use self::clickhouse::{ClickHouseConfig, ClickHouseError, ClickHouseStore};
+pub use self::clickhouse::{ClickHouseConfig, ClickHouseStore};
+pub use error::{ClickHouseError, StoreError};
+pub use flow_store::{FlowQuery, FlowStore, FlowSummary};
+pub use probes::{ClickHouseProbeStore, ProbeStore, SqliteProbeStore};
 pub use sqlite::SqliteStore;
-
-/// What went wrong in the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database reported an error.
-    #[error("store {path}: {op}: {source}")]
-    Sqlite {
-        /// The database file.
-        path: String,
-        /// What podflow was doing.
-        op: &'static str,
-        /// The error.
-        source: rusqlite::Error,
-    },
-    /// A stored value could not be read back.
-    #[error("store {path}: row has an invalid {column}: {value:?}")]
-    Corrupt {
-        /// The database file.
-        path: String,
-        /// The column.
-        column: &'static str,
-        /// The value found.
-        value: String,
-    },
-    /// The ClickHouse backend failed (the message names the URL and table).
-    #[error(transparent)]
-    ClickHouse(#[from] ClickHouseError),
-}
-
-/// A query over a time range.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FlowQuery {
-    /// Start, seconds since the Unix epoch, inclusive (rows whose interval starts at or after).
-    pub from: i64,
-    /// End, exclusive.
-    pub to: i64,
-    /// At most this many rows, largest total bytes first.
-    pub limit: usize,
-}
-
-/// A key's totals over a query's range.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct FlowSummary {
-    /// Node (or exporter) that saw it.
-    pub observer: String,
-    /// What it is summed by.
-    pub key: FlowKey,
-    /// The sums.
-    pub totals: FlowTotals,
-    /// Who the ends are.
-    pub labels: Arc<FlowLabels>,
-    /// Price of the bytes, USD.
-    pub cost_usd: f64,
-    /// Start of the first interval with traffic, Unix seconds.
-    pub first: i64,
-    /// End of the last interval with traffic, Unix seconds.
-    pub last: i64,
-}
-
-/// A flow store.
-pub trait FlowStore: Send {
-    /// Adds rows (rows with the same interval and key are summed).
-    fn write(&mut self, rows: &[FlowRow]) -> Result<(), StoreError>;
-    /// Totals per observer and key over a time range.
-    fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError>;
-    /// Deletes rows whose interval started before `before` (Unix seconds); returns how many.
-    fn expire(&mut self, before: i64) -> Result<u64, StoreError>;
-    /// Adds rows and, atomically with them where the backend can, records the highest
-    /// batch sequence number made durable per agent (for exactly-once delivery).
-    fn write_marked(
-        &mut self,
-        rows: &[FlowRow],
-        marks: &[(String, u64)],
-    ) -> Result<(), StoreError> {
-        let _ = marks;
-        self.write(rows)
-    }
-    /// Flows grouped by dimensions (see [`query`]).
-    fn group(&self, q: &query::GroupQuery) -> Result<Vec<query::GroupRow>, StoreError>;
-    /// The marks recorded by [`FlowStore::write_marked`].
-    fn marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        Ok(Vec::new())
-    }
-}
-
-/// The place kinds podflow writes, as static strings (anything else reads as `unknown`).
-pub(crate) fn kind_static(s: &str) -> &'static str {
-    match s {
-        "pod" => "pod",
-        "node" => "node",
-        "service" => "service",
-        "known_network" => "known_network",
-        "cloud_range" => "cloud_range",
-        "internet" => "internet",
-        _ => "unknown",
-    }
-}

@@ -1,0 +1,301 @@
+//! The ClickHouse backend: the same logical table as the embedded store, summed per
+//! interval and key by a SummingMergeTree, with kubenetmon's `network_flows_0` column set
+//! so its users' queries keep working, plus podflow's own columns (docs/clickhouse.md).
+//!
+//! The [`FlowStore`] trait is synchronous (the server calls it from `spawn_blocking`), so
+//! the store owns a small current-thread tokio runtime and blocks on it. It must not be
+//! called from inside an async task: `Runtime::block_on` panics there.
+//!
+//! Every [`FlowRow`] becomes two ClickHouse rows, as kubenetmon writes them: `direction =
+//! 'out'` carries the local → remote bytes and packets in `bytes`/`packets`, `direction =
+//! 'in'` the remote → local ones. podflow's counters (`bytes_out`, `bytes_in`,
+//! `conns_opened`, `cost_usd`, ...) are split the same way (the `in` row has zero
+//! `bytes_out`, connections and cost), so `sum()` of any column over both rows is exact.
+
+use std::fmt;
+use std::time::Duration;
+
+use ::clickhouse::Client;
+use podflow_model::FlowRow;
+
+use self::row::{ChRow, GroupedRow, SummaryRow, datetime_bound};
+use crate::error::StoreError;
+use crate::flow_store::{FlowQuery, FlowStore, FlowSummary};
+use crate::query::{GroupQuery, GroupRow};
+
+mod config;
+mod dedup;
+mod retry;
+mod row;
+mod schema;
+mod sql;
+
+pub use self::config::ClickHouseConfig;
+pub use self::dedup::batch_token;
+pub use self::schema::create_statements;
+pub use crate::error::ClickHouseError;
+
+/// The current-thread runtime a store blocks on.
+fn runtime() -> Result<tokio::runtime::Runtime, ClickHouseError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("podflow-clickhouse")
+        .build()
+        .map_err(|e| ClickHouseError::Config(format!("cannot start a runtime: {e}")))
+}
+
+/// The ClickHouse store.
+pub struct ClickHouseStore {
+    client: Client,
+    /// Always `Some` until dropped.
+    rt: Option<tokio::runtime::Runtime>,
+    cfg: ClickHouseConfig,
+    /// `database.table`, for messages.
+    name: String,
+    /// The flows query (built once: it depends on the table only).
+    flows_sql: String,
+}
+
+impl Drop for ClickHouseStore {
+    // No task runs on the runtime (every request is `block_on`), so it can stop without
+    // waiting, which also works inside an async task (a plain drop there panics).
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl fmt::Debug for ClickHouseStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClickHouseStore")
+            .field("url", &self.cfg.url)
+            .field("table", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClickHouseStore {
+    /// Connects, then creates or migrates the database and table.
+    pub fn open(cfg: ClickHouseConfig) -> Result<ClickHouseStore, StoreError> {
+        cfg.check()?;
+        let password = cfg.password()?;
+        let rt = runtime()?;
+        let mut client = Client::default()
+            .with_url(cfg.url.clone())
+            .with_database(cfg.database.clone())
+            .with_compression(::clickhouse::Compression::Lz4)
+            .with_product_info("podflow", env!("CARGO_PKG_VERSION"));
+        if let Some(u) = &cfg.user {
+            client = client.with_user(u.clone());
+        }
+        if let Some(p) = password {
+            client = client.with_password(p);
+        }
+        let name = format!("{}.{}", cfg.database, cfg.table);
+        let flows_sql = sql::flows_sql(&cfg.database, &cfg.table);
+        let store = ClickHouseStore {
+            client,
+            rt: Some(rt),
+            cfg,
+            name,
+            flows_sql,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ClickHouseConfig {
+        &self.cfg
+    }
+
+    /// A second handle on the same table with a runtime of its own (for queries beside
+    /// the writer); the table is not migrated again.
+    pub fn reader(&self) -> Result<ClickHouseStore, StoreError> {
+        Ok(ClickHouseStore {
+            client: self.client.clone(),
+            rt: Some(runtime()?),
+            cfg: self.cfg.clone(),
+            name: self.name.clone(),
+            flows_sql: self.flows_sql.clone(),
+        })
+    }
+
+    fn request_err(
+        &self,
+        op: &'static str,
+        attempts: u32,
+        source: ::clickhouse::error::Error,
+    ) -> StoreError {
+        ClickHouseError::Request {
+            url: self.cfg.url.clone(),
+            table: self.name.clone(),
+            op,
+            attempts,
+            source,
+        }
+        .into()
+    }
+
+    fn invalid(&self, what: String) -> StoreError {
+        ClickHouseError::Invalid {
+            url: self.cfg.url.clone(),
+            table: self.name.clone(),
+            what,
+        }
+        .into()
+    }
+
+    /// Runs `f` until it succeeds, fails for good, or runs out of retries.
+    fn retrying<T, F, Fut>(&self, op: &'static str, mut f: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ::clickhouse::error::Error>>,
+    {
+        let timeout = Duration::from_secs(self.cfg.timeout_s.max(1));
+        let rt = self.rt.as_ref().ok_or_else(|| {
+            self.invalid("the store's runtime is gone (the store is being dropped)".into())
+        })?;
+        rt.block_on(async {
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                let res = match tokio::time::timeout(timeout, f()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(::clickhouse::error::Error::TimedOut),
+                };
+                match res {
+                    Ok(v) => return Ok(v),
+                    Err(e) if attempt <= self.cfg.max_retries && retry::transient(&e) => {
+                        let ms = retry::backoff_ms(self.cfg.retry_backoff_ms, attempt);
+                        tracing::warn!(url = %self.cfg.url, table = %self.name, op, attempt,
+                            retry_in_ms = ms, error = %e, "ClickHouse request failed, retrying");
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    Err(e) => return Err(self.request_err(op, attempt, e)),
+                }
+            }
+        })
+    }
+
+    fn execute(&self, op: &'static str, sql: &str) -> Result<(), StoreError> {
+        self.retrying(op, || self.client.query(sql).execute())
+    }
+
+    /// Creates the database and table if needed and adds columns an older table lacks.
+    fn migrate(&self) -> Result<(), StoreError> {
+        // The database may not exist yet: run the DDL from `system` (naming it in the
+        // `database` parameter would fail on a real server).
+        let ddl = self.client.clone().with_database("system");
+        for s in schema::create_statements(&self.cfg) {
+            self.retrying("create table", || ddl.query(&s).execute())?;
+        }
+        let have: Vec<String> = self.retrying("read columns", || {
+            self.client
+                .query(schema::TABLE_COLUMNS)
+                .bind(&self.cfg.database)
+                .bind(&self.cfg.table)
+                .fetch_all::<String>()
+        })?;
+        for (column, sql) in schema::add_columns(&self.cfg, &have) {
+            tracing::info!(table = %self.name, column, "adding a column");
+            self.execute("add column", &sql)?;
+        }
+        Ok(())
+    }
+
+    /// Inserts one chunk as one INSERT with the deduplication token `token`.
+    fn insert_chunk(&self, rows: &[FlowRow], token: &str) -> Result<(), StoreError> {
+        let protos: Vec<_> = rows.iter().map(|r| r.key.proto.name()).collect();
+        let mut encoded = Vec::with_capacity(rows.len() * 2);
+        for (r, p) in rows.iter().zip(&protos) {
+            encoded.extend(row::encode(r, p).map_err(|what| self.invalid(what))?);
+        }
+        let timeout = Some(Duration::from_secs(self.cfg.timeout_s.max(1)));
+        self.retrying("insert", || async {
+            let mut ins = self
+                .client
+                .insert::<ChRow<'_>>(&self.cfg.table)
+                .await?
+                .with_timeouts(timeout, timeout)
+                .with_setting("insert_deduplicate", "1")
+                .with_setting("insert_deduplication_token", token);
+            for row in &encoded {
+                ins.write(row).await?;
+            }
+            ins.end().await
+        })
+    }
+}
+
+impl FlowStore for ClickHouseStore {
+    /// Inserts with a token derived from each chunk's content: writing byte-identical
+    /// chunks twice within the deduplication window counts them once (by design: that is
+    /// what a retry looks like).
+    fn write(&mut self, rows: &[FlowRow]) -> Result<(), StoreError> {
+        for chunk in rows.chunks(self.cfg.batch_rows) {
+            self.insert_chunk(chunk, &batch_token(chunk))?;
+        }
+        Ok(())
+    }
+
+    fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError> {
+        let limit = u64::try_from(q.limit).unwrap_or(u64::MAX);
+        let rows: Vec<SummaryRow> = self.retrying("query flows", || {
+            self.client
+                .query(&self.flows_sql)
+                .bind(datetime_bound(q.from))
+                .bind(datetime_bound(q.to))
+                .bind(limit)
+                .fetch_all::<SummaryRow>()
+        })?;
+        rows.into_iter()
+            .map(|s| s.summary().map_err(|what| self.invalid(what)))
+            .collect()
+    }
+
+    /// The embedded store's grouped query over this table: both rows of a flow (`out`
+    /// and `in`) fall in the same group, and unmerged parts are summed like merged ones.
+    fn group(&self, q: &GroupQuery) -> Result<Vec<GroupRow>, StoreError> {
+        let sql = sql::group_sql(&self.cfg.database, &self.cfg.table, q)
+            .map_err(|d| self.invalid(format!("dimension {d} has no ClickHouse expression")))?;
+        let limit = u64::try_from(q.limit).unwrap_or(u64::MAX);
+        let rows: Vec<GroupedRow> = self.retrying("grouped query", || {
+            let mut c = self
+                .client
+                .query(&sql)
+                .bind(datetime_bound(q.from))
+                .bind(datetime_bound(q.to));
+            for (_, v) in &q.filters {
+                c = c.bind(v.as_str());
+            }
+            c.bind(limit).fetch_all::<GroupedRow>()
+        })?;
+        let mut out: Vec<GroupRow> = rows.into_iter().map(GroupRow::from).collect();
+        // Without GROUP BY an empty range still yields one all-zero row: drop it, as the
+        // embedded store does.
+        if q.group_by.is_empty()
+            && out
+                .first()
+                .is_some_and(|r| r.bytes() == 0 && r.connections == 0)
+        {
+            out.clear();
+        }
+        Ok(out)
+    }
+
+    /// Deletes with a lightweight DELETE (the TTL normally does this by whole days);
+    /// returns the number of flow rows (`out` rows, before merges) it removed.
+    fn expire(&mut self, before: i64) -> Result<u64, StoreError> {
+        let before = datetime_bound(before);
+        let count = sql::count_expired(&self.cfg.database, &self.cfg.table);
+        let n: u64 = self.retrying("count expired rows", || {
+            self.client.query(&count).bind(before).fetch_one::<u64>()
+        })?;
+        if n > 0 {
+            self.execute("expire", &sql::expire(&self.cfg, before))?;
+        }
+        Ok(n)
+    }
+}

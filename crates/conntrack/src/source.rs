@@ -563,11 +563,26 @@ impl Source {
         stop: &AtomicBool,
         sink: &mut impl FnMut(Vec<Observation>),
     ) -> Result<(), Error> {
+        self.run_with(interval, batch, stop, sink, &mut |_| {})
+    }
+
+    /// [`Source::run`], calling `after_dump` after each scheduled dump (the last one
+    /// included) once every observation emitted so far has gone to `sink`: the moment a
+    /// [`Source::checkpoint`] covers exactly what the sink has received.
+    pub fn run_with(
+        &mut self,
+        interval: Duration,
+        batch: usize,
+        stop: &AtomicBool,
+        sink: &mut impl FnMut(Vec<Observation>),
+        after_dump: &mut impl FnMut(&Source),
+    ) -> Result<(), Error> {
         let batch = batch.max(1);
         let mut pending = Vec::with_capacity(batch);
         let mut next_dump = Instant::now();
         loop {
             let stopping = stop.load(Relaxed);
+            let mut dumped = false;
             {
                 let mut emit = |o: Observation| {
                     pending.push(o);
@@ -582,6 +597,7 @@ impl Source {
                         .dump_interval_ns
                         .store(wait.as_nanos() as u64, Relaxed);
                     next_dump = Instant::now() + wait;
+                    dumped = true;
                 }
                 if !stopping {
                     let wait = next_dump
@@ -592,6 +608,9 @@ impl Source {
             }
             if !pending.is_empty() {
                 sink(std::mem::replace(&mut pending, Vec::with_capacity(batch)));
+            }
+            if dumped {
+                after_dump(self);
             }
             if stopping {
                 return Ok(());

@@ -288,7 +288,11 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                 };
                 let errors = buf.counts.disk_errors;
                 buf.push(seq, conntrack, msg.encode_to_vec());
-                if conntrack && buf.checkpoint_due(MIN_CHECKPOINT_GAP) {
+                // Until this run's first checkpoint is written one is already asked for.
+                if conntrack
+                    && shared.stats.checkpoints.load(Relaxed) > 0
+                    && buf.checkpoint_due(MIN_CHECKPOINT_GAP)
+                {
                     shared.checkpoint_wanted.store(true, Relaxed);
                 }
                 let failed = buf.counts.disk_errors > errors;

@@ -10,8 +10,14 @@ _ct_pids=()
 _ct_dirs=()
 
 ct_cleanup() {
+    # Never stop half way (set -e would: `wait` returns a killed process's status), so
+    # no namespace is left behind.
+    set +e
     local p ns d
     for p in "${_ct_pids[@]}"; do
+        # Only a process that is still this script's child: a number of one that ended
+        # may belong to someone else's process by now.
+        [[ $(ps -o ppid= -p "$p" 2>/dev/null | tr -d ' ') == "$$" ]] || continue
         kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
     done
     for ns in "${_ct_ns[@]}"; do ip netns del "$ns" 2>/dev/null; done

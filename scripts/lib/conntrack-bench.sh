@@ -20,9 +20,13 @@ ct_cleanup() {
         [[ $(ps -o ppid= -p "$p" 2>/dev/null | tr -d ' ') == "$$" ]] || continue
         kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
     done
-    for ns in "${_ct_ns[@]}"; do ip netns del "$ns" 2>/dev/null; done
+    # Callers take names by command substitution (a subshell, whose additions to _ct_ns
+    # are lost): every name carries this script's pid ($$, the same in subshells).
+    for ns in "${_ct_ns[@]}" $(ip netns list 2>/dev/null | awk -v s="-$$" '$1 ~ /^pf-/ && substr($1, length($1) - length(s) + 1) == s { print $1 }'); do
+        ip netns del "$ns" 2>/dev/null
+    done
     if [[ -n $_ct_old_max ]]; then echo "$_ct_old_max" >"$CT_MAX"; fi
-    for d in "${_ct_dirs[@]}"; do rm -rf "$d"; done
+    for d in "${_ct_dirs[@]}" /tmp/pf-bench."$$".*; do [[ -e $d ]] && rm -rf "$d"; done
 }
 trap ct_cleanup EXIT
 trap 'exit 130' INT TERM
@@ -38,7 +42,7 @@ ct_need_root() {
 # ct_tmpdir: a temporary directory removed at exit (printed).
 ct_tmpdir() {
     local d
-    d=$(mktemp -d /tmp/pf-bench.XXXXXX)
+    d=$(mktemp -d "/tmp/pf-bench.$$.XXXXXX")
     _ct_dirs+=("$d")
     echo "$d"
 }

@@ -28,7 +28,25 @@
 
 use podflow_model::Counters;
 
-use crate::tracker::{Header, Remembered};
+/// What `Tracker::checkpoint` writes per connection, and `Tracker::restore` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Remembered {
+    pub key: u64,
+    pub orig: Counters,
+    pub reply: Counters,
+    pub start_ns: u64,
+    /// `REPLY_NONE`, `REPLY_PENDING` or `REPLY_DONE` as 0, 1, 2.
+    pub reply_state: u8,
+    /// The pending reply time (only with `reply_state` 1).
+    pub reply_at_ns: u64,
+}
+
+/// The tracker-wide part of a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub started_at_ns: u64,
+    pub dumps_done: u64,
+}
 
 const MAGIC: &[u8; 4] = b"PFCT";
 const VERSION: u16 = 1;

@@ -39,6 +39,7 @@
 use hashbrown::{HashMap, HashTable};
 use podflow_model::{Counters, Observation, Tuple};
 
+use crate::checkpoint::{Header, Remembered};
 use crate::decode::{CtEntry, IPS_SEEN_REPLY};
 
 /// No slot.
@@ -240,26 +241,6 @@ fn went_back(now: Counters, last: Counters) -> bool {
 fn with_first_reply(mut o: Observation, first_reply_ns: u64) -> Observation {
     o.first_reply_ns = first_reply_ns;
     o
-}
-
-/// What [`Tracker::checkpoint`] writes per connection, and [`Tracker::restore`] reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Remembered {
-    pub key: u64,
-    pub orig: Counters,
-    pub reply: Counters,
-    pub start_ns: u64,
-    /// `REPLY_NONE`, `REPLY_PENDING` or `REPLY_DONE` as 0, 1, 2.
-    pub reply_state: u8,
-    /// The pending reply time (only with `reply_state` 1).
-    pub reply_at_ns: u64,
-}
-
-/// The tracker-wide part of a checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Header {
-    pub started_at_ns: u64,
-    pub dumps_done: u64,
 }
 
 impl Tracker {

@@ -41,6 +41,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "podflow-conntrack",
             "podflow-inventory",
             "podflow-model",
+            "podflow-probe",
             "podflow-proto",
             "podflow-role",
         ],

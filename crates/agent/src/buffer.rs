@@ -133,6 +133,9 @@ pub struct Buffer {
     mem_bytes: usize,
     max_mem: usize,
     max_disk: u64,
+    /// Bytes of conntrack batches added since the latest checkpoint (what a restart would
+    /// replay into the tracker on top of it).
+    since_checkpoint: u64,
     /// What happened so far.
     pub counts: BufferCounts,
 }
@@ -171,6 +174,7 @@ impl Buffer {
             mem_bytes: 0,
             max_mem,
             max_disk: max_disk.max(1 << 16),
+            since_checkpoint: 0,
             counts: BufferCounts::default(),
         };
         let len = file.metadata()?.len();
@@ -249,6 +253,7 @@ impl Buffer {
                 rec.replay.push(read_at(&mut file, off, blen)?);
             }
         }
+        b.since_checkpoint = rec.replay.iter().map(|r| r.len() as u64).sum();
         rec.last_seq = (b.last_seq > 0).then_some(b.last_seq);
         rec.batches = b.live.len();
         b.file = Some(file);
@@ -311,6 +316,9 @@ impl Buffer {
     /// returns unless the disk refuses, then in memory only (counted).
     pub fn push(&mut self, seq: u64, conntrack: bool, bytes: Vec<u8>) {
         self.last_seq = self.last_seq.max(seq);
+        if conntrack {
+            self.since_checkpoint += bytes.len() as u64;
+        }
         let rec = record(
             KIND_BATCH,
             &[&seq.to_le_bytes(), &[u8::from(conntrack)], &bytes],
@@ -352,14 +360,30 @@ impl Buffer {
     }
 
     /// Records the tracker's state covering every batch up to `covered` (synced).
-    #[allow(dead_code)] // written by the conntrack source once it can export its tracker
     pub fn checkpoint(&mut self, covered: u64, state: &[u8]) -> io::Result<()> {
         let rec = record(KIND_CHECKPOINT, &[&covered.to_le_bytes(), state]);
         self.make_room(rec.len() as u64);
         let at = self.append(&rec, true)?;
         self.checkpoint = Some((covered, at + HEADER as u64 + 8, state.len() as u32));
         self.retained.retain(|s, _| *s > covered);
+        self.since_checkpoint = 0;
         Ok(())
+    }
+
+    /// Whether a new checkpoint is due: there is none, or the conntrack batches since the
+    /// latest one weigh as much as it does (and at least `min` bytes). So a restart
+    /// replays at most about one checkpoint's worth of batches, and checkpoints at most
+    /// double what the log writes; an idle table writes none after its first.
+    pub fn checkpoint_due(&self, min: u64) -> bool {
+        match self.checkpoint {
+            None => true,
+            Some((_, _, len)) => self.since_checkpoint >= u64::from(len).max(min),
+        }
+    }
+
+    /// Bytes of the latest checkpoint (0: none).
+    pub fn checkpoint_bytes(&self) -> u64 {
+        self.checkpoint.map_or(0, |(_, _, len)| u64::from(len))
     }
 
     fn forget(&mut self, seq: u64) -> Option<Held> {
@@ -653,6 +677,29 @@ mod tests {
         assert_eq!(rec.checkpoint, Some((2, b"state".to_vec())));
         assert_eq!(rec.replay, vec![vec![3; 10], vec![4; 10]]);
         assert_eq!(batches(&mut b), vec![2, 4]);
+    }
+
+    #[test]
+    fn a_checkpoint_is_due_when_the_batches_since_weigh_as_much_as_it_does() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("outbox.log");
+        let (mut b, _) = Buffer::open(&p, 1 << 20, 1 << 20).expect("open");
+        assert!(b.checkpoint_due(100), "none yet");
+        b.push(1, true, vec![1; 10]);
+        b.checkpoint(1, &[0; 300]).expect("checkpoint");
+        assert!(!b.checkpoint_due(100));
+        b.push(2, true, vec![2; 200]);
+        b.push(3, false, vec![3; 500]); // NetFlow: not replayed, not counted
+        assert!(!b.checkpoint_due(100), "200 of 300 bytes");
+        b.push(4, true, vec![4; 100]);
+        assert!(b.checkpoint_due(100), "300 of 300 bytes");
+        assert!(!b.checkpoint_due(1000), "the floor applies");
+        drop(b);
+        // What a restart would replay counts the same after a reopen.
+        let (b, rec) = Buffer::open(&p, 1 << 20, 1 << 20).expect("reopen");
+        assert_eq!(rec.replay.len(), 2);
+        assert!(b.checkpoint_due(100));
+        assert_eq!(b.checkpoint_bytes(), 300);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use podflow_conntrack::SourceConfig;
+use podflow_conntrack::{SourceConfig, SourceOptions};
 
 /// TLS settings of the connection to the server.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +35,8 @@ pub struct AgentConfig {
     pub interval: Duration,
     /// The conntrack source.
     pub source: SourceConfig,
+    /// Further conntrack options: NEW events, reliable delivery, a dump CPU budget.
+    pub source_options: SourceOptions,
     /// TLS.
     pub tls: Option<ClientTls>,
     /// File holding the bearer token, read afresh for every connection (projected

@@ -10,14 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use podflow_api::{AppState, StoreReader};
-use podflow_proto::{ObservationBatch, VERSION, ip_bytes, observation_pb};
+use podflow_conntrack::Tracker;
+use podflow_proto::{At, ObservationBatch, VERSION, ip_bytes, observation_from, observation_pb};
 use podflow_role::netflow::{Intake, by_observer};
 use podflow_role::{AgentStats, Registry, RoleError, data_dir, serve_http};
 use prost::Message as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::Buffer;
+use crate::buffer::{Buffer, Recovered};
 use crate::outbox::Outbox;
 
 mod buffer;
@@ -76,6 +77,58 @@ async fn lock_data_dir(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// A checkpoint is due once the conntrack batches logged since the last one weigh as much
+/// as it does, and at least this much (see [`Buffer::checkpoint_due`]).
+const MIN_CHECKPOINT_GAP: u64 = 64 << 10;
+
+/// The tracker as the last run left it: its latest checkpoint plus every conntrack batch
+/// logged after it, so the first dump continues where the last report left off. `None` (a
+/// fresh tracker, whose first dump is a baseline) without a checkpoint or when it cannot
+/// be read; the second value is the connections it remembers.
+fn restore_tracker(agent: &str, rec: &Recovered) -> (Option<Tracker>, usize) {
+    let Some((covered, bytes)) = &rec.checkpoint else {
+        return (None, 0);
+    };
+    let mut t = match Tracker::restore(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "the buffer's tracker checkpoint is unreadable; starting afresh (the first dump is a baseline)");
+            return (None, 0);
+        }
+    };
+    let (mut applied, mut skipped) = (0u64, 0u64);
+    for b in &rec.replay {
+        let Ok(m) = ObservationBatch::decode(b.as_slice()) else {
+            skipped += 1;
+            continue;
+        };
+        for (index, p) in m.observations.iter().enumerate() {
+            let at = At {
+                agent,
+                seq: m.seq,
+                index,
+            };
+            match observation_from(p, at) {
+                Ok(o) => {
+                    t.apply(&o);
+                    applied += 1;
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+    }
+    let n = t.len();
+    tracing::info!(
+        covered_seq = covered,
+        connections = n,
+        replayed_batches = rec.replay.len(),
+        replayed_observations = applied,
+        skipped,
+        "continuing the conntrack tracker from the buffer's checkpoint"
+    );
+    (Some(t), n)
 }
 
 /// Now, ms since the Unix epoch: where a fresh data directory starts numbering, far above
@@ -145,13 +198,27 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
             })?;
     }
     stats.recovered.store(recovered.batches as u64, Relaxed);
+    let (tracker, restored) = restore_tracker(&cfg.agent_id, &recovered);
+    stats.restored_connections.store(restored as u64, Relaxed);
+    stats
+        .checkpoint_bytes
+        .store(buffer.checkpoint_bytes(), Relaxed);
     if recovered.batches > 0 || recovered.torn_bytes > 0 {
         tracing::info!(batches = recovered.batches, torn_bytes = recovered.torn_bytes, path = %log.display(), "read back the buffer of unacknowledged batches");
     }
+    drop(recovered);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (source_thread, mut rx) = source::spawn(
+    // The first dump's state is always checkpointed (a fresh tracker's baselines, or what
+    // a restored one found gone); later ones when due.
+    let checkpoint_wanted = Arc::new(AtomicBool::new(true));
+    let (source_thread, mut rx) = source::spawn_with(
         cfg.source.clone(),
+        source::Continue {
+            options: cfg.source_options.clone(),
+            tracker,
+            checkpoint_wanted: Some(Arc::clone(&checkpoint_wanted)),
+        },
         cfg.interval,
         Arc::clone(&registry),
         Arc::clone(&stop),
@@ -182,6 +249,7 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
         stats: Arc::clone(&stats),
         probes,
         node: cfg.node.clone(),
+        checkpoint_wanted: Arc::clone(&checkpoint_wanted),
     });
     if let Ok(b) = shared.buffer.lock() {
         shared.publish(&b);
@@ -220,6 +288,13 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                 };
                 let errors = buf.counts.disk_errors;
                 buf.push(seq, conntrack, msg.encode_to_vec());
+                // Until this run's first checkpoint is written one is already asked for.
+                if conntrack
+                    && shared.stats.checkpoints.load(Relaxed) > 0
+                    && buf.checkpoint_due(MIN_CHECKPOINT_GAP)
+                {
+                    shared.checkpoint_wanted.store(true, Relaxed);
+                }
                 let failed = buf.counts.disk_errors > errors;
                 shared
                     .stats
@@ -230,6 +305,34 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                 shared.more.notify_one();
                 true
             };
+            // The tracker's state after every conntrack batch pushed so far (the queue is
+            // in order): it covers every sequence number given until now.
+            let checkpoint = |state: &[u8]| {
+                let Ok(mut buf) = shared.buffer.lock() else {
+                    return;
+                };
+                let covered = buf.last_seq();
+                match buf.checkpoint(covered, state) {
+                    Ok(()) => {
+                        tracing::debug!(
+                            covered_seq = covered,
+                            bytes = state.len(),
+                            "tracker checkpoint written"
+                        );
+                        shared.stats.checkpoints.fetch_add(1, Relaxed);
+                        shared
+                            .stats
+                            .checkpoint_bytes
+                            .store(state.len() as u64, Relaxed);
+                    }
+                    Err(e) => {
+                        shared.stats.checkpoint_errors.fetch_add(1, Relaxed);
+                        shared.checkpoint_wanted.store(true, Relaxed);
+                        tracing::warn!(error = %e, "writing the tracker checkpoint failed; trying again after the next dump");
+                    }
+                }
+                shared.publish(&buf);
+            };
             loop {
                 tokio::select! {
                     b = rx.recv() => {
@@ -239,6 +342,9 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                         }
                         if !b.obs.is_empty() && !push(&node, true, &addrs, &b.obs, Vec::new(), b.at_ns) {
                             break;
+                        }
+                        if let Some(state) = b.checkpoint {
+                            checkpoint(&state);
                         }
                     }
                     Some(batch) = netflow.recv() => {
@@ -266,6 +372,8 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
 
     shutdown.cancelled().await;
     tracing::info!("podflow agent: last dump, then waiting for acks");
+    // A checkpoint after the last dump: the next start replays nothing.
+    checkpoint_wanted.store(true, Relaxed);
     stop.store(true, Relaxed);
     let source_result = tokio::task::spawn_blocking(move || source_thread.join())
         .await

@@ -18,6 +18,8 @@ pub(crate) struct Outbox {
     pub(crate) probes: Option<crate::probes::Probes>,
     /// This node's name.
     pub(crate) node: String,
+    /// Asks the conntrack source for a tracker checkpoint after its next dump.
+    pub(crate) checkpoint_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Outbox {

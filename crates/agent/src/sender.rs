@@ -131,6 +131,8 @@ fn on_durable_mark(shared: &Outbox, durable: u64) {
     match b.renumber(durable + 1, reencode) {
         Ok(n) => {
             shared.stats.renumbered.fetch_add(n as u64, Relaxed);
+            // Renumbering dropped the checkpoint (its sequence numbers are gone).
+            shared.checkpoint_wanted.store(true, Relaxed);
             tracing::warn!(
                 server_mark = durable,
                 batches = n,

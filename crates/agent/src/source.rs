@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use podflow_conntrack::{Source, SourceConfig};
+use podflow_conntrack::{Source, SourceConfig, SourceOptions, Tracker};
 use podflow_model::Observation;
 use podflow_role::{Registry, RoleError};
 use tokio::sync::mpsc;
@@ -23,6 +23,23 @@ pub struct SourceBatch {
     pub local: Option<Arc<HashSet<IpAddr>>>,
     /// When they were read, ns since the Unix epoch.
     pub at_ns: u64,
+    /// The tracker's checkpoint, covering every observation of the batches before this
+    /// one (sent after a dump when [`Continue::checkpoint_wanted`] was set).
+    pub checkpoint: Option<Vec<u8>>,
+}
+
+/// How the source continues: its options, the tracker to start from, and the flag that
+/// asks it for a checkpoint after its next dump.
+#[derive(Debug, Default)]
+pub struct Continue {
+    /// Dump and event options.
+    pub options: SourceOptions,
+    /// A tracker restored from a checkpoint (`None`: a fresh one, whose first dump takes
+    /// what is in the table as a baseline).
+    pub tracker: Option<Tracker>,
+    /// Set by the consumer when it wants a checkpoint; the source clears it and sends
+    /// one after its next dump. `None`: never.
+    pub checkpoint_wanted: Option<Arc<AtomicBool>>,
 }
 
 /// Queue depth between the source thread and its consumer, in batches.
@@ -46,6 +63,23 @@ pub async fn spawn(
     ),
     RoleError,
 > {
+    spawn_with(cfg, Continue::default(), interval, registry, stop).await
+}
+
+/// [`spawn`] with options, a tracker to continue from, and checkpoints on request.
+pub async fn spawn_with(
+    cfg: SourceConfig,
+    cont: Continue,
+    interval: Duration,
+    registry: Arc<Registry>,
+    stop: Arc<AtomicBool>,
+) -> Result<
+    (
+        std::thread::JoinHandle<Result<(), RoleError>>,
+        mpsc::Receiver<SourceBatch>,
+    ),
+    RoleError,
+> {
     let (tx, rx) = mpsc::channel::<SourceBatch>(QUEUE_BATCHES);
     let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
@@ -56,7 +90,10 @@ pub async fn spawn(
                 if let Some(ns) = &cfg.netns {
                     podflow_conntrack::enter_netns(ns)?;
                 }
-                Source::open(&SourceConfig { netns: None, ..cfg })
+                let tracker = cont
+                    .tracker
+                    .unwrap_or_else(|| Tracker::new(podflow_inventory::now_ns()));
+                Source::open_with(&SourceConfig { netns: None, ..cfg }, &cont.options, tracker)
             })();
             let mut src = match opened {
                 Ok(s) => s,
@@ -77,7 +114,25 @@ pub async fn spawn(
             }
             let _ = registry.conntrack.set((src.stats(), features));
             let _ = opened_tx.send(Ok(()));
+            if cont.options.reliable_events && !src.reliable_events() {
+                tracing::warn!("--reliable-events: the kernel did not turn reliable delivery on");
+            }
             let mut last_local = Instant::now() - Duration::from_secs(3600);
+            let checkpoint_tx = tx.clone();
+            let wanted = cont.checkpoint_wanted;
+            let mut after_dump = |src: &Source| {
+                if let Some(w) = &wanted
+                    && w.swap(false, Relaxed)
+                {
+                    let batch = SourceBatch {
+                        obs: Vec::new(),
+                        local: None,
+                        at_ns: podflow_inventory::now_ns(),
+                        checkpoint: Some(src.checkpoint()),
+                    };
+                    let _ = checkpoint_tx.blocking_send(batch);
+                }
+            };
             let mut sink = |obs: Vec<Observation>| {
                 let local = (last_local.elapsed() > Duration::from_secs(5)).then(|| {
                     last_local = Instant::now();
@@ -99,6 +154,7 @@ pub async fn spawn(
                     obs,
                     local,
                     at_ns: podflow_inventory::now_ns(),
+                    checkpoint: None,
                 };
                 match tx.try_send(batch) {
                     Ok(()) => {}
@@ -111,7 +167,7 @@ pub async fn spawn(
             };
             // An empty first batch carries the local addresses before any traffic.
             sink(Vec::new());
-            src.run(interval, BATCH, &stop, &mut sink)?;
+            src.run_with(interval, BATCH, &stop, &mut sink, &mut after_dump)?;
             Ok(())
         })
         .map_err(|e| RoleError::Task(format!("spawn conntrack thread: {e}")))?;

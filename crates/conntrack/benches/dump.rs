@@ -6,13 +6,10 @@
 //! The last line is `conntrack_dump_ratio_<size>=<podflow s / conntrack-tools s>` for
 //! the largest size (e.g. `conntrack_dump_ratio_1m=`).
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use podflow_conntrack::encode::{Insert, insert};
 use podflow_conntrack::{CtSocket, Source, SourceConfig};
-use podflow_model::{Protocol, Tuple};
 use podflow_testkit::Netns;
 
 const MAX_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
@@ -28,60 +25,9 @@ impl Drop for RestoreMax {
 
 fn fill(ns: &Netns, n: usize) {
     ns.run(move || {
-        let sock = CtSocket::open(0, 8 << 20, "insert").expect("insert socket");
-        let mut buf = Vec::with_capacity(200 * 1000);
-        let dst = IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1));
-        let mut seq = 0u32;
-        for chunk_start in (0..n).step_by(1000) {
-            buf.clear();
-            for i in chunk_start..(chunk_start + 1000).min(n) {
-                let i = i as u32;
-                let src = IpAddr::V4(Ipv4Addr::new(
-                    10,
-                    1 + (i >> 16) as u8,
-                    (i >> 8) as u8,
-                    i as u8,
-                ));
-                let sport = 1024 + (i % 50_000) as u16;
-                seq = seq.wrapping_add(1);
-                insert(
-                    &mut buf,
-                    seq,
-                    &Insert {
-                        proto: Protocol::TCP,
-                        orig: Tuple {
-                            src,
-                            dst,
-                            src_port: sport,
-                            dst_port: 80,
-                        },
-                        reply: Tuple {
-                            src: dst,
-                            dst: src,
-                            src_port: 80,
-                            dst_port: sport,
-                        },
-                        timeout_s: 3600,
-                        mark: 0,
-                    },
-                );
-            }
-            sock.send(&buf, "insert batch").expect("send inserts");
-        }
-        // Errors (if any) come back as NLMSG_ERROR; count them.
-        let mut rbuf = vec![0u8; 64 << 10];
-        let mut errors = 0;
-        while let Ok(podflow_conntrack::socket_recv::Recv::Data(len)) =
-            sock.recv(&mut rbuf, Some(Duration::from_millis(50)), "insert errors")
-        {
-            for (h, p) in podflow_conntrack::nl::Messages::new(&rbuf[..len]).flatten() {
-                if h.kind == podflow_conntrack::nl::NLMSG_ERROR
-                    && podflow_conntrack::decode::error_code(p).is_some_and(|e| e != 0)
-                {
-                    errors += 1;
-                }
-            }
-        }
+        let mut l = podflow_conntrack::load::Loader::open().expect("insert socket");
+        l.create(1, 0..n as u32, 3600).expect("send inserts");
+        let errors = l.settle(Duration::from_millis(50)).expect("errors");
         assert_eq!(errors, 0, "kernel refused {errors} inserts");
     });
 }

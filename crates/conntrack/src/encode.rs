@@ -19,17 +19,92 @@ fn nfgen(out: &mut Vec<u8>, family: u8) {
 
 /// A request to dump the whole table (IPv4 and IPv6).
 pub fn dump_request(seq: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(20);
+    dump_request_filtered(seq, &DumpFilter::default())
+}
+
+/// Which entries a dump asks the kernel for: the kernel still walks every entry, but
+/// builds messages (its main cost, ≈ 2.5 µs per entry) only for those that match. The
+/// same test applies to events in user space ([`DumpFilter::matches`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DumpFilter {
+    /// Only IPv4 (`Some(false)`) or only IPv6 (`Some(true)`) entries.
+    pub ipv6: Option<bool>,
+    /// Only entries whose mark, masked with `.1`, equals `.0` (`CTA_MARK` +
+    /// `CTA_MARK_MASK`); e.g. `(0, 0x1)` skips entries an nftables rule marked with bit 0.
+    pub mark: Option<(u32, u32)>,
+    /// Only entries of this conntrack zone (`CTA_ZONE`; the kernel filters dumps by zone
+    /// from 6.8 on, and zone 0 means no filter to it).
+    pub zone: Option<u16>,
+}
+
+impl DumpFilter {
+    /// Whether the filter passes everything.
+    pub fn is_empty(&self) -> bool {
+        *self == DumpFilter::default()
+    }
+
+    /// The same test in user space, for events (the kernel does not filter multicast).
+    pub fn matches(&self, ipv6: bool, mark: u32, zone: u16) -> bool {
+        self.ipv6.is_none_or(|v| v == ipv6)
+            && self.mark.is_none_or(|(v, m)| mark & m == v)
+            && self.zone.is_none_or(|z| z == 0 || z == zone)
+    }
+}
+
+/// A request to dump the entries that pass `f`.
+pub fn dump_request_filtered(seq: u32, f: &DumpFilter) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48);
     Header {
-        len: (nl::NLMSG_HDRLEN + nl::NFGEN_HDRLEN) as u32,
+        len: 0,
         kind: nl::NFNL_SUBSYS_CTNETLINK << 8 | nl::IPCTNL_MSG_CT_GET,
         flags: nl::NLM_F_REQUEST | nl::NLM_F_DUMP,
         seq,
         pid: 0,
     }
     .write(&mut out);
-    nfgen(&mut out, AF_UNSPEC);
+    nfgen(
+        &mut out,
+        match f.ipv6 {
+            None => AF_UNSPEC,
+            Some(false) => AF_INET,
+            Some(true) => AF_INET6,
+        },
+    );
+    if let Some((value, mask)) = f.mark {
+        nl::put_attr(&mut out, 8, &value.to_be_bytes()); // CTA_MARK
+        nl::put_attr(&mut out, 21, &mask.to_be_bytes()); // CTA_MARK_MASK
+    }
+    if let Some(zone) = f.zone.filter(|z| *z != 0) {
+        nl::put_attr(&mut out, 18, &zone.to_be_bytes()); // CTA_ZONE
+    }
+    let len = out.len() as u32;
+    out[..4].copy_from_slice(&len.to_ne_bytes());
     out
+}
+
+/// Appends an IPCTNL_MSG_CT_DELETE message removing the entry with original tuple
+/// `orig` (the kernel sends its DESTROY event with the final counters).
+pub fn delete(out: &mut Vec<u8>, seq: u32, proto: Protocol, orig: &Tuple) {
+    let start = out.len();
+    Header {
+        len: 0,
+        kind: nl::NFNL_SUBSYS_CTNETLINK << 8 | nl::IPCTNL_MSG_CT_DELETE,
+        flags: nl::NLM_F_REQUEST,
+        seq,
+        pid: 0,
+    }
+    .write(out);
+    nfgen(
+        out,
+        if orig.src.is_ipv4() {
+            AF_INET
+        } else {
+            AF_INET6
+        },
+    );
+    put_tuple(out, 1, proto, orig);
+    let len = (out.len() - start) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_ne_bytes());
 }
 
 /// An entry to insert.
@@ -132,6 +207,32 @@ mod tests {
             0, 0, 0, 0,         // AF_UNSPEC, v0, res_id
         ];
         assert_eq!(m, want);
+    }
+
+    #[test]
+    fn filtered_dump_request_bytes() {
+        let m = dump_request_filtered(
+            7,
+            &DumpFilter {
+                ipv6: Some(false),
+                mark: Some((0, 1)),
+                zone: Some(0),
+            },
+        );
+        #[rustfmt::skip]
+        let want = [
+            36, 0, 0, 0, 0x01, 0x01, 0x01, 0x03, 7, 0, 0, 0, 0, 0, 0, 0, // header, len 36
+            2, 0, 0, 0,                     // AF_INET: IPv4 only
+            8, 0, 8, 0, 0, 0, 0, 0,         // CTA_MARK 0
+            8, 0, 21, 0, 0, 0, 0, 1,        // CTA_MARK_MASK 1 (zone 0: no attribute)
+        ];
+        assert_eq!(m, want);
+        let f = DumpFilter {
+            mark: Some((0, 1)),
+            ..Default::default()
+        };
+        assert!(f.matches(true, 2, 0) && !f.matches(false, 3, 0));
+        assert!(DumpFilter::default().is_empty());
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub enum Error {
         /// What to do about it.
         hint: &'static str,
     },
+    /// A tracker checkpoint could not be restored.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::CheckpointError),
     /// A helper command (nft) failed.
     #[error("{command}: {message}")]
     Command {

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use podflow_model::Observation;
 
 use crate::decode::{CtEvent, DecodeStats, decode_entry, error_code, event_of};
+use crate::encode::DumpFilter;
 use crate::nl::{self, Messages};
-use crate::socket::{CtSocket, Recv};
+use crate::socket::{BATCH_SLOTS, Batch, CtSocket, Recv, SLOT_BYTES};
 use crate::sysctl::{Features, enable_features, read_features};
 use crate::{Error, Tracker, encode};
 
@@ -41,6 +42,51 @@ impl Default for SourceConfig {
             events: true,
             enable_features: false,
             first_reply: false,
+        }
+    }
+}
+
+/// Further settings of a source, apart from [`SourceConfig`] so that code building a
+/// `SourceConfig` field by field keeps compiling; [`Source::open_with`] takes them.
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    /// Subscribe to NEW events too (on by default). Without them nothing is lost: a
+    /// DESTROY carries the tuple, timestamps and final counters, so a connection that
+    /// opens and closes between two dumps is still reported whole (opened and closed in one
+    /// observation, counted in `destroy_unknown`), and one that lives across a dump is
+    /// reported opened by that dump. What changes is when `opened` is reported (at the next
+    /// dump or the close, not at once), and the event volume halves (a short connection
+    /// sends one event instead of two), which halves podflow's event CPU and the
+    /// chance of an overflow. `first_reply` needs NEW events and turns them on.
+    pub new_events: bool,
+    /// Reliable DESTROY delivery (conntrackd's `NetlinkEventsReliable`): the kernel keeps
+    /// an entry whose DESTROY event could not be delivered (event socket full) and sends it
+    /// again later, so no connection's final bytes are lost to an overflow. Off by default.
+    ///
+    /// **Warning:** the price is paid by the node: while podflow does not read its events
+    /// (stalled, stopped by a debugger, starved of CPU), closed connections stay in the
+    /// conntrack table waiting for delivery, so a stalled podflow can fill the table
+    /// (`nf_conntrack_max`) and the kernel then drops new connections. Overflows are no
+    /// longer reported (`NETLINK_NO_ENOBUFS`): NEW and UPDATE events can still be lost,
+    /// silently (dumps recover those connections; first-reply times are then taken only
+    /// from UPDATEs read before the next dump shows the reply).
+    pub reliable_events: bool,
+    /// Keep dump CPU under this fraction of one core (e.g. 0.05 = 5%): the interval in
+    /// force is `max(interval, last dump's CPU time / budget)`, published as
+    /// `SourceStats::dump_interval_ns`. `None`: always the configured interval.
+    pub cpu_budget: Option<f64>,
+    /// Ask the kernel for only these entries (dumps), and ignore events of others
+    /// (user space: the kernel does not filter multicast). Empty: everything.
+    pub filter: DumpFilter,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            new_events: true,
+            reliable_events: false,
+            cpu_budget: None,
+            filter: DumpFilter::default(),
         }
     }
 }
@@ -88,6 +134,18 @@ pub struct SourceStats {
     pub baselined: AtomicU64,
     /// Observations emitted.
     pub observations: AtomicU64,
+    /// Connections remembered from a checkpoint that had closed while no agent ran
+    /// (found gone by the first dump after the restore; their last bytes are lost).
+    pub closed_while_down: AtomicU64,
+    /// The dump interval in force, ns (the configured one, or longer under a CPU budget):
+    /// the gauge `podflow_conntrack_dump_interval_seconds`.
+    pub dump_interval_ns: AtomicU64,
+    /// CPU time (user + system) of the dumping thread spent in dumps, ns.
+    pub dump_cpu_ns: AtomicU64,
+    /// CPU time of the last dump, ns.
+    pub last_dump_cpu_ns: AtomicU64,
+    /// Events of entries outside `SourceOptions::filter`, ignored.
+    pub events_filtered: AtomicU64,
 }
 
 /// What one dump read.
@@ -99,6 +157,8 @@ pub struct DumpSummary {
     pub emitted: u64,
     /// How long it took.
     pub elapsed: Duration,
+    /// CPU time of the dumping thread (user + system: the kernel's work is billed here).
+    pub cpu: Duration,
 }
 
 /// A conntrack source: dumps and events of one network namespace.
@@ -111,15 +171,36 @@ pub struct Source {
     features: Features,
     decode_stats: DecodeStats,
     buf: Vec<u8>,
+    /// Event datagrams, [`BATCH_SLOTS`] slots of [`SLOT_BYTES`].
+    ev_buf: Vec<u8>,
     seq: u32,
+    filter: DumpFilter,
+    cpu_budget: Option<f64>,
+    reliable: bool,
 }
 
-/// Largest dump chunk the kernel sends is 32 KiB; events are single small messages.
+/// Largest dump chunk the kernel sends is 32 KiB; a larger buffer gains nothing.
 const RECV_BUF: usize = 64 << 10;
-/// Receive buffers in flight between the dump reader thread and the decoder.
-const DUMP_BUFFERS: usize = 16;
 /// Bound on event datagrams handled per call, so a storm cannot starve the dumps.
 const MAX_EVENTS_PER_POLL: usize = 100_000;
+
+/// CPU time of the calling thread (user + system), ns.
+fn thread_cpu_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(0, |t| {
+        (t.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(t.tv_nsec() as u64)
+    })
+}
+
+/// The interval to wait after a dump that cost `cpu_ns`: `interval`, or longer so that
+/// dumping uses at most `budget` of a core.
+pub fn budget_interval(interval: Duration, cpu_ns: u64, budget: Option<f64>) -> Duration {
+    match budget.filter(|b| *b > 0.0 && b.is_finite()) {
+        Some(b) => interval.max(Duration::from_secs_f64(cpu_ns as f64 / 1e9 / b)),
+        None => interval,
+    }
+}
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -130,22 +211,38 @@ fn now_ns() -> u64 {
 impl Source {
     /// Opens the sockets (in `cfg.netns` if set) and checks the features.
     pub fn open(cfg: &SourceConfig) -> Result<Source, Error> {
+        Source::open_with(cfg, &SourceOptions::default(), Tracker::new(now_ns()))
+    }
+
+    /// Opens the sockets like [`Source::open`] but continues with `tracker`, e.g. one
+    /// [`Tracker::restore`]d from a checkpoint (plus [`Tracker::apply`] of the batches
+    /// reported after it): the first dump then continues where the last report left off
+    /// instead of taking a new baseline (see [`Tracker::restore`]).
+    ///
+    /// `tracker`: `Tracker::new(now)` for a fresh start.
+    pub fn open_with(
+        cfg: &SourceConfig,
+        opts: &SourceOptions,
+        tracker: Tracker,
+    ) -> Result<Source, Error> {
         let open = || -> Result<_, Error> {
             if let Some(ns) = &cfg.netns {
                 crate::enter_netns(ns)?;
             }
             // Subscribe to events before the first dump, so nothing falls between them.
             let events = if cfg.events {
-                let mut groups = (1 << (nl::NFNLGRP_CONNTRACK_NEW - 1))
-                    | (1 << (nl::NFNLGRP_CONNTRACK_DESTROY - 1));
+                let mut groups = 1 << (nl::NFNLGRP_CONNTRACK_DESTROY - 1);
+                if opts.new_events || cfg.first_reply {
+                    groups |= 1 << (nl::NFNLGRP_CONNTRACK_NEW - 1);
+                }
                 if cfg.first_reply {
                     groups |= 1 << (nl::NFNLGRP_CONNTRACK_UPDATE - 1);
                 }
-                Some(CtSocket::open(
-                    groups,
-                    cfg.event_buffer,
-                    "open event socket",
-                )?)
+                let sock = CtSocket::open(groups, cfg.event_buffer, "open event socket")?;
+                if opts.reliable_events {
+                    sock.set_reliable()?;
+                }
+                Some(sock)
             } else {
                 None
             };
@@ -169,16 +266,36 @@ impl Source {
         } else {
             open()?
         };
+        let stats = Arc::new(SourceStats::default());
+        stats.dump_interval_ns.store(0, Relaxed);
         Ok(Source {
             dump_sock,
+            ev_buf: if event_sock.is_some() {
+                vec![0; BATCH_SLOTS * SLOT_BYTES]
+            } else {
+                Vec::new()
+            },
             event_sock,
-            tracker: Tracker::new(now_ns()),
-            stats: Arc::new(SourceStats::default()),
+            tracker,
+            stats,
             features,
             decode_stats: DecodeStats::default(),
             buf: vec![0; RECV_BUF],
             seq: 0,
+            filter: opts.filter,
+            cpu_budget: opts.cpu_budget,
+            reliable: opts.reliable_events && cfg.events,
         })
+    }
+
+    /// Whether the event socket has reliable delivery on (read back from the kernel).
+    pub fn reliable_events(&self) -> bool {
+        self.event_sock.as_ref().is_some_and(CtSocket::is_reliable)
+    }
+
+    /// The tracker's state as a checkpoint (see [`Tracker::checkpoint`]).
+    pub fn checkpoint(&self) -> Vec<u8> {
+        self.tracker.checkpoint()
     }
 
     /// The conntrack features of the namespace.
@@ -198,12 +315,24 @@ impl Source {
 
     /// Dumps the whole table, emits deltas, drains pending events, then forgets
     /// connections gone without a DESTROY.
+    ///
+    /// One thread receives, decodes and tracks: the kernel builds each 32 KiB chunk
+    /// inside the `recv` that asks for it, so a second receiving thread would only add
+    /// wake-ups (CPU) to hide user-space time that is a few percent of the kernel's.
     pub fn dump(&mut self, emit: &mut impl FnMut(Observation)) -> Result<DumpSummary, Error> {
         let t0 = Instant::now();
+        let cpu0 = thread_cpu_ns();
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        self.dump_sock
-            .send(&encode::dump_request(seq), "dump request")?;
+        self.dump_sock.send(
+            &encode::dump_request_filtered(seq, &self.filter),
+            "dump request",
+        )?;
+        if self.reliable {
+            // Lost UPDATEs are not signalled with reliable delivery: distrust replies the
+            // dump shows that no UPDATE announced.
+            self.tracker.events_lost();
+        }
         self.tracker.begin_dump();
         let mut entries = 0u64;
         let mut emitted = 0u64;
@@ -212,90 +341,51 @@ impl Source {
             emitted += 1;
             emit(o)
         };
-        // Receiving runs on a second thread: the kernel builds the next chunk while this
-        // one is decoded, so decoding and delta tracking hide behind the kernel's own work.
-        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(DUMP_BUFFERS);
-        let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(DUMP_BUFFERS + 1);
-        for _ in 0..DUMP_BUFFERS {
-            let _ = free_tx.send(vec![0u8; RECV_BUF]);
-        }
-        let sock = &self.dump_sock;
-        let tracker = &mut self.tracker;
-        let decode_stats = &mut self.decode_stats;
-        let stats = &self.stats;
-        let outcome = std::thread::scope(|scope| -> Result<(), Error> {
-            let reader = scope.spawn(move || -> Result<(), Error> {
-                while let Ok(mut buf) = free_rx.recv() {
-                    let n = match sock.recv(&mut buf, None, "dump")? {
-                        Recv::Data(n) => n,
-                        Recv::Timeout => continue,
-                        Recv::Overflow => {
-                            return Err(Error::kernel("dump", nix::errno::Errno::ENOBUFS));
-                        }
-                    };
-                    let last = Messages::new(&buf[..n]).flatten().any(|(h, _)| {
-                        h.seq == seq && (h.kind == nl::NLMSG_DONE || h.kind == nl::NLMSG_ERROR)
-                    });
-                    if full_tx.send((buf, n)).is_err() || last {
+        'recv: loop {
+            let n = match self.dump_sock.recv(&mut self.buf, None, "dump")? {
+                Recv::Data(n) => n,
+                Recv::Timeout => continue,
+                Recv::Overflow => return Err(Error::kernel("dump", nix::errno::Errno::ENOBUFS)),
+            };
+            for m in Messages::new(&self.buf[..n]) {
+                let (h, payload) = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.stats.decode_errors.fetch_add(1, Relaxed);
+                        tracing::warn!(error = ?e, "skipping malformed dump datagram");
                         break;
                     }
+                };
+                if h.seq != seq {
+                    continue;
                 }
-                Ok(())
-            });
-            let mut result = Ok(());
-            'recv: while let Ok((buf, n)) = full_rx.recv() {
-                for m in Messages::new(&buf[..n]) {
-                    let (h, payload) = match m {
-                        Ok(m) => m,
-                        Err(e) => {
-                            stats.decode_errors.fetch_add(1, Relaxed);
-                            tracing::warn!(error = ?e, "skipping malformed dump datagram");
-                            break;
+                interrupted |= h.flags & nl::NLM_F_DUMP_INTR != 0;
+                match h.kind {
+                    nl::NLMSG_DONE => break 'recv,
+                    nl::NLMSG_ERROR => {
+                        if let Some(e) = error_code(payload).filter(|e| *e != 0) {
+                            return Err(Error::kernel("dump", nix::errno::Errno::from_raw(-e)));
                         }
-                    };
-                    if h.seq != seq {
-                        continue;
                     }
-                    interrupted |= h.flags & nl::NLM_F_DUMP_INTR != 0;
-                    match h.kind {
-                        nl::NLMSG_DONE => break 'recv,
-                        nl::NLMSG_ERROR => {
-                            if let Some(e) = error_code(payload).filter(|e| *e != 0) {
-                                result =
-                                    Err(Error::kernel("dump", nix::errno::Errno::from_raw(-e)));
-                                break 'recv;
-                            }
+                    _ => match decode_entry(payload, &mut self.decode_stats) {
+                        Ok(e) => {
+                            entries += 1;
+                            self.tracker.on_dump(&e, &mut emit_counted);
                         }
-                        _ => match decode_entry(payload, decode_stats) {
-                            Ok(e) => {
-                                entries += 1;
-                                tracker.on_dump(&e, &mut emit_counted);
-                            }
-                            Err(err) => {
-                                stats.decode_errors.fetch_add(1, Relaxed);
-                                tracing::warn!(%err, "skipping undecodable dump entry");
-                            }
-                        },
-                    }
+                        Err(err) => {
+                            self.stats.decode_errors.fetch_add(1, Relaxed);
+                            tracing::warn!(%err, "skipping undecodable dump entry");
+                        }
+                    },
                 }
-                let _ = free_tx.send(buf);
             }
-            drop(full_rx);
-            drop(free_tx);
-            let read = reader.join().unwrap_or_else(|_| {
-                Err(Error::Command {
-                    command: "dump reader".into(),
-                    message: "thread panicked".into(),
-                })
-            });
-            result.and(read)
-        });
-        outcome?;
+        }
         // DESTROY events queued during the dump belong to entries the dump may have
         // missed: handle them before forgetting anything.
         self.drain_events(Some(Duration::ZERO), &mut emit_counted)?;
         self.tracker.end_dump();
         let elapsed = t0.elapsed();
+        let cpu = thread_cpu_ns().saturating_sub(cpu0);
         let s = &self.stats;
         s.dumps.fetch_add(1, Relaxed);
         s.dump_entries.fetch_add(entries, Relaxed);
@@ -303,12 +393,15 @@ impl Source {
             .fetch_add(u64::from(interrupted), Relaxed);
         s.dump_ns.fetch_add(elapsed.as_nanos() as u64, Relaxed);
         s.last_dump_ns.store(elapsed.as_nanos() as u64, Relaxed);
+        s.dump_cpu_ns.fetch_add(cpu, Relaxed);
+        s.last_dump_cpu_ns.store(cpu, Relaxed);
         s.observations.fetch_add(emitted, Relaxed);
         self.publish_tracker_stats();
         Ok(DumpSummary {
             entries,
             emitted,
             elapsed,
+            cpu: Duration::from_nanos(cpu),
         })
     }
 
@@ -317,8 +410,10 @@ impl Source {
     pub fn dump_discard(&mut self) -> Result<u64, Error> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        self.dump_sock
-            .send(&encode::dump_request(seq), "dump request")?;
+        self.dump_sock.send(
+            &encode::dump_request_filtered(seq, &self.filter),
+            "dump request",
+        )?;
         let mut n_msgs = 0u64;
         loop {
             let Recv::Data(n) = self.dump_sock.recv(&mut self.buf, None, "dump")? else {
@@ -343,6 +438,7 @@ impl Source {
         s.destroy_unknown.store(t.destroy_unknown, Relaxed);
         s.baselined.store(t.baselined, Relaxed);
         s.first_replies.store(t.first_replies, Relaxed);
+        s.closed_while_down.store(t.closed_while_down, Relaxed);
         s.unknown_attributes
             .store(self.decode_stats.unknown_attributes, Relaxed);
     }
@@ -362,49 +458,69 @@ impl Source {
         };
         let mut overflow = false;
         let mut wait = timeout;
-        for _ in 0..MAX_EVENTS_PER_POLL {
-            let n = match sock.recv(&mut self.buf, wait, "events")? {
-                Recv::Data(n) => n,
-                Recv::Timeout => break,
-                Recv::Overflow => {
+        let mut lens = [0usize; BATCH_SLOTS];
+        let mut handled = 0usize;
+        while handled < MAX_EVENTS_PER_POLL {
+            let got = match sock.recv_batch(&mut self.ev_buf, &mut lens, wait, "events")? {
+                Batch::Data(n) => n,
+                Batch::Timeout => break,
+                Batch::Overflow => {
                     self.stats.event_overflows.fetch_add(1, Relaxed);
                     self.tracker.events_lost();
                     overflow = true;
                     continue;
                 }
             };
-            wait = Some(Duration::ZERO);
-            // One clock read per datagram: the reply time when the kernel does not stamp
-            // its events.
+            wait = None;
+            handled += got;
+            // One clock read per batch: the reply time when the kernel does not stamp its
+            // events.
             let recv_ns = now_ns();
-            for m in Messages::new(&self.buf[..n]) {
-                let Ok((h, payload)) = m else {
+            for (slot, &len) in lens[..got].iter().enumerate() {
+                if len == usize::MAX {
                     self.stats.decode_errors.fetch_add(1, Relaxed);
-                    break;
-                };
-                let Some(ev) = event_of(&h) else { continue };
-                match decode_entry(payload, &mut self.decode_stats) {
-                    Ok(e) => match ev {
-                        CtEvent::New => {
-                            self.stats.events_new.fetch_add(1, Relaxed);
-                            self.tracker.on_new(&e, emit);
-                        }
-                        CtEvent::Destroy => {
-                            self.stats.events_destroy.fetch_add(1, Relaxed);
-                            self.tracker.on_destroy(&e, emit);
-                        }
-                        CtEvent::Update => {
-                            // Only subscribed with `first_reply`; anything else is ignored.
-                            self.stats.events_update.fetch_add(1, Relaxed);
-                            if !self.tracker.on_update(&e, recv_ns) {
-                                self.stats.updates_ignored.fetch_add(1, Relaxed);
+                    tracing::warn!("skipping an event datagram larger than {SLOT_BYTES} bytes");
+                    continue;
+                }
+                let at = slot * SLOT_BYTES;
+                let datagram = &self.ev_buf[at..at + len];
+                for m in Messages::new(datagram) {
+                    let Ok((h, payload)) = m else {
+                        self.stats.decode_errors.fetch_add(1, Relaxed);
+                        break;
+                    };
+                    let Some(ev) = event_of(&h) else { continue };
+                    match decode_entry(payload, &mut self.decode_stats) {
+                        Ok(e) => {
+                            if !self.filter.is_empty()
+                                && !self.filter.matches(e.orig.src.is_ipv6(), e.mark, e.zone)
+                            {
+                                self.stats.events_filtered.fetch_add(1, Relaxed);
+                                continue;
+                            }
+                            match ev {
+                                CtEvent::New => {
+                                    self.stats.events_new.fetch_add(1, Relaxed);
+                                    self.tracker.on_new(&e, emit);
+                                }
+                                CtEvent::Destroy => {
+                                    self.stats.events_destroy.fetch_add(1, Relaxed);
+                                    self.tracker.on_destroy(&e, emit);
+                                }
+                                CtEvent::Update => {
+                                    // Only subscribed with `first_reply`.
+                                    self.stats.events_update.fetch_add(1, Relaxed);
+                                    if !self.tracker.on_update(&e, recv_ns) {
+                                        self.stats.updates_ignored.fetch_add(1, Relaxed);
+                                    }
+                                }
+                                CtEvent::Dump => {}
                             }
                         }
-                        CtEvent::Dump => {}
-                    },
-                    Err(err) => {
-                        self.stats.decode_errors.fetch_add(1, Relaxed);
-                        tracing::warn!(%err, "skipping undecodable event");
+                        Err(err) => {
+                            self.stats.decode_errors.fetch_add(1, Relaxed);
+                            tracing::warn!(%err, "skipping undecodable event");
+                        }
                     }
                 }
             }
@@ -435,8 +551,9 @@ impl Source {
         Ok(())
     }
 
-    /// Runs until `stop` is set: events continuously, a full dump every `interval`, and
-    /// a last dump at the end so the bytes since the previous one are not lost.
+    /// Runs until `stop` is set: events continuously, a full dump every `interval` (or
+    /// longer under `SourceOptions::cpu_budget`), and a last dump at the end so the bytes
+    /// since the previous one are not lost.
     /// Observations go to `sink` in batches of up to `batch` (a full sink blocks: that is
     /// the back-pressure, and the kernel's event buffer absorbs it or overflows, counted).
     pub fn run(
@@ -446,11 +563,26 @@ impl Source {
         stop: &AtomicBool,
         sink: &mut impl FnMut(Vec<Observation>),
     ) -> Result<(), Error> {
+        self.run_with(interval, batch, stop, sink, &mut |_| {})
+    }
+
+    /// [`Source::run`], calling `after_dump` after each scheduled dump (the last one
+    /// included) once every observation emitted so far has gone to `sink`: the moment a
+    /// [`Source::checkpoint`] covers exactly what the sink has received.
+    pub fn run_with(
+        &mut self,
+        interval: Duration,
+        batch: usize,
+        stop: &AtomicBool,
+        sink: &mut impl FnMut(Vec<Observation>),
+        after_dump: &mut impl FnMut(&Source),
+    ) -> Result<(), Error> {
         let batch = batch.max(1);
         let mut pending = Vec::with_capacity(batch);
         let mut next_dump = Instant::now();
         loop {
             let stopping = stop.load(Relaxed);
+            let mut dumped = false;
             {
                 let mut emit = |o: Observation| {
                     pending.push(o);
@@ -459,8 +591,13 @@ impl Source {
                     }
                 };
                 if stopping || Instant::now() >= next_dump {
-                    self.dump(&mut emit)?;
-                    next_dump = Instant::now() + interval;
+                    let d = self.dump(&mut emit)?;
+                    let wait = budget_interval(interval, d.cpu.as_nanos() as u64, self.cpu_budget);
+                    self.stats
+                        .dump_interval_ns
+                        .store(wait.as_nanos() as u64, Relaxed);
+                    next_dump = Instant::now() + wait;
+                    dumped = true;
                 }
                 if !stopping {
                     let wait = next_dump
@@ -472,9 +609,33 @@ impl Source {
             if !pending.is_empty() {
                 sink(std::mem::replace(&mut pending, Vec::with_capacity(batch)));
             }
+            if dumped {
+                after_dump(self);
+            }
             if stopping {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_stretches_the_interval_only_when_dumps_cost_more_than_it() {
+        let five = Duration::from_secs(5);
+        // 0.25 s of CPU per dump within 5% of a core: 5 s.
+        assert_eq!(budget_interval(five, 250_000_000, Some(0.05)), five);
+        // 2.5 s per dump (1M entries) within 5%: 50 s.
+        assert_eq!(
+            budget_interval(five, 2_500_000_000, Some(0.05)),
+            Duration::from_secs(50)
+        );
+        // No budget, or a meaningless one: the configured interval.
+        assert_eq!(budget_interval(five, 2_500_000_000, None), five);
+        assert_eq!(budget_interval(five, 2_500_000_000, Some(0.0)), five);
+        assert_eq!(budget_interval(five, 2_500_000_000, Some(f64::NAN)), five);
     }
 }

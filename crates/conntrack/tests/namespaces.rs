@@ -519,3 +519,139 @@ EOF")
     );
     assert!(seen.of(Protocol::TCP, tp) < Duration::from_millis(50));
 }
+
+/// A storm of short connections (entries created and deleted by batched netlink messages:
+/// one NEW and one DESTROY event each) while podflow does not read, with an event buffer
+/// far smaller than the storm: with reliable delivery every DESTROY arrives (the kernel
+/// keeps the entries and redelivers), each connection is reported closed exactly once;
+/// without it the same storm loses DESTROYs (the control).
+#[test]
+fn reliable_delivery_loses_no_destroy_under_a_storm() {
+    if !podflow_testkit::can_run("reliable_delivery") {
+        return;
+    }
+    const N: u64 = 20_000;
+    for reliable in [true, false] {
+        let ns = podflow_testkit::Netns::new("ctrel").expect("namespace");
+        ns.sh(
+            "sysctl -qw net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_timestamp=1",
+        )
+        .expect("sysctl");
+        let mut src = Source::open_with(
+            &SourceConfig {
+                netns: Some(ns.path()),
+                event_buffer: 256 << 10,
+                ..Default::default()
+            },
+            &podflow_conntrack::SourceOptions {
+                reliable_events: reliable,
+                ..Default::default()
+            },
+            podflow_conntrack::Tracker::new(0),
+        )
+        .expect("open");
+        assert_eq!(src.reliable_events(), reliable);
+        let mut closed: HashMap<u64, u32> = HashMap::new();
+        let mut add = |o: Observation| {
+            if o.closed {
+                *closed
+                    .entry(podflow_conntrack::conn_key(
+                        o.conn_id, o.proto.0, o.zone, &o.orig,
+                    ))
+                    .or_default() += 1;
+            }
+        };
+        src.dump(&mut add).expect("first dump");
+        let report = ns.run(|| {
+            let mut l = podflow_conntrack::load::Loader::open().expect("loader");
+            let r = podflow_conntrack::load::storm(&mut l, 50, None, Duration::from_secs(60), N)
+                .expect("storm");
+            let errors = l.settle(Duration::from_millis(100)).expect("settle");
+            (r, errors)
+        });
+        assert_eq!(report.0.entries, N);
+        assert_eq!(report.1, 0, "the kernel refused some creates or deletes");
+        let stats = src.stats();
+        let destroys = || {
+            stats
+                .events_destroy
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        // Read until every DESTROY is in (the kernel redelivers the held ones), at most 60 s.
+        let t = std::time::Instant::now();
+        while destroys() < N && t.elapsed() < Duration::from_secs(if reliable { 60 } else { 3 }) {
+            src.poll(Duration::from_millis(50), &mut add).expect("poll");
+        }
+        let overflows = stats
+            .event_overflows
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if reliable {
+            assert_eq!(destroys(), N, "every DESTROY delivered");
+            assert_eq!(closed.len() as u64, N, "every connection reported closed");
+            assert!(closed.values().all(|&c| c == 1), "and only once");
+            assert_eq!(overflows, 0, "no overflow is reported in reliable mode");
+        } else {
+            assert!(overflows >= 1, "the control storm overflowed the buffer");
+            assert!(destroys() < N, "and lost DESTROYs ({} of {N})", destroys());
+        }
+    }
+}
+
+/// A restart from a checkpoint against the real kernel: a source dumps a table, its
+/// tracker is checkpointed, entries close and others open while "no agent runs", and a new
+/// source opened with the restored tracker continues: remembered connections report only
+/// what moved, the closed ones are counted as closed while down, the new ones are reported
+/// whole, and nothing is taken as a new baseline.
+#[test]
+fn a_restored_tracker_continues_where_the_checkpoint_left_off() {
+    if !podflow_testkit::can_run("restored_tracker") {
+        return;
+    }
+    let ns = podflow_testkit::Netns::new("ctcp").expect("namespace");
+    ns.sh("sysctl -qw net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_timestamp=1")
+        .expect("sysctl");
+    let cfg = SourceConfig {
+        netns: Some(ns.path()),
+        ..Default::default()
+    };
+    ns.run(|| {
+        let mut l = podflow_conntrack::load::Loader::open().expect("loader");
+        l.create(1, 0..3000, 600).expect("create");
+        assert_eq!(l.settle(Duration::from_millis(50)).expect("settle"), 0);
+    });
+    let mut src = open_source(&ns);
+    let mut n = 0;
+    src.dump(&mut |_| n += 1).expect("dump");
+    assert_eq!(
+        (n, src.tracker().len()),
+        (0, 3000),
+        "the first dump is a baseline"
+    );
+    let checkpoint = src.checkpoint();
+    drop(src);
+    // While down: 500 close (their DESTROY goes nowhere), 200 open.
+    ns.run(|| {
+        let mut l = podflow_conntrack::load::Loader::open().expect("loader");
+        l.delete(1, 0..500).expect("delete");
+        l.create(1, 5000..5200, 600).expect("create");
+        assert_eq!(l.settle(Duration::from_millis(50)).expect("settle"), 0);
+    });
+    let tracker = podflow_conntrack::Tracker::restore(&checkpoint).expect("restore");
+    let mut src = Source::open_with(&cfg, &Default::default(), tracker).expect("open");
+    let mut opened = 0;
+    let mut other = 0;
+    src.dump(&mut |o| {
+        if o.opened { opened += 1 } else { other += 1 }
+    })
+    .expect("dump");
+    let stats = src.stats();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        opened, 200,
+        "the connections new since the checkpoint, reported whole"
+    );
+    assert_eq!(other, 0, "the idle remembered ones did not move");
+    assert_eq!(get(&stats.closed_while_down), 500);
+    assert_eq!(get(&stats.baselined), 0, "no new baseline");
+    assert_eq!(src.tracker().len(), 2700);
+}

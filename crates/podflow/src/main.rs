@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use podflow_conntrack::SourceConfig;
+use podflow_conntrack::{SourceConfig, SourceOptions};
 use run::RunConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -206,6 +206,9 @@ struct RunArgs {
     /// Observe another network namespace (a file such as /run/netns/NAME).
     #[arg(long, env = "PODFLOW_NETNS")]
     netns: Option<PathBuf>,
+
+    #[command(flatten)]
+    conntrack: ConntrackArgs,
 
     /// Bound on distinct flow keys per interval; beyond it traffic is summed into a
     /// per-protocol overflow row (counted in podflow_aggregator_overflow_observations_total).
@@ -451,6 +454,9 @@ struct AgentArgs {
     #[arg(long, env = "PODFLOW_NETNS")]
     netns: Option<PathBuf>,
 
+    #[command(flatten)]
+    conntrack: ConntrackArgs,
+
     /// Memory for batches not yet acknowledged, bytes.
     #[arg(long, env = "PODFLOW_BUFFER_MEMORY", default_value_t = 64 << 20)]
     buffer_memory: usize,
@@ -491,6 +497,56 @@ struct AgentArgs {
 
     #[command(flatten)]
     probes: ProbeArgs,
+}
+
+/// Conntrack source options shared by `agent` and `run`.
+#[derive(Debug, Args)]
+struct ConntrackArgs {
+    /// Reliable DESTROY delivery (conntrackd's NetlinkEventsReliable): the kernel keeps a
+    /// closed connection whose DESTROY event it could not deliver and sends it again, so no
+    /// final bytes are lost to an event overflow. WARNING: while podflow does not read its
+    /// events (stalled, starved of CPU, stopped) closed connections stay in the table,
+    /// which can fill up (nf_conntrack_max); the kernel then drops new connections.
+    #[arg(long, env = "PODFLOW_RELIABLE_EVENTS")]
+    reliable_events: bool,
+
+    /// Keep table dumps under this fraction of one core (e.g. 0.05 = 5%): the dump
+    /// interval in force becomes max(--interval, last dump's CPU time / budget), shown by
+    /// podflow_conntrack_dump_interval_seconds. Unset: always --interval.
+    #[arg(long, env = "PODFLOW_DUMP_CPU_BUDGET", value_parser = parse_budget)]
+    dump_cpu_budget: Option<f64>,
+
+    /// Do not subscribe to NEW events: DESTROY carries the tuple, both timestamps and the
+    /// final counters, so nothing is lost, a short connection costs one event instead of
+    /// two, and `opened` is reported at the next dump or the close. Ignored with
+    /// --first-reply (which needs NEW events).
+    #[arg(long, env = "PODFLOW_NO_NEW_EVENTS")]
+    no_new_events: bool,
+}
+
+impl ConntrackArgs {
+    fn options(&self) -> SourceOptions {
+        SourceOptions {
+            new_events: !self.no_new_events,
+            reliable_events: self.reliable_events,
+            cpu_budget: self.dump_cpu_budget,
+            ..SourceOptions::default()
+        }
+    }
+}
+
+/// A CPU budget: a fraction of one core in (0, 1].
+fn parse_budget(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number (a fraction of one core, e.g. 0.05)"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is outside (0, 1] (a fraction of one core, e.g. 0.05)"
+        ))
+    }
 }
 
 /// Node-to-node probes (the agent's responder and prober).
@@ -782,6 +838,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
             enable_features: a.enable_accounting,
             first_reply: a.first_reply,
         },
+        source_options: a.conntrack.options(),
         tls,
         token_file: a.token_file,
         max_memory: a.buffer_memory,
@@ -927,6 +984,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             enable_features: args.enable_accounting,
             first_reply: args.first_reply,
         },
+        source_options: args.conntrack.options(),
         max_keys: args.max_keys,
         enrich: args.attribution.settings()?,
         metrics: args.metrics.config()?,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use podflow_api::{AppState, StoreReader};
-use podflow_conntrack::SourceConfig;
+use podflow_conntrack::{SourceConfig, SourceOptions};
 use podflow_pipeline::workload_metrics::WorkloadMetricsConfig;
 use podflow_role::netflow::Intake;
 use podflow_role::{Registry, RoleError, open_store, serve_http};
@@ -31,6 +31,8 @@ pub struct RunConfig {
     pub observer: String,
     /// The conntrack source.
     pub source: SourceConfig,
+    /// Further conntrack options (NEW events, reliable delivery, a dump CPU budget).
+    pub source_options: SourceOptions,
     /// Bound on flow keys per open interval.
     pub max_keys: usize,
     /// Attribution: inventory, cloud ranges, prices, user networks.
@@ -80,8 +82,12 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), Role
     tracing::info!(listen = %cfg.listen, store = %store_path.display(), "podflow run: serving /metrics, /api/v1/flows, /live, /ready");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (source_thread, mut rx) = match podflow_agent::source::spawn(
+    let (source_thread, mut rx) = match podflow_agent::source::spawn_with(
         cfg.source.clone(),
+        podflow_agent::source::Continue {
+            options: cfg.source_options.clone(),
+            ..Default::default()
+        },
         cfg.interval,
         Arc::clone(&registry),
         Arc::clone(&stop),

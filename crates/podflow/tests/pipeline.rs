@@ -1,6 +1,7 @@
 //! `podflow agent` → `podflow server` end to end, as child processes: the agent observes a
 //! namespace this test creates; the server is killed and restarted mid-stream and its store
-//! is locked for a while; the stored totals must equal the kernel's final counters exactly.
+//! is locked for a while, or the agent is killed mid-traffic and restarted on its data
+//! directory; the stored totals must equal the kernel's final counters exactly.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -175,6 +176,202 @@ fn agent_to_server_is_exact_across_a_server_kill_and_a_locked_store() {
     );
     assert_eq!((opened, closed), (15, 15));
     assert!(mine.iter().all(|r| r.observer == "node-a"));
+}
+
+/// The stored totals of each responder port (one connection per port here): (out, in)
+/// bytes and packets.
+fn stored_by_port(db: &Path) -> std::collections::HashMap<u16, [u64; 4]> {
+    let store = SqliteStore::open_reader(db).expect("store");
+    let rows = store
+        .flows(&FlowQuery {
+            from: 0,
+            to: i64::MAX,
+            limit: 10_000,
+        })
+        .expect("query");
+    let mut by_port = std::collections::HashMap::new();
+    for r in rows.iter().filter(|r| r.observer == "node-a") {
+        let t: &mut [u64; 4] = by_port.entry(r.key.responder_port).or_default();
+        t[0] += r.totals.bytes_out;
+        t[1] += r.totals.packets_out;
+        t[2] += r.totals.bytes_in;
+        t[3] += r.totals.packets_in;
+    }
+    by_port
+}
+
+/// The agent is SIGKILLed mid-traffic and restarted on the same data directory: from the
+/// tracker checkpoint in its buffer's log (plus the batches logged after it) it continues
+/// where its last report left off. Every connection has its own responder port, so each
+/// is checked alone against the kernel's DESTROY counters:
+/// - TCP connections closed before the kill: not counted again;
+/// - TCP connections carrying traffic across the kill and the downtime: exact (no byte
+///   counted twice, none lost);
+/// - TCP connections opened while the agent was down: reported whole;
+/// - UDP flows reported, then idle, that expired while the agent was down: exact (their
+///   final counters are what was reported) and counted in closed_while_down.
+#[test]
+fn a_killed_agent_restarted_on_its_data_dir_neither_doubles_nor_loses_bytes() {
+    use nix::sys::signal::Signal;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    if !podflow_testkit::can_run("agent_restart")
+        || !podflow_testkit::have("agent_restart", "conntrack")
+    {
+        return;
+    }
+    let pair = Pair::new("arst").expect("namespaces");
+    pair.a.short_tcp_timeouts().expect("timeouts");
+    // Idle UDP flows expire after 8 s: after the kill, while the agent is down.
+    pair.a
+        .sh("sysctl -qw net.netfilter.nf_conntrack_udp_timeout=8 \
+             net.netfilter.nf_conntrack_udp_timeout_stream=8")
+        .expect("udp timeouts");
+    let log = DestroyLog::start(&pair.a);
+    let (before, alive, down, udp) = (5311..5313u16, 5321..5324u16, 5341..5343u16, 5331..5334u16);
+    for p in before.clone().chain(alive.clone()).chain(down.clone()) {
+        serve(&pair, p);
+    }
+    for p in udp.clone() {
+        podflow_testkit::serve_udp_delayed(&pair, Pair::B4, p, Duration::ZERO);
+    }
+    let sdata = tempfile::tempdir().expect("tmp");
+    let adata = tempfile::tempdir().expect("tmp");
+    let (http, grpc, ahttp) = (free_port(), free_port(), free_port());
+    let server = start_server(sdata.path(), http, grpc);
+    let agent = start_agent(&pair.a, adata.path(), grpc, ahttp, &[]);
+    let ready = |port| {
+        wait_until("the agent", Duration::from_secs(20), || {
+            get(port, "/ready").is_some_and(|(s, _)| s == 200)
+        })
+    };
+    ready(ahttp);
+    let mut sports = Vec::new();
+
+    // 1. Connections that open and close while the agent runs.
+    for (i, p) in before.clone().enumerate() {
+        let mut c = connect(&pair, Pair::B4, p);
+        sports.push(("tcp", c.local_addr().expect("addr").port()));
+        exchange(&mut c, 10_000 + i * 1000, 30_000);
+    }
+    // 2. Connections with traffic all along, on a thread of their own.
+    let streams: Vec<_> = alive
+        .clone()
+        .map(|p| {
+            let c = connect(&pair, Pair::B4, p);
+            sports.push(("tcp", c.local_addr().expect("addr").port()));
+            c
+        })
+        .collect();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut streams = streams;
+            let mut n = 0usize;
+            while !stop.load(Relaxed) {
+                for (i, c) in streams.iter_mut().enumerate() {
+                    exchange(c, 500 + (n + i) % 700, 2_000 + (n * 13 + i) % 3_000);
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            streams
+        })
+    };
+    for (proto, sport) in &sports[..before.len()] {
+        log.wait(proto, *sport, Duration::from_secs(10));
+    }
+    // 3. UDP flows, then two dumps (which report them into the log) before the kill.
+    for p in udp.clone() {
+        sports.push(("udp", podflow_testkit::udp_ask(&pair, Pair::B4, p)));
+    }
+    let udp_sent = std::time::Instant::now();
+    let dumps = metric(ahttp, "podflow_conntrack_dumps_total").unwrap_or(0);
+    wait_until(
+        "two dumps after the UDP flows",
+        Duration::from_secs(10),
+        || metric(ahttp, "podflow_conntrack_dumps_total").is_some_and(|d| d >= dumps + 2),
+    );
+    // The dump's batch reaches the log (synced) within milliseconds of the dump.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        metric(ahttp, "podflow_agent_checkpoints_total").unwrap_or(0) >= 1,
+        "a checkpoint after the first dump"
+    );
+
+    // 4. SIGKILL mid-traffic; while it is down, new connections open and the UDP flows
+    // expire.
+    agent.signal(Signal::SIGKILL);
+    let mut agent = agent;
+    let _ = agent.0.wait();
+    let opened_while_down: Vec<_> = down
+        .clone()
+        .map(|p| {
+            let mut c = connect(&pair, Pair::B4, p);
+            sports.push(("tcp", c.local_addr().expect("addr").port()));
+            exchange(&mut c, 7_000, 9_000);
+            c
+        })
+        .collect();
+    // Expired entries go when the kernel's garbage collector or a dump reaches them:
+    // another tool's dump (no agent runs) reaps them.
+    std::thread::sleep(
+        (udp_sent + Duration::from_secs(9)).saturating_duration_since(std::time::Instant::now()),
+    );
+    pair.a
+        .sh("conntrack -L >/dev/null 2>&1; true")
+        .expect("conntrack -L");
+    let n_udp = udp.len();
+    let udp_truth: Vec<_> = sports[sports.len() - down.len() - n_udp..sports.len() - down.len()]
+        .iter()
+        .map(|(proto, sport)| log.wait(proto, *sport, Duration::from_secs(15)))
+        .collect();
+    assert_eq!(udp_truth.len(), n_udp);
+
+    // 5. Restarted on the same data directory.
+    let ahttp = free_port();
+    let agent = start_agent(&pair.a, adata.path(), grpc, ahttp, &[]);
+    ready(ahttp);
+    assert!(
+        metric(ahttp, "podflow_agent_restored_connections").unwrap_or(0) >= alive.len() as u64,
+        "the tracker continued from the checkpoint"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Relaxed);
+    let streams = traffic.join().expect("traffic thread");
+    drop(streams);
+    drop(opened_while_down);
+    let truth: Vec<_> = sports
+        .iter()
+        .map(|(proto, sport)| log.wait(proto, *sport, Duration::from_secs(15)))
+        .collect();
+    wait_until("every batch acked", Duration::from_secs(30), || {
+        metric(ahttp, "podflow_agent_buffered_batches") == Some(0)
+            && metric(ahttp, "podflow_conntrack_tracked_connections").is_some_and(|n| n <= 1)
+    });
+    assert_eq!(
+        metric(ahttp, "podflow_conntrack_closed_while_down_total"),
+        Some(n_udp as u64),
+        "the UDP flows that expired while the agent was down, and nothing else"
+    );
+    agent.signal(Signal::SIGTERM);
+    let mut agent = agent;
+    assert!(agent.0.wait().expect("agent exit").success());
+    server.signal(Signal::SIGTERM);
+    let mut server = server;
+    assert!(server.0.wait().expect("server exit").success());
+
+    let stored = stored_by_port(&sdata.path().join("podflow.sqlite"));
+    let ports: Vec<u16> = before.chain(alive).chain(udp).chain(down).collect();
+    assert_eq!(ports.len(), truth.len());
+    for (port, c) in ports.iter().zip(&truth) {
+        assert_eq!(c.dport, *port);
+        assert_eq!(
+            stored.get(port).copied().unwrap_or_default(),
+            [c.orig.1, c.orig.0, c.reply.1, c.reply.0],
+            "port {port}: stored (bytes out, packets out, bytes in, packets in) equal the kernel's final counters"
+        );
+    }
 }
 
 #[test]

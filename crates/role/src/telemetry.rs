@@ -46,6 +46,9 @@ defs! {
     CT_ID_REUSED = "podflow_conntrack_id_reused_total", "counter", "Conntrack ids seen again with another start time.", [];
     CT_DESTROY_UNKNOWN = "podflow_conntrack_destroy_unknown_total", "counter", "DESTROY events of connections podflow had not seen (reported whole).", [];
     CT_BASELINED = "podflow_conntrack_baselined_total", "counter", "Connections that predate podflow: only bytes after the first dump are counted.", [];
+    CT_CLOSED_WHILE_DOWN = "podflow_conntrack_closed_while_down_total", "counter", "Connections remembered from the checkpoint at start that the first dump found gone: they closed while no agent ran, and their bytes since the last report before the stop are lost.", [];
+    CT_DUMP_INTERVAL = "podflow_conntrack_dump_interval_seconds", "gauge", "The dump interval in force: --interval, or longer when --dump-cpu-budget stretches it.", [];
+    CT_DUMP_CPU = "podflow_conntrack_dump_cpu_seconds_total", "counter", "CPU time (user and system) spent in table dumps, the kernel's work included.", [];
     CT_OBSERVATIONS = "podflow_conntrack_observations_total", "counter", "Observations (per-connection deltas) produced by the conntrack source.", [];
     QUEUE_WAITS = "podflow_pipeline_queue_full_total", "counter", "Times the source waited because the pipeline queue was full (back-pressure, nothing dropped).", [];
     AGG_KEYS = "podflow_aggregator_keys", "gauge", "Flow keys held by the aggregator for open intervals.", [];
@@ -87,6 +90,10 @@ defs! {
     AG_DISK_ERRORS = "podflow_agent_buffer_disk_errors_total", "counter", "Writes to the buffer's log the disk refused (full, read-only); the batch was kept in memory only.", [];
     AG_TORN = "podflow_agent_buffer_torn_tails_total", "counter", "Torn tails (a record cut short or failing its checksum) cut from the buffer's log at start.", [];
     AG_COMPACTIONS = "podflow_agent_buffer_compactions_total", "counter", "Rewrites of the buffer's log to free the space of acknowledged batches.", [];
+    AG_CHECKPOINTS = "podflow_agent_checkpoints_total", "counter", "Conntrack tracker checkpoints written to the buffer's log (after the first dump, then whenever the batches since the last one weigh as much as it does, and at shutdown).", [];
+    AG_CHECKPOINT_ERRORS = "podflow_agent_checkpoint_errors_total", "counter", "Tracker checkpoints the disk refused (tried again after the next dump).", [];
+    AG_CHECKPOINT_BYTES = "podflow_agent_checkpoint_bytes", "gauge", "Size of the latest tracker checkpoint in the buffer's log.", [];
+    AG_RESTORED = "podflow_agent_restored_connections", "gauge", "Connections the tracker remembered at start from the buffer's checkpoint and the batches after it (0: a fresh start, whose first dump is a baseline).", [];
     AG_RECONNECTS = "podflow_agent_reconnects_total", "counter", "Connections to the server opened after the first.", [];
     AG_CONNECTED = "podflow_agent_connected", "gauge", "1 while a stream to the server is open.", [];
     NF_DATAGRAMS = "podflow_netflow_datagrams_total", "counter", "NetFlow/IPFIX datagrams received.", [];
@@ -179,6 +186,14 @@ pub struct AgentStats {
     pub torn: AtomicU64,
     /// Rewrites of the buffer's log to free space.
     pub compactions: AtomicU64,
+    /// Tracker checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Tracker checkpoints the disk refused.
+    pub checkpoint_errors: AtomicU64,
+    /// Size of the latest checkpoint, bytes.
+    pub checkpoint_bytes: AtomicU64,
+    /// Connections restored at start.
+    pub restored_connections: AtomicU64,
     /// 1 when the last write to the buffer's log failed (readiness).
     pub disk_errors_recent: AtomicU64,
 }
@@ -467,6 +482,9 @@ impl Registry {
         one(out, &CT_ID_REUSED, g(&s.id_reused));
         one(out, &CT_DESTROY_UNKNOWN, g(&s.destroy_unknown));
         one(out, &CT_BASELINED, g(&s.baselined));
+        one(out, &CT_CLOSED_WHILE_DOWN, g(&s.closed_while_down));
+        one(out, &CT_DUMP_INTERVAL, g(&s.dump_interval_ns) as f64 / 1e9);
+        one(out, &CT_DUMP_CPU, g(&s.dump_cpu_ns) as f64 / 1e9);
         one(out, &CT_OBSERVATIONS, g(&s.observations));
     }
 
@@ -674,6 +692,10 @@ impl Registry {
         one(out, &AG_DISK_ERRORS, g(&a.disk_errors));
         one(out, &AG_TORN, g(&a.torn));
         one(out, &AG_COMPACTIONS, g(&a.compactions));
+        one(out, &AG_CHECKPOINTS, g(&a.checkpoints));
+        one(out, &AG_CHECKPOINT_ERRORS, g(&a.checkpoint_errors));
+        one(out, &AG_CHECKPOINT_BYTES, g(&a.checkpoint_bytes));
+        one(out, &AG_RESTORED, g(&a.restored_connections));
     }
 
     fn render_workloads(&self, out: &mut String) {

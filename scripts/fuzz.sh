@@ -16,6 +16,13 @@ run() { # crate-dir target seed-dir
 run crates/conntrack/fuzz ctnetlink seeds/ctnetlink
 run crates/probe/fuzz wire seeds/wire
 run crates/probe/fuzz dns seeds/dns
+run crates/inventory/fuzz list_yaml seeds/list_yaml
+run crates/inventory/fuzz list_json seeds/list_json
+run crates/enrich/fuzz config seeds/config
+run crates/enrich/fuzz prices seeds/prices
+run crates/enrich/fuzz cloud_ranges seeds/cloud_ranges
+run crates/proto/fuzz batch seeds/batch
+run crates/api/fuzz params seeds/params
 for t in v5 v9 ipfix; do
   seeds=../tests/data/corpus/$t
   [ -d "crates/netflow/fuzz/$seeds" ] || seeds=$(mktemp -d)

@@ -133,3 +133,20 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
             .into_response(),
     }
 }
+
+/// Parses a raw query string the way the endpoints do (axum's `Query` extractor, then
+/// the shared parameter checks of `/api/v1/query`, the Node Graph and the window of
+/// `/flows` and `/transactions`) and returns the 400 message a client would get.
+/// For the fuzz target (crates/api/fuzz); not part of the API.
+#[doc(hidden)]
+pub fn check_query_string(qs: &str) -> Result<(), String> {
+    use std::collections::HashMap;
+    let uri: axum::http::Uri = format!("/?{qs}").parse().map_err(|e| format!("{e}"))?;
+    let axum::extract::Query(p) =
+        axum::extract::Query::<HashMap<String, String>>::try_from_uri(&uri)
+            .map_err(|e| e.to_string())?;
+    let q = params::parse(&p, &["src_namespace", "dst_namespace"], false);
+    let g = params::parse(&p, &[], true);
+    params::window(&p, 86_400)?;
+    q.and(g).map(|_| ())
+}

@@ -415,7 +415,7 @@ impl Ctx<'_> {
             None => Ok(None),
             Some(s) => parse_rfc3339_ns(s)
                 .map(Some)
-                .ok_or_else(|| self.err(field, format!("{s:?} is not an RFC 3339 time"))),
+                .map_err(|e| self.err(field, e.to_string())),
         }
     }
 }

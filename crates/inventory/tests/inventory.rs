@@ -417,3 +417,37 @@ items:
         ]
     );
 }
+
+#[test]
+fn a_non_ascii_time_zone_is_refused_with_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("inv.yaml");
+    let good = "kind: Pod\nmetadata: {name: a, namespace: x, uid: ua, creationTimestamp: \"2025-01-10T08:00:00Z\"}\nstatus: {podIP: 10.9.0.1}\n";
+    std::fs::write(&path, good).expect("write");
+    let mut src = FileInventory::new(&path, IndexConfig::default());
+    src.poll(1_000).expect("first read").expect("an index");
+    // A zone of six bytes starting with a two-byte character: the old parser sliced
+    // `&tz[..1]` through the middle of "é" and panicked, ending the process on a reload.
+    let bad = "kind: Pod\nmetadata: {name: a, namespace: x, uid: ua, creationTimestamp: \"2025-01-10T08:00:00é:00:\"}\nstatus: {podIP: 10.9.0.1}\n";
+    std::fs::write(&path, bad).expect("rewrite");
+    let err = src.poll(2_000).expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: Pod x/a: metadata.creationTimestamp: \"2025-01-10T08:00:00é:00:\" is not an RFC 3339 time: the zone must be Z or +HH:MM / -HH:MM",
+            path.display()
+        )
+    );
+    // JSON the same way, and a deletionTimestamp too.
+    let json = "{\"kind\": \"Pod\", \"metadata\": {\"name\": \"b\", \"namespace\": \"x\", \"deletionTimestamp\": \"2025-01-10T08:00:00+0é:0\"}}";
+    let err = Inventory::parse(json, "inv.json").expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "inv.json: Pod x/b: metadata.deletionTimestamp: \"2025-01-10T08:00:00+0é:0\" is not an RFC 3339 time: the zone must be Z or +HH:MM / -HH:MM"
+    );
+    // The last good index stays in force: the pod is still known.
+    assert_eq!(
+        pod_name(src.tracker().build().place(ip("10.9.0.1"), 0, 2_000)),
+        Some("x/a".into())
+    );
+}

@@ -1,6 +1,6 @@
 //! The stateful decoder: template cache, held data sets, sampling and sequence state.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use podflow_model::Protocol;
@@ -20,8 +20,17 @@ const MAX_SAMPLERS: usize = 1024;
 pub struct DecoderConfig {
     /// A template not re-announced for this long is dropped (0 = never).
     pub template_timeout_secs: u64,
-    /// Most templates held over all exporters.
+    /// Most templates held over all exporters; beyond, the least recently announced
+    /// template of any exporter is evicted (counted).
     pub max_templates: usize,
+    /// Most templates held for one exporter address (all its ports, versions and
+    /// domains); beyond, that exporter's least recently announced template is evicted.
+    pub max_templates_per_exporter: usize,
+    /// Most (exporter, version, domain) entries tracked (counters, sequence and sampling
+    /// state); beyond, the least recently heard sixteenth is forgotten with its templates.
+    pub max_domains: usize,
+    /// A domain not heard from for this long is forgotten with its templates (0 = never).
+    pub domain_idle_secs: u64,
     /// Most data sets held while waiting for their template.
     pub pending_max_sets: usize,
     /// Most bytes of data sets held while waiting for their template.
@@ -37,6 +46,14 @@ impl Default for DecoderConfig {
             // Cisco: 30 min by default); 30 min keeps the slow ones.
             template_timeout_secs: 1800,
             max_templates: 16_384,
+            // Routers announce tens of templates per line card; 1024 leaves room for many
+            // domains behind one address and keeps one exporter from filling the cache.
+            max_templates_per_exporter: 1024,
+            // Each domain may hold up to 1024 sampler rates (16 KiB): 4096 domains bound
+            // that to 64 MiB, far beyond the few hundred exporters of a large site.
+            max_domains: 4096,
+            // Twice the template timeout: a domain outlives its templates.
+            domain_idle_secs: 3600,
             pending_max_sets: 1024,
             pending_max_bytes: 4 << 20,
             pending_timeout_secs: 120,
@@ -44,7 +61,7 @@ impl Default for DecoderConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct TemplateKey {
     domain: DomainKey,
     id: u16,
@@ -79,6 +96,8 @@ struct DomainState {
     samplers: Vec<(u64, u32)>,
     /// IPFIX systemInitTimeMilliseconds announced in options data (0 = unknown).
     sys_init_ms: u64,
+    /// When the last datagram arrived, in the caller's seconds.
+    last_seen: u64,
 }
 
 #[derive(Debug)]
@@ -91,11 +110,28 @@ struct Pending {
 }
 
 /// Decodes NetFlow v5, v9 and IPFIX datagrams, keeping templates and per-domain state.
+///
+/// Everything it keeps is bounded by count ([`DecoderConfig`]): templates per exporter
+/// and in total (least recently announced evicted first), domains (least recently
+/// heard forgotten first, idle ones expired), held data sets. Every eviction is counted.
 #[derive(Debug, Default)]
 pub struct Decoder {
     config: DecoderConfig,
-    templates: HashMap<TemplateKey, Template>,
+    /// Each template with the stamp of its last announcement.
+    templates: HashMap<TemplateKey, (Template, u64)>,
+    /// Templates in the order they were last announced (stamp, key): eviction order.
+    lru: BTreeSet<(u64, TemplateKey)>,
+    /// The same per exporter address: its least recently announced template first.
+    by_exporter: BTreeSet<(IpAddr, u64, TemplateKey)>,
+    /// Templates per exporter address.
+    per_exporter: HashMap<IpAddr, usize>,
+    /// Increases on every announcement: a strict order even within one second.
+    stamp: u64,
     domains: HashMap<DomainKey, DomainState>,
+    /// Counters of forgotten domains, so totals never go backwards.
+    retired: Stats,
+    /// The current datagram's time.
+    now: u64,
     pending: VecDeque<Pending>,
     pending_bytes: usize,
 }
@@ -137,6 +173,7 @@ impl Decoder {
         now: u64,
         mut sink: F,
     ) -> Result<usize, DecodeError> {
+        self.now = now;
         let mut n = 0usize;
         let mut counting = |r: &FlowRecord| {
             n += 1;
@@ -182,18 +219,32 @@ impl Decoder {
         }
     }
 
-    /// Drops templates and held data sets older than their timeouts.
+    /// Drops templates, idle domains and held data sets older than their timeouts.
     pub fn expire(&mut self, now: u64) {
         let timeout = self.config.template_timeout_secs;
         if timeout > 0 {
-            let domains = &mut self.domains;
-            self.templates.retain(|k, t| {
-                let keep = now.saturating_sub(t.seen) <= timeout;
-                if !keep {
-                    domains.entry(k.domain).or_default().stats.templates_expired += 1;
-                }
-                keep
-            });
+            let old: Vec<TemplateKey> = self
+                .templates
+                .iter()
+                .filter(|(_, (t, _))| now.saturating_sub(t.seen) > timeout)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in old {
+                self.remove_template(&k);
+                self.stats_mut(k.domain).templates_expired += 1;
+            }
+        }
+        let idle = self.config.domain_idle_secs;
+        if idle > 0 {
+            let old: Vec<DomainKey> = self
+                .domains
+                .iter()
+                .filter(|(_, d)| now.saturating_sub(d.last_seen) > idle)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in old {
+                self.retire(k, false);
+            }
         }
         let pending_timeout = self.config.pending_timeout_secs;
         let mut i = 0;
@@ -218,18 +269,33 @@ impl Decoder {
         self.domains.get(key).map(|d| &d.stats)
     }
 
-    /// Counters summed over every domain.
+    /// Counters summed over every domain, forgotten ones included.
     pub fn total_stats(&self) -> Stats {
-        let mut t = Stats::default();
+        let mut t = self.retired.clone();
         for d in self.domains.values() {
             t.merge(&d.stats);
         }
         t
     }
 
+    /// Counters of the domains forgotten so far (idle or evicted), summed.
+    pub fn retired_stats(&self) -> &Stats {
+        &self.retired
+    }
+
     /// Templates currently cached (data and options).
     pub fn template_count(&self) -> usize {
         self.templates.len()
+    }
+
+    /// Templates currently cached for one exporter address.
+    pub fn template_count_for(&self, exporter: IpAddr) -> usize {
+        self.per_exporter.get(&exporter).copied().unwrap_or(0)
+    }
+
+    /// Domains currently tracked.
+    pub fn domain_count(&self) -> usize {
+        self.domains.len()
     }
 
     /// Data sets and bytes currently held waiting for a template.
@@ -281,7 +347,7 @@ impl Decoder {
         let body = &data[HDR..];
         let fit = body.len() / REC;
         let n = usize::from(count).min(fit);
-        let dom = self.domains.entry(key).or_default();
+        let dom = self.admit(key);
         dom.stats.datagrams += 1;
         for r in body.chunks_exact(REC).take(n) {
             let proto = r[38];
@@ -376,7 +442,7 @@ impl Decoder {
             };
             (ctx, u32_at(12), data.len())
         };
-        self.domains.entry(key).or_default().stats.datagrams += 1;
+        self.admit(key).stats.datagrams += 1;
 
         let mut first_err: Option<ErrorKind> = None;
         let mut units = Some(0u32);
@@ -429,7 +495,7 @@ impl Decoder {
             }
             off += usize::from(len);
         }
-        let dom = self.domains.entry(key).or_default();
+        let dom = self.admit(key);
         // v9 numbers datagrams; IPFIX numbers data records.
         let units = if ipfix { units } else { Some(1) };
         let lost = check_seq(&mut dom.seq, seq, units, ipfix, &mut dom.stats);
@@ -441,12 +507,124 @@ impl Decoder {
     }
 
     fn count_err(&mut self, key: DomainKey, kind: ErrorKind) {
-        self.domains
-            .entry(key)
-            .or_default()
-            .stats
-            .errors
-            .add(kind.reason());
+        self.admit(key).stats.errors.add(kind.reason());
+    }
+
+    /// The state of `key`, created if new (forgetting the least recently heard domains
+    /// first when the table is full), marked as heard now.
+    fn admit(&mut self, key: DomainKey) -> &mut DomainState {
+        if !self.domains.contains_key(&key) && self.domains.len() >= self.config.max_domains {
+            // A sixteenth at a time: one scan pays for many admissions.
+            let mut by_age: Vec<(u64, DomainKey)> = self
+                .domains
+                .iter()
+                .map(|(k, d)| (d.last_seen, *k))
+                .collect();
+            let n = (by_age.len() / 16).max(1).min(by_age.len());
+            if n > 0 && n < by_age.len() {
+                by_age.select_nth_unstable(n - 1);
+            }
+            for (_, k) in by_age.into_iter().take(n) {
+                self.retire(k, true);
+            }
+        }
+        let now = self.now;
+        let d = self.domains.entry(key).or_default();
+        d.last_seen = now;
+        d
+    }
+
+    /// Forgets a domain and its templates, keeping its counters in the totals.
+    fn retire(&mut self, key: DomainKey, evicted: bool) {
+        let Some(mut d) = self.domains.remove(&key) else {
+            return;
+        };
+        let ip = key.exporter.ip();
+        let mine: Vec<TemplateKey> = self
+            .by_exporter
+            .range((ip, 0, TemplateKey { domain: key, id: 0 })..)
+            .take_while(|(a, _, _)| *a == ip)
+            .filter(|(_, _, k)| k.domain == key)
+            .map(|(_, _, k)| *k)
+            .collect();
+        for k in &mine {
+            self.remove_template(k);
+        }
+        if evicted {
+            d.stats.templates_evicted_domain_limit += mine.len() as u64;
+            d.stats.domains_evicted += 1;
+        } else {
+            d.stats.templates_expired += mine.len() as u64;
+            d.stats.domains_expired += 1;
+        }
+        self.retired.merge(&d.stats);
+    }
+
+    /// A domain's counters; a forgotten domain's go to the retired totals.
+    fn stats_mut(&mut self, key: DomainKey) -> &mut Stats {
+        match self.domains.get_mut(&key) {
+            Some(d) => &mut d.stats,
+            None => &mut self.retired,
+        }
+    }
+
+    fn remove_template(&mut self, k: &TemplateKey) -> Option<Template> {
+        let (t, stamp) = self.templates.remove(k)?;
+        let ip = k.domain.exporter.ip();
+        self.lru.remove(&(stamp, *k));
+        self.by_exporter.remove(&(ip, stamp, *k));
+        if let Some(n) = self.per_exporter.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_exporter.remove(&ip);
+            }
+        }
+        Some(t)
+    }
+
+    /// Stores a template (replacing one of the same key), evicting to stay in bounds.
+    fn insert_template(&mut self, k: TemplateKey, t: Template) {
+        self.remove_template(&k);
+        let ip = k.domain.exporter.ip();
+        if self.template_count_for(ip) >= self.config.max_templates_per_exporter {
+            let oldest = self
+                .by_exporter
+                .range((ip, 0, k)..)
+                .next()
+                .filter(|e| e.0 == ip)
+                .map(|e| e.2);
+            if let Some(old) = oldest {
+                self.remove_template(&old);
+                self.stats_mut(old.domain).templates_evicted_exporter_limit += 1;
+            }
+        }
+        if self.templates.len() >= self.config.max_templates
+            && let Some(&(_, old)) = self.lru.first()
+        {
+            self.remove_template(&old);
+            self.stats_mut(old.domain).templates_evicted_total_limit += 1;
+        }
+        self.stamp += 1;
+        let stamp = self.stamp;
+        self.templates.insert(k, (t, stamp));
+        self.lru.insert((stamp, k));
+        self.by_exporter.insert((ip, stamp, k));
+        *self.per_exporter.entry(ip).or_default() += 1;
+    }
+
+    /// A template announced again: now the most recently announced.
+    fn touch_template(&mut self, k: TemplateKey, now: u64) {
+        let Some((t, stamp)) = self.templates.get_mut(&k) else {
+            return;
+        };
+        t.seen = now;
+        let ip = k.domain.exporter.ip();
+        self.lru.remove(&(*stamp, k));
+        self.by_exporter.remove(&(ip, *stamp, k));
+        self.stamp += 1;
+        *stamp = self.stamp;
+        self.lru.insert((self.stamp, k));
+        self.by_exporter.insert((ip, self.stamp, k));
     }
 
     fn templates_v9(
@@ -614,19 +792,31 @@ impl Decoder {
 
     /// IPFIX withdrawal: id 2 (template set) / 3 (options set) withdraws all of that kind.
     fn withdraw(&mut self, key: DomainKey, id: u16, options: bool) {
-        let before = self.templates.len();
+        let mut removed = 0u64;
         if id == 2 || id == 3 {
-            self.templates
-                .retain(|k, t| !(k.domain == key && t.options == options));
+            let ip = key.exporter.ip();
+            let all: Vec<TemplateKey> = self
+                .by_exporter
+                .range((ip, 0, TemplateKey { domain: key, id: 0 })..)
+                .take_while(|(a, _, _)| *a == ip)
+                .map(|(_, _, k)| *k)
+                .filter(|k| k.domain == key)
+                .filter(|k| {
+                    self.templates
+                        .get(k)
+                        .is_some_and(|(t, _)| t.options == options)
+                })
+                .collect();
+            for k in all {
+                removed += u64::from(self.remove_template(&k).is_some());
+            }
         } else {
-            self.templates.remove(&TemplateKey { domain: key, id });
+            removed += u64::from(
+                self.remove_template(&TemplateKey { domain: key, id })
+                    .is_some(),
+            );
         }
-        let removed = (before - self.templates.len()) as u64;
-        self.domains
-            .entry(key)
-            .or_default()
-            .stats
-            .templates_withdrawn += removed;
+        self.stats_mut(key).templates_withdrawn += removed;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -641,23 +831,29 @@ impl Decoder {
         sink: &mut impl FnMut(&FlowRecord),
     ) -> Result<(), ErrorKind> {
         {
-            let stats = &mut self.domains.entry(tk.domain).or_default().stats;
+            let stats = self.stats_mut(tk.domain);
             if options {
                 stats.options_templates += 1;
             } else {
                 stats.templates += 1;
             }
         }
-        if let Some(t) = self.templates.get_mut(&tk) {
-            if t.options == options && t.raw == raw {
-                // A refresh: keep the compiled plan.
-                t.seen = now;
-                return Ok(());
-            }
-        } else if self.templates.len() >= self.config.max_templates {
+        if let Some((t, _)) = self.templates.get(&tk)
+            && t.options == options
+            && t.raw == raw
+        {
+            // A refresh: keep the compiled plan.
+            self.touch_template(tk, now);
+            return Ok(());
+        }
+        let limit = self
+            .config
+            .max_templates
+            .min(self.config.max_templates_per_exporter);
+        if limit == 0 {
             return Err(ErrorKind::TooManyTemplates {
                 template: tk.id,
-                limit: self.config.max_templates,
+                limit,
             });
         }
         let t = Template::compile(specs, options, raw, now).ok_or(ErrorKind::BadTemplate {
@@ -665,7 +861,7 @@ impl Decoder {
             offset,
             why: "no field has a length",
         })?;
-        self.templates.insert(tk, t);
+        self.insert_template(tk, t);
         self.release_pending(tk, now, sink)
     }
 
@@ -698,27 +894,20 @@ impl Decoder {
             {
                 first_err.get_or_insert(e);
             }
-            self.domains
-                .entry(tk.domain)
-                .or_default()
-                .stats
-                .pending_records_decoded += n;
+            self.stats_mut(tk.domain).pending_records_decoded += n;
         }
         first_err.map_or(Ok(()), Err)
     }
 
     fn drop_pending(&mut self, p: Pending) {
         self.pending_bytes -= p.bytes.len();
-        self.domains
-            .entry(p.key.domain)
-            .or_default()
-            .stats
-            .pending_sets_dropped += 1;
+        self.stats_mut(p.key.domain).pending_sets_dropped += 1;
     }
 
     fn hold(&mut self, key: TemplateKey, ctx: &Ctx, body: &[u8], offset: usize, now: u64) {
-        let stats = &mut self.domains.entry(key.domain).or_default().stats;
-        if body.len() > self.config.pending_max_bytes || self.config.pending_max_sets == 0 {
+        let (max_bytes, max_sets) = (self.config.pending_max_bytes, self.config.pending_max_sets);
+        let stats = self.stats_mut(key.domain);
+        if body.len() > max_bytes || max_sets == 0 {
             stats.pending_sets_dropped += 1;
             return;
         }
@@ -761,23 +950,21 @@ impl Decoder {
                 }
                 return Ok(SetCount::Unknown);
             }
-            Some(t) => timeout > 0 && now.saturating_sub(t.seen) > timeout,
+            Some((t, _)) => timeout > 0 && now.saturating_sub(t.seen) > timeout,
         };
         if expired {
-            self.templates.remove(&tk);
-            self.domains
-                .entry(tk.domain)
-                .or_default()
-                .stats
-                .templates_expired += 1;
+            self.remove_template(&tk);
+            self.stats_mut(tk.domain).templates_expired += 1;
             if !released {
                 self.hold(tk, ctx, body, body_off, now);
             }
             return Ok(SetCount::Unknown);
         }
-        let Some(t) = self.templates.get(&tk) else {
+        let Some((t, _)) = self.templates.get(&tk) else {
             return Ok(SetCount::Unknown);
         };
+        // Admitted at the start of this datagram (held data is released by a template
+        // of its own domain).
         let dom = self.domains.entry(tk.domain).or_default();
         let mut pos = 0;
         let mut n = 0u32;

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// Which export protocol a datagram claimed to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Version {
     /// NetFlow v5.
     V5,
@@ -111,8 +111,8 @@ pub enum ErrorKind {
         /// Offset of the record in the datagram.
         offset: usize,
     },
-    /// The template cache is full; the new template was refused.
-    #[error("template {template} refused: the cache already holds {limit} templates")]
+    /// The template cache is configured to hold nothing; the template was refused.
+    #[error("template {template} refused: the cache holds at most {limit} templates")]
     TooManyTemplates {
         /// Template id refused.
         template: u16,
@@ -151,7 +151,7 @@ pub enum ErrorReason {
     BadTemplate,
     /// A data record that runs past its set.
     BadRecord,
-    /// The template cache is full.
+    /// The template cache holds no templates (a limit of 0).
     TemplateLimit,
 }
 

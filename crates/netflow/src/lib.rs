@@ -9,6 +9,7 @@
 //! threads, one decoder per thread, flows out to a sink. Without the feature the crate
 //! has no sockets, threads or system calls.
 
+mod allow;
 mod batch;
 mod decoder;
 pub mod encode;
@@ -19,6 +20,7 @@ mod record;
 mod stats;
 mod template;
 
+pub use allow::{AllowError, AllowList};
 pub use batch::Batch;
 pub use decoder::{Decoder, DecoderConfig};
 pub use error::{DecodeError, ErrorCounts, ErrorKind, ErrorReason, Version};

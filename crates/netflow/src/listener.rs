@@ -40,6 +40,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 
+use crate::allow::AllowList;
 use crate::batch::Batch;
 use crate::decoder::{Decoder, DecoderConfig};
 use crate::error::{ErrorCounts, ErrorReason};
@@ -73,8 +74,12 @@ pub struct ListenerConfig {
     /// Pause after a batch that did not fill, so the next one gathers more datagrams
     /// (zero: none). Skipped when the receive buffer is under 4 MiB.
     pub coalesce: Duration,
-    /// Template and held-data limits of each thread's decoder.
+    /// Template, domain and held-data limits, over all threads: each thread's decoder
+    /// gets an equal share of `max_templates` and `max_domains` (one exporter's stream
+    /// stays on one thread, so `max_templates_per_exporter` applies to each as is).
     pub decoder: DecoderConfig,
+    /// Exporter addresses whose datagrams are decoded; others are dropped and counted.
+    pub allow: AllowList,
 }
 
 impl Default for ListenerConfig {
@@ -88,6 +93,7 @@ impl Default for ListenerConfig {
             max_datagram_bytes: 16 << 10,
             coalesce: Duration::from_millis(1),
             decoder: DecoderConfig::default(),
+            allow: AllowList::any(),
         }
     }
 }
@@ -113,11 +119,18 @@ pub struct ListenerStats {
     no_source: AtomicU64,
     receive_errors: AtomicU64,
     batches: AtomicU64,
+    denied: AtomicU64,
+    denied_bytes: AtomicU64,
+    allow_any: bool,
     decode_errors: [AtomicU64; ErrorReason::ALL.len()],
     /// Per socket: the kernel's drop counter at the last tick.
     kernel_drops: Vec<AtomicU64>,
     /// Per socket: its decoder's per-domain counters at the last tick.
     exporters: Vec<Mutex<Vec<(DomainKey, Stats)>>>,
+    /// Per socket: counters of the domains its decoder has forgotten, at the last tick.
+    retired: Vec<Mutex<Stats>>,
+    /// Per socket: templates cached and domains tracked at the last tick.
+    cached: Vec<[AtomicU64; 2]>,
 }
 
 /// A plain copy of [`ListenerStats`]' totals.
@@ -137,6 +150,16 @@ pub struct ListenerSnapshot {
     pub receive_errors: u64,
     /// Sink calls.
     pub batches: u64,
+    /// Datagrams from addresses outside the allow-list, dropped undecoded.
+    pub denied: u64,
+    /// Their bytes.
+    pub denied_bytes: u64,
+    /// Whether every exporter address is allowed (no allow-list).
+    pub allow_any: bool,
+    /// Templates cached over all threads, as of each thread's last tick.
+    pub templates_cached: u64,
+    /// Domains tracked over all threads, as of each thread's last tick.
+    pub domains_tracked: u64,
     /// Datagrams the kernel dropped (receive buffer full), as of each socket's last tick.
     pub kernel_drops: u64,
     /// Datagrams that failed to decode, by reason (records before the error are kept).
@@ -144,8 +167,13 @@ pub struct ListenerSnapshot {
 }
 
 impl ListenerStats {
-    fn new(sockets: usize) -> Self {
+    fn new(sockets: usize, allow_any: bool) -> Self {
         ListenerStats {
+            denied: AtomicU64::new(0),
+            denied_bytes: AtomicU64::new(0),
+            allow_any,
+            retired: (0..sockets).map(|_| Mutex::new(Stats::default())).collect(),
+            cached: (0..sockets).map(|_| Default::default()).collect(),
             datagrams: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             records: AtomicU64::new(0),
@@ -173,6 +201,11 @@ impl ListenerStats {
             no_source: self.no_source.load(Relaxed),
             receive_errors: self.receive_errors.load(Relaxed),
             batches: self.batches.load(Relaxed),
+            denied: self.denied.load(Relaxed),
+            denied_bytes: self.denied_bytes.load(Relaxed),
+            allow_any: self.allow_any,
+            templates_cached: self.cached.iter().map(|c| c[0].load(Relaxed)).sum(),
+            domains_tracked: self.cached.iter().map(|c| c[1].load(Relaxed)).sum(),
             kernel_drops: self.kernel_drops.iter().map(|d| d.load(Relaxed)).sum(),
             decode_errors,
         }
@@ -190,6 +223,19 @@ impl ListenerStats {
             }
         }
         all.into_iter().collect()
+    }
+
+    /// Counters summed over every domain of every thread, forgotten domains included
+    /// (monotonic, unlike a sum over [`ListenerStats::exporters`]).
+    pub fn totals(&self) -> Stats {
+        let mut t = Stats::default();
+        for (_, s) in self.exporters() {
+            t.merge(&s);
+        }
+        for slot in &self.retired {
+            t.merge(&slot.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        t
     }
 }
 
@@ -272,7 +318,14 @@ impl Listener {
                 socks.push((*addr, sock, info));
             }
         }
-        let stats = Arc::new(ListenerStats::new(socks.len()));
+        let stats = Arc::new(ListenerStats::new(socks.len(), config.allow.allows_any()));
+        let threads_n = socks.len().max(1);
+        let share = |total: usize| total.div_ceil(threads_n);
+        let decoder = DecoderConfig {
+            max_templates: share(config.decoder.max_templates),
+            max_domains: share(config.decoder.max_domains),
+            ..config.decoder.clone()
+        };
         let sink = Arc::new(sink);
         let sockets = socks.iter().map(|s| s.2).collect();
         let mut threads = Vec::new();
@@ -283,7 +336,8 @@ impl Listener {
                 slot,
                 stats: Arc::clone(&stats),
                 stop: Arc::clone(&stop),
-                decoder: Decoder::new(config.decoder.clone()),
+                decoder: Decoder::new(decoder.clone()),
+                allow: config.allow.clone(),
                 batch: config.batch_datagrams.max(1),
                 max_datagram: config.max_datagram_bytes,
                 coalesce: if info.rcvbuf_bytes >= COALESCE_MIN_RCVBUF {
@@ -420,6 +474,7 @@ struct Worker {
     stats: Arc<ListenerStats>,
     stop: Arc<AtomicBool>,
     decoder: Decoder,
+    allow: AllowList,
     batch: usize,
     max_datagram: usize,
     coalesce: Duration,
@@ -488,6 +543,7 @@ impl Worker {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let (mut bytes, mut truncated, mut no_source) = (0u64, 0u64, 0u64);
+        let (mut denied, mut denied_bytes) = (0u64, 0u64);
         let before = out.len();
         // The records of a batch nearly always share a few domains: skip the map.
         let mut last: Option<((IpAddr, u32), u32)> = None;
@@ -497,6 +553,11 @@ impl Worker {
                 no_source += 1;
                 continue;
             };
+            if !self.allow.allows(from.ip()) {
+                denied += 1;
+                denied_bytes += r.len as u64;
+                continue;
+            }
             if r.truncated {
                 truncated += 1;
                 continue;
@@ -540,6 +601,10 @@ impl Worker {
         if no_source > 0 {
             s.no_source.fetch_add(no_source, Relaxed);
         }
+        if denied > 0 {
+            s.denied.fetch_add(denied, Relaxed);
+            s.denied_bytes.fetch_add(denied_bytes, Relaxed);
+        }
     }
 
     /// Once a second: expire templates, publish counters and the kernel's drop count.
@@ -552,6 +617,13 @@ impl Worker {
             self.decoder.stats().map(|(k, s)| (*k, s.clone())).collect();
         if let Some(slot) = self.stats.exporters.get(self.slot) {
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = snap;
+        }
+        if let Some(slot) = self.stats.retired.get(self.slot) {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = self.decoder.retired_stats().clone();
+        }
+        if let Some(c) = self.stats.cached.get(self.slot) {
+            c[0].store(self.decoder.template_count() as u64, Relaxed);
+            c[1].store(self.decoder.domain_count() as u64, Relaxed);
         }
         if let Some(drops) = inode.and_then(|i| kernel_drops(i, self.v6))
             && let Some(d) = self.stats.kernel_drops.get(self.slot)

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use crate::error::{ErrorCounts, Version};
 
 /// Identifies one exporter's observation domain (IPFIX), source id (v9) or engine (v5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DomainKey {
     /// The datagrams' source.
     pub exporter: SocketAddr,
@@ -30,8 +30,22 @@ pub struct Stats {
     pub options_records: u64,
     /// Templates removed by an IPFIX withdrawal.
     pub templates_withdrawn: u64,
-    /// Templates dropped because they were not refreshed in time.
+    /// Templates dropped because they were not refreshed in time (or their domain went idle).
     pub templates_expired: u64,
+    /// Templates evicted because their exporter reached its own bound
+    /// ([`crate::DecoderConfig::max_templates_per_exporter`]): its least recently announced one went.
+    pub templates_evicted_exporter_limit: u64,
+    /// Templates evicted because the cache reached its total bound
+    /// ([`crate::DecoderConfig::max_templates`]): the least recently announced one of any exporter went.
+    pub templates_evicted_total_limit: u64,
+    /// Templates dropped with their domain when the domain table was full.
+    pub templates_evicted_domain_limit: u64,
+    /// Domains forgotten after [`crate::DecoderConfig::domain_idle_secs`] without a datagram
+    /// (their counters stay in the totals).
+    pub domains_expired: u64,
+    /// Domains forgotten because the domain table reached [`crate::DecoderConfig::max_domains`]
+    /// (the least recently heard ones; their counters stay in the totals).
+    pub domains_evicted: u64,
     /// Sequence-number gaps: lost records (v5, IPFIX) or lost datagrams (v9).
     pub sequence_lost: u64,
     /// Sequence numbers that went backwards or jumped too far (reorder, exporter restart): no loss counted.
@@ -58,6 +72,11 @@ impl Stats {
         self.options_records += other.options_records;
         self.templates_withdrawn += other.templates_withdrawn;
         self.templates_expired += other.templates_expired;
+        self.templates_evicted_exporter_limit += other.templates_evicted_exporter_limit;
+        self.templates_evicted_total_limit += other.templates_evicted_total_limit;
+        self.templates_evicted_domain_limit += other.templates_evicted_domain_limit;
+        self.domains_expired += other.domains_expired;
+        self.domains_evicted += other.domains_evicted;
         self.sequence_lost += other.sequence_lost;
         self.sequence_resets += other.sequence_resets;
         self.errors.merge(&other.errors);

@@ -459,3 +459,96 @@ fn bad_and_oversized_datagrams_are_counted_not_delivered() {
     assert_eq!(s.records, 1);
     assert_eq!(seen.lock().expect("lock").len(), 1);
 }
+
+/// A socket bound to `from` (any address of 127.0.0.0/8 is local) sending to `to`.
+fn client_from(from: Ipv4Addr, to: SocketAddr) -> UdpSocket {
+    let c = UdpSocket::bind(SocketAddr::new(IpAddr::V4(from), 0)).expect("client bind");
+    c.connect(to).expect("connect");
+    c
+}
+
+#[test]
+fn datagrams_from_outside_the_allow_list_are_dropped_and_counted() {
+    let (l, stop, seen) = start_with(ListenerConfig {
+        addrs: vec!["127.0.0.1:0".parse().expect("addr")],
+        sockets_per_addr: 1,
+        allow: "127.0.0.2/32,127.0.1.0/24".parse().expect("allow-list"),
+        ..Default::default()
+    });
+    let to = l.local_addrs()[0];
+    let d = v5_datagram(0, &[v5_flow(1, 2, 300)]);
+    for (from, n) in [
+        ([127, 0, 0, 2], 3),
+        ([127, 0, 0, 3], 4),
+        ([127, 0, 1, 9], 1),
+    ] {
+        let c = client_from(Ipv4Addr::from(from), to);
+        for _ in 0..n {
+            c.send(&d).expect("send");
+        }
+    }
+    let stats = l.stats();
+    wait_until("8 datagrams", || stats.snapshot().datagrams == 8);
+    stop_and_join(l, &stop);
+    let s = stats.snapshot();
+    assert_eq!((s.denied, s.denied_bytes), (4, 4 * d.len() as u64));
+    assert!(!s.allow_any);
+    assert_eq!(s.records, 4);
+    let seen = seen.lock().expect("lock");
+    assert_eq!(sum(&seen, "127.0.0.2/258"), (3, 6, 900));
+    assert_eq!(sum(&seen, "127.0.1.9/258"), (1, 2, 300));
+    assert_eq!(sum(&seen, "127.0.0.3/258"), (0, 0, 0));
+    assert_eq!(seen.len(), 4);
+}
+
+#[test]
+fn ten_thousand_real_exporters_stay_within_the_cache_bounds() {
+    let (l, stop, _seen) = start_with(ListenerConfig {
+        addrs: vec!["127.0.0.1:0".parse().expect("addr")],
+        sockets_per_addr: 1,
+        rcvbuf_bytes: 4 << 20,
+        decoder: podflow_netflow::DecoderConfig {
+            max_templates: 1000,
+            max_domains: 2000,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let to = l.local_addrs()[0];
+    let stats = l.stats();
+    let fields = [ie(8, 4), ie(12, 4), ie(1, 4)];
+    let mut m = Message::ipfix(1_700_000_000, 0, 1);
+    m.template(256, &fields).template(257, &fields);
+    let pkt = m.build();
+    for i in 0..10_000u32 {
+        // 127.0.100.0 onwards: 10,000 distinct source addresses.
+        let c = client_from(Ipv4Addr::from(0x7f00_6400 + i), to);
+        c.send(&pkt).expect("send");
+        if i % 500 == 499 {
+            // Paced, so the 4 MiB receive buffer never overflows.
+            wait_until("the listener to catch up", || {
+                stats.snapshot().datagrams == u64::from(i) + 1
+            });
+        }
+    }
+    wait_until("10,000 datagrams", || stats.snapshot().datagrams == 10_000);
+    stop_and_join(l, &stop);
+    let s = stats.snapshot();
+    assert_eq!(s.kernel_drops, 0);
+    assert!(s.templates_cached <= 1000, "{s:?}");
+    assert!(s.domains_tracked <= 2000, "{s:?}");
+    let t = stats.totals();
+    assert_eq!(t.datagrams, 10_000, "counts of forgotten domains are kept");
+    assert_eq!(t.templates, 20_000);
+    let evicted = t.templates_evicted_total_limit + t.templates_evicted_domain_limit;
+    assert_eq!(
+        t.templates - evicted,
+        s.templates_cached,
+        "every template is cached or counted as evicted: {t:?}"
+    );
+    assert_eq!(t.domains_evicted + s.domains_tracked, 10_000);
+    assert!(
+        t.templates_evicted_total_limit > 0 && t.domains_evicted > 0,
+        "{t:?}"
+    );
+}

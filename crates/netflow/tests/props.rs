@@ -87,6 +87,9 @@ fn small_decoder() -> Decoder {
     Decoder::new(DecoderConfig {
         template_timeout_secs: 5,
         max_templates: 4,
+        max_templates_per_exporter: 3,
+        max_domains: 3,
+        domain_idle_secs: 7,
         pending_max_sets: 3,
         pending_max_bytes: 300,
         pending_timeout_secs: 2,

@@ -229,6 +229,13 @@ struct RunArgs {
     #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
     netflow_listen: Vec<SocketAddr>,
 
+    /// Exporter networks allowed to send NetFlow/IPFIX (comma-separated CIDRs or
+    /// addresses, e.g. 10.0.0.0/8,192.0.2.7); datagrams from other sources are dropped
+    /// and counted (podflow_netflow_denied_datagrams_total). Unset: every source is
+    /// decoded, with a warning at start.
+    #[arg(long, env = "PODFLOW_NETFLOW_ALLOW", value_parser = parse_allow)]
+    netflow_allow: Option<podflow_role::netflow::AllowList>,
+
     /// Per-exporter NetFlow series in /metrics (the exporter's address becomes a label).
     #[arg(long, env = "PODFLOW_NETFLOW_EXPORTER_LABELS")]
     netflow_exporter_labels: bool,
@@ -494,6 +501,13 @@ struct AgentArgs {
     /// server (repeat or comma-separate for more).
     #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
     netflow_listen: Vec<SocketAddr>,
+
+    /// Exporter networks allowed to send NetFlow/IPFIX (comma-separated CIDRs or
+    /// addresses, e.g. 10.0.0.0/8,192.0.2.7); datagrams from other sources are dropped
+    /// and counted (podflow_netflow_denied_datagrams_total). Unset: every source is
+    /// decoded, with a warning at start.
+    #[arg(long, env = "PODFLOW_NETFLOW_ALLOW", value_parser = parse_allow)]
+    netflow_allow: Option<podflow_role::netflow::AllowList>,
 
     #[command(flatten)]
     probes: ProbeArgs,
@@ -772,6 +786,13 @@ struct ServerArgs {
     #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
     netflow_listen: Vec<SocketAddr>,
 
+    /// Exporter networks allowed to send NetFlow/IPFIX (comma-separated CIDRs or
+    /// addresses, e.g. 10.0.0.0/8,192.0.2.7); datagrams from other sources are dropped
+    /// and counted (podflow_netflow_denied_datagrams_total). Unset: every source is
+    /// decoded, with a warning at start.
+    #[arg(long, env = "PODFLOW_NETFLOW_ALLOW", value_parser = parse_allow)]
+    netflow_allow: Option<podflow_role::netflow::AllowList>,
+
     /// Per-exporter NetFlow series in /metrics (the exporter's address becomes a label).
     #[arg(long, env = "PODFLOW_NETFLOW_EXPORTER_LABELS")]
     netflow_exporter_labels: bool,
@@ -818,6 +839,7 @@ fn agent_auth(a: &ServerArgs) -> anyhow::Result<podflow_server::AgentAuth> {
 }
 
 fn agent(a: AgentArgs) -> anyhow::Result<()> {
+    podflow_role::netflow::set_allow_list(a.netflow_allow.clone().unwrap_or_default());
     let node = a.node_name.unwrap_or_else(hostname);
     let tls = (a.tls_ca.is_some() || a.tls_cert.is_some()).then(|| podflow_agent::ClientTls {
         ca: a.tls_ca.clone(),
@@ -852,6 +874,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
 
 fn server(a: ServerArgs) -> anyhow::Result<()> {
     podflow_role::set_http_settings(a.http.settings());
+    podflow_role::netflow::set_allow_list(a.netflow_allow.clone().unwrap_or_default());
     let tls = a
         .tls_cert
         .clone()
@@ -965,6 +988,7 @@ async fn shutdown_signal(token: CancellationToken) {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    podflow_role::netflow::set_allow_list(args.netflow_allow.clone().unwrap_or_default());
     let _tracking = if args.ensure_tracking {
         Some(tracking::Tracking::ensure(args.netns.as_deref()).context("--ensure-tracking")?)
     } else {
@@ -992,6 +1016,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         netflow_exporter_labels: args.netflow_exporter_labels,
     };
     block_on(|token| async move { run::run(cfg, token).await })
+}
+
+/// `--netflow-allow`: the CIDRs, or the entry that is wrong.
+fn parse_allow(s: &str) -> Result<podflow_role::netflow::AllowList, String> {
+    podflow_role::netflow::AllowList::parse(s).map_err(|e| e.to_string())
 }
 
 /// `--worker-threads`, for [`block_on`].

@@ -636,3 +636,105 @@ fn sysctl_turns_accounting_and_timestamps_on_in_the_namespace() {
     assert_eq!(read("nf_conntrack_acct"), "1");
     assert_eq!(read("nf_conntrack_timestamp"), "1");
 }
+
+#[test]
+fn netflow_from_outside_the_allow_list_is_dropped_and_counted() {
+    use podflow_netflow::encode::{V5Flow, V5Header, v5};
+    if !podflow_testkit::can_run("run_netflow_allow") {
+        return;
+    }
+    let pair = Pair::new("nfa").expect("namespaces");
+    let data = tempfile::tempdir().expect("tmp");
+    let (port, nf_port) = (free_port(), free_port());
+    let _pf = start_run(
+        &pair,
+        data.path(),
+        port,
+        &[
+            "--netflow-listen".to_string(),
+            format!("127.0.0.1:{nf_port}"),
+            "--netflow-allow".to_string(),
+            "127.0.0.2/32,192.0.2.0/24".to_string(),
+        ],
+    );
+    let flow = V5Flow {
+        src: [10, 99, 0, 1].into(),
+        dst: [10, 99, 0, 2].into(),
+        input: 1,
+        output: 2,
+        packets: 3,
+        bytes: 777,
+        first: 1_000,
+        last: 2_000,
+        src_port: 40_002,
+        dst_port: 5432,
+        tcp_flags: 0x1b,
+        proto: 6,
+    };
+    let header = V5Header {
+        sys_uptime: 5_000,
+        unix_secs: 1_800_000_000,
+        engine_type: 1,
+        engine_id: 2,
+        ..Default::default()
+    };
+    let datagram = v5(&header, &[flow]);
+    for (from, n) in [("127.0.0.3", 2), ("127.0.0.2", 1)] {
+        let sock = std::net::UdpSocket::bind((from, 0)).expect("udp");
+        for _ in 0..n {
+            sock.send_to(&datagram, ("127.0.0.1", nf_port))
+                .expect("send");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = get(port, "/metrics");
+        if sample(&m, "podflow_netflow_datagrams_total") == Some(3.0)
+            && sample(&m, "podflow_netflow_records_total") == Some(1.0)
+        {
+            assert_eq!(
+                sample(&m, "podflow_netflow_denied_datagrams_total"),
+                Some(2.0)
+            );
+            assert_eq!(sample(&m, "podflow_netflow_allow_all"), Some(0.0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "datagrams never counted: {m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = get(port, "/api/v1/flows?limit=50");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let rows = json.as_array().expect("rows");
+        let of = |o: &str| rows.iter().filter(|r| r["observer"] == o).count();
+        if of("127.0.0.2/258") == 1 {
+            assert_eq!(of("127.0.0.3/258"), 0, "nothing from the denied exporter");
+            let r = rows
+                .iter()
+                .find(|r| r["observer"] == "127.0.0.2/258")
+                .expect("row");
+            assert_eq!(r["bytes_out"], 777);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the allowed record never arrived: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_bad_netflow_allow_list_stops_startup_naming_the_entry() {
+    let out = Command::new(env!("CARGO_BIN_EXE_podflow"))
+        .args(["server", "--netflow-allow", "10.0.0.0/8,10.1.2.3/16"])
+        .output()
+        .expect("podflow");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"10.1.2.3/16\" is not a CIDR: bits set after the prefix length"),
+        "{err}"
+    );
+}

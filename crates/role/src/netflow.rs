@@ -4,9 +4,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use podflow_model::Observation;
+pub use podflow_netflow::AllowList;
 use podflow_netflow::{Batch, Listener, ListenerConfig};
 use tokio::sync::mpsc;
 
@@ -18,6 +19,17 @@ use crate::telemetry::Registry;
 /// Batches queued between the receive threads and the pipeline; beyond, the threads wait
 /// and the sockets' buffers fill (the kernel's drops are counted).
 const QUEUE: usize = 64;
+
+/// The exporter allow-list of this process (`--netflow-allow`), set once by the binary
+/// before a role starts; unset allows every address. A process setting rather than a
+/// field of each role's config so every role that receives NetFlow gets it the same way.
+static ALLOW: OnceLock<AllowList> = OnceLock::new();
+
+/// Sets the exporter allow-list for every NetFlow intake of this process; the first
+/// call wins (returns false if one was already set).
+pub fn set_allow_list(allow: AllowList) -> bool {
+    ALLOW.set(allow).is_ok()
+}
 
 /// Starts listening on `addrs` (none: nothing to start). With `prefold`, the receive
 /// threads sum records per flow there and queue only what it does not take.
@@ -32,8 +44,19 @@ pub fn start(
         return Ok(None);
     }
     let (tx, rx) = mpsc::channel::<Batch>(QUEUE);
+    let allow = ALLOW.get().cloned().unwrap_or_default();
+    if allow.allows_any() {
+        tracing::warn!(
+            listen = ?addrs,
+            "NetFlow/IPFIX: datagrams from every source address are decoded; set \
+             --netflow-allow to the exporters' networks (podflow_netflow_allow_all = 1)"
+        );
+    } else {
+        tracing::info!(allow = %allow, "NetFlow/IPFIX: only these exporters are decoded");
+    }
     let cfg = ListenerConfig {
         addrs: addrs.to_vec(),
+        allow,
         ..Default::default()
     };
     let listener = Listener::start(cfg, stop, move |b: &mut Batch| {

@@ -107,6 +107,13 @@ defs! {
     NF_SEQ_LOST = "podflow_netflow_sequence_lost_total", "counter", "Export sequence gaps: records (v5, IPFIX) or datagrams (v9) the exporter sent that never arrived.", [];
     NF_ENTERPRISE = "podflow_netflow_enterprise_fields_skipped_total", "counter", "Enterprise-specific fields skipped.", [];
     NF_PENDING_DROPPED = "podflow_netflow_pending_sets_dropped_total", "counter", "Data sets held for a template that never came in time, dropped.", [];
+    NF_ALLOW_ALL = "podflow_netflow_allow_all", "gauge", "1 when datagrams from every source address are decoded (no --netflow-allow), 0 with an allow-list.", [];
+    NF_DENIED = "podflow_netflow_denied_datagrams_total", "counter", "Datagrams from source addresses outside --netflow-allow, dropped before decoding.", [];
+    NF_TEMPLATES_CACHED = "podflow_netflow_cached_templates", "gauge", "Templates held now over all exporters (bounded: 16,384 in total, 1024 per exporter address).", [];
+    NF_DOMAINS = "podflow_netflow_tracked_domains", "gauge", "(exporter, version, domain) entries tracked now (bounded: 4096).", [];
+    NF_TEMPLATES_EXPIRED = "podflow_netflow_templates_expired_total", "counter", "Templates dropped because they were not refreshed for 30 minutes, or with their domain after an hour without a datagram.", [];
+    NF_TEMPLATES_EVICTED = "podflow_netflow_templates_evicted_total", "counter", "Templates evicted to stay within a bound, by reason: exporter_limit (that exporter's least recently announced), total_limit (any exporter's least recently announced), domain_limit (dropped with their domain); data for them is held until they are announced again.", ["reason"];
+    NF_DOMAINS_FORGOTTEN = "podflow_netflow_domains_forgotten_total", "counter", "(exporter, version, domain) entries forgotten with their templates, sequence and sampling state, by reason: idle (an hour without a datagram), limit (the table was full: least recently heard first). Their counts stay in the totals.", ["reason"];
     NF_EXP_RECORDS = "podflow_netflow_exporter_records_total", "counter", "Records per exporter and domain (only with --netflow-exporter-labels: the exporter address is a label).", ["exporter", "domain", "version"];
     NF_EXP_SEQ_LOST = "podflow_netflow_exporter_sequence_lost_total", "counter", "Sequence loss per exporter and domain (only with --netflow-exporter-labels).", ["exporter", "domain", "version"];
     SVC_DURATION = "podflow_service_connection_duration_seconds", "histogram", "Duration of closed connections through each Service (DNAT), from conntrack's start/stop timestamps; at most 500 Services, the rest under `other`.", ["service_namespace", "service"];
@@ -619,10 +626,8 @@ impl Registry {
         }
         let mut exporters = nf.exporters();
         exporters.sort_by_key(|(k, _)| (k.exporter, k.domain));
-        let mut total = podflow_netflow::Stats::default();
-        for (_, s) in &exporters {
-            total.merge(s);
-        }
+        // Forgotten domains included, so the counters never go backwards.
+        let total = nf.totals();
         one(
             out,
             &NF_TEMPLATES,
@@ -631,6 +636,26 @@ impl Registry {
         one(out, &NF_SEQ_LOST, total.sequence_lost);
         one(out, &NF_ENTERPRISE, total.enterprise_fields_skipped);
         one(out, &NF_PENDING_DROPPED, total.pending_sets_dropped);
+        one(out, &NF_ALLOW_ALL, u64::from(n.allow_any));
+        one(out, &NF_DENIED, n.denied);
+        one(out, &NF_TEMPLATES_CACHED, n.templates_cached);
+        one(out, &NF_DOMAINS, n.domains_tracked);
+        one(out, &NF_TEMPLATES_EXPIRED, total.templates_expired);
+        header(out, &NF_TEMPLATES_EVICTED);
+        for (reason, v) in [
+            ("exporter_limit", total.templates_evicted_exporter_limit),
+            ("total_limit", total.templates_evicted_total_limit),
+            ("domain_limit", total.templates_evicted_domain_limit),
+        ] {
+            sample(out, &NF_TEMPLATES_EVICTED, &[("reason", reason)], v);
+        }
+        header(out, &NF_DOMAINS_FORGOTTEN);
+        for (reason, v) in [
+            ("idle", total.domains_expired),
+            ("limit", total.domains_evicted),
+        ] {
+            sample(out, &NF_DOMAINS_FORGOTTEN, &[("reason", reason)], v);
+        }
         if !*per_exporter {
             return;
         }

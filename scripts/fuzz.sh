@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+# One target directory for every fuzz crate: the dependencies they share build once.
+export CARGO_TARGET_DIR="$PWD/target/fuzz"
 run() { # crate-dir target seed-dir
   local dir=$1 target=$2 seeds=$3 corpus
   corpus=$(mktemp -d)

@@ -64,6 +64,7 @@ defs! {
     WL_COST = "podflow_workload_cost_usd_total", "counter", "Price of the bytes between a source and a destination in USD, by the allowed labels.", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
     SRV_BATCHES = "podflow_server_batches_total", "counter", "Agent batches received, by outcome (applied, duplicate, in_flight, busy: refused for now because the write backlog is full, rejected: refused for good).", ["outcome"];
     SRV_OBSERVATIONS = "podflow_server_observations_total", "counter", "Observations received from agents and counted, by kind: live, or replayed (observed more than two intervals before they arrived: an agent catching up after an outage).", ["kind"];
+    OVER_BOUND = "podflow_observations_over_bound_total", "counter", "Observations (and NetFlow records) rejected because they would take a row's counter past the bound of a row per interval (2^40 bytes or 2^36 packets in one direction): a corrupt or hostile counter; the log names the source. Kept out of every row, so sums cannot overflow.", [];
     LATE_BYTES = "podflow_late_bytes_total", "counter", "Bytes of rows whose interval had closed more than two intervals before they arrived (replays after an outage): stored in their own interval, kept out of the podflow_flow_* and podflow_workload_* counters so a recovery does not look like a traffic spike.", [];
     SRV_ACKS_DROPPED = "podflow_server_acks_dropped_total", "counter", "Acks that could not be queued to their connection (closed or full); the agent's replay is acked as a duplicate.", [];
     SRV_LAST_SEEN = "podflow_server_agent_last_seen_timestamp_seconds", "gauge", "When each agent's last batch arrived at this server, Unix seconds (one series per agent id, at most 10,000).", ["agent"];
@@ -203,6 +204,8 @@ pub struct PipelineStats {
     pub late_bytes: AtomicU64,
     /// Store writes failed since the last one that succeeded (readiness).
     pub store_errors_in_a_row: AtomicU64,
+    /// Observations rejected for passing the bound of a row per interval.
+    pub rows_rejected: AtomicU64,
 }
 
 /// What became of an agent's batch at the server.
@@ -394,6 +397,7 @@ impl Registry {
         one(out, &STORE_SECONDS, g(&p.store_ns) as f64 / 1e9);
         one(out, &STORE_PENDING, g(&p.store_pending));
         one(out, &LATE_BYTES, g(&p.late_bytes));
+        one(out, &OVER_BOUND, g(&p.rows_rejected));
     }
 
     fn render_flows(&self, out: &mut String) {

@@ -3,7 +3,9 @@
 pub mod clickhouse;
 mod columns;
 mod error;
+pub mod failpoint;
 mod flow_store;
+mod marks;
 pub mod query;
 mod sqlite;
 
@@ -12,5 +14,5 @@ mod testing;
 
 pub use self::clickhouse::{ClickHouseConfig, ClickHouseStore};
 pub use error::{ClickHouseError, StoreError};
-pub use flow_store::{FlowQuery, FlowStore, FlowSummary};
+pub use flow_store::{ChunkWrite, FlowQuery, FlowStore, FlowSummary, JobWrite};
 pub use sqlite::SqliteStore;

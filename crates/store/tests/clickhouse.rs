@@ -706,7 +706,8 @@ fn credentials_come_from_a_password_file() {
 #[test]
 fn ddl_uses_on_cluster_and_replicated_engine_when_configured() {
     let plain = create_statements(&ClickHouseConfig::default());
-    assert_eq!(plain.len(), 2);
+    assert_eq!(plain.len(), 3);
+    assert!(plain[2].contains("ENGINE = ReplacingMergeTree(version)"));
     assert!(
         plain[1].contains("ENGINE = SummingMergeTree(("),
         "{}",

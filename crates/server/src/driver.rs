@@ -165,7 +165,15 @@ impl<S: FlowStore + 'static> Driver<S> {
                 None
             }
         };
-        let stored = store.agents()?;
+        // A blocking call (ClickHouse blocks on a runtime of its own, which must not run
+        // inside this task).
+        let (store, stored) = tokio::task::spawn_blocking(move || {
+            let m = store.agents();
+            (store, m)
+        })
+        .await
+        .map_err(|e| RoleError::Attribution(format!("reading the agents' marks: {e}")))?;
+        let stored = stored?;
         let marks: Marks = Arc::new(std::sync::RwLock::new(
             stored.iter().map(|m| (m.agent.clone(), m.seq)).collect(),
         ));

@@ -4,6 +4,8 @@ pub mod clickhouse;
 mod columns;
 mod error;
 pub mod failpoint;
+#[cfg(test)]
+mod fault_matrix;
 mod flow_store;
 mod marks;
 pub mod query;

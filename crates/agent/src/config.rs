@@ -48,4 +48,6 @@ pub struct AgentConfig {
     pub max_connection_age: Duration,
     /// NetFlow/IPFIX listen addresses (none: no listener).
     pub netflow_listen: Vec<SocketAddr>,
+    /// Node-to-node probes (none: off).
+    pub probes: Option<crate::probes::ProbeSettings>,
 }

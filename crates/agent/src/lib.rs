@@ -24,10 +24,12 @@ mod buffer;
 mod config;
 mod local;
 mod outbox;
+pub mod probes;
 mod sender;
 pub mod source;
 
 pub use config::{AgentConfig, ClientTls};
+pub use probes::ProbeSettings;
 
 pub use local::local_addresses;
 
@@ -116,6 +118,7 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
         exposition: Arc::clone(&registry) as _,
         store: StoreReader::None,
         interval_s: cfg.interval.as_secs().max(1) as u32,
+        probes: None,
     });
     let http_stop = CancellationToken::new();
     let http = serve_http(cfg.listen, state, http_stop.clone()).await?;
@@ -154,10 +157,31 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
         Arc::clone(&stop),
     )
     .await?;
+    let probe_stop = CancellationToken::new();
+    let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel(16);
+    let probes = match &cfg.probes {
+        Some(p) => Some(
+            probes::start(
+                p,
+                &cfg.node,
+                cfg.source.netns.clone(),
+                &registry,
+                probe_tx,
+                probe_stop.clone(),
+            )
+            .await?,
+        ),
+        None => {
+            drop(probe_tx);
+            None
+        }
+    };
     let shared = Arc::new(Outbox {
         buffer: Mutex::new(buffer),
         more: Notify::new(),
         stats: Arc::clone(&stats),
+        probes,
+        node: cfg.node.clone(),
     });
     if let Ok(b) = shared.buffer.lock() {
         shared.publish(&b);
@@ -177,6 +201,7 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                         conntrack: bool,
                         addrs: &[Vec<u8>],
                         obs: &[podflow_model::Observation],
+                        probes: Vec<podflow_proto::ProbeStats>,
                         at_ns: u64| {
                 let Ok(mut buf) = shared.buffer.lock() else {
                     return false;
@@ -191,6 +216,7 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                     observed_at_ms: (at_ns / 1_000_000) as i64,
                     observations: obs.iter().map(observation_pb).collect(),
                     local_addrs: addrs.to_vec(),
+                    probes,
                 };
                 let errors = buf.counts.disk_errors;
                 buf.push(seq, conntrack, msg.encode_to_vec());
@@ -211,15 +237,19 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                         if let Some(l) = &b.local {
                             addrs = l.iter().map(|a| ip_bytes(*a)).collect();
                         }
-                        if !b.obs.is_empty() && !push(&node, true, &addrs, &b.obs, b.at_ns) {
+                        if !b.obs.is_empty() && !push(&node, true, &addrs, &b.obs, Vec::new(), b.at_ns) {
                             break;
                         }
                     }
                     Some(batch) = netflow.recv() => {
                         let now = podflow_inventory::now_ns();
                         for (who, obs) in by_observer(batch) {
-                            push(&who, false, &[], &obs, now);
+                            push(&who, false, &[], &obs, Vec::new(), now);
                         }
+                    }
+                    Some(stats) = probe_rx.recv() => {
+                        let now = podflow_inventory::now_ns();
+                        push(&node, false, &addrs, &[], stats, now);
                     }
                 }
             }
@@ -255,6 +285,7 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
         );
     }
     sender_stop.cancel();
+    probe_stop.cancel();
     let _ = sender.await;
     http_stop.cancel();
     let _ = http.await;

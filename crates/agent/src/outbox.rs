@@ -14,6 +14,10 @@ pub(crate) struct Outbox {
     pub(crate) buffer: Mutex<Buffer>,
     pub(crate) more: Notify,
     pub(crate) stats: Arc<AgentStats>,
+    /// The probes, when on (the server's peer sets go there).
+    pub(crate) probes: Option<crate::probes::Probes>,
+    /// This node's name.
+    pub(crate) node: String,
 }
 
 impl Outbox {

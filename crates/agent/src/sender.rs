@@ -9,6 +9,8 @@ use podflow_proto::{IngestClient, ObservationBatch};
 
 /// The metadata key naming the agent of a stream (the server's `AGENT_ID_HEADER`).
 const AGENT_ID_HEADER: &str = "podflow-agent-id";
+/// The metadata key naming the agent's node (it joins the probes' peer set on connect).
+const NODE_HEADER: &str = "podflow-node";
 use podflow_role::{RoleError, read_file};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -140,6 +142,13 @@ fn on_durable_mark(shared: &Outbox, durable: u64) {
     shared.publish(&b);
 }
 
+/// A peer set from the server goes to the probes.
+fn on_peers(shared: &Outbox, ack: &podflow_proto::Ack) {
+    if let (Some(p), Some(set)) = (&shared.probes, &ack.peers) {
+        p.set_peers(&shared.node, set);
+    }
+}
+
 async fn session(
     ep: &tonic::transport::Endpoint,
     cfg: &AgentConfig,
@@ -173,6 +182,11 @@ async fn open(
         .parse()
         .map_err(|_| format!("agent id {:?} is not a valid header value", cfg.agent_id))?;
     req.metadata_mut().insert(AGENT_ID_HEADER, id);
+    let node = cfg
+        .node
+        .parse()
+        .map_err(|_| format!("node name {:?} is not a valid header value", cfg.node))?;
+    req.metadata_mut().insert(NODE_HEADER, node);
     let mut acks = client
         .push(req)
         .await
@@ -181,7 +195,8 @@ async fn open(
     // A server that knows this agent says so first; an older one says nothing.
     match tokio::time::timeout(Duration::from_secs(2), acks.message()).await {
         Ok(Ok(Some(hello))) if hello.seq == 0 && hello.error.is_empty() => {
-            on_durable_mark(shared, hello.durable_seq)
+            on_durable_mark(shared, hello.durable_seq);
+            on_peers(shared, &hello);
         }
         Ok(Ok(Some(_))) | Err(_) => {}
         Ok(Ok(None)) => return Ok(End::Done),
@@ -233,7 +248,7 @@ async fn open(
         tokio::select! {
             _ = stop.cancelled() => break End::Done,
             m = acks.message() => match m {
-                Ok(Some(ack)) if ack.seq == 0 => {}
+                Ok(Some(ack)) if ack.seq == 0 => on_peers(shared, &ack),
                 Ok(Some(ack)) if !ack.error.is_empty() && ack.retry_after_ms > 0 => {
                     shared.stats.retried.fetch_add(1, Relaxed);
                     break End::Retry(Duration::from_millis(ack.retry_after_ms), ack.error);

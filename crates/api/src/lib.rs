@@ -4,6 +4,7 @@
 //! - [`query`]: `/api/v1/query` (flows grouped by any dimensions) and `/api/v1/dimensions`;
 //! - [`graph`]: the Grafana Node Graph datasource (`/api/health`, `/api/graph/*`);
 //! - [`transactions`]: K8sConntrack-style `/transactions`;
+//! - [`probes`]: probe history and, per zone or node pair, traffic next to its health;
 //! - [`ui`]: the embedded single-page UI;
 //! - `/metrics`, `/live`, `/ready`: what the role's [`Exposition`] says.
 //!
@@ -13,6 +14,7 @@ pub mod flows;
 pub mod graph;
 pub mod json;
 mod params;
+pub mod probes;
 pub mod query;
 mod reader;
 pub mod transactions;
@@ -46,7 +48,12 @@ pub struct AppState {
     pub store: StoreReader,
     /// Interval length, seconds (the default `to` includes the open interval).
     pub interval_s: u32,
+    /// Probe history, where the role keeps it.
+    pub probes: Option<ProbeReader>,
 }
+
+/// Where the handlers read probe history (a connection or client of its own).
+pub type ProbeReader = std::sync::Mutex<Box<dyn podflow_store::ProbeStore>>;
 
 /// The router of every endpoint.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -62,6 +69,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/graph/fields", get(graph::fields))
         .route("/api/graph/data", get(graph::data))
         .route("/transactions", get(transactions::transactions))
+        .route("/api/v1/probes", get(probes::probes))
+        .route("/api/v1/pairs", get(probes::pairs))
         .merge(ui::routes())
         .with_state(state)
 }

@@ -225,6 +225,7 @@ async fn serve(rows: &[FlowRow]) -> (SocketAddr, tempfile::TempDir) {
         exposition: Arc::new(common::Quiet),
         store: StoreReader::sqlite(path),
         interval_s: 10,
+        probes: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

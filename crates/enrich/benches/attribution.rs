@@ -184,6 +184,8 @@ fn inventory() -> Inventory {
                 ("topology.kubernetes.io/region".into(), "us-east-1".into()),
             ]),
             provider_id: Some(format!("aws:///{}/i-{n:017x}", zones[n % 3])),
+            leaving: false,
+            ready: Some(true),
         });
     }
     for i in 0..10_000 {

@@ -68,8 +68,29 @@ pub struct IpIndex {
     host_ports: HashMap<(IpAddr, u16), Arc<PodMeta>>,
     node_ports: HashMap<u16, Arc<ServiceMeta>>,
     nodes: HashMap<Name, Arc<NodeMeta>>,
+    node_list: Vec<NodeInfo>,
     stats: IndexStats,
 }
+
+/// A node as probes see it: where to reach it and whether it is on its way out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Name.
+    pub name: String,
+    /// Zone, empty when unknown.
+    pub zone: String,
+    /// Addresses, InternalIP first.
+    pub addrs: Vec<IpAddr>,
+    /// Leaving the cluster (deletion timestamp, the autoscaler's taint).
+    pub leaving: bool,
+    /// The Ready condition.
+    pub ready: Option<bool>,
+    /// Known only because an agent on it reports (not in the inventory's own nodes).
+    pub observed_only: bool,
+}
+
+/// The label podflow puts on a node it knows only from an agent's reports.
+pub const OBSERVED_ONLY_LABEL: &str = "podflow.io/observed-only";
 
 /// What an index holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -197,6 +218,11 @@ pub fn workload_of(
 }
 
 impl IpIndex {
+    /// Every node of the inventory, by name.
+    pub fn node_list(&self) -> &[NodeInfo] {
+        &self.node_list
+    }
+
     /// Builds the index of an inventory and the still-resolvable tombstones.
     pub fn build(inv: &Inventory, tombstones: &[Tombstone], cfg: &IndexConfig) -> IpIndex {
         let mut idx = IpIndex::default();
@@ -205,8 +231,23 @@ impl IpIndex {
             for (_, ip) in &n.addresses {
                 idx.slots.entry(*ip).or_default().node = Some(meta.clone());
             }
+            let mut addrs: Vec<(bool, IpAddr)> = n
+                .addresses
+                .iter()
+                .map(|(kind, ip)| (kind != "InternalIP", *ip))
+                .collect();
+            addrs.sort();
+            idx.node_list.push(NodeInfo {
+                name: n.name.clone(),
+                zone: meta.zone.as_deref().unwrap_or_default().to_string(),
+                addrs: addrs.into_iter().map(|(_, ip)| ip).collect(),
+                leaving: n.leaving,
+                ready: n.ready,
+                observed_only: n.labels.contains_key(OBSERVED_ONLY_LABEL),
+            });
             idx.nodes.insert(meta.name.clone(), meta);
         }
+        idx.node_list.sort_by(|a, b| a.name.cmp(&b.name));
         let live = inv.pods.iter().map(|p| (p, u64::MAX));
         let dead = tombstones
             .iter()

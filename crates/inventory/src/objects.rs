@@ -104,6 +104,11 @@ pub struct Node {
     pub labels: BTreeMap<String, String>,
     /// spec.providerID.
     pub provider_id: Option<String>,
+    /// Leaving the cluster: a deletion timestamp, or the cluster autoscaler's
+    /// `ToBeDeletedByClusterAutoscaler` taint (probes stop, no failure is recorded).
+    pub leaving: bool,
+    /// The `Ready` condition (`None`: not reported).
+    pub ready: Option<bool>,
 }
 
 /// A Service port.
@@ -134,6 +139,11 @@ pub struct Service {
     pub external_ips: Vec<IpAddr>,
     /// spec.selector.
     pub selector: BTreeMap<String, String>,
+    /// spec.trafficDistribution (`PreferClose`, ...), when set.
+    pub traffic_distribution: Option<String>,
+    /// The `service.kubernetes.io/topology-mode` annotation (topology-aware hints, e.g.
+    /// `Auto`), when set.
+    pub topology_mode: Option<String>,
 }
 
 /// One endpoint of an EndpointSlice.
@@ -145,6 +155,10 @@ pub struct SliceEndpoint {
     pub node_name: Option<String>,
     /// targetRef (kind, name).
     pub target: Option<(String, String)>,
+    /// zone (the endpoint's topology zone), when set.
+    pub zone: Option<String>,
+    /// conditions.ready (absent means ready, as the API says).
+    pub ready: bool,
 }
 
 /// An EndpointSlice.
@@ -228,6 +242,8 @@ struct RawMeta {
     owner_references: Vec<RawOwner>,
     creation_timestamp: Option<String>,
     deletion_timestamp: Option<String>,
+    #[serde(deserialize_with = "null_default")]
+    annotations: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -249,6 +265,8 @@ struct RawSpec {
     // Node
     #[serde(rename = "providerID")]
     provider_id: Option<String>,
+    #[serde(deserialize_with = "null_default")]
+    taints: Vec<RawTaint>,
     // Service
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -262,6 +280,27 @@ struct RawSpec {
     ports: Vec<RawServicePort>,
     // A map for Services, a LabelSelector for workloads: only the Service form is used.
     selector: Option<serde_json::Value>,
+    traffic_distribution: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawTaint {
+    key: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawCondition {
+    #[serde(rename = "type")]
+    kind: String,
+    status: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawEndpointConditions {
+    ready: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -297,6 +336,8 @@ struct RawStatus {
     addresses: Vec<RawAddress>,
     #[serde(deserialize_with = "null_default")]
     load_balancer: RawLb,
+    #[serde(deserialize_with = "null_default")]
+    conditions: Vec<RawCondition>,
 }
 
 #[derive(Deserialize, Default)]
@@ -327,6 +368,9 @@ struct RawEndpoint {
     addresses: Vec<String>,
     node_name: Option<String>,
     target_ref: Option<RawTarget>,
+    zone: Option<String>,
+    #[serde(deserialize_with = "null_default")]
+    conditions: RawEndpointConditions,
 }
 
 #[derive(Deserialize, Default)]
@@ -537,11 +581,25 @@ fn node(raw: RawObject, m: RawMeta) -> Node {
         .into_iter()
         .filter_map(|a| a.address.trim().parse().ok().map(|ip| (a.kind, ip)))
         .collect();
+    let leaving = m.deletion_timestamp.is_some()
+        || raw
+            .spec
+            .taints
+            .iter()
+            .any(|t| t.key == "ToBeDeletedByClusterAutoscaler");
+    let ready = raw
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Ready")
+        .map(|c| c.status == "True");
     Node {
         name: m.name,
         addresses,
         labels: m.labels,
         provider_id: raw.spec.provider_id.filter(|p| !p.is_empty()),
+        leaving,
+        ready,
     }
 }
 
@@ -598,6 +656,15 @@ fn service(raw: RawObject, m: RawMeta, ctx: &Ctx<'_>) -> Result<Service, Invento
         lb_ips,
         external_ips,
         selector,
+        traffic_distribution: spec.traffic_distribution.filter(|t| !t.is_empty()),
+        topology_mode: m
+            .annotations
+            .get("service.kubernetes.io/topology-mode")
+            .or_else(|| {
+                m.annotations
+                    .get("service.kubernetes.io/topology-aware-hints")
+            })
+            .cloned(),
     })
 }
 
@@ -615,6 +682,8 @@ fn endpoint_slice(raw: RawObject, m: RawMeta) -> EndpointSlice {
             addresses,
             node_name: e.node_name,
             target: e.target_ref.map(|t| (t.kind, t.name)),
+            zone: e.zone.filter(|z| !z.is_empty()),
+            ready: e.conditions.ready.unwrap_or(true),
         });
     }
     EndpointSlice {

@@ -366,3 +366,54 @@ fn the_file_is_reloaded_when_it_changes() {
             .is_none()
     );
 }
+
+/// What probes and cost insights read: a node leaving (deletion timestamp or the
+/// autoscaler's taint) and its Ready condition; an endpoint's zone and readiness; a
+/// Service's traffic distribution and topology mode.
+#[test]
+fn leaving_nodes_endpoint_zones_and_traffic_distribution_are_read() {
+    let text = r#"
+apiVersion: v1
+kind: List
+items:
+- kind: Node
+  metadata: {name: a}
+  status: {conditions: [{type: Ready, status: "True"}]}
+- kind: Node
+  metadata: {name: b, deletionTimestamp: "2026-12-02T10:00:00Z"}
+  status: {conditions: [{type: Ready, status: "False"}]}
+- kind: Node
+  metadata: {name: c}
+  spec: {taints: [{key: ToBeDeletedByClusterAutoscaler, effect: NoSchedule}]}
+- kind: Service
+  metadata: {name: db, namespace: shop, annotations: {service.kubernetes.io/topology-mode: Auto}}
+  spec: {clusterIP: 10.96.0.9, trafficDistribution: PreferClose, ports: [{port: 5432}]}
+- kind: EndpointSlice
+  metadata: {name: db-x, namespace: shop, labels: {kubernetes.io/service-name: db}}
+  endpoints:
+  - {addresses: [10.1.0.5], zone: zone-a, conditions: {ready: true}}
+  - {addresses: [10.2.0.5], zone: zone-b, conditions: {ready: false}}
+  - {addresses: [10.3.0.5]}
+"#;
+    let inv = Inventory::parse(text, "test").expect("parses");
+    let node = |n: &str| inv.nodes.iter().find(|x| x.name == n).expect("node");
+    assert_eq!((node("a").leaving, node("a").ready), (false, Some(true)));
+    assert_eq!((node("b").leaving, node("b").ready), (true, Some(false)));
+    assert_eq!((node("c").leaving, node("c").ready), (true, None));
+    let svc = &inv.services[0];
+    assert_eq!(svc.traffic_distribution.as_deref(), Some("PreferClose"));
+    assert_eq!(svc.topology_mode.as_deref(), Some("Auto"));
+    let eps: Vec<(Option<&str>, bool)> = inv.slices[0]
+        .endpoints
+        .iter()
+        .map(|e| (e.zone.as_deref(), e.ready))
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            (Some("zone-a"), true),
+            (Some("zone-b"), false),
+            (None, true)
+        ]
+    );
+}

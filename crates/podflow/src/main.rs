@@ -382,6 +382,118 @@ struct AgentArgs {
     /// server (repeat or comma-separate for more).
     #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
     netflow_listen: Vec<SocketAddr>,
+
+    #[command(flatten)]
+    probes: ProbeArgs,
+}
+
+/// Node-to-node probes (the agent's responder and prober).
+#[derive(Debug, Args)]
+struct ProbeArgs {
+    /// Probe the other nodes the server names (UDP bursts, TCP connect, HTTP GET, ICMP,
+    /// full-MTU UDP, DNS) and answer their probes.
+    #[arg(long, env = "PODFLOW_PROBES")]
+    probes: bool,
+
+    /// The responder's port on the host network: UDP echo and TCP accept on it, HTTP on
+    /// the next port.
+    #[arg(long, env = "PODFLOW_PROBE_PORT", default_value_t = 9471)]
+    probe_port: u16,
+
+    /// Address the responder binds and probes leave from (default: every address).
+    #[arg(long, env = "PODFLOW_PROBE_BIND")]
+    probe_bind: Option<std::net::IpAddr>,
+
+    /// How often each peer is probed.
+    #[arg(long, env = "PODFLOW_PROBE_INTERVAL", default_value = "5s", value_parser = duration::parse)]
+    probe_interval: Duration,
+
+    /// Kinds probed each round (comma-separated: udp, udp_mtu, tcp, http, icmp). ICMP
+    /// needs CAP_NET_RAW; without it ICMP results say `unavailable`.
+    #[arg(
+        long,
+        env = "PODFLOW_PROBE_KINDS",
+        default_value = "udp,udp_mtu,tcp,http,icmp"
+    )]
+    probe_kinds: String,
+
+    /// Path MTU the full-MTU probe checks (IP packet size; 0: off).
+    #[arg(long, env = "PODFLOW_PROBE_MTU", default_value_t = 1500)]
+    probe_mtu: usize,
+
+    /// DNS lookups each round: `RESOLVER=NAME` (e.g. 10.96.0.10:53=kubernetes.default.svc.cluster.local), comma-separated.
+    #[arg(long, env = "PODFLOW_PROBE_DNS", value_delimiter = ',')]
+    probe_dns: Vec<String>,
+
+    /// Full mesh up to this many nodes; beyond, each node probes a bounded set that still
+    /// covers every zone pair (see docs/probes.md).
+    #[arg(long, env = "PODFLOW_PROBE_FULL_MESH_MAX", default_value_t = 50)]
+    probe_full_mesh_max: usize,
+
+    /// Probe series carry node labels while the node pairs seen are at most this many
+    /// (zone labels always).
+    #[arg(long, env = "PODFLOW_PROBE_NODE_LABEL_PAIRS", default_value_t = 2500)]
+    probe_node_label_pairs: usize,
+
+    /// Probe results are summed and stored per this interval (the live metrics follow
+    /// every result): one row per node pair and kind each time.
+    #[arg(long, env = "PODFLOW_PROBE_STORE_INTERVAL", default_value = "60s", value_parser = duration::parse)]
+    probe_store_interval: Duration,
+
+    /// Also expose kconmon's metric names and labels with this prefix (e.g. `kconmon`),
+    /// so its dashboards and alerts work unchanged (one set of per-pair series more).
+    #[arg(long, env = "PODFLOW_PROBE_KCONMON_PREFIX")]
+    probe_kconmon_prefix: Option<String>,
+}
+
+impl ProbeArgs {
+    fn settings(&self) -> anyhow::Result<Option<podflow_agent::ProbeSettings>> {
+        if !self.probes {
+            return Ok(None);
+        }
+        let kinds = self
+            .probe_kinds
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                podflow_probe::ProbeKind::from_label(k)
+                    .filter(|k| *k != podflow_probe::ProbeKind::Dns)
+                    .ok_or_else(|| anyhow::anyhow!("--probe-kinds: unknown kind `{k}`"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut dns = Vec::new();
+        for d in &self.probe_dns {
+            let (resolver, name) = d
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--probe-dns {d:?}: want RESOLVER=NAME"))?;
+            dns.push(podflow_probe::DnsTarget {
+                resolver: resolver
+                    .parse()
+                    .with_context(|| format!("--probe-dns {d:?}: resolver"))?,
+                name: name.to_string(),
+                qtype: podflow_probe::dns::QType::A,
+            });
+        }
+        Ok(Some(podflow_agent::ProbeSettings {
+            port: self.probe_port,
+            bind: self.probe_bind,
+            interval: self.probe_interval,
+            kinds,
+            mtu: self.probe_mtu,
+            dns,
+            metrics: podflow_probe::MetricsConfig {
+                node_label_max_pairs: self.probe_node_label_pairs,
+                kconmon_prefix: self.probe_kconmon_prefix.clone(),
+                ..Default::default()
+            },
+            topology: podflow_probe::TopologyConfig {
+                full_mesh_max: self.probe_full_mesh_max,
+                ..Default::default()
+            },
+            store_interval: self.probe_store_interval,
+        }))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -511,6 +623,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
         max_memory: a.buffer_memory,
         max_spill: a.buffer_spill,
         max_connection_age: a.max_connection_age,
+        probes: a.probes.settings()?,
         netflow_listen: a.netflow_listen,
     };
     block_on(|token| async move { podflow_agent::agent(cfg, token).await })

@@ -68,6 +68,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "podflow-enrich",
             "podflow-model",
             "podflow-pipeline",
+            "podflow-probe",
             "podflow-role",
             "podflow-server",
             "podflow-store",

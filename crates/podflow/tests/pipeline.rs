@@ -121,9 +121,10 @@ fn agent_to_server_is_exact_across_a_server_kill_and_a_locked_store() {
     burst(5, 30_000);
     std::thread::sleep(Duration::from_millis(2500));
     server = start_server(sdata.path(), http, grpc);
-    // 3. The store is locked by another process for a while; traffic goes on.
+    // 3. The store is locked by another process for longer than the busy timeout (5 s) plus
+    // an interval, so at least one write fails whatever the timing; traffic goes on.
     let db = sdata.path().join("podflow.sqlite");
-    let lock = lock_store(&db, 7.0);
+    let lock = lock_store(&db, 12.0);
     burst(5, 40_000);
     if let Some(mut l) = lock {
         let _ = l.wait();

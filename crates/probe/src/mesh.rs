@@ -192,7 +192,16 @@ impl Mesh {
 
     /// What it did so far.
     pub fn stats(&self) -> MeshStats {
-        let c = &self.counters;
+        Self::read(&self.counters)
+    }
+
+    /// A reader of [`Mesh::stats`] that outlives no one (for a metrics registry).
+    pub fn stats_handle(&self) -> impl Fn() -> MeshStats + Send + Sync + 'static {
+        let c = Arc::clone(&self.counters);
+        move || Self::read(&c)
+    }
+
+    fn read(c: &Counters) -> MeshStats {
         MeshStats {
             peers: c.peers.load(Ordering::Relaxed),
             results_sent: c.sent.load(Ordering::Relaxed),

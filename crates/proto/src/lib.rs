@@ -17,7 +17,10 @@ mod generated {
 
 pub use generated::ingest_client::IngestClient;
 pub use generated::ingest_server::{Ingest, IngestServer};
-pub use generated::{Ack, Observation as PbObservation, ObservationBatch, Tuple as PbTuple};
+pub use generated::{
+    Ack, Observation as PbObservation, ObservationBatch, Peer as PbPeer, PeerSet, ProbeStats,
+    Tuple as PbTuple,
+};
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;

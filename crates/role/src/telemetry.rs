@@ -68,6 +68,7 @@ defs! {
     LATE_BYTES = "podflow_late_bytes_total", "counter", "Bytes of rows whose interval had closed more than two intervals before they arrived (replays after an outage): stored in their own interval, kept out of the podflow_flow_* and podflow_workload_* counters so a recovery does not look like a traffic spike.", [];
     SRV_ACKS_DROPPED = "podflow_server_acks_dropped_total", "counter", "Acks that could not be queued to their connection (closed or full); the agent's replay is acked as a duplicate.", [];
     SRV_LAST_SEEN = "podflow_server_agent_last_seen_timestamp_seconds", "gauge", "When each agent's last batch arrived at this server, Unix seconds (one series per agent id, at most 10,000).", ["agent"];
+    SRV_PROBE_ROWS = "podflow_server_probe_rows_total", "counter", "Probe rows (an interval of one probe kind between two nodes) written to the probe store, by outcome: written; refused (a row about another node than the agent's own, or malformed); dropped (the writer's queue was full or the write failed).", ["outcome"];
     SRV_CONNECTIONS = "podflow_server_agent_connections", "gauge", "Agent streams open now.", [];
     AG_SENT = "podflow_agent_batches_sent_total", "counter", "Batches sent to the server (replays included).", [];
     AG_ACKED = "podflow_agent_batches_acked_total", "counter", "Batches the server acknowledged as durable.", [];
@@ -257,6 +258,12 @@ pub struct ServerStats {
     pub acks_dropped: AtomicU64,
     /// Agent streams open now.
     pub connections: AtomicU64,
+    /// Probe rows written to the probe store.
+    pub probe_rows: AtomicU64,
+    /// Probe rows refused (another node's, malformed).
+    pub probe_rows_refused: AtomicU64,
+    /// Probe rows dropped: the probe store's writer queue was full or the write failed.
+    pub probe_rows_dropped: AtomicU64,
     /// When each agent's last batch arrived, Unix seconds (at most [`MAX_AGENTS_SEEN`]).
     pub last_seen: Mutex<std::collections::BTreeMap<String, i64>>,
 }
@@ -288,7 +295,7 @@ impl ServerStats {
 }
 
 /// Where every part of a role publishes what `/metrics` and `/ready` show.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Registry {
     /// Conntrack source counters, once a source is open.
     pub conntrack: OnceLock<(Arc<SourceStats>, Features)>,
@@ -306,10 +313,33 @@ pub struct Registry {
     pub workloads: Mutex<Option<WorkloadMetrics>>,
     /// What the role waits for before it is ready.
     pub health: Health,
+    /// Families other parts render themselves (the probes'), at each scrape.
+    families: Mutex<Vec<Family>>,
     flows: [ProtoTotals; 6],
 }
 
+/// A part that renders families of its own into the exposition.
+type Family = Box<dyn Fn(&mut String) + Send + Sync>;
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("pipeline", &self.pipeline)
+            .field("server", &self.server)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Registry {
+    /// Adds families rendered by `render` at every scrape (their definitions are listed
+    /// in docs/metrics.md with the others).
+    pub fn add_families(&self, render: impl Fn(&mut String) + Send + Sync + 'static) {
+        if let Ok(mut f) = self.families.lock() {
+            f.push(Box::new(render));
+        }
+    }
+
     /// A registry whose workload series are bounded by `metrics`.
     pub fn new(metrics: &WorkloadMetricsConfig) -> Arc<Registry> {
         let r = Registry::default();
@@ -348,6 +378,11 @@ impl Registry {
         self.render_histograms(&mut out);
         self.render_agent(&mut out);
         self.render_workloads(&mut out);
+        if let Ok(f) = self.families.lock() {
+            for render in f.iter() {
+                render(&mut out);
+            }
+        }
         out
     }
 
@@ -448,6 +483,14 @@ impl Registry {
         );
         one(out, &SRV_ACKS_DROPPED, g(&s.acks_dropped));
         one(out, &SRV_CONNECTIONS, g(&s.connections));
+        header(out, &SRV_PROBE_ROWS);
+        for (o, v) in [
+            ("written", &s.probe_rows),
+            ("refused", &s.probe_rows_refused),
+            ("dropped", &s.probe_rows_dropped),
+        ] {
+            sample(out, &SRV_PROBE_ROWS, &[("outcome", o)], g(v));
+        }
         header(out, &SRV_LAST_SEEN);
         if let Ok(m) = s.last_seen.lock() {
             for (agent, t) in m.iter() {

@@ -198,6 +198,11 @@ impl LocalInventory {
                         .into_iter()
                         .map(|a| ("InternalIP".to_string(), a))
                         .collect(),
+                    labels: [(
+                        podflow_inventory::OBSERVED_ONLY_LABEL.to_string(),
+                        "true".to_string(),
+                    )]
+                    .into(),
                     ..Default::default()
                 });
             }

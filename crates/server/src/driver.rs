@@ -287,6 +287,11 @@ impl<S: FlowStore + 'static> Driver<S> {
         Arc::clone(&self.prefold)
     }
 
+    /// The inventory index attribution reads (nodes for the probes' peer sets).
+    pub fn inventory(&self) -> SharedIndex {
+        self.shared.clone()
+    }
+
     /// NetFlow records the receive threads did not sum (see [`Self::prefold`]), read
     /// now: attributed one by one.
     pub fn ingest_records(&mut self, batch: podflow_netflow::Batch) {

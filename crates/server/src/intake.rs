@@ -9,15 +9,19 @@ use std::sync::atomic::Ordering::Relaxed;
 use podflow_pipeline::ledger::{BatchId, Offer};
 use podflow_proto::{Ack, At, Ingest, ObservationBatch, VERSION, ip_from, observation_from};
 use podflow_role::{Outcome, Registry};
+use podflow_store::probes::ProbeRow;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::driver::{Driver, Marks};
+use crate::peers::PeerBook;
 
 /// The metadata key naming the agent of a stream (sent by agents that read the durable
 /// mark in the stream's first message).
 pub const AGENT_ID_HEADER: &str = "podflow-agent-id";
+/// The metadata key naming the agent's node.
+pub const NODE_HEADER: &str = "podflow-node";
 /// Pause asked of an agent when the write backlog is full, ms.
 const RETRY_BUSY_MS: u64 = 5_000;
 /// Pause asked of an agent newer than this server, ms.
@@ -39,6 +43,7 @@ const ACK_QUEUE: usize = 4096;
 pub(crate) struct IngestSvc {
     pub(crate) tx: mpsc::Sender<Ingress>,
     pub(crate) marks: Marks,
+    pub(crate) peers: Arc<PeerBook>,
     pub(crate) token: Option<Arc<str>>,
     pub(crate) registry: Arc<Registry>,
 }
@@ -77,6 +82,15 @@ impl Ingest for IngestSvc {
             .get(AGENT_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        // The agent's node joins the probes' peer set as soon as it connects.
+        if let Some(node) = req
+            .metadata()
+            .get(NODE_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            self.peers.seen(node, &[]);
+            self.peers.refresh_now();
+        }
         let mut inbound = req.into_inner();
         let (ack_tx, ack_rx) = mpsc::channel::<Ack>(ACK_QUEUE);
         // The first message: what this server holds as durable for the agent, so an agent
@@ -90,7 +104,27 @@ impl Ingest for IngestSvc {
                 .unwrap_or(0);
             let _ = ack_tx.try_send(Ack {
                 durable_seq,
+                peers: Some(self.peers.subscribe().borrow().clone()),
                 ..Default::default()
+            });
+            // Later peer sets follow on the same stream, until it closes.
+            let mut set = self.peers.subscribe();
+            set.mark_unchanged();
+            let tx = ack_tx.clone();
+            tokio::spawn(async move {
+                while set.changed().await.is_ok() {
+                    let peers = Some(set.borrow_and_update().clone());
+                    if tx
+                        .send(Ack {
+                            peers,
+                            ..Default::default()
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
             });
         }
         let tx = self.tx.clone();
@@ -129,6 +163,7 @@ impl Ingest for IngestSvc {
 pub(crate) fn admit<S: podflow_store::FlowStore + 'static>(
     driver: &mut Driver<S>,
     r: &Registry,
+    side: &Side,
     m: Ingress,
 ) {
     let b = m.batch;
@@ -187,15 +222,24 @@ pub(crate) fn admit<S: podflow_store::FlowStore + 'static>(
         &b.agent_id,
         (podflow_inventory::now_ns() / 1_000_000_000) as i64,
     );
+    side.peers
+        .seen(&b.node, &addrs.iter().copied().collect::<Vec<_>>());
     let node: Arc<str> = Arc::from(b.node.as_str());
     let id = BatchId {
         agent: Arc::from(b.agent_id.as_str()),
         seq: b.seq,
     };
     let addrs = (!addrs.is_empty()).then(|| Arc::new(addrs));
+    let late = driver.is_late(at_ns);
     let outcome = match driver.offer(id, m.ack, &node, addrs, &obs, at_ns) {
         Offer::Count { .. } => {
-            r.server.observations.fetch_add(obs.len() as u64, Relaxed);
+            side.probes(r, &b.node, &b.probes);
+            let counter = if late {
+                &r.server.observations_replayed
+            } else {
+                &r.server.observations
+            };
+            counter.fetch_add(obs.len() as u64, Relaxed);
             Outcome::Applied
         }
         Offer::Duplicate(tx) => {
@@ -219,4 +263,58 @@ pub(crate) fn admit<S: podflow_store::FlowStore + 'static>(
         }
     };
     r.server.batch(outcome);
+}
+
+/// What batches feed besides the driver: the peer book and the probe history.
+#[derive(Debug)]
+pub(crate) struct Side {
+    /// Which nodes agents probe.
+    pub(crate) peers: Arc<PeerBook>,
+    /// Probe rows to the probe store's writer (bounded; full: dropped, counted).
+    pub(crate) probe_rows: Option<mpsc::Sender<Vec<ProbeRow>>>,
+}
+
+impl Side {
+    /// A batch's probe results, for the probe store: only its own node's (an agent
+    /// reports what its node probed), each field bounded.
+    fn probes(&self, r: &Registry, node: &str, stats: &[podflow_proto::ProbeStats]) {
+        let Some(tx) = &self.probe_rows else { return };
+        if stats.is_empty() {
+            return;
+        }
+        let mut rows = Vec::with_capacity(stats.len());
+        for p in stats {
+            if p.src_node != node
+                || p.buckets.len() > podflow_store::probes::BUCKETS
+                || p.interval_s == 0
+            {
+                r.server.probe_rows_refused.fetch_add(1, Relaxed);
+                continue;
+            }
+            rows.push(ProbeRow {
+                interval_start: p.interval_start,
+                interval_s: p.interval_s,
+                src_node: p.src_node.clone(),
+                dst_node: p.dst_node.clone(),
+                src_zone: p.src_zone.clone(),
+                dst_zone: p.dst_zone.clone(),
+                kind: p.kind.clone(),
+                dns_name: p.dns_name.clone(),
+                count: p.count,
+                failures: p.failures,
+                unavailable: p.unavailable,
+                sent: p.sent,
+                lost: p.lost,
+                rtt_count: p.rtt_count,
+                rtt_sum_ns: p.rtt_sum_ns,
+                rtt_min_ns: p.rtt_min_ns,
+                rtt_max_ns: p.rtt_max_ns,
+                buckets: p.buckets.clone(),
+            });
+        }
+        let n = rows.len() as u64;
+        if n > 0 && tx.try_send(rows).is_err() {
+            r.server.probe_rows_dropped.fetch_add(n, Relaxed);
+        }
+    }
 }

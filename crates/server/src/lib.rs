@@ -4,6 +4,7 @@
 pub mod attribution;
 pub mod driver;
 mod intake;
+pub mod peers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +24,13 @@ pub use attribution::{EnrichSettings, InventorySource};
 pub use driver::{Driver, DriverConfig};
 pub use intake::AGENT_ID_HEADER;
 
-use intake::{INGRESS_QUEUE, IngestSvc, Ingress, admit};
+use intake::{INGRESS_QUEUE, IngestSvc, Ingress, Side, admit};
+use peers::PeerBook;
+use podflow_store::probes::ProbeRow;
+use podflow_store::{ClickHouseProbeStore, ProbeStore, SqliteProbeStore};
+
+/// Probe row batches queued for the probe store's writer.
+const PROBE_QUEUE: usize = 1024;
 
 /// Rows waiting for the store beyond which agents' batches wait in their streams.
 pub const MAX_PENDING_ROWS: usize = 1_000_000;
@@ -76,27 +83,79 @@ pub async fn serve(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(),
         Some(ch) => {
             // The ClickHouse store blocks on a runtime of its own: open (and later drop) it
             // off the async threads. Queries get a handle of their own.
-            let (store, reader) = tokio::task::spawn_blocking(move || {
-                let store = podflow_store::ClickHouseStore::open(ch)?;
+            let (store, reader, probes) = tokio::task::spawn_blocking(move || {
+                let store = podflow_store::ClickHouseStore::open(ch.clone())?;
                 let reader = store.reader()?;
-                Ok::<_, podflow_store::StoreError>((store, reader))
+                let probes: Probes = (
+                    Box::new(ClickHouseProbeStore::open(&ch)?),
+                    Box::new(ClickHouseProbeStore::open(&ch)?),
+                );
+                Ok::<_, podflow_store::StoreError>((store, reader, probes))
             })
             .await
             .map_err(|e| RoleError::Task(e.to_string()))??;
             tracing::info!("podflow server: writing to ClickHouse");
-            serve_with(cfg, store, StoreReader::clickhouse(reader), shutdown).await
+            serve_with(
+                cfg,
+                store,
+                StoreReader::clickhouse(reader),
+                probes,
+                shutdown,
+            )
+            .await
         }
         None => {
             let (store, path) = open_store(&cfg.data_dir)?;
-            serve_with(cfg, store, StoreReader::sqlite(path), shutdown).await
+            let probe_path = cfg.data_dir.join("probes.sqlite");
+            let probes: Probes = (
+                Box::new(SqliteProbeStore::open(&probe_path)?),
+                Box::new(SqliteProbeStore::open(&probe_path)?),
+            );
+            serve_with(cfg, store, StoreReader::sqlite(path), probes, shutdown).await
         }
     }
+}
+
+/// The probe store's writer and its reader for the API.
+type Probes = (Box<dyn ProbeStore>, Box<dyn ProbeStore>);
+
+/// Writes probe rows on a thread of its own (the stores block), expiring old ones
+/// hourly; ends when the queue closes.
+fn probe_writer(
+    mut store: Box<dyn ProbeStore>,
+    registry: Arc<Registry>,
+    retention: Duration,
+) -> (mpsc::Sender<Vec<ProbeRow>>, std::thread::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Vec<ProbeRow>>(PROBE_QUEUE);
+    let thread = std::thread::spawn(move || {
+        let mut expired = std::time::Instant::now();
+        while let Some(rows) = rx.blocking_recv() {
+            let s = &registry.server;
+            match store.write_probes(&rows) {
+                Ok(()) => s.probe_rows.fetch_add(rows.len() as u64, Relaxed),
+                Err(e) => {
+                    tracing::warn!(error = %e, rows = rows.len(), "probe rows not written");
+                    s.probe_rows_dropped.fetch_add(rows.len() as u64, Relaxed)
+                }
+            };
+            if expired.elapsed() > Duration::from_secs(3600) {
+                expired = std::time::Instant::now();
+                let before = (podflow_inventory::now_ns() / 1_000_000_000) as i64
+                    - retention.as_secs() as i64;
+                if let Err(e) = store.expire_probes(before) {
+                    tracing::warn!(error = %e, "expiring probe rows failed");
+                }
+            }
+        }
+    });
+    (tx, thread)
 }
 
 async fn serve_with<S: podflow_store::FlowStore + 'static>(
     cfg: ServerConfig,
     store: S,
     reader: StoreReader,
+    (probe_store, probe_reader): Probes,
     shutdown: CancellationToken,
 ) -> Result<(), RoleError> {
     let registry = Registry::new(&cfg.metrics);
@@ -110,6 +169,7 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
         exposition: Arc::clone(&registry) as _,
         store: reader,
         interval_s,
+        probes: Some(std::sync::Mutex::new(probe_reader)),
     });
     let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
     let inventory_ready = Arc::new(AtomicBool::new(false));
@@ -137,10 +197,30 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
     .await?;
     inventory_ready.store(true, Relaxed);
 
+    let (probe_tx, probe_thread) = probe_writer(probe_store, Arc::clone(&registry), cfg.retention);
+    let side = Side {
+        peers: Arc::new(PeerBook::default()),
+        probe_rows: Some(probe_tx),
+    };
+    // The peer set follows the inventory (nodes deleted or leaving go at once).
+    let refresher = {
+        let (peers, inventory) = (Arc::clone(&side.peers), driver.inventory());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => peers.refresh(inventory.load().node_list()),
+                }
+            }
+        })
+    };
     let (tx, mut rx) = mpsc::channel::<Ingress>(INGRESS_QUEUE);
     let svc = IngestSvc {
         tx,
         marks: driver.marks(),
+        peers: Arc::clone(&side.peers),
         token: cfg.token.as_deref().map(Arc::from),
         registry: Arc::clone(&registry),
     };
@@ -192,7 +272,7 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
             // While the write backlog is full, batches wait in their streams (HTTP/2 flow
             // control pushes back on the agents, which keep them).
             msg = rx.recv(), if !driver.is_full() => match msg {
-                Some(m) => admit(&mut driver, &registry, m),
+                Some(m) => admit(&mut driver, &registry, &side, m),
                 None => break,
             },
             Some(batch) = netflow.recv() => driver.ingest_records(batch),
@@ -204,9 +284,12 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
     }
     // Take what is queued, write it all, send the acks, then stop.
     while let Ok(m) = rx.try_recv() {
-        admit(&mut driver, &registry, m);
+        admit(&mut driver, &registry, &side, m);
     }
     driver.finish().await;
+    refresher.abort();
+    drop(side);
+    let _ = tokio::task::spawn_blocking(move || probe_thread.join()).await;
     let _ = grpc.await;
     http.await.map_err(|e| RoleError::Task(e.to_string()))??;
     // Drop the store outside the async threads (ClickHouse's owns a runtime).

@@ -79,6 +79,7 @@ fn batch(seq: u64, n: u64) -> ObservationBatch {
         observed_at_ms: now_ms,
         observations,
         local_addrs: vec![],
+        probes: vec![],
     }
 }
 

@@ -74,6 +74,7 @@ fn batch(agent: u64, seq: u64, now_ms: i64) -> ObservationBatch {
         observed_at_ms: now_ms,
         observations,
         local_addrs: vec![vec![10, 1, agent as u8, 1]],
+        probes: vec![],
     }
 }
 

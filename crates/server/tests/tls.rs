@@ -127,6 +127,7 @@ fn batch(seq: u64) -> ObservationBatch {
         observed_at_ms: 1_800_000_000_000,
         observations: vec![observation_pb(&o)],
         local_addrs: vec![],
+        probes: vec![],
     }
 }
 

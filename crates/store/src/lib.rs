@@ -8,6 +8,7 @@ pub mod failpoint;
 mod fault_matrix;
 mod flow_store;
 mod marks;
+pub mod probes;
 pub mod query;
 mod sqlite;
 
@@ -17,4 +18,5 @@ mod testing;
 pub use self::clickhouse::{ClickHouseConfig, ClickHouseStore};
 pub use error::{ClickHouseError, StoreError};
 pub use flow_store::{ChunkWrite, FlowQuery, FlowStore, FlowSummary, JobWrite};
+pub use probes::{ClickHouseProbeStore, ProbeStore, SqliteProbeStore};
 pub use sqlite::SqliteStore;

@@ -84,7 +84,7 @@ impl fmt::Debug for ClickHouseConfig {
 
 impl ClickHouseConfig {
     /// Checks the names that go into DDL and the batch size.
-    pub(super) fn check(&self) -> Result<(), ClickHouseError> {
+    pub(crate) fn check(&self) -> Result<(), ClickHouseError> {
         check_identifier("database", &self.database)?;
         check_identifier("table", &self.table)?;
         if let Some(c) = &self.cluster {
@@ -100,7 +100,7 @@ impl ClickHouseConfig {
 
     /// The password, given directly or read from `password_file` (one trailing newline
     /// dropped), if any.
-    pub(super) fn password(&self) -> Result<Option<String>, ClickHouseError> {
+    pub(crate) fn password(&self) -> Result<Option<String>, ClickHouseError> {
         match (&self.password, &self.password_file) {
             (Some(_), Some(_)) => Err(ClickHouseError::Config(
                 "give either password or password_file, not both".into(),

@@ -1,0 +1,196 @@
+//! Probes end to end, as child processes: two `podflow agent`s whose probes live in the
+//! node namespaces this test creates, a `podflow server` that pushes them their peers
+//! from an inventory file and stores what they measure. One direction loses 20% of its
+//! packets and is delayed by 20 ms: the server's probe history and the agents' metrics
+//! show exactly that pair as lossy and slow; removing a node from the inventory takes it
+//! out of the other agent's peers.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use podflow_impair::{Backend, DelaySpec, Delayer, Direction, LossRule};
+use podflow_testkit::{ChildGuard, Pair, free_port, http_get as get, wait_until};
+use serde_json::Value;
+
+fn inventory(path: &Path, nodes: &[(&str, &str, &str)]) {
+    let mut text = String::from("apiVersion: v1\nkind: List\nitems:\n");
+    for (name, zone, ip) in nodes {
+        text.push_str(&format!(
+            "- kind: Node\n  metadata: {{name: {name}, labels: {{topology.kubernetes.io/zone: {zone}}}}}\n  status: {{addresses: [{{type: InternalIP, address: {ip}}}], conditions: [{{type: Ready, status: \"True\"}}]}}\n"
+        ));
+    }
+    // Written whole, then renamed: the server never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write inventory");
+    std::fs::rename(&tmp, path).expect("rename inventory");
+}
+
+fn json(port: u16, path: &str) -> Value {
+    let (status, body) = get(port, path).expect("the server answers");
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+fn metric_sum(port: u16, prefix: &str) -> f64 {
+    get(port, "/metrics")
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn probes_between_agents_show_the_impaired_pair_and_follow_the_inventory() {
+    let test = "probes_between_agents_show_the_impaired_pair_and_follow_the_inventory";
+    if !podflow_testkit::can_run(test) || !podflow_testkit::have(test, "iptables") {
+        return;
+    }
+    let pair = Pair::new("prob").expect("namespaces");
+    let dir = tempfile::tempdir().expect("tmp");
+    let inv = dir.path().join("inventory.yaml");
+    inventory(
+        &inv,
+        &[
+            ("node-a", "zone-1", Pair::A4),
+            ("node-b", "zone-2", Pair::B4),
+        ],
+    );
+    let (http, grpc) = (free_port(), free_port());
+    let server = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_podflow"))
+            .args(["server", "--interval", "1s", "--listen"])
+            .arg(format!("127.0.0.1:{http}"))
+            .arg("--grpc-listen")
+            .arg(format!("127.0.0.1:{grpc}"))
+            .arg("--data-dir")
+            .arg(dir.path().join("server"))
+            .arg("--inventory")
+            .arg(&inv)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start server"),
+    );
+    wait_until("the server", Duration::from_secs(20), || {
+        get(http, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    let agent = |name: &str, ns: &podflow_testkit::Netns, port: u16| {
+        ChildGuard(
+            Command::new(env!("CARGO_BIN_EXE_podflow"))
+                .args(["agent", "--interval", "1s", "--node-name", name, "--server"])
+                .arg(format!("http://127.0.0.1:{grpc}"))
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data-dir")
+                .arg(dir.path().join(name))
+                .arg("--netns")
+                .arg(ns.path())
+                .args([
+                    "--probes",
+                    "--probe-interval",
+                    "500ms",
+                    "--probe-store-interval",
+                    "2s",
+                    "--probe-kinds",
+                    "udp,tcp,http",
+                ])
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start agent"),
+        )
+    };
+    // The impairments come first, so that every sample stored is an impaired one.
+    // 20% of what A sends B is lost where B receives it; what B sends A is delayed 20 ms
+    // on its way out of B: after the responder's own times, so it is the network's (a
+    // delay in a responder's receive path counts as the responder's and is subtracted,
+    // as TWAMP does).
+    let _loss = LossRule::add(
+        pair.b.name(),
+        Pair::A4.parse().expect("ip"),
+        Direction::FromPeer,
+        0.2,
+        Backend::Iptables,
+    )
+    .expect("loss rule");
+    let _delay = Delayer::start(
+        pair.b.name(),
+        Pair::A4.parse().expect("ip"),
+        Direction::ToPeer,
+        DelaySpec {
+            base: Duration::from_millis(20),
+            jitter: Duration::ZERO,
+        },
+    )
+    .expect("delayer");
+    let (pa, pb) = (free_port(), free_port());
+    let _a = agent("node-a", &pair.a, pa);
+    let _b = agent("node-b", &pair.b, pb);
+
+    // Peers arrive from the server and both agents probe each other.
+    wait_until("probes from both agents", Duration::from_secs(30), || {
+        metric_sum(pa, "podflow_probe_results_total") > 0.0
+            && metric_sum(pb, "podflow_probe_results_total") > 0.0
+    });
+    // Enough UDP packets stored for the loss to be measurable (each burst is 5 packets).
+    let udp = |src: &str, dst: &str| -> Option<Value> {
+        let v = json(
+            http,
+            "/api/v1/probes?group_by=src_node,dst_node&kind=udp&from=0",
+        );
+        v["rows"]
+            .as_array()?
+            .iter()
+            .find(|r| r["key"]["src_node"] == src && r["key"]["dst_node"] == dst)
+            .cloned()
+    };
+    wait_until(
+        "300 UDP packets a→b stored",
+        Duration::from_secs(90),
+        || udp("node-a", "node-b").is_some_and(|r| r["packets_sent"].as_u64() >= Some(300)),
+    );
+    let ab = udp("node-a", "node-b").expect("a→b");
+    let ba = udp("node-b", "node-a").expect("b→a");
+    let (sent, lost) = (
+        ab["packets_sent"].as_u64().expect("sent"),
+        ab["packets_lost"].as_u64().expect("lost"),
+    );
+    // 20% loss, binomial, 99.9% band.
+    let p = lost as f64 / sent as f64;
+    let sd = (0.2 * 0.8 / sent as f64).sqrt();
+    assert!((p - 0.2).abs() < 3.3 * sd, "a→b lost {lost} of {sent}");
+    let p50 = ab["rtt_p50_seconds"].as_f64().expect("rtt");
+    assert!((0.018..0.024).contains(&p50), "a→b median RTT {p50}");
+    // b→a: its probes' replies are what B receives from A, lost 20% too.
+    let p_ba = ba["packets_lost"].as_u64().expect("lost") as f64
+        / ba["packets_sent"].as_u64().expect("sent") as f64;
+    assert!(p_ba > 0.1 && p_ba < 0.3, "b→a loss {p_ba}");
+    // The zone pair view joins traffic (none here) with the same health.
+    let pairs = json(http, "/api/v1/pairs?level=zone&from=0");
+    let z = pairs["pairs"]
+        .as_array()
+        .expect("pairs")
+        .iter()
+        .find(|r| r["src"] == "zone-1" && r["dst"] == "zone-2")
+        .cloned()
+        .expect("zone-1 → zone-2");
+    assert!(z["loss"].as_f64().expect("loss") > 0.1, "{z}");
+
+    // node-b leaves the inventory: node-a stops probing it within a couple of intervals.
+    inventory(&inv, &[("node-a", "zone-1", Pair::A4)]);
+    wait_until(
+        "node-b out of node-a's peers",
+        Duration::from_secs(20),
+        || metric_sum(pa, "podflow_probe_peers") == 0.0,
+    );
+    let before = metric_sum(pa, "podflow_probe_results_total");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        metric_sum(pa, "podflow_probe_results_total"),
+        before,
+        "no probe (and no failure) recorded for a node that left"
+    );
+    drop(server);
+}

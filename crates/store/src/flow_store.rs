@@ -77,7 +77,9 @@ pub trait FlowStore: Send {
     fn write(&mut self, rows: &[FlowRow]) -> Result<(), StoreError>;
     /// Totals per observer and key over a time range.
     fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError>;
-    /// Deletes rows whose interval started before `before` (Unix seconds); returns how many.
+    /// Applies the server's retention: deletes rows whose interval started before
+    /// `before` (Unix seconds) and returns how many; a store with a retention of its own
+    /// (ClickHouse: the table's TTL) keeps its rows and returns 0.
     fn expire(&mut self, before: i64) -> Result<u64, StoreError>;
     /// Writes a job: its chunks' rows and the agents' marks, so that writing the same job
     /// again (a retry, or its chunks re-cut after a restart) counts every row once.

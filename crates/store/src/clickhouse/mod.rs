@@ -381,9 +381,22 @@ impl FlowStore for ClickHouseStore {
         Ok(out)
     }
 
-    /// Deletes with a lightweight DELETE (the TTL normally does this by whole days);
-    /// returns the number of flow rows (`out` rows, before merges) it removed.
+    /// Retention on ClickHouse is the table's TTL (`ttl_days`; 0 keeps rows forever):
+    /// the server's retention, made for the embedded store, deletes nothing here, so it
+    /// cannot cut a history the TTL keeps (docs/reliability.md, "Retention"). Returns 0;
+    /// [`ClickHouseStore::delete_before`] deletes on request.
     fn expire(&mut self, before: i64) -> Result<u64, StoreError> {
+        tracing::debug!(table = %self.name, before, ttl_days = self.cfg.ttl_days,
+            "retention on ClickHouse is the table's TTL: nothing deleted");
+        Ok(0)
+    }
+}
+
+impl ClickHouseStore {
+    /// Deletes the rows that started before `before` with a lightweight DELETE (the TTL
+    /// normally does this by whole days); returns the number of flow rows (`out` rows,
+    /// before merges) it removed.
+    pub fn delete_before(&mut self, before: i64) -> Result<u64, StoreError> {
         let before = datetime_bound(before);
         let count = sql::count_expired(&self.cfg.database, &self.cfg.table);
         let n: u64 = self.retrying("count expired rows", || {

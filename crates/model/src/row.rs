@@ -147,7 +147,7 @@ pub struct FlowRow {
 }
 
 /// An agent's part of a chunk: rows written as one unit under one token, the rows of
-/// exactly the batches its parts name (docs/clickhouse.md, "Exactly once"). A chunk
+/// exactly the batches its parts name (docs/reliability.md, "Exactly once"). A chunk
 /// written again with the same token is dropped by a store that deduplicates
 /// (ClickHouse), so its rows count once.
 #[derive(Clone, Debug, PartialEq, Eq)]

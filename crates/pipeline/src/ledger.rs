@@ -16,7 +16,7 @@
 //! the store can, so that after a restart a replayed batch is recognised.
 //!
 //! Chunks (for stores that deduplicate by token, not by transaction: ClickHouse,
-//! docs/clickhouse.md): every counted batch joins a *part* of its agent, and the
+//! docs/reliability.md, "Exactly once"): every counted batch joins a *part* of its agent, and the
 //! aggregator keeps the part in its key, so a part's rows are a function of exactly its
 //! batches. A part holds one agent's batches of one day (one ClickHouse partition), at
 //! most about `max_part_weight` observations, and either one interval or only intervals

@@ -552,6 +552,10 @@ impl<S: FlowStore + 'static> Driver<S> {
         }
         p.store_pending
             .store(self.ledger.pending_rows() as u64, Relaxed);
+        let srv = &self.registry.server;
+        srv.chunks_held
+            .store(self.ledger.held_chunks() as u64, Relaxed);
+        srv.recut_late.store(self.ledger.recut_late(), Relaxed);
     }
 
     async fn expire(&self, before: i64) {

@@ -52,7 +52,7 @@ pub struct ChunkWrite<'a> {
 /// Everything one job writes: the agents' intents (before the rows), the chunks, and the
 /// agents' marks (after the rows). A store with transactions writes the rows and marks
 /// in one and ignores the intents; ClickHouse writes them in this order, so a crash
-/// between the rows and the marks is covered by the chunks' tokens (docs/clickhouse.md).
+/// between the rows and the marks is covered by the chunks' tokens (docs/reliability.md).
 #[derive(Clone, Copy, Debug)]
 pub struct JobWrite<'a> {
     /// Per agent with chunks in the job: its mark now and the chunks that may be in the

@@ -285,7 +285,7 @@ impl ClickHouseStore {
 }
 
 impl FlowStore for ClickHouseStore {
-    /// Intents, then each chunk under its token, then the marks (docs/clickhouse.md,
+    /// Intents, then each chunk under its token, then the marks (docs/reliability.md,
     /// "Exactly once"): written again after any failure, each chunk that landed is
     /// dropped by ClickHouse's deduplication and the marks end the same.
     fn write_job(&mut self, job: &JobWrite<'_>) -> Result<(), StoreError> {

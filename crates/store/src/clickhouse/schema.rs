@@ -210,7 +210,7 @@ pub fn create_statements(cfg: &ClickHouseConfig) -> Vec<String> {
 
 /// The agents' marks beside the flows: the latest row per agent (highest `version`)
 /// is its mark; `pending` lists the chunks above the mark that may be in the flows
-/// table (docs/clickhouse.md, "Exactly once").
+/// table (docs/reliability.md, "Exactly once").
 pub(super) fn marks_table(table: &str) -> String {
     format!("{table}_marks")
 }

@@ -449,6 +449,50 @@ mod tests {
         }
     }
 
+    /// The cost of `synchronous=FULL` against NORMAL, as a ratio in one run (machines
+    /// here are noisy): jobs of 1,000 rows, one transaction each, as the driver writes
+    /// them. `cargo test -p podflow-store --release --lib synchronous_cost -- --ignored
+    /// --nocapture` (docs/reliability.md records a run).
+    #[test]
+    #[ignore]
+    fn synchronous_cost() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut per_mode = Vec::new();
+        for (i, mode) in ["NORMAL", "FULL", "NORMAL", "FULL"].iter().enumerate() {
+            let mut s = SqliteStore::open(&dir.path().join(format!("{i}.sqlite"))).expect("open");
+            s.conn
+                .pragma_update(None, "synchronous", mode)
+                .expect("synchronous");
+            let t = std::time::Instant::now();
+            for j in 0..200u32 {
+                let rows: Vec<FlowRow> = (0..1000u32)
+                    .map(|k| {
+                        let mut r = row(100 + 10 * i64::from(j), "10.0.0.2", 1);
+                        r.key.remote = IpAddr::from(k.to_be_bytes());
+                        r
+                    })
+                    .collect();
+                s.write(&rows).expect("write");
+            }
+            per_mode.push((*mode, t.elapsed().as_secs_f64() / 200.0));
+        }
+        for (m, secs) in &per_mode {
+            println!(
+                "synchronous={m}: {:.2} ms per job of 1,000 rows",
+                secs * 1e3
+            );
+        }
+        let avg = |m: &str| {
+            per_mode
+                .iter()
+                .filter(|(x, _)| *x == m)
+                .map(|(_, s)| s)
+                .sum::<f64>()
+                / 2.0
+        };
+        println!("FULL / NORMAL = {:.2}", avg("FULL") / avg("NORMAL"));
+    }
+
     #[test]
     fn a_chunk_written_again_under_its_token_is_skipped() {
         let dir = tempfile::tempdir().expect("tmp");

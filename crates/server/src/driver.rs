@@ -508,10 +508,13 @@ impl<S: FlowStore + 'static> Driver<S> {
                     chunks: &chunks,
                     marks: &marks,
                 };
-                match store.lock() {
-                    Ok(mut s) => s.write_job(&job).map_err(|e| e.to_string()),
-                    Err(_) => Err("store lock poisoned".to_string()),
-                }
+                // A write that panicked poisons the lock; its transaction was rolled back
+                // (SQLite) or its chunks are retried under their tokens (ClickHouse), so
+                // the store is fit for the retry: a poisoned lock must not stop writing.
+                let mut s = store
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.write_job(&job).map_err(|e| e.to_string())
             })
             .await
             .unwrap_or_else(|e| Err(format!("store writer task failed: {e}")));

@@ -145,10 +145,10 @@ files['store.yaml'] = [
          [(f'podflow_store_rows_pending{{{S}}}', '5000x30')], 'PodflowStoreBacklog', '15m', [(SL, 5000)]),
     case('the backlog drained: quiet',
          [(f'podflow_store_rows_pending{{{S}}}', '5000x5 0x25')], 'PodflowStoreBacklog', '15m', []),
-    case('rows dropped: fires',
-         [counter_burst(f'podflow_store_rows_dropped_total{{{S}}}')], 'PodflowStoreRowsDropped', '15m', [(SL, 5)]),
-    case('no row dropped: quiet',
-         [(f'podflow_store_rows_dropped_total{{{S}}}', '0x20')], 'PodflowStoreRowsDropped', '15m', []),
+    case('busy for 10 minutes: fires',
+         [(f'podflow_server_batches_total{{outcome="busy",{S}}}', '0+1x30')], 'PodflowServerBusy', '25m', [(SL, 10)]),
+    case('a busy burst that ended: quiet',
+         [(f'podflow_server_batches_total{{outcome="busy",{S}}}', '0+1x5 5x25')], 'PodflowServerBusy', '25m', []),
 ]
 
 def ramp(first_slope_per_min, first_minutes, second_slope_per_min, second_minutes):

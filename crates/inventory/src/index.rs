@@ -69,6 +69,9 @@ pub struct IpIndex {
     node_ports: HashMap<u16, Arc<ServiceMeta>>,
     nodes: HashMap<Name, Arc<NodeMeta>>,
     node_list: Vec<NodeInfo>,
+    /// Live pods' nodes by (namespace, name): binds a service-account token that names
+    /// its pod but not its node (Kubernetes before 1.30) to the pod's `spec.nodeName`.
+    pod_nodes: HashMap<(String, String), String>,
     stats: IndexStats,
 }
 
@@ -248,6 +251,12 @@ impl IpIndex {
             idx.nodes.insert(meta.name.clone(), meta);
         }
         idx.node_list.sort_by(|a, b| a.name.cmp(&b.name));
+        for p in &inv.pods {
+            if let Some(node) = &p.node_name {
+                idx.pod_nodes
+                    .insert((p.namespace.clone(), p.name.clone()), node.clone());
+            }
+        }
         let live = inv.pods.iter().map(|p| (p, u64::MAX));
         let dead = tombstones
             .iter()
@@ -377,6 +386,13 @@ impl IpIndex {
     #[inline]
     pub fn node_of_ip(&self, ip: IpAddr) -> Option<&Arc<NodeMeta>> {
         self.slots.get(&ip)?.node.as_ref()
+    }
+
+    /// The node a live pod is scheduled on.
+    pub fn node_of_pod(&self, namespace: &str, name: &str) -> Option<&str> {
+        self.pod_nodes
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(String::as_str)
     }
 
     /// A node by name.

@@ -206,3 +206,77 @@ pub async fn run(
         }
     }
 }
+
+/// What the API server said of a token ([`TokenReviewer::review`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reviewed {
+    /// Whether the token is valid for the audience.
+    pub authenticated: bool,
+    /// The user it names (`system:serviceaccount:<namespace>:<name>`).
+    pub username: String,
+    /// The node of the pod it was issued to (the token's node claim, Kubernetes 1.30+).
+    pub node: Option<String>,
+    /// The pod it was issued to, `(namespace, name)`, when the token says.
+    pub pod: Option<(String, String)>,
+    /// Why it was refused, as the API server said.
+    pub error: Option<String>,
+}
+
+/// Checks service-account tokens with the TokenReview API (RBAC: `create` on
+/// `tokenreviews.authentication.k8s.io`, the one non-read verb the server needs).
+#[derive(Clone)]
+pub struct TokenReviewer {
+    client: Client,
+}
+
+impl Debug for TokenReviewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewer").finish_non_exhaustive()
+    }
+}
+
+impl TokenReviewer {
+    /// A reviewer using `client`.
+    pub fn new(client: Client) -> TokenReviewer {
+        TokenReviewer { client }
+    }
+
+    /// Asks the API server whether `token` is valid for `audience`, and whom it names.
+    pub async fn review(&self, token: &str, audience: &str) -> Result<Reviewed, InventoryError> {
+        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_string(),
+                audiences: Some(vec![audience.to_string()]),
+            },
+            ..Default::default()
+        };
+        let done = api
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .map_err(|e| InventoryError::Kube {
+                message: format!("TokenReview: {e}"),
+            })?;
+        let status = done.status.unwrap_or_default();
+        let user = status.user.unwrap_or_default();
+        let extra = user.extra.unwrap_or_default();
+        let one = |k: &str| extra.get(k).and_then(|v| v.first()).cloned();
+        let username = user.username.unwrap_or_default();
+        let namespace = username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|r| r.split(':').next())
+            .map(str::to_string);
+        Ok(Reviewed {
+            authenticated: status.authenticated.unwrap_or(false)
+                && status
+                    .audiences
+                    .as_ref()
+                    .is_none_or(|a| a.iter().any(|x| x == audience)),
+            node: one("authentication.kubernetes.io/node-name"),
+            pod: namespace.zip(one("authentication.kubernetes.io/pod-name")),
+            username,
+            error: status.error,
+        })
+    }
+}

@@ -37,6 +37,108 @@ pub struct Options {
     pub traffic_for: Option<Duration>,
     /// Only remove a crashed run's leftovers.
     pub cleanup: bool,
+    /// Links to impair.
+    pub impair: Vec<Impairment>,
+}
+
+/// `--impair TARGET=DELAY,LOSS`: what to do to the links between `target` (a zone or a
+/// node) and the other nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Impairment {
+    /// A zone (`us-east-1b`) or a node (`node-c`).
+    pub target: String,
+    /// Added to what the target's nodes send to the others.
+    pub delay: Duration,
+    /// Share of what the target's nodes receive from the others that is dropped.
+    pub loss: f64,
+}
+
+impl Impairment {
+    /// Parses `TARGET=DELAY,LOSS%` (either part may be left out).
+    pub fn parse(s: &str) -> Result<Impairment, String> {
+        let (target, spec) = s.split_once('=').ok_or_else(|| {
+            format!("{s:?}: expected TARGET=DELAY,LOSS (e.g. us-east-1b=30ms,5%)")
+        })?;
+        let known = net::NODES
+            .iter()
+            .any(|n| n.name() == target || n.zone == target);
+        if !known {
+            let zones: Vec<_> = net::NODES.iter().map(|n| n.zone).collect();
+            return Err(format!(
+                "{target:?} is neither a demo node (node-a, node-b, node-c) nor a zone ({})",
+                zones.join(", ")
+            ));
+        }
+        let mut imp = Impairment {
+            target: target.to_string(),
+            delay: Duration::ZERO,
+            loss: 0.0,
+        };
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Some(pct) = part.strip_suffix('%') {
+                imp.loss = pct
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|p| (0.0..=100.0).contains(p))
+                    .ok_or_else(|| format!("{part:?}: a loss is a percentage within 0..=100"))?
+                    / 100.0;
+            } else {
+                imp.delay = crate::duration::parse(part)
+                    .map_err(|e| format!("{part:?}: not a delay ({e})"))?;
+            }
+        }
+        if imp.delay.is_zero() && imp.loss == 0.0 {
+            return Err(format!("{s:?}: neither a delay nor a loss"));
+        }
+        Ok(imp)
+    }
+
+    fn hits(&self, n: &net::Node) -> bool {
+        n.name() == self.target || n.zone == self.target
+    }
+}
+
+/// An impairment installed in a node's namespace; removed on drop.
+#[derive(Debug)]
+enum Installed {
+    Loss(#[allow(dead_code)] podflow_impair::LossRule),
+    Delay(#[allow(dead_code)] podflow_impair::Delayer),
+}
+
+/// Installs `imp` between its nodes and the others: loss where the target's nodes
+/// receive (a network drops silently), delay where they send.
+fn impair(imp: &Impairment) -> anyhow::Result<Vec<Installed>> {
+    use podflow_impair::{Backend, DelaySpec, Delayer, Direction, LossRule};
+    let mut out = Vec::new();
+    for t in net::NODES.iter().filter(|n| imp.hits(n)) {
+        for p in net::NODES.iter().filter(|n| !imp.hits(n)) {
+            let peer = p.ip().parse().context("node address")?;
+            if imp.loss > 0.0 {
+                out.push(Installed::Loss(
+                    LossRule::add(
+                        &t.netns(),
+                        peer,
+                        Direction::FromPeer,
+                        imp.loss,
+                        Backend::Iptables,
+                    )
+                    .with_context(|| format!("loss from {} on {}", p.name(), t.name()))?,
+                ));
+            }
+            if !imp.delay.is_zero() {
+                out.push(Installed::Delay(
+                    Delayer::start(
+                        &t.netns(),
+                        peer,
+                        Direction::ToPeer,
+                        DelaySpec::fixed(imp.delay),
+                    )
+                    .with_context(|| format!("delay to {} on {}", p.name(), t.name()))?,
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Runs the demo (or the cleanup).
@@ -84,6 +186,7 @@ struct Demo {
     children: Vec<(String, Child)>,
     traffic: Option<traffic::Traffic>,
     temp_dir: Option<PathBuf>,
+    impaired: Vec<Installed>,
 }
 
 impl Demo {
@@ -118,6 +221,15 @@ impl Demo {
             "podflow demo: building 3 nodes, 6 pods, internet and S3 hosts in network namespaces (pfd-*)"
         );
         self.topology.build()?;
+        for imp in &o.impair {
+            self.impaired.extend(impair(imp)?);
+            eprintln!(
+                "podflow demo: impairing {} <-> the other nodes: +{:?}, {}% loss",
+                imp.target,
+                imp.delay,
+                imp.loss * 100.0
+            );
+        }
         interrupted()?;
 
         let exe = std::env::current_exe().context("finding the podflow executable")?;
@@ -162,7 +274,15 @@ impl Demo {
                 .arg(dir.join(format!("agent-{}", n.letter)))
                 .arg("--interval")
                 .arg(&interval)
-                .arg("--enable-accounting");
+                .arg("--enable-accounting")
+                // Every node probes the others (peers come from the server).
+                .args([
+                    "--probes",
+                    "--probe-interval",
+                    "1s",
+                    "--probe-store-interval",
+                    "5s",
+                ]);
             self.spawn(&format!("agent-{}", n.letter), agent, &logs)?;
             agent_ports.push((n.letter, port));
         }
@@ -287,6 +407,7 @@ impl Demo {
             self.children.drain(..).partition(|(n, _)| n == "server");
         let mut problems = stop_children(&mut agents);
         problems.extend(stop_children(&mut server));
+        self.impaired.clear();
         problems.extend(self.topology.remove());
         if let Some(d) = self.temp_dir.take() {
             let _ = std::fs::remove_dir_all(d);
@@ -417,4 +538,27 @@ fn tail(p: &Path) -> String {
     let text = std::fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impairments_parse_and_name_what_is_wrong() {
+        let i = Impairment::parse("us-east-1b=30ms,5%").expect("ok");
+        assert_eq!(
+            (i.target.as_str(), i.delay, i.loss),
+            ("us-east-1b", Duration::from_millis(30), 0.05)
+        );
+        let only_loss = Impairment::parse("node-a=12.5%").expect("ok");
+        assert_eq!((only_loss.delay, only_loss.loss), (Duration::ZERO, 0.125));
+        assert!(Impairment::parse("node-a=20ms").is_ok_and(|i| i.loss == 0.0));
+        assert!(Impairment::parse("node-x=20ms").is_err_and(|e| e.contains("node-x")));
+        assert!(Impairment::parse("node-a").is_err_and(|e| e.contains("TARGET=")));
+        assert!(Impairment::parse("node-a=150%").is_err_and(|e| e.contains("150%")));
+        assert!(Impairment::parse("node-a=").is_err());
+        let a = &net::NODES[0];
+        assert!(Impairment::parse("us-east-1a=1ms").expect("ok").hits(a));
+    }
 }

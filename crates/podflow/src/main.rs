@@ -90,6 +90,29 @@ enum Command {
     /// init step (an image without a shell has no `sysctl`). Counters exist only for
     /// connections made after accounting is on. Needs CAP_NET_ADMIN.
     Sysctl(SysctlArgs),
+    /// Probe a node's responder once, from here, print the result and exit 2 if it
+    /// failed: `podflow probe 10.0.1.7 --type udp`. The peer runs `podflow agent
+    /// --probes` (its responder).
+    Probe(ProbeOnceArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProbeOnceArgs {
+    /// The node's address (or a name this host resolves).
+    target: String,
+
+    /// What to probe: udp (a burst: loss and RTT), tcp (connect), http (GET), icmp.
+    #[arg(long = "type", default_value = "udp", value_parser = ["udp", "tcp", "http", "icmp"])]
+    kind: String,
+
+    /// The responder's port (UDP echo and TCP accept; HTTP on the next port), as the
+    /// agent's --probe-port.
+    #[arg(long, default_value_t = 9471)]
+    port: u16,
+
+    /// Probe from inside this network namespace (a file such as /run/netns/NAME).
+    #[arg(long)]
+    netns: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +149,13 @@ struct DemoArgs {
     /// Only remove what a crashed demo left behind (`pfd-*` namespaces, its processes).
     #[arg(long)]
     cleanup: bool,
+
+    /// Impair the links between a zone or node and the others, as `TARGET=DELAY,LOSS`
+    /// (e.g. `us-east-1b=30ms,5%`; either part may be left out): the probes then show a
+    /// sick pair in the UI, /api/v1/pairs and the metrics. Only node-to-node packets are
+    /// touched, not the pods' traffic. Repeat for more.
+    #[arg(long, value_parser = demo::Impairment::parse)]
+    impair: Vec<demo::Impairment>,
 }
 
 #[derive(Debug, Args)]
@@ -534,9 +564,43 @@ struct ServerArgs {
     #[arg(long, env = "PODFLOW_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
 
-    /// File holding the bearer token agents must send.
+    /// How agents prove who they are (docs/security.md): kubernetes (projected
+    /// service-account tokens checked with the TokenReview API, bound to the pod's
+    /// node), tokens (per-node tokens of --agent-tokens), mtls (client certificates
+    /// naming the node, signed by --tls-client-ca), shared-token (the one token of
+    /// --token-file, bound to no node), none. auto: mtls with --tls-client-ca, else
+    /// tokens with --agent-tokens, else shared-token with --token-file, else none.
+    #[arg(long, env = "PODFLOW_AGENT_AUTH", default_value = "auto", value_parser = ["auto", "kubernetes", "tokens", "mtls", "shared-token", "none"])]
+    agent_auth: String,
+
+    /// Per-node agent tokens: `<node> <token>` lines (`#` comments), re-read when the
+    /// file changes.
+    #[arg(long, env = "PODFLOW_AGENT_TOKENS")]
+    agent_tokens: Option<PathBuf>,
+
+    /// One bearer token every agent sends (shared-token: not bound to a node), re-read
+    /// when the file changes.
     #[arg(long, env = "PODFLOW_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+
+    /// The audience agents' service-account tokens are issued for (kubernetes).
+    #[arg(long, env = "PODFLOW_TOKEN_AUDIENCE", default_value = "podflow")]
+    token_audience: String,
+
+    /// The agents' service account, `namespace/name` (kubernetes): tokens of any other
+    /// account are refused.
+    #[arg(long, env = "PODFLOW_AGENT_SERVICE_ACCOUNT")]
+    agent_service_account: Option<String>,
+
+    /// Accept unauthenticated agents on a non-loopback --grpc-listen (warned at start,
+    /// shown in podflow_server_agent_auth_info).
+    #[arg(long, env = "PODFLOW_INSECURE_NO_AGENT_AUTH")]
+    insecure_no_agent_auth: bool,
+
+    /// Serve gRPC without TLS on a non-loopback --grpc-listen (warned at start, shown in
+    /// podflow_server_agent_auth_info).
+    #[arg(long, env = "PODFLOW_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
 
     /// Write to ClickHouse at this URL (http:// or https://) instead of the embedded
     /// store; the table is created or migrated at start (docs/clickhouse.md).
@@ -587,14 +651,35 @@ struct ServerArgs {
     attribution: AttributionArgs,
 }
 
-fn read_token(p: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
-    p.as_ref()
-        .map(|p| {
-            std::fs::read_to_string(p)
-                .map(|s| s.trim().to_string())
-                .with_context(|| format!("--token-file {}", p.display()))
-        })
-        .transpose()
+/// The agent authentication `--agent-auth` and its companions ask for.
+fn agent_auth(a: &ServerArgs) -> anyhow::Result<podflow_server::AgentAuth> {
+    use podflow_server::AgentAuth;
+    let need = |what: Option<&PathBuf>, flag: &str| {
+        what.cloned()
+            .ok_or_else(|| anyhow::anyhow!("--agent-auth {}: {flag} is required", a.agent_auth))
+    };
+    let kubeconfig = a.attribution.kubeconfig.clone();
+    Ok(match a.agent_auth.as_str() {
+        "none" => AgentAuth::None,
+        "shared-token" => AgentAuth::SharedToken(need(a.token_file.as_ref(), "--token-file")?),
+        "tokens" => AgentAuth::Tokens(need(a.agent_tokens.as_ref(), "--agent-tokens")?),
+        "mtls" => AgentAuth::Mtls,
+        "kubernetes" => AgentAuth::Kubernetes {
+            audience: a.token_audience.clone(),
+            service_account: a.agent_service_account.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--agent-auth kubernetes: --agent-service-account NAMESPACE/NAME is required"
+                )
+            })?,
+            kubeconfig,
+        },
+        _ if a.tls_client_ca.is_some() => AgentAuth::Mtls,
+        _ => match (&a.agent_tokens, &a.token_file) {
+            (Some(t), _) => AgentAuth::Tokens(t.clone()),
+            (None, Some(t)) => AgentAuth::SharedToken(t.clone()),
+            (None, None) => AgentAuth::None,
+        },
+    })
 }
 
 fn agent(a: AgentArgs) -> anyhow::Result<()> {
@@ -639,6 +724,7 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
             key,
             client_ca: a.tls_client_ca.clone(),
         });
+    let agent_auth = agent_auth(&a)?;
     let cfg = podflow_server::ServerConfig {
         listen: a.listen,
         grpc_listen: a.grpc_listen,
@@ -649,7 +735,9 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         enrich: a.attribution.settings()?,
         metrics: a.metrics.config()?,
         tls,
-        token: read_token(&a.token_file)?,
+        agent_auth,
+        insecure_no_agent_auth: a.insecure_no_agent_auth,
+        insecure_plaintext: a.insecure_plaintext,
         netflow_listen: a.netflow_listen,
         netflow_exporter_labels: a.netflow_exporter_labels,
         clickhouse: a.clickhouse_url.map(|url| podflow_store::ClickHouseConfig {
@@ -771,6 +859,64 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 static WORKER_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// `podflow sysctl`: turns accounting and timestamps on, says what changed.
+/// `podflow probe`: one probe, its result on stdout; `Ok(false)` when it failed.
+fn probe_once(a: ProbeOnceArgs) -> anyhow::Result<bool> {
+    use podflow_probe::{Outcome, ProbeKind};
+    if let Some(ns) = &a.netns {
+        podflow_conntrack::enter_netns(ns).with_context(|| format!("--netns {}", ns.display()))?;
+    }
+    let kind = ProbeKind::from_label(&a.kind)
+        .ok_or_else(|| anyhow::anyhow!("--type {}: unknown kind", a.kind))?;
+    let addr: std::net::IpAddr = match a.target.parse() {
+        Ok(ip) => ip,
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(a.target.as_str(), a.port))
+            .with_context(|| format!("resolving {}", a.target))?
+            .next()
+            .map(|s| s.ip())
+            .ok_or_else(|| anyhow::anyhow!("{} resolves to no address", a.target))?,
+    };
+    let mut cfg = podflow_probe::MeshConfig::default();
+    cfg.me.node = "podflow-probe".into();
+    cfg.probe.ports = podflow_probe::Ports {
+        udp: a.port,
+        tcp: a.port,
+        http: a.port.saturating_add(1),
+    };
+    let peer = podflow_probe::Peer::new(&a.target, "", vec![addr]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    let r = rt.block_on(podflow_probe::probe_once(&cfg, &peer, kind));
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let mut rtts = r.rtt_ns.clone();
+    rtts.sort_unstable();
+    let rtt = match rtts.as_slice() {
+        [] => "no RTT".to_string(),
+        [one] => format!("rtt {:.3} ms", ms(*one)),
+        all => format!(
+            "rtt min {:.3} / median {:.3} / max {:.3} ms",
+            ms(all[0]),
+            ms(all[all.len() / 2]),
+            ms(all[all.len() - 1])
+        ),
+    };
+    println!(
+        "{} {} {addr}: {}, {} sent, {} lost, {rtt}{}",
+        kind.label(),
+        a.target,
+        r.outcome.label(),
+        r.sent,
+        r.lost,
+        if r.error.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.error)
+        }
+    );
+    Ok(r.outcome == Outcome::Ok)
+}
+
 fn sysctl(a: SysctlArgs) -> anyhow::Result<()> {
     if let Some(ns) = &a.netns {
         podflow_conntrack::enter_netns(ns).with_context(|| format!("--netns {}", ns.display()))?;
@@ -816,6 +962,11 @@ fn main() -> ExitCode {
         Command::Agent(a) => agent(*a),
         Command::Server(a) => server(*a),
         Command::Sysctl(a) => sysctl(a),
+        Command::Probe(a) => match probe_once(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(2),
+            Err(e) => Err(e),
+        },
         Command::Demo(a) => demo::run(demo::Options {
             duration: a.duration,
             listen: a.listen,
@@ -823,6 +974,7 @@ fn main() -> ExitCode {
             interval: a.interval,
             traffic_for: a.traffic_for,
             cleanup: a.cleanup,
+            impair: a.impair,
         }),
     };
     match result {

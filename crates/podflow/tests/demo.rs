@@ -465,6 +465,8 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
                 "20s",
                 "--interval",
                 "1s",
+                "--impair",
+                "us-east-1b=20ms,20%",
                 "--listen",
             ])
             .arg(format!("127.0.0.1:{port}"))
@@ -898,6 +900,32 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
             "{ip}: {via_service} via the ClusterIP, {via_node_port} via the NodePort: {e}"
         );
     }
+
+    // The probes: --impair made the link between the zones sick (20% of what node-c
+    // receives from the other zone lost, 20 ms on what it sends back), the zone's own
+    // link is healthy.
+    let pairs = get_json(port, "/api/v1/pairs?level=zone&from=0");
+    let pair = |src: &str, dst: &str| {
+        pairs["pairs"]
+            .as_array()
+            .and_then(|p| p.iter().find(|r| r["src"] == src && r["dst"] == dst))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {src} -> {dst} pair in {pairs}"))
+    };
+    let sick = pair("us-east-1a", "us-east-1b");
+    let loss = sick["loss"].as_f64().expect("loss");
+    assert!((0.05..0.45).contains(&loss), "impaired loss {loss}: {sick}");
+    let p50 = sick["rtt_p50_seconds"].as_f64().expect("rtt");
+    assert!(
+        (0.018..0.03).contains(&p50),
+        "impaired median RTT {p50}: {sick}"
+    );
+    let healthy = pair("us-east-1a", "us-east-1a");
+    assert_eq!(healthy["loss"].as_f64(), Some(0.0), "{healthy}");
+    assert!(
+        healthy["rtt_p50_seconds"].as_f64().expect("rtt") < 0.01,
+        "{healthy}"
+    );
 
     // The demo ends on its own, cleanly, and leaves nothing behind.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -66,6 +66,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "podflow-api",
             "podflow-conntrack",
             "podflow-enrich",
+            "podflow-impair",
             "podflow-model",
             "podflow-pipeline",
             "podflow-probe",

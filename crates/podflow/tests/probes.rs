@@ -194,3 +194,79 @@ fn probes_between_agents_show_the_impaired_pair_and_follow_the_inventory() {
     );
     drop(server);
 }
+
+/// `podflow probe ADDR --type KIND --netns A`: its exit status and what it printed.
+fn probe_cli(ns: &podflow_testkit::Netns, target: &str, kind: &str, port: u16) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_podflow"))
+        .args([
+            "probe",
+            target,
+            "--type",
+            kind,
+            "--port",
+            &port.to_string(),
+            "--netns",
+        ])
+        .arg(ns.path())
+        .output()
+        .expect("podflow probe");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn podflow_probe_prints_one_result_and_exits_2_when_it_fails() {
+    let test = "podflow_probe_prints_one_result_and_exits_2_when_it_fails";
+    if !podflow_testkit::can_run(test) || !podflow_testkit::have(test, "iptables") {
+        return;
+    }
+    let pair = Pair::new("pcli").expect("namespaces");
+    let dir = tempfile::tempdir().expect("tmp");
+    // B's responder: an agent with probes (its server need not exist).
+    let (http, port) = (free_port(), 9471);
+    let _agent = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_podflow"))
+            .args(["agent", "--node-name", "node-b", "--server"])
+            .arg(format!("http://127.0.0.1:{}", free_port()))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{http}"))
+            .arg("--data-dir")
+            .arg(dir.path().join("b"))
+            .arg("--netns")
+            .arg(pair.b.path())
+            .args(["--probes", "--probe-port", &port.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start agent"),
+    );
+    wait_until("B's responder", Duration::from_secs(20), || {
+        probe_cli(&pair.a, Pair::B4, "tcp", port).0 == 0
+    });
+    let (code, out) = probe_cli(&pair.a, Pair::B4, "udp", port);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with(&format!("udp {b} {b}: ok,", b = Pair::B4)),
+        "{out}"
+    );
+    assert!(out.contains(" 0 lost, rtt min "), "{out}");
+    let (code, out) = probe_cli(&pair.a, Pair::B4, "http", port);
+    assert_eq!(code, 0, "{out}");
+    // Nothing listens there: a failure, exit 2.
+    let (code, out) = probe_cli(&pair.a, Pair::B4, "tcp", port + 10);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains(": fail,"), "{out}");
+    // Every packet from A lost where B receives it.
+    let _loss = LossRule::add(
+        pair.b.name(),
+        Pair::A4.parse().expect("ip"),
+        Direction::FromPeer,
+        1.0,
+        Backend::Iptables,
+    )
+    .expect("loss rule");
+    let (code, out) = probe_cli(&pair.a, Pair::B4, "udp", port);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains(": fail,") && !out.contains(" 0 lost"), "{out}");
+}

@@ -746,3 +746,55 @@ mod tests {
         assert_eq!(esc("node-1"), "node-1");
     }
 }
+
+#[cfg(test)]
+mod docs {
+    /// docs/metrics.md's probe table, rendered from [`super::METRICS`].
+    fn table() -> String {
+        let mut out =
+            String::from("| probe metric | type | labels | meaning |\n|---|---|---|---|\n");
+        for m in super::METRICS {
+            let labels = if m.labels.is_empty() {
+                "—".to_string()
+            } else {
+                m.labels.join(", ")
+            };
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                m.name, m.kind, labels, m.help
+            ));
+        }
+        out
+    }
+
+    /// docs/metrics.md lists exactly the probe metrics (`UPDATE_DOCS=1 cargo test -p
+    /// podflow-probe docs` rewrites the table, or appends it with its heading).
+    #[test]
+    fn every_probe_metric_is_documented() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md");
+        let doc = std::fs::read_to_string(path).expect("docs/metrics.md");
+        let want = table();
+        let found = doc.find("| probe metric | type |").map(|start| {
+            let end = doc[start..]
+                .find("\n\n")
+                .map_or(doc.len(), |e| start + e + 1);
+            (start, end)
+        });
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            let new = match found {
+                Some((start, end)) => format!("{}{}{}", &doc[..start], want, &doc[end..]),
+                None => format!(
+                    "{}\n## Probe metrics\n\nThe agent's with `--probes` (docs/probes.md); pair labels follow `--probe-node-label-pairs`.\n\n{want}",
+                    doc.trim_end()
+                ),
+            };
+            std::fs::write(path, new).expect("write docs/metrics.md");
+            return;
+        }
+        let (start, end) = found.expect("docs/metrics.md has no probe table: run UPDATE_DOCS=1 cargo test -p podflow-probe docs");
+        assert!(
+            doc[start..end] == want,
+            "docs/metrics.md's probe table and METRICS differ: run UPDATE_DOCS=1 cargo test -p podflow-probe docs"
+        );
+    }
+}

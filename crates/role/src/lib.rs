@@ -10,4 +10,4 @@ pub mod telemetry;
 pub use error::{RoleError, read_file};
 pub use health::Health;
 pub use serve::{data_dir, open_store, serve_http};
-pub use telemetry::{AgentStats, METRICS, Outcome, Registry};
+pub use telemetry::{AgentStats, METRICS, Outcome, Refusal, Registry};

@@ -72,6 +72,9 @@ defs! {
     SRV_LAST_SEEN = "podflow_server_agent_last_seen_timestamp_seconds", "gauge", "When each agent's last batch arrived at this server, Unix seconds (one series per agent id, at most 10,000).", ["agent"];
     SRV_PROBE_ROWS = "podflow_server_probe_rows_total", "counter", "Probe rows (an interval of one probe kind between two nodes) written to the probe store, by outcome: written; refused (a row about another node than the agent's own, or malformed); dropped (the writer's queue was full or the write failed).", ["outcome"];
     SRV_CONNECTIONS = "podflow_server_agent_connections", "gauge", "Agent streams open now.", [];
+    SRV_AUTH_INFO = "podflow_server_agent_auth_info", "gauge", "1, labelled with how agents authenticate (mode: kubernetes, tokens, mtls, shared-token, none) and whether their transport is encrypted (transport: tls, plaintext); none or plaintext on a non-loopback address only with an --insecure-* flag.", ["mode", "transport"];
+    SRV_REFUSED = "podflow_server_agent_refusals_total", "counter", "Agent streams or batches refused, by reason: unauthenticated (no, wrong or expired credentials), not_its_node (a batch, header or probe row for another node than the one the credentials name), seq_window (a sequence number beyond the window ahead of the agent's mark: it would silence the agent's later batches).", ["reason"];
+    SRV_ADDR_CLAIMS = "podflow_server_address_claims", "gauge", "Addresses agents report as their node's that the inventory does not confirm, by state: disputed (claimed by two nodes, or the inventory gives it another node: given to none), unconfirmed (the agent's node is in the inventory without it: ClusterIPs, CNI gateways, node-local DNS; the inventory wins).", ["state"];
     AG_SENT = "podflow_agent_batches_sent_total", "counter", "Batches sent to the server (replays included).", [];
     AG_ACKED = "podflow_agent_batches_acked_total", "counter", "Batches the server acknowledged as durable.", [];
     AG_REJECTED = "podflow_agent_batches_rejected_total", "counter", "Batches the server refused as invalid (dropped, with the reason logged).", [];
@@ -270,8 +273,43 @@ pub struct ServerStats {
     pub probe_rows_refused: AtomicU64,
     /// Probe rows dropped: the probe store's writer queue was full or the write failed.
     pub probe_rows_dropped: AtomicU64,
+    /// How agents authenticate and whether their transport is TLS, once serving.
+    pub auth: OnceLock<(&'static str, bool)>,
+    /// Refusals, by [`Refusal`].
+    refused: [AtomicU64; Refusal::ALL.len()],
+    /// Address claims the inventory does not confirm: (disputed, unconfirmed).
+    pub address_claims: (AtomicU64, AtomicU64),
     /// When each agent's last batch arrived, Unix seconds (at most [`MAX_AGENTS_SEEN`]).
     pub last_seen: Mutex<std::collections::BTreeMap<String, i64>>,
+}
+
+/// Why the server refused an agent's stream or batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No, wrong or expired credentials.
+    Unauthenticated,
+    /// A batch, header or probe row for another node than the credentials name.
+    NotItsNode,
+    /// A sequence number too far ahead of the agent's mark.
+    SeqWindow,
+}
+
+impl Refusal {
+    /// Every reason, in label order.
+    pub const ALL: [Refusal; 3] = [
+        Refusal::Unauthenticated,
+        Refusal::NotItsNode,
+        Refusal::SeqWindow,
+    ];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::NotItsNode => "not_its_node",
+            Refusal::SeqWindow => "seq_window",
+        }
+    }
 }
 
 /// Agents whose last-seen time `/metrics` shows (the rest are counted only).
@@ -297,6 +335,16 @@ impl ServerStats {
     /// Batches with outcome `o` so far.
     pub fn batches(&self, o: Outcome) -> u64 {
         g(&self.batches[o as usize])
+    }
+
+    /// Counts one refusal.
+    pub fn refuse(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Refusals for `why` so far.
+    pub fn refusals(&self, why: Refusal) -> u64 {
+        g(&self.refused[why as usize])
     }
 }
 
@@ -491,6 +539,38 @@ impl Registry {
         one(out, &SRV_CHUNKS_HELD, g(&s.chunks_held));
         one(out, &SRV_RECUT_LATE, g(&s.recut_late));
         one(out, &SRV_CONNECTIONS, g(&s.connections));
+        if let Some((mode, tls)) = s.auth.get() {
+            header(out, &SRV_AUTH_INFO);
+            let transport = if *tls { "tls" } else { "plaintext" };
+            sample(
+                out,
+                &SRV_AUTH_INFO,
+                &[("mode", mode), ("transport", transport)],
+                1,
+            );
+        }
+        header(out, &SRV_REFUSED);
+        for why in Refusal::ALL {
+            sample(
+                out,
+                &SRV_REFUSED,
+                &[("reason", why.label())],
+                s.refusals(why),
+            );
+        }
+        header(out, &SRV_ADDR_CLAIMS);
+        sample(
+            out,
+            &SRV_ADDR_CLAIMS,
+            &[("state", "disputed")],
+            g(&s.address_claims.0),
+        );
+        sample(
+            out,
+            &SRV_ADDR_CLAIMS,
+            &[("state", "unconfirmed")],
+            g(&s.address_claims.1),
+        );
         header(out, &SRV_PROBE_ROWS);
         for (o, v) in [
             ("written", &s.probe_rows),

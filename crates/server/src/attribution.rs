@@ -1,7 +1,7 @@
 //! What attribution is set up from: the inventory (a List file, the Kubernetes API, or
 //! nothing) plus the observing nodes themselves, the cloud ranges, the prices.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -124,6 +124,8 @@ pub struct LocalInventory {
     shared: SharedIndex,
     file_inv: Inventory,
     last_build_ns: u64,
+    disputed: usize,
+    unconfirmed: usize,
 }
 
 fn stamp(p: &Path) -> Option<(Option<SystemTime>, u64)> {
@@ -151,7 +153,54 @@ impl LocalInventory {
             shared,
             file_inv: Inventory::default(),
             last_build_ns: 0,
+            disputed: 0,
+            unconfirmed: 0,
         }
+    }
+
+    /// How many nodes claim each address: the inventory's nodes their own, and the
+    /// observers it does not name the ones they report.
+    fn claims(&self, inv: &Inventory) -> HashMap<IpAddr, usize> {
+        let mut claims: HashMap<IpAddr, usize> = HashMap::new();
+        for n in &inv.nodes {
+            let own: HashSet<IpAddr> = n.addresses.iter().map(|(_, a)| *a).collect();
+            for a in own {
+                *claims.entry(a).or_default() += 1;
+            }
+        }
+        for (name, local) in &self.observers {
+            if inv.nodes.iter().any(|n| *n.name == **name) {
+                continue;
+            }
+            for a in local.iter().filter(|a| !a.is_loopback()) {
+                *claims.entry(*a).or_default() += 1;
+            }
+        }
+        claims
+    }
+
+    /// Addresses observers named in the inventory report that it does not give them.
+    fn unconfirmed(&self, inv: &Inventory) -> usize {
+        self.observers
+            .iter()
+            .filter_map(|(name, local)| {
+                let node = inv.nodes.iter().find(|n| *n.name == **name)?;
+                Some(
+                    local
+                        .iter()
+                        .filter(|a| {
+                            !a.is_loopback() && !node.addresses.iter().any(|(_, b)| b == *a)
+                        })
+                        .count(),
+                )
+            })
+            .sum()
+    }
+
+    /// At the last rebuild: addresses claimed by more than one node (given to none), and
+    /// addresses the inventory does not confirm for the node that claims them.
+    pub fn address_claims(&self) -> (usize, usize) {
+        (self.disputed, self.unconfirmed)
     }
 
     /// Reloads the file if it changed, takes an observer's current addresses, and rebuilds
@@ -185,12 +234,20 @@ impl LocalInventory {
         }
         if changed || now_ns.saturating_sub(self.last_build_ns) > 30_000_000_000 {
             let mut inv = self.file_inv.clone();
+            let claims = self.claims(&inv);
+            self.disputed = claims.values().filter(|n| **n > 1).count();
+            self.unconfirmed = self.unconfirmed(&inv);
             for (name, local) in &self.observers {
                 if inv.nodes.iter().any(|n| *n.name == **name) {
                     continue;
                 }
-                let mut addrs: Vec<IpAddr> =
-                    local.iter().copied().filter(|a| !a.is_loopback()).collect();
+                // An address two nodes claim (or the inventory gives another node) is
+                // neither's: a claim is not proof.
+                let mut addrs: Vec<IpAddr> = local
+                    .iter()
+                    .copied()
+                    .filter(|a| !a.is_loopback() && claims.get(a) == Some(&1))
+                    .collect();
                 addrs.sort();
                 inv.nodes.push(Node {
                     name: name.to_string(),
@@ -261,4 +318,50 @@ pub async fn start_kube(
     Err(RoleError::Task(
         "this podflow was built without the Kubernetes API source (feature `kube`)".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(a: &[&str]) -> Arc<HashSet<IpAddr>> {
+        Arc::new(a.iter().map(|a| a.parse().expect("ip")).collect())
+    }
+
+    #[test]
+    fn an_address_two_nodes_claim_is_neither_s() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("inv.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Node\n  metadata: {name: known}\n  status: {addresses: [{type: InternalIP, address: 10.0.0.9}]}\n",
+        )
+        .expect("inventory");
+        let shared = SharedIndex::default();
+        let mut inv = LocalInventory::new(Some(file), None, IndexConfig::default(), shared.clone());
+        let (a, b, known): (Arc<str>, Arc<str>, Arc<str>) =
+            ("a".into(), "b".into(), "known".into());
+        inv.refresh(Some((&a, addrs(&["10.0.0.1", "10.0.0.7"]))), 1)
+            .expect("refresh");
+        inv.refresh(Some((&b, addrs(&["10.0.0.2", "10.0.0.7", "10.0.0.9"]))), 2)
+            .expect("refresh");
+        // The inventory's node claims more than the inventory gives it (a ClusterIP).
+        inv.refresh(Some((&known, addrs(&["10.0.0.9", "10.96.0.10"]))), 3)
+            .expect("refresh");
+        let idx = shared.load();
+        let owner = |ip: &str| {
+            idx.node_of_ip(ip.parse().expect("ip"))
+                .map(|n| n.name.to_string())
+        };
+        assert_eq!(owner("10.0.0.1").as_deref(), Some("a"));
+        assert_eq!(owner("10.0.0.2").as_deref(), Some("b"));
+        assert_eq!(owner("10.0.0.7"), None, "claimed by a and b");
+        assert_eq!(
+            owner("10.0.0.9").as_deref(),
+            Some("known"),
+            "the inventory's, not b's"
+        );
+        assert_eq!(owner("10.96.0.10"), None, "the inventory wins over a claim");
+        assert_eq!(inv.address_claims(), (2, 1));
+    }
 }

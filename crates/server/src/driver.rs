@@ -391,10 +391,14 @@ impl<S: FlowStore + 'static> Driver<S> {
 
     /// Periodic work: reloads, flushes closed intervals, writes, releases acks, expires.
     pub async fn tick(&mut self) {
-        if let Some(inv) = self.local_inv.as_mut()
-            && let Err(e) = inv.refresh(None, podflow_inventory::now_ns())
-        {
-            tracing::warn!(error = %e, "inventory file not reloaded; keeping the previous one");
+        if let Some(inv) = self.local_inv.as_mut() {
+            if let Err(e) = inv.refresh(None, podflow_inventory::now_ns()) {
+                tracing::warn!(error = %e, "inventory file not reloaded; keeping the previous one");
+            }
+            let (disputed, unconfirmed) = inv.address_claims();
+            let claims = &self.registry.server.address_claims;
+            claims.0.store(disputed as u64, Relaxed);
+            claims.1.store(unconfirmed as u64, Relaxed);
         }
         // The providers' range files are replaced now and then: reload on change.
         if self.ranges_checked.elapsed() > Duration::from_secs(30) {

@@ -6,14 +6,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use podflow_inventory::SharedIndex;
 use podflow_pipeline::ledger::{BatchId, Offer};
 use podflow_proto::{Ack, At, Ingest, ObservationBatch, VERSION, ip_from, observation_from};
-use podflow_role::{Outcome, Registry};
+use podflow_role::{Outcome, Refusal, Registry};
 use podflow_store::probes::ProbeRow;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Authenticator;
 use crate::driver::{Driver, Marks};
 use crate::peers::PeerBook;
 
@@ -26,11 +28,34 @@ pub const NODE_HEADER: &str = "podflow-node";
 const RETRY_BUSY_MS: u64 = 5_000;
 /// Pause asked of an agent newer than this server, ms.
 const RETRY_NEWER_MS: u64 = 30_000;
+/// How far a batch's sequence number may be ahead of both the agent's mark and the
+/// clock in ms (agents start numbering at the wall clock in ms and count one per batch):
+/// further, and one batch would make every later real one look like a duplicate.
+pub const SEQ_WINDOW: u64 = 1_000_000_000;
 
 /// One batch on its way from a connection to the pipeline.
 pub(crate) struct Ingress {
     batch: ObservationBatch,
     ack: mpsc::Sender<Ack>,
+    /// The node the stream's credentials name (`None`: not bound, see [`crate::auth`]).
+    bound: Option<Arc<str>>,
+    /// Its share of [`INGRESS_BYTES`], given back when it has been admitted.
+    _bytes: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Bytes of batches (encoded size, KiB) queued between the connections and the pipeline:
+/// 256 MiB, whatever their count.
+pub(crate) const INGRESS_KIB: usize = 256 << 10;
+/// The largest batch a connection may send.
+pub(crate) const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// Whether an agent bound to `bound` may write as `agent_id` for `node`: its own node,
+/// under the node's name or `<node>/<suffix>`.
+pub(crate) fn may_write(bound: &str, agent_id: &str, node: &str) -> bool {
+    node == bound
+        && agent_id
+            .strip_prefix(bound)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Batches queued between the connections and the pipeline (back-pressure beyond: the
@@ -44,8 +69,33 @@ pub(crate) struct IngestSvc {
     pub(crate) tx: mpsc::Sender<Ingress>,
     pub(crate) marks: Marks,
     pub(crate) peers: Arc<PeerBook>,
-    pub(crate) token: Option<Arc<str>>,
+    pub(crate) auth: Arc<Authenticator>,
+    /// For tokens that name their pod but not their node.
+    pub(crate) inventory: SharedIndex,
+    /// [`INGRESS_KIB`] permits.
+    pub(crate) ingress_kib: Arc<tokio::sync::Semaphore>,
     pub(crate) registry: Arc<Registry>,
+}
+
+impl IngestSvc {
+    /// Who opened the stream, and the node it is bound to.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<Option<Arc<str>>, Status> {
+        let certs = req.peer_certs();
+        let id = self
+            .auth
+            .identify(req.metadata(), certs.as_deref().map(|c| c.as_slice()))
+            .await?;
+        match (id.node, id.pod) {
+            (Some(node), _) => Ok(Some(Arc::from(node))),
+            (None, Some((ns, pod))) => match self.inventory.load().node_of_pod(&ns, &pod) {
+                Some(node) => Ok(Some(Arc::from(node))),
+                None => Err(Status::unauthenticated(format!(
+                    "the token's pod {ns}/{pod} is on no node the inventory knows"
+                ))),
+            },
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send + 'static>>;
@@ -67,27 +117,35 @@ impl Ingest for IngestSvc {
         &self,
         req: Request<Streaming<ObservationBatch>>,
     ) -> Result<Response<AckStream>, Status> {
-        if let Some(want) = &self.token {
-            let got = req
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
-            if got != Some(&format!("Bearer {want}")) {
-                return Err(Status::unauthenticated("missing or wrong bearer token"));
+        let peer = req.remote_addr();
+        let bound = match self.authenticate(&req).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.registry.server.refuse(Refusal::Unauthenticated);
+                tracing::warn!(?peer, reason = e.message(), "agent refused");
+                return Err(e);
+            }
+        };
+        let header = |k: &str| {
+            req.metadata()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (agent, node) = (header(AGENT_ID_HEADER), header(NODE_HEADER));
+        if let Some(b) = &bound {
+            let ok = node.as_deref().is_none_or(|n| n == &**b)
+                && agent.as_deref().is_none_or(|a| may_write(b, a, b));
+            if !ok {
+                self.registry.server.refuse(Refusal::NotItsNode);
+                tracing::warn!(?peer, bound = %b, ?agent, ?node, "agent refused: not its node");
+                return Err(Status::permission_denied(format!(
+                    "these credentials are node {b}'s"
+                )));
             }
         }
-        let peer = req.remote_addr();
-        let agent = req
-            .metadata()
-            .get(AGENT_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
         // The agent's node joins the probes' peer set as soon as it connects.
-        if let Some(node) = req
-            .metadata()
-            .get(NODE_HEADER)
-            .and_then(|v| v.to_str().ok())
-        {
+        if let Some(node) = &node {
             self.peers.seen(node, &[]);
             self.peers.refresh_now();
         }
@@ -128,6 +186,7 @@ impl Ingest for IngestSvc {
             });
         }
         let tx = self.tx.clone();
+        let budget = Arc::clone(&self.ingress_kib);
         self.registry.server.connections.fetch_add(1, Relaxed);
         let guard = ConnGuard(Arc::clone(&self.registry));
         tokio::spawn(async move {
@@ -135,10 +194,18 @@ impl Ingest for IngestSvc {
             loop {
                 match inbound.message().await {
                     Ok(Some(batch)) => {
+                        use prost::Message;
+                        let kib = (batch.encoded_len() / 1024 + 1).min(MAX_BATCH_BYTES >> 10);
+                        let Ok(bytes) = Arc::clone(&budget).acquire_many_owned(kib as u32).await
+                        else {
+                            break;
+                        };
                         if tx
                             .send(Ingress {
                                 batch,
                                 ack: ack_tx.clone(),
+                                bound: bound.clone(),
+                                _bytes: bytes,
                             })
                             .await
                             .is_err()
@@ -196,6 +263,30 @@ pub(crate) fn admit<S: podflow_store::FlowStore + 'static>(
     }
     if b.agent_id.is_empty() || b.node.is_empty() {
         return reject("agent_id and node must be set".into());
+    }
+    if let Some(bound) = &m.bound
+        && (!may_write(bound, &b.agent_id, &b.node)
+            || b.probes.iter().any(|p| p.src_node != **bound))
+    {
+        r.server.refuse(Refusal::NotItsNode);
+        return reject(format!(
+            "agent {} and node {} are not this agent's to write: its credentials name node {bound}",
+            b.agent_id, b.node
+        ));
+    }
+    let mark = driver
+        .marks()
+        .read()
+        .ok()
+        .and_then(|m| m.get(b.agent_id.as_str()).copied())
+        .unwrap_or(0);
+    let now_ms = podflow_inventory::now_ns() / 1_000_000;
+    if b.seq > mark.max(now_ms).saturating_add(SEQ_WINDOW) {
+        r.server.refuse(Refusal::SeqWindow);
+        return reject(format!(
+            "seq {} is more than {SEQ_WINDOW} ahead of both the agent's mark ({mark}) and the clock in ms",
+            b.seq
+        ));
     }
     let mut obs = Vec::with_capacity(b.observations.len());
     for (index, o) in b.observations.iter().enumerate() {

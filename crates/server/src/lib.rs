@@ -2,6 +2,7 @@
 //! and written by the [`driver`], and served over HTTP (`podflow_api`).
 
 pub mod attribution;
+pub mod auth;
 pub mod driver;
 mod intake;
 pub mod peers;
@@ -21,16 +22,57 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use attribution::{EnrichSettings, InventorySource};
+pub use auth::{AgentAuth, Authenticator};
 pub use driver::{Driver, DriverConfig};
-pub use intake::AGENT_ID_HEADER;
+pub use intake::{AGENT_ID_HEADER, SEQ_WINDOW};
 
-use intake::{INGRESS_QUEUE, IngestSvc, Ingress, Side, admit};
+use intake::{INGRESS_KIB, INGRESS_QUEUE, IngestSvc, Ingress, MAX_BATCH_BYTES, Side, admit};
 use peers::PeerBook;
 use podflow_store::probes::ProbeRow;
 use podflow_store::{ClickHouseProbeStore, ProbeStore, SqliteProbeStore};
 
 /// Probe row batches queued for the probe store's writer.
 const PROBE_QUEUE: usize = 1024;
+
+/// How long one agent connection may live: its credentials are checked again on the
+/// next (service-account tokens expire in about an hour).
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
+
+/// Refuses a configuration that would let anyone on the network in: agents
+/// unauthenticated, or their credentials in plaintext, on a non-loopback gRPC address,
+/// unless the matching `--insecure-*` flag says so (then it is warned about).
+pub fn check_exposure(cfg: &ServerConfig) -> Result<(), RoleError> {
+    let exposed = !cfg.grpc_listen.ip().is_loopback();
+    let addr = cfg.grpc_listen;
+    if cfg.agent_auth == AgentAuth::None {
+        if exposed && !cfg.insecure_no_agent_auth {
+            return Err(RoleError::Config(format!(
+                "--grpc-listen {addr} is reachable from the network and agents would not be \
+                 authenticated: choose --agent-auth kubernetes, tokens or mtls, or pass \
+                 --insecure-no-agent-auth"
+            )));
+        }
+        if exposed {
+            tracing::warn!(grpc = %addr, "INSECURE: agents are not authenticated (--insecure-no-agent-auth): anyone who reaches this port can write flows as any node");
+        }
+    }
+    if cfg.agent_auth == AgentAuth::Mtls && cfg.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+        return Err(RoleError::Config(
+            "--agent-auth mtls needs --tls-cert, --tls-key and --tls-client-ca".into(),
+        ));
+    }
+    if cfg.tls.is_none() && exposed {
+        if !cfg.insecure_plaintext {
+            return Err(RoleError::Config(format!(
+                "--grpc-listen {addr} is reachable from the network without TLS: agents' \
+                 credentials and flows would cross it in the clear; give --tls-cert and \
+                 --tls-key, or pass --insecure-plaintext"
+            )));
+        }
+        tracing::warn!(grpc = %addr, "INSECURE: gRPC without TLS (--insecure-plaintext)");
+    }
+    Ok(())
+}
 
 /// Rows waiting for the store beyond which agents' batches wait in their streams.
 pub const MAX_PENDING_ROWS: usize = 1_000_000;
@@ -67,8 +109,12 @@ pub struct ServerConfig {
     pub metrics: WorkloadMetricsConfig,
     /// TLS; `None` = plaintext (inside a trusted network only).
     pub tls: Option<ServerTls>,
-    /// Bearer token agents must send; `None` = none required.
-    pub token: Option<String>,
+    /// How agents authenticate ([`auth`]).
+    pub agent_auth: AgentAuth,
+    /// Allow unauthenticated agents on a non-loopback gRPC address.
+    pub insecure_no_agent_auth: bool,
+    /// Allow plaintext gRPC on a non-loopback address.
+    pub insecure_plaintext: bool,
     /// NetFlow/IPFIX listen addresses (none: no listener).
     pub netflow_listen: Vec<SocketAddr>,
     /// Per-exporter NetFlow series (the exporter address becomes a label).
@@ -158,7 +204,19 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
     (probe_store, probe_reader): Probes,
     shutdown: CancellationToken,
 ) -> Result<(), RoleError> {
+    check_exposure(&cfg)?;
+    let auth = Arc::new(
+        Authenticator::new(cfg.agent_auth.clone())
+            .await
+            .map_err(|e| {
+                RoleError::Config(format!("--agent-auth {}: {e}", cfg.agent_auth.name()))
+            })?,
+    );
     let registry = Registry::new(&cfg.metrics);
+    let _ = registry
+        .server
+        .auth
+        .set((cfg.agent_auth.name(), cfg.tls.is_some()));
     let interval_s = cfg.interval.as_secs().max(1) as u32;
     let store_name = match &reader {
         StoreReader::Sqlite { path, .. } => path.display().to_string(),
@@ -221,10 +279,20 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
         tx,
         marks: driver.marks(),
         peers: Arc::clone(&side.peers),
-        token: cfg.token.as_deref().map(Arc::from),
+        auth,
+        inventory: driver.inventory(),
+        ingress_kib: Arc::new(tokio::sync::Semaphore::new(INGRESS_KIB)),
         registry: Arc::clone(&registry),
     };
-    let mut builder = tonic::transport::Server::builder();
+    // Long streams are closed after an hour (the agent reconnects and shows fresh
+    // credentials); dead peers are found by keepalives; a connection carries few streams.
+    let mut builder = tonic::transport::Server::builder()
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(Duration::from_secs(30))
+        .max_concurrent_streams(8)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(Duration::from_secs(60)));
     if let Some(tls) = &cfg.tls {
         let identity = tonic::transport::Identity::from_pem(
             read_file("--tls-cert", &tls.cert)?,
@@ -250,13 +318,13 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
     let grpc_stop = shutdown.clone();
     let grpc = tokio::spawn(
         builder
-            .add_service(IngestServer::new(svc).max_decoding_message_size(64 << 20))
+            .add_service(IngestServer::new(svc).max_decoding_message_size(MAX_BATCH_BYTES))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                 async move { grpc_stop.cancelled().await },
             ),
     );
-    tracing::info!(listen = %cfg.listen, grpc = %cfg.grpc_listen, store = %store_name, tls = cfg.tls.is_some(), "podflow server: ready for agents");
+    tracing::info!(listen = %cfg.listen, grpc = %cfg.grpc_listen, store = %store_name, tls = cfg.tls.is_some(), agent_auth = cfg.agent_auth.name(), "podflow server: ready for agents");
 
     let mut netflow = Intake::start(
         &cfg.netflow_listen,

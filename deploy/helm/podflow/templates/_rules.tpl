@@ -124,18 +124,21 @@ for: {{ .for }}
   annotations:
     summary: podflow server {{`{{ $labels.instance }}`}} has {{`{{ $value | humanize }}`}} rows waiting to be written
     description: >-
-      Rows wait for the store after failed writes; beyond 1,000,000 the oldest are dropped
-      (podflow_store_rows_dropped_total).
+      Rows wait for the store after failed writes; beyond 1,000,000 the server asks agents
+      to pause and they keep their batches (PodflowServerBusy).
 {{- end }}{{ end }}
-{{- with $r.storeRowsDropped }}{{ if .enabled }}
-- alert: PodflowStoreRowsDropped
-  expr: increase(podflow_store_rows_dropped_total[10m]) > {{ .threshold }}
+{{- with $r.serverBusy }}{{ if .enabled }}
+- alert: PodflowServerBusy
+  expr: sum by (instance) (increase(podflow_server_batches_total{outcome="busy"}[10m])) > {{ .threshold }}
   {{- include "podflow.rules.for" . | nindent 2 }}
   labels:
     severity: {{ .severity }}
   annotations:
-    summary: podflow server {{`{{ $labels.instance }}`}} dropped {{`{{ $value | humanize }}`}} rows in 10 minutes
-    description: The store's retry backlog was full; those rows are lost.
+    summary: podflow server {{`{{ $labels.instance }}`}} asked agents to pause {{`{{ $value | humanize }}`}} times in 10 minutes
+    description: >-
+      Its write backlog is full (the store is slow or failing): agents keep their batches
+      and send them again; if this lasts, their buffers fill and drop the oldest
+      (podflow_agent_batches_dropped_total).
 {{- end }}{{ end }}
 {{- with $r.netflowDatagramsDropped }}{{ if .enabled }}
 - alert: PodflowNetflowDatagramsDropped

@@ -14,4 +14,4 @@ pub use attribution::{
 };
 pub use labels::{EndLabels, FlowLabels};
 pub use observation::{Counters, Observation, Oriented, Protocol, Tuple};
-pub use row::{FlowKey, FlowRow, FlowTotals};
+pub use row::{AgentMark, ChunkId, FlowKey, FlowRow, FlowTotals, MAX_ROW_BYTES, MAX_ROW_PACKETS};

@@ -54,25 +54,45 @@ pub struct FlowTotals {
     pub closed: u64,
 }
 
+/// The most bytes one row may carry in one direction over one interval: 2^40 (1 TiB),
+/// far above what any interface carries in an interval (400 Gbit/s for 10 s is 2^39).
+/// Observations that would pass it are rejected and counted, so a stored counter never
+/// comes near 2^63 and sums over any range stay exact (docs/reliability.md).
+pub const MAX_ROW_BYTES: u64 = 1 << 40;
+
+/// The most packets one row may carry in one direction over one interval: 2^36.
+pub const MAX_ROW_PACKETS: u64 = 1 << 36;
+
 impl FlowTotals {
-    /// Adds an oriented observation's traffic and its (opened, closed) connections.
+    /// Adds an oriented observation's traffic and its (opened, closed) connections
+    /// (saturating: counters never wrap).
     pub fn add(&mut self, o: &Oriented, (opened, closed): (u64, u64)) {
-        self.bytes_out += o.out.bytes;
-        self.packets_out += o.out.packets;
-        self.bytes_in += o.inbound.bytes;
-        self.packets_in += o.inbound.packets;
-        self.opened += opened;
-        self.closed += closed;
+        self.bytes_out = self.bytes_out.saturating_add(o.out.bytes);
+        self.packets_out = self.packets_out.saturating_add(o.out.packets);
+        self.bytes_in = self.bytes_in.saturating_add(o.inbound.bytes);
+        self.packets_in = self.packets_in.saturating_add(o.inbound.packets);
+        self.opened = self.opened.saturating_add(opened);
+        self.closed = self.closed.saturating_add(closed);
     }
 
-    /// Adds another total.
+    /// Whether adding `o` keeps every counter within [`MAX_ROW_BYTES`] and
+    /// [`MAX_ROW_PACKETS`].
+    pub fn fits(&self, o: &Oriented) -> bool {
+        let ok = |have: u64, add: u64, max: u64| have.checked_add(add).is_some_and(|v| v <= max);
+        ok(self.bytes_out, o.out.bytes, MAX_ROW_BYTES)
+            && ok(self.bytes_in, o.inbound.bytes, MAX_ROW_BYTES)
+            && ok(self.packets_out, o.out.packets, MAX_ROW_PACKETS)
+            && ok(self.packets_in, o.inbound.packets, MAX_ROW_PACKETS)
+    }
+
+    /// Adds another total (saturating).
     pub fn merge(&mut self, other: &FlowTotals) {
-        self.bytes_out += other.bytes_out;
-        self.packets_out += other.packets_out;
-        self.bytes_in += other.bytes_in;
-        self.packets_in += other.packets_in;
-        self.opened += other.opened;
-        self.closed += other.closed;
+        self.bytes_out = self.bytes_out.saturating_add(other.bytes_out);
+        self.packets_out = self.packets_out.saturating_add(other.packets_out);
+        self.bytes_in = self.bytes_in.saturating_add(other.bytes_in);
+        self.packets_in = self.packets_in.saturating_add(other.packets_in);
+        self.opened = self.opened.saturating_add(other.opened);
+        self.closed = self.closed.saturating_add(other.closed);
     }
 
     /// The six counters in their stored column order: bytes out, packets out, bytes in,
@@ -101,9 +121,9 @@ impl FlowTotals {
         }
     }
 
-    /// Bytes in both directions.
+    /// Bytes in both directions (saturating).
     pub fn bytes(&self) -> u64 {
-        self.bytes_out + self.bytes_in
+        self.bytes_out.saturating_add(self.bytes_in)
     }
 }
 
@@ -124,4 +144,41 @@ pub struct FlowRow {
     pub labels: Arc<FlowLabels>,
     /// Price of the bytes, USD.
     pub cost_usd: f64,
+}
+
+/// An agent's part of a chunk: rows written as one unit under one token, the rows of
+/// exactly the batches its parts name (docs/reliability.md, "Exactly once"). A chunk
+/// written again with the same token is dropped by a store that deduplicates
+/// (ClickHouse), so its rows count once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkId {
+    /// The chunk's deduplication token: stable across retries and restarts.
+    pub token: String,
+    /// The agent whose batches these are; `None` for rows no agent replays (the
+    /// server's own NetFlow listener, `podflow run`'s local source).
+    pub agent: Option<String>,
+    /// The agent's batches (sequence numbers, ascending) whose observations are in the
+    /// chunk.
+    pub seqs: Vec<u64>,
+    /// The day of every row's interval (days since the Unix epoch: ClickHouse's
+    /// partition), so one chunk is one part.
+    pub day: i64,
+}
+
+/// What the store keeps about an agent: its durable mark, where it runs, when it was
+/// last seen, and the chunks written (or being written) above its mark.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentMark {
+    /// The agent.
+    pub agent: String,
+    /// Every batch at or below this sequence number is durable.
+    pub seq: u64,
+    /// The node it runs on (its batches' observer).
+    pub node: String,
+    /// The latest observation time of its batches, Unix seconds.
+    pub last_seen: i64,
+    /// Chunks holding batches above `seq` whose rows may be in the store (an intent
+    /// written before the rows): replays of those batches must be cut into the same
+    /// chunk again, with the same token.
+    pub pending: Vec<ChunkId>,
 }

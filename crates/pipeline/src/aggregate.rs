@@ -1,10 +1,18 @@
 //! Sums oriented observations per interval and key. Pure: time is passed in.
+//!
+//! Every observation carries a *chunk* tag (the ledger's: which agent batches its rows
+//! will be written with, `0` for rows no agent replays), kept in the key, so a chunk's
+//! rows are a function of its batches alone and can be taken out on their own
+//! ([`Aggregator::take`]). Counters never wrap: an observation that would take a row past
+//! [`MAX_ROW_BYTES`] or [`MAX_ROW_PACKETS`] is rejected and counted per source.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
 use podflow_model::{FlowKey, FlowLabels, FlowRow, FlowTotals, Observation, Oriented};
+use podflow_model::{MAX_ROW_BYTES, MAX_ROW_PACKETS};
 
 /// What a bucket holds: the sums, the labels of its first observation, the cost.
 #[derive(Debug)]
@@ -19,8 +27,13 @@ struct Bucket {
 pub struct Aggregator {
     interval_s: u32,
     max_keys: usize,
-    buckets: HashMap<(i64, Arc<str>, FlowKey), Bucket>,
+    buckets: HashMap<(i64, u64, Arc<str>, FlowKey), Bucket>,
     overflowed: u64,
+    /// Observations rejected because a counter would pass the row bound, per source.
+    rejected: std::collections::HashMap<Arc<str>, u64>,
+    rejected_total: u64,
+    /// Keys held per chunk (not 0), to cut chunks by size.
+    chunk_keys: HashMap<u64, usize>,
     /// The labels of the last new key: a new key with equal labels shares them (one
     /// allocation instead of many, and the store sees equal labels by address).
     last_labels: Option<Arc<FlowLabels>>,
@@ -48,6 +61,9 @@ impl Aggregator {
             max_keys: max_keys.max(1),
             buckets: HashMap::new(),
             overflowed: 0,
+            rejected: std::collections::HashMap::new(),
+            rejected_total: 0,
+            chunk_keys: HashMap::new(),
             last_labels: None,
         }
     }
@@ -68,8 +84,23 @@ impl Aggregator {
         labels: impl FnOnce() -> FlowLabels,
         cost_usd: f64,
     ) {
+        self.record_in(0, observer, obs, o, now, labels, cost_usd);
+    }
+
+    /// [`Aggregator::record`] into chunk `chunk`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_in(
+        &mut self,
+        chunk: u64,
+        observer: &Arc<str>,
+        obs: &Observation,
+        o: &Oriented,
+        now: i64,
+        labels: impl FnOnce() -> FlowLabels,
+        cost_usd: f64,
+    ) {
         let n = (u64::from(obs.opened), u64::from(obs.closed));
-        self.record_counted(observer, obs.proto, o, now, labels, cost_usd, n);
+        self.record_counted_in(chunk, observer, obs.proto, o, now, labels, cost_usd, n);
     }
 
     /// Adds summed records: `conns` = (connections opened, closed) among them.
@@ -84,18 +115,57 @@ impl Aggregator {
         cost_usd: f64,
         conns: (u64, u64),
     ) {
+        self.record_counted_in(0, observer, proto, o, now, labels, cost_usd, conns);
+    }
+
+    /// [`Aggregator::record_counted`] into chunk `chunk`. Returns false when the
+    /// observation was rejected (a counter would pass the row bound; counted).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_counted_in(
+        &mut self,
+        chunk: u64,
+        observer: &Arc<str>,
+        proto: podflow_model::Protocol,
+        o: &Oriented,
+        now: i64,
+        labels: impl FnOnce() -> FlowLabels,
+        cost_usd: f64,
+        conns: (u64, u64),
+    ) -> bool {
+        if o.out.bytes > MAX_ROW_BYTES
+            || o.inbound.bytes > MAX_ROW_BYTES
+            || o.out.packets > MAX_ROW_PACKETS
+            || o.inbound.packets > MAX_ROW_PACKETS
+        {
+            self.reject(observer);
+            return false;
+        }
         let mut key = FlowKey::of(proto, o);
         let at = self.interval_of(now);
         let full = self.buckets.len() >= self.max_keys;
-        if full && !self.buckets.contains_key(&(at, Arc::clone(observer), key)) {
+        if full
+            && !self
+                .buckets
+                .contains_key(&(at, chunk, Arc::clone(observer), key))
+        {
             self.overflowed += 1;
             key = overflow_key(&key);
         }
+        if let Some(b) = self.buckets.get(&(at, chunk, Arc::clone(observer), key))
+            && !b.totals.fits(o)
+        {
+            self.reject(observer);
+            return false;
+        }
         let last = &mut self.last_labels;
+        let chunk_keys = &mut self.chunk_keys;
         let b = self
             .buckets
-            .entry((at, Arc::clone(observer), key))
+            .entry((at, chunk, Arc::clone(observer), key))
             .or_insert_with(|| {
+                if chunk != 0 {
+                    *chunk_keys.entry(chunk).or_default() += 1;
+                }
                 let l = if full {
                     FlowLabels::default()
                 } else {
@@ -113,17 +183,48 @@ impl Aggregator {
             });
         b.totals.add(o, conns);
         b.cost_usd += cost_usd;
+        true
     }
 
-    /// Rows of every interval that ended at or before `now`; `force` flushes all.
+    fn reject(&mut self, observer: &Arc<str>) {
+        self.rejected_total += 1;
+        *self.rejected.entry(Arc::clone(observer)).or_default() += 1;
+    }
+
+    /// Rows of every interval that ended at or before `now`; `force` flushes all. Every
+    /// chunk's rows together, as [`Aggregator::take`] with the chunks of those intervals.
     pub fn flush(&mut self, now: i64, force: bool) -> Vec<FlowRow> {
-        let current = self.interval_of(now);
-        let mut rows = Vec::new();
-        self.buckets.retain(|(at, observer, key), b| {
-            if force || *at < current {
-                rows.push(FlowRow {
+        let upto = if force {
+            i64::MAX
+        } else {
+            self.interval_of(now)
+        };
+        self.take_where(|at, _| at < upto)
+            .into_iter()
+            .flat_map(|(_, rows)| rows)
+            .collect()
+    }
+
+    /// Takes out the rows of chunk 0 (rows no agent replays) in intervals before `upto`,
+    /// and every row of the chunks in `chunks`, whatever their interval: per chunk.
+    pub fn take(&mut self, upto: i64, chunks: &HashSet<u64>) -> Vec<(u64, Vec<FlowRow>)> {
+        self.take_where(|at, chunk| {
+            if chunk == 0 {
+                at < upto
+            } else {
+                chunks.contains(&chunk)
+            }
+        })
+    }
+
+    fn take_where(&mut self, mut take: impl FnMut(i64, u64) -> bool) -> Vec<(u64, Vec<FlowRow>)> {
+        let mut out: HashMap<u64, Vec<FlowRow>> = HashMap::new();
+        let interval_s = self.interval_s;
+        self.buckets.retain(|(at, chunk, observer, key), b| {
+            if take(*at, *chunk) {
+                out.entry(*chunk).or_default().push(FlowRow {
                     interval_start: *at,
-                    interval_s: self.interval_s,
+                    interval_s,
                     observer: observer.to_string(),
                     key: *key,
                     totals: b.totals,
@@ -135,7 +236,28 @@ impl Aggregator {
                 true
             }
         });
-        rows
+        for c in out.keys() {
+            self.chunk_keys.remove(c);
+        }
+        let mut out: Vec<(u64, Vec<FlowRow>)> = out.into_iter().collect();
+        out.sort_unstable_by_key(|(c, _)| *c);
+        out
+    }
+
+    /// Keys held by chunk `chunk`.
+    pub fn chunk_keys(&self, chunk: u64) -> usize {
+        self.chunk_keys.get(&chunk).copied().unwrap_or(0)
+    }
+
+    /// Observations rejected because a counter would pass the bound of a row per
+    /// interval ([`MAX_ROW_BYTES`], [`MAX_ROW_PACKETS`]), in total.
+    pub fn rejected(&self) -> u64 {
+        self.rejected_total
+    }
+
+    /// [`Aggregator::rejected`] per source (observer).
+    pub fn rejected_by_source(&self) -> &std::collections::HashMap<Arc<str>, u64> {
+        &self.rejected
     }
 
     /// Keys held now.
@@ -229,6 +351,52 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(g.overflowed(), 3);
         assert_eq!(rows.iter().map(|r| r.totals.bytes_out).sum::<u64>(), 500);
+    }
+
+    #[test]
+    fn observations_past_the_row_bound_are_rejected_and_counted_per_source() {
+        let mut g = Aggregator::new(10, 100);
+        record(&mut g, &obs(40000, 80, MAX_ROW_BYTES + 1), 100);
+        assert_eq!(g.rejected(), 1);
+        assert_eq!(g.keys(), 0, "nothing of it is kept");
+        // Two that fit alone but not together: the second is rejected, the row stays at
+        // the bound (bytes_in is twice bytes_out here).
+        record(&mut g, &obs(40000, 80, MAX_ROW_BYTES / 2), 100);
+        record(&mut g, &obs(40001, 80, 1), 100);
+        assert_eq!(g.rejected(), 2);
+        assert_eq!(g.rejected_by_source().get("n"), Some(&2));
+        let rows = g.flush(0, true);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].totals.bytes_in, MAX_ROW_BYTES);
+        let mut huge = obs(1, 2, 1);
+        huge.delta_reply.packets = MAX_ROW_PACKETS + 1;
+        record(&mut g, &huge, 100);
+        assert_eq!(g.rejected(), 3);
+    }
+
+    #[test]
+    fn chunks_are_taken_whole_and_chunk_zero_by_interval() {
+        let mut g = Aggregator::new(10, 100);
+        let o = obs(40000, 80, 10);
+        let or = o.orient(local);
+        g.record_in(0, &"n".into(), &o, &or, 100, FlowLabels::default, 0.0);
+        g.record_in(0, &"n".into(), &o, &or, 200, FlowLabels::default, 0.0);
+        g.record_in(5, &"n".into(), &o, &or, 100, FlowLabels::default, 0.0);
+        g.record_in(5, &"n".into(), &o, &or, 300, FlowLabels::default, 0.0);
+        g.record_in(6, &"n".into(), &o, &or, 100, FlowLabels::default, 0.0);
+        assert_eq!(g.chunk_keys(5), 2);
+        let got = g.take(150, &HashSet::from([5]));
+        let brief: Vec<(u64, Vec<i64>)> = got
+            .iter()
+            .map(|(c, rows)| {
+                let mut at: Vec<i64> = rows.iter().map(|r| r.interval_start).collect();
+                at.sort_unstable();
+                (*c, at)
+            })
+            .collect();
+        assert_eq!(brief, vec![(0, vec![100]), (5, vec![100, 300])]);
+        assert_eq!(g.chunk_keys(5), 0);
+        assert_eq!(g.keys(), 2, "chunk 6 and chunk 0's later interval stay");
     }
 
     proptest::proptest! {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use crate::flat::Flat;
-use podflow_model::{Counters, Observation, Protocol, Tuple};
+use podflow_model::{Counters, MAX_ROW_BYTES, MAX_ROW_PACKETS, Observation, Protocol, Tuple};
 use podflow_netflow::{Batch, Flow};
 
 /// Exporters with a number of their own (24 bits of the packed key).
@@ -38,12 +38,23 @@ struct Sum {
     closed: u32,
 }
 
+/// Whether a record alone passes the bound of a row per interval.
+fn too_large(f: &Flow) -> bool {
+    f.bytes > MAX_ROW_BYTES || f.packets > MAX_ROW_PACKETS
+}
+
 impl Sum {
+    /// Whether `f` can be added without passing the bound of a row per interval.
+    fn fits(&self, f: &Flow) -> bool {
+        self.bytes.saturating_add(f.bytes) <= MAX_ROW_BYTES
+            && self.packets.saturating_add(f.packets) <= MAX_ROW_PACKETS
+    }
+
     fn add(&mut self, f: &Flow) {
-        self.bytes += f.bytes;
-        self.packets += f.packets;
-        self.opened += u32::from(f.opened);
-        self.closed += u32::from(f.closed);
+        self.bytes = self.bytes.saturating_add(f.bytes);
+        self.packets = self.packets.saturating_add(f.packets);
+        self.opened = self.opened.saturating_add(u32::from(f.opened));
+        self.closed = self.closed.saturating_add(u32::from(f.closed));
         if f.start_ns != 0 && (self.start_ns == 0 || f.start_ns < self.start_ns) {
             self.start_ns = f.start_ns;
         }
@@ -99,6 +110,14 @@ fn exporter_number(exporters: &mut Vec<Arc<str>>, who: &Arc<str>) -> Option<u32>
     Some((exporters.len() - 1) as u32)
 }
 
+fn count_rejected(rejected: &mut Vec<u64>, exporter: u32) {
+    let i = exporter as usize;
+    if rejected.len() <= i {
+        rejected.resize(i + 1, 0);
+    }
+    rejected[i] += 1;
+}
+
 /// The sum of flow `k`: held, or new unless `full` (then `len` counts it).
 fn slot<'m, K: std::hash::Hash + Eq>(
     m: &'m mut HashMap<K, Sum>,
@@ -144,6 +163,9 @@ pub struct Prefold {
     /// Emptied maps of closed intervals, kept with their capacity (no regrowth and no
     /// fresh pages for the next interval).
     spare: Vec<Interval>,
+    /// Records rejected because a counter would pass the bound of a row per interval,
+    /// per exporter number (see [`Prefold::rejected_by_source`]).
+    rejected: Vec<u64>,
 }
 
 impl Prefold {
@@ -156,6 +178,7 @@ impl Prefold {
             intervals: BTreeMap::new(),
             exporters: Vec::new(),
             spare: Vec::new(),
+            rejected: Vec::new(),
         }
     }
 
@@ -216,6 +239,12 @@ impl Prefold {
             std::hint::black_box(&warm);
             // Second pass: the sums.
             for (f, key) in chunk.iter().zip(keys.iter()) {
+                if too_large(f)
+                    && let Some((e, _)) = key
+                {
+                    count_rejected(&mut self.rejected, *e);
+                    continue;
+                }
                 let full = len >= max;
                 let sum = match *key {
                     None => None,
@@ -226,6 +255,11 @@ impl Prefold {
                     Some((e, None)) => slot(&mut iv.other, (e, f.proto, f.tuple()), full, &mut len),
                 };
                 match (sum, batch.observer(f)) {
+                    (Some(s), _) if !s.fits(f) => {
+                        if let Some((e, _)) = key {
+                            count_rejected(&mut self.rejected, *e);
+                        }
+                    }
                     (Some(s), _) => s.add(f),
                     (None, Some(who)) => rest.push(who, *f),
                     (None, None) => {}
@@ -234,6 +268,22 @@ impl Prefold {
         }
         self.len = len;
         rest
+    }
+
+    /// Records rejected because a counter would pass the bound of a row per interval
+    /// (`podflow_model::MAX_ROW_BYTES`, `MAX_ROW_PACKETS`), in total.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+
+    /// [`Prefold::rejected`] per exporter.
+    pub fn rejected_by_source(&self) -> Vec<(Arc<str>, u64)> {
+        self.rejected
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .filter_map(|(i, n)| Some((Arc::clone(self.exporters.get(i)?), *n)))
+            .collect()
     }
 
     /// Flows held.
@@ -495,5 +545,29 @@ mod tests {
         f.proto = Protocol(132);
         let k = pack(0xab_cdef, &f).expect("v4");
         assert_eq!(unpack(k), (0xab_cdef, Protocol(132), f.tuple()));
+    }
+
+    #[test]
+    fn records_past_the_row_bound_are_rejected_and_counted_per_exporter() {
+        let who: Arc<str> = Arc::from("10.0.0.7/1");
+        let mut b = Batch::default();
+        let huge = rec("10.0.0.1", 1000, MAX_ROW_BYTES + 1, true, 0);
+        let half = rec("10.0.0.1", 1001, MAX_ROW_BYTES / 2 + 1, true, 0);
+        b.push(&who, huge);
+        b.push(&who, half);
+        b.push(&who, half);
+        let mut p = Prefold::new(10, 100);
+        let rest = p.add_batch(&b, 5_000_000_000);
+        assert!(rest.flows.is_empty());
+        assert_eq!(
+            p.rejected(),
+            2,
+            "the huge one, and the second half that would pass"
+        );
+        assert_eq!(p.rejected_by_source(), vec![(Arc::clone(&who), 2)]);
+        let mut bytes = Vec::new();
+        p.take(i64::MAX)
+            .for_each(|f| bytes.push(f.obs.delta_orig.bytes));
+        assert_eq!(bytes, vec![MAX_ROW_BYTES / 2 + 1]);
     }
 }

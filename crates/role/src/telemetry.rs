@@ -70,7 +70,10 @@ defs! {
     WL_COST = "podflow_workload_cost_usd_total", "counter", "Price of the bytes between a source and a destination in USD, by the allowed labels.", ["src_namespace", "src_workload", "src_kind", "src_zone", "dst_namespace", "dst_workload", "dst_kind", "dst_zone", "class"];
     SRV_BATCHES = "podflow_server_batches_total", "counter", "Agent batches received, by outcome (applied, duplicate, in_flight, busy: refused for now because the write backlog is full, rejected: refused for good).", ["outcome"];
     SRV_OBSERVATIONS = "podflow_server_observations_total", "counter", "Observations received from agents and counted, by kind: live, or replayed (observed more than two intervals before they arrived: an agent catching up after an outage).", ["kind"];
+    OVER_BOUND = "podflow_observations_over_bound_total", "counter", "Observations (and NetFlow records) rejected because they would take a row's counter past the bound of a row per interval (2^40 bytes or 2^36 packets in one direction): a corrupt or hostile counter; the log names the source. Kept out of every row, so sums cannot overflow.", [];
     LATE_BYTES = "podflow_late_bytes_total", "counter", "Bytes of rows whose interval had closed more than two intervals before they arrived (replays after an outage): stored in their own interval, kept out of the podflow_flow_* and podflow_workload_* counters so a recovery does not look like a traffic spike.", [];
+    SRV_CHUNKS_HELD = "podflow_server_chunks_held", "gauge", "Chunks found written or being written at start (a restart between a store write and its marks) held until their agents have replayed every batch of them, so they are cut again under the same token (docs/reliability.md).", [];
+    SRV_RECUT_LATE = "podflow_server_recut_late_batches_total", "counter", "Batches of a held chunk that came back after the chunk was written without them (its agents moved past them, or 10 minutes passed): acknowledged as duplicates, not counted (their first copy may or may not have landed).", [];
     SRV_ACKS_DROPPED = "podflow_server_acks_dropped_total", "counter", "Acks that could not be queued to their connection (closed or full); the agent's replay is acked as a duplicate.", [];
     SRV_LAST_SEEN = "podflow_server_agent_last_seen_timestamp_seconds", "gauge", "When each agent's last batch arrived at this server, Unix seconds (one series per agent id, at most 10,000).", ["agent"];
     SRV_PROBE_ROWS = "podflow_server_probe_rows_total", "counter", "Probe rows (an interval of one probe kind between two nodes) written to the probe store, by outcome: written; refused (a row about another node than the agent's own, or malformed); dropped (the writer's queue was full or the write failed).", ["outcome"];
@@ -232,6 +235,8 @@ pub struct PipelineStats {
     pub late_bytes: AtomicU64,
     /// Store writes failed since the last one that succeeded (readiness).
     pub store_errors_in_a_row: AtomicU64,
+    /// Observations rejected for passing the bound of a row per interval.
+    pub rows_rejected: AtomicU64,
 }
 
 /// What became of an agent's batch at the server.
@@ -281,6 +286,10 @@ pub struct ServerStats {
     pub observations_replayed: AtomicU64,
     /// Acks that could not be queued to their connection.
     pub acks_dropped: AtomicU64,
+    /// Chunks held for a re-cut.
+    pub chunks_held: AtomicU64,
+    /// Batches of a re-cut chunk that came back too late.
+    pub recut_late: AtomicU64,
     /// Agent streams open now.
     pub connections: AtomicU64,
     /// Probe rows written to the probe store.
@@ -506,6 +515,7 @@ impl Registry {
         one(out, &STORE_SECONDS, g(&p.store_ns) as f64 / 1e9);
         one(out, &STORE_PENDING, g(&p.store_pending));
         one(out, &LATE_BYTES, g(&p.late_bytes));
+        one(out, &OVER_BOUND, g(&p.rows_rejected));
     }
 
     fn render_flows(&self, out: &mut String) {
@@ -555,6 +565,8 @@ impl Registry {
             g(&s.observations_replayed),
         );
         one(out, &SRV_ACKS_DROPPED, g(&s.acks_dropped));
+        one(out, &SRV_CHUNKS_HELD, g(&s.chunks_held));
+        one(out, &SRV_RECUT_LATE, g(&s.recut_late));
         one(out, &SRV_CONNECTIONS, g(&s.connections));
         if let Some((mode, tls)) = s.auth.get() {
             header(out, &SRV_AUTH_INFO);

@@ -3,9 +3,10 @@
 //! (`podflow_pipeline::ledger`) decides; periodic reloads and expiry.
 //!
 //! Acks: a batch is acknowledged only once every row it contributed to is written;
-//! the agents' durable marks are written in the same transaction as the rows
-//! (`agent_marks`), so after a restart a replayed batch is recognised and acked without
-//! being counted again. A failed (or panicked) write keeps its rows and acks nothing;
+//! the agents' durable marks are written with the rows (in the same transaction on
+//! SQLite; after them on ClickHouse, the chunks' tokens covering the gap), so after a
+//! restart a replayed batch is recognised and acked without being counted again. A
+//! failed (or panicked) write keeps its rows and acks nothing and is retried unchanged;
 //! when the rows waiting reach the bound, new batches are refused as busy.
 
 use std::collections::HashSet;
@@ -16,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use podflow_enrich::Attributor;
 use podflow_inventory::SharedIndex;
-use podflow_model::{Attribution, FlowLabels, Observation, Oriented};
+use podflow_model::{Attribution, ChunkId, FlowLabels, FlowRow, Observation, Oriented};
 use podflow_pipeline::Aggregator;
 use podflow_pipeline::ledger::{BatchId, Ledger, Offer};
 use podflow_pipeline::prefold::Prefold;
 use podflow_role::netflow::by_observer;
 use podflow_role::{Registry, RoleError};
-use podflow_store::FlowStore;
+use podflow_store::{ChunkWrite, FlowStore, JobWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::attribution::{self, EnrichSettings, InventorySource, LocalInventory};
@@ -35,16 +36,24 @@ pub type AckTx = tokio::sync::mpsc::Sender<podflow_proto::Ack>;
 /// is told (shared with the gRPC intake).
 pub type Marks = Arc<std::sync::RwLock<std::collections::HashMap<String, u64>>>;
 
-/// A key's labels; `remote_observed` when another observed node sees the connection
-/// too (the count-once view).
-fn labels(a: &Attribution, observer: &str, observers: &HashSet<Arc<str>>) -> FlowLabels {
+/// A key's labels; `remote_observed` when another node that runs an agent sees the
+/// connection too (the count-once view): from the agents' durable marks, so it holds
+/// across server restarts, and ends when an agent stops sending (`Ledger::observes`).
+fn labels<A>(a: &Attribution, observer: &str, ledger: &Ledger<A>, at: i64) -> FlowLabels {
     let mut l = FlowLabels::of(a);
     l.remote_observed = a
         .remote
         .place
         .node()
-        .is_some_and(|n| *n.name != *observer && observers.contains(&n.name));
+        .is_some_and(|n| *n.name != *observer && ledger.observes(&n.name, at));
     l
+}
+
+/// A number naming this process's chunks of rows no agent replays (part of their
+/// tokens), different on every start.
+fn instance() -> u64 {
+    let ns = podflow_inventory::now_ns();
+    ns ^ (u64::from(std::process::id()) << 40)
 }
 
 /// The observation oriented the way attribution decided (local end, initiator).
@@ -102,8 +111,6 @@ pub struct Driver<S: FlowStore + 'static> {
     registry: Arc<Registry>,
     retention: Duration,
     last_expire: Instant,
-    /// Every observer seen (nodes running an agent, exporters).
-    observers: HashSet<Arc<str>>,
     /// Which batches are counted, written and acknowledged.
     ledger: Ledger<AckTx>,
     /// The durable marks, published for connecting agents.
@@ -158,9 +165,19 @@ impl<S: FlowStore + 'static> Driver<S> {
                 None
             }
         };
-        let stored = store.marks()?;
-        let marks: Marks = Arc::new(std::sync::RwLock::new(stored.iter().cloned().collect()));
-        let ledger = Ledger::new(interval_s, max_pending_rows, stored);
+        // A blocking call (ClickHouse blocks on a runtime of its own, which must not run
+        // inside this task).
+        let (store, stored) = tokio::task::spawn_blocking(move || {
+            let m = store.agents();
+            (store, m)
+        })
+        .await
+        .map_err(|e| RoleError::Attribution(format!("reading the agents' marks: {e}")))?;
+        let stored = stored?;
+        let marks: Marks = Arc::new(std::sync::RwLock::new(
+            stored.iter().map(|m| (m.agent.clone(), m.seq)).collect(),
+        ));
+        let ledger = Ledger::new(interval_s, max_pending_rows, stored, instance());
         Ok(Driver {
             ranges_stamp: attribution::ranges_stamp(&settings),
             ranges_checked: Instant::now(),
@@ -175,7 +192,6 @@ impl<S: FlowStore + 'static> Driver<S> {
             registry,
             retention,
             last_expire: Instant::now(),
-            observers: HashSet::new(),
             ledger,
             marks,
         })
@@ -200,13 +216,22 @@ impl<S: FlowStore + 'static> Driver<S> {
         obs: &[Observation],
         at_ns: u64,
     ) {
+        self.ingest_in(0, observer, addrs, obs, at_ns);
+    }
+
+    /// [`Self::ingest`] into the ledger's chunk `chunk` (0: rows no agent replays).
+    fn ingest_in(
+        &mut self,
+        chunk: u64,
+        observer: &Arc<str>,
+        addrs: Option<Arc<HashSet<IpAddr>>>,
+        obs: &[Observation],
+        at_ns: u64,
+    ) {
         if let (Some(a), Some(inv)) = (addrs, self.local_inv.as_mut())
             && let Err(e) = inv.refresh(Some((observer, a)), podflow_inventory::now_ns())
         {
             tracing::warn!(error = %e, "inventory file not reloaded; keeping the previous one");
-        }
-        if !self.observers.contains(observer) {
-            self.observers.insert(Arc::clone(observer));
         }
         let idx = self.shared.load();
         let at = (at_ns / 1_000_000_000) as i64;
@@ -217,13 +242,14 @@ impl<S: FlowStore + 'static> Driver<S> {
             if let (Some(s), Some(h)) = (&a.service, histograms.as_mut()) {
                 h.observe(&s.meta.namespace, &s.meta.name, o);
             }
-            let observers = &self.observers;
-            self.agg.record(
+            let ledger = &self.ledger;
+            self.agg.record_in(
+                chunk,
                 observer,
                 o,
                 &oriented(o, &a),
                 at,
-                || labels(&a, observer, observers),
+                || labels(&a, observer, ledger, at),
                 a.cost_usd,
             );
         }
@@ -235,6 +261,24 @@ impl<S: FlowStore + 'static> Driver<S> {
         let p = &self.registry.pipeline;
         p.agg_keys.store(self.agg.keys() as u64, Relaxed);
         p.agg_overflow.store(self.agg.overflowed(), Relaxed);
+        let (from_nf, by_exporter) = self
+            .prefold
+            .lock()
+            .map_or((0, Vec::new()), |p| (p.rejected(), p.rejected_by_source()));
+        let rejected = self.agg.rejected() + from_nf;
+        if p.rows_rejected.swap(rejected, Relaxed) != rejected {
+            let mut by: Vec<(String, u64)> = self
+                .agg
+                .rejected_by_source()
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .chain(by_exporter.into_iter().map(|(s, n)| (s.to_string(), n)))
+                .collect();
+            by.sort_by_key(|s| std::cmp::Reverse(s.1));
+            by.truncate(10);
+            tracing::warn!(total = rejected, sources = ?by,
+                "observations rejected: a counter would pass the bound of a row per interval");
+        }
     }
 
     /// Where the NetFlow receive threads sum records per flow; the pipeline attributes
@@ -278,21 +322,18 @@ impl<S: FlowStore + 'static> Driver<S> {
                 .as_ref()
                 .is_some_and(|o| Arc::ptr_eq(o, &f.observer))
             {
-                if !self.observers.contains(&f.observer) {
-                    self.observers.insert(Arc::clone(&f.observer));
-                }
                 last_observer = Some(Arc::clone(&f.observer));
             }
             let a = self
                 .attributor
                 .attribute(&f.obs, &f.observer, &idx, f.seen_ns);
-            let observers = &self.observers;
+            let ledger = &self.ledger;
             self.agg.record_counted(
                 &f.observer,
                 f.obs.proto,
                 &oriented(&f.obs, &a),
                 f.interval,
-                || labels(&a, &f.observer, observers),
+                || labels(&a, &f.observer, ledger, f.interval),
                 a.cost_usd,
                 (f.opened, f.closed),
             );
@@ -315,11 +356,18 @@ impl<S: FlowStore + 'static> Driver<S> {
         at_ns: u64,
     ) -> Offer<AckTx> {
         let at = (at_ns / 1_000_000_000) as i64;
-        let offer = self.ledger.offer(id, at, ack);
-        if let Offer::Count { at: counted } = offer {
-            // Never before the agent's previous batch, so its batches close in order.
-            let at_ns = at_ns.max(counted as u64 * 1_000_000_000);
-            self.ingest(observer, addrs, obs, at_ns);
+        let offer = self
+            .ledger
+            .offer(id, observer, at, unix_now(), obs.len(), ack);
+        if let Offer::Count { at: counted, chunk } = offer {
+            // The ledger's time: never before the agent's previous batch (so its batches
+            // close in order), and inside the day of a chunk it is cut again into.
+            let at_ns = if counted == at {
+                at_ns
+            } else {
+                counted.max(0) as u64 * 1_000_000_000
+            };
+            self.ingest_in(chunk, observer, addrs, obs, at_ns);
         }
         offer
     }
@@ -389,30 +437,35 @@ impl<S: FlowStore + 'static> Driver<S> {
             self.agg.interval_of(now)
         };
         self.fold(upto);
-        let rows = self.agg.flush(now, force);
         // Rows of intervals that closed long ago (replays after an outage) are stored in
         // their own interval but kept out of the live series, so a recovery does not look
         // like a traffic spike (they are counted apart).
         let late_before = self.late_before(now);
-        let mut live = Vec::with_capacity(rows.len());
-        for r in &rows {
-            if r.interval_start < late_before {
-                self.registry
-                    .pipeline
-                    .late_bytes
-                    .fetch_add(r.totals.bytes(), Relaxed);
-            } else {
-                self.registry.add_flow(r.key.proto, &r.totals);
-                live.push(r.clone());
+        let registry = &self.registry;
+        let agg = &mut self.agg;
+        let mut live: Vec<FlowRow> = Vec::new();
+        self.ledger.seal(upto, |chunks| {
+            let taken = agg.take(upto, chunks);
+            for r in taken.iter().flat_map(|(_, rows)| rows) {
+                if r.interval_start < late_before {
+                    registry
+                        .pipeline
+                        .late_bytes
+                        .fetch_add(r.totals.bytes(), Relaxed);
+                } else {
+                    registry.add_flow(r.key.proto, &r.totals);
+                    live.push(r.clone());
+                }
             }
-        }
+            taken
+        });
         // Also with no rows: series that stopped moving expire.
         if let Ok(mut w) = self.registry.workloads.lock()
             && let Some(w) = w.as_mut()
         {
             w.add_interval(&live, now);
         }
-        self.ledger.seal(upto, rows);
+        self.note_keys();
         self.write().await;
     }
 
@@ -421,20 +474,60 @@ impl<S: FlowStore + 'static> Driver<S> {
     /// next tick, unchanged).
     async fn write(&mut self) {
         let p = &self.registry.pipeline;
-        while let Some((job, marks)) = self.ledger.next() {
-            let (id, rows) = (job.id, Arc::clone(&job.rows));
-            let written_marks = marks.clone();
-            let n = rows.len() as u64;
+        while let Some(plan) = self.ledger.next() {
+            let id = plan.job.id;
+            let n = plan.job.rows() as u64;
+            // Owned for the blocking task; the rows are shared, not copied.
+            let ids: Vec<ChunkId> = plan
+                .job
+                .chunks
+                .iter()
+                .map(|c| ChunkId {
+                    token: c.token.clone(),
+                    agent: None,
+                    seqs: Vec::new(),
+                    day: c.day,
+                })
+                .collect();
+            let rows: Vec<Arc<[FlowRow]>> = plan
+                .job
+                .chunks
+                .iter()
+                .map(|c| Arc::clone(&c.rows))
+                .collect();
+            let intents = plan.intents;
+            let marks = plan.marks;
+            let written_marks: Vec<(String, u64)> =
+                marks.iter().map(|m| (m.agent.clone(), m.seq)).collect();
             let store = Arc::clone(&self.store);
             let t0 = Instant::now();
-            let res = tokio::task::spawn_blocking(move || match store.lock() {
-                Ok(mut s) => s.write_marked(&rows, &marks).map_err(|e| e.to_string()),
-                Err(_) => Err("store lock poisoned".to_string()),
+            let res = tokio::task::spawn_blocking(move || {
+                let chunks: Vec<ChunkWrite<'_>> = ids
+                    .iter()
+                    .zip(&rows)
+                    .map(|(id, rows)| ChunkWrite { id, rows })
+                    .collect();
+                let job = JobWrite {
+                    intents: &intents,
+                    chunks: &chunks,
+                    marks: &marks,
+                };
+                // A write that panicked poisons the lock; its transaction was rolled back
+                // (SQLite) or its chunks are retried under their tokens (ClickHouse), so
+                // the store is fit for the retry: a poisoned lock must not stop writing.
+                let mut s = store
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.write_job(&job).map_err(|e| e.to_string())
             })
             .await
             .unwrap_or_else(|e| Err(format!("store writer task failed: {e}")));
             p.store_ns
                 .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+            if res.is_ok() {
+                // A fault test kills the process here: durable, not acknowledged.
+                let _ = podflow_store::failpoint::hit("driver-after-write");
+            }
             match res {
                 Ok(()) => {
                     p.store_rows.fetch_add(n, Relaxed);
@@ -466,6 +559,10 @@ impl<S: FlowStore + 'static> Driver<S> {
         }
         p.store_pending
             .store(self.ledger.pending_rows() as u64, Relaxed);
+        let srv = &self.registry.server;
+        srv.chunks_held
+            .store(self.ledger.held_chunks() as u64, Relaxed);
+        srv.recut_late.store(self.ledger.recut_late(), Relaxed);
     }
 
     async fn expire(&self, before: i64) {

@@ -23,6 +23,12 @@ pub enum StoreError {
         /// The value found.
         value: String,
     },
+    /// A failpoint asked for an error (fault tests only: `failpoint`).
+    #[error("failpoint {place}: injected error")]
+    Injected {
+        /// The failpoint.
+        place: &'static str,
+    },
     /// The ClickHouse backend failed (the message names the URL and table).
     #[error(transparent)]
     ClickHouse(#[from] ClickHouseError),

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use podflow_model::{FlowKey, FlowLabels, FlowRow, FlowTotals};
+use podflow_model::{AgentMark, ChunkId, FlowKey, FlowLabels, FlowRow, FlowTotals};
 use serde::Serialize;
 
 use crate::error::StoreError;
@@ -39,28 +39,54 @@ pub struct FlowSummary {
     pub last: i64,
 }
 
+/// One chunk of a job: rows from exactly the batches its id names, written under its
+/// token.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkWrite<'a> {
+    /// Token, agent, batches, day.
+    pub id: &'a ChunkId,
+    /// The rows.
+    pub rows: &'a [FlowRow],
+}
+
+/// Everything one job writes: the agents' intents (before the rows), the chunks, and the
+/// agents' marks (after the rows). A store with transactions writes the rows and marks
+/// in one and ignores the intents; ClickHouse writes them in this order, so a crash
+/// between the rows and the marks is covered by the chunks' tokens (docs/reliability.md).
+#[derive(Clone, Copy, Debug)]
+pub struct JobWrite<'a> {
+    /// Per agent with chunks in the job: its mark now and the chunks that may be in the
+    /// store above it.
+    pub intents: &'a [AgentMark],
+    /// The rows, per chunk.
+    pub chunks: &'a [ChunkWrite<'a>],
+    /// Per agent: its mark once the rows are durable, its node and last-seen time.
+    pub marks: &'a [AgentMark],
+}
+
+impl JobWrite<'_> {
+    /// Every row of every chunk.
+    pub fn rows(&self) -> impl Iterator<Item = &FlowRow> + Clone {
+        self.chunks.iter().flat_map(|c| c.rows.iter())
+    }
+}
+
 /// A flow store.
 pub trait FlowStore: Send {
     /// Adds rows (rows with the same interval and key are summed).
     fn write(&mut self, rows: &[FlowRow]) -> Result<(), StoreError>;
     /// Totals per observer and key over a time range.
     fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError>;
-    /// Deletes rows whose interval started before `before` (Unix seconds); returns how many.
+    /// Applies the server's retention: deletes rows whose interval started before
+    /// `before` (Unix seconds) and returns how many; a store with a retention of its own
+    /// (ClickHouse: the table's TTL) keeps its rows and returns 0.
     fn expire(&mut self, before: i64) -> Result<u64, StoreError>;
-    /// Adds rows and, atomically with them where the backend can, records the highest
-    /// batch sequence number made durable per agent (for exactly-once delivery).
-    fn write_marked(
-        &mut self,
-        rows: &[FlowRow],
-        marks: &[(String, u64)],
-    ) -> Result<(), StoreError> {
-        let _ = marks;
-        self.write(rows)
-    }
+    /// Writes a job: its chunks' rows and the agents' marks, so that writing the same job
+    /// again (a retry, or its chunks re-cut after a restart) counts every row once.
+    fn write_job(&mut self, job: &JobWrite<'_>) -> Result<(), StoreError>;
     /// Flows grouped by dimensions (see [`query`]).
     fn group(&self, q: &query::GroupQuery) -> Result<Vec<query::GroupRow>, StoreError>;
-    /// The marks recorded by [`FlowStore::write_marked`].
-    fn marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        Ok(Vec::new())
-    }
+    /// Every agent's mark as the last job left it (with its pending chunks where the
+    /// store keeps intents).
+    fn agents(&self) -> Result<Vec<AgentMark>, StoreError>;
 }

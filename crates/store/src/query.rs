@@ -149,6 +149,6 @@ pub struct GroupRow {
 impl GroupRow {
     /// Bytes both ways.
     pub fn bytes(&self) -> u64 {
-        self.bytes_src_to_dst + self.bytes_dst_to_src
+        self.bytes_src_to_dst.saturating_add(self.bytes_dst_to_src)
     }
 }

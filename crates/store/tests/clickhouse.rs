@@ -635,13 +635,19 @@ fn opening_twice_migrates_idempotently_and_adds_missing_columns() {
 }
 
 #[test]
-fn expire_deletes_old_intervals() {
+fn retention_is_the_tables_ttl_and_deletes_happen_on_request() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some((_dir, front)) = setup() else { return };
     let mut ch = ClickHouseStore::open(config(&front.url())).expect("open");
     let rows = sample_rows(t0());
     ch.write(&rows).expect("write");
-    assert_eq!(ch.expire(t0() + 60).expect("expire"), 5);
+    // The server's retention deletes nothing here: the table's TTL governs.
+    assert_eq!(ch.expire(i64::MAX).expect("expire"), 0);
+    assert_eq!(
+        total(&ch.flows(&all(0, i64::MAX)).expect("flows")),
+        sum_rows(&rows)
+    );
+    assert_eq!(ch.delete_before(t0() + 60).expect("delete"), 5);
     let left = ch.flows(&all(0, i64::MAX)).expect("flows");
     let kept: Vec<_> = rows
         .iter()
@@ -650,7 +656,7 @@ fn expire_deletes_old_intervals() {
         .collect();
     assert_eq!(total(&left), sum_rows(&kept));
     assert!(left.iter().all(|s| s.first == t0() + 60));
-    assert_eq!(ch.expire(t0() + 60).expect("expire again"), 0);
+    assert_eq!(ch.delete_before(t0() + 60).expect("delete again"), 0);
 }
 
 #[test]
@@ -706,7 +712,8 @@ fn credentials_come_from_a_password_file() {
 #[test]
 fn ddl_uses_on_cluster_and_replicated_engine_when_configured() {
     let plain = create_statements(&ClickHouseConfig::default());
-    assert_eq!(plain.len(), 2);
+    assert_eq!(plain.len(), 3);
+    assert!(plain[2].contains("ENGINE = ReplacingMergeTree(version)"));
     assert!(
         plain[1].contains("ENGINE = SummingMergeTree(("),
         "{}",
@@ -1167,6 +1174,251 @@ fn grouped_queries_equal_the_sqlite_store() {
             for r in &c {
                 let f = both(&group_query(from, to, view, &[], &[(d, &r.key[0])], 10));
                 assert_eq!(f[0].bytes(), r.bytes(), "{d}={:?}", r.key[0]);
+            }
+        }
+    }
+}
+
+/// ClickHouse exactly-once on the real engine: the real ledger and aggregator
+/// (`podflow-pipeline`) cut one agent's batches into chunks (batches that come live, one
+/// interval each, are a part each; two rows per chunk: several INSERTs per job; replayed
+/// after a restart, the same batches would make one part, so only the re-cut from the
+/// intents gives them their tokens back) and the store writes them while the test
+/// front fails inserts or loses their answers (`/__faults`); the server's memory is lost
+/// (a restart) at chosen points. Batch s carries 2^s bytes: the stored total says which
+/// batches were counted and how often.
+mod exactly_once {
+    use std::collections::BTreeSet;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use podflow_model::{ChunkId, Counters, Oriented};
+    use podflow_pipeline::Aggregator;
+    use podflow_pipeline::ledger::{BatchId, Ledger, Offer};
+    use podflow_store::{ChunkWrite, JobWrite};
+
+    use super::*;
+
+    const BATCHES: u64 = 6;
+
+    /// Arms faults in the front; returns its count of faults injected so far.
+    fn faults(front: &Front, query: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", front.port)).expect("connect to the front");
+        write!(
+            s,
+            "GET /__faults?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out.split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// What a server holds in memory (a restart loses it).
+    struct Server {
+        ledger: Ledger<u64>,
+        agg: Aggregator,
+    }
+
+    fn start(store: &ClickHouseStore) -> Server {
+        Server {
+            ledger: Ledger::new(10, 1_000_000, store.agents().expect("marks"), 7)
+                .with_limits(podflow_pipeline::ledger::MAX_PART_WEIGHT, 2),
+            agg: Aggregator::new(10, 10_000),
+        }
+    }
+
+    /// Offers batch `seq` (observed at t0 + 10 seq) at `now` (`None`: as it is observed).
+    fn offer(srv: &mut Server, unacked: &mut BTreeSet<u64>, seq: u64, now: Option<i64>) {
+        let at = t0() + 10 * seq as i64;
+        let id = BatchId {
+            agent: Arc::from("agent-a"),
+            seq,
+        };
+        match srv
+            .ledger
+            .offer(id, "node-a", at, now.unwrap_or(at), 1, seq)
+        {
+            Offer::Count { at, chunk } => {
+                let o = Oriented {
+                    local: v4(10, 0, 0, 1),
+                    remote: v4(10, 1, 0, seq as u8),
+                    responder_port: 80,
+                    local_initiated: true,
+                    service: None,
+                    out: Counters {
+                        bytes: 1 << seq,
+                        packets: 1,
+                    },
+                    inbound: Counters::default(),
+                };
+                assert!(srv.agg.record_counted_in(
+                    chunk,
+                    &Arc::from("node-a"),
+                    Protocol::TCP,
+                    &o,
+                    at,
+                    FlowLabels::default,
+                    0.0,
+                    (1, 0),
+                ));
+            }
+            Offer::Duplicate(s) => {
+                unacked.remove(&s);
+            }
+            Offer::InFlight | Offer::Busy(_) => {}
+        }
+    }
+
+    fn seal(srv: &mut Server, upto: i64) {
+        let agg = &mut srv.agg;
+        srv.ledger.seal(upto, |chunks| agg.take(upto, chunks));
+    }
+
+    fn stored(store: &ClickHouseStore) -> u64 {
+        total(&store.flows(&all(0, i64::MAX)).expect("flows")).bytes_out
+    }
+
+    /// Writes the jobs in order, as the driver does; acks are checked against the store.
+    fn write(srv: &mut Server, store: &mut ClickHouseStore, unacked: &mut BTreeSet<u64>) -> bool {
+        while let Some(plan) = srv.ledger.next() {
+            let id = plan.job.id;
+            let ids: Vec<ChunkId> = plan
+                .job
+                .chunks
+                .iter()
+                .map(|c| ChunkId {
+                    token: c.token.clone(),
+                    agent: None,
+                    seqs: Vec::new(),
+                    day: c.day,
+                })
+                .collect();
+            let chunks: Vec<ChunkWrite<'_>> = ids
+                .iter()
+                .zip(&plan.job.chunks)
+                .map(|(id, c)| ChunkWrite { id, rows: &c.rows })
+                .collect();
+            let res = store.write_job(&JobWrite {
+                intents: &plan.intents,
+                chunks: &chunks,
+                marks: &plan.marks,
+            });
+            if res.is_err() {
+                srv.ledger.failed(id);
+                return false;
+            }
+            let have = stored(store);
+            for (_, seq) in srv.ledger.written(id) {
+                assert_eq!(have & (1 << seq), 1 << seq, "batch {seq} acked, not stored");
+                unacked.remove(&seq);
+            }
+        }
+        true
+    }
+
+    fn all_bytes() -> u64 {
+        (1..=BATCHES).map(|s| 1u64 << s).sum()
+    }
+
+    /// One run on table `table`: the agent sends its batches, the job's `k`-th INSERT
+    /// (0: the intents; then the chunks; last: the marks) fails (`lose`: it lands and its
+    /// answer is lost), then the same job is written again, by the same server or, with
+    /// `restart`, by a new one the agent replays its unacked batches to.
+    fn run(front: &Front, table: &str, k: usize, lose: bool, restart: bool) {
+        let cfg = ClickHouseConfig {
+            table: table.into(),
+            max_retries: 0,
+            ..config(&front.url())
+        };
+        let mut store = ClickHouseStore::open(cfg.clone()).expect("open");
+        let mut srv = start(&store);
+        let mut unacked: BTreeSet<u64> = (1..=BATCHES).collect();
+        for s in 1..=BATCHES {
+            offer(&mut srv, &mut unacked, s, None);
+        }
+        seal(&mut srv, t0() + 100);
+        let inserts = 2 + srv.ledger.next().expect("a job").job.chunks.len();
+        assert_eq!(inserts, 5, "intents, three chunks, marks");
+        let kind = if lose { "lose_replies" } else { "fail_inserts" };
+        faults(front, &format!("{kind}=1&after={k}&table="));
+        let what = format!("insert {k} {kind}, restart {restart}");
+        assert!(!write(&mut srv, &mut store, &mut unacked), "{what}: fails");
+        assert_eq!(unacked.len() as u64, BATCHES, "{what}: nothing acked");
+        if restart {
+            drop(srv);
+            drop(store);
+            store = ClickHouseStore::open(cfg).expect("reopen");
+            srv = start(&store);
+            for s in unacked.clone() {
+                offer(&mut srv, &mut unacked, s, Some(t0() + 200));
+            }
+            seal(&mut srv, t0() + 200);
+        }
+        assert!(
+            write(&mut srv, &mut store, &mut unacked),
+            "{what}: the retry"
+        );
+        assert_eq!(stored(&store), all_bytes(), "{what}: each batch once");
+        assert!(unacked.is_empty(), "{what}: all acked");
+        let marks: Vec<(String, u64, String)> = store
+            .agents()
+            .expect("marks")
+            .into_iter()
+            .map(|m| (m.agent, m.seq, m.node))
+            .collect();
+        assert_eq!(
+            marks,
+            vec![("agent-a".into(), BATCHES, "node-a".into())],
+            "{what}"
+        );
+    }
+
+    #[test]
+    fn an_insert_whose_answer_is_lost_is_retried_and_counts_once() {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((_dir, front)) = setup() else { return };
+        let mut store = ClickHouseStore::open(config(&front.url())).expect("open");
+        let mut srv = start(&store);
+        let mut unacked: BTreeSet<u64> = (1..=BATCHES).collect();
+        for s in 1..=BATCHES {
+            offer(&mut srv, &mut unacked, s, None);
+        }
+        seal(&mut srv, t0() + 100);
+        // The second chunk lands, its answer is lost: the store's own retry sends it
+        // again under the same token.
+        faults(&front, "lose_replies=1&after=1&table=network_flows_0");
+        assert!(write(&mut srv, &mut store, &mut unacked));
+        assert_eq!(faults(&front, ""), "failed=0 lost=1");
+        assert_eq!(stored(&store), all_bytes());
+        assert!(unacked.is_empty());
+    }
+
+    #[test]
+    fn a_job_failing_at_any_insert_is_written_again_and_counts_once() {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((_dir, front)) = setup() else { return };
+        for k in 0..5 {
+            for lose in [false, true] {
+                run(&front, &format!("f_{k}_{lose}"), k, lose, false);
+            }
+        }
+        assert_eq!(faults(&front, ""), "failed=5 lost=5");
+    }
+
+    #[test]
+    fn a_server_restarted_between_the_rows_and_the_marks_counts_once() {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((_dir, front)) = setup() else { return };
+        // Killed after the intents, after some chunks, after all of them (before the
+        // marks), and with the marks written but not answered.
+        for k in 0..5 {
+            for lose in [false, true] {
+                run(&front, &format!("r_{k}_{lose}"), k, lose, true);
             }
         }
     }

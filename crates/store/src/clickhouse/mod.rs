@@ -15,12 +15,15 @@
 use std::fmt;
 use std::time::Duration;
 
-use ::clickhouse::Client;
-use podflow_model::FlowRow;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use self::row::{ChRow, GroupedRow, SummaryRow, datetime_bound};
+use ::clickhouse::Client;
+use podflow_model::{AgentMark, FlowRow};
+
+use self::row::{ChRow, GroupedRow, MarkRead, MarkRow, SummaryRow, datetime_bound};
 use crate::error::StoreError;
-use crate::flow_store::{FlowQuery, FlowStore, FlowSummary};
+use crate::failpoint;
+use crate::flow_store::{FlowQuery, FlowStore, FlowSummary, JobWrite};
 use crate::query::{GroupQuery, GroupRow};
 
 mod config;
@@ -57,6 +60,8 @@ pub struct ClickHouseStore {
     /// When set, no request (retries included) runs past it: a reader's request time
     /// limit ([`ClickHouseStore::set_deadline`]).
     deadline: Option<std::time::Instant>,
+    /// The version of the last mark row written (marks rows only go up).
+    mark_version: AtomicU64,
 }
 
 impl Drop for ClickHouseStore {
@@ -104,6 +109,7 @@ impl ClickHouseStore {
             name,
             flows_sql,
             deadline: None,
+            mark_version: AtomicU64::new(0),
         };
         store.migrate()?;
         Ok(store)
@@ -124,6 +130,7 @@ impl ClickHouseStore {
             name: self.name.clone(),
             flows_sql: self.flows_sql.clone(),
             deadline: None,
+            mark_version: AtomicU64::new(0),
         })
     }
 
@@ -249,9 +256,98 @@ impl ClickHouseStore {
             ins.end().await
         })
     }
+
+    /// The next version of a marks row: above every one written (by this process, or
+    /// read by [`FlowStore::agents`]), the clock's nanoseconds when it is ahead.
+    fn next_version(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut v = 0;
+        let _ = self
+            .mark_version
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                v = now.max(last.saturating_add(1));
+                Some(v)
+            });
+        v
+    }
+
+    /// Inserts marks rows (intents or marks) as one INSERT, all under one new version.
+    fn insert_marks(&self, op: &'static str, marks: &[AgentMark]) -> Result<(), StoreError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let version = self.next_version();
+        let rows: Vec<MarkRow> = marks
+            .iter()
+            .map(|m| MarkRow {
+                agent: m.agent.clone(),
+                seq: m.seq,
+                node: m.node.clone(),
+                last_seen: m.last_seen,
+                pending: crate::marks::encode(&m.pending),
+                version,
+            })
+            .collect();
+        let table = schema::marks_table(&self.cfg.table);
+        let timeout = Some(Duration::from_secs(self.cfg.timeout_s.max(1)));
+        self.retrying(op, || async {
+            let mut ins = self
+                .client
+                .insert::<MarkRow>(&table)
+                .await?
+                .with_timeouts(timeout, timeout);
+            for r in &rows {
+                ins.write(r).await?;
+            }
+            ins.end().await
+        })
+    }
 }
 
 impl FlowStore for ClickHouseStore {
+    /// Intents, then each chunk under its token, then the marks (docs/reliability.md,
+    /// "Exactly once"): written again after any failure, each chunk that landed is
+    /// dropped by ClickHouse's deduplication and the marks end the same.
+    fn write_job(&mut self, job: &JobWrite<'_>) -> Result<(), StoreError> {
+        self.insert_marks("write intents", job.intents)?;
+        failpoint::check("clickhouse-after-intents")?;
+        for c in job.chunks {
+            self.insert_chunk(c.rows, &c.id.token)?;
+            failpoint::check("clickhouse-after-chunk")?;
+        }
+        failpoint::check("clickhouse-after-rows")?;
+        self.insert_marks("write marks", job.marks)?;
+        failpoint::check("clickhouse-after-marks")
+    }
+
+    /// The latest marks row of every agent.
+    fn agents(&self) -> Result<Vec<AgentMark>, StoreError> {
+        let sql = sql::marks_sql(&self.cfg.database, &schema::marks_table(&self.cfg.table));
+        let rows: Vec<MarkRead> = self.retrying("read marks", || {
+            self.client.query(&sql).fetch_all::<MarkRead>()
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            self.mark_version.fetch_max(r.m_version, Ordering::Relaxed);
+            let Some(pending) = crate::marks::decode(&r.agent, &r.m_pending) else {
+                return Err(self.invalid(format!(
+                    "agent {}'s mark has unreadable pending chunks: {:?}",
+                    r.agent, r.m_pending
+                )));
+            };
+            out.push(AgentMark {
+                agent: r.agent,
+                seq: r.m_seq,
+                node: r.m_node,
+                last_seen: r.m_last_seen,
+                pending,
+            });
+        }
+        Ok(out)
+    }
+
     /// Inserts with a token derived from each chunk's content: writing byte-identical
     /// chunks twice within the deduplication window counts them once (by design: that is
     /// what a retry looks like).
@@ -307,9 +403,22 @@ impl FlowStore for ClickHouseStore {
         Ok(out)
     }
 
-    /// Deletes with a lightweight DELETE (the TTL normally does this by whole days);
-    /// returns the number of flow rows (`out` rows, before merges) it removed.
+    /// Retention on ClickHouse is the table's TTL (`ttl_days`; 0 keeps rows forever):
+    /// the server's retention, made for the embedded store, deletes nothing here, so it
+    /// cannot cut a history the TTL keeps (docs/reliability.md, "Retention"). Returns 0;
+    /// [`ClickHouseStore::delete_before`] deletes on request.
     fn expire(&mut self, before: i64) -> Result<u64, StoreError> {
+        tracing::debug!(table = %self.name, before, ttl_days = self.cfg.ttl_days,
+            "retention on ClickHouse is the table's TTL: nothing deleted");
+        Ok(0)
+    }
+}
+
+impl ClickHouseStore {
+    /// Deletes the rows that started before `before` with a lightweight DELETE (the TTL
+    /// normally does this by whole days); returns the number of flow rows (`out` rows,
+    /// before merges) it removed.
+    pub fn delete_before(&mut self, before: i64) -> Result<u64, StoreError> {
         let before = datetime_bound(before);
         let count = sql::count_expired(&self.cfg.database, &self.cfg.table);
         let n: u64 = self.retrying("count expired rows", || {

@@ -15,6 +15,28 @@ use crate::columns::{self, LABELS};
 use crate::flow_store::FlowSummary;
 use crate::query::GroupRow;
 
+/// A row of the marks table as inserted (`schema::marks_table`).
+#[derive(Row, Serialize)]
+pub(super) struct MarkRow {
+    pub(super) agent: String,
+    pub(super) seq: u64,
+    pub(super) node: String,
+    pub(super) last_seen: i64,
+    pub(super) pending: String,
+    pub(super) version: u64,
+}
+
+/// An agent's latest marks row as `sql::marks_sql` reads it.
+#[derive(Row, Deserialize)]
+pub(super) struct MarkRead {
+    pub(super) agent: String,
+    pub(super) m_seq: u64,
+    pub(super) m_node: String,
+    pub(super) m_last_seen: i64,
+    pub(super) m_pending: String,
+    pub(super) m_version: u64,
+}
+
 /// One ClickHouse row as inserted; field names are the column names. Its label fields
 /// are listed by hand, not from [`LABELS`]: the `Row` derive needs a field per column,
 /// named as the table (kubenetmon's names, see `schema::label_column`); the chdb tests

@@ -187,6 +187,12 @@ pub fn create_statements(cfg: &ClickHouseConfig) -> Vec<String> {
     } else {
         String::new()
     };
+    let marks_engine = if cfg.cluster.is_some() {
+        "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', \
+         '{replica}', version)"
+    } else {
+        "ReplacingMergeTree(version)"
+    };
     vec![
         format!("CREATE DATABASE IF NOT EXISTS `{db}`{oc}"),
         format!(
@@ -194,8 +200,27 @@ pub fn create_statements(cfg: &ClickHouseConfig) -> Vec<String> {
              PARTITION BY date\nORDER BY ({ORDER_BY})\n{ttl}\
              SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1{dedup}"
         ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS `{db}`.`{}`{oc}\n(\n{MARKS_COLUMNS}\n)\n\
+             ENGINE = {marks_engine}\nORDER BY agent",
+            marks_table(t)
+        ),
     ]
 }
+
+/// The agents' marks beside the flows: the latest row per agent (highest `version`)
+/// is its mark; `pending` lists the chunks above the mark that may be in the flows
+/// table (docs/reliability.md, "Exactly once").
+pub(super) fn marks_table(table: &str) -> String {
+    format!("{table}_marks")
+}
+
+const MARKS_COLUMNS: &str = "    `agent` String,
+    `seq` UInt64,
+    `node` String,
+    `last_seen` Int64,
+    `pending` String,
+    `version` UInt64";
 
 /// The statements that add the columns a table with the columns `have` lacks, each
 /// with the column's name.

@@ -38,6 +38,16 @@ pub(super) fn flows_sql(db: &str, table: &str) -> String {
     )
 }
 
+/// Every agent's latest marks row (aliases apart from the column names, which they
+/// would shadow inside `argMax`).
+pub(super) fn marks_sql(db: &str, table: &str) -> String {
+    format!(
+        "SELECT agent, argMax(seq, version) AS m_seq, argMax(node, version) AS m_node, \
+         argMax(last_seen, version) AS m_last_seen, argMax(pending, version) AS m_pending, \
+         max(version) AS m_version FROM `{db}`.`{table}` GROUP BY agent ORDER BY agent"
+    )
+}
+
 /// An address column as text, as the embedded store writes it: IPv4 (stored mapped) as a
 /// dotted quad, IPv6 in RFC 5952 form.
 fn ip_text(column: &str) -> String {

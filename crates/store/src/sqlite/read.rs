@@ -14,21 +14,6 @@ use crate::flow_store::{FlowQuery, FlowSummary};
 use crate::query::{GroupQuery, GroupRow};
 
 impl SqliteStore {
-    /// Every agent's mark.
-    pub(super) fn read_marks(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached(sql::MARKS)
-            .map_err(sqlite_err(&self.path, "read marks"))?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
-            })
-            .map_err(sqlite_err(&self.path, "read marks"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(sqlite_err(&self.path, "read marks"))
-    }
-
     /// Totals per observer and key over a time range, largest first.
     pub(super) fn read_flows(&self, q: &FlowQuery) -> Result<Vec<FlowSummary>, StoreError> {
         let mut st = self
@@ -48,17 +33,16 @@ impl SqliteStore {
                     r.get::<_, bool>(5)?,
                     r.get::<_, String>(6)?,
                     r.get::<_, u16>(7)?,
-                    [
-                        r.get::<_, i64>(c)?,
-                        r.get::<_, i64>(c + 1)?,
-                        r.get::<_, i64>(c + 2)?,
-                        r.get::<_, i64>(c + 3)?,
-                        r.get::<_, i64>(c + 4)?,
-                        r.get::<_, i64>(c + 5)?,
-                    ],
-                    r.get::<_, i64>(c + 6)?,
-                    r.get::<_, i64>(c + 7)?,
-                    r.get::<_, f64>(c + 8)?,
+                    {
+                        let mut n = [0u64; 6];
+                        for (i, v) in n.iter_mut().enumerate() {
+                            *v = sql::join_sum(r.get(c + 2 * i)?, r.get(c + 2 * i + 1)?);
+                        }
+                        n
+                    },
+                    r.get::<_, i64>(c + 12)?,
+                    r.get::<_, i64>(c + 13)?,
+                    r.get::<_, f64>(c + 14)?,
                     (l..l + LABELS.len())
                         .map(|i| r.get::<_, String>(i))
                         .collect::<Result<Vec<_>, _>>()?,
@@ -91,7 +75,6 @@ impl SqliteStore {
             } else {
                 Some((self.ip("service_addr", sa)?, sp))
             };
-            let n = n.map(|v| v.max(0) as u64);
             out.push(FlowSummary {
                 observer,
                 key: FlowKey {
@@ -162,9 +145,9 @@ impl SqliteStore {
                 let key = (0..n)
                     .map(|i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default))
                     .collect::<Result<Vec<_>, _>>()?;
-                let u = |i: usize| {
-                    r.get::<_, Option<i64>>(n + i)
-                        .map(|v| v.unwrap_or(0).max(0) as u64)
+                // Each integer sum is two columns (see `sql::split_sum`), then the cost.
+                let u = |i: usize| -> rusqlite::Result<u64> {
+                    Ok(sql::join_sum(r.get(n + 2 * i)?, r.get(n + 2 * i + 1)?))
                 };
                 Ok(GroupRow {
                     key,
@@ -174,7 +157,7 @@ impl SqliteStore {
                     packets_dst_to_src: u(3)?,
                     connections: u(4)?,
                     closed: u(5)?,
-                    cost_usd: r.get::<_, Option<f64>>(n + 6)?.unwrap_or(0.0),
+                    cost_usd: r.get::<_, Option<f64>>(n + 12)?.unwrap_or(0.0),
                 })
             })
             .map_err(sqlite_err(&self.path, "grouped query"))?;

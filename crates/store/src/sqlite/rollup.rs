@@ -99,7 +99,7 @@ pub(super) struct Sums {
 impl Sums {
     fn add(&mut self, other: &Sums) {
         for (acc, v) in self.counts.iter_mut().zip(other.counts) {
-            *acc += v;
+            *acc = acc.saturating_add(v);
         }
         self.cost_usd += other.cost_usd;
     }
@@ -111,13 +111,15 @@ pub(super) type Key<'a> = (i64, bool, [&'a str; DIMS.len()]);
 /// Sums `rows` per rollup key of every level, as (table, sums): the finest level from
 /// the rows, each coarser one from the level below (a batch of rows shares few
 /// workload pairs, so the coarser passes are short).
-pub(super) fn aggregate_levels(rows: &[FlowRow]) -> Vec<(&'static str, HashMap<Key<'_>, Sums>)> {
-    let mut out: Vec<(&'static str, HashMap<Key<'_>, Sums>)> = Vec::new();
+pub(super) fn aggregate_levels<'a>(
+    rows: &[&'a FlowRow],
+) -> Vec<(&'static str, HashMap<Key<'a>, Sums>)> {
+    let mut out: Vec<(&'static str, HashMap<Key<'a>, Sums>)> = Vec::new();
     for &(table, width) in LEVELS.iter().rev() {
         let sums = match out.last() {
             None => aggregate(rows, width),
             Some((_, finer)) => {
-                let mut m: HashMap<Key<'_>, Sums> = HashMap::with_capacity(finer.len());
+                let mut m: HashMap<Key<'a>, Sums> = HashMap::with_capacity(finer.len());
                 for ((bucket, once, dims), s) in finer {
                     m.entry((bucket.div_euclid(width) * width, *once, *dims))
                         .or_default()
@@ -132,9 +134,9 @@ pub(super) fn aggregate_levels(rows: &[FlowRow]) -> Vec<(&'static str, HashMap<K
 }
 
 /// Sums `rows` per rollup key of bucket width `width`.
-fn aggregate(rows: &[FlowRow], width: i64) -> HashMap<Key<'_>, Sums> {
-    let mut out: HashMap<Key<'_>, Sums> = HashMap::new();
-    for r in rows {
+fn aggregate<'a>(rows: &[&'a FlowRow], width: i64) -> HashMap<Key<'a>, Sums> {
+    let mut out: HashMap<Key<'a>, Sums> = HashMap::new();
+    for &r in rows {
         let l = &r.labels;
         let init = r.key.local_initiated;
         let (s, d) = if init {
@@ -211,17 +213,27 @@ fn plan(
 /// that start before it are read from finer levels or `flows`, where retention has cut
 /// them, and an empty `flows` answers alone.
 pub(super) fn parts(q: &GroupQuery, oldest: Option<i64>) -> Vec<(Source, i64, i64)> {
+    let (from, to) = (clamp_time(q.from), clamp_time(q.to));
     let mut ranges = Vec::new();
     match oldest {
-        Some(oldest) if eligible(q) => plan(q.from, q.to, oldest, &LEVELS, &mut ranges),
+        Some(oldest) if eligible(q) => plan(from, to, clamp_time(oldest), &LEVELS, &mut ranges),
         // An empty `flows` (all expired) reads nothing from the rollups' last buckets.
-        _ => plan(q.from, q.to, i64::MAX, &[], &mut ranges),
+        _ => plan(from, to, i64::MAX, &[], &mut ranges),
     }
     if ranges.is_empty() {
         // An empty range: one part that matches nothing keeps the shape of the answer.
-        ranges.push((Source::Flows, q.from, q.from));
+        ranges.push((Source::Flows, from, from));
     }
     ranges
+}
+
+/// The earliest and latest times a query range is cut at (±2^40 s, some 35,000 years
+/// around 1970): every time a row can have lies inside, and the bucket arithmetic
+/// cannot overflow however far out a query's `from` and `to` are.
+const TIME_BOUND: i64 = 1 << 40;
+
+fn clamp_time(t: i64) -> i64 {
+    t.clamp(-TIME_BOUND, TIME_BOUND)
 }
 
 #[cfg(test)]

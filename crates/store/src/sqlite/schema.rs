@@ -3,14 +3,16 @@
 //!
 //! Version 1 is [`SCHEMA`]; version 2 added the attribution columns (ALTER TABLE, so
 //! every file, new or migrated, has the same columns in the same order); version 3 the
-//! rollups, filled from the rows already stored.
+//! rollups, filled from the rows already stored; version 4 the node, last-seen time and
+//! pending chunks of each agent's mark (whether a node runs an agent comes from them: the
+//! count-once view) and the tokens of the chunks written lately.
 
 use super::rollup::{self, DIMS, LEVELS, SUMS};
 use super::sql::{FLOW_SUMS, ONCE_FLOWS};
 use crate::columns::LABELS;
 
 /// Schema version stored in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// Version 1: the flows and the agents' marks.
 pub(super) const SCHEMA: &str = "
@@ -43,6 +45,48 @@ CREATE TABLE IF NOT EXISTS agent_marks (
 
 /// The names of the columns `flows` has.
 pub(super) const FLOWS_COLUMNS: &str = "SELECT name FROM pragma_table_info('flows')";
+
+/// The names of the columns `agent_marks` has.
+pub(super) const MARKS_COLUMNS: &str = "SELECT name FROM pragma_table_info('agent_marks')";
+
+/// Version 4: the statements that add the columns an `agent_marks` table with the
+/// columns `have` lacks (marks from before have no node and were never seen: an agent
+/// counts as observed again from its next batch).
+pub(super) fn add_mark_columns(have: &[String]) -> Vec<(&'static str, String)> {
+    let missing = |c: &str| !have.iter().any(|h| h == c);
+    let mut out = Vec::new();
+    if missing("node") {
+        out.push((
+            "migrate: add agent_marks.node",
+            "ALTER TABLE agent_marks ADD COLUMN node TEXT NOT NULL DEFAULT ''".into(),
+        ));
+    }
+    if missing("last_seen") {
+        out.push((
+            "migrate: add agent_marks.last_seen",
+            "ALTER TABLE agent_marks ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0".into(),
+        ));
+    }
+    if missing("pending") {
+        out.push((
+            "migrate: add agent_marks.pending",
+            "ALTER TABLE agent_marks ADD COLUMN pending TEXT NOT NULL DEFAULT ''".into(),
+        ));
+    }
+    out
+}
+
+/// Version 4: the tokens of the chunks written lately (the last [`CHUNKS_KEPT`]), so a
+/// chunk written again (a retry after a commit whose answer was lost, or a chunk re-cut
+/// after a restart) is skipped, as ClickHouse drops a block whose token it has seen.
+pub(super) const WRITTEN_CHUNKS: &str = "
+CREATE TABLE IF NOT EXISTS written_chunks (
+    token TEXT PRIMARY KEY,
+    written_at INTEGER NOT NULL
+);";
+
+/// How many chunk tokens `written_chunks` keeps.
+pub(super) const CHUNKS_KEPT: i64 = 100_000;
 
 /// How many of the rollup tables exist.
 pub(super) fn count_rollups() -> String {

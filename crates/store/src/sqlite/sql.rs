@@ -56,34 +56,45 @@ pub(super) static UPSERT: LazyLock<String> = LazyLock::new(|| {
 /// [`FLOW_KEY`] order).
 pub(super) const FLOWS_COUNTERS_AT: usize = FLOW_KEY.len();
 
-/// [`FLOWS`]' column of the first label (after the counters, the first and last
-/// interval and the cost); the others follow in [`LABELS`] order, then `remote_observed`.
-pub(super) const FLOWS_LABELS_AT: usize = FLOWS_COUNTERS_AT + COUNTERS.len() + 3;
+/// [`FLOWS`]' column of the first label (after the counters, two columns each: see
+/// [`split_sum`], the first and last interval and the cost); the others follow in
+/// [`LABELS`] order, then `remote_observed`.
+pub(super) const FLOWS_LABELS_AT: usize = FLOWS_COUNTERS_AT + 2 * COUNTERS.len() + 3;
 
 /// Totals per observer and key over `[?1, ?2)`, at most ?3 of them, largest first; labels
 /// by `MAX` over the key's rows.
 pub(super) static FLOWS: LazyLock<String> = LazyLock::new(|| {
     let key = FLOW_KEY.join(", ");
-    let sums: Vec<String> = COUNTERS.iter().map(|c| format!("SUM({c})")).collect();
+    let sums: Vec<String> = COUNTERS.iter().map(|c| split_sum(c)).collect();
     let labels: Vec<String> = LABELS.iter().map(|c| format!("MAX({})", c.name)).collect();
     format!(
         "SELECT {key}, {}, MIN(interval_start), MAX(interval_start + interval_s), \
          SUM(cost_usd), {}, MAX(remote_observed) \
          FROM flows WHERE interval_start >= ?1 AND interval_start < ?2 \
          GROUP BY {key} \
-         ORDER BY SUM(bytes_out) + SUM(bytes_in) DESC, SUM(conns_opened) DESC LIMIT ?3",
+         ORDER BY TOTAL(bytes_out) + TOTAL(bytes_in) DESC, TOTAL(conns_opened) DESC LIMIT ?3",
         sums.join(", "),
         labels.join(", "),
     )
 });
 
 /// An upsert into `table` of `cols` (parameters ?1.. in that order) that adds the
-/// `summed` columns to those of a row with the same key.
+/// `summed` columns to those of a row with the same key; integer sums saturate at
+/// `i64::MAX` (SQLite's `+` would turn to floating point past it).
 fn upsert(table: &str, cols: &[&str], summed: &[&str]) -> String {
     let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
     let adds: Vec<String> = summed
         .iter()
-        .map(|s| format!("{s} = {s} + excluded.{s}"))
+        .map(|s| {
+            if *s == "cost_usd" {
+                format!("{s} = {s} + excluded.{s}")
+            } else {
+                format!(
+                    "{s} = CASE WHEN {s} > {max} - excluded.{s} THEN {max} ELSE {s} + excluded.{s} END",
+                    max = i64::MAX
+                )
+            }
+        })
         .collect();
     format!(
         "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT DO UPDATE SET {}",
@@ -93,11 +104,39 @@ fn upsert(table: &str, cols: &[&str], summed: &[&str]) -> String {
     )
 }
 
-/// Records an agent's mark; a mark only goes up.
-pub(super) const MARK: &str = "INSERT INTO agent_marks VALUES (?1, ?2) ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq)";
+/// Records an agent's mark (?1 agent, ?2 seq, ?3 node, ?4 last seen, ?5 pending chunks);
+/// a mark and the last-seen time only go up, the pending chunks are the latest job's.
+pub(super) const MARK: &str = "INSERT INTO agent_marks (agent_id, seq, node, last_seen, pending) \
+    VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq), \
+    node = CASE WHEN excluded.node <> '' THEN excluded.node ELSE node END, \
+    last_seen = MAX(last_seen, excluded.last_seen), pending = excluded.pending";
 
-/// Every agent's mark.
-pub(super) const MARKS: &str = "SELECT agent_id, seq FROM agent_marks";
+/// Every agent's mark, node, last-seen time and pending chunks.
+pub(super) const MARKS: &str = "SELECT agent_id, seq, node, last_seen, pending FROM agent_marks";
+
+/// Records a chunk's token (?1, ?2 the time); changes no row when it was written before.
+pub(super) const CHUNK: &str =
+    "INSERT OR IGNORE INTO written_chunks (token, written_at) VALUES (?1, ?2)";
+
+/// Forgets the chunk tokens before the last ?1.
+pub(super) const PRUNE_CHUNKS: &str =
+    "DELETE FROM written_chunks WHERE rowid <= (SELECT MAX(rowid) FROM written_chunks) - ?1";
+
+/// An integer sum that cannot overflow whatever the rows: the high and the low 32 bits
+/// of each value (non-negative, at most `i64::MAX`) summed apart, as two columns; see
+/// [`join_sum`].
+fn split_sum(e: &str) -> String {
+    format!("SUM(({e}) >> 32), SUM(({e}) & 4294967295)")
+}
+
+/// The sum of [`split_sum`]'s two columns, saturating at `u64::MAX`.
+pub(super) fn join_sum(hi: Option<i64>, lo: Option<i64>) -> u64 {
+    let (hi, lo) = (
+        hi.unwrap_or(0).max(0) as u128,
+        lo.unwrap_or(0).max(0) as u128,
+    );
+    u64::try_from((hi << 32) + lo).unwrap_or(u64::MAX)
+}
 
 /// The oldest row left (the first key column: one index lookup).
 pub(super) const OLDEST: &str = "SELECT MIN(interval_start) FROM flows";
@@ -183,8 +222,15 @@ pub(super) fn group_sql(q: &GroupQuery, oldest: Option<i64>) -> (String, Vec<Str
             wh.join(" AND ")
         ));
     }
+    // Integer sums two columns each (they cannot overflow), the cost one.
     let mut select: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
-    select.extend((0..SUMS.len()).map(|i| format!("SUM(s{i})")));
+    select.extend((0..SUMS.len()).map(|i| {
+        if SUMS[i] == "cost_usd" {
+            format!("SUM(s{i})")
+        } else {
+            split_sum(&format!("s{i}"))
+        }
+    }));
     let mut sql = format!(
         "SELECT {} FROM ({})",
         select.join(", "),
@@ -196,7 +242,7 @@ pub(super) fn group_sql(q: &GroupQuery, oldest: Option<i64>) -> (String, Vec<Str
     }
     // Largest first; equal totals in key order, so the answer does not depend on
     // which table a part came from.
-    sql.push_str(" ORDER BY SUM(s0) + SUM(s1) DESC");
+    sql.push_str(" ORDER BY TOTAL(s0) + TOTAL(s1) DESC");
     for k in &keys {
         sql.push_str(&format!(", {k}"));
     }
@@ -222,14 +268,18 @@ mod tests {
         assert_eq!(cols[LABELS_PARAM - 1], "class");
         assert_eq!(cols[REMOTE_OBSERVED_PARAM - 1], "remote_observed");
         assert!(UPSERT.contains(&format!(", ?{REMOTE_OBSERVED_PARAM}) ON CONFLICT")));
-        assert!(UPSERT.ends_with("conns_closed = conns_closed + excluded.conns_closed"));
+        assert!(UPSERT.ends_with(
+            "conns_closed = CASE WHEN conns_closed > 9223372036854775807 - excluded.conns_closed \
+             THEN 9223372036854775807 ELSE conns_closed + excluded.conns_closed END"
+        ));
     }
 
     #[test]
     fn flows_selects_the_labels_where_the_reader_reads_them() {
         let select = FLOWS.split(" FROM ").next().expect("select");
         let cols: Vec<&str> = select.trim_start_matches("SELECT ").split(", ").collect();
-        assert_eq!(cols[FLOWS_COUNTERS_AT], "SUM(bytes_out)");
+        assert_eq!(cols[FLOWS_COUNTERS_AT], "SUM((bytes_out) >> 32)");
+        assert_eq!(cols[FLOWS_COUNTERS_AT + 1], "SUM((bytes_out) & 4294967295)");
         assert_eq!(cols[FLOWS_LABELS_AT - 1], "SUM(cost_usd)");
         assert_eq!(cols[FLOWS_LABELS_AT], "MAX(class)");
         assert_eq!(cols.len(), FLOWS_LABELS_AT + LABELS.len() + 1);

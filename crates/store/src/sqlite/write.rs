@@ -4,12 +4,13 @@
 
 use std::net::IpAddr;
 
-use podflow_model::{FlowLabels, FlowRow};
+use podflow_model::{AgentMark, FlowLabels, FlowRow};
 use rusqlite::params;
 
-use super::{SqliteStore, rollup, sql, sqlite_err};
+use super::{SqliteStore, rollup, schema, sql, sqlite_err};
 use crate::columns;
 use crate::error::StoreError;
+use crate::failpoint;
 
 fn u(v: u64) -> i64 {
     // SQLite integers are i64; a single interval's counter never reaches 2^63.
@@ -90,14 +91,14 @@ struct Keyed<'r> {
 /// `rows` in the table's primary-key order (interval, observer, proto, addresses as
 /// text, port, initiator, Service address). Only speed depends on the order being
 /// exact: the upsert is right in any order.
-fn in_key_order(rows: &[FlowRow]) -> Vec<Keyed<'_>> {
+fn in_key_order<'r>(rows: &[&'r FlowRow]) -> Vec<Keyed<'r>> {
     let mut observers: Vec<&str> = rows.iter().map(|r| r.observer.as_str()).collect();
     observers.sort_unstable();
     observers.dedup();
     let rank = |o: &str| observers.binary_search(&o).unwrap_or_default() as u64;
     let mut keyed: Vec<Keyed> = rows
         .iter()
-        .map(|r| Keyed {
+        .map(|&r| Keyed {
             row: r,
             labels: &r.labels,
             observer: rank(&r.observer),
@@ -191,15 +192,38 @@ fn bind_row(
 }
 
 impl SqliteStore {
-    /// Adds `rows` (summed into the rows of the same interval and key) and records
-    /// `marks`, in one transaction.
+    /// Adds the rows of `chunks` (summed into the rows of the same interval and key) and
+    /// records `marks`, in one transaction; a chunk with a token written before is
+    /// skipped (its rows are in already).
     pub(super) fn write_rows(
         &mut self,
-        rows: &[FlowRow],
-        marks: &[(String, u64)],
+        chunks: &[(Option<&str>, &[FlowRow])],
+        marks: &[AgentMark],
     ) -> Result<(), StoreError> {
         let err = |op| sqlite_err(&self.path, op);
         let tx = self.conn.transaction().map_err(err("begin"))?;
+        let mut rows: Vec<&FlowRow> = Vec::new();
+        if chunks.iter().any(|(t, _)| t.is_some()) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let mut st = tx
+                .prepare_cached(sql::CHUNK)
+                .map_err(err("prepare chunks"))?;
+            for (token, chunk) in chunks {
+                let new = match token {
+                    Some(t) => st.execute(params![t, now]).map_err(err("record a chunk"))? == 1,
+                    None => true,
+                };
+                if new {
+                    rows.extend(chunk.iter());
+                }
+            }
+            tx.execute(sql::PRUNE_CHUNKS, params![schema::CHUNKS_KEPT])
+                .map_err(err("forget old chunks"))?;
+        } else {
+            rows.extend(chunks.iter().flat_map(|(_, c)| c.iter()));
+        }
         {
             let mut st = tx
                 .prepare_cached(&sql::UPSERT)
@@ -207,7 +231,7 @@ impl SqliteStore {
             // In primary-key order: the rows of a new interval then append to the end of
             // the table's B-tree instead of landing on random pages (several times faster
             // with hundreds of thousands of keys per interval).
-            let keyed = in_key_order(rows);
+            let keyed = in_key_order(&rows);
             // SQLite keeps a statement's bindings across executions: bind only the
             // parameters that differ from the previous row's (most labels repeat).
             let mut prev: Option<&Keyed> = None;
@@ -216,7 +240,8 @@ impl SqliteStore {
                 st.raw_execute().map_err(err("upsert"))?;
                 prev = Some(k);
             }
-            for (table, level) in rollup::aggregate_levels(rows) {
+            failpoint::check("sqlite-after-rows")?;
+            for (table, level) in rollup::aggregate_levels(&rows) {
                 let mut st = tx
                     .prepare_cached(&sql::rollup_upsert(table))
                     .map_err(err("prepare rollup upsert"))?;
@@ -229,15 +254,19 @@ impl SqliteStore {
                     st.execute(p.as_slice()).map_err(err("rollup upsert"))?;
                 }
             }
+            failpoint::check("sqlite-after-rollups")?;
         }
         {
             let mut st = tx.prepare_cached(sql::MARK).map_err(err("prepare marks"))?;
-            for (agent, seq) in marks {
-                st.execute(params![agent, u(*seq)])
+            for m in marks {
+                let pending = crate::marks::encode(&m.pending);
+                st.execute(params![m.agent, u(m.seq), m.node, m.last_seen, pending])
                     .map_err(err("write mark"))?;
             }
         }
-        tx.commit().map_err(err("commit"))
+        failpoint::check("sqlite-after-marks")?;
+        tx.commit().map_err(err("commit"))?;
+        failpoint::check("sqlite-after-commit")
     }
 
     /// Deletes the rows, and the rollups' whole buckets, before `before`; returns how

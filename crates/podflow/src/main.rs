@@ -690,7 +690,8 @@ struct ServerArgs {
     #[arg(long, env = "PODFLOW_INTERVAL", default_value = "10s", value_parser = duration::parse)]
     interval: Duration,
 
-    /// How long stored rows are kept.
+    /// How long stored rows are kept in the embedded store (ClickHouse: its TTL,
+    /// --clickhouse-ttl-days).
     #[arg(long, env = "PODFLOW_RETENTION", default_value = "7d", value_parser = duration::parse)]
     retention: Duration,
 

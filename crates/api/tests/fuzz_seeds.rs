@@ -1,14 +1,10 @@
 //! Replays the params fuzz target's committed inputs (fuzz/seeds/params/).
 
-use std::path::PathBuf;
-
 #[test]
 fn query_string_seeds_parse_or_answer_a_message() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/params");
     let mut seen = 0;
-    for e in std::fs::read_dir(&dir).expect("seeds") {
-        let p = e.expect("entry").path();
-        let qs = std::fs::read_to_string(&p).expect("seed");
+    for (name, data) in podflow_testkit::fuzz_seeds(env!("CARGO_MANIFEST_DIR"), "params") {
+        let qs = String::from_utf8(data).unwrap_or_else(|_| panic!("{name}: not UTF-8"));
         if let Err(msg) = podflow_api::check_query_string(&qs) {
             assert!(!msg.is_empty());
         }

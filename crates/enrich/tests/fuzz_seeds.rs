@@ -1,26 +1,9 @@
 //! Replays the fuzz targets' committed inputs (fuzz/seeds/) through the same calls.
 
-use std::path::PathBuf;
-
 use podflow_enrich::{CloudRanges, EnrichConfig, PriceTable, Provider};
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/seeds")
-        .join(target);
-    let mut v: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("entry").path())
-        .map(|p| {
-            (
-                p.display().to_string(),
-                std::fs::read(&p).expect("read seed"),
-            )
-        })
-        .collect();
-    v.sort();
-    assert!(!v.is_empty(), "no inputs in {}", dir.display());
-    v
+    podflow_testkit::fuzz_seeds(env!("CARGO_MANIFEST_DIR"), target)
 }
 
 #[test]

@@ -1,18 +1,14 @@
 //! Replays the batch fuzz target's committed inputs (fuzz/seeds/batch/): decode, convert,
 //! round-trip, as the target does.
 
-use std::path::PathBuf;
-
 use podflow_proto::{At, ObservationBatch, ip_from, observation_from, observation_pb};
 use prost::Message;
 
 #[test]
 fn batch_seeds_decode_convert_and_round_trip() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/batch");
     let mut converted = 0;
     let mut refused = 0;
-    for e in std::fs::read_dir(&dir).expect("seeds") {
-        let data = std::fs::read(e.expect("entry").path()).expect("seed");
+    for (_, data) in podflow_testkit::fuzz_seeds(env!("CARGO_MANIFEST_DIR"), "batch") {
         let batch = ObservationBatch::decode(data.as_slice()).expect("the seeds are batches");
         for (index, p) in batch.observations.iter().enumerate() {
             let at = At {

@@ -505,3 +505,23 @@ pub fn clickhouse_front(data: &std::path::Path, port: u16) -> Option<ChildGuard>
     io::BufRead::read_line(&mut io::BufReader::new(out), &mut line).ok()?;
     line.starts_with("READY").then_some(child)
 }
+
+/// The committed inputs of fuzz target `target` (`<crate>/fuzz/seeds/<target>/`, crash
+/// inputs saved there included) as (path, bytes), sorted; panics when there are none.
+/// `crate_dir` is the calling crate's `env!("CARGO_MANIFEST_DIR")`.
+pub fn fuzz_seeds(crate_dir: &str, target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(crate_dir)
+        .join("fuzz/seeds")
+        .join(target);
+    let mut v: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("entry").path())
+        .map(|p| {
+            let data = std::fs::read(&p).expect("read seed");
+            (p.display().to_string(), data)
+        })
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no inputs in {}", dir.display());
+    v
+}

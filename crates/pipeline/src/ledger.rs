@@ -235,6 +235,25 @@ pub const MAX_CHUNK_ROWS: usize = 100_000;
 /// an agent gone for good does not hold the others' batches forever.
 pub const RECUT_PATIENCE_S: i64 = 600;
 
+/// The most agents the ledger keeps state and a durable mark for. Agents are never
+/// forgotten (their marks are what makes a replay a duplicate), so an id the ledger does
+/// not know yet is refused beyond this, whatever sends it: 5,000 nodes (Kubernetes' own
+/// limit) with two ids each fit.
+pub const MAX_AGENTS: usize = 10_000;
+
+/// The most agent ids one node may have: its agent, and `<node>/<suffix>` ids (the
+/// forwarders of NetFlow, a re-created data directory...).
+pub const MAX_AGENTS_PER_NODE: usize = 16;
+
+/// Why the ledger will not take a new agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TooMany {
+    /// It knows [`MAX_AGENTS`] agents (or the bound given) already.
+    Agents(usize),
+    /// The node has [`MAX_AGENTS_PER_NODE`] agent ids (or the bound given) already.
+    OnNode(usize),
+}
+
 /// Seconds in a day (ClickHouse partitions by `toDate(intervalStartTime)`, UTC).
 const DAY: i64 = 86_400;
 
@@ -821,6 +840,30 @@ impl<A> Ledger<A> {
         self.agents.len()
     }
 
+    /// Whether a batch of `agent` on `node` may be offered: a known agent always; a new
+    /// one while fewer than `max_total` agents, and fewer than `max_per_node` on its
+    /// node, are known. (Counting a node's agents scans them: it runs only for ids the
+    /// ledger does not know, so at most once per refused batch.)
+    pub fn admits(
+        &self,
+        agent: &str,
+        node: &str,
+        max_total: usize,
+        max_per_node: usize,
+    ) -> Result<(), TooMany> {
+        if self.agents.contains_key(agent) {
+            return Ok(());
+        }
+        if self.agents.len() >= max_total {
+            return Err(TooMany::Agents(self.agents.len()));
+        }
+        let on_node = self.agents.values().filter(|a| a.node == node).count();
+        if on_node >= max_per_node {
+            return Err(TooMany::OnNode(on_node));
+        }
+        Ok(())
+    }
+
     /// Every agent's node and the latest observation time of its batches.
     pub fn nodes(&self) -> impl Iterator<Item = (&str, i64)> {
         self.agents.values().map(|a| (a.node.as_str(), a.last_seen))
@@ -932,6 +975,20 @@ mod tests {
         assert_eq!(l.durable("a"), 1);
         assert_eq!(offer(&mut l, id("a", 1), 105, 4), Offer::Duplicate(4));
         assert_eq!(l.pending_rows(), 0);
+    }
+
+    #[test]
+    fn new_agents_are_refused_beyond_the_bounds_known_ones_never() {
+        let mut l: Ledger<()> = Ledger::new(10, 100, [], 7);
+        for (agent, node) in [("a", "n1"), ("a/nf", "n1"), ("b", "n2")] {
+            assert_eq!(l.admits(agent, node, 3, 2), Ok(()));
+            l.offer(id(agent, 1), node, 100, 100, 1, ());
+        }
+        assert_eq!(l.admits("a/x", "n1", 4, 2), Err(TooMany::OnNode(2)));
+        assert_eq!(l.admits("b/x", "n2", 4, 2), Ok(()), "n2 has one");
+        assert_eq!(l.admits("c", "n3", 3, 2), Err(TooMany::Agents(3)));
+        assert_eq!(l.admits("a", "n1", 3, 2), Ok(()), "a known agent always");
+        assert_eq!(l.admits("a/nf", "n1", 0, 0), Ok(()));
     }
 
     #[test]

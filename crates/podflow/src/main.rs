@@ -749,6 +749,11 @@ struct ServerArgs {
     #[arg(long, env = "PODFLOW_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
 
+    /// What one node's agents may send, MiB/s of encoded batches (bursts of 4 s of it);
+    /// beyond it their streams wait and they keep their batches. 0: no limit.
+    #[arg(long, env = "PODFLOW_AGENT_RATE_LIMIT", default_value_t = 32)]
+    agent_rate_limit: u64,
+
     /// Write to ClickHouse at this URL (http:// or https://) instead of the embedded
     /// store; the table is created or migrated at start (docs/clickhouse.md).
     #[arg(long, env = "PODFLOW_CLICKHOUSE_URL")]
@@ -899,6 +904,7 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         agent_auth,
         insecure_no_agent_auth: a.insecure_no_agent_auth,
         insecure_plaintext: a.insecure_plaintext,
+        agent_rate_limit_mib: a.agent_rate_limit,
         netflow_listen: a.netflow_listen,
         netflow_exporter_labels: a.netflow_exporter_labels,
         clickhouse: a.clickhouse_url.map(|url| podflow_store::ClickHouseConfig {

@@ -79,7 +79,9 @@ defs! {
     SRV_PROBE_ROWS = "podflow_server_probe_rows_total", "counter", "Probe rows (an interval of one probe kind between two nodes) written to the probe store, by outcome: written; refused (a row about another node than the agent's own, or malformed); dropped (the writer's queue was full or the write failed).", ["outcome"];
     SRV_CONNECTIONS = "podflow_server_agent_connections", "gauge", "Agent streams open now.", [];
     SRV_AUTH_INFO = "podflow_server_agent_auth_info", "gauge", "1, labelled with how agents authenticate (mode: kubernetes, tokens, mtls, shared-token, none) and whether their transport is encrypted (transport: tls, plaintext); none or plaintext on a non-loopback address only with an --insecure-* flag.", ["mode", "transport"];
-    SRV_REFUSED = "podflow_server_agent_refusals_total", "counter", "Agent streams or batches refused, by reason: unauthenticated (no, wrong or expired credentials), not_its_node (a batch, header or probe row for another node than the one the credentials name), seq_window (a sequence number beyond the window ahead of the agent's mark: it would silence the agent's later batches).", ["reason"];
+    SRV_REFUSED = "podflow_server_agent_refusals_total", "counter", "Agent streams or batches refused, by reason: unauthenticated (no, wrong or expired credentials), not_its_node (a batch, header or probe row for another node than the one the credentials name), seq_window (a sequence number beyond the window ahead of the agent's mark: it would silence the agent's later batches), too_many_agents (a new agent id beyond 10,000 agents in all or 16 on its node: every agent's mark is kept for good).", ["reason"];
+    SRV_RATE_WAITS = "podflow_server_agent_rate_limited_batches_total", "counter", "Agent batches that waited because their node sent more than --agent-rate-limit MiB/s (read later: the agent's stream stalls and it keeps its batches, nothing is lost).", [];
+    SRV_RATE_WAIT_S = "podflow_server_agent_rate_limited_seconds_total", "counter", "Time agents' streams waited for their node's rate limit, summed over streams.", [];
     SRV_ADDR_CLAIMS = "podflow_server_address_claims", "gauge", "Addresses agents report as their node's that the inventory does not confirm, by state: disputed (claimed by two nodes, or the inventory gives it another node: given to none), unconfirmed (the agent's node is in the inventory without it: ClusterIPs, CNI gateways, node-local DNS; the inventory wins).", ["state"];
     AG_SENT = "podflow_agent_batches_sent_total", "counter", "Batches sent to the server (replays included).", [];
     AG_ACKED = "podflow_agent_batches_acked_total", "counter", "Batches the server acknowledged as durable.", [];
@@ -302,6 +304,10 @@ pub struct ServerStats {
     pub auth: OnceLock<(&'static str, bool)>,
     /// Refusals, by [`Refusal`].
     refused: [AtomicU64; Refusal::ALL.len()],
+    /// Batches that waited for their node's rate limit.
+    pub rate_limited: AtomicU64,
+    /// Time streams waited for their node's rate limit, ns.
+    pub rate_limited_ns: AtomicU64,
     /// Address claims the inventory does not confirm: (disputed, unconfirmed).
     pub address_claims: (AtomicU64, AtomicU64),
     /// When each agent's last batch arrived, Unix seconds (at most [`MAX_AGENTS_SEEN`]).
@@ -317,14 +323,17 @@ pub enum Refusal {
     NotItsNode,
     /// A sequence number too far ahead of the agent's mark.
     SeqWindow,
+    /// A new agent id beyond the ledger's bounds (in all, or on its node).
+    TooManyAgents,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 3] = [
+    pub const ALL: [Refusal; 4] = [
         Refusal::Unauthenticated,
         Refusal::NotItsNode,
         Refusal::SeqWindow,
+        Refusal::TooManyAgents,
     ];
 
     /// The `reason` label value.
@@ -333,6 +342,7 @@ impl Refusal {
             Refusal::Unauthenticated => "unauthenticated",
             Refusal::NotItsNode => "not_its_node",
             Refusal::SeqWindow => "seq_window",
+            Refusal::TooManyAgents => "too_many_agents",
         }
     }
 }
@@ -578,6 +588,8 @@ impl Registry {
                 1,
             );
         }
+        one(out, &SRV_RATE_WAITS, g(&s.rate_limited));
+        one(out, &SRV_RATE_WAIT_S, g(&s.rate_limited_ns) as f64 / 1e9);
         header(out, &SRV_REFUSED);
         for why in Refusal::ALL {
             sample(

@@ -19,7 +19,7 @@ use podflow_enrich::Attributor;
 use podflow_inventory::SharedIndex;
 use podflow_model::{Attribution, ChunkId, FlowLabels, FlowRow, Observation, Oriented};
 use podflow_pipeline::Aggregator;
-use podflow_pipeline::ledger::{BatchId, Ledger, Offer};
+use podflow_pipeline::ledger::{BatchId, Ledger, MAX_AGENTS, MAX_AGENTS_PER_NODE, Offer, TooMany};
 use podflow_pipeline::prefold::Prefold;
 use podflow_role::netflow::by_observer;
 use podflow_role::{Registry, RoleError};
@@ -342,6 +342,13 @@ impl<S: FlowStore + 'static> Driver<S> {
             p.recycle(flows);
         }
         self.note_keys();
+    }
+
+    /// Whether a batch of `agent` on `node` may be offered: a new agent only within
+    /// [`MAX_AGENTS`] in all and [`MAX_AGENTS_PER_NODE`] on its node.
+    pub fn admits(&self, agent: &str, node: &str) -> Result<(), TooMany> {
+        self.ledger
+            .admits(agent, node, MAX_AGENTS, MAX_AGENTS_PER_NODE)
     }
 
     /// Offers an agent's batch `id`, observed at `at_ns`: counts it unless it was seen

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use podflow_inventory::SharedIndex;
-use podflow_pipeline::ledger::{BatchId, Offer};
+use podflow_pipeline::ledger::{BatchId, Offer, TooMany};
 use podflow_proto::{Ack, At, Ingest, ObservationBatch, VERSION, ip_from, observation_from};
 use podflow_role::{Outcome, Refusal, Registry};
 use podflow_store::probes::ProbeRow;
@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::Authenticator;
 use crate::driver::{Driver, Marks};
 use crate::peers::PeerBook;
+use crate::rate::NodeRates;
 
 /// The metadata key naming the agent of a stream (sent by agents that read the durable
 /// mark in the stream's first message).
@@ -28,6 +29,8 @@ pub const NODE_HEADER: &str = "podflow-node";
 const RETRY_BUSY_MS: u64 = 5_000;
 /// Pause asked of an agent newer than this server, ms.
 const RETRY_NEWER_MS: u64 = 30_000;
+/// Pause asked of a new agent beyond the ledger's bounds, ms.
+const RETRY_TOO_MANY_MS: u64 = 60_000;
 /// How far a batch's sequence number may be ahead of both the agent's mark and the
 /// clock in ms (agents start numbering at the wall clock in ms and count one per batch):
 /// further, and one batch would make every later real one look like a duplicate.
@@ -75,6 +78,8 @@ pub(crate) struct IngestSvc {
     /// [`INGRESS_KIB`] permits.
     pub(crate) ingress_kib: Arc<tokio::sync::Semaphore>,
     pub(crate) registry: Arc<Registry>,
+    /// Per-node byte rates (`None`: unlimited).
+    pub(crate) rates: Option<Arc<NodeRates>>,
 }
 
 impl IngestSvc {
@@ -187,6 +192,8 @@ impl Ingest for IngestSvc {
         }
         let tx = self.tx.clone();
         let budget = Arc::clone(&self.ingress_kib);
+        let rates = self.rates.clone();
+        let registry = Arc::clone(&self.registry);
         self.registry.server.connections.fetch_add(1, Relaxed);
         let guard = ConnGuard(Arc::clone(&self.registry));
         tokio::spawn(async move {
@@ -195,7 +202,23 @@ impl Ingest for IngestSvc {
                 match inbound.message().await {
                     Ok(Some(batch)) => {
                         use prost::Message;
-                        let kib = (batch.encoded_len() / 1024 + 1).min(MAX_BATCH_BYTES >> 10);
+                        let len = batch.encoded_len();
+                        if let Some(rates) = &rates {
+                            // The bound node's bucket; an unbound stream's named node.
+                            let key = bound.as_deref().unwrap_or(batch.node.as_str());
+                            let wait = rates.take(key, len as u64, std::time::Instant::now());
+                            if !wait.is_zero() {
+                                let s = &registry.server;
+                                s.rate_limited.fetch_add(1, Relaxed);
+                                s.rate_limited_ns.fetch_add(wait.as_nanos() as u64, Relaxed);
+                                tokio::select! {
+                                    _ = tokio::time::sleep(wait) => {}
+                                    // The server is stopping: leave the batch to the agent.
+                                    _ = tx.closed() => break,
+                                }
+                            }
+                        }
+                        let kib = (len / 1024 + 1).min(MAX_BATCH_BYTES >> 10);
                         let Ok(bytes) = Arc::clone(&budget).acquire_many_owned(kib as u32).await
                         else {
                             break;
@@ -273,6 +296,24 @@ pub(crate) fn admit<S: podflow_store::FlowStore + 'static>(
             "agent {} and node {} are not this agent's to write: its credentials name node {bound}",
             b.agent_id, b.node
         ));
+    }
+    if let Err(too_many) = driver.admits(&b.agent_id, &b.node) {
+        // Not final: the agent keeps its batches (a bound raised, or agents gone from a
+        // restored store, lets them in).
+        r.server.refuse(Refusal::TooManyAgents);
+        r.server.batch(Outcome::Busy);
+        let why = match too_many {
+            TooMany::Agents(n) => format!("the server keeps marks for {n} agents already"),
+            TooMany::OnNode(n) => format!("node {} has {n} agent ids already", b.node),
+        };
+        tracing::warn!(agent = %b.agent_id, node = %b.node, "refusing a new agent: {why}");
+        let _ = m.ack.try_send(Ack {
+            seq: b.seq,
+            error: format!("agent {} refused for now: {why}", b.agent_id),
+            retry_after_ms: RETRY_TOO_MANY_MS,
+            ..Default::default()
+        });
+        return;
     }
     let mark = driver
         .marks()

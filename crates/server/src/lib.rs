@@ -6,6 +6,7 @@ pub mod auth;
 pub mod driver;
 mod intake;
 pub mod peers;
+mod rate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use intake::{INGRESS_KIB, INGRESS_QUEUE, IngestSvc, Ingress, MAX_BATCH_BYTES, Si
 use peers::PeerBook;
 use podflow_store::probes::ProbeRow;
 use podflow_store::{ClickHouseProbeStore, ProbeStore, SqliteProbeStore};
+use rate::NodeRates;
 
 /// Probe row batches queued for the probe store's writer.
 const PROBE_QUEUE: usize = 1024;
@@ -115,6 +117,9 @@ pub struct ServerConfig {
     pub insecure_no_agent_auth: bool,
     /// Allow plaintext gRPC on a non-loopback address.
     pub insecure_plaintext: bool,
+    /// MiB/s one node's agents may send, encoded batches (0: no limit); beyond it their
+    /// streams wait.
+    pub agent_rate_limit_mib: u64,
     /// NetFlow/IPFIX listen addresses (none: no listener).
     pub netflow_listen: Vec<SocketAddr>,
     /// Per-exporter NetFlow series (the exporter address becomes a label).
@@ -283,6 +288,11 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
         inventory: driver.inventory(),
         ingress_kib: Arc::new(tokio::sync::Semaphore::new(INGRESS_KIB)),
         registry: Arc::clone(&registry),
+        rates: (cfg.agent_rate_limit_mib > 0).then(|| {
+            Arc::new(NodeRates::new(
+                cfg.agent_rate_limit_mib.saturating_mul(1 << 20),
+            ))
+        }),
     };
     // Long streams are closed after an hour (the agent reconnects and shows fresh
     // credentials); dead peers are found by keepalives; a connection carries few streams.

@@ -142,6 +142,7 @@ impl Server {
             agent_auth: podflow_server::AgentAuth::None,
             insecure_no_agent_auth: false,
             insecure_plaintext: false,
+            agent_rate_limit_mib: 0,
             netflow_listen: Vec::new(),
             netflow_exporter_labels: false,
             clickhouse: Some(ch.clone()),

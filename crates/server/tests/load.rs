@@ -95,6 +95,7 @@ async fn forty_agents_at_once_all_acked_exact_totals_bounded_memory() {
         agent_auth: podflow_server::AgentAuth::None,
         insecure_no_agent_auth: false,
         insecure_plaintext: false,
+        agent_rate_limit_mib: 0,
         netflow_listen: Vec::new(),
         netflow_exporter_labels: false,
         clickhouse: None,

@@ -127,6 +127,7 @@ pub fn config(d: &Path, grpc: SocketAddr, auth: AgentAuth, tls: Option<ServerTls
         agent_auth: auth,
         insecure_no_agent_auth: false,
         insecure_plaintext: false,
+        agent_rate_limit_mib: 0,
         netflow_listen: Vec::new(),
         netflow_exporter_labels: false,
         clickhouse: None,

@@ -14,7 +14,7 @@ the server is open (TLS with the rendered CA, its projected token reviewed and b
 its node, nothing refused); the requests the server made are exactly
 the verbs and resources its ClusterRole grants.
 
-    executed.py PODFLOW_BINARY
+    executed.py PODFLOW_BINARY [VALUES_JSON]
 
 Run by crates/podflow/tests/deploy.rs as root (namespaces). Removes what it made.
 """
@@ -193,8 +193,10 @@ def port_of(c, port):
 def get(ns, url):
     """An HTTP status from inside namespace `ns` (None: no answer)."""
     r = sh("ip", "netns", "exec", ns, "python3", "-c",
-           "import sys,urllib.request\n"
-           "try:\n r=urllib.request.urlopen(sys.argv[1],timeout=3); print(r.status); sys.stdout.write(r.read().decode(errors='replace'))\n"
+           "import ssl,sys,urllib.request\n"
+           # As the kubelet's HTTPS probes: the certificate is not verified.
+           "ctx=ssl.create_default_context(); ctx.check_hostname=False; ctx.verify_mode=ssl.CERT_NONE\n"
+           "try:\n r=urllib.request.urlopen(sys.argv[1],timeout=3,context=ctx); print(r.status); sys.stdout.write(r.read().decode(errors='replace'))\n"
            "except urllib.error.HTTPError as e: print(e.code)\n"
            "except Exception: print(0)\n", url, check=False)
     lines = r.stdout.split("\n", 1)
@@ -212,7 +214,8 @@ def probes_answer(what, ns, ip, c, started):
         window = p.get("initialDelaySeconds", 0) + p.get("periodSeconds", 10) * p.get("failureThreshold", 3)
         if kind != "startupProbe":
             window += c.get("startupProbe", {}).get("periodSeconds", 0) * c.get("startupProbe", {}).get("failureThreshold", 0)
-        url = f"http://{ip}:{port_of(c, p['httpGet']['port'])}{p['httpGet']['path']}"
+        scheme = p["httpGet"].get("scheme", "HTTP").lower()
+        url = f"{scheme}://{ip}:{port_of(c, p['httpGet']['port'])}{p['httpGet']['path']}"
         while True:
             code, _ = get(ns, url)
             if code == 200:
@@ -224,9 +227,11 @@ def probes_answer(what, ns, ip, c, started):
             time.sleep(0.5)
 
 
-def main(binary):
-    objs = list(chart.objects(chart.render({})))
+def main(binary, values):
+    objs = list(chart.objects(chart.render(values)))
     server = chart.one(objs, "Deployment", "-server")
+    server_scheme = "https" if any(a.startswith("--http-tls-cert")
+                                   for a in server["spec"]["template"]["spec"]["containers"][0]["args"]) else "http"
     agent = chart.one(objs, "DaemonSet", "-agent")
     role = chart.one(objs, "ClusterRole", "-server-" + chart.NAMESPACE)
     secrets = {o["metadata"]["name"]: o.get("data", {}) for o in chart.by_kind(objs, "Secret")}
@@ -286,7 +291,7 @@ def main(binary):
             fail(f"agent /metrics from the server's namespace: {code}")
         deadline = time.time() + 60
         while True:
-            _, m = get(NS_SRV, f"http://{SRV_IP}:{port_of(server['spec']['template']['spec']['containers'][0], 'http')}/metrics")
+            _, m = get(NS_SRV, f"{server_scheme}://{SRV_IP}:{port_of(server['spec']['template']['spec']['containers'][0], 'http')}/metrics")
             streams = re.search(r'^podflow_server_agent_connections (\d+)', m, re.M)
             refused = re.findall(r'^podflow_server_agent_refusals_total\{reason="(\w+)"\} ([1-9]\d*)', m, re.M)
             if refused:
@@ -330,4 +335,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "--fake-api":
         fake_api(sys.argv[2], sys.argv[3])
     else:
-        sys.exit(main(sys.argv[1]))
+        sys.exit(main(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}))

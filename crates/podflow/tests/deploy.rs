@@ -97,7 +97,8 @@ fn chart_check(test: &str, command: &str) {
 /// The rendered server Deployment and agent DaemonSet, executed in network namespaces
 /// with a fake API server (deploy/tests/executed.py): their declared probes answer within
 /// their windows, the agent's port serves /metrics from outside its namespace, its
-/// stream is authenticated and bound, and the server uses exactly its RBAC grants.
+/// stream is authenticated and bound, and the server uses exactly its RBAC grants; with
+/// the defaults and with HTTPS on the API port.
 #[test]
 fn chart_manifests_run_ready_and_scraped() {
     let test = "chart_manifests_run_ready_and_scraped";
@@ -110,10 +111,17 @@ fn chart_manifests_run_ready_and_scraped() {
     if !is_root() {
         return skip(test, "needs root (network namespaces)");
     }
-    run_ok(
-        "deploy/tests/executed.py",
-        in_repo("python3").args(["deploy/tests/executed.py", env!("CARGO_BIN_EXE_podflow")]),
-    );
+    // The defaults, then HTTPS on the API port (the probes' scheme follows).
+    for values in ["{}", r#"{"auth": {"api": {"tls": {"enabled": true}}}}"#] {
+        run_ok(
+            &format!("deploy/tests/executed.py with {values}"),
+            in_repo("python3").args([
+                "deploy/tests/executed.py",
+                env!("CARGO_BIN_EXE_podflow"),
+                values,
+            ]),
+        );
+    }
 }
 
 #[test]

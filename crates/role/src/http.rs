@@ -10,13 +10,11 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use podflow_api::{AppState, HttpPolicy, QueryLimits, TokenFile, router_with};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::{RoleError, read_file};
+use crate::error::RoleError;
+use crate::tls::{ReloadingTls, TlsFiles};
 
 /// How long a client may take to send a request's headers (and a TLS handshake).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,35 +72,17 @@ pub fn http_settings() -> HttpSettings {
     PROCESS.get().cloned().unwrap_or_default()
 }
 
-fn config_err(flag: &str, path: &std::path::Path, e: impl std::fmt::Display) -> RoleError {
-    RoleError::Config(format!("{flag} {}: {e}", path.display()))
-}
-
-/// The TLS acceptor of `tls` (ring, TLS 1.2 and 1.3, HTTP/1.1).
-pub fn tls_acceptor(tls: &HttpTls) -> Result<TlsAcceptor, RoleError> {
-    let pem = read_file("--http-tls-cert", &tls.cert)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| config_err("--http-tls-cert", &tls.cert, e))?;
-    if certs.is_empty() {
-        return Err(config_err(
-            "--http-tls-cert",
-            &tls.cert,
-            "no certificate in the file",
-        ));
-    }
-    let pem = read_file("--http-tls-key", &tls.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| config_err("--http-tls-key", &tls.key, e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RoleError::Config(format!("TLS: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| config_err("--http-tls-cert", &tls.cert, e))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
+/// The listener's TLS, reloading its files when they change (HTTP/1.1).
+pub fn reloading_tls(tls: &HttpTls) -> Result<ReloadingTls, RoleError> {
+    ReloadingTls::new(
+        TlsFiles {
+            cert: (tls.cert.clone(), "--http-tls-cert"),
+            key: (tls.key.clone(), "--http-tls-key"),
+            client_ca: None,
+            alpn: vec![b"http/1.1".to_vec()],
+        },
+        &crate::tls::HTTP_RELOADS,
+    )
 }
 
 /// Serves the HTTP endpoints of `state` on `listen` under `settings` until `shutdown`.
@@ -120,7 +100,12 @@ pub async fn serve_http_with(
         }
         None => None,
     };
-    let tls = settings.tls.as_ref().map(tls_acceptor).transpose()?;
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(reloading_tls)
+        .transpose()?
+        .map(Arc::new);
     let policy = HttpPolicy {
         token,
         token_protects_metrics: settings.token_protects_metrics,
@@ -159,7 +144,8 @@ pub async fn serve_http_with(
                     .header_read_timeout(header_timeout);
                 match tls {
                     None => serve_conn(http.serve_connection(TokioIo::new(tcp), svc), stop).await,
-                    Some(acceptor) => {
+                    Some(tls) => {
+                        let acceptor = tls.acceptor();
                         match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
                             Ok(Ok(s)) => {
                                 serve_conn(http.serve_connection(TokioIo::new(s), svc), stop).await;

@@ -7,6 +7,7 @@ pub mod http;
 pub mod netflow;
 pub mod serve;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::{RoleError, read_file};
 pub use health::Health;

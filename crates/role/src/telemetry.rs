@@ -80,6 +80,8 @@ defs! {
     SRV_CONNECTIONS = "podflow_server_agent_connections", "gauge", "Agent streams open now.", [];
     SRV_AUTH_INFO = "podflow_server_agent_auth_info", "gauge", "1, labelled with how agents authenticate (mode: kubernetes, tokens, mtls, shared-token, none) and whether their transport is encrypted (transport: tls, plaintext); none or plaintext on a non-loopback address only with an --insecure-* flag.", ["mode", "transport"];
     SRV_REFUSED = "podflow_server_agent_refusals_total", "counter", "Agent streams or batches refused, by reason: unauthenticated (no, wrong or expired credentials), not_its_node (a batch, header or probe row for another node than the one the credentials name), seq_window (a sequence number beyond the window ahead of the agent's mark: it would silence the agent's later batches), too_many_agents (a new agent id beyond 10,000 agents in all or 16 on its node: every agent's mark is kept for good).", ["reason"];
+    TLS_RELOADS = "podflow_tls_reloads_total", "counter", "Certificates (and client CA) taken into use after their files changed, per listener (http, grpc), without a restart.", ["listener"];
+    TLS_RELOAD_ERRORS = "podflow_tls_reload_errors_total", "counter", "Changed TLS files that did not load (half written, key and certificate not matching): the previous certificates stay in force, per listener.", ["listener"];
     SRV_RATE_WAITS = "podflow_server_agent_rate_limited_batches_total", "counter", "Agent batches that waited because their node sent more than --agent-rate-limit MiB/s (read later: the agent's stream stalls and it keeps its batches, nothing is lost).", [];
     SRV_RATE_WAIT_S = "podflow_server_agent_rate_limited_seconds_total", "counter", "Time agents' streams waited for their node's rate limit, summed over streams.", [];
     SRV_ADDR_CLAIMS = "podflow_server_address_claims", "gauge", "Addresses agents report as their node's that the inventory does not confirm, by state: disputed (claimed by two nodes, or the inventory gives it another node: given to none), unconfirmed (the agent's node is in the inventory without it: ClusterIPs, CNI gateways, node-local DNS; the inventory wins).", ["state"];
@@ -782,6 +784,28 @@ fn render_http(out: &mut String) {
     }
     one(out, &HTTP_STORE_ERRORS, s.store_errors.load(Relaxed));
     one(out, &HTTP_WAL_BYTES, s.wal_bytes.load(Relaxed));
+    let listeners = [
+        ("http", &crate::tls::HTTP_RELOADS),
+        ("grpc", &crate::tls::GRPC_RELOADS),
+    ];
+    header(out, &TLS_RELOADS);
+    for (l, s) in listeners {
+        sample(
+            out,
+            &TLS_RELOADS,
+            &[("listener", l)],
+            s.reloads.load(Relaxed),
+        );
+    }
+    header(out, &TLS_RELOAD_ERRORS);
+    for (l, s) in listeners {
+        sample(
+            out,
+            &TLS_RELOAD_ERRORS,
+            &[("listener", l)],
+            s.errors.load(Relaxed),
+        );
+    }
 }
 
 #[cfg(test)]

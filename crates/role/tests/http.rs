@@ -326,16 +326,8 @@ async fn the_token_guards_the_data_and_rotates_without_a_restart() {
     assert!(e.to_string().contains("--http-token-file"), "{e}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn https_with_a_self_signed_certificate() {
-    let _serial = SERIAL.lock().await;
-    if !podflow_testkit::have("https_with_a_self_signed_certificate", "openssl")
-        || !podflow_testkit::have("https_with_a_self_signed_certificate", "curl")
-    {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tmp");
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+/// A self-signed certificate for podflow.test and 127.0.0.1.
+fn self_signed(cert: &Path, key: &Path) {
     let out = std::process::Command::new("openssl")
         .args([
             "req",
@@ -348,9 +340,9 @@ async fn https_with_a_self_signed_certificate() {
         .args(["-nodes", "-days", "1", "-subj", "/CN=podflow.test"])
         .args(["-addext", "subjectAltName=DNS:podflow.test,IP:127.0.0.1"])
         .arg("-keyout")
-        .arg(&key)
+        .arg(key)
         .arg("-out")
-        .arg(&cert)
+        .arg(cert)
         .output()
         .expect("openssl");
     assert!(
@@ -358,6 +350,45 @@ async fn https_with_a_self_signed_certificate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// curl's HTTP status for `url` trusting `ca` ("" when the request failed).
+async fn curl_status(url: &str, ca: &Path) -> String {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .await
+        .expect("curl");
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    if out.status.success() {
+        code
+    } else {
+        String::new()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn https_with_a_self_signed_certificate() {
+    let _serial = SERIAL.lock().await;
+    if !podflow_testkit::have("https_with_a_self_signed_certificate", "openssl")
+        || !podflow_testkit::have("https_with_a_self_signed_certificate", "curl")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    self_signed(&cert, &key);
     let path = big_store(dir.path(), 100);
     let mut s = settings(Duration::from_secs(10));
     s.tls = Some(HttpTls {
@@ -404,6 +435,30 @@ async fn https_with_a_self_signed_certificate() {
         .await
         .expect("curl");
     assert!(!untrusted.status.success());
+
+    // The certificate rotates under the running listener (as a Secret volume does).
+    let reloads = podflow_role::tls::HTTP_RELOADS
+        .reloads
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let old = dir.path().join("old.crt");
+    std::fs::copy(&cert, &old).expect("copy");
+    let (cert2, key2) = (dir.path().join("new.crt"), dir.path().join("new.key"));
+    self_signed(&cert2, &key2);
+    std::fs::copy(&cert2, &cert).expect("copy");
+    std::fs::copy(&key2, dir.path().join("tls.key")).expect("copy");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        curl_status(&url, &cert2).await,
+        "200",
+        "the new certificate is served"
+    );
+    assert_eq!(curl_status(&url, &old).await, "", "the old one is not");
+    assert_eq!(
+        podflow_role::tls::HTTP_RELOADS
+            .reloads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        reloads + 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -18,7 +18,8 @@ use podflow_api::{AppState, StoreReader};
 use podflow_pipeline::workload_metrics::WorkloadMetricsConfig;
 use podflow_proto::IngestServer;
 use podflow_role::netflow::Intake;
-use podflow_role::{Registry, RoleError, open_store, read_file, serve_http};
+use podflow_role::tls::{ReloadingTls, TlsFiles};
+use podflow_role::{Registry, RoleError, open_store, serve_http};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -202,6 +203,55 @@ fn probe_writer(
     (tx, thread)
 }
 
+/// Handshakes at most this many connections at once (each within [`HANDSHAKE_TIMEOUT`]).
+const MAX_HANDSHAKES: usize = 256;
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connections of `listener` after their TLS handshake, each with the acceptor of the
+/// moment (certificates reload), handshakes side by side so a slow client holds up no
+/// other.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    tls: ReloadingTls,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<Result<podflow_role::tls::TlsTcpStream, std::io::Error>>
+{
+    let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let tcp = tokio::select! {
+                () = stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gRPC accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let (acceptor, tx) = (tls.acceptor(), tx.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                let peer = tcp.peer_addr().ok();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send(Ok(s)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(?peer, error = %e, "agent TLS handshake failed"),
+                    Err(_) => tracing::debug!(?peer, "agent TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 async fn serve_with<S: podflow_store::FlowStore + 'static>(
     cfg: ServerConfig,
     store: S,
@@ -303,22 +353,22 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_keepalive(Some(Duration::from_secs(60)));
-    if let Some(tls) = &cfg.tls {
-        let identity = tonic::transport::Identity::from_pem(
-            read_file("--tls-cert", &tls.cert)?,
-            read_file("--tls-key", &tls.key)?,
-        );
-        let mut t = tonic::transport::ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &tls.client_ca {
-            t = t.client_ca_root(tonic::transport::Certificate::from_pem(read_file(
-                "--tls-client-ca",
-                ca,
-            )?));
-        }
-        builder = builder
-            .tls_config(t)
-            .map_err(|e| RoleError::Config(format!("TLS: {e}")))?;
-    }
+    // TLS is done here, not by tonic, so certificates reload without a restart.
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| {
+            ReloadingTls::new(
+                TlsFiles {
+                    cert: (t.cert.clone(), "--tls-cert"),
+                    key: (t.key.clone(), "--tls-key"),
+                    client_ca: t.client_ca.clone().map(|c| (c, "--tls-client-ca")),
+                    alpn: vec![b"h2".to_vec()],
+                },
+                &podflow_role::tls::GRPC_RELOADS,
+            )
+        })
+        .transpose()?;
     let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
         .await
         .map_err(|source| RoleError::Listen {
@@ -326,14 +376,21 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
             source,
         })?;
     let grpc_stop = shutdown.clone();
-    let grpc = tokio::spawn(
-        builder
-            .add_service(IngestServer::new(svc).max_decoding_message_size(MAX_BATCH_BYTES))
-            .serve_with_incoming_shutdown(
+    let router =
+        builder.add_service(IngestServer::new(svc).max_decoding_message_size(MAX_BATCH_BYTES));
+    let grpc =
+        match tls {
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                 async move { grpc_stop.cancelled().await },
-            ),
-    );
+            )),
+            Some(tls) => {
+                let incoming = tls_incoming(grpc_listener, tls, shutdown.clone());
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+                    grpc_stop.cancelled().await
+                }))
+            }
+        };
     tracing::info!(listen = %cfg.listen, grpc = %cfg.grpc_listen, store = %store_name, tls = cfg.tls.is_some(), agent_auth = cfg.agent_auth.name(), "podflow server: ready for agents");
 
     let mut netflow = Intake::start(

@@ -345,3 +345,99 @@ fn a_server_reachable_from_the_network_needs_authentication_and_tls() {
     let local = "127.0.0.1:9470".parse().expect("addr");
     assert!(check(&config(d, local, AgentAuth::None, None)).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_and_the_client_ca_reload_without_a_restart() {
+    if !have_openssl("certificates_and_the_client_ca_reload_without_a_restart") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let server_ext = "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth";
+    let client_ext = "extendedKeyUsage=clientAuth";
+    for (ca_name, server, client) in [
+        ("old", "server-old", "a-old"),
+        ("new", "server-new", "a-new"),
+    ] {
+        ca(d, ca_name);
+        cert(d, ca_name, server, "server", server_ext, 2);
+        cert(d, ca_name, client, "node-a", client_ext, 2);
+    }
+    let copy = |from: &str, to: &str| std::fs::copy(d.join(from), d.join(to)).expect("copy");
+    copy("server-old.pem", "server.pem");
+    copy("server-old.key", "server.key");
+    copy("old.pem", "clients.pem");
+    let grpc = free();
+    let tls = ServerTls {
+        cert: d.join("server.pem"),
+        key: d.join("server.key"),
+        client_ca: Some(d.join("clients.pem")),
+    };
+    let cfg = config(d, grpc, AgentAuth::Mtls, Some(tls));
+    let http = cfg.listen;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(cfg, stop.clone()));
+    let read = |f: &str| std::fs::read(d.join(f)).expect("pem");
+    // An agent trusting `ca` and showing the certificate `id`.
+    let ep = |ca: &str, id: &str| {
+        let t = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&format!("{ca}.pem"))))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(
+                read(&format!("{id}.pem")),
+                read(&format!("{id}.key")),
+            ));
+        Endpoint::from_shared(format!("https://localhost:{}", grpc.port()))
+            .expect("url")
+            .connect_timeout(Duration::from_secs(5))
+            .tls_config(t)
+            .expect("tls")
+    };
+    metrics(http).await;
+    assert_eq!(
+        push(&ep("old", "a-old"), &[], batch("node-a", "node-a", 1)).await,
+        Ok(1)
+    );
+
+    // Rotation, as a Secret volume does it: new server certificate, new client CA.
+    copy("server-new.pem", "server.pem");
+    copy("server-new.key", "server.key");
+    copy("new.pem", "clients.pem");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        push(&ep("new", "a-new"), &[], batch("node-a", "node-a", 2)).await,
+        Ok(2),
+        "the new certificates are in force"
+    );
+    let old_server = push(&ep("old", "a-new"), &[], batch("node-a", "node-a", 3)).await;
+    assert!(
+        old_server.is_err(),
+        "the old server certificate is gone: {old_server:?}"
+    );
+    let old_client = push(&ep("new", "a-old"), &[], batch("node-a", "node-a", 3)).await;
+    assert!(
+        old_client.is_err(),
+        "the old client CA is gone: {old_client:?}"
+    );
+
+    // A half-written file keeps the certificates in force.
+    std::fs::write(d.join("server.pem"), "-----BEGIN CERTIFICATE-----\ntrunc").expect("write");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        push(&ep("new", "a-new"), &[], batch("node-a", "node-a", 4)).await,
+        Ok(4),
+        "still serving after a bad file"
+    );
+    let m = metrics(http).await;
+    assert_eq!(
+        value(&m, "podflow_tls_reloads_total{listener=\"grpc\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, "podflow_tls_reload_errors_total{listener=\"grpc\"}"),
+        1.0
+    );
+    stop.cancel();
+    server.await.expect("join").expect("server");
+}

@@ -107,6 +107,18 @@ app.kubernetes.io/component: server
 {{- end }}
 {{- end }}
 
+{{/* The Secret holding the HTTP port's certificate (auth.api.tls): its own, else the
+gRPC port's. */}}
+{{- define "podflow.httpTls.secretName" -}}
+{{- if .Values.auth.api.tls.secretName }}
+{{- .Values.auth.api.tls.secretName }}
+{{- else if .Values.tls.enabled }}
+{{- include "podflow.tls.secretName" . }}
+{{- else }}
+{{- fail "auth.api.tls.enabled needs auth.api.tls.secretName, or tls.enabled to share the gRPC port's certificate" }}
+{{- end }}
+{{- end }}
+
 {{- define "podflow.priorityClassName" -}}
 {{- if .Values.agent.priorityClassName }}
 {{- .Values.agent.priorityClassName }}

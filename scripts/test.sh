@@ -34,4 +34,6 @@ if ! python3 -c 'import helm_python, kubernetes_validate, jsonschema, yaml, graf
   pip install -q helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 jsonschema PyYAML 'grafana-foundation-sdk==1769699998!10.1.0'
 fi
 
-cargo test --workspace --locked --no-fail-fast "$@"
+# The failpoints feature lets the fault tests kill `podflow server` at exact steps of a
+# write (crates/podflow/tests/pipeline.rs); inert unless PODFLOW_FAILPOINTS is set.
+cargo test --workspace --locked --no-fail-fast --features podflow/failpoints "$@"

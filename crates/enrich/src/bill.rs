@@ -389,11 +389,7 @@ impl Volumes {
         Volumes {
             lines: self.lines.iter().map(|(k, b)| (k.clone(), s(*b))).collect(),
             estimate_usd: self.estimate_usd * f,
-            processed: self
-                .processed
-                .iter()
-                .map(|(k, b)| (*k, s(*b)))
-                .collect(),
+            processed: self.processed.iter().map(|(k, b)| (*k, s(*b))).collect(),
             avoidable: self
                 .avoidable
                 .iter()

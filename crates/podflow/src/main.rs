@@ -1252,6 +1252,31 @@ fn main() -> ExitCode {
 }
 
 #[cfg(test)]
+mod prior_usage {
+    #[test]
+    fn the_flag_reads_cloud_class_direction_and_gb() {
+        let p = super::parse_prior_usage("aws:PUBLIC_INTERNET=5120").expect("valid");
+        assert_eq!(
+            (p.cloud.as_str(), p.class.as_str(), p.gb),
+            ("aws", "PUBLIC_INTERNET", 5120.0)
+        );
+        assert_eq!(p.direction, podflow_enrich::Direction::Out);
+        let p = super::parse_prior_usage("gcp:INTRA_REGION:in=1.5").expect("valid");
+        assert_eq!((p.direction, p.gb), (podflow_enrich::Direction::In, 1.5));
+        for bad in [
+            "aws:PUBLIC_INTERNET",
+            "aws:EGRESS=1",
+            "aws:PUBLIC_INTERNET:up=1",
+            "aws:PUBLIC_INTERNET=-1",
+            ":PUBLIC_INTERNET=1",
+        ] {
+            let e = super::parse_prior_usage(bad).expect_err(bad);
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod docs {
     use clap::CommandFactory;
 

@@ -87,8 +87,13 @@ impl Month {
         }
     }
 
-    /// Every month that overlaps `[from, to)`, in order.
+    /// Every month that overlaps `[from, to)`, in order (times beyond ±2^40 s are cut
+    /// there, so no range asks for more than its months up to then).
     pub fn overlapping(from: i64, to: i64) -> Vec<Month> {
+        let (from, to) = (
+            from.clamp(-TIME_BOUND, TIME_BOUND),
+            to.clamp(-TIME_BOUND, TIME_BOUND),
+        );
         let mut out = Vec::new();
         if from >= to {
             return out;
@@ -159,7 +164,9 @@ mod tests {
         assert_eq!(ms, [jan, jan.next()]);
         assert_eq!(Month::overlapping(jan.start(), jan.end()), [jan]);
         assert!(Month::overlapping(10, 10).is_empty());
-        // Far out times stay within the arithmetic.
+        // Far out times stay within the arithmetic, and a range out there is short.
+        assert!(Month::overlapping(i64::MAX - 86_400, i64::MAX).is_empty());
+        assert!(Month::overlapping(i64::MIN, i64::MIN + 86_400).is_empty());
         let _ = Month::of(i64::MAX).start();
         let _ = Month::of(i64::MIN).start();
     }

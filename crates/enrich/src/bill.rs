@@ -1075,6 +1075,35 @@ mod tests {
     }
 
     #[test]
+    fn a_region_with_its_own_entry_is_billed_by_it() {
+        let prices = PriceTable::from_yaml(
+            "clouds:\n  aws:\n    PUBLIC_INTERNET: {out: 0.09}\n\
+             regions:\n  aws:\n    sa-east-1:\n      PUBLIC_INTERNET:\n        tiers: {out: [{up_to_gb: 10240, price: 0.15}, {price: 0.138}]}\n",
+            "p.yaml",
+        )
+        .expect("prices");
+        let b = Biller::new(prices, &EnrichConfig::default(), "c").expect("biller");
+        let usage = [
+            Usage {
+                region: "sa-east-1".into(),
+                ..internet("2025-01", Part::InRange, "a", 20 * TB)
+            },
+            internet("2025-01", Part::InRange, "b", TB),
+        ];
+        let bill = b.month_bill(month("2025-01"), &usage, &[], &[Part::InRange]);
+        let usd: Vec<(&str, f64)> = bill
+            .lines
+            .iter()
+            .map(|l| (l.region.as_str(), l.usd))
+            .collect();
+        // sa-east-1: 10,240 GB at 0.15 + 10,240 at 0.138; us-east-1: flat 0.09.
+        assert_eq!(usd.len(), 2);
+        assert_eq!((usd[0].0, usd[1].0), ("sa-east-1", "us-east-1"));
+        assert!(close(usd[0].1, 1_536.0 + 1_413.12), "{usd:?}");
+        assert!(close(usd[1].1, 92.16), "{usd:?}");
+    }
+
+    #[test]
     fn a_range_is_read_as_whole_months_cut_at_its_ends() {
         let (jan, feb) = (month("2025-01"), month("2025-02"));
         let from = jan.start() + 100;

@@ -83,7 +83,8 @@ fn dim(name: &str) -> Dim {
 /// The stored sums the bill of `[from, to)` needs: every month the range touches, whole,
 /// per piece; `owner` names the showback key's dimensions (none for the bill alone).
 /// Rows whose local address a NAT gateway's subnets may hold (or whose remote address an
-/// endpoint's) come a second time, with the address, as [`Processed`].
+/// endpoint's) come a second time, with the address, as [`Processed`]. The flag says a
+/// store query reached [`MAX_GROUPS`] groups (the answer is then cut).
 pub fn collect(
     st: &dyn FlowStore,
     biller: &Biller,

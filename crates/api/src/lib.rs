@@ -2,6 +2,7 @@
 //!
 //! - [`flows`]: `/api/v1/flows` and K8sConntrack-style `/flows`;
 //! - [`query`]: `/api/v1/query` (flows grouped by any dimensions) and `/api/v1/dimensions`;
+//! - [`cost`]: `/api/v1/cost/showback` and `/api/v1/cost/bill`, priced when queried;
 //! - [`graph`]: the Grafana Node Graph datasource (`/api/health`, `/api/graph/*`);
 //! - [`transactions`]: K8sConntrack-style `/transactions`;
 //! - [`probes`]: probe history and, per zone or node pair, traffic next to its health;
@@ -12,6 +13,7 @@
 //! guards and bounds every request ([`router_with`]).
 
 pub mod access;
+pub mod cost;
 pub mod flows;
 pub mod graph;
 pub mod json;
@@ -56,6 +58,9 @@ pub struct AppState {
     pub interval_s: u32,
     /// Probe history, where the role keeps it.
     pub probes: Option<ProbeReader>,
+    /// What `/api/v1/cost/*` bills with (prices, prior usage, NAT gateways, the
+    /// cluster's cloud and region); `None`: the embedded prices and nothing else.
+    pub billing: Option<Arc<podflow_enrich::Biller>>,
 }
 
 /// Where the handlers read probe history (a connection or client of its own).
@@ -92,6 +97,8 @@ pub fn router_with(state: Arc<AppState>, policy: &HttpPolicy) -> Router {
         .route("/flows", get(flows::recent_flows))
         .route("/api/v1/query", get(query::query))
         .route("/api/v1/dimensions", get(query::dimensions))
+        .route("/api/v1/cost/showback", get(cost::showback))
+        .route("/api/v1/cost/bill", get(cost::bill))
         .route("/api/health", get(graph::health))
         .route("/api/graph/fields", get(graph::fields))
         .route("/api/graph/data", get(graph::data))

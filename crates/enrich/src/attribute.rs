@@ -161,8 +161,9 @@ impl Attributor {
         let class = self.classify(&local.place, &remote.place, remote.ip, obs_node, home);
         let in_region_service =
             class == Class::IntraVpc && matches!(remote.place, Place::CloudRange(_));
-        let cost_usd = self.prices.cost(
+        let cost_usd = self.prices.cost_in(
             home.cloud,
+            home.region,
             class,
             in_region_service,
             o.out.bytes,

@@ -9,6 +9,7 @@ use podflow_model::{Class, NetworkKind, NetworkMeta};
 use serde::Deserialize;
 
 use crate::error::EnrichError;
+use crate::plan::{BillingConfig, Plan};
 use crate::prefix::{Cidr, PrefixTable};
 
 /// Enrichment settings (YAML, unknown keys refused).
@@ -23,6 +24,9 @@ pub struct EnrichConfig {
     pub app_labels: Vec<String>,
     /// User CIDR rules, checked before the cloud ranges (longest prefix wins among them).
     pub networks: Vec<NetworkRule>,
+    /// What the query-time bill needs beyond the price table: volume used elsewhere this
+    /// month, NAT gateways and endpoints (docs/attribution.md, "Cost").
+    pub billing: BillingConfig,
 }
 
 impl Default for EnrichConfig {
@@ -36,6 +40,7 @@ impl Default for EnrichConfig {
                 "k8s-app".into(),
             ],
             networks: Vec::new(),
+            billing: BillingConfig::default(),
         }
     }
 }
@@ -72,6 +77,7 @@ impl EnrichConfig {
             serde_saphyr::from_str(text).map_err(|e| EnrichError::yaml(origin, e))?;
         // Validate now so a bad CIDR stops startup with its place named.
         KnownNetworks::build(&cfg.networks, origin)?;
+        Plan::build(&cfg.billing, origin)?;
         Ok(cfg)
     }
 }

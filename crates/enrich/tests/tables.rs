@@ -320,3 +320,164 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_price_file_without_tiers_still_parses_and_prices_the_same() {
+    // The default file as it was before tiers, allowances and regions (first tier only).
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/prices-flat-2025-01-15.yaml");
+    let old = PriceTable::load(&path).expect("the old format parses");
+    let new = PriceTable::defaults();
+    let gb = podflow_enrich::BYTES_PER_GB as u64;
+    for cloud in ["aws", "gcp", "azure", "oracle"] {
+        for class in Class::ALL {
+            for in_region in [false, true] {
+                assert_eq!(
+                    old.price(Some(cloud), class, in_region),
+                    new.price(Some(cloud), class, in_region),
+                    "{cloud} {class} {in_region}: the stored estimate keeps the first-tier rate"
+                );
+            }
+        }
+    }
+    // Without tiers a schedule is the flat rate with nothing free.
+    let s = old.schedule(
+        Some("aws"),
+        None,
+        podflow_enrich::PriceKey::Class(Class::PublicInternet),
+        podflow_enrich::Direction::Out,
+    );
+    assert_eq!(s, podflow_enrich::Schedule::flat(0.09));
+    assert!((old.cost(Some("aws"), Class::PublicInternet, false, gb, 0) - 0.09).abs() < 1e-12);
+}
+
+#[test]
+fn a_region_replaces_its_cloud_entry_and_tiers_are_checked() {
+    use podflow_enrich::{Direction, PriceKey};
+    let p = PriceTable::from_yaml(
+        "clouds:\n  aws:\n    PUBLIC_INTERNET: {out: 0.09}\n    INTER_ZONE: {out: 0.01, in: 0.01}\n\
+         regions:\n  aws:\n    sa-east-1:\n      PUBLIC_INTERNET:\n        free_gb: {out: 1}\n        tiers:\n          out:\n            - {up_to_gb: 10240, price: 0.15}\n            - {price: 0.138}\n",
+        "p.yaml",
+    )
+    .expect("valid");
+    let gb = podflow_enrich::BYTES_PER_GB as u64;
+    let internet = PriceKey::Class(Class::PublicInternet);
+    // The row estimate takes the region's first tier (`out` left out: the first tier's).
+    let sa = p.cost_in(
+        Some("aws"),
+        Some("sa-east-1"),
+        Class::PublicInternet,
+        false,
+        gb,
+        0,
+    );
+    assert!((sa - 0.15).abs() < 1e-12, "{sa}");
+    let us = p.cost_in(
+        Some("aws"),
+        Some("us-east-1"),
+        Class::PublicInternet,
+        false,
+        gb,
+        0,
+    );
+    assert!((us - 0.09).abs() < 1e-12, "{us}");
+    // Classes the region does not list keep the cloud's entry.
+    let iz = p.cost_in(
+        Some("aws"),
+        Some("sa-east-1"),
+        Class::InterZone,
+        false,
+        gb,
+        gb,
+    );
+    assert!((iz - 0.02).abs() < 1e-12, "{iz}");
+    let s = p.schedule(Some("aws"), Some("sa-east-1"), internet, Direction::Out);
+    assert_eq!(s.free_gb, 1.0);
+    assert_eq!(s.tiers.len(), 2);
+    assert_eq!(p.regions().collect::<Vec<_>>(), [("aws", "sa-east-1")]);
+
+    let err = |yaml: &str| {
+        PriceTable::from_yaml(yaml, "p.yaml")
+            .expect_err(yaml)
+            .to_string()
+    };
+    let tiered = |tiers: &str| {
+        format!("clouds:\n  aws:\n    PUBLIC_INTERNET:\n      tiers:\n        out: {tiers}\n")
+    };
+    assert_eq!(
+        err(&tiered(
+            "[{up_to_gb: 100, price: 0.09}, {up_to_gb: 50, price: 0.08}, {price: 0.07}]"
+        )),
+        "p.yaml: clouds.aws.PUBLIC_INTERNET.tiers.out[1].up_to_gb: 50 is not above the previous tier's end (100 GB): tiers go up"
+    );
+    assert!(err(&tiered("[{up_to_gb: 100, price: 0.09}]")).starts_with(
+        "p.yaml: clouds.aws.PUBLIC_INTERNET.tiers.out[0].up_to_gb: the last tier has no end"
+    ));
+    assert!(
+        err(&tiered("[{price: 0.09}, {price: 0.08}]"))
+            .starts_with("p.yaml: clouds.aws.PUBLIC_INTERNET.tiers.out[0].up_to_gb: missing")
+    );
+    assert_eq!(
+        err(&tiered("[{price: -1}]")),
+        "p.yaml: clouds.aws.PUBLIC_INTERNET.tiers.out[0].price: -1 is not a price (finite, >= 0)"
+    );
+    assert!(
+        err(&tiered("[{usd: 0.09}]")).contains("usd"),
+        "unknown field named"
+    );
+    assert!(
+        err("clouds:\n  aws:\n    PUBLIC_INTERNET:\n      out: 0.08\n      tiers: {out: [{price: 0.09}]}\n")
+            .starts_with("p.yaml: clouds.aws.PUBLIC_INTERNET.out: 0.08 is not the first tier's price (0.09)")
+    );
+    assert_eq!(
+        err("clouds:\n  aws:\n    PUBLIC_INTERNET: {free_gb: {out: -5}}\n"),
+        "p.yaml: clouds.aws.PUBLIC_INTERNET.free_gb.out: -5 is not a volume (finite GB, >= 0)"
+    );
+    assert!(
+        err("clouds:\n  aws: {}\nregions:\n  oracle:\n    x: {}\n")
+            .starts_with("p.yaml: regions.oracle: not a cloud of `clouds`")
+    );
+    assert!(
+        err("clouds:\n  aws: {}\nregions:\n  aws:\n    sa-east-1:\n      CROSS_AZ: {out: 1}\n")
+            .starts_with("p.yaml: regions.aws.sa-east-1.CROSS_AZ: not a class")
+    );
+}
+
+#[test]
+fn the_billing_section_is_checked() {
+    let err = |yaml: &str| {
+        EnrichConfig::from_yaml(yaml, "c.yaml")
+            .expect_err(yaml)
+            .to_string()
+    };
+    assert_eq!(
+        err(
+            "billing:\n  nat_gateways:\n    - {name: nat-a, subnets: [10.0.0.1/19], usd_per_gb: 0.045}\n"
+        ),
+        "c.yaml: billing.nat_gateways[0] (nat-a).subnets[0]: \"10.0.0.1/19\": bits set after the prefix length"
+    );
+    assert_eq!(
+        err(
+            "billing:\n  nat_gateways:\n    - {name: nat-a, subnets: [10.0.0.0/19], classes: [EGRESS], usd_per_gb: 0.045}\n"
+        ),
+        "c.yaml: billing.nat_gateways[0].classes[0]: \"EGRESS\" is not a class or INTRA_REGION"
+    );
+    assert_eq!(
+        err("billing:\n  endpoints:\n    - {name: e, addresses: [], usd_per_gb: 0.01}\n"),
+        "c.yaml: billing.endpoints[0] (e).addresses: empty: name at least one CIDR"
+    );
+    assert_eq!(
+        err(
+            "billing:\n  prior_usage:\n    - {cloud: aws, class: PUBLIC_INTERNET, month: 2025-1, gb: 1}\n"
+        ),
+        "c.yaml: billing.prior_usage[0].month: \"2025-1\" is not YYYY-MM"
+    );
+    assert_eq!(
+        err("billing:\n  prior_usage:\n    - {cloud: aws, class: PUBLIC_INTERNET, gb: .nan}\n"),
+        "c.yaml: billing.prior_usage[0].gb: NaN is not a volume (finite GB, >= 0)"
+    );
+    assert!(
+        err("billing:\n  nat:\n    - {}\n").contains("nat"),
+        "unknown key named"
+    );
+}

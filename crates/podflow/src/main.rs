@@ -1,5 +1,6 @@
 //! podflow: Kubernetes network flow observability in one binary.
 
+mod cost;
 mod demo;
 mod duration;
 mod flows;
@@ -71,6 +72,11 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the top conversations of a running podflow as a table.
     Flows(FlowsArgs),
+    /// Print what each namespace, workload or app costs over a range, from a running
+    /// podflow's /api/v1/cost/showback: the bill as the price list has it (tiers,
+    /// allowances, NAT gateways; count-once view), shared at each month's blended rate,
+    /// with the month to date and its projection.
+    Cost(CostArgs),
     /// Per-node agent: reads this node's conntrack and streams observations to a server
     /// over gRPC, keeping unacknowledged batches (memory, then a spill file) across server
     /// restarts. Needs CAP_NET_ADMIN (a DaemonSet on the host network).
@@ -386,6 +392,47 @@ struct AttributionArgs {
     /// prices (docs/attribution.md says their source and date).
     #[arg(long, env = "PODFLOW_PRICES")]
     prices: Option<PathBuf>,
+
+    /// Volume the same account or billing family already used this month elsewhere, as
+    /// CLOUD:CLASS[:DIRECTION]=GB (e.g. aws:PUBLIC_INTERNET=5120; comma-separated or
+    /// repeated): the cluster's bytes continue the price tiers after it. Added to the
+    /// config's billing.prior_usage (docs/attribution.md, Cost).
+    #[arg(long, env = "PODFLOW_PRIOR_USAGE", value_delimiter = ',', value_parser = parse_prior_usage)]
+    prior_usage: Vec<podflow_enrich::PriorUsage>,
+}
+
+/// `--prior-usage CLOUD:CLASS[:DIRECTION]=GB`.
+fn parse_prior_usage(s: &str) -> Result<podflow_enrich::PriorUsage, String> {
+    let usage =
+        || format!("`{s}`: expected CLOUD:CLASS[:DIRECTION]=GB, e.g. aws:PUBLIC_INTERNET=5120");
+    let (what, gb) = s.trim().split_once('=').ok_or_else(usage)?;
+    let gb: f64 = gb
+        .trim()
+        .parse()
+        .ok()
+        .filter(|g: &f64| g.is_finite() && *g >= 0.0)
+        .ok_or_else(|| format!("`{s}`: {gb:?} is not a volume (GB, >= 0)"))?;
+    let parts: Vec<&str> = what.split(':').collect();
+    let (cloud, class, direction) = match parts[..] {
+        [c, k] => (c, k, podflow_enrich::Direction::Out),
+        [c, k, "out"] => (c, k, podflow_enrich::Direction::Out),
+        [c, k, "in"] => (c, k, podflow_enrich::Direction::In),
+        [_, _, d] => return Err(format!("`{s}`: direction {d:?} is not out or in")),
+        _ => return Err(usage()),
+    };
+    if cloud.is_empty() || podflow_enrich::PriceKey::parse(class).is_none() {
+        return Err(format!(
+            "`{s}`: {class:?} is not a class or INTRA_REGION (or the cloud is empty)"
+        ));
+    }
+    Ok(podflow_enrich::PriorUsage {
+        cloud: cloud.to_string(),
+        region: None,
+        class: class.to_string(),
+        direction,
+        month: None,
+        gb,
+    })
 }
 
 impl AttributionArgs {
@@ -407,6 +454,8 @@ impl AttributionArgs {
             }
             None => podflow_enrich::EnrichConfig::default(),
         };
+        let mut config = config;
+        config.billing.prior_usage.extend(self.prior_usage);
         Ok(podflow_server::EnrichSettings {
             inventory,
             config,
@@ -958,6 +1007,52 @@ struct FlowsArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+struct CostArgs {
+    /// Base URL of a running podflow (`run` or `server`).
+    #[arg(
+        long,
+        alias = "url",
+        env = "PODFLOW_URL",
+        default_value = "http://127.0.0.1:9469"
+    )]
+    server: String,
+    /// How far back to look (e.g. 30d, 7d, 24h).
+    #[arg(long, default_value = "30d", value_parser = duration::parse)]
+    since: Duration,
+    /// What to charge: namespace, workload or label:app.
+    #[arg(long, default_value = "namespace", value_parser = ["namespace", "workload", "label:app"])]
+    by: String,
+    /// table, csv (the API's, as is) or json.
+    #[arg(long, value_enum, default_value_t = cost::Format::Table)]
+    format: cost::Format,
+    /// File holding the bearer token of a server run with --http-token-file.
+    #[arg(long, env = "PODFLOW_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+fn cost_cmd(a: CostArgs) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let path = cost::path(now, a.since, &a.by, a.format);
+    let body = cost::get(&a.server, &path, a.token_file.as_deref())?;
+    match a.format {
+        cost::Format::Csv => print!("{body}"),
+        cost::Format::Json => {
+            let v: serde_json::Value = serde_json::from_str(&body)
+                .with_context(|| format!("{}{path}: unexpected JSON", a.server))?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        cost::Format::Table => {
+            let v: serde_json::Value = serde_json::from_str(&body)
+                .with_context(|| format!("{}{path}: unexpected JSON", a.server))?;
+            print!("{}", cost::render(&v)?);
+        }
+    }
+    Ok(())
+}
+
 fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -1134,6 +1229,7 @@ fn main() -> ExitCode {
                 print!("{}", flows::render(&rows));
             }
         }),
+        Command::Cost(a) => cost_cmd(a),
         Command::Agent(a) => agent(*a),
         Command::Server(a) => server(*a),
         Command::Sysctl(a) => sysctl(a),
@@ -1157,6 +1253,31 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("podflow: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod prior_usage {
+    #[test]
+    fn the_flag_reads_cloud_class_direction_and_gb() {
+        let p = super::parse_prior_usage("aws:PUBLIC_INTERNET=5120").expect("valid");
+        assert_eq!(
+            (p.cloud.as_str(), p.class.as_str(), p.gb),
+            ("aws", "PUBLIC_INTERNET", 5120.0)
+        );
+        assert_eq!(p.direction, podflow_enrich::Direction::Out);
+        let p = super::parse_prior_usage("gcp:INTRA_REGION:in=1.5").expect("valid");
+        assert_eq!((p.direction, p.gb), (podflow_enrich::Direction::In, 1.5));
+        for bad in [
+            "aws:PUBLIC_INTERNET",
+            "aws:EGRESS=1",
+            "aws:PUBLIC_INTERNET:up=1",
+            "aws:PUBLIC_INTERNET=-1",
+            ":PUBLIC_INTERNET=1",
+        ] {
+            let e = super::parse_prior_usage(bad).expect_err(bad);
+            assert!(e.contains(bad), "{bad}: {e}");
         }
     }
 }

@@ -77,6 +77,10 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), Role
         store: StoreReader::sqlite(store_path.clone()),
         interval_s,
         probes: None,
+        billing: Some(Arc::new(
+            podflow_server::attribution::biller(&cfg.enrich)
+                .map_err(|e| RoleError::Attribution(e.to_string()))?,
+        )),
     });
     let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
     tracing::info!(listen = %cfg.listen, store = %store_path.display(), "podflow run: serving /metrics, /api/v1/flows, /live, /ready");

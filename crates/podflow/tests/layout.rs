@@ -21,7 +21,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("podflow-enrich", &["podflow-model", "podflow-inventory"]),
     ("podflow-store", &["podflow-model"]),
     ("podflow-pipeline", &["podflow-model", "podflow-netflow"]),
-    ("podflow-api", &["podflow-model", "podflow-store"]),
+    // The cost endpoints price the store's sums when queried (enrich's bill).
+    (
+        "podflow-api",
+        &["podflow-enrich", "podflow-model", "podflow-store"],
+    ),
     (
         "podflow-role",
         &[

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use podflow_enrich::{Attributor, CloudRanges, EnrichConfig, EnrichError, PriceTable};
+use podflow_enrich::{Attributor, Biller, CloudRanges, EnrichConfig, EnrichError, PriceTable};
 use podflow_inventory::{
     IndexConfig, Inventory, InventoryError, InventoryTracker, Node, SharedIndex,
 };
@@ -79,6 +79,16 @@ pub fn attributor(s: &EnrichSettings) -> Result<Attributor, EnrichSetupError> {
         None => PriceTable::defaults(),
     };
     Ok(Attributor::new(&s.config, "--config", ranges, prices)?)
+}
+
+/// What the HTTP API bills ranges with (`/api/v1/cost/*`): the same price table and
+/// config as attribution.
+pub fn biller(s: &EnrichSettings) -> Result<Biller, EnrichSetupError> {
+    let prices = match &s.prices {
+        Some(p) => PriceTable::load(p)?,
+        None => PriceTable::defaults(),
+    };
+    Ok(Biller::new(prices, &s.config, "--config")?)
 }
 
 /// A fingerprint of the files in the cloud-ranges directory (names, sizes, mtimes), to

@@ -283,6 +283,9 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
         store: reader,
         interval_s,
         probes: Some(std::sync::Mutex::new(probe_reader)),
+        billing: Some(Arc::new(
+            attribution::biller(&cfg.enrich).map_err(|e| RoleError::Attribution(e.to_string()))?,
+        )),
     });
     let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
     let inventory_ready = Arc::new(AtomicBool::new(false));

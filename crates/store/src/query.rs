@@ -88,6 +88,60 @@ const OTHER: &[Dim] = &[
     },
 ];
 
+/// Dimensions by the local end (the observer's side) and the remote end, as stored,
+/// rather than by initiator: what the query-time bill needs (the cluster's side decides
+/// the cloud, region and direction of a price, and who is charged). Not listed in
+/// [`dimensions`] nor accepted by `/api/v1/query`; they read `flows`, never a rollup.
+const LOCAL: &[Dim] = &[
+    Dim {
+        name: "local_cloud",
+        sql: "local_cloud",
+    },
+    Dim {
+        name: "local_region",
+        sql: "local_region",
+    },
+    Dim {
+        name: "local_namespace",
+        sql: "local_namespace",
+    },
+    Dim {
+        name: "local_workload",
+        sql: "COALESCE(NULLIF(local_workload, ''), NULLIF(local_name, ''), local_kind)",
+    },
+    Dim {
+        name: "local_app",
+        sql: "local_app",
+    },
+    Dim {
+        name: "local_ip",
+        sql: "local_addr",
+    },
+    Dim {
+        name: "local_initiated",
+        sql: "CASE WHEN local_initiated THEN '1' ELSE '0' END",
+    },
+    Dim {
+        name: "remote_kind",
+        sql: "remote_kind",
+    },
+    Dim {
+        name: "remote_name",
+        sql: "remote_name",
+    },
+    Dim {
+        name: "remote_ip",
+        sql: "remote_addr",
+    },
+];
+
+/// A dimension by the local or remote end ([`LOCAL`]): `local_cloud`, `local_region`,
+/// `local_namespace`, `local_workload`, `local_app`, `local_ip`, `local_initiated`
+/// (`1`/`0`), `remote_kind`, `remote_name`, `remote_ip`.
+pub fn local_dim(name: &str) -> Option<Dim> {
+    LOCAL.iter().find(|d| d.name == name).copied()
+}
+
 /// Every dimension, by name.
 pub fn dimensions() -> impl Iterator<Item = Dim> {
     SIDE.iter().chain(OTHER).copied()

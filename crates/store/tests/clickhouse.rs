@@ -884,6 +884,13 @@ fn grouped_rows(t0: i64) -> Vec<FlowRow> {
     ]
 }
 
+/// A query dimension, or one of the bill's dimensions by the stored ends.
+fn dimension(name: &str) -> query::Dim {
+    query::dim(name)
+        .or_else(|| query::local_dim(name))
+        .expect("dimension")
+}
+
 fn group_query(
     from: i64,
     to: i64,
@@ -895,13 +902,10 @@ fn group_query(
     GroupQuery {
         from,
         to,
-        group_by: group_by
-            .iter()
-            .map(|n| query::dim(n).expect("dimension"))
-            .collect(),
+        group_by: group_by.iter().map(|n| dimension(n)).collect(),
         filters: filters
             .iter()
-            .map(|(n, v)| (query::dim(n).expect("dimension"), v.to_string()))
+            .map(|(n, v)| (dimension(n), v.to_string()))
             .collect(),
         limit,
         view,
@@ -1160,7 +1164,20 @@ fn grouped_queries_equal_the_sqlite_store() {
         let mut each = both(&group_query(from, to, view, &all, &[], 100));
         each.sort_by(|a, b| a.key.cmp(&b.key));
         assert_eq!(each.len(), if view == View::Raw { 5 } else { 4 });
-        for d in &all {
+        // And the bill's dimensions by the stored ends.
+        let local = [
+            "local_cloud",
+            "local_region",
+            "local_namespace",
+            "local_workload",
+            "local_app",
+            "local_ip",
+            "local_initiated",
+            "remote_kind",
+            "remote_name",
+            "remote_ip",
+        ];
+        for d in all.iter().chain(&local) {
             let mut c = ch
                 .group(&group_query(from, to, view, &[d], &[], 100))
                 .expect("ClickHouse");

@@ -106,6 +106,13 @@ fn dim_expr(name: &str) -> Option<String> {
             "if(service_addr = toIPv6('::') AND service_port = 0, '', {})",
             ip_text("service_addr")
         ),
+        // The bill's dimensions by the stored ends (`query::local_dim`).
+        "local_initiated" => "if(local_initiated, '1', '0')".to_string(),
+        _ if name.starts_with("local_") || name.starts_with("remote_") => {
+            let (end, attr) = name.split_once('_')?;
+            let (local, remote) = end_columns(attr)?;
+            if end == "local" { local } else { remote }
+        }
         _ => {
             // `src_*` is the initiator's end, `dst_*` the responder's.
             let (src, attr) = match name.split_once('_')? {

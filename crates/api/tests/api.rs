@@ -168,6 +168,7 @@ async fn query_and_nodegraph_answers_match_the_golden_files() {
         store: StoreReader::sqlite(path),
         interval_s: 10,
         probes: None,
+        on_demand: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -226,6 +226,7 @@ async fn serve(rows: &[FlowRow]) -> (SocketAddr, tempfile::TempDir) {
         store: StoreReader::sqlite(path),
         interval_s: 10,
         probes: None,
+        on_demand: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1081,6 +1082,7 @@ async fn with_a_token_the_page_asks_for_it_once_and_sends_it() {
         store: StoreReader::sqlite(path),
         interval_s: 10,
         probes: None,
+        on_demand: None,
     });
     let policy = podflow_api::HttpPolicy {
         token: Some(Arc::new(

@@ -77,6 +77,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), Role
         store: StoreReader::sqlite(store_path.clone()),
         interval_s,
         probes: None,
+        on_demand: None,
     });
     let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
     tracing::info!(listen = %cfg.listen, store = %store_path.display(), "podflow run: serving /metrics, /api/v1/flows, /live, /ready");

@@ -125,6 +125,7 @@ async fn serve(path: Option<PathBuf>, settings: HttpSettings) -> (SocketAddr, Ar
         store: path.map_or(StoreReader::None, StoreReader::sqlite),
         interval_s: 10,
         probes: None,
+        on_demand: None,
     });
     let addr: SocketAddr = format!("127.0.0.1:{}", podflow_testkit::free_port())
         .parse()
@@ -316,6 +317,7 @@ async fn the_token_guards_the_data_and_rotates_without_a_restart() {
         store: StoreReader::None,
         interval_s: 10,
         probes: None,
+        on_demand: None,
     });
     let addr: SocketAddr = format!("127.0.0.1:{}", podflow_testkit::free_port())
         .parse()
@@ -865,6 +867,7 @@ async fn clickhouse_queries_and_their_retries_end_at_the_time_limit() {
         store: StoreReader::clickhouse(reader),
         interval_s: 10,
         probes: None,
+        on_demand: None,
     });
     let addr: SocketAddr = format!("127.0.0.1:{}", podflow_testkit::free_port())
         .parse()

@@ -5,6 +5,7 @@ pub mod attribution;
 pub mod auth;
 pub mod driver;
 mod intake;
+pub mod ondemand;
 pub mod peers;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ pub use attribution::{EnrichSettings, InventorySource};
 pub use auth::{AgentAuth, Authenticator};
 pub use driver::{Driver, DriverConfig};
 pub use intake::{AGENT_ID_HEADER, SEQ_WINDOW};
+pub use ondemand::OnDemandConfig;
 
 use intake::{INGRESS_KIB, INGRESS_QUEUE, IngestSvc, Ingress, MAX_BATCH_BYTES, Side, admit};
 use peers::PeerBook;
@@ -121,6 +123,8 @@ pub struct ServerConfig {
     pub netflow_exporter_labels: bool,
     /// Write to ClickHouse instead of the embedded store.
     pub clickhouse: Option<podflow_store::ClickHouseConfig>,
+    /// On-demand probes (`POST /api/v1/probe`).
+    pub on_demand: OnDemandConfig,
 }
 
 /// Runs until `shutdown`, then writes what it holds and acks it.
@@ -222,12 +226,22 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
         StoreReader::Sqlite { path, .. } => path.display().to_string(),
         _ => "ClickHouse".into(),
     };
+    let peer_book = Arc::new(PeerBook::default());
+    let prober = Arc::new(ondemand::ServerProber::new(
+        cfg.on_demand.ports,
+        Arc::clone(&peer_book),
+    ));
     // /live answers from here on; /ready once the inventory is in and the store writes.
     let state = Arc::new(AppState {
         exposition: Arc::clone(&registry) as _,
         store: reader,
         interval_s,
         probes: Some(std::sync::Mutex::new(probe_reader)),
+        on_demand: Some(podflow_api::ondemand::OnDemand::new(
+            Arc::clone(&prober) as _,
+            cfg.on_demand.rate_per_s,
+            cfg.on_demand.burst,
+        )),
     });
     let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
     let inventory_ready = Arc::new(AtomicBool::new(false));
@@ -253,11 +267,12 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
         &shutdown,
     )
     .await?;
+    let _ = prober.inventory.set(driver.inventory());
     inventory_ready.store(true, Relaxed);
 
     let (probe_tx, probe_thread) = probe_writer(probe_store, Arc::clone(&registry), cfg.retention);
     let side = Side {
-        peers: Arc::new(PeerBook::default()),
+        peers: peer_book,
         probe_rows: Some(probe_tx),
     };
     // The peer set follows the inventory (nodes deleted or leaving go at once).

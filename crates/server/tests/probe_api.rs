@@ -1,0 +1,211 @@
+//! `POST /api/v1/probe` on a real `podflow server` (in process, real sockets on
+//! 127.0.0.0/8): the HTTP API's bearer token guards it, it probes only nodes the
+//! inventory names (at the inventory's address), it is rate limited, and a real probe
+//! against a real responder on 127.0.0.1 answers with an RTT while a node whose packets
+//! all vanish answers with 100% loss.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::{config, free, metrics, value};
+use podflow_probe::{Ports, Responder, ResponderConfig};
+use podflow_server::{AgentAuth, InventorySource, OnDemandConfig, serve};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "probe-s3cret";
+
+/// A POST to `addr`: status, headers, body.
+fn post(addr: SocketAddr, body: &str, token: Option<&str>, ctype: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST /api/v1/probe HTTP/1.0\r\nHost: x\r\nContent-Type: {ctype}\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn probe(addr: SocketAddr, target: &str, kind: &str) -> (u16, String, Value) {
+    let body = serde_json::json!({ "target": target, "type": kind }).to_string();
+    let (status, head, text) = post(addr, &body, Some(TOKEN), "application/json");
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    (status, head, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_probe_needs_the_token_probes_only_known_nodes_and_is_rate_limited() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::write(d.join("token"), TOKEN).expect("token");
+    assert!(podflow_role::set_http_settings(
+        podflow_role::HttpSettings {
+            token_file: Some(d.join("token")),
+            ..Default::default()
+        }
+    ));
+    // A real responder on 127.0.0.1; on 127.0.0.3 a socket on the same UDP port that
+    // reads and never answers (every packet lost, no ICMP error either).
+    let stop = CancellationToken::new();
+    let responder = Responder::start(
+        &ResponderConfig {
+            bind: [127, 0, 0, 1].into(),
+            ports: Ports {
+                udp: 0,
+                tcp: 0,
+                http: 0,
+            },
+            ..Default::default()
+        },
+        stop.clone(),
+    )
+    .expect("responder");
+    let ports = responder.ports();
+    let dark = std::net::UdpSocket::bind(("127.0.0.3", ports.udp)).expect("bind 127.0.0.3");
+    let inv = d.join("inventory.yaml");
+    let mut text = String::from("apiVersion: v1\nkind: List\nitems:\n");
+    for (name, zone, ip) in [
+        ("node-lo", "zone-a", "127.0.0.1"),
+        ("node-dark", "zone-b", "127.0.0.3"),
+    ] {
+        text.push_str(&format!(
+            "- kind: Node\n  metadata: {{name: {name}, labels: {{topology.kubernetes.io/zone: {zone}}}}}\n  status: {{addresses: [{{type: InternalIP, address: {ip}}}], conditions: [{{type: Ready, status: \"True\"}}]}}\n"
+        ));
+    }
+    std::fs::write(&inv, text).expect("inventory");
+    let mut cfg = config(d, free(), AgentAuth::None, None);
+    cfg.enrich.inventory = InventorySource::File(inv);
+    cfg.on_demand = OnDemandConfig {
+        ports,
+        rate_per_s: 0.01,
+        burst: 5,
+    };
+    let http = cfg.listen;
+    let server = tokio::spawn(serve(cfg, stop.clone()));
+    metrics(http).await;
+
+    podflow_testkit::wait_until("the server ready", Duration::from_secs(20), || {
+        podflow_testkit::http_get(http.port(), "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    let r = tokio::task::spawn_blocking(move || {
+        let (status, _, _) = post(
+            http,
+            r#"{"target":"x","type":"tcp"}"#,
+            None,
+            "application/json",
+        );
+        assert_eq!(status, 401, "no token: 401 before anything else");
+        let unknown = probe(http, "node-nope", "udp");
+        let wrong = post(
+            http,
+            r#"{"target":"node-lo"}"#,
+            Some("not-it"),
+            "application/json",
+        );
+        let plain = post(http, r#"{"target":"node-lo"}"#, Some(TOKEN), "text/plain");
+        let bad_type = probe(http, "node-lo", "carrier-pigeon");
+        let udp = probe(http, "node-lo", "udp");
+        let tcp = probe(http, "node-lo", "tcp");
+        let lossy = probe(http, "node-dark", "udp");
+        let limited = probe(http, "node-lo", "udp");
+        (unknown, wrong, plain, bad_type, udp, tcp, lossy, limited)
+    })
+    .await
+    .expect("join");
+    let (unknown, wrong, plain, bad_type, udp, tcp, lossy, limited) = r;
+    let (s, _, v) = &unknown;
+    assert_eq!(*s, 404, "{v}");
+    assert!(
+        v["error"].as_str().expect("error").contains("`node-nope`"),
+        "{v}"
+    );
+    assert_eq!(wrong.0, 401, "{wrong:?}");
+    assert_eq!(plain.0, 415, "{plain:?}");
+    assert_eq!(bad_type.0, 400, "{bad_type:?}");
+    assert!(
+        bad_type.2["error"]
+            .as_str()
+            .expect("error")
+            .contains("carrier-pigeon")
+    );
+
+    let (s, _, v) = &udp;
+    assert_eq!(*s, 200, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["address"], "127.0.0.1", "the inventory's address: {v}");
+    assert_eq!(v["type"], "udp");
+    assert_eq!(v["sent"], 5, "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["loss"], 0.0, "{v}");
+    let rtt = v["rtt_seconds"].as_f64().expect("an RTT");
+    assert!(rtt > 0.0 && rtt < 0.25, "{v}");
+    assert!(
+        v["rtt_min_seconds"].as_f64() <= Some(rtt) && v["rtt_max_seconds"].as_f64() >= Some(rtt),
+        "{v}"
+    );
+
+    let (s, _, v) = &tcp;
+    assert_eq!(*s, 200, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["rtt_seconds"].as_f64().is_some_and(|r| r > 0.0), "{v}");
+
+    let (s, _, v) = &lossy;
+    assert_eq!(*s, 200, "{v}");
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["outcome"], "fail", "{v}");
+    assert_eq!(v["address"], "127.0.0.3", "{v}");
+    assert_eq!(
+        (v["sent"].as_u64(), v["lost"].as_u64()),
+        (Some(5), Some(5)),
+        "{v}"
+    );
+    assert_eq!(v["loss"], 1.0, "{v}");
+    assert!(v["rtt_seconds"].is_null(), "{v}");
+
+    // Five tokens (the unknown node, the bad type, udp, tcp, the dark node; 401 and 415
+    // take none), a refill of 0.01 a second: the sixth is refused.
+    let (s, head, v) = &limited;
+    assert_eq!(*s, 429, "{v}");
+    let retry: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Retry-After");
+    assert!((1..=100).contains(&retry), "{retry}");
+    let m = metrics(http).await;
+    assert_eq!(
+        value(
+            &m,
+            "podflow_http_requests_rejected_total{reason=\"probe_rate\"}"
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            &m,
+            "podflow_http_requests_rejected_total{reason=\"unauthorized\"}"
+        ) >= 2.0
+    );
+
+    stop.cancel();
+    let _ = server.await;
+    responder.stop().await;
+    drop(dark);
+}

@@ -113,8 +113,8 @@ struct ProbeOnceArgs {
     #[arg(long, conflicts_with_all = ["netns", "port"])]
     server: Option<String>,
 
-    /// The server's HTTP API token (a file holding it), when it has one.
-    #[arg(long, env = "PODFLOW_HTTP_TOKEN_FILE", requires = "server")]
+    /// With --server: a file holding the server's HTTP API token, when it has one.
+    #[arg(long, env = "PODFLOW_HTTP_TOKEN_FILE")]
     http_token_file: Option<PathBuf>,
 
     /// The responder's port (UDP echo and TCP accept; HTTP on the next port), as the

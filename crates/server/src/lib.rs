@@ -243,7 +243,7 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
             cfg.on_demand.burst,
         )),
     });
-    let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
+    // Required before the listener opens: else /ready could answer before they count.
     let inventory_ready = Arc::new(AtomicBool::new(false));
     let ready = Arc::clone(&inventory_ready);
     registry
@@ -253,6 +253,7 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
     registry.health.require("a writable store", move || {
         r.pipeline.store_errors_in_a_row.load(Relaxed) == 0
     });
+    let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
     let mut driver = Driver::new(
         DriverConfig {
             settings: cfg.enrich.clone(),

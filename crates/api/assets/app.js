@@ -513,6 +513,135 @@ function renderNamespaces(rows) {
   return sorted;
 }
 
+// ---- zone × zone matrix (issue 16): /api/v1/pairs?level=zone; a cell's node pairs ----
+
+async function fetchPairs(win, params) {
+  const p = new URLSearchParams({ from: win.from, ...params });
+  if (win.to !== null) p.set("to", win.to);
+  const url = `/api/v1/pairs?${p}`;
+  const r = await apiFetch(url);
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status} ${body.error ?? ""}`);
+  return body;
+}
+
+// Zone pairs with both zones known (traffic with one end outside the cluster is in the
+// tiles above), or why there are none.
+async function loadZones(win) {
+  try {
+    const body = await fetchPairs(win, { level: "zone" });
+    return { pairs: body.pairs.filter((p) => p.src && p.dst), from: body.from, to: body.to, error: null };
+  } catch (err) {
+    return { pairs: [], error: String(err.message ?? err) };
+  }
+}
+
+const fmtLoss = (l) => (l === null || l === undefined ? "—" : `${(l * 100).toFixed(l > 0 && l < 0.01 ? 2 : 1)}%`);
+const fmtRtt = (s) => (s === null || s === undefined ? "—" : s < 0.001 ? `${(s * 1e6).toFixed(0)} µs` : `${(s * 1e3).toFixed(2)} ms`);
+const pairBytes = (p) => p.bytes_src_to_dst + p.bytes_dst_to_src;
+
+// What a pair shows, as data attributes (tests read these) and text.
+function pairAttrs(p) {
+  return {
+    "data-src": p.src,
+    "data-dst": p.dst,
+    "data-bytes": String(pairBytes(p)),
+    "data-cost": String(p.cost_usd),
+    "data-loss": p.loss === null ? "" : String(p.loss),
+    "data-rtt-p50": p.rtt_p50_seconds === null ? "" : String(p.rtt_p50_seconds),
+    "data-rtt-p99": p.rtt_p99_seconds === null ? "" : String(p.rtt_p99_seconds),
+    "data-failures": String(p.failures),
+  };
+}
+
+function healthClass(p) {
+  if (p.loss === null) return "";
+  return p.loss >= 0.05 ? "sick" : p.loss > 0 ? "lossy" : "";
+}
+
+function renderZoneMatrix(z) {
+  const table = $("zone-matrix");
+  if (z.error || z.pairs.length === 0) {
+    const text = z.error ?? "No traffic or probes between zones in this range.";
+    table.replaceChildren(el("tbody", {}, el("tr", { class: "empty" }, el("td", { class: z.error ? "hint error" : "hint" }, text))));
+    $("zone-pairs").replaceChildren();
+    return;
+  }
+  const srcs = [...new Set(z.pairs.map((p) => p.src))].sort();
+  const dsts = [...new Set(z.pairs.map((p) => p.dst))].sort();
+  const at = new Map(z.pairs.map((p) => [`${p.src}\u0000${p.dst}`, p]));
+  const head = el("thead", {}, el("tr", {}, el("th", {}, "from \\ to"), ...dsts.map((d) => el("th", { class: "num" }, d))));
+  const rows = srcs.map((s) =>
+    el(
+      "tr",
+      {},
+      el("th", {}, s),
+      ...dsts.map((d) => {
+        const p = at.get(`${s}\u0000${d}`);
+        if (!p) return el("td", { class: "hint" }, "—");
+        const health = p.probes > 0 ? `loss ${fmtLoss(p.loss)} · p50 ${fmtRtt(p.rtt_p50_seconds)}` : "no probes";
+        const td = el(
+          "td",
+          { class: `cell ${healthClass(p)}`, ...pairAttrs(p), title: `p99 ${fmtRtt(p.rtt_p99_seconds)}, ${fmtInt(p.failures)} failed probes` },
+          el("div", { class: "bytes" }, fmtBytes(pairBytes(p))),
+          el("div", { class: "cost" }, fmtCost(p.cost_usd)),
+          el("div", { class: "health" }, health),
+        );
+        td.addEventListener("click", () => showZonePair(s, d));
+        return td;
+      }),
+    ),
+  );
+  table.replaceChildren(head, el("tbody", {}, ...rows));
+}
+
+// The node pairs of one zone pair, fetched on click.
+async function showZonePair(src, dst) {
+  const box = $("zone-pairs");
+  delete box.dataset.ready;
+  for (const c of $("zone-matrix").querySelectorAll("td.cell")) {
+    c.classList.toggle("selected", c.dataset.src === src && c.dataset.dst === dst);
+  }
+  try {
+    const body = await fetchPairs(timeWindow(), { level: "node", src_zone: src, dst_zone: dst });
+    const num = (name, v, text) => el("td", { class: "num", "data-field": name, "data-value": String(v ?? "") }, text);
+    const rows = body.pairs.map((p) =>
+      el(
+        "tr",
+        { ...pairAttrs(p), class: healthClass(p) },
+        el("td", {}, p.src),
+        el("td", {}, p.dst),
+        num("bytes", pairBytes(p), fmtBytes(pairBytes(p))),
+        num("cost_usd", p.cost_usd, fmtCost(p.cost_usd)),
+        num("loss", p.loss, fmtLoss(p.loss)),
+        num("rtt_p50", p.rtt_p50_seconds, fmtRtt(p.rtt_p50_seconds)),
+        num("rtt_p99", p.rtt_p99_seconds, fmtRtt(p.rtt_p99_seconds)),
+        num("failures", p.failures, fmtInt(p.failures)),
+      ),
+    );
+    const table = el(
+      "table",
+      { id: "node-pairs", "data-src-zone": src, "data-dst-zone": dst },
+      el(
+        "thead",
+        {},
+        el(
+          "tr",
+          {},
+          ...["From node", "To node"].map((h) => el("th", {}, h)),
+          ...["Bytes", "Cost", "Loss", "RTT p50", "RTT p99", "Failed probes"].map((h) => el("th", { class: "num" }, h)),
+        ),
+      ),
+      el("tbody", {}, ...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: "8", class: "hint" }, "No node pairs."))])),
+    );
+    box.replaceChildren(el("h3", {}, `${src} → ${dst}: node pairs`), table);
+    if (window.podflow) window.podflow.node_pairs = { src_zone: src, dst_zone: dst, pairs: body.pairs };
+  } catch (err) {
+    box.replaceChildren(el("p", { class: "hint error" }, String(err.message ?? err)));
+  }
+  box.dataset.ready = "true";
+}
+
 function publish(pf) {
   // For browser tests: where an element is drawn, in viewport pixels (a node's centre, an
   // edge's midpoint). A function, so it stays out of the JSON below.
@@ -539,7 +668,7 @@ async function refresh() {
   try {
     const cloudParams = { group_by: "dst_kind,dst_name", dst_kind: "cloud_range", limit: MAX_ROWS };
     if (state.namespace) cloudParams.src_namespace = state.namespace;
-    const [map, talkers, classes, cloud, namespaces] = await Promise.all([
+    const [map, talkers, classes, cloud, namespaces, zones] = await Promise.all([
       queryTouching(win, MAP_DIMS, { limit: MAX_ROWS }),
       queryTouching(win, TALKER_DIMS, { limit: TALKERS }),
       state.namespace
@@ -547,14 +676,16 @@ async function refresh() {
         : query(win, { group_by: "class", limit: MAX_ROWS }),
       query(win, cloudParams),
       query(win, { group_by: "src_namespace,dst_namespace", limit: MAX_ROWS }),
+      loadZones(win),
     ]);
     if (mine !== generation) return;
     const secs = Math.max(1, map.to - map.from);
     const graph = buildGraph(map.rows, secs);
     const talkerRows = talkers.rows.slice(0, TALKERS);
     const summary = summarize(classes.rows, cloud.rows);
-    window.podflow = { nodes: graph.nodes, edges: graph.edges, talkers: talkerRows, summary };
+    window.podflow = { nodes: graph.nodes, edges: graph.edges, talkers: talkerRows, summary, zones };
     renderSummary(summary);
+    renderZoneMatrix(zones);
     renderTalkers(talkerRows);
     const nsList = renderNamespaces(namespaces.rows);
     const drawn = renderMap(graph);

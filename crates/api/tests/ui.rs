@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use podflow_api::{AppState, StoreReader, router};
 use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, Protocol};
-use podflow_store::{FlowStore, SqliteStore};
+use podflow_store::probes::{BUCKETS, ProbeRow};
+use podflow_store::{FlowStore, ProbeStore, SqliteProbeStore, SqliteStore};
 use serde_json::Value;
 
 mod common;
@@ -215,17 +216,32 @@ fn big_rows(t: i64) -> Vec<FlowRow> {
 
 /// Serves the router on 127.0.0.1 over a store holding `rows`.
 async fn serve(rows: &[FlowRow]) -> (SocketAddr, tempfile::TempDir) {
+    serve_with_probes(rows, None).await
+}
+
+/// As [`serve`], with a probe store holding `probes` when given.
+async fn serve_with_probes(
+    rows: &[FlowRow],
+    probes: Option<&[ProbeRow]>,
+) -> (SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("podflow.sqlite");
     SqliteStore::open(&path)
         .expect("open")
         .write(rows)
         .expect("write");
+    let probes = probes.map(|p| {
+        let path = dir.path().join("probes.sqlite");
+        let mut w = SqliteProbeStore::open(&path).expect("open probes");
+        w.write_probes(p).expect("write probes");
+        let r: Box<dyn ProbeStore> = Box::new(SqliteProbeStore::open(&path).expect("open probes"));
+        std::sync::Mutex::new(r)
+    });
     let state = Arc::new(AppState {
         exposition: Arc::new(common::Quiet),
         store: StoreReader::sqlite(path),
         interval_s: 10,
-        probes: None,
+        probes,
         on_demand: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1135,4 +1151,190 @@ async fn with_a_token_the_page_asks_for_it_once_and_sends_it() {
     })
     .await
     .expect("webdriver session");
+}
+
+/// Probe history beside [`small_rows`]: node-a → node-b loses 10% of its UDP packets
+/// (5 of 50), node-b → node-a none, node-c → node-b has TCP failures only (no UDP: no
+/// loss figure), node-a → node-c has probes and no traffic.
+fn probe_rows(t: i64) -> Vec<ProbeRow> {
+    let row = |src: (&str, &str),
+               dst: (&str, &str),
+               kind: &str,
+               count,
+               failures,
+               sent,
+               lost,
+               bucket: usize| {
+        let mut buckets = vec![0; BUCKETS];
+        let samples = sent - lost;
+        buckets[bucket] = samples;
+        ProbeRow {
+            interval_start: t,
+            interval_s: 10,
+            src_node: src.0.into(),
+            src_zone: src.1.into(),
+            dst_node: dst.0.into(),
+            dst_zone: dst.1.into(),
+            kind: kind.into(),
+            dns_name: String::new(),
+            count,
+            failures,
+            unavailable: 0,
+            sent,
+            lost,
+            rtt_count: samples,
+            rtt_sum_ns: samples * 1_000_000,
+            rtt_min_ns: 900_000,
+            rtt_max_ns: 1_100_000,
+            buckets,
+        }
+    };
+    let (a, b, c) = (("node-a", "a"), ("node-b", "b"), ("node-c", "c"));
+    vec![
+        row(a, b, "udp", 10, 1, 50, 5, 6),
+        row(b, a, "udp", 10, 0, 50, 0, 3),
+        row(c, b, "tcp", 10, 2, 10, 2, 4),
+        row(a, c, "udp", 10, 0, 50, 0, 5),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zone_matrix_shows_bytes_cost_loss_and_rtt_and_a_click_shows_its_node_pairs() {
+    let (Some(chromium), Some(driver)) = (chromium(), Driver::find()) else {
+        podflow_testkit::skip(
+            "the UI zone matrix test",
+            "needs Chromium and chromedriver (apt-get install -y chromium chromium-driver)",
+        );
+        return;
+    };
+    let t = recent();
+    let (addr, _dir) = serve_with_probes(&small_rows(t), Some(&probe_rows(t))).await;
+    let (page, window) = tokio::task::spawn_blocking(move || {
+        let d = Driver::start(&driver, &chromium);
+        d.cmd(
+            "POST",
+            "/url",
+            serde_json::json!({"url": format!("http://{addr}/")}),
+        );
+        d.wait_ready();
+        let cells = |sel: &str| {
+            d.exec(
+                "return [...document.querySelectorAll(arguments[0])].map(e => ({...e.dataset, text: e.innerText}))",
+                serde_json::json!([sel]),
+            )
+        };
+        let matrix = cells("#zone-matrix td.cell");
+        let window = d.exec("return window.podflow.zones", serde_json::json!([]));
+        d.click("#zone-matrix td.cell[data-src='a'][data-dst='b']");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while d.exec(
+            "return document.getElementById('zone-pairs').dataset.ready === 'true'",
+            serde_json::json!([]),
+        ) != Value::Bool(true)
+        {
+            assert!(Instant::now() < deadline, "the node pairs never showed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let nodes = cells("#node-pairs tbody tr");
+        let heading = d.exec(
+            "return document.querySelector('#zone-pairs h3').innerText",
+            serde_json::json!([]),
+        );
+        ((matrix, nodes, heading), window)
+    })
+    .await
+    .expect("webdriver session");
+    let (matrix, nodes, heading) = page;
+    let cell = |src: &str, dst: &str| -> &Value {
+        matrix
+            .as_array()
+            .expect("cells")
+            .iter()
+            .find(|c| c["src"] == src && c["dst"] == dst)
+            .unwrap_or_else(|| panic!("no cell {src} -> {dst}: {matrix}"))
+    };
+    // From the rows written: web -> db (zone a -> b) seen by both nodes, counted once.
+    let ab = cell("a", "b");
+    assert_eq!(ab["bytes"], "66000", "{ab}");
+    assert_eq!(ab["cost"], "0.25", "{ab}");
+    assert_eq!(ab["loss"], "0.1", "{ab}");
+    assert_eq!(ab["failures"], "1", "{ab}");
+    let text = ab["text"].as_str().expect("text");
+    assert!(
+        text.contains("64.5 KiB") && text.contains("$0.25") && text.contains("loss 10.0%"),
+        "{text}"
+    );
+    let cb = cell("c", "b");
+    assert_eq!(cb["bytes"], "55000", "{cb}");
+    assert_eq!(cb["cost"], "1.5", "{cb}");
+    assert_eq!(cb["loss"], "", "TCP only: no loss figure: {cb}");
+    assert_eq!(cb["failures"], "2", "{cb}");
+    assert_eq!(cell("a", "a")["bytes"], "1000");
+    let ac = cell("a", "c");
+    assert_eq!(
+        (ac["bytes"].as_str(), ac["loss"].as_str()),
+        (Some("0"), Some("0")),
+        "{ac}"
+    );
+    assert_eq!(
+        matrix.as_array().map(Vec::len),
+        Some(5),
+        "a-a, a-b, a-c, b-a, c-b: {matrix}"
+    );
+    // Every cell is the API's answer for the same window.
+    let api = get_json(
+        addr,
+        &format!(
+            "/api/v1/pairs?level=zone&from={}&to={}",
+            window["from"], window["to"]
+        ),
+    )
+    .await;
+    let mut n = 0;
+    for p in api["pairs"].as_array().expect("pairs") {
+        let (src, dst) = (
+            p["src"].as_str().expect("src"),
+            p["dst"].as_str().expect("dst"),
+        );
+        if src.is_empty() || dst.is_empty() {
+            continue;
+        }
+        n += 1;
+        let c = cell(src, dst);
+        let bytes =
+            p["bytes_src_to_dst"].as_u64().expect("b") + p["bytes_dst_to_src"].as_u64().expect("b");
+        assert_eq!(c["bytes"], bytes.to_string(), "{src}->{dst}");
+        let num = |v: &Value| v.as_f64().map(|f| f.to_string()).unwrap_or_default();
+        assert_eq!(
+            c["rttP50"],
+            num(&p["rtt_p50_seconds"]),
+            "{src}->{dst}: {c} vs {p}"
+        );
+        assert_eq!(c["loss"], num(&p["loss"]), "{src}->{dst}");
+    }
+    assert_eq!(n, 5);
+    assert!(
+        ab["rttP50"]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0),
+        "{ab}"
+    );
+    // The click: that zone pair's node pairs only.
+    assert_eq!(heading, "a → b: node pairs");
+    let rows = nodes.as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{nodes}");
+    let r = &rows[0];
+    assert_eq!(
+        (r["src"].as_str(), r["dst"].as_str()),
+        (Some("node-a"), Some("node-b")),
+        "{r}"
+    );
+    assert_eq!(r["bytes"], "66000");
+    assert_eq!(r["loss"], "0.1");
+    assert_eq!(r["failures"], "1");
+    assert_eq!(
+        r["rttP50"], ab["rttP50"],
+        "one node pair: its RTT is the zone pair's"
+    );
 }

@@ -58,6 +58,8 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), Role
             max_keys: cfg.max_keys,
             retention: cfg.retention,
             max_pending_rows: MAX_PENDING_ROWS,
+            // One observer: no flow between two nodes that both run agents.
+            probe_ports: Vec::new(),
         },
         store,
         Arc::clone(&registry),

@@ -262,6 +262,14 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
             max_keys: cfg.max_keys,
             retention: cfg.retention,
             max_pending_rows: MAX_PENDING_ROWS,
+            probe_ports: {
+                let p = cfg.on_demand.ports;
+                vec![
+                    (podflow_model::Protocol::UDP, p.udp),
+                    (podflow_model::Protocol::TCP, p.tcp),
+                    (podflow_model::Protocol::TCP, p.http),
+                ]
+            },
         },
         store,
         Arc::clone(&registry),

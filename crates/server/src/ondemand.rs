@@ -26,7 +26,12 @@ pub struct OnDemandConfig {
 impl Default for OnDemandConfig {
     fn default() -> Self {
         OnDemandConfig {
-            ports: Ports::default(),
+            // As the agents' --probe-port default: UDP and TCP on 9471, HTTP on 9472.
+            ports: Ports {
+                udp: 9471,
+                tcp: 9471,
+                http: 9472,
+            },
             rate_per_s: 1.0,
             burst: 5,
         }

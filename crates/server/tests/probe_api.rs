@@ -43,6 +43,30 @@ fn post(addr: SocketAddr, body: &str, token: Option<&str>, ctype: &str) -> (u16,
     (status, head.to_ascii_lowercase(), body.to_string())
 }
 
+/// The HTTP API of every server in this process wants [`TOKEN`] (a process-wide setting).
+fn token_required() {
+    static FILE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+        podflow_role::set_http_settings(podflow_role::HttpSettings {
+            token_file: Some(dir.path().join("token")),
+            ..Default::default()
+        });
+        dir
+    });
+}
+
+fn inventory(path: &std::path::Path, nodes: &[(&str, &str, &str)]) {
+    let mut text = String::from("apiVersion: v1\nkind: List\nitems:\n");
+    for (name, zone, ip) in nodes {
+        text.push_str(&format!(
+            "- kind: Node\n  metadata: {{name: {name}, labels: {{topology.kubernetes.io/zone: {zone}}}}}\n  status: {{addresses: [{{type: InternalIP, address: {ip}}}], conditions: [{{type: Ready, status: \"True\"}}]}}\n"
+        ));
+    }
+    std::fs::write(path, text).expect("inventory");
+}
+
 fn probe(addr: SocketAddr, target: &str, kind: &str) -> (u16, String, Value) {
     let body = serde_json::json!({ "target": target, "type": kind }).to_string();
     let (status, head, text) = post(addr, &body, Some(TOKEN), "application/json");
@@ -54,13 +78,7 @@ fn probe(addr: SocketAddr, target: &str, kind: &str) -> (u16, String, Value) {
 async fn post_probe_needs_the_token_probes_only_known_nodes_and_is_rate_limited() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
-    std::fs::write(d.join("token"), TOKEN).expect("token");
-    assert!(podflow_role::set_http_settings(
-        podflow_role::HttpSettings {
-            token_file: Some(d.join("token")),
-            ..Default::default()
-        }
-    ));
+    token_required();
     // A real responder on 127.0.0.1; on 127.0.0.3 a socket on the same UDP port that
     // reads and never answers (every packet lost, no ICMP error either).
     let stop = CancellationToken::new();
@@ -80,16 +98,13 @@ async fn post_probe_needs_the_token_probes_only_known_nodes_and_is_rate_limited(
     let ports = responder.ports();
     let dark = std::net::UdpSocket::bind(("127.0.0.3", ports.udp)).expect("bind 127.0.0.3");
     let inv = d.join("inventory.yaml");
-    let mut text = String::from("apiVersion: v1\nkind: List\nitems:\n");
-    for (name, zone, ip) in [
-        ("node-lo", "zone-a", "127.0.0.1"),
-        ("node-dark", "zone-b", "127.0.0.3"),
-    ] {
-        text.push_str(&format!(
-            "- kind: Node\n  metadata: {{name: {name}, labels: {{topology.kubernetes.io/zone: {zone}}}}}\n  status: {{addresses: [{{type: InternalIP, address: {ip}}}], conditions: [{{type: Ready, status: \"True\"}}]}}\n"
-        ));
-    }
-    std::fs::write(&inv, text).expect("inventory");
+    inventory(
+        &inv,
+        &[
+            ("node-lo", "zone-a", "127.0.0.1"),
+            ("node-dark", "zone-b", "127.0.0.3"),
+        ],
+    );
     let mut cfg = config(d, free(), AgentAuth::None, None);
     cfg.enrich.inventory = InventorySource::File(inv);
     cfg.on_demand = OnDemandConfig {
@@ -208,4 +223,158 @@ async fn post_probe_needs_the_token_probes_only_known_nodes_and_is_rate_limited(
     let _ = server.await;
     responder.stop().await;
     drop(dark);
+}
+
+/// A GET with the token: status and JSON body.
+fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{body}: {e}")),
+    )
+}
+
+fn observation(
+    proto: podflow_model::Protocol,
+    src: [u8; 4],
+    dst: [u8; 4],
+    dport: u16,
+    bytes: u64,
+) -> podflow_model::Observation {
+    let t = |s: [u8; 4], d: [u8; 4], sp, dp| podflow_model::Tuple {
+        src: s.into(),
+        dst: d.into(),
+        src_port: sp,
+        dst_port: dp,
+    };
+    let c = podflow_model::Counters { bytes, packets: 1 };
+    podflow_model::Observation {
+        proto,
+        orig: t(src, dst, 40000, dport),
+        reply: t(dst, src, dport, 40000),
+        delta_orig: c,
+        delta_reply: c,
+        opened: true,
+        ..Default::default()
+    }
+}
+
+/// Node-to-node flows to the agents' probe ports (UDP and TCP 9471, HTTP on TCP 9472)
+/// carry the app label `podflow-probe` on both ends; other node-to-node traffic, and
+/// traffic to a probe port of an address that is no node, does not. Both nodes run
+/// agents (each has sent a batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probes_own_flows_between_agents_nodes_are_marked_podflow_probe() {
+    use podflow_model::Protocol;
+    token_required();
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let inv = d.join("inventory.yaml");
+    inventory(
+        &inv,
+        &[
+            ("node-a", "zone-a", "10.0.0.1"),
+            ("node-b", "zone-b", "10.0.0.2"),
+        ],
+    );
+    let grpc = free();
+    let mut cfg = config(d, grpc, AgentAuth::None, None);
+    cfg.enrich.inventory = InventorySource::File(inv);
+    let http = cfg.listen;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(cfg, stop.clone()));
+    metrics(http).await;
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", grpc.port()))
+        .expect("url")
+        .connect_timeout(Duration::from_secs(5));
+    let (a, b, other) = ([10, 0, 0, 1], [10, 0, 0, 2], [10, 9, 9, 9]);
+    let mut first = common::batch("node-b", "node-b", 1);
+    first.observations = vec![podflow_proto::observation_pb(&observation(
+        Protocol::TCP,
+        b,
+        a,
+        22,
+        100,
+    ))];
+    // The gRPC port opens once the driver is up.
+    let mut pushed = Err(String::new());
+    for _ in 0..100 {
+        pushed = common::push(&ep, &[], first.clone()).await;
+        if pushed.as_ref().is_ok() || !pushed.as_ref().is_err_and(|e| e.starts_with("connect")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pushed, Ok(1));
+    let mut batch = common::batch("node-a", "node-a", 1);
+    batch.observations = [
+        observation(Protocol::UDP, a, b, 9471, 1000),
+        observation(Protocol::TCP, a, b, 9471, 2000),
+        observation(Protocol::TCP, a, b, 9472, 3000),
+        observation(Protocol::UDP, a, b, 9472, 4000),
+        observation(Protocol::TCP, a, b, 22, 5000),
+        observation(Protocol::UDP, a, other, 9471, 6000),
+    ]
+    .iter()
+    .map(podflow_proto::observation_pb)
+    .collect();
+    assert_eq!(common::push(&ep, &[], batch).await, Ok(1));
+    let (rows, only) = tokio::task::spawn_blocking(move || {
+        let q = "/api/v1/query?view=raw&observer=node-a&group_by=proto,dst_port,src_app,dst_app,dst_kind&limit=100";
+        (get_json(http, q), get_json(http, &format!("{q}&dst_app=podflow-probe")))
+    })
+    .await
+    .expect("join");
+    assert_eq!(rows.0, 200, "{}", rows.1);
+    let mut got: Vec<[String; 5]> = rows.1["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            ["proto", "dst_port", "src_app", "dst_app", "dst_kind"]
+                .map(|n| r["key"][n].as_str().unwrap_or_default().to_string())
+        })
+        .collect();
+    got.sort();
+    let row =
+        |p: &str, port: &str, app: &str, kind: &str| [p, port, app, app, kind].map(String::from);
+    // proto by number (6 TCP, 17 UDP); 10.9.9.9 is no node (a private address no rule names).
+    let mut want = vec![
+        row("6", "22", "", "node"),
+        row("6", "9471", "podflow-probe", "node"),
+        row("6", "9472", "podflow-probe", "node"),
+        row("17", "9471", "", "unknown"),
+        row("17", "9471", "podflow-probe", "node"),
+        row("17", "9472", "", "node"),
+    ];
+    want.sort();
+    assert_eq!(got, want, "{}", rows.1);
+    assert_eq!(only.0, 200, "{}", only.1);
+    let marked = only.1["rows"].as_array().expect("rows");
+    assert_eq!(marked.len(), 3, "{}", only.1);
+    let bytes: u64 = marked
+        .iter()
+        .map(|r| {
+            r["bytes_src_to_dst"].as_u64().unwrap_or(0)
+                + r["bytes_dst_to_src"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(bytes, 2 * (1000 + 2000 + 3000), "{}", only.1);
+    stop.cancel();
+    let _ = server.await;
 }

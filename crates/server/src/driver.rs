@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use podflow_enrich::Attributor;
 use podflow_inventory::SharedIndex;
 use podflow_model::{
-    Attribution, ChunkId, FlowLabels, FlowRow, Observation, Oriented, Place, Protocol,
+    Attribution, ChunkId, FlowLabels, FlowRow, Observation, Oriented, PROBE_APP, Place, Protocol,
 };
 use podflow_pipeline::Aggregator;
 use podflow_pipeline::ledger::{BatchId, Ledger, Offer};
@@ -70,9 +70,6 @@ fn labels<A>(
     }
     l
 }
-
-/// The app label of the probes' own traffic (`src_app` / `dst_app` in queries).
-pub const PROBE_APP: &str = "podflow-probe";
 
 /// A number naming this process's chunks of rows no agent replays (part of their
 /// tokens), different on every start.

@@ -334,9 +334,17 @@ async fn the_probes_own_flows_between_agents_nodes_are_marked_podflow_probe() {
     .map(podflow_proto::observation_pb)
     .collect();
     assert_eq!(common::push(&ep, &[], batch).await, Ok(1));
-    let (rows, only) = tokio::task::spawn_blocking(move || {
+    let (rows, only, without, split) = tokio::task::spawn_blocking(move || {
         let q = "/api/v1/query?view=raw&observer=node-a&group_by=proto,dst_port,src_app,dst_app,dst_kind&limit=100";
-        (get_json(http, q), get_json(http, &format!("{q}&dst_app=podflow-probe")))
+        (
+            get_json(http, q),
+            get_json(http, &format!("{q}&dst_app=podflow-probe")),
+            get_json(http, &format!("{q}&podflow_probe=false")),
+            get_json(
+                http,
+                "/api/v1/query?view=raw&observer=node-a&group_by=podflow_probe",
+            ),
+        )
     })
     .await
     .expect("join");
@@ -375,6 +383,39 @@ async fn the_probes_own_flows_between_agents_nodes_are_marked_podflow_probe() {
         })
         .sum();
     assert_eq!(bytes, 2 * (1000 + 2000 + 3000), "{}", only.1);
+    // Left out with podflow_probe=false; its own dimension splits the totals.
+    assert_eq!(without.0, 200, "{}", without.1);
+    let ports: Vec<&str> = without.1["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["key"]["dst_port"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(ports, ["9471", "22", "9472"], "{}", without.1);
+    assert_eq!(split.0, 200, "{}", split.1);
+    let by: Vec<(String, u64)> = split.1["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["key"]["podflow_probe"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                r["bytes_src_to_dst"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("false".to_string(), 6000 + 5000 + 4000),
+            ("true".to_string(), 1000 + 2000 + 3000)
+        ],
+        "{}",
+        split.1
+    );
     stop.cancel();
     let _ = server.await;
 }

@@ -86,6 +86,12 @@ const OTHER: &[Dim] = &[
         name: "service_ip",
         sql: "service_addr",
     },
+    // The probes' own traffic (both ends labelled `podflow_model::PROBE_APP`): `true` or
+    // `false`, so `podflow_probe=false` leaves it out.
+    Dim {
+        name: "podflow_probe",
+        sql: "CASE WHEN local_app = 'podflow-probe' AND remote_app = 'podflow-probe' THEN 'true' ELSE 'false' END",
+    },
 ];
 
 /// Every dimension, by name.

@@ -956,6 +956,21 @@ fn grouped_queries_equal_the_sqlite_store() {
         c
     };
 
+    // The probes' own traffic (none here): the same expression on both stores.
+    assert_eq!(
+        both(&group_query(
+            from,
+            to,
+            View::Raw,
+            &["podflow_probe"],
+            &[("podflow_probe", "false")],
+            10
+        ))
+        .iter()
+        .map(|r| r.key.clone())
+        .collect::<Vec<_>>(),
+        vec![vec!["false".to_string()]]
+    );
     // Workload pairs: the raw view counts web → db on both nodes, count-once on web's.
     let q = |view| {
         group_query(

@@ -102,6 +102,11 @@ fn dim_expr(name: &str) -> Option<String> {
             )
         }
         "class" | "observer" | "service_namespace" | "service_name" => name.to_string(),
+        "podflow_probe" => {
+            let (l, r) = end_columns("app")?;
+            let app = podflow_model::PROBE_APP;
+            format!("if({l} = '{app}' AND {r} = '{app}', 'true', 'false')")
+        }
         "service_ip" => format!(
             "if(service_addr = toIPv6('::') AND service_port = 0, '', {})",
             ip_text("service_addr")

@@ -393,6 +393,7 @@ function showEdge(id) {
     ["cost_usd", "Cost", fmtCost(e.cost_usd), e.cost_usd],
   );
   showDetails(id, `${e.source} → ${e.target}`, fields);
+  showEdgeHealth(e);
 }
 
 function select(id) {
@@ -642,6 +643,62 @@ async function showZonePair(src, dst) {
   box.dataset.ready = "true";
 }
 
+// ---- probe health in the map's edge details (issue 16) ----
+
+// The node pairs' health of this refresh's window, fetched once when an edge is clicked.
+let nodePairsCache = null;
+
+function nodePairHealth(win) {
+  nodePairsCache ??= fetchPairs(win, { level: "node" }).then((b) => new Map(b.pairs.map((p) => [`${p.src}\u0000${p.dst}`, p])));
+  return nodePairsCache;
+}
+
+// The node pairs (else zone pairs) an edge's traffic crossed that have probe data: the
+// edge's flows grouped by node and zone, looked up in /api/v1/pairs.
+async function showEdgeHealth(e) {
+  const box = el("div", { id: "edge-health" }, el("h4", {}, "Probe health"), el("p", { class: "hint" }, "Loading…"));
+  $("details").append(box);
+  const end = (id) => window.podflow.nodes.find((n) => n.id === id);
+  const [s, d] = [end(e.source), end(e.target)];
+  try {
+    const win = timeWindow();
+    const params = { group_by: "src_node,dst_node,src_zone,dst_zone", limit: 100 };
+    if (s) Object.assign(params, { src_kind: s.kind, src_namespace: s.namespace ?? "", src_workload: s.label });
+    if (d) Object.assign(params, { dst_kind: d.kind, dst_namespace: d.namespace ?? "", dst_workload: d.label });
+    const [q, nodes] = await Promise.all([query(win, params), nodePairHealth(win)]);
+    if ($("details").dataset.selected !== e.id) return;
+    const zones = new Map((window.podflow.zones?.pairs ?? []).map((p) => [`${p.src}\u0000${p.dst}`, p]));
+    const found = (rows, key, from) => {
+      const out = new Map();
+      for (const r of rows) {
+        const [a, b] = key(r.key);
+        const p = a && b ? from.get(`${a}\u0000${b}`) : undefined;
+        if (p && p.probes > 0) out.set(`${a}\u0000${b}`, p);
+      }
+      return [...out.values()];
+    };
+    let level = "node";
+    let pairs = found(q.rows, (k) => [k.src_node, k.dst_node], nodes);
+    if (pairs.length === 0) {
+      level = "zone";
+      pairs = found(q.rows, (k) => [k.src_zone, k.dst_zone], zones);
+    }
+    if (pairs.length === 0) {
+      box.replaceChildren(el("h4", {}, "Probe health"), el("p", { class: "hint" }, "No probe data for this edge's nodes or zones."));
+    } else {
+      const dl = el("dl");
+      for (const p of pairs) {
+        const health = `loss ${fmtLoss(p.loss)} · p50 ${fmtRtt(p.rtt_p50_seconds)} · p99 ${fmtRtt(p.rtt_p99_seconds)} · ${fmtInt(p.failures)} failed`;
+        dl.append(el("dt", {}, `${p.src} → ${p.dst}`), el("dd", { class: `probe-pair ${healthClass(p)}`, "data-level": level, ...pairAttrs(p) }, health));
+      }
+      box.replaceChildren(el("h4", {}, `Probe health (${level} pairs)`), dl);
+    }
+  } catch (err) {
+    box.replaceChildren(el("h4", {}, "Probe health"), el("p", { class: "hint error" }, String(err.message ?? err)));
+  }
+  box.dataset.ready = "true";
+}
+
 function publish(pf) {
   // For browser tests: where an element is drawn, in viewport pixels (a node's centre, an
   // edge's midpoint). A function, so it stays out of the JSON below.
@@ -660,6 +717,7 @@ function publish(pf) {
 
 async function refresh() {
   const mine = ++generation;
+  nodePairsCache = null;
   const status = $("status");
   status.className = "";
   status.textContent = "Loading…";

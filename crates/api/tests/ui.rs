@@ -1199,7 +1199,7 @@ fn probe_rows(t: i64) -> Vec<ProbeRow> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_zone_matrix_shows_bytes_cost_loss_and_rtt_and_a_click_shows_its_node_pairs() {
+async fn the_zone_matrix_and_the_edge_details_show_probe_health_beside_bytes_and_cost() {
     let (Some(chromium), Some(driver)) = (chromium(), Driver::find()) else {
         podflow_testkit::skip(
             "the UI zone matrix test",
@@ -1240,11 +1240,37 @@ async fn the_zone_matrix_shows_bytes_cost_loss_and_rtt_and_a_click_shows_its_nod
             "return document.querySelector('#zone-pairs h3').innerText",
             serde_json::json!([]),
         );
-        ((matrix, nodes, heading), window)
+        // Probe health in an edge's details: the node pairs its traffic crossed.
+        let health = |edge: &str| {
+            d.click_map(edge);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while d.exec(
+                "const h = document.getElementById('edge-health');
+                 return !!h && h.dataset.ready === 'true' && document.getElementById('details').dataset.selected === arguments[0]",
+                serde_json::json!([edge]),
+            ) != Value::Bool(true)
+            {
+                assert!(Instant::now() < deadline, "no probe health for {edge}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (
+                cells("#edge-health dd.probe-pair"),
+                d.exec(
+                    "return document.getElementById('edge-health').innerText",
+                    serde_json::json!([]),
+                ),
+            )
+        };
+        let edges = [
+            health("shop/web->shop/db"),
+            health("billing/api->shop/db"),
+            health("shop/web->S3"),
+        ];
+        ((matrix, nodes, heading, edges), window)
     })
     .await
     .expect("webdriver session");
-    let (matrix, nodes, heading) = page;
+    let (matrix, nodes, heading, edges) = page;
     let cell = |src: &str, dst: &str| -> &Value {
         matrix
             .as_array()
@@ -1336,5 +1362,40 @@ async fn the_zone_matrix_shows_bytes_cost_loss_and_rtt_and_a_click_shows_its_nod
     assert_eq!(
         r["rttP50"], ab["rttP50"],
         "one node pair: its RTT is the zone pair's"
+    );
+    // Edge details: web -> db crossed node-a -> node-b (10% loss, one failure).
+    let (pairs, text) = &edges[0];
+    let pairs = pairs.as_array().expect("pairs");
+    assert_eq!(pairs.len(), 1, "{text}");
+    let p = &pairs[0];
+    assert_eq!(
+        (p["src"].as_str(), p["dst"].as_str(), p["level"].as_str()),
+        (Some("node-a"), Some("node-b"), Some("node")),
+        "{p}"
+    );
+    assert_eq!(p["loss"], "0.1");
+    assert_eq!(p["failures"], "1");
+    assert_eq!(p["rttP50"], ab["rttP50"]);
+    assert!(
+        text.as_str()
+            .is_some_and(|t| t.contains("loss 10.0%") && t.contains("1 failed")),
+        "{text}"
+    );
+    // api -> db: node-c -> node-b has TCP failures only: no loss figure.
+    let (pairs, text) = &edges[1];
+    let p = &pairs.as_array().expect("pairs")[0];
+    assert_eq!(
+        (p["src"].as_str(), p["dst"].as_str()),
+        (Some("node-c"), Some("node-b")),
+        "{text}"
+    );
+    assert_eq!(p["loss"], "");
+    assert_eq!(p["failures"], "2");
+    // web -> S3: no node at the other end, no zone pair with probes.
+    let (pairs, text) = &edges[2];
+    assert_eq!(pairs.as_array().map(Vec::len), Some(0), "{text}");
+    assert!(
+        text.as_str().is_some_and(|t| t.contains("No probe data")),
+        "{text}"
     );
 }

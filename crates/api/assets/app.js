@@ -643,6 +643,79 @@ async function showZonePair(src, dst) {
   box.dataset.ready = "true";
 }
 
+// ---- bytes over time by class (issue 16): /api/v1/query?group_by=time_*,class ----
+
+// The bucket dimension for a window: about 15 to 170 bars.
+function timeStep(from, to) {
+  const span = to - from;
+  if (span <= 3600) return ["time_1m", 60];
+  if (span <= 86400) return ["time_10m", 600];
+  return ["time_1h", 3600];
+}
+
+async function loadSeries(win) {
+  const to = win.to ?? Math.floor(Date.now() / 1000);
+  const [dim, step] = timeStep(win.from, to);
+  const body = await queryTouching(win, state.namespace ? [dim, "src_namespace", "dst_namespace", "class"] : [dim, "class"], { limit: MAX_ROWS });
+  const buckets = new Map();
+  for (const r of body.rows) {
+    const t = Number(r.key[dim]);
+    const b = buckets.get(t) ?? { t, total: 0, by_class: {} };
+    b.by_class[r.key.class] = (b.by_class[r.key.class] ?? 0) + bytesOf(r);
+    b.total += bytesOf(r);
+    buckets.set(t, b);
+  }
+  const first = Math.floor(body.from / step) * step;
+  return { dim, step, from: first, to: body.to, buckets: [...buckets.values()].sort((a, b) => a.t - b.t) };
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  return e;
+}
+
+function renderSeries(series) {
+  const box = $("series");
+  if (series.buckets.length === 0) {
+    box.replaceChildren(el("p", { class: "hint" }, "No flows in this range."));
+    return;
+  }
+  const n = Math.max(1, Math.ceil((series.to - series.from) / series.step));
+  const [W, H] = [1000, 140];
+  const barW = W / n;
+  const max = Math.max(...series.buckets.map((b) => b.total));
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": "bytes over time by class" });
+  const seen = new Set();
+  for (const b of series.buckets) {
+    const x = ((b.t - series.from) / series.step) * barW;
+    let y = H;
+    for (const c of CLASS_RANK.concat(Object.keys(b.by_class).filter((k) => !CLASS_RANK.includes(k)))) {
+      const v = b.by_class[c];
+      if (!v) continue;
+      seen.add(c);
+      const h = (v / max) * (H - 4);
+      y -= h;
+      const r = svg("rect", { x: x.toFixed(2), y: y.toFixed(2), width: Math.max(1, barW - 1).toFixed(2), height: h.toFixed(2), fill: classColor(c), "data-t": String(b.t), "data-class": c, "data-bytes": String(v) });
+      const tip = svg("title", {});
+      tip.textContent = `${new Date(b.t * 1000).toLocaleString()} · ${c}: ${fmtBytes(v)}`;
+      r.append(tip);
+      chart.append(r);
+    }
+  }
+  const keys = el("div", { class: "keys" }, ...[...seen].map((c) => el("span", {}, el("i", { style: `background:${classColor(c)}` }), c)));
+  const axis = el(
+    "div",
+    { class: "axis" },
+    el("span", {}, new Date(series.from * 1000).toLocaleTimeString()),
+    el("span", {}, `peak ${fmtBytes(max)} per ${series.step >= 3600 ? `${series.step / 3600} h` : `${series.step / 60} min`}`),
+    el("span", {}, new Date(series.to * 1000).toLocaleTimeString()),
+  );
+  box.replaceChildren(chart, axis, keys);
+}
+
 // ---- probe health in the map's edge details (issue 16) ----
 
 // The node pairs' health of this refresh's window, fetched once when an edge is clicked.
@@ -726,7 +799,7 @@ async function refresh() {
   try {
     const cloudParams = { group_by: "dst_kind,dst_name", dst_kind: "cloud_range", limit: MAX_ROWS };
     if (state.namespace) cloudParams.src_namespace = state.namespace;
-    const [map, talkers, classes, cloud, namespaces, zones] = await Promise.all([
+    const [map, talkers, classes, cloud, namespaces, zones, series] = await Promise.all([
       queryTouching(win, MAP_DIMS, { limit: MAX_ROWS }),
       queryTouching(win, TALKER_DIMS, { limit: TALKERS }),
       state.namespace
@@ -735,14 +808,16 @@ async function refresh() {
       query(win, cloudParams),
       query(win, { group_by: "src_namespace,dst_namespace", limit: MAX_ROWS }),
       loadZones(win),
+      loadSeries(win),
     ]);
     if (mine !== generation) return;
     const secs = Math.max(1, map.to - map.from);
     const graph = buildGraph(map.rows, secs);
     const talkerRows = talkers.rows.slice(0, TALKERS);
     const summary = summarize(classes.rows, cloud.rows);
-    window.podflow = { nodes: graph.nodes, edges: graph.edges, talkers: talkerRows, summary, zones };
+    window.podflow = { nodes: graph.nodes, edges: graph.edges, talkers: talkerRows, summary, zones, series };
     renderSummary(summary);
+    renderSeries(series);
     renderZoneMatrix(zones);
     renderTalkers(talkerRows);
     const nsList = renderNamespaces(namespaces.rows);

@@ -1,7 +1,8 @@
 //! The web UI in headless Chromium, against the real router and a SQLite store with known
 //! rows: the service map's nodes and edges, the top-talkers table (compared with
 //! `/api/v1/query`), the summary tiles, the namespace filter, the raw view, a click-through
-//! selection, and a 500-workload graph. Screenshots go to `artifacts/` (gitignored);
+//! selection, a 500-workload graph, the zone × zone matrix with its node pairs and the
+//! edges' probe health, and bytes over time by class. Screenshots go to `artifacts/` (gitignored);
 //! `UPDATE_DOCS_SCREENSHOT=1` also writes `docs/ui.png` (the 6-workload page, nothing selected).
 //!
 //! Needs Debian's `chromium` (or `PODFLOW_CHROMIUM=/path`); skips loudly without it.
@@ -1242,6 +1243,8 @@ async fn the_zone_matrix_and_the_edge_details_show_probe_health_beside_bytes_and
         );
         // Probe health in an edge's details: the node pairs its traffic crossed.
         let health = |edge: &str| {
+            // The matrix click scrolled the page: the map back in view.
+            d.exec("window.scrollTo(0, 0)", serde_json::json!([]));
             d.click_map(edge);
             let deadline = Instant::now() + Duration::from_secs(20);
             while d.exec(
@@ -1398,4 +1401,77 @@ async fn the_zone_matrix_and_the_edge_details_show_probe_health_beside_bytes_and
         text.as_str().is_some_and(|t| t.contains("No probe data")),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_over_time_by_class_are_drawn_per_minute_from_the_rows() {
+    let Some(chromium) = chromium() else {
+        podflow_testkit::skip(
+            "the UI time-series test",
+            "needs Chromium (apt-get install -y chromium)",
+        );
+        return;
+    };
+    // The same traffic in two intervals three minutes apart.
+    let t = recent();
+    let mut rows = small_rows(t);
+    rows.extend(small_rows(t - 180));
+    let (addr, _dir) = serve(&rows).await;
+    let page = load(&chromium, format!("http://{addr}/"), None).await;
+    let series = &page.state["series"];
+    assert_eq!(series["dim"], "time_1m", "{series}");
+    let buckets = series["buckets"].as_array().expect("buckets");
+    let starts: Vec<i64> = buckets
+        .iter()
+        .map(|b| b["t"].as_i64().expect("t"))
+        .collect();
+    assert_eq!(starts, [(t - 180) / 60 * 60, t / 60 * 60], "{series}");
+    for b in buckets {
+        // Counted once: web -> db 66000, web -> cache 1000, web -> S3 32000, api -> db
+        // 55000, api -> internet 7700.
+        assert_eq!(b["total"], 161_700, "{b}");
+        assert_eq!(b["by_class"]["INTER_ZONE"], 66_000, "{b}");
+        assert_eq!(b["by_class"]["INTER_REGION"], 55_000, "{b}");
+        assert_eq!(b["by_class"]["PUBLIC_INTERNET"], 7700, "{b}");
+    }
+    // The drawn bars: one per bucket and class, each with the API's bytes.
+    let api = get_json(
+        addr,
+        &format!(
+            "/api/v1/query?group_by=time_1m,class&from={}&limit=10000",
+            page.state["window"]["from"]
+        ),
+    )
+    .await;
+    let mut want: Vec<(String, String, String)> = api["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let b = r["bytes_src_to_dst"].as_u64().expect("b")
+                + r["bytes_dst_to_src"].as_u64().expect("b");
+            (
+                r["key"]["time_1m"].as_str().expect("t").to_string(),
+                r["key"]["class"].as_str().expect("class").to_string(),
+                b.to_string(),
+            )
+        })
+        .collect();
+    want.sort();
+    let mut drawn = Vec::new();
+    let mut rest = page.dom.as_str();
+    while let Some(i) = rest.find("<rect ") {
+        rest = &rest[i + 6..];
+        let tag = &rest[..rest.find('>').expect("end of rect")];
+        if let (Some(t), Some(c), Some(b)) = (
+            attr(tag, "data-t"),
+            attr(tag, "data-class"),
+            attr(tag, "data-bytes"),
+        ) {
+            drawn.push((t, c, b));
+        }
+    }
+    drawn.sort();
+    assert_eq!(drawn.len(), 10, "two minutes, five classes: {drawn:?}");
+    assert_eq!(drawn, want);
 }

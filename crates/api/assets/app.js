@@ -49,6 +49,8 @@ function readUrl() {
     from: int("from"),
     to: int("to"),
     select: p.get("select"),
+    // Leave out the probes' own traffic (podflow_probe=false on every flow query).
+    hideProbes: p.get("probes") === "hide",
   };
 }
 
@@ -62,6 +64,7 @@ function writeUrl() {
   }
   if (state.namespace) p.set("namespace", state.namespace);
   if (state.view !== "once") p.set("view", state.view);
+  if (state.hideProbes) p.set("probes", "hide");
   const q = p.toString();
   history.replaceState(null, "", q ? `?${q}` : location.pathname);
 }
@@ -135,6 +138,7 @@ async function apiFetch(url) {
 async function query(win, params) {
   const p = new URLSearchParams({ view: state.view, from: win.from, ...params });
   if (win.to !== null) p.set("to", win.to);
+  if (state.hideProbes) p.set("podflow_probe", "false");
   const url = `/api/v1/query?${p}`;
   const r = await apiFetch(url);
   const body = await r.json().catch(() => ({}));
@@ -828,7 +832,7 @@ async function refresh() {
     if (map.rows.length >= MAX_ROWS) status.textContent += ` (the ${fmtInt(MAX_ROWS)} largest pairs only)`;
     publish({
       error: null,
-      window: { from: map.from, to: map.to, view: state.view, namespace: state.namespace },
+      window: { from: map.from, to: map.to, view: state.view, namespace: state.namespace, hide_probes: state.hideProbes },
       namespaces: nsList,
       render_ms: drawn.ms,
       layout: drawn.layout,
@@ -869,6 +873,12 @@ function init() {
   });
   $("view").addEventListener("change", () => {
     state.view = $("view").value;
+    writeUrl();
+    refresh();
+  });
+  $("hide-probes").checked = state.hideProbes;
+  $("hide-probes").addEventListener("change", () => {
+    state.hideProbes = $("hide-probes").checked;
     writeUrl();
     refresh();
   });

@@ -1475,3 +1475,63 @@ async fn bytes_over_time_by_class_are_drawn_per_minute_from_the_rows() {
     assert_eq!(drawn.len(), 10, "two minutes, five classes: {drawn:?}");
     assert_eq!(drawn, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hide_probe_traffic_leaves_the_probes_own_flows_out_of_the_page() {
+    let Some(chromium) = chromium() else {
+        podflow_testkit::skip(
+            "the UI probe-traffic switch test",
+            "needs Chromium (apt-get install -y chromium)",
+        );
+        return;
+    };
+    let t = recent();
+    let mut rows = small_rows(t);
+    // The probes' own traffic: node-a -> node-b, both ends labelled podflow-probe.
+    let node = |name: &str, zone: &str| EndLabels {
+        kind: "node",
+        name: name.into(),
+        node: name.into(),
+        zone: zone.into(),
+        app: podflow_model::PROBE_APP.into(),
+        ..Default::default()
+    };
+    rows.push(row(
+        "node-a",
+        t,
+        ("10.0.0.1", node("node-a", "a")),
+        ("10.0.0.2", node("node-b", "b")),
+        true,
+        (4000, 4000),
+        Class::InterZone,
+        true,
+        0.01,
+    ));
+    let (addr, _dir) = serve(&rows).await;
+    let ids = |s: &Value| {
+        let mut v: Vec<String> = s["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| n["id"].as_str().expect("id").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let shown = load(&chromium, format!("http://{addr}/"), None).await;
+    let hidden = load(&chromium, format!("http://{addr}/?probes=hide"), None).await;
+    assert!(
+        ids(&shown.state).contains(&"node-a".to_string()),
+        "{:?}",
+        ids(&shown.state)
+    );
+    assert!(
+        !ids(&hidden.state).iter().any(|n| n.starts_with("node-")),
+        "{:?}",
+        ids(&hidden.state)
+    );
+    assert_eq!(hidden.state["window"]["hide_probes"], true);
+    let total = |p: &Page| tile_bytes(&p.dom, "total");
+    assert_eq!(total(&shown) - total(&hidden), 8000);
+    assert_eq!(total(&hidden), 161_700);
+}

@@ -173,6 +173,7 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
         interval_s: cfg.interval.as_secs().max(1) as u32,
         probes: None,
         billing: None,
+        on_demand: None,
     });
     let http_stop = CancellationToken::new();
     let http = serve_http(cfg.listen, state, http_stop.clone()).await?;

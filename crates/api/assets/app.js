@@ -49,6 +49,8 @@ function readUrl() {
     from: int("from"),
     to: int("to"),
     select: p.get("select"),
+    // Leave out the probes' own traffic (podflow_probe=false on every flow query).
+    hideProbes: p.get("probes") === "hide",
   };
 }
 
@@ -62,6 +64,7 @@ function writeUrl() {
   }
   if (state.namespace) p.set("namespace", state.namespace);
   if (state.view !== "once") p.set("view", state.view);
+  if (state.hideProbes) p.set("probes", "hide");
   const q = p.toString();
   history.replaceState(null, "", q ? `?${q}` : location.pathname);
 }
@@ -135,6 +138,7 @@ async function apiFetch(url) {
 async function query(win, params) {
   const p = new URLSearchParams({ view: state.view, from: win.from, ...params });
   if (win.to !== null) p.set("to", win.to);
+  if (state.hideProbes) p.set("podflow_probe", "false");
   const url = `/api/v1/query?${p}`;
   const r = await apiFetch(url);
   const body = await r.json().catch(() => ({}));
@@ -393,6 +397,7 @@ function showEdge(id) {
     ["cost_usd", "Cost", fmtCost(e.cost_usd), e.cost_usd],
   );
   showDetails(id, `${e.source} → ${e.target}`, fields);
+  showEdgeHealth(e);
 }
 
 function select(id) {
@@ -513,6 +518,264 @@ function renderNamespaces(rows) {
   return sorted;
 }
 
+// ---- zone × zone matrix (issue 16): /api/v1/pairs?level=zone; a cell's node pairs ----
+
+async function fetchPairs(win, params) {
+  const p = new URLSearchParams({ from: win.from, ...params });
+  if (win.to !== null) p.set("to", win.to);
+  const url = `/api/v1/pairs?${p}`;
+  const r = await apiFetch(url);
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status} ${body.error ?? ""}`);
+  return body;
+}
+
+// Zone pairs with both zones known (traffic with one end outside the cluster is in the
+// tiles above), or why there are none.
+async function loadZones(win) {
+  try {
+    const body = await fetchPairs(win, { level: "zone" });
+    return { pairs: body.pairs.filter((p) => p.src && p.dst), from: body.from, to: body.to, error: null };
+  } catch (err) {
+    return { pairs: [], error: String(err.message ?? err) };
+  }
+}
+
+const fmtLoss = (l) => (l === null || l === undefined ? "—" : `${(l * 100).toFixed(l > 0 && l < 0.01 ? 2 : 1)}%`);
+const fmtRtt = (s) => (s === null || s === undefined ? "—" : s < 0.001 ? `${(s * 1e6).toFixed(0)} µs` : `${(s * 1e3).toFixed(2)} ms`);
+const pairBytes = (p) => p.bytes_src_to_dst + p.bytes_dst_to_src;
+
+// What a pair shows, as data attributes (tests read these) and text.
+function pairAttrs(p) {
+  return {
+    "data-src": p.src,
+    "data-dst": p.dst,
+    "data-bytes": String(pairBytes(p)),
+    "data-cost": String(p.cost_usd),
+    "data-loss": p.loss === null ? "" : String(p.loss),
+    "data-rtt-p50": p.rtt_p50_seconds === null ? "" : String(p.rtt_p50_seconds),
+    "data-rtt-p99": p.rtt_p99_seconds === null ? "" : String(p.rtt_p99_seconds),
+    "data-failures": String(p.failures),
+  };
+}
+
+function healthClass(p) {
+  if (p.loss === null) return "";
+  return p.loss >= 0.05 ? "sick" : p.loss > 0 ? "lossy" : "";
+}
+
+function renderZoneMatrix(z) {
+  const table = $("zone-matrix");
+  if (z.error || z.pairs.length === 0) {
+    const text = z.error ?? "No traffic or probes between zones in this range.";
+    table.replaceChildren(el("tbody", {}, el("tr", { class: "empty" }, el("td", { class: z.error ? "hint error" : "hint" }, text))));
+    $("zone-pairs").replaceChildren();
+    return;
+  }
+  const srcs = [...new Set(z.pairs.map((p) => p.src))].sort();
+  const dsts = [...new Set(z.pairs.map((p) => p.dst))].sort();
+  const at = new Map(z.pairs.map((p) => [`${p.src}\u0000${p.dst}`, p]));
+  const head = el("thead", {}, el("tr", {}, el("th", {}, "from \\ to"), ...dsts.map((d) => el("th", { class: "num" }, d))));
+  const rows = srcs.map((s) =>
+    el(
+      "tr",
+      {},
+      el("th", {}, s),
+      ...dsts.map((d) => {
+        const p = at.get(`${s}\u0000${d}`);
+        if (!p) return el("td", { class: "hint" }, "—");
+        const health = p.probes > 0 ? `loss ${fmtLoss(p.loss)} · p50 ${fmtRtt(p.rtt_p50_seconds)}` : "no probes";
+        const td = el(
+          "td",
+          { class: `cell ${healthClass(p)}`, ...pairAttrs(p), title: `p99 ${fmtRtt(p.rtt_p99_seconds)}, ${fmtInt(p.failures)} failed probes` },
+          el("div", { class: "bytes" }, fmtBytes(pairBytes(p))),
+          el("div", { class: "cost" }, fmtCost(p.cost_usd)),
+          el("div", { class: "health" }, health),
+        );
+        td.addEventListener("click", () => showZonePair(s, d));
+        return td;
+      }),
+    ),
+  );
+  table.replaceChildren(head, el("tbody", {}, ...rows));
+}
+
+// The node pairs of one zone pair, fetched on click.
+async function showZonePair(src, dst) {
+  const box = $("zone-pairs");
+  delete box.dataset.ready;
+  for (const c of $("zone-matrix").querySelectorAll("td.cell")) {
+    c.classList.toggle("selected", c.dataset.src === src && c.dataset.dst === dst);
+  }
+  try {
+    const body = await fetchPairs(timeWindow(), { level: "node", src_zone: src, dst_zone: dst });
+    const num = (name, v, text) => el("td", { class: "num", "data-field": name, "data-value": String(v ?? "") }, text);
+    const rows = body.pairs.map((p) =>
+      el(
+        "tr",
+        { ...pairAttrs(p), class: healthClass(p) },
+        el("td", {}, p.src),
+        el("td", {}, p.dst),
+        num("bytes", pairBytes(p), fmtBytes(pairBytes(p))),
+        num("cost_usd", p.cost_usd, fmtCost(p.cost_usd)),
+        num("loss", p.loss, fmtLoss(p.loss)),
+        num("rtt_p50", p.rtt_p50_seconds, fmtRtt(p.rtt_p50_seconds)),
+        num("rtt_p99", p.rtt_p99_seconds, fmtRtt(p.rtt_p99_seconds)),
+        num("failures", p.failures, fmtInt(p.failures)),
+      ),
+    );
+    const table = el(
+      "table",
+      { id: "node-pairs", "data-src-zone": src, "data-dst-zone": dst },
+      el(
+        "thead",
+        {},
+        el(
+          "tr",
+          {},
+          ...["From node", "To node"].map((h) => el("th", {}, h)),
+          ...["Bytes", "Cost", "Loss", "RTT p50", "RTT p99", "Failed probes"].map((h) => el("th", { class: "num" }, h)),
+        ),
+      ),
+      el("tbody", {}, ...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: "8", class: "hint" }, "No node pairs."))])),
+    );
+    box.replaceChildren(el("h3", {}, `${src} → ${dst}: node pairs`), table);
+    if (window.podflow) window.podflow.node_pairs = { src_zone: src, dst_zone: dst, pairs: body.pairs };
+  } catch (err) {
+    box.replaceChildren(el("p", { class: "hint error" }, String(err.message ?? err)));
+  }
+  box.dataset.ready = "true";
+}
+
+// ---- bytes over time by class (issue 16): /api/v1/query?group_by=time_*,class ----
+
+// The bucket dimension for a window: about 15 to 170 bars.
+function timeStep(from, to) {
+  const span = to - from;
+  if (span <= 3600) return ["time_1m", 60];
+  if (span <= 86400) return ["time_10m", 600];
+  return ["time_1h", 3600];
+}
+
+async function loadSeries(win) {
+  const to = win.to ?? Math.floor(Date.now() / 1000);
+  const [dim, step] = timeStep(win.from, to);
+  const body = await queryTouching(win, state.namespace ? [dim, "src_namespace", "dst_namespace", "class"] : [dim, "class"], { limit: MAX_ROWS });
+  const buckets = new Map();
+  for (const r of body.rows) {
+    const t = Number(r.key[dim]);
+    const b = buckets.get(t) ?? { t, total: 0, by_class: {} };
+    b.by_class[r.key.class] = (b.by_class[r.key.class] ?? 0) + bytesOf(r);
+    b.total += bytesOf(r);
+    buckets.set(t, b);
+  }
+  const first = Math.floor(body.from / step) * step;
+  return { dim, step, from: first, to: body.to, buckets: [...buckets.values()].sort((a, b) => a.t - b.t) };
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  return e;
+}
+
+function renderSeries(series) {
+  const box = $("series");
+  if (series.buckets.length === 0) {
+    box.replaceChildren(el("p", { class: "hint" }, "No flows in this range."));
+    return;
+  }
+  const n = Math.max(1, Math.ceil((series.to - series.from) / series.step));
+  const [W, H] = [1000, 140];
+  const barW = W / n;
+  const max = Math.max(...series.buckets.map((b) => b.total));
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": "bytes over time by class" });
+  const seen = new Set();
+  for (const b of series.buckets) {
+    const x = ((b.t - series.from) / series.step) * barW;
+    let y = H;
+    for (const c of CLASS_RANK.concat(Object.keys(b.by_class).filter((k) => !CLASS_RANK.includes(k)))) {
+      const v = b.by_class[c];
+      if (!v) continue;
+      seen.add(c);
+      const h = (v / max) * (H - 4);
+      y -= h;
+      const r = svg("rect", { x: x.toFixed(2), y: y.toFixed(2), width: Math.max(1, barW - 1).toFixed(2), height: h.toFixed(2), fill: classColor(c), "data-t": String(b.t), "data-class": c, "data-bytes": String(v) });
+      const tip = svg("title", {});
+      tip.textContent = `${new Date(b.t * 1000).toLocaleString()} · ${c}: ${fmtBytes(v)}`;
+      r.append(tip);
+      chart.append(r);
+    }
+  }
+  const keys = el("div", { class: "keys" }, ...[...seen].map((c) => el("span", {}, el("i", { style: `background:${classColor(c)}` }), c)));
+  const axis = el(
+    "div",
+    { class: "axis" },
+    el("span", {}, new Date(series.from * 1000).toLocaleTimeString()),
+    el("span", {}, `peak ${fmtBytes(max)} per ${series.step >= 3600 ? `${series.step / 3600} h` : `${series.step / 60} min`}`),
+    el("span", {}, new Date(series.to * 1000).toLocaleTimeString()),
+  );
+  box.replaceChildren(chart, axis, keys);
+}
+
+// ---- probe health in the map's edge details (issue 16) ----
+
+// The node pairs' health of this refresh's window, fetched once when an edge is clicked.
+let nodePairsCache = null;
+
+function nodePairHealth(win) {
+  nodePairsCache ??= fetchPairs(win, { level: "node" }).then((b) => new Map(b.pairs.map((p) => [`${p.src}\u0000${p.dst}`, p])));
+  return nodePairsCache;
+}
+
+// The node pairs (else zone pairs) an edge's traffic crossed that have probe data: the
+// edge's flows grouped by node and zone, looked up in /api/v1/pairs.
+async function showEdgeHealth(e) {
+  const box = el("div", { id: "edge-health" }, el("h4", {}, "Probe health"), el("p", { class: "hint" }, "Loading…"));
+  $("details").append(box);
+  const end = (id) => window.podflow.nodes.find((n) => n.id === id);
+  const [s, d] = [end(e.source), end(e.target)];
+  try {
+    const win = timeWindow();
+    const params = { group_by: "src_node,dst_node,src_zone,dst_zone", limit: 100 };
+    if (s) Object.assign(params, { src_kind: s.kind, src_namespace: s.namespace ?? "", src_workload: s.label });
+    if (d) Object.assign(params, { dst_kind: d.kind, dst_namespace: d.namespace ?? "", dst_workload: d.label });
+    const [q, nodes] = await Promise.all([query(win, params), nodePairHealth(win)]);
+    if ($("details").dataset.selected !== e.id) return;
+    const zones = new Map((window.podflow.zones?.pairs ?? []).map((p) => [`${p.src}\u0000${p.dst}`, p]));
+    const found = (rows, key, from) => {
+      const out = new Map();
+      for (const r of rows) {
+        const [a, b] = key(r.key);
+        const p = a && b ? from.get(`${a}\u0000${b}`) : undefined;
+        if (p && p.probes > 0) out.set(`${a}\u0000${b}`, p);
+      }
+      return [...out.values()];
+    };
+    let level = "node";
+    let pairs = found(q.rows, (k) => [k.src_node, k.dst_node], nodes);
+    if (pairs.length === 0) {
+      level = "zone";
+      pairs = found(q.rows, (k) => [k.src_zone, k.dst_zone], zones);
+    }
+    if (pairs.length === 0) {
+      box.replaceChildren(el("h4", {}, "Probe health"), el("p", { class: "hint" }, "No probe data for this edge's nodes or zones."));
+    } else {
+      const dl = el("dl");
+      for (const p of pairs) {
+        const health = `loss ${fmtLoss(p.loss)} · p50 ${fmtRtt(p.rtt_p50_seconds)} · p99 ${fmtRtt(p.rtt_p99_seconds)} · ${fmtInt(p.failures)} failed`;
+        dl.append(el("dt", {}, `${p.src} → ${p.dst}`), el("dd", { class: `probe-pair ${healthClass(p)}`, "data-level": level, ...pairAttrs(p) }, health));
+      }
+      box.replaceChildren(el("h4", {}, `Probe health (${level} pairs)`), dl);
+    }
+  } catch (err) {
+    box.replaceChildren(el("h4", {}, "Probe health"), el("p", { class: "hint error" }, String(err.message ?? err)));
+  }
+  box.dataset.ready = "true";
+}
+
 function publish(pf) {
   // For browser tests: where an element is drawn, in viewport pixels (a node's centre, an
   // edge's midpoint). A function, so it stays out of the JSON below.
@@ -531,6 +794,7 @@ function publish(pf) {
 
 async function refresh() {
   const mine = ++generation;
+  nodePairsCache = null;
   const status = $("status");
   status.className = "";
   status.textContent = "Loading…";
@@ -539,7 +803,7 @@ async function refresh() {
   try {
     const cloudParams = { group_by: "dst_kind,dst_name", dst_kind: "cloud_range", limit: MAX_ROWS };
     if (state.namespace) cloudParams.src_namespace = state.namespace;
-    const [map, talkers, classes, cloud, namespaces] = await Promise.all([
+    const [map, talkers, classes, cloud, namespaces, zones, series] = await Promise.all([
       queryTouching(win, MAP_DIMS, { limit: MAX_ROWS }),
       queryTouching(win, TALKER_DIMS, { limit: TALKERS }),
       state.namespace
@@ -547,14 +811,18 @@ async function refresh() {
         : query(win, { group_by: "class", limit: MAX_ROWS }),
       query(win, cloudParams),
       query(win, { group_by: "src_namespace,dst_namespace", limit: MAX_ROWS }),
+      loadZones(win),
+      loadSeries(win),
     ]);
     if (mine !== generation) return;
     const secs = Math.max(1, map.to - map.from);
     const graph = buildGraph(map.rows, secs);
     const talkerRows = talkers.rows.slice(0, TALKERS);
     const summary = summarize(classes.rows, cloud.rows);
-    window.podflow = { nodes: graph.nodes, edges: graph.edges, talkers: talkerRows, summary };
+    window.podflow = { nodes: graph.nodes, edges: graph.edges, talkers: talkerRows, summary, zones, series };
     renderSummary(summary);
+    renderSeries(series);
+    renderZoneMatrix(zones);
     renderTalkers(talkerRows);
     const nsList = renderNamespaces(namespaces.rows);
     const drawn = renderMap(graph);
@@ -564,7 +832,7 @@ async function refresh() {
     if (map.rows.length >= MAX_ROWS) status.textContent += ` (the ${fmtInt(MAX_ROWS)} largest pairs only)`;
     publish({
       error: null,
-      window: { from: map.from, to: map.to, view: state.view, namespace: state.namespace },
+      window: { from: map.from, to: map.to, view: state.view, namespace: state.namespace, hide_probes: state.hideProbes },
       namespaces: nsList,
       render_ms: drawn.ms,
       layout: drawn.layout,
@@ -605,6 +873,12 @@ function init() {
   });
   $("view").addEventListener("change", () => {
     state.view = $("view").value;
+    writeUrl();
+    refresh();
+  });
+  $("hide-probes").checked = state.hideProbes;
+  $("hide-probes").addEventListener("change", () => {
+    state.hideProbes = $("hide-probes").checked;
     writeUrl();
     refresh();
   });

@@ -6,6 +6,7 @@
 //! - [`graph`]: the Grafana Node Graph datasource (`/api/health`, `/api/graph/*`);
 //! - [`transactions`]: K8sConntrack-style `/transactions`;
 //! - [`probes`]: probe history and, per zone or node pair, traffic next to its health;
+//! - [`ondemand`]: `POST /api/v1/probe`, one probe now to a node the server knows;
 //! - [`ui`]: the embedded single-page UI;
 //! - `/metrics`, `/live`, `/ready`: what the role's [`Exposition`] says.
 //!
@@ -18,6 +19,7 @@ pub mod flows;
 pub mod graph;
 pub mod json;
 pub mod limits;
+pub mod ondemand;
 mod params;
 pub mod probes;
 pub mod query;
@@ -28,11 +30,12 @@ pub mod ui;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 pub use access::TokenFile;
 pub use json::{EndJson, FlowJson};
@@ -61,6 +64,8 @@ pub struct AppState {
     /// What `/api/v1/cost/*` bills with (prices, prior usage, NAT gateways, the
     /// cluster's cloud and region); `None`: the embedded prices and nothing else.
     pub billing: Option<Arc<podflow_enrich::Biller>>,
+    /// On-demand probes (`POST /api/v1/probe`), where the role runs them.
+    pub on_demand: Option<ondemand::OnDemand>,
 }
 
 /// Where the handlers read probe history (a connection or client of its own).
@@ -83,8 +88,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// The router of every endpoint under `policy`. Only GET is routed (the API is
-/// read-only: anything else answers 405) and no CORS header is sent, so a page from
-/// another origin cannot read the answers. Without a token in the request the UI's
+/// read-only: anything else answers 405), except `POST /api/v1/probe` (it changes no
+/// state; see [`ondemand`]); no CORS header is sent, so a page from another origin
+/// cannot read the answers. Without a token in the request the UI's
 /// static files, `/live`, `/ready` and (unless `token_protects_metrics`) `/metrics`
 /// answer; every endpoint that reads the store needs it.
 pub fn router_with(state: Arc<AppState>, policy: &HttpPolicy) -> Router {
@@ -104,7 +110,11 @@ pub fn router_with(state: Arc<AppState>, policy: &HttpPolicy) -> Router {
         .route("/api/graph/data", get(graph::data))
         .route("/transactions", get(transactions::transactions))
         .route("/api/v1/probes", get(probes::probes))
-        .route("/api/v1/pairs", get(probes::pairs));
+        .route("/api/v1/pairs", get(probes::pairs))
+        .route(
+            "/api/v1/probe",
+            post(ondemand::probe).layer(DefaultBodyLimit::max(ondemand::MAX_BODY)),
+        );
     if policy.token_protects_metrics {
         data = data.route("/metrics", get(metrics));
     } else {

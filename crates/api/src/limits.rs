@@ -73,6 +73,8 @@ pub struct HttpStats {
     pub wal_bytes: AtomicU64,
     /// Queries refused because the write-ahead log was over its limit.
     pub wal_paused: AtomicU64,
+    /// On-demand probes refused by the rate limit (429).
+    pub probe_rate_limited: AtomicU64,
 }
 
 /// The API's counters.
@@ -83,6 +85,7 @@ pub static STATS: HttpStats = HttpStats {
     store_errors: AtomicU64::new(0),
     wal_bytes: AtomicU64::new(0),
     wal_paused: AtomicU64::new(0),
+    probe_rate_limited: AtomicU64::new(0),
 };
 
 /// The semaphores every request of one router shares.

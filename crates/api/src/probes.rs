@@ -140,14 +140,27 @@ pub async fn probes(
     Json(json!({ "from": from, "to": to, "group_by": group_by, "rows": rows })).into_response()
 }
 
-/// `GET /api/v1/pairs?level=zone|node&from=&to=`: traffic and health per pair.
+/// `GET /api/v1/pairs?level=zone|node&from=&to=&src_zone=&dst_zone=`: traffic and
+/// health per pair (the zone filters keep the pairs whose ends are in those zones: a
+/// zone pair's node pairs).
 pub async fn pairs(
     State(s): State<Arc<AppState>>,
     Query(p): Query<HashMap<String, String>>,
 ) -> Response {
     for k in p.keys() {
-        if !matches!(k.as_str(), "from" | "to" | "level") {
-            return bad(format!("unknown parameter `{k}` (from, to, level)"));
+        if !matches!(
+            k.as_str(),
+            "from" | "to" | "level" | "src_zone" | "dst_zone"
+        ) {
+            return bad(format!(
+                "unknown parameter `{k}` (from, to, level, src_zone, dst_zone)"
+            ));
+        }
+    }
+    let mut zone_filters: Vec<(&'static str, String)> = Vec::new();
+    for k in ["src_zone", "dst_zone"] {
+        if let Some(v) = p.get(k) {
+            zone_filters.push((k, v.clone()));
         }
     }
     let (from, to) = match range(&p) {
@@ -168,7 +181,10 @@ pub async fn pairs(
         from,
         to,
         group_by: [src, dst].iter().filter_map(|n| query::dim(n)).collect(),
-        filters: Vec::new(),
+        filters: zone_filters
+            .iter()
+            .filter_map(|(k, v)| Some((query::dim(k)?, v.clone())))
+            .collect(),
         limit: 10_000,
         view: View::Once,
     };
@@ -180,17 +196,27 @@ pub async fn pairs(
         from,
         to,
         group_by: vec![src, dst],
-        filters: kind
-            .map(|k| vec![("kind", k.to_string())])
-            .unwrap_or_default(),
+        filters: {
+            let mut f = zone_filters.clone();
+            if let Some(k) = kind {
+                f.push(("kind", k.to_string()));
+            }
+            f.sort();
+            f
+        },
     };
-    // RTT and loss from the UDP bursts; failures over every kind.
-    let (udp, all) = match (
-        run(&s, health_q(Some("udp"))).await,
-        run(&s, health_q(None)).await,
-    ) {
-        (Ok(u), Ok(a)) => (u, a),
-        (Err(r), _) | (_, Err(r)) => return r,
+    // RTT and loss from the UDP bursts; failures over every kind. A process that keeps
+    // no probe history (`podflow run`) answers the traffic alone.
+    let (udp, all) = if s.probes.is_none() {
+        (Vec::new(), Vec::new())
+    } else {
+        match (
+            run(&s, health_q(Some("udp"))).await,
+            run(&s, health_q(None)).await,
+        ) {
+            (Ok(u), Ok(a)) => (u, a),
+            (Err(r), _) | (_, Err(r)) => return r,
+        }
     };
     let mut out: BTreeMap<(String, String), Value> = BTreeMap::new();
     let entry = |out: &mut BTreeMap<(String, String), Value>, a: &str, b: &str| {

@@ -169,6 +169,7 @@ async fn query_and_nodegraph_answers_match_the_golden_files() {
         interval_s: 10,
         probes: None,
         billing: None,
+        on_demand: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -187,6 +187,7 @@ async fn serve(dir: &std::path::Path) -> std::net::SocketAddr {
         interval_s: 10,
         probes: None,
         billing: Some(Arc::new(biller)),
+        on_demand: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

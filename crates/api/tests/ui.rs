@@ -1,7 +1,8 @@
 //! The web UI in headless Chromium, against the real router and a SQLite store with known
 //! rows: the service map's nodes and edges, the top-talkers table (compared with
 //! `/api/v1/query`), the summary tiles, the namespace filter, the raw view, a click-through
-//! selection, and a 500-workload graph. Screenshots go to `artifacts/` (gitignored);
+//! selection, a 500-workload graph, the zone × zone matrix with its node pairs and the
+//! edges' probe health, and bytes over time by class. Screenshots go to `artifacts/` (gitignored);
 //! `UPDATE_DOCS_SCREENSHOT=1` also writes `docs/ui.png` (the 6-workload page, nothing selected).
 //!
 //! Needs Debian's `chromium` (or `PODFLOW_CHROMIUM=/path`); skips loudly without it.
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use podflow_api::{AppState, StoreReader, router};
 use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, Protocol};
-use podflow_store::{FlowStore, SqliteStore};
+use podflow_store::probes::{BUCKETS, ProbeRow};
+use podflow_store::{FlowStore, ProbeStore, SqliteProbeStore, SqliteStore};
 use serde_json::Value;
 
 mod common;
@@ -215,18 +217,34 @@ fn big_rows(t: i64) -> Vec<FlowRow> {
 
 /// Serves the router on 127.0.0.1 over a store holding `rows`.
 async fn serve(rows: &[FlowRow]) -> (SocketAddr, tempfile::TempDir) {
+    serve_with_probes(rows, None).await
+}
+
+/// As [`serve`], with a probe store holding `probes` when given.
+async fn serve_with_probes(
+    rows: &[FlowRow],
+    probes: Option<&[ProbeRow]>,
+) -> (SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("podflow.sqlite");
     SqliteStore::open(&path)
         .expect("open")
         .write(rows)
         .expect("write");
+    let probes = probes.map(|p| {
+        let path = dir.path().join("probes.sqlite");
+        let mut w = SqliteProbeStore::open(&path).expect("open probes");
+        w.write_probes(p).expect("write probes");
+        let r: Box<dyn ProbeStore> = Box::new(SqliteProbeStore::open(&path).expect("open probes"));
+        std::sync::Mutex::new(r)
+    });
     let state = Arc::new(AppState {
         exposition: Arc::new(common::Quiet),
         store: StoreReader::sqlite(path),
         interval_s: 10,
-        probes: None,
+        probes,
         billing: None,
+        on_demand: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1083,6 +1101,7 @@ async fn with_a_token_the_page_asks_for_it_once_and_sends_it() {
         interval_s: 10,
         probes: None,
         billing: None,
+        on_demand: None,
     });
     let policy = podflow_api::HttpPolicy {
         token: Some(Arc::new(
@@ -1135,4 +1154,386 @@ async fn with_a_token_the_page_asks_for_it_once_and_sends_it() {
     })
     .await
     .expect("webdriver session");
+}
+
+/// Probe history beside [`small_rows`]: node-a → node-b loses 10% of its UDP packets
+/// (5 of 50), node-b → node-a none, node-c → node-b has TCP failures only (no UDP: no
+/// loss figure), node-a → node-c has probes and no traffic.
+fn probe_rows(t: i64) -> Vec<ProbeRow> {
+    let row = |src: (&str, &str),
+               dst: (&str, &str),
+               kind: &str,
+               count,
+               failures,
+               sent,
+               lost,
+               bucket: usize| {
+        let mut buckets = vec![0; BUCKETS];
+        let samples = sent - lost;
+        buckets[bucket] = samples;
+        ProbeRow {
+            interval_start: t,
+            interval_s: 10,
+            src_node: src.0.into(),
+            src_zone: src.1.into(),
+            dst_node: dst.0.into(),
+            dst_zone: dst.1.into(),
+            kind: kind.into(),
+            dns_name: String::new(),
+            count,
+            failures,
+            unavailable: 0,
+            sent,
+            lost,
+            rtt_count: samples,
+            rtt_sum_ns: samples * 1_000_000,
+            rtt_min_ns: 900_000,
+            rtt_max_ns: 1_100_000,
+            buckets,
+        }
+    };
+    let (a, b, c) = (("node-a", "a"), ("node-b", "b"), ("node-c", "c"));
+    vec![
+        row(a, b, "udp", 10, 1, 50, 5, 6),
+        row(b, a, "udp", 10, 0, 50, 0, 3),
+        row(c, b, "tcp", 10, 2, 10, 2, 4),
+        row(a, c, "udp", 10, 0, 50, 0, 5),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zone_matrix_and_the_edge_details_show_probe_health_beside_bytes_and_cost() {
+    let (Some(chromium), Some(driver)) = (chromium(), Driver::find()) else {
+        podflow_testkit::skip(
+            "the UI zone matrix test",
+            "needs Chromium and chromedriver (apt-get install -y chromium chromium-driver)",
+        );
+        return;
+    };
+    let t = recent();
+    let (addr, _dir) = serve_with_probes(&small_rows(t), Some(&probe_rows(t))).await;
+    let (page, window) = tokio::task::spawn_blocking(move || {
+        let d = Driver::start(&driver, &chromium);
+        d.cmd(
+            "POST",
+            "/url",
+            serde_json::json!({"url": format!("http://{addr}/")}),
+        );
+        d.wait_ready();
+        let cells = |sel: &str| {
+            d.exec(
+                "return [...document.querySelectorAll(arguments[0])].map(e => ({...e.dataset, text: e.innerText}))",
+                serde_json::json!([sel]),
+            )
+        };
+        let matrix = cells("#zone-matrix td.cell");
+        let window = d.exec("return window.podflow.zones", serde_json::json!([]));
+        d.click("#zone-matrix td.cell[data-src='a'][data-dst='b']");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while d.exec(
+            "return document.getElementById('zone-pairs').dataset.ready === 'true'",
+            serde_json::json!([]),
+        ) != Value::Bool(true)
+        {
+            assert!(Instant::now() < deadline, "the node pairs never showed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let nodes = cells("#node-pairs tbody tr");
+        let heading = d.exec(
+            "return document.querySelector('#zone-pairs h3').innerText",
+            serde_json::json!([]),
+        );
+        // Probe health in an edge's details: the node pairs its traffic crossed.
+        let health = |edge: &str| {
+            // The matrix click scrolled the page: the map back in view.
+            d.exec("window.scrollTo(0, 0)", serde_json::json!([]));
+            d.click_map(edge);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while d.exec(
+                "const h = document.getElementById('edge-health');
+                 return !!h && h.dataset.ready === 'true' && document.getElementById('details').dataset.selected === arguments[0]",
+                serde_json::json!([edge]),
+            ) != Value::Bool(true)
+            {
+                assert!(Instant::now() < deadline, "no probe health for {edge}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (
+                cells("#edge-health dd.probe-pair"),
+                d.exec(
+                    "return document.getElementById('edge-health').innerText",
+                    serde_json::json!([]),
+                ),
+            )
+        };
+        let edges = [
+            health("shop/web->shop/db"),
+            health("billing/api->shop/db"),
+            health("shop/web->S3"),
+        ];
+        ((matrix, nodes, heading, edges), window)
+    })
+    .await
+    .expect("webdriver session");
+    let (matrix, nodes, heading, edges) = page;
+    let cell = |src: &str, dst: &str| -> &Value {
+        matrix
+            .as_array()
+            .expect("cells")
+            .iter()
+            .find(|c| c["src"] == src && c["dst"] == dst)
+            .unwrap_or_else(|| panic!("no cell {src} -> {dst}: {matrix}"))
+    };
+    // From the rows written: web -> db (zone a -> b) seen by both nodes, counted once.
+    let ab = cell("a", "b");
+    assert_eq!(ab["bytes"], "66000", "{ab}");
+    assert_eq!(ab["cost"], "0.25", "{ab}");
+    assert_eq!(ab["loss"], "0.1", "{ab}");
+    assert_eq!(ab["failures"], "1", "{ab}");
+    let text = ab["text"].as_str().expect("text");
+    assert!(
+        text.contains("64.5 KiB") && text.contains("$0.25") && text.contains("loss 10.0%"),
+        "{text}"
+    );
+    let cb = cell("c", "b");
+    assert_eq!(cb["bytes"], "55000", "{cb}");
+    assert_eq!(cb["cost"], "1.5", "{cb}");
+    assert_eq!(cb["loss"], "", "TCP only: no loss figure: {cb}");
+    assert_eq!(cb["failures"], "2", "{cb}");
+    assert_eq!(cell("a", "a")["bytes"], "1000");
+    let ac = cell("a", "c");
+    assert_eq!(
+        (ac["bytes"].as_str(), ac["loss"].as_str()),
+        (Some("0"), Some("0")),
+        "{ac}"
+    );
+    assert_eq!(
+        matrix.as_array().map(Vec::len),
+        Some(5),
+        "a-a, a-b, a-c, b-a, c-b: {matrix}"
+    );
+    // Every cell is the API's answer for the same window.
+    let api = get_json(
+        addr,
+        &format!(
+            "/api/v1/pairs?level=zone&from={}&to={}",
+            window["from"], window["to"]
+        ),
+    )
+    .await;
+    let mut n = 0;
+    for p in api["pairs"].as_array().expect("pairs") {
+        let (src, dst) = (
+            p["src"].as_str().expect("src"),
+            p["dst"].as_str().expect("dst"),
+        );
+        if src.is_empty() || dst.is_empty() {
+            continue;
+        }
+        n += 1;
+        let c = cell(src, dst);
+        let bytes =
+            p["bytes_src_to_dst"].as_u64().expect("b") + p["bytes_dst_to_src"].as_u64().expect("b");
+        assert_eq!(c["bytes"], bytes.to_string(), "{src}->{dst}");
+        let num = |v: &Value| v.as_f64().map(|f| f.to_string()).unwrap_or_default();
+        assert_eq!(
+            c["rttP50"],
+            num(&p["rtt_p50_seconds"]),
+            "{src}->{dst}: {c} vs {p}"
+        );
+        assert_eq!(c["loss"], num(&p["loss"]), "{src}->{dst}");
+    }
+    assert_eq!(n, 5);
+    assert!(
+        ab["rttP50"]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0),
+        "{ab}"
+    );
+    // The click: that zone pair's node pairs only.
+    assert_eq!(heading, "a → b: node pairs");
+    let rows = nodes.as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{nodes}");
+    let r = &rows[0];
+    assert_eq!(
+        (r["src"].as_str(), r["dst"].as_str()),
+        (Some("node-a"), Some("node-b")),
+        "{r}"
+    );
+    assert_eq!(r["bytes"], "66000");
+    assert_eq!(r["loss"], "0.1");
+    assert_eq!(r["failures"], "1");
+    assert_eq!(
+        r["rttP50"], ab["rttP50"],
+        "one node pair: its RTT is the zone pair's"
+    );
+    // Edge details: web -> db crossed node-a -> node-b (10% loss, one failure).
+    let (pairs, text) = &edges[0];
+    let pairs = pairs.as_array().expect("pairs");
+    assert_eq!(pairs.len(), 1, "{text}");
+    let p = &pairs[0];
+    assert_eq!(
+        (p["src"].as_str(), p["dst"].as_str(), p["level"].as_str()),
+        (Some("node-a"), Some("node-b"), Some("node")),
+        "{p}"
+    );
+    assert_eq!(p["loss"], "0.1");
+    assert_eq!(p["failures"], "1");
+    assert_eq!(p["rttP50"], ab["rttP50"]);
+    assert!(
+        text.as_str()
+            .is_some_and(|t| t.contains("loss 10.0%") && t.contains("1 failed")),
+        "{text}"
+    );
+    // api -> db: node-c -> node-b has TCP failures only: no loss figure.
+    let (pairs, text) = &edges[1];
+    let p = &pairs.as_array().expect("pairs")[0];
+    assert_eq!(
+        (p["src"].as_str(), p["dst"].as_str()),
+        (Some("node-c"), Some("node-b")),
+        "{text}"
+    );
+    assert_eq!(p["loss"], "");
+    assert_eq!(p["failures"], "2");
+    // web -> S3: no node at the other end, no zone pair with probes.
+    let (pairs, text) = &edges[2];
+    assert_eq!(pairs.as_array().map(Vec::len), Some(0), "{text}");
+    assert!(
+        text.as_str().is_some_and(|t| t.contains("No probe data")),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_over_time_by_class_are_drawn_per_minute_from_the_rows() {
+    let Some(chromium) = chromium() else {
+        podflow_testkit::skip(
+            "the UI time-series test",
+            "needs Chromium (apt-get install -y chromium)",
+        );
+        return;
+    };
+    // The same traffic in two intervals three minutes apart.
+    let t = recent();
+    let mut rows = small_rows(t);
+    rows.extend(small_rows(t - 180));
+    let (addr, _dir) = serve(&rows).await;
+    let page = load(&chromium, format!("http://{addr}/"), None).await;
+    let series = &page.state["series"];
+    assert_eq!(series["dim"], "time_1m", "{series}");
+    let buckets = series["buckets"].as_array().expect("buckets");
+    let starts: Vec<i64> = buckets
+        .iter()
+        .map(|b| b["t"].as_i64().expect("t"))
+        .collect();
+    assert_eq!(starts, [(t - 180) / 60 * 60, t / 60 * 60], "{series}");
+    for b in buckets {
+        // Counted once: web -> db 66000, web -> cache 1000, web -> S3 32000, api -> db
+        // 55000, api -> internet 7700.
+        assert_eq!(b["total"], 161_700, "{b}");
+        assert_eq!(b["by_class"]["INTER_ZONE"], 66_000, "{b}");
+        assert_eq!(b["by_class"]["INTER_REGION"], 55_000, "{b}");
+        assert_eq!(b["by_class"]["PUBLIC_INTERNET"], 7700, "{b}");
+    }
+    // The drawn bars: one per bucket and class, each with the API's bytes.
+    let api = get_json(
+        addr,
+        &format!(
+            "/api/v1/query?group_by=time_1m,class&from={}&limit=10000",
+            page.state["window"]["from"]
+        ),
+    )
+    .await;
+    let mut want: Vec<(String, String, String)> = api["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let b = r["bytes_src_to_dst"].as_u64().expect("b")
+                + r["bytes_dst_to_src"].as_u64().expect("b");
+            (
+                r["key"]["time_1m"].as_str().expect("t").to_string(),
+                r["key"]["class"].as_str().expect("class").to_string(),
+                b.to_string(),
+            )
+        })
+        .collect();
+    want.sort();
+    let mut drawn = Vec::new();
+    let mut rest = page.dom.as_str();
+    while let Some(i) = rest.find("<rect ") {
+        rest = &rest[i + 6..];
+        let tag = &rest[..rest.find('>').expect("end of rect")];
+        if let (Some(t), Some(c), Some(b)) = (
+            attr(tag, "data-t"),
+            attr(tag, "data-class"),
+            attr(tag, "data-bytes"),
+        ) {
+            drawn.push((t, c, b));
+        }
+    }
+    drawn.sort();
+    assert_eq!(drawn.len(), 10, "two minutes, five classes: {drawn:?}");
+    assert_eq!(drawn, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hide_probe_traffic_leaves_the_probes_own_flows_out_of_the_page() {
+    let Some(chromium) = chromium() else {
+        podflow_testkit::skip(
+            "the UI probe-traffic switch test",
+            "needs Chromium (apt-get install -y chromium)",
+        );
+        return;
+    };
+    let t = recent();
+    let mut rows = small_rows(t);
+    // The probes' own traffic: node-a -> node-b, both ends labelled podflow-probe.
+    let node = |name: &str, zone: &str| EndLabels {
+        kind: "node",
+        name: name.into(),
+        node: name.into(),
+        zone: zone.into(),
+        app: podflow_model::PROBE_APP.into(),
+        ..Default::default()
+    };
+    rows.push(row(
+        "node-a",
+        t,
+        ("10.0.0.1", node("node-a", "a")),
+        ("10.0.0.2", node("node-b", "b")),
+        true,
+        (4000, 4000),
+        Class::InterZone,
+        true,
+        0.01,
+    ));
+    let (addr, _dir) = serve(&rows).await;
+    let ids = |s: &Value| {
+        let mut v: Vec<String> = s["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| n["id"].as_str().expect("id").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let shown = load(&chromium, format!("http://{addr}/"), None).await;
+    let hidden = load(&chromium, format!("http://{addr}/?probes=hide"), None).await;
+    assert!(
+        ids(&shown.state).contains(&"node-a".to_string()),
+        "{:?}",
+        ids(&shown.state)
+    );
+    assert!(
+        !ids(&hidden.state).iter().any(|n| n.starts_with("node-")),
+        "{:?}",
+        ids(&hidden.state)
+    );
+    assert_eq!(hidden.state["window"]["hide_probes"], true);
+    let total = |p: &Page| tile_bytes(&p.dom, "total");
+    assert_eq!(total(&shown) - total(&hidden), 8000);
+    assert_eq!(total(&hidden), 161_700);
 }

@@ -30,6 +30,10 @@ pub struct EndLabels {
     pub cloud: Name,
 }
 
+/// The app label both ends of the probes' own traffic carry: connections between two
+/// nodes that run agents, to the agents' probe ports.
+pub const PROBE_APP: &str = "podflow-probe";
+
 /// One shared empty name: most label fields are empty, and rows are many.
 fn empty() -> Name {
     static EMPTY: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Name::from(""));

@@ -12,6 +12,6 @@ pub use attribution::{
     Attribution, Class, CloudMeta, KubenetmonClass, Name, NetworkKind, NetworkMeta, NodeMeta,
     Place, PodMeta, ServiceHit, ServiceMeta, ServiceVia, Side,
 };
-pub use labels::{EndLabels, FlowLabels};
+pub use labels::{EndLabels, FlowLabels, PROBE_APP};
 pub use observation::{Counters, Observation, Oriented, Protocol, Tuple};
 pub use row::{AgentMark, ChunkId, FlowKey, FlowRow, FlowTotals, MAX_ROW_BYTES, MAX_ROW_PACKETS};

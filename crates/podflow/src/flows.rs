@@ -134,6 +134,45 @@ pub fn render(rows: &[FlowJson]) -> String {
     out
 }
 
+/// POSTs `body` (JSON) to `base` (http://host:port) + `path`, with `token` as the bearer
+/// token if given; the status and body of the answer.
+pub fn post_json(
+    base: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let hostport = base
+        .strip_prefix("http://")
+        .with_context(|| format!("--server {base}: only http://host:port is supported"))?
+        .trim_end_matches('/');
+    let mut s = TcpStream::connect(hostport).with_context(|| {
+        format!("connect to {hostport} (is `podflow server` running? see --server)")
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Type: application/json\r\nAccept: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .with_context(|| format!("read the answer of {hostport}"))?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{base}{path}: malformed status line"))?;
+    Ok((status, body.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,25 +96,37 @@ enum Command {
     /// init step (an image without a shell has no `sysctl`). Counters exist only for
     /// connections made after accounting is on. Needs CAP_NET_ADMIN.
     Sysctl(SysctlArgs),
-    /// Probe a node's responder once, from here, print the result and exit 2 if it
-    /// failed: `podflow probe 10.0.1.7 --type udp`. The peer runs `podflow agent
-    /// --probes` (its responder).
+    /// Probe a node's responder once, print the result and exit 2 if it failed:
+    /// `podflow probe 10.0.1.7 --type udp` probes from here; `podflow probe NODE --server
+    /// http://podflow:9469` asks the server to probe the node it knows by that name, from
+    /// the server's host (POST /api/v1/probe). The peer runs `podflow agent --probes`
+    /// (its responder).
     Probe(ProbeOnceArgs),
 }
 
 #[derive(Debug, Args)]
 struct ProbeOnceArgs {
-    /// The node's address (or a name this host resolves).
+    /// The node's address (or a name this host resolves); with --server, the node's
+    /// name as the server's inventory knows it.
     target: String,
 
     /// What to probe: udp (a burst: loss and RTT), tcp (connect), http (GET), icmp.
     #[arg(long = "type", default_value = "udp", value_parser = ["udp", "tcp", "http", "icmp"])]
     kind: String,
 
+    /// Ask this podflow server (http://host:port) to run the probe from its host, to the
+    /// node named TARGET.
+    #[arg(long, conflicts_with_all = ["netns", "port"])]
+    server: Option<String>,
+
+    /// With --server: a file holding the server's HTTP API token, when it has one.
+    #[arg(long, env = "PODFLOW_HTTP_TOKEN_FILE")]
+    http_token_file: Option<PathBuf>,
+
     /// The responder's port (UDP echo and TCP accept; HTTP on the next port), as the
-    /// agent's --probe-port.
-    #[arg(long, default_value_t = 9471)]
-    port: u16,
+    /// agent's --probe-port [default: 9471].
+    #[arg(long)]
+    port: Option<u16>,
 
     /// Probe from inside this network namespace (a file such as /run/netns/NAME).
     #[arg(long)]
@@ -803,6 +815,19 @@ struct ServerArgs {
     #[arg(long, env = "PODFLOW_AGENT_RATE_LIMIT", default_value_t = 32)]
     agent_rate_limit: u64,
 
+    /// The agents' responder port (their --probe-port: UDP echo and TCP; HTTP on the
+    /// next), for on-demand probes from this host (POST /api/v1/probe).
+    #[arg(long, env = "PODFLOW_PROBE_PORT", default_value_t = 9471)]
+    probe_port: u16,
+
+    /// On-demand probes a second, across all clients (more answer 429).
+    #[arg(long, env = "PODFLOW_PROBE_RATE", default_value_t = 1.0)]
+    probe_rate: f64,
+
+    /// On-demand probes allowed at once before --probe-rate applies.
+    #[arg(long, env = "PODFLOW_PROBE_BURST", default_value_t = 5)]
+    probe_burst: u32,
+
     /// Write to ClickHouse at this URL (http:// or https://) instead of the embedded
     /// store; the table is created or migrated at start (docs/clickhouse.md).
     #[arg(long, env = "PODFLOW_CLICKHOUSE_URL")]
@@ -967,6 +992,15 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
             ttl_days: a.clickhouse_ttl_days,
             ..Default::default()
         }),
+        on_demand: podflow_server::OnDemandConfig {
+            ports: podflow_probe::Ports {
+                udp: a.probe_port,
+                tcp: a.probe_port,
+                http: a.probe_port.saturating_add(1),
+            },
+            rate_per_s: a.probe_rate,
+            burst: a.probe_burst,
+        },
     };
     block_on(|token| async move { podflow_server::serve(cfg, token).await })
 }
@@ -1132,6 +1166,10 @@ static WORKER_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomi
 /// `podflow probe`: one probe, its result on stdout; `Ok(false)` when it failed.
 fn probe_once(a: ProbeOnceArgs) -> anyhow::Result<bool> {
     use podflow_probe::{Outcome, ProbeKind};
+    if let Some(server) = &a.server {
+        return probe_via_server(server, &a);
+    }
+    let port = a.port.unwrap_or(9471);
     if let Some(ns) = &a.netns {
         podflow_conntrack::enter_netns(ns).with_context(|| format!("--netns {}", ns.display()))?;
     }
@@ -1139,7 +1177,7 @@ fn probe_once(a: ProbeOnceArgs) -> anyhow::Result<bool> {
         .ok_or_else(|| anyhow::anyhow!("--type {}: unknown kind", a.kind))?;
     let addr: std::net::IpAddr = match a.target.parse() {
         Ok(ip) => ip,
-        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(a.target.as_str(), a.port))
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(a.target.as_str(), port))
             .with_context(|| format!("resolving {}", a.target))?
             .next()
             .map(|s| s.ip())
@@ -1148,9 +1186,9 @@ fn probe_once(a: ProbeOnceArgs) -> anyhow::Result<bool> {
     let mut cfg = podflow_probe::MeshConfig::default();
     cfg.me.node = "podflow-probe".into();
     cfg.probe.ports = podflow_probe::Ports {
-        udp: a.port,
-        tcp: a.port,
-        http: a.port.saturating_add(1),
+        udp: port,
+        tcp: port,
+        http: port.saturating_add(1),
     };
     let peer = podflow_probe::Peer::new(&a.target, "", vec![addr]);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1185,6 +1223,55 @@ fn probe_once(a: ProbeOnceArgs) -> anyhow::Result<bool> {
         }
     );
     Ok(r.outcome == Outcome::Ok)
+}
+
+/// `podflow probe NODE --server URL`: the server probes the node from its host.
+fn probe_via_server(server: &str, a: &ProbeOnceArgs) -> anyhow::Result<bool> {
+    let token = match &a.http_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("--http-token-file {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let body = serde_json::json!({ "target": a.target, "type": a.kind }).to_string();
+    let (status, text) = flows::post_json(server, "/api/v1/probe", &body, token.as_deref())?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{server}/api/v1/probe answered {status}: {text}"))?;
+    if status != 200 {
+        let why = v["error"].as_str().unwrap_or(text.as_str());
+        anyhow::bail!("{server}/api/v1/probe answered {status}: {why}");
+    }
+    let a: podflow_api::ondemand::ProbeAnswer = serde_json::from_value(v)
+        .with_context(|| format!("{server}/api/v1/probe: unexpected JSON: {text}"))?;
+    let ms = |s: f64| s * 1e3;
+    let rtt = match (a.rtt_min_seconds, a.rtt_seconds, a.rtt_max_seconds) {
+        (Some(lo), Some(mid), Some(hi)) if a.sent > 1 => format!(
+            "rtt min {:.3} / median {:.3} / max {:.3} ms",
+            ms(lo),
+            ms(mid),
+            ms(hi)
+        ),
+        (_, Some(mid), _) => format!("rtt {:.3} ms", ms(mid)),
+        _ => "no RTT".to_string(),
+    };
+    println!(
+        "{} {} {} (from {server}): {}, {} sent, {} lost, {rtt}{}",
+        a.kind,
+        a.target,
+        a.address,
+        a.outcome,
+        a.sent,
+        a.lost,
+        if a.error.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", a.error)
+        }
+    );
+    Ok(a.ok)
 }
 
 fn sysctl(a: SysctlArgs) -> anyhow::Result<()> {

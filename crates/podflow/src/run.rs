@@ -58,6 +58,8 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), Role
             max_keys: cfg.max_keys,
             retention: cfg.retention,
             max_pending_rows: MAX_PENDING_ROWS,
+            // One observer: no flow between two nodes that both run agents.
+            probe_ports: Vec::new(),
         },
         store,
         Arc::clone(&registry),
@@ -81,6 +83,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), Role
             podflow_server::attribution::biller(&cfg.enrich)
                 .map_err(|e| RoleError::Attribution(e.to_string()))?,
         )),
+        on_demand: None,
     });
     let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
     tracing::info!(listen = %cfg.listen, store = %store_path.display(), "podflow run: serving /metrics, /api/v1/flows, /live, /ready");

@@ -102,6 +102,7 @@ async fn podflow_cost_prints_the_showback() {
         billing: Some(Arc::new(
             Biller::new(PriceTable::defaults(), &cfg, "test").expect("biller"),
         )),
+        on_demand: None,
     });
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret-token\n").expect("token");

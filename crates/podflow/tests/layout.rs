@@ -59,6 +59,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "podflow-model",
             "podflow-netflow",
             "podflow-pipeline",
+            "podflow-probe",
             "podflow-proto",
             "podflow-role",
             "podflow-store",

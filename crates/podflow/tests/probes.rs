@@ -270,3 +270,113 @@ fn podflow_probe_prints_one_result_and_exits_2_when_it_fails() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains(": fail,") && !out.contains(" 0 lost"), "{out}");
 }
+
+/// `podflow probe NODE --server URL` against a real `podflow server` whose inventory
+/// names two nodes on 127.0.0.0/8: a real responder on 127.0.0.1 (ok, with an RTT) and,
+/// on 127.0.0.3, a socket that reads every probe and answers none (100% loss: exit 2).
+/// Needs no root: everything is on the loopback interface.
+#[test]
+fn podflow_probe_node_through_the_server_prints_its_result_and_exits_2_on_total_loss() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let responder = rt
+        .block_on(async {
+            podflow_probe::Responder::start(
+                &podflow_probe::ResponderConfig {
+                    bind: [127, 0, 0, 1].into(),
+                    ports: podflow_probe::Ports {
+                        udp: port,
+                        tcp: port,
+                        http: port + 1,
+                    },
+                    ..Default::default()
+                },
+                stop.clone(),
+            )
+        })
+        .expect("responder");
+    let _dark = std::net::UdpSocket::bind(("127.0.0.3", port)).expect("bind 127.0.0.3");
+    let inv = dir.path().join("inventory.yaml");
+    inventory(
+        &inv,
+        &[
+            ("node-lo", "zone-1", "127.0.0.1"),
+            ("node-dark", "zone-2", "127.0.0.3"),
+        ],
+    );
+    let token = dir.path().join("token");
+    std::fs::write(&token, "cli-s3cret\n").expect("token");
+    let (http, grpc) = (free_port(), free_port());
+    let _server = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_podflow"))
+            .args(["server", "--listen"])
+            .arg(format!("127.0.0.1:{http}"))
+            .arg("--grpc-listen")
+            .arg(format!("127.0.0.1:{grpc}"))
+            .arg("--data-dir")
+            .arg(dir.path().join("server"))
+            .arg("--inventory")
+            .arg(&inv)
+            .arg("--http-token-file")
+            .arg(&token)
+            .args(["--probe-port", &port.to_string()])
+            .env_remove("PODFLOW_HTTP_TOKEN_FILE")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server"),
+    );
+    wait_until("the server", Duration::from_secs(20), || {
+        get(http, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    let url = format!("http://127.0.0.1:{http}");
+    let cli = |node: &str, kind: &str, token: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_podflow"));
+        c.args(["probe", node, "--type", kind, "--server", &url])
+            .env_remove("PODFLOW_HTTP_TOKEN_FILE");
+        if let Some(t) = token {
+            c.arg("--http-token-file").arg(t);
+        }
+        let out = c.output().expect("podflow probe");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = cli("node-lo", "udp", Some(&token));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with(&format!(
+            "udp node-lo 127.0.0.1 (from {url}): ok, 5 sent, 0 lost, rtt min "
+        )),
+        "{out}"
+    );
+    let (code, out, err) = cli("node-lo", "tcp", Some(&token));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": ok, 1 sent, 0 lost, rtt "), "{out}");
+    let (code, out, err) = cli("node-dark", "udp", Some(&token));
+    assert_eq!(code, 2, "100% loss exits 2: {out}{err}");
+    assert!(
+        out.starts_with(&format!(
+            "udp node-dark 127.0.0.3 (from {url}): fail, 5 sent, 5 lost, no RTT"
+        )),
+        "{out}"
+    );
+    // Refusals are errors (exit 1) naming why, not probe failures.
+    let (code, _, err) = cli("node-nope", "udp", Some(&token));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("404") && err.contains("unknown node `node-nope`"),
+        "{err}"
+    );
+    let (code, _, err) = cli("node-lo", "udp", None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("401"), "{err}");
+    rt.block_on(responder.stop());
+}

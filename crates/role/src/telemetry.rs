@@ -58,7 +58,7 @@ defs! {
     STORE_ERRORS = "podflow_store_write_errors_total", "counter", "Failed store writes (the rows are kept and the same write is tried again).", [];
     STORE_SECONDS = "podflow_store_write_seconds_total", "counter", "Time spent writing to the store.", [];
     STORE_PENDING = "podflow_store_rows_pending", "gauge", "Rows waiting to be written (closed intervals not yet durable).", [];
-    HTTP_REJECTED = "podflow_http_requests_rejected_total", "counter", "HTTP API requests refused, by reason: unauthorized (missing or wrong bearer token, 401), busy (too many queries at once or no lane free before the time limit, 503), timeout (query stopped at --query-timeout, 504), wal (the embedded store's write-ahead log over its limit, 503 until a checkpoint resets it).", ["reason"];
+    HTTP_REJECTED = "podflow_http_requests_rejected_total", "counter", "HTTP API requests refused, by reason: unauthorized (missing or wrong bearer token, 401), busy (too many queries at once or no lane free before the time limit, 503), timeout (query stopped at --query-timeout, 504), wal (the embedded store's write-ahead log over its limit, 503 until a checkpoint resets it), probe_rate (POST /api/v1/probe over its rate limit, 429 with Retry-After).", ["reason"];
     HTTP_STORE_ERRORS = "podflow_http_store_errors_total", "counter", "HTTP API queries the store failed (answered 500 with a request id; the log has the details).", [];
     HTTP_WAL_BYTES = "podflow_store_wal_bytes", "gauge", "Size of the embedded store's write-ahead log as of the last API query, bytes (grows while overlapping readers keep checkpoints from resetting it).", [];
     FLOW_BYTES = "podflow_flow_bytes_total", "counter", "L3 bytes of observed connections, by protocol and direction (out = local to remote).", ["proto", "direction"];
@@ -779,6 +779,7 @@ fn render_http(out: &mut String) {
         ("busy", &s.busy),
         ("timeout", &s.timed_out),
         ("wal", &s.wal_paused),
+        ("probe_rate", &s.probe_rate_limited),
     ] {
         sample(out, &HTTP_REJECTED, &[("reason", reason)], v.load(Relaxed));
     }

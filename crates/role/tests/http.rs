@@ -126,6 +126,7 @@ async fn serve(path: Option<PathBuf>, settings: HttpSettings) -> (SocketAddr, Ar
         interval_s: 10,
         probes: None,
         billing: None,
+        on_demand: None,
     });
     let addr: SocketAddr = format!("127.0.0.1:{}", podflow_testkit::free_port())
         .parse()
@@ -318,6 +319,7 @@ async fn the_token_guards_the_data_and_rotates_without_a_restart() {
         interval_s: 10,
         probes: None,
         billing: None,
+        on_demand: None,
     });
     let addr: SocketAddr = format!("127.0.0.1:{}", podflow_testkit::free_port())
         .parse()
@@ -923,6 +925,7 @@ async fn clickhouse_queries_and_their_retries_end_at_the_time_limit() {
         interval_s: 10,
         probes: None,
         billing: None,
+        on_demand: None,
     });
     let addr: SocketAddr = format!("127.0.0.1:{}", podflow_testkit::free_port())
         .parse()

@@ -84,6 +84,7 @@ fn ingest<S: FlowStore + 'static>(store: S, obs: &[Observation]) -> f64 {
             max_keys: 1_000_000,
             retention: Duration::from_secs(86400),
             max_pending_rows: MAX_PENDING_ROWS,
+            probe_ports: Vec::new(),
         };
         let token = tokio_util::sync::CancellationToken::new();
         let mut p = Driver::new(cfg, store, Arc::new(Registry::default()), &token)

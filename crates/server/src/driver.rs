@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use podflow_enrich::Attributor;
 use podflow_inventory::SharedIndex;
-use podflow_model::{Attribution, ChunkId, FlowLabels, FlowRow, Observation, Oriented};
+use podflow_model::{
+    Attribution, ChunkId, FlowLabels, FlowRow, Observation, Oriented, PROBE_APP, Place, Protocol,
+};
 use podflow_pipeline::Aggregator;
 use podflow_pipeline::ledger::{BatchId, Ledger, MAX_AGENTS, MAX_AGENTS_PER_NODE, Offer, TooMany};
 use podflow_pipeline::prefold::Prefold;
@@ -39,13 +41,33 @@ pub type Marks = Arc<std::sync::RwLock<std::collections::HashMap<String, u64>>>;
 /// A key's labels; `remote_observed` when another node that runs an agent sees the
 /// connection too (the count-once view): from the agents' durable marks, so it holds
 /// across server restarts, and ends when an agent stops sending (`Ledger::observes`).
-fn labels<A>(a: &Attribution, observer: &str, ledger: &Ledger<A>, at: i64) -> FlowLabels {
+///
+/// A connection between two nodes' own addresses (host network), both running agents, to
+/// one of the agents' probe ports (`probe_ports`: protocol and port) is the probes' own
+/// traffic: both ends get the app label [`PROBE_APP`].
+fn labels<A>(
+    a: &Attribution,
+    proto: Protocol,
+    probe_ports: &[(Protocol, u16)],
+    observer: &str,
+    ledger: &Ledger<A>,
+    at: i64,
+) -> FlowLabels {
     let mut l = FlowLabels::of(a);
     l.remote_observed = a
         .remote
         .place
         .node()
         .is_some_and(|n| *n.name != *observer && ledger.observes(&n.name, at));
+    if l.remote_observed
+        && matches!(a.local.place, Place::Node(_))
+        && matches!(a.remote.place, Place::Node(_))
+        && probe_ports.contains(&(proto, a.responder_port))
+    {
+        let app: podflow_model::Name = PROBE_APP.into();
+        l.local.app = app.clone();
+        l.remote.app = app;
+    }
     l
 }
 
@@ -94,11 +116,16 @@ pub struct DriverConfig {
     pub retention: Duration,
     /// Rows waiting for the store beyond which agents' new batches are refused as busy.
     pub max_pending_rows: usize,
+    /// The agents' probe ports (protocol, port): node-to-node flows to them are marked
+    /// as the probes' own ([`PROBE_APP`]).
+    pub probe_ports: Vec<(Protocol, u16)>,
 }
 
 /// Attribution, aggregation, the writer and the acks.
 #[derive(Debug)]
 pub struct Driver<S: FlowStore + 'static> {
+    /// The agents' probe ports ([`DriverConfig::probe_ports`]).
+    probe_ports: Vec<(Protocol, u16)>,
     settings: EnrichSettings,
     attributor: Attributor,
     ranges_stamp: Vec<(String, u64, Option<std::time::SystemTime>)>,
@@ -135,13 +162,14 @@ impl<S: FlowStore + 'static> Driver<S> {
             max_keys,
             retention,
             max_pending_rows,
+            probe_ports,
         } = cfg;
         let observer = observer.as_deref();
         let attributor = attribution::attributor(&settings)
             .map_err(|e| RoleError::Attribution(e.to_string()))?;
         let shared = SharedIndex::default();
         let cfg = attribution::index_config(&settings);
-        let local_inv = match &settings.inventory {
+        let mut local_inv = match &settings.inventory {
             InventorySource::None => Some(LocalInventory::new(None, observer, cfg, shared.clone())),
             InventorySource::File(p) => {
                 // Fail fast on a file that does not parse; later bad versions keep the last index.
@@ -165,6 +193,12 @@ impl<S: FlowStore + 'static> Driver<S> {
                 None
             }
         };
+        // The file's index before the driver is ready (not at the first tick), so what
+        // is ready answers from it.
+        if let Some(inv) = local_inv.as_mut() {
+            inv.refresh(None, podflow_inventory::now_ns())
+                .map_err(|e| RoleError::Attribution(e.to_string()))?;
+        }
         // A blocking call (ClickHouse blocks on a runtime of its own, which must not run
         // inside this task).
         let (store, stored) = tokio::task::spawn_blocking(move || {
@@ -194,6 +228,7 @@ impl<S: FlowStore + 'static> Driver<S> {
             last_expire: Instant::now(),
             ledger,
             marks,
+            probe_ports,
         })
     }
 
@@ -242,14 +277,14 @@ impl<S: FlowStore + 'static> Driver<S> {
             if let (Some(s), Some(h)) = (&a.service, histograms.as_mut()) {
                 h.observe(&s.meta.namespace, &s.meta.name, o);
             }
-            let ledger = &self.ledger;
+            let (ledger, probe_ports) = (&self.ledger, self.probe_ports.as_slice());
             self.agg.record_in(
                 chunk,
                 observer,
                 o,
                 &oriented(o, &a),
                 at,
-                || labels(&a, observer, ledger, at),
+                || labels(&a, o.proto, probe_ports, observer, ledger, at),
                 a.cost_usd,
             );
         }
@@ -327,13 +362,22 @@ impl<S: FlowStore + 'static> Driver<S> {
             let a = self
                 .attributor
                 .attribute(&f.obs, &f.observer, &idx, f.seen_ns);
-            let ledger = &self.ledger;
+            let (ledger, probe_ports) = (&self.ledger, self.probe_ports.as_slice());
             self.agg.record_counted(
                 &f.observer,
                 f.obs.proto,
                 &oriented(&f.obs, &a),
                 f.interval,
-                || labels(&a, &f.observer, ledger, f.interval),
+                || {
+                    labels(
+                        &a,
+                        f.obs.proto,
+                        probe_ports,
+                        &f.observer,
+                        ledger,
+                        f.interval,
+                    )
+                },
                 a.cost_usd,
                 (f.opened, f.closed),
             );

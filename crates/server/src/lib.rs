@@ -5,6 +5,7 @@ pub mod attribution;
 pub mod auth;
 pub mod driver;
 mod intake;
+pub mod ondemand;
 pub mod peers;
 mod rate;
 
@@ -27,6 +28,7 @@ pub use attribution::{EnrichSettings, InventorySource};
 pub use auth::{AgentAuth, Authenticator};
 pub use driver::{Driver, DriverConfig};
 pub use intake::{AGENT_ID_HEADER, SEQ_WINDOW};
+pub use ondemand::OnDemandConfig;
 
 use intake::{INGRESS_KIB, INGRESS_QUEUE, IngestSvc, Ingress, MAX_BATCH_BYTES, Side, admit};
 use peers::PeerBook;
@@ -127,6 +129,8 @@ pub struct ServerConfig {
     pub netflow_exporter_labels: bool,
     /// Write to ClickHouse instead of the embedded store.
     pub clickhouse: Option<podflow_store::ClickHouseConfig>,
+    /// On-demand probes (`POST /api/v1/probe`).
+    pub on_demand: OnDemandConfig,
 }
 
 /// Runs until `shutdown`, then writes what it holds and acks it.
@@ -277,6 +281,11 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
         StoreReader::Sqlite { path, .. } => path.display().to_string(),
         _ => "ClickHouse".into(),
     };
+    let peer_book = Arc::new(PeerBook::default());
+    let prober = Arc::new(ondemand::ServerProber::new(
+        cfg.on_demand.ports,
+        Arc::clone(&peer_book),
+    ));
     // /live answers from here on; /ready once the inventory is in and the store writes.
     let state = Arc::new(AppState {
         exposition: Arc::clone(&registry) as _,
@@ -286,8 +295,13 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
         billing: Some(Arc::new(
             attribution::biller(&cfg.enrich).map_err(|e| RoleError::Attribution(e.to_string()))?,
         )),
+        on_demand: Some(podflow_api::ondemand::OnDemand::new(
+            Arc::clone(&prober) as _,
+            cfg.on_demand.rate_per_s,
+            cfg.on_demand.burst,
+        )),
     });
-    let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
+    // Required before the listener opens: else /ready could answer before they count.
     let inventory_ready = Arc::new(AtomicBool::new(false));
     let ready = Arc::clone(&inventory_ready);
     registry
@@ -297,6 +311,7 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
     registry.health.require("a writable store", move || {
         r.pipeline.store_errors_in_a_row.load(Relaxed) == 0
     });
+    let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
     let mut driver = Driver::new(
         DriverConfig {
             settings: cfg.enrich.clone(),
@@ -305,17 +320,26 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
             max_keys: cfg.max_keys,
             retention: cfg.retention,
             max_pending_rows: MAX_PENDING_ROWS,
+            probe_ports: {
+                let p = cfg.on_demand.ports;
+                vec![
+                    (podflow_model::Protocol::UDP, p.udp),
+                    (podflow_model::Protocol::TCP, p.tcp),
+                    (podflow_model::Protocol::TCP, p.http),
+                ]
+            },
         },
         store,
         Arc::clone(&registry),
         &shutdown,
     )
     .await?;
+    let _ = prober.inventory.set(driver.inventory());
     inventory_ready.store(true, Relaxed);
 
     let (probe_tx, probe_thread) = probe_writer(probe_store, Arc::clone(&registry), cfg.retention);
     let side = Side {
-        peers: Arc::new(PeerBook::default()),
+        peers: peer_book,
         probe_rows: Some(probe_tx),
     };
     // The peer set follows the inventory (nodes deleted or leaving go at once).

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 use podflow_inventory::NodeInfo;
-use podflow_proto::{PbPeer, PeerSet, ip_bytes};
+use podflow_proto::{PbPeer, PeerSet, ip_bytes, ip_from};
 use tokio::sync::watch;
 
 /// Nodes with agents kept (the rest are not probed; bounded like the agents' series).
@@ -54,6 +54,14 @@ impl PeerBook {
                 None => {}
             }
         }
+    }
+
+    /// The zone and addresses of `node` in the set now.
+    pub fn lookup(&self, node: &str) -> Option<(String, Vec<IpAddr>)> {
+        let set = self.set.borrow();
+        let p = set.peers.iter().find(|p| p.node == node)?;
+        let addrs: Vec<IpAddr> = p.addrs.iter().filter_map(|b| ip_from(b)).collect();
+        (!addrs.is_empty()).then(|| (p.zone.clone(), addrs))
     }
 
     /// The set now, and its changes.

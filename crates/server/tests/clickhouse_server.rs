@@ -146,6 +146,7 @@ impl Server {
             netflow_listen: Vec::new(),
             netflow_exporter_labels: false,
             clickhouse: Some(ch.clone()),
+            on_demand: Default::default(),
         };
         let http = cfg.listen;
         let stop = CancellationToken::new();

@@ -99,6 +99,7 @@ async fn forty_agents_at_once_all_acked_exact_totals_bounded_memory() {
         netflow_listen: Vec::new(),
         netflow_exporter_labels: false,
         clickhouse: None,
+        on_demand: Default::default(),
     };
     let stop = CancellationToken::new();
     let server = tokio::spawn(serve(cfg, stop.clone()));

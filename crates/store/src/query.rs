@@ -86,6 +86,30 @@ const OTHER: &[Dim] = &[
         name: "service_ip",
         sql: "service_addr",
     },
+    // Time buckets (Unix seconds of the bucket's start, by interval start): bytes over
+    // time. Read from the rows, never from a rollup.
+    Dim {
+        name: "time_1m",
+        sql: "(interval_start / 60) * 60",
+    },
+    Dim {
+        name: "time_10m",
+        sql: "(interval_start / 600) * 600",
+    },
+    Dim {
+        name: "time_1h",
+        sql: "(interval_start / 3600) * 3600",
+    },
+    Dim {
+        name: "time_1d",
+        sql: "(interval_start / 86400) * 86400",
+    },
+    // The probes' own traffic (both ends labelled `podflow_model::PROBE_APP`): `true` or
+    // `false`, so `podflow_probe=false` leaves it out.
+    Dim {
+        name: "podflow_probe",
+        sql: "CASE WHEN local_app = 'podflow-probe' AND remote_app = 'podflow-probe' THEN 'true' ELSE 'false' END",
+    },
 ];
 
 /// Dimensions by the local end (the observer's side) and the remote end, as stored,

@@ -131,5 +131,6 @@ pub fn config(d: &Path, grpc: SocketAddr, auth: AgentAuth, tls: Option<ServerTls
         netflow_listen: Vec::new(),
         netflow_exporter_labels: false,
         clickhouse: None,
+        on_demand: Default::default(),
     }
 }

@@ -102,6 +102,20 @@ fn dim_expr(name: &str) -> Option<String> {
             )
         }
         "class" | "observer" | "service_namespace" | "service_name" => name.to_string(),
+        "time_1m" | "time_10m" | "time_1h" | "time_1d" => {
+            let step = match name {
+                "time_1m" => 60,
+                "time_10m" => 600,
+                "time_1h" => 3600,
+                _ => 86400,
+            };
+            format!("intDiv(toInt64(intervalStartTime), {step}) * {step}")
+        }
+        "podflow_probe" => {
+            let (l, r) = end_columns("app")?;
+            let app = podflow_model::PROBE_APP;
+            format!("if({l} = '{app}' AND {r} = '{app}', 'true', 'false')")
+        }
         "service_ip" => format!(
             "if(service_addr = toIPv6('::') AND service_port = 0, '', {})",
             ip_text("service_addr")

@@ -760,6 +760,12 @@ struct ServerArgs {
     #[arg(long, env = "PODFLOW_MAX_KEYS", default_value_t = 1_000_000)]
     max_keys: usize,
 
+    /// Rows of closed intervals waiting for the store (it is down or slow) beyond which
+    /// the server reads no more batches: agents' streams wait and they keep their
+    /// batches. About 1 KB of memory per row.
+    #[arg(long, env = "PODFLOW_MAX_PENDING_ROWS", default_value_t = podflow_server::MAX_PENDING_ROWS)]
+    max_pending_rows: usize,
+
     /// Server certificate (PEM); with --tls-key turns TLS on for the gRPC port.
     #[arg(long, env = "PODFLOW_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -979,6 +985,7 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         insecure_no_agent_auth: a.insecure_no_agent_auth,
         insecure_plaintext: a.insecure_plaintext,
         agent_rate_limit_mib: a.agent_rate_limit,
+        max_pending_rows: a.max_pending_rows,
         netflow_listen: a.netflow_listen,
         netflow_exporter_labels: a.netflow_exporter_labels,
         clickhouse: a.clickhouse_url.map(|url| podflow_store::ClickHouseConfig {

@@ -123,6 +123,8 @@ pub struct ServerConfig {
     /// MiB/s one node's agents may send, encoded batches (0: no limit); beyond it their
     /// streams wait.
     pub agent_rate_limit_mib: u64,
+    /// Rows waiting for the store beyond which no batch is read ([`MAX_PENDING_ROWS`]).
+    pub max_pending_rows: usize,
     /// NetFlow/IPFIX listen addresses (none: no listener).
     pub netflow_listen: Vec<SocketAddr>,
     /// Per-exporter NetFlow series (the exporter address becomes a label).
@@ -319,7 +321,7 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
             interval_s,
             max_keys: cfg.max_keys,
             retention: cfg.retention,
-            max_pending_rows: MAX_PENDING_ROWS,
+            max_pending_rows: cfg.max_pending_rows.max(1),
             probe_ports: {
                 let p = cfg.on_demand.ports;
                 vec![

@@ -127,6 +127,14 @@ struct Server {
 
 impl Server {
     async fn start(ch: &ClickHouseConfig, enrich: EnrichSettings) -> Server {
+        Server::start_with(ch, enrich, podflow_server::MAX_PENDING_ROWS).await
+    }
+
+    async fn start_with(
+        ch: &ClickHouseConfig,
+        enrich: EnrichSettings,
+        max_pending_rows: usize,
+    ) -> Server {
         let data = tempfile::tempdir().expect("tmp");
         let grpc = free();
         let cfg = ServerConfig {
@@ -143,6 +151,7 @@ impl Server {
             insecure_no_agent_auth: false,
             insecure_plaintext: false,
             agent_rate_limit_mib: 0,
+            max_pending_rows,
             netflow_listen: Vec::new(),
             netflow_exporter_labels: false,
             clickhouse: Some(ch.clone()),
@@ -248,6 +257,99 @@ async fn server_writes_clickhouse_and_withholds_acks_while_it_is_down() {
         "every observation exactly once in ClickHouse"
     );
     drop(ch);
+}
+
+/// `/metrics` of the server, and the value of `series` in it.
+async fn metric(http: SocketAddr, series: &str) -> Option<f64> {
+    let url = format!("http://{http}/metrics");
+    let body = tokio::task::spawn_blocking(move || {
+        let (host, path) = url.trim_start_matches("http://").split_once('/')?;
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(host).ok()?;
+        s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut b = String::new();
+        s.read_to_string(&mut b).ok()?;
+        Some(b)
+    })
+    .await
+    .ok()??;
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// ClickHouse down for longer than the write backlog holds: once the rows waiting reach
+/// `--max-pending-rows`, the server reads no more batches (they wait in the agent's
+/// stream; nothing is dropped, nothing acked); when ClickHouse is back every batch lands
+/// once and is acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_down_beyond_the_backlog_bound_pushes_back_and_loses_nothing() {
+    let Some((ch_dir, ch_port, ch)) = chdb("clickhouse_down_beyond_the_backlog") else {
+        return;
+    };
+    let ch_cfg = ch_config(ch_port);
+    // Each batch below makes 20 keys in its interval: the bound holds two intervals.
+    let mut srv = Server::start_with(&ch_cfg, Default::default(), 40).await;
+    srv.tx.send(batch(1, 50)).await.expect("send");
+    srv.acks(1, Duration::from_secs(15), "ack while up").await;
+    drop(ch);
+    // Down: one batch per interval, more than the backlog holds.
+    for seq in 2..=8 {
+        srv.tx.send(batch(seq, 50)).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let applied = metric(
+        srv.http,
+        "podflow_server_batches_total{outcome=\"applied\"}",
+    )
+    .await
+    .expect("applied");
+    let pending = metric(srv.http, "podflow_store_rows_pending")
+        .await
+        .expect("pending");
+    assert!(
+        applied < 8.0,
+        "the server stopped reading batches at the bound ({applied} of 8 applied, {pending} rows pending)"
+    );
+    assert!(pending >= 40.0, "the backlog reached its bound: {pending}");
+    assert!(
+        next_ack(&mut srv.acks, Duration::from_millis(500))
+            .await
+            .is_err(),
+        "nothing acked while ClickHouse is down"
+    );
+    let _ch = front(ch_dir.path(), ch_port).expect("chdb front again");
+    let mut got: Vec<u64> = srv
+        .acks(7, Duration::from_secs(40), "ack after recovery")
+        .await
+        .iter()
+        .map(|a| a.seq)
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (2..=8).collect::<Vec<u64>>());
+    srv.stop().await;
+    let rows = tokio::task::spawn_blocking(move || {
+        let store = ClickHouseStore::open(ch_cfg).expect("open");
+        store
+            .flows(&FlowQuery {
+                from: 0,
+                to: i64::MAX,
+                limit: 10_000,
+            })
+            .expect("query")
+    })
+    .await
+    .expect("query task");
+    let bytes: u64 = rows.iter().map(|r| r.totals.bytes()).sum();
+    let opened: u64 = rows.iter().map(|r| r.totals.opened).sum();
+    assert_eq!(
+        (bytes, opened),
+        (8 * 50 * 1000, 8 * 50),
+        "every observation exactly once in ClickHouse"
+    );
 }
 
 /// GET on the server's HTTP port: the status and the JSON body.

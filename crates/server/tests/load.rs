@@ -96,6 +96,7 @@ async fn forty_agents_at_once_all_acked_exact_totals_bounded_memory() {
         insecure_no_agent_auth: false,
         insecure_plaintext: false,
         agent_rate_limit_mib: 0,
+        max_pending_rows: podflow_server::MAX_PENDING_ROWS,
         netflow_listen: Vec::new(),
         netflow_exporter_labels: false,
         clickhouse: None,

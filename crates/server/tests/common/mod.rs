@@ -128,6 +128,7 @@ pub fn config(d: &Path, grpc: SocketAddr, auth: AgentAuth, tls: Option<ServerTls
         insecure_no_agent_auth: false,
         insecure_plaintext: false,
         agent_rate_limit_mib: 0,
+        max_pending_rows: podflow_server::MAX_PENDING_ROWS,
         netflow_listen: Vec::new(),
         netflow_exporter_labels: false,
         clickhouse: None,

@@ -196,6 +196,7 @@ fn burst(pair: &Pair, port: u16, sports: &mut Vec<u16>, n: usize, size: usize) {
 }
 
 /// Waits for `server` to end by itself (a failpoint's abort) and says how it ended.
+#[cfg(feature = "failpoints")]
 fn died(server: &mut ChildGuard, within: Duration) -> Option<std::process::ExitStatus> {
     let t0 = std::time::Instant::now();
     while t0.elapsed() < within {

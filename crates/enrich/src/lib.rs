@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod prefix;
 mod prices;
+mod zones;
 
 pub use attribute::{Attributor, Home, is_public};
 pub use cloud::{CloudRanges, CloudRangesBuilder, Provider, service_rank};
@@ -17,3 +18,4 @@ pub use config::{EnrichConfig, KnownNetworks, NetworkRule};
 pub use error::EnrichError;
 pub use prefix::{Cidr, CidrError, PrefixTable, PrefixTableBuilder};
 pub use prices::{BYTES_PER_GB, DEFAULT_PRICES_YAML, INTRA_REGION_KEY, Price, PriceTable};
+pub use zones::service_zone;

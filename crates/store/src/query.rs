@@ -86,6 +86,20 @@ const OTHER: &[Dim] = &[
         name: "service_ip",
         sql: "service_addr",
     },
+    // `yes` / `no` for rows through a Service, empty for the others (and `service_zone_local`
+    // also when it is not known): see docs/attribution.md, "Avoidable cross-zone traffic".
+    Dim {
+        name: "service_headless",
+        sql: "service_headless",
+    },
+    Dim {
+        name: "service_prefers_close",
+        sql: "service_prefers_close",
+    },
+    Dim {
+        name: "service_zone_local",
+        sql: "service_zone_local",
+    },
 ];
 
 /// Every dimension, by name.

@@ -113,6 +113,9 @@ pub struct IpIndex {
     pod_nodes: HashMap<(String, String), String>,
     /// Every Service's endpoints by namespace, then name.
     backends: HashMap<Name, HashMap<Name, Arc<ServiceBackends>>>,
+    /// Whether any address is a headless Service's (most connections through no
+    /// Service then skip the lookup).
+    any_headless: bool,
     stats: IndexStats,
 }
 
@@ -411,6 +414,7 @@ impl IpIndex {
                     };
                     if b.headless && !slot.headless.as_ref().is_some_and(first) {
                         slot.headless = Some(meta.clone());
+                        idx.any_headless = true;
                     }
                 }
             }
@@ -490,6 +494,9 @@ impl IpIndex {
     /// name when several do).
     #[inline]
     pub fn headless_service(&self, ip: IpAddr) -> Option<&Arc<ServiceMeta>> {
+        if !self.any_headless {
+            return None;
+        }
         self.slots.get(&ip)?.headless.as_ref()
     }
 

@@ -1,5 +1,5 @@
 // podflow's web UI: the service map, top talkers and bytes/cost by class, all from
-// /api/v1/query. A plain ES module; cytoscape is loaded by index.html as a global (the
+// /api/v1/query, and avoidable cross-zone traffic per Service from /api/v1/cost/services. A plain ES module; cytoscape is loaded by index.html as a global (the
 // vendored UMD build). What the page rendered is exposed as `window.podflow` and, once
 // done, as JSON in <script id="podflow-state"> with <body data-ready="true"> (for tests).
 
@@ -30,6 +30,16 @@ const bytesOf = (r) => r.bytes_src_to_dst + r.bytes_dst_to_src;
 const byBytes = (a, b) => bytesOf(b) - bytesOf(a) || b.connections - a.connections;
 const nodeId = (kind, ns, workload) => (ns ? `${ns}/${workload}` : workload || kind);
 
+// The avoidable table's columns: how each sorts (text or number) and its first direction.
+const AVOID_SORTS = {
+  service: { text: (s) => `${s.namespace}/${s.name}`, first: "ascending" },
+  cross_zone_cost_usd: { num: (s) => s.cross_zone_cost_usd, first: "descending" },
+  avoidable_share: { num: (s) => s.avoidable_share, first: "descending" },
+  projected_monthly_saving_usd: { num: (s) => s.projected_monthly_saving_usd, first: "descending" },
+  prefers_close: { num: (s) => (s.prefers_close_but_crosses ? 2 : s.prefers_close ? 1 : 0), first: "descending" },
+};
+const AVOID_LIMIT = 200;
+
 const state = readUrl();
 let cy = null;
 let generation = 0;
@@ -51,6 +61,9 @@ function readUrl() {
     select: p.get("select"),
     // Leave out the probes' own traffic (podflow_probe=false on every flow query).
     hideProbes: p.get("probes") === "hide",
+    // The avoidable table's order: most cross-zone cost first.
+    avoidSort: AVOID_SORTS[p.get("avoid_sort")] ? p.get("avoid_sort") : "cross_zone_cost_usd",
+    avoidDir: p.get("avoid_dir") === "ascending" ? "ascending" : p.get("avoid_dir") === "descending" ? "descending" : null,
   };
 }
 
@@ -65,6 +78,8 @@ function writeUrl() {
   if (state.namespace) p.set("namespace", state.namespace);
   if (state.view !== "once") p.set("view", state.view);
   if (state.hideProbes) p.set("probes", "hide");
+  if (state.avoidSort !== "cross_zone_cost_usd") p.set("avoid_sort", state.avoidSort);
+  if (state.avoidDir) p.set("avoid_dir", state.avoidDir);
   const q = p.toString();
   history.replaceState(null, "", q ? `?${q}` : location.pathname);
 }
@@ -85,6 +100,7 @@ function fmtBytes(b) {
 const fmtRate = (bps) => (bps < 10 ? `${bps.toFixed(2)} B/s` : `${fmtBytes(bps)}/s`);
 const fmtCost = (c) => (c === 0 ? "$0" : c < 0.01 ? `$${c.toFixed(4)}` : `$${c.toFixed(2)}`);
 const fmtInt = (n) => n.toLocaleString("en-US");
+const fmtPct = (x) => `${(100 * x).toFixed(x > 0 && x < 0.001 ? 3 : 1)}%`;
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -159,6 +175,18 @@ async function queryTouching(win, dims, params) {
   const seen = new Set(a.rows.map(key));
   const rows = a.rows.concat(b.rows.filter((r) => !seen.has(key(r)))).sort(byBytes);
   return { ...a, rows };
+}
+
+// Avoidable cross-zone traffic per Service (count once; the namespace is the Service's).
+async function queryServices(win) {
+  const p = new URLSearchParams({ from: win.from, limit: AVOID_LIMIT });
+  if (win.to !== null) p.set("to", win.to);
+  if (state.namespace) p.set("namespace", state.namespace);
+  const url = `/api/v1/cost/services?${p}`;
+  const r = await apiFetch(url);
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status} ${body.error ?? ""}`);
+  return body;
 }
 
 function buildGraph(rows, secs) {
@@ -442,6 +470,68 @@ function renderTalkers(rows) {
       return tr;
     }),
   );
+}
+
+// The avoidable table in the chosen order: Services with a ClusterIP, then headless
+// ones (PreferClose cannot help them), each group sorted on its own.
+function sortServices(list) {
+  const col = AVOID_SORTS[state.avoidSort];
+  const dir = state.avoidDir ?? col.first;
+  const sign = dir === "ascending" ? 1 : -1;
+  const name = (s) => `${s.namespace}/${s.name}`;
+  const cmp = col.text ? (a, b) => col.text(a).localeCompare(col.text(b)) : (a, b) => col.num(a) - col.num(b);
+  return [...list].sort((a, b) => sign * cmp(a, b) || name(a).localeCompare(name(b)));
+}
+
+function renderAvoidable(data) {
+  const table = $("avoidable");
+  const dir = state.avoidDir ?? AVOID_SORTS[state.avoidSort].first;
+  for (const th of table.tHead.querySelectorAll("th[data-sort]")) {
+    if (th.dataset.sort === state.avoidSort) th.setAttribute("aria-sort", dir);
+    else th.removeAttribute("aria-sort");
+  }
+  const body = table.tBodies[0];
+  const groups = [
+    ["services", "Services", sortServices(data.services)],
+    ["headless", "Headless Services (clients dial the pods; PreferClose does not apply)", sortServices(data.headless)],
+  ];
+  const rows = [];
+  const order = {};
+  for (const [id, title, list] of groups) {
+    order[id] = list.map((s) => `${s.namespace}/${s.name}`);
+    if (list.length === 0) continue;
+    rows.push(el("tr", { class: "group", "data-group": id }, el("th", { colspan: "5" }, title)));
+    for (const s of list) {
+      const num = (name, v, text) => el("td", { class: "num", "data-field": name, "data-value": String(v) }, text);
+      const close = s.prefers_close_but_crosses ? "yes, still crosses" : s.prefers_close ? "yes" : "no";
+      rows.push(
+        el(
+          "tr",
+          { "data-service": `${s.namespace}/${s.name}`, "data-headless": String(s.headless), "data-group": id },
+          el("td", {}, `${s.namespace}/${s.name}`),
+          num("cross_zone_cost_usd", s.cross_zone_cost_usd, fmtCost(s.cross_zone_cost_usd)),
+          num("avoidable_share", s.avoidable_share, fmtPct(s.avoidable_share)),
+          num("projected_monthly_saving_usd", s.projected_monthly_saving_usd, fmtCost(s.projected_monthly_saving_usd)),
+          el(
+            "td",
+            {
+              "data-field": "prefers_close",
+              "data-value": String(s.prefers_close),
+              "data-crosses": String(s.prefers_close_but_crosses),
+              class: s.prefers_close_but_crosses ? "warn" : "",
+              title: s.prefers_close_but_crosses ? "asks for close backends and still crossed zones with a Ready backend in the client's zone" : "",
+            },
+            close,
+          ),
+        ),
+      );
+    }
+  }
+  if (rows.length === 0) {
+    rows.push(el("tr", { class: "empty" }, el("td", { colspan: "5", class: "hint" }, "No traffic through Services in this range.")));
+  }
+  body.replaceChildren(...rows);
+  return { sort: state.avoidSort, dir, order };
 }
 
 function summarize(classRows, cloudRows) {
@@ -803,7 +893,7 @@ async function refresh() {
   try {
     const cloudParams = { group_by: "dst_kind,dst_name", dst_kind: "cloud_range", limit: MAX_ROWS };
     if (state.namespace) cloudParams.src_namespace = state.namespace;
-    const [map, talkers, classes, cloud, namespaces, zones, series] = await Promise.all([
+    const [map, talkers, classes, cloud, namespaces, zones, series, services] = await Promise.all([
       queryTouching(win, MAP_DIMS, { limit: MAX_ROWS }),
       queryTouching(win, TALKER_DIMS, { limit: TALKERS }),
       state.namespace
@@ -813,17 +903,27 @@ async function refresh() {
       query(win, { group_by: "src_namespace,dst_namespace", limit: MAX_ROWS }),
       loadZones(win),
       loadSeries(win),
+      queryServices(win),
     ]);
     if (mine !== generation) return;
     const secs = Math.max(1, map.to - map.from);
     const graph = buildGraph(map.rows, secs);
     const talkerRows = talkers.rows.slice(0, TALKERS);
     const summary = summarize(classes.rows, cloud.rows);
-    window.podflow = { nodes: graph.nodes, edges: graph.edges, talkers: talkerRows, summary, zones, series };
+    const avoidable = {
+      from: services.from,
+      to: services.to,
+      range_seconds: services.range_seconds,
+      truncated: services.truncated,
+      services: services.services,
+      headless: services.headless,
+    };
+    window.podflow = { nodes: graph.nodes, edges: graph.edges, talkers: talkerRows, summary, zones, series, avoidable };
     renderSummary(summary);
     renderSeries(series);
     renderZoneMatrix(zones);
     renderTalkers(talkerRows);
+    avoidable.shown = renderAvoidable(avoidable);
     const nsList = renderNamespaces(namespaces.rows);
     const drawn = renderMap(graph);
     if (graph.nodes.length === 0) status.textContent = "No flows in this range.";
@@ -843,7 +943,7 @@ async function refresh() {
     if (mine !== generation) return;
     status.className = "error";
     status.textContent = String(err.message ?? err);
-    publish({ error: status.textContent, nodes: [], edges: [], talkers: [], summary: null });
+    publish({ error: status.textContent, nodes: [], edges: [], talkers: [], summary: null, avoidable: null });
   }
 }
 
@@ -883,6 +983,24 @@ function init() {
     refresh();
   });
   $("refresh").addEventListener("click", () => refresh());
+  // Sorting the avoidable table re-renders what was fetched (no new query).
+  for (const th of $("avoidable").tHead.querySelectorAll("th[data-sort]")) {
+    th.addEventListener("click", () => {
+      const key = th.dataset.sort;
+      const current = state.avoidDir ?? AVOID_SORTS[state.avoidSort].first;
+      if (key === state.avoidSort) state.avoidDir = current === "ascending" ? "descending" : "ascending";
+      else {
+        state.avoidSort = key;
+        state.avoidDir = null;
+      }
+      writeUrl();
+      const pf = window.podflow;
+      if (pf?.avoidable) {
+        pf.avoidable.shown = renderAvoidable(pf.avoidable);
+        publish(pf);
+      }
+    });
+  }
   refresh();
 }
 

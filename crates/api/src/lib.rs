@@ -3,6 +3,7 @@
 //! - [`flows`]: `/api/v1/flows` and K8sConntrack-style `/flows`;
 //! - [`query`]: `/api/v1/query` (flows grouped by any dimensions) and `/api/v1/dimensions`;
 //! - [`cost`]: `/api/v1/cost/showback` and `/api/v1/cost/bill`, priced when queried;
+//! - [`avoidable`]: `/api/v1/cost/services` (avoidable cross-zone traffic per Service);
 //! - [`graph`]: the Grafana Node Graph datasource (`/api/health`, `/api/graph/*`);
 //! - [`transactions`]: K8sConntrack-style `/transactions`;
 //! - [`probes`]: probe history and, per zone or node pair, traffic next to its health;
@@ -14,6 +15,7 @@
 //! guards and bounds every request ([`router_with`]).
 
 pub mod access;
+pub mod avoidable;
 pub mod cost;
 pub mod flows;
 pub mod graph;
@@ -105,6 +107,7 @@ pub fn router_with(state: Arc<AppState>, policy: &HttpPolicy) -> Router {
         .route("/api/v1/dimensions", get(query::dimensions))
         .route("/api/v1/cost/showback", get(cost::showback))
         .route("/api/v1/cost/bill", get(cost::bill))
+        .route("/api/v1/cost/services", get(avoidable::services))
         .route("/api/health", get(graph::health))
         .route("/api/graph/fields", get(graph::fields))
         .route("/api/graph/data", get(graph::data))

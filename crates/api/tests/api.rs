@@ -234,3 +234,197 @@ async fn query_and_nodegraph_answers_match_the_golden_files() {
     assert_eq!(s, 400);
     assert!(e.contains("colour"), "{e}");
 }
+
+/// A row through Service `shop/<svc>` (`headless`, `prefers` close, a Ready backend in
+/// the client's zone: `local`), from web in zone a to `backend`.
+#[allow(clippy::too_many_arguments)]
+fn service_row(
+    t: i64,
+    backend: (&str, EndLabels),
+    svc: &str,
+    (headless, prefers, local): (bool, bool, Option<bool>),
+    out_in: (u64, u64),
+    class: Class,
+    cost_usd: f64,
+) -> FlowRow {
+    let web = ("10.1.0.5", pod("shop", "web", "node-a", "a"));
+    let mut r = row("node-a", t, web, backend, 8080, true, out_in, class, false);
+    // Each Service its own ClusterIP (rows of one key and interval are one row).
+    let cluster_ip = match svc {
+        "api" => "10.96.0.10",
+        "pay" => "10.96.0.11",
+        _ => "10.96.0.12",
+    };
+    r.key.service = (!headless).then(|| (cluster_ip.parse().expect("ip"), 80));
+    r.cost_usd = cost_usd;
+    r.labels = Arc::new(FlowLabels {
+        service_namespace: "shop".into(),
+        service_name: svc.into(),
+        service_headless: headless,
+        service_prefers_close: prefers,
+        service_zone_local: local,
+        ..FlowLabels::clone(&r.labels)
+    });
+    r
+}
+
+/// `/api/v1/cost/services` on a real SQLite store against hand-computed values: what
+/// crossed zones per Service, what of it was avoidable (a Ready backend in the client's
+/// zone), the projection to 30 days, the flags, headless Services apart; the
+/// responder's copy of an observed connection counted once.
+#[tokio::test]
+async fn avoidable_cross_zone_traffic_per_service_on_a_real_store() {
+    let a = || ("10.1.0.3", pod("shop", "api", "node-a", "a"));
+    let b = || ("10.2.0.3", pod("shop", "api", "node-b", "b"));
+    let no = (false, false, Some(false));
+    let yes = (false, false, Some(true));
+    let mut rows = vec![
+        // api: half its bytes to the local backend, half across (avoidable).
+        service_row(1000, a(), "api", yes, (100, 900), Class::IntraNode, 0.0),
+        service_row(1000, b(), "api", yes, (100, 900), Class::InterZone, 0.25),
+        service_row(1010, b(), "api", yes, (200, 1800), Class::InterZone, 0.5),
+        // pay: across, with no Ready backend in zone a.
+        service_row(1000, b(), "pay", no, (50, 450), Class::InterZone, 0.125),
+        // cart asks for PreferClose and still crosses.
+        service_row(
+            1000,
+            b(),
+            "cart",
+            (false, true, Some(true)),
+            (10, 90),
+            Class::InterZone,
+            0.03125,
+        ),
+        // db is headless: dialled by its pod's address.
+        service_row(
+            1010,
+            ("10.2.0.6", pod("shop", "db", "node-b", "b")),
+            "db",
+            (true, false, Some(true)),
+            (1000, 9000),
+            Class::InterZone,
+            2.0,
+        ),
+        // Not through a Service: left out.
+        row(
+            "node-a",
+            1000,
+            ("10.1.0.5", pod("shop", "web", "node-a", "a")),
+            b(),
+            8080,
+            true,
+            (7, 7),
+            Class::InterZone,
+            false,
+        ),
+    ];
+    // node-b's copy of the second api connection (both ends observed): not counted.
+    let mut copy = service_row(1000, b(), "api", yes, (900, 100), Class::InterZone, 0.25);
+    copy.observer = "node-b".into();
+    copy.key.local_initiated = false;
+    Arc::make_mut(&mut copy.labels).remote_observed = true;
+    Arc::make_mut(&mut rows[1].labels).remote_observed = true;
+    rows.push(copy);
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("podflow.sqlite");
+    SqliteStore::open(&path)
+        .expect("open")
+        .write(&rows)
+        .expect("write");
+    let state = Arc::new(AppState {
+        exposition: Arc::new(common::Quiet),
+        store: StoreReader::sqlite(path),
+        interval_s: 10,
+        probes: None,
+        billing: None,
+        on_demand: None,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router(state).into_make_service()).await });
+
+    let (s, body) = get(addr, "/api/v1/cost/services?from=1000&to=1020").await;
+    assert_eq!(s, 200, "{body}");
+    golden("cost-services", &body);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (v["range_seconds"].as_i64(), v["view"].as_str()),
+        (Some(20), Some("once"))
+    );
+    let names = |list: &str| -> Vec<&str> {
+        v[list]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|s| s["name"].as_str().expect("name"))
+            .collect()
+    };
+    // Most cross-zone cost first: api 0.75, pay 0.125, cart 0.03125.
+    assert_eq!(names("services"), ["api", "pay", "cart"]);
+    assert_eq!(names("headless"), ["db"]);
+    let svc = |list: &str, i: usize| v[list][i].clone();
+    let api = svc("services", 0);
+    let n = |x: &serde_json::Value, f: &str| x[f].as_f64().unwrap_or_else(|| panic!("{f}: {x}"));
+    assert_eq!(n(&api, "bytes"), 4000.0);
+    assert_eq!(n(&api, "cross_zone_bytes"), 3000.0);
+    assert_eq!(n(&api, "avoidable_bytes"), 3000.0);
+    assert_eq!(n(&api, "avoidable_cost_usd"), 0.75);
+    assert_eq!(n(&api, "avoidable_share"), 0.75);
+    assert_eq!(n(&api, "avoidable_cross_zone_share"), 1.0);
+    assert_eq!(
+        n(&api, "connections"),
+        6.0,
+        "2 per row, node-b's copy not counted"
+    );
+    // 0.75 USD in 20 s is 0.75 * 2,592,000 / 20 in 30 days.
+    assert_eq!(n(&api, "projected_monthly_saving_usd"), 97_200.0);
+    assert_eq!(api["prefers_close_but_crosses"], false);
+    let pay = svc("services", 1);
+    assert_eq!(
+        (
+            n(&pay, "cross_zone_bytes"),
+            n(&pay, "avoidable_bytes"),
+            n(&pay, "projected_monthly_saving_usd")
+        ),
+        (500.0, 0.0, 0.0)
+    );
+    let cart = svc("services", 2);
+    assert_eq!(
+        (
+            cart["prefers_close"].as_bool(),
+            cart["prefers_close_but_crosses"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
+    let db = svc("headless", 0);
+    assert_eq!(
+        (db["headless"].as_bool(), n(&db, "avoidable_bytes")),
+        (Some(true), 10_000.0)
+    );
+
+    // The limit cuts each list; the namespace filters by the Service's.
+    let (_, body) = get(addr, "/api/v1/cost/services?from=1000&to=1020&limit=1").await;
+    let one: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(one["services"].as_array().map(Vec::len), Some(1));
+    assert_eq!(one["headless"].as_array().map(Vec::len), Some(1));
+    let (_, body) = get(
+        addr,
+        "/api/v1/cost/services?from=1000&to=1020&namespace=billing",
+    )
+    .await;
+    let none: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(none["services"], serde_json::json!([]));
+    // Errors name the parameter.
+    for (q, word) in [
+        ("colour=blue", "colour"),
+        ("limit=0", "limit"),
+        ("from=9&to=1", "from"),
+    ] {
+        let (s, e) = get(addr, &format!("/api/v1/cost/services?{q}")).await;
+        assert_eq!(s, 400, "{q}: {e}");
+        assert!(e.contains(word), "{q}: {e}");
+    }
+}

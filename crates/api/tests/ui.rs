@@ -1537,3 +1537,307 @@ async fn hide_probe_traffic_leaves_the_probes_own_flows_out_of_the_page() {
     assert_eq!(total(&shown) - total(&hidden), 8000);
     assert_eq!(total(&hidden), 161_700);
 }
+
+/// Traffic through Services from shop/web (zone a), all in the last five minutes: api
+/// half across zones with a backend in zone a (avoidable), pay across with none Ready in
+/// zone a, cart asking for PreferClose and still crossing, two headless Services.
+fn service_rows(t: i64) -> Vec<FlowRow> {
+    let web = || ("10.1.0.5", pod("shop", "web", "node-a", "a"));
+    let backend = |ip: &'static str, ns: &str, w: &str, zone: &str| {
+        (ip, pod(ns, w, &format!("node-{zone}"), zone))
+    };
+    // (namespace, name, ClusterIP or headless, prefers close, zone local)
+    let via = |mut r: FlowRow,
+               ns: &str,
+               svc: &str,
+               cluster_ip: Option<&str>,
+               prefers: bool,
+               local: Option<bool>| {
+        r.key.service = cluster_ip.map(|a| (a.parse().expect("ip"), 80));
+        r.labels = Arc::new(FlowLabels {
+            service_namespace: ns.into(),
+            service_name: svc.into(),
+            service_headless: cluster_ip.is_none(),
+            service_prefers_close: prefers,
+            service_zone_local: local,
+            ..FlowLabels::clone(&r.labels)
+        });
+        r
+    };
+    use Class::*;
+    let r = |remote, out_in, class, cost| {
+        row("node-a", t, web(), remote, true, out_in, class, false, cost)
+    };
+    let (api, pay, cart) = (Some("10.96.0.10"), Some("10.96.0.11"), Some("10.96.0.12"));
+    vec![
+        via(
+            r(
+                backend("10.1.0.3", "shop", "api", "a"),
+                (100, 900),
+                IntraNode,
+                0.0,
+            ),
+            "shop",
+            "api",
+            api,
+            false,
+            Some(true),
+        ),
+        via(
+            r(
+                backend("10.2.0.3", "shop", "api", "b"),
+                (100, 900),
+                InterZone,
+                0.5,
+            ),
+            "shop",
+            "api",
+            api,
+            false,
+            Some(true),
+        ),
+        via(
+            r(
+                backend("10.2.0.4", "shop", "pay", "b"),
+                (300, 2700),
+                InterZone,
+                1.5,
+            ),
+            "shop",
+            "pay",
+            pay,
+            false,
+            Some(false),
+        ),
+        via(
+            r(
+                backend("10.2.0.5", "shop", "cart", "b"),
+                (40, 360),
+                InterZone,
+                0.2,
+            ),
+            "shop",
+            "cart",
+            cart,
+            true,
+            Some(true),
+        ),
+        via(
+            r(
+                backend("10.1.0.6", "shop", "cart", "a"),
+                (60, 540),
+                IntraZone,
+                0.0,
+            ),
+            "shop",
+            "cart",
+            cart,
+            true,
+            Some(true),
+        ),
+        via(
+            r(
+                backend("10.2.0.7", "shop", "db", "b"),
+                (200, 1800),
+                InterZone,
+                1.0,
+            ),
+            "shop",
+            "db",
+            None,
+            false,
+            Some(true),
+        ),
+        via(
+            r(
+                backend("10.2.0.8", "kafka", "kafka", "b"),
+                (10, 90),
+                InterZone,
+                0.05,
+            ),
+            "kafka",
+            "kafka",
+            None,
+            false,
+            None,
+        ),
+    ]
+}
+
+/// The `#avoidable` body's Service rows: (group, Service, cross-zone cost, avoidable
+/// share, projected monthly saving, prefers close, prefers close but crosses).
+fn avoidable_rows(dom: &str) -> Vec<(String, String, f64, f64, f64, bool, bool)> {
+    let table = &dom[dom.find(r#"id="avoidable""#).expect("#avoidable")..];
+    let body =
+        &table[table.find("<tbody>").expect("tbody")..table.find("</tbody>").expect("/tbody")];
+    body.split("<tr ")
+        .skip(1)
+        .map(|tr| format!(" {tr}"))
+        .filter(|tr| tr.contains("data-service="))
+        .map(|tr| {
+            let field = |f: &str, a: &str| -> String {
+                let at = tr.find(&format!(r#"data-field="{f}""#)).expect("field");
+                attr(&tr[at..], a).expect("value")
+            };
+            let num = |f: &str| field(f, "data-value").parse::<f64>().expect("number");
+            (
+                attr(&tr, "data-group").expect("group"),
+                attr(&tr, "data-service").expect("service"),
+                num("cross_zone_cost_usd"),
+                num("avoidable_share"),
+                num("projected_monthly_saving_usd"),
+                field("prefers_close", "data-value") == "true",
+                field("prefers_close", "data-crosses") == "true",
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_renders_avoidable_cross_zone_traffic_per_service() {
+    let Some(bin) = chromium() else {
+        podflow_testkit::skip("the avoidable-traffic UI test", "needs Chromium");
+        return;
+    };
+    let (addr, _dir) = serve(&service_rows(recent())).await;
+    let base = format!("http://{addr}/");
+    let page = load(
+        &bin,
+        base.clone(),
+        Some(artifacts().join("ui-avoidable.png")),
+    )
+    .await;
+    let s = &page.state;
+    // The saving is scaled from the range the API saw (about the page's hour).
+    let range = s["avoidable"]["range_seconds"].as_f64().expect("range");
+    assert!((3600.0..3700.0).contains(&range), "{}", s["avoidable"]);
+    let month = |cost: f64| cost * 30.0 * 86_400.0 / range;
+    let rows = avoidable_rows(&page.dom);
+    let want =
+        |g: &str, svc: &str, cost: f64, share: f64, saving: f64, close: bool, crosses: bool| {
+            (
+                g.to_string(),
+                svc.to_string(),
+                cost,
+                share,
+                saving,
+                close,
+                crosses,
+            )
+        };
+    // Most cross-zone cost first, headless Services in their own group.
+    assert_eq!(
+        rows,
+        vec![
+            want("services", "shop/pay", 1.5, 0.0, 0.0, false, false),
+            want("services", "shop/api", 0.5, 0.5, month(0.5), false, false),
+            want("services", "shop/cart", 0.2, 0.4, month(0.2), true, true),
+            want("headless", "shop/db", 1.0, 1.0, month(1.0), false, false),
+            want("headless", "kafka/kafka", 0.05, 0.0, 0.0, false, false),
+        ]
+    );
+    // The table is the API's answer for the page's window.
+    let w = &s["avoidable"];
+    let api = get_json(
+        addr,
+        &format!("/api/v1/cost/services?from={}&to={}", w["from"], w["to"]),
+    )
+    .await;
+    for list in ["services", "headless"] {
+        let page_list = w[list].as_array().expect("page list");
+        let api_list = api[list].as_array().expect("api list");
+        assert_eq!(page_list.len(), api_list.len(), "{list}");
+        for (p, a) in page_list.iter().zip(api_list) {
+            for f in ["name", "namespace", "headless", "prefers_close_but_crosses"] {
+                assert_eq!(p[f], a[f], "{f} of {a}");
+            }
+            for f in [
+                "cross_zone_cost_usd",
+                "avoidable_share",
+                "avoidable_bytes",
+                "bytes",
+            ] {
+                assert_eq!(p[f].as_f64(), a[f].as_f64(), "{f} of {a}");
+            }
+        }
+    }
+    // The group headers, and the default sort shown on its column.
+    assert!(page.dom.contains(r#"data-group="headless""#));
+    let head = &page.dom[page
+        .dom
+        .find(r#"data-sort="cross_zone_cost_usd""#)
+        .expect("th")..];
+    assert_eq!(attr(head, "aria-sort").as_deref(), Some("descending"));
+
+    // Sorted by avoidable share, ascending (from the URL); each group on its own.
+    let page = load(
+        &bin,
+        format!("{base}?avoid_sort=avoidable_share&avoid_dir=ascending"),
+        None,
+    )
+    .await;
+    let order: Vec<(String, String)> = avoidable_rows(&page.dom)
+        .into_iter()
+        .map(|r| (r.0, r.1))
+        .collect();
+    let pair = |g: &str, s: &str| (g.to_string(), s.to_string());
+    assert_eq!(
+        order,
+        vec![
+            pair("services", "shop/pay"),
+            pair("services", "shop/cart"),
+            pair("services", "shop/api"),
+            pair("headless", "kafka/kafka"),
+            pair("headless", "shop/db"),
+        ]
+    );
+    // The namespace filter is the Service's.
+    let page = load(&bin, format!("{base}?namespace=kafka"), None).await;
+    let rows = avoidable_rows(&page.dom);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].1, "kafka/kafka");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicking_a_column_of_the_avoidable_table_sorts_it() {
+    let (Some(chromium), Some(driver)) = (chromium(), Driver::find()) else {
+        podflow_testkit::skip(
+            "the avoidable-table click test",
+            "needs Chromium and chromedriver (apt-get install -y chromium chromium-driver)",
+        );
+        return;
+    };
+    let (addr, _dir) = serve(&service_rows(recent())).await;
+    tokio::task::spawn_blocking(move || {
+        let d = Driver::start(&driver, &chromium);
+        d.cmd("POST", "/url", serde_json::json!({"url": format!("http://{addr}/")}));
+        d.wait_ready();
+        let order = || {
+            d.exec(
+                "return [...document.querySelectorAll('#avoidable tbody tr[data-service]')].map(r => r.dataset.service)",
+                serde_json::json!([]),
+            )
+        };
+        let sorted = || {
+            d.exec(
+                "const th = document.querySelector('#avoidable th[aria-sort]'); return [th.dataset.sort, th.getAttribute('aria-sort')]",
+                serde_json::json!([]),
+            )
+        };
+        assert_eq!(order(), serde_json::json!(["shop/pay", "shop/api", "shop/cart", "shop/db", "kafka/kafka"]));
+        d.click("#avoidable th[data-sort='avoidable_share']");
+        assert_eq!(sorted(), serde_json::json!(["avoidable_share", "descending"]));
+        assert_eq!(order(), serde_json::json!(["shop/api", "shop/cart", "shop/pay", "shop/db", "kafka/kafka"]));
+        d.click("#avoidable th[data-sort='avoidable_share']");
+        assert_eq!(sorted(), serde_json::json!(["avoidable_share", "ascending"]));
+        assert_eq!(order(), serde_json::json!(["shop/pay", "shop/cart", "shop/api", "kafka/kafka", "shop/db"]));
+        d.click("#avoidable th[data-sort='service']");
+        assert_eq!(order(), serde_json::json!(["shop/api", "shop/cart", "shop/pay", "kafka/kafka", "shop/db"]));
+        d.click("#avoidable th[data-sort='projected_monthly_saving_usd']");
+        assert_eq!(order(), serde_json::json!(["shop/api", "shop/cart", "shop/pay", "shop/db", "kafka/kafka"]));
+        let search = d.exec("return location.search", serde_json::json!([]));
+        assert_eq!(search, "?avoid_sort=projected_monthly_saving_usd");
+    })
+    .await
+    .expect("webdriver session");
+}

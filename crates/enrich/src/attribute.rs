@@ -10,6 +10,7 @@ use crate::cloud::CloudRanges;
 use crate::config::{EnrichConfig, KnownNetworks};
 use crate::error::EnrichError;
 use crate::prices::PriceTable;
+use crate::zones;
 
 /// Turns observations into attributions; immutable, shared by all workers.
 #[derive(Clone, Debug)]
@@ -169,10 +170,17 @@ impl Attributor {
             o.out.bytes,
             o.inbound.bytes,
         );
+        let (initiator, responder) = if o.local_initiated {
+            (&local, &remote)
+        } else {
+            (&remote, &local)
+        };
+        let service_zone = zones::service_zone(idx, service.as_ref(), initiator, responder);
         Attribution {
             local,
             remote,
             service,
+            service_zone,
             local_initiated: o.local_initiated,
             responder_port: o.responder_port,
             snat,

@@ -13,6 +13,7 @@ mod month;
 mod plan;
 mod prefix;
 mod prices;
+mod zones;
 
 pub use attribute::{Attributor, Home, is_public};
 pub use bill::{
@@ -30,3 +31,4 @@ pub use prices::{
     BYTES_PER_GB, DEFAULT_PRICES_YAML, Direction, INTRA_REGION_KEY, Price, PriceKey, PriceTable,
     Schedule, Tier,
 };
+pub use zones::service_zone;

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use hashbrown::HashMap;
 use podflow_model::{Name, NodeMeta, Place, PodMeta, ServiceHit, ServiceMeta, ServiceVia};
 
-use crate::objects::{Inventory, Node, Pod};
+use crate::objects::{Inventory, Node, Pod, SliceEndpoint};
 
 /// How the index is built.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +59,45 @@ struct Slot {
     service: Option<(Arc<ServiceMeta>, ServiceVia)>,
     /// An EndpointSlice address that is no known pod (a selector-less Service's backend).
     backend: Option<Arc<ServiceMeta>>,
+    /// The headless Service whose EndpointSlices list the address (the first by
+    /// namespace and name when several do).
+    headless: Option<Arc<ServiceMeta>>,
+}
+
+/// What attribution needs to know about a Service's endpoints, computed once when the
+/// index is built (bounded by the inventory's EndpointSlices): whether a connection that
+/// crossed zones could have stayed in its own (docs/attribution.md, "Avoidable
+/// cross-zone traffic").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceBackends {
+    /// The Service is headless (`clusterIP: None`).
+    pub headless: bool,
+    /// The Service asks for close backends ([`crate::Service::prefers_close`]).
+    pub prefers_close: bool,
+    /// Zones with at least one Ready endpoint, sorted: the endpoint's own zone
+    /// (`endpoints[].zone`), else its node's (`nodeName`, else the node of the pod
+    /// holding its address).
+    pub ready_zones: Vec<Name>,
+    /// Ready endpoints whose zone is not known.
+    pub ready_unzoned: usize,
+    /// Endpoints listed, Ready or not (0: the inventory has no EndpointSlice of it).
+    pub endpoints: usize,
+}
+
+impl ServiceBackends {
+    /// Whether a Ready endpoint was in `zone` (the initiator's): `None` when that cannot
+    /// be told (no zone, no endpoint known, or a Ready endpoint of unknown zone and none
+    /// in `zone`).
+    pub fn local_ready(&self, zone: Option<&str>) -> Option<bool> {
+        let zone = zone.filter(|z| !z.is_empty())?;
+        if self.ready_zones.iter().any(|z| &**z == zone) {
+            Some(true)
+        } else if self.endpoints == 0 || self.ready_unzoned > 0 {
+            None
+        } else {
+            Some(false)
+        }
+    }
 }
 
 /// Answers "who was this address at time t", built from one inventory snapshot.
@@ -72,6 +111,11 @@ pub struct IpIndex {
     /// Live pods' nodes by (namespace, name): binds a service-account token that names
     /// its pod but not its node (Kubernetes before 1.30) to the pod's `spec.nodeName`.
     pod_nodes: HashMap<(String, String), String>,
+    /// Every Service's endpoints by namespace, then name.
+    backends: HashMap<Name, HashMap<Name, Arc<ServiceBackends>>>,
+    /// Whether any address is a headless Service's (most connections through no
+    /// Service then skip the lookup).
+    any_headless: bool,
     stats: IndexStats,
 }
 
@@ -300,7 +344,16 @@ impl IpIndex {
         }
         idx.stats.tombstones = tombstones.len();
         let mut by_name: HashMap<(&str, &str), Arc<ServiceMeta>> = HashMap::new();
+        let mut backends: HashMap<(&str, &str), ServiceBackends> = HashMap::new();
         for s in &inv.services {
+            backends.insert(
+                (&s.namespace, &s.name),
+                ServiceBackends {
+                    headless: s.headless,
+                    prefers_close: s.prefers_close(),
+                    ..Default::default()
+                },
+            );
             let meta = Arc::new(ServiceMeta {
                 namespace: s.namespace.as_str().into(),
                 name: s.name.as_str().into(),
@@ -324,6 +377,8 @@ impl IpIndex {
             }
             idx.stats.services += 1;
         }
+        // Zone names interned: one `Name` per zone, however many endpoints are in it.
+        let mut zones: HashMap<String, Name> = HashMap::new();
         for sl in &inv.slices {
             let Some(meta) = sl
                 .service
@@ -332,14 +387,44 @@ impl IpIndex {
             else {
                 continue;
             };
+            let mut none = ServiceBackends::default();
+            let b = backends
+                .get_mut(&(sl.namespace.as_str(), &*meta.name))
+                .unwrap_or(&mut none);
             for e in &sl.endpoints {
+                b.endpoints += 1;
+                if e.ready {
+                    match idx.endpoint_zone(e) {
+                        Some(z) => {
+                            if !b.ready_zones.iter().any(|k| **k == *z) {
+                                let z = zones.entry(z.to_string()).or_insert(z).clone();
+                                b.ready_zones.push(z);
+                            }
+                        }
+                        None => b.ready_unzoned += 1,
+                    }
+                }
                 for ip in &e.addresses {
                     let slot = idx.slots.entry(*ip).or_default();
                     if slot.pods.is_empty() && slot.node.is_none() {
                         slot.backend = Some(meta.clone());
                     }
+                    let first = |h: &Arc<ServiceMeta>| {
+                        (&*h.namespace, &*h.name) <= (&*meta.namespace, &*meta.name)
+                    };
+                    if b.headless && !slot.headless.as_ref().is_some_and(first) {
+                        slot.headless = Some(meta.clone());
+                        idx.any_headless = true;
+                    }
                 }
             }
+        }
+        for ((ns, name), mut b) in backends {
+            b.ready_zones.sort();
+            idx.backends
+                .entry(Name::from(ns))
+                .or_default()
+                .insert(Name::from(name), Arc::new(b));
         }
         idx.stats.nodes = idx.nodes.len();
         idx.stats.addresses = idx.slots.len();
@@ -373,6 +458,46 @@ impl IpIndex {
             node,
             host_network: pod.host_network,
         }
+    }
+
+    /// The zone of an EndpointSlice endpoint: its own, else its node's (`nodeName`,
+    /// else the node of a live pod holding one of its addresses).
+    fn endpoint_zone(&self, e: &SliceEndpoint) -> Option<Name> {
+        if let Some(z) = &e.zone {
+            return Some(Name::from(z.as_str()));
+        }
+        let by_node = e
+            .node_name
+            .as_deref()
+            .and_then(|n| self.nodes.get(n))
+            .and_then(|n| n.zone.clone());
+        by_node.or_else(|| {
+            e.addresses.iter().find_map(|ip| {
+                let slot = self.slots.get(ip)?;
+                let live = slot
+                    .pods
+                    .iter()
+                    .filter(|c| !c.terminal && c.until_ns == u64::MAX)
+                    .max_by_key(|c| c.from_ns)?;
+                live.meta.node.as_ref()?.zone.clone()
+            })
+        })
+    }
+
+    /// What the index knows about the endpoints of Service `namespace/name`.
+    #[inline]
+    pub fn service_backends(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceBackends>> {
+        self.backends.get(namespace)?.get(name)
+    }
+
+    /// The headless Service whose EndpointSlices list `ip` (the first by namespace and
+    /// name when several do).
+    #[inline]
+    pub fn headless_service(&self, ip: IpAddr) -> Option<&Arc<ServiceMeta>> {
+        if !self.any_headless {
+            return None;
+        }
+        self.slots.get(&ip)?.headless.as_ref()
     }
 
     /// The pod that held `ip` at `t_ns`: a running pod over a finished one that kept the
@@ -564,5 +689,176 @@ impl SharedIndex {
     /// Replaces the snapshot.
     pub fn store(&self, idx: IpIndex) {
         self.0.store(Arc::new(idx));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two zones; `shop/api` has Ready endpoints in zone-a (its own zone field) and
+    /// zone-b (from its node's label), a not-Ready one in zone-c; `shop/cache` one Ready
+    /// endpoint in zone-a known only through the pod holding its address, and one of
+    /// unknown zone; `shop/db` is headless with PreferClose; `shop/kafka` headless too,
+    /// listing one of db's pods; `shop/empty` has no EndpointSlice.
+    const INVENTORY: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- kind: Node
+  metadata: {name: na, labels: {topology.kubernetes.io/zone: zone-a}}
+  status: {addresses: [{type: InternalIP, address: 172.16.0.1}]}
+- kind: Node
+  metadata: {name: nb, labels: {topology.kubernetes.io/zone: zone-b}}
+  status: {addresses: [{type: InternalIP, address: 172.16.0.2}]}
+- kind: Node
+  metadata: {name: nx}
+- kind: Pod
+  metadata: {name: cache-0, namespace: shop, uid: c0}
+  spec: {nodeName: na}
+  status: {phase: Running, podIP: 10.1.0.7}
+- kind: Pod
+  metadata: {name: db-0, namespace: shop, uid: d0}
+  spec: {nodeName: na}
+  status: {phase: Running, podIP: 10.1.0.9}
+- kind: Pod
+  metadata: {name: db-1, namespace: shop, uid: d1}
+  spec: {nodeName: nb}
+  status: {phase: Running, podIP: 10.2.0.9}
+- kind: Service
+  metadata: {name: api, namespace: shop}
+  spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+- kind: Service
+  metadata: {name: cache, namespace: shop, annotations: {service.kubernetes.io/topology-aware-hints: auto}}
+  spec: {clusterIP: 10.96.0.2, ports: [{port: 6379}]}
+- kind: Service
+  metadata: {name: db, namespace: shop}
+  spec: {clusterIP: None, trafficDistribution: PreferClose, ports: [{port: 5432}]}
+- kind: Service
+  metadata: {name: kafka, namespace: shop, annotations: {service.kubernetes.io/topology-mode: Disabled}}
+  spec: {clusterIP: None, clusterIPs: [None], ports: [{port: 9092}]}
+- kind: Service
+  metadata: {name: empty, namespace: shop}
+  spec: {clusterIP: 10.96.0.5, ports: [{port: 80}]}
+- kind: EndpointSlice
+  metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+  endpoints:
+  - {addresses: [10.1.0.5], zone: zone-a, nodeName: nb}
+  - {addresses: [10.2.0.5], nodeName: nb, conditions: {ready: true}}
+- kind: EndpointSlice
+  metadata: {name: api-2, namespace: shop, labels: {kubernetes.io/service-name: api}}
+  endpoints:
+  - {addresses: [10.3.0.5], zone: zone-c, conditions: {ready: false}}
+  - {addresses: [10.1.0.6], zone: zone-a}
+- kind: EndpointSlice
+  metadata: {name: cache-1, namespace: shop, labels: {kubernetes.io/service-name: cache}}
+  endpoints:
+  - {addresses: [10.1.0.7]}
+  - {addresses: [10.9.0.7], nodeName: nx}
+- kind: EndpointSlice
+  metadata: {name: kafka-1, namespace: shop, labels: {kubernetes.io/service-name: kafka}}
+  endpoints:
+  - {addresses: [10.2.0.9], nodeName: nb}
+- kind: EndpointSlice
+  metadata: {name: db-1, namespace: shop, labels: {kubernetes.io/service-name: db}}
+  endpoints:
+  - {addresses: [10.1.0.9], nodeName: na}
+  - {addresses: [10.2.0.9], nodeName: nb, conditions: {ready: false}}
+"#;
+
+    fn index() -> IpIndex {
+        let inv = Inventory::parse(INVENTORY, "test").expect("parses");
+        IpIndex::build(&inv, &[], &IndexConfig::default())
+    }
+
+    fn names(zones: &[Name]) -> Vec<&str> {
+        zones.iter().map(|z| &**z).collect()
+    }
+
+    #[test]
+    fn ready_zones_come_from_the_endpoint_its_node_or_its_pod() {
+        let idx = index();
+        let api = idx.service_backends("shop", "api").expect("api");
+        // zone-a from the endpoint's own zone (over its node's zone-b), zone-b from the
+        // node of an endpoint without a zone; zone-c's endpoint is not Ready.
+        assert_eq!(names(&api.ready_zones), ["zone-a", "zone-b"]);
+        assert_eq!((api.ready_unzoned, api.endpoints), (0, 4));
+        assert!(!api.headless && !api.prefers_close);
+        let cache = idx.service_backends("shop", "cache").expect("cache");
+        // 10.1.0.7 is cache-0's address, on node na; nx has no zone label.
+        assert_eq!(names(&cache.ready_zones), ["zone-a"]);
+        assert_eq!(cache.ready_unzoned, 1);
+        assert!(cache.prefers_close, "topology-aware-hints: auto");
+        let db = idx.service_backends("shop", "db").expect("db");
+        assert_eq!(names(&db.ready_zones), ["zone-a"], "db-1 is not Ready");
+        assert!(db.headless && db.prefers_close);
+        let kafka = idx.service_backends("shop", "kafka").expect("kafka");
+        assert!(
+            kafka.headless && !kafka.prefers_close,
+            "topology-mode Disabled"
+        );
+        let empty = idx.service_backends("shop", "empty").expect("empty");
+        assert_eq!(empty.endpoints, 0);
+        assert!(idx.service_backends("shop", "nope").is_none());
+        assert!(idx.service_backends("other", "api").is_none());
+    }
+
+    #[test]
+    fn local_ready_is_yes_no_or_unknown() {
+        let idx = index();
+        let b = |n: &str| idx.service_backends("shop", n).expect("service").clone();
+        let api = b("api");
+        assert_eq!(api.local_ready(Some("zone-a")), Some(true));
+        assert_eq!(api.local_ready(Some("zone-b")), Some(true));
+        assert_eq!(
+            api.local_ready(Some("zone-c")),
+            Some(false),
+            "zone-c's endpoint is not Ready"
+        );
+        assert_eq!(
+            api.local_ready(None),
+            None,
+            "the initiator's zone is unknown"
+        );
+        assert_eq!(api.local_ready(Some("")), None);
+        // A Ready endpoint of unknown zone might be in zone-b.
+        let cache = b("cache");
+        assert_eq!(cache.local_ready(Some("zone-a")), Some(true));
+        assert_eq!(cache.local_ready(Some("zone-b")), None);
+        // No EndpointSlice: nothing is known about its backends.
+        assert_eq!(b("empty").local_ready(Some("zone-a")), None);
+        assert_eq!(b("db").local_ready(Some("zone-b")), Some(false));
+    }
+
+    #[test]
+    fn backends_of_headless_services_map_to_them_and_others_do_not() {
+        let idx = index();
+        let svc = |ip: &str| {
+            idx.headless_service(ip.parse().expect("ip"))
+                .map(|m| format!("{}/{}", m.namespace, m.name))
+        };
+        assert_eq!(svc("10.1.0.9").as_deref(), Some("shop/db"));
+        // Listed by db (not Ready) and kafka: the first by namespace and name.
+        assert_eq!(svc("10.2.0.9").as_deref(), Some("shop/db"));
+        assert_eq!(svc("10.1.0.5"), None, "api has a ClusterIP");
+        assert_eq!(svc("10.1.0.7"), None);
+        assert_eq!(svc("10.8.8.8"), None);
+    }
+
+    #[test]
+    fn prefers_close_follows_traffic_distribution_and_hints() {
+        let svc = |td: Option<&str>, mode: Option<&str>| crate::Service {
+            traffic_distribution: td.map(String::from),
+            topology_mode: mode.map(String::from),
+            ..Default::default()
+        };
+        assert!(svc(Some("PreferClose"), None).prefers_close());
+        assert!(svc(Some("PreferSameZone"), None).prefers_close());
+        assert!(svc(Some("PreferSameNode"), None).prefers_close());
+        assert!(svc(None, Some("Auto")).prefers_close());
+        assert!(svc(None, Some("auto")).prefers_close());
+        assert!(!svc(None, Some("Disabled")).prefers_close());
+        assert!(!svc(Some("Unknown"), None).prefers_close());
+        assert!(!svc(None, None).prefers_close());
     }
 }

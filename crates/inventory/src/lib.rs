@@ -16,8 +16,8 @@ mod time;
 pub use error::InventoryError;
 pub use file::{FileInventory, now_ns};
 pub use index::{
-    IndexConfig, IndexStats, InventoryTracker, IpIndex, NodeInfo, OBSERVED_ONLY_LABEL, SharedIndex,
-    Tombstone, node_meta, parse_provider_id, workload_of,
+    IndexConfig, IndexStats, InventoryTracker, IpIndex, NodeInfo, OBSERVED_ONLY_LABEL,
+    ServiceBackends, SharedIndex, Tombstone, node_meta, parse_provider_id, workload_of,
 };
 pub use objects::{
     ContainerPort, Controller, EndpointSlice, Inventory, Node, OwnerRef, Pod, PodPhase, Service,

@@ -144,6 +144,27 @@ pub struct Service {
     /// The `service.kubernetes.io/topology-mode` annotation (topology-aware hints, e.g.
     /// `Auto`), when set.
     pub topology_mode: Option<String>,
+    /// Headless: `spec.clusterIP` is `None` (clients dial the backends' own addresses).
+    pub headless: bool,
+}
+
+impl Service {
+    /// Whether the Service asks kube-proxy for backends close to the client:
+    /// `spec.trafficDistribution` `PreferClose` (or its successors `PreferSameZone` and
+    /// `PreferSameNode`), or topology-aware hints turned on (`topology-mode` /
+    /// `topology-aware-hints` set to `Auto`).
+    pub fn prefers_close(&self) -> bool {
+        let distribution = self.traffic_distribution.as_deref().is_some_and(|t| {
+            ["PreferClose", "PreferSameZone", "PreferSameNode"]
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(t))
+        });
+        let hints = self
+            .topology_mode
+            .as_deref()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("auto"));
+        distribution || hints
+    }
 }
 
 /// One endpoint of an EndpointSlice.
@@ -612,8 +633,9 @@ fn service(raw: RawObject, m: RawMeta, ctx: &Ctx<'_>) -> Result<Service, Invento
     } else {
         spec.cluster_ips
     };
+    // Headless Services say "None".
+    let headless = listed.iter().any(|a| a == "None");
     for (i, a) in listed.iter().enumerate() {
-        // Headless Services say "None".
         if a.is_empty() || a == "None" {
             continue;
         }
@@ -665,6 +687,7 @@ fn service(raw: RawObject, m: RawMeta, ctx: &Ctx<'_>) -> Result<Service, Invento
                     .get("service.kubernetes.io/topology-aware-hints")
             })
             .cloned(),
+        headless,
     })
 }
 

@@ -352,6 +352,24 @@ pub struct ServiceHit {
     pub via: ServiceVia,
 }
 
+/// The Service a connection went to and whether a Ready backend of it was in the
+/// initiator's zone when the connection was attributed: what tells avoidable cross-zone
+/// traffic from unavoidable (docs/attribution.md, "Avoidable cross-zone traffic").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceZone {
+    /// The Service: the one dialled (DNAT), or for a headless Service the one whose
+    /// EndpointSlices list the responder.
+    pub meta: Arc<ServiceMeta>,
+    /// The Service is headless (no ClusterIP: clients dial the backends' addresses).
+    pub headless: bool,
+    /// The Service asks for backends close to the client (`spec.trafficDistribution:
+    /// PreferClose`, or topology-aware hints / `topology-mode: Auto`).
+    pub prefers_close: bool,
+    /// Whether a Ready endpoint of the Service was in the initiator's zone: `None` when
+    /// that is not known (the initiator has no zone, or a Ready endpoint has none).
+    pub local_ready: Option<bool>,
+}
+
 /// Everything known about one observation's two ends.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attribution {
@@ -361,6 +379,9 @@ pub struct Attribution {
     pub remote: Side,
     /// The Service dialled, next to the backend in `remote` (or `local` for inbound).
     pub service: Option<ServiceHit>,
+    /// The Service the connection went to (dialled, or headless) and where its Ready
+    /// backends were, seen from the initiator's zone.
+    pub service_zone: Option<ServiceZone>,
     /// Whether the local end started the connection.
     pub local_initiated: bool,
     /// The responder's port.

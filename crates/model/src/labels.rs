@@ -107,22 +107,93 @@ pub struct FlowLabels {
     pub service_namespace: Name,
     /// Name of the Service dialled, or empty.
     pub service_name: Name,
+    /// The Service is headless: the responder is mapped to it through its
+    /// EndpointSlices (no DNAT). Meaningful only with a `service_name`.
+    pub service_headless: bool,
+    /// The Service asked for close backends (`trafficDistribution: PreferClose`, or
+    /// topology-aware hints) when the row was attributed.
+    pub service_prefers_close: bool,
+    /// Whether a Ready backend of the Service was in the initiator's zone when the row
+    /// was attributed (`None`: no Service, or not known).
+    pub service_zone_local: Option<bool>,
     /// The remote end is on another node that is observed too (it runs an agent): the same
     /// connection is also reported there, so the count-once view keeps only the
     /// initiator's row.
     pub remote_observed: bool,
 }
 
+/// `yes` / `no`, the stored spelling of a flag.
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
 impl FlowLabels {
     /// The labels of an attribution.
+    ///
+    /// The Service is the dialled one (DNAT), else a headless Service whose
+    /// EndpointSlices list the responder; rows through no Service keep every Service
+    /// label empty.
     pub fn of(a: &Attribution) -> FlowLabels {
+        let zone = a.service_zone.as_ref();
+        let meta = a
+            .service
+            .as_ref()
+            .map(|s| &s.meta)
+            .or(zone.map(|z| &z.meta));
         FlowLabels {
             class: a.class,
             local: EndLabels::of(&a.local.place),
             remote: EndLabels::of(&a.remote.place),
-            service_namespace: name(a.service.as_ref().map(|s| &s.meta.namespace)),
-            service_name: name(a.service.as_ref().map(|s| &s.meta.name)),
+            service_namespace: name(meta.map(|m| &m.namespace)),
+            service_name: name(meta.map(|m| &m.name)),
+            service_headless: zone.is_some_and(|z| z.headless),
+            service_prefers_close: zone.is_some_and(|z| z.prefers_close),
+            service_zone_local: zone.and_then(|z| z.local_ready),
             remote_observed: false,
         }
+    }
+
+    /// `service_headless` as stored: `yes` / `no` with a Service, empty without.
+    pub fn service_headless_str(&self) -> &'static str {
+        if self.service_name.is_empty() {
+            ""
+        } else {
+            yes_no(self.service_headless)
+        }
+    }
+
+    /// `service_prefers_close` as stored: `yes` / `no` with a Service, empty without.
+    pub fn service_prefers_close_str(&self) -> &'static str {
+        if self.service_name.is_empty() {
+            ""
+        } else {
+            yes_no(self.service_prefers_close)
+        }
+    }
+
+    /// `service_zone_local` as stored: `yes`, `no`, or empty (no Service, or not known).
+    pub fn service_zone_local_str(&self) -> &'static str {
+        match self.service_zone_local {
+            Some(b) if !self.service_name.is_empty() => yes_no(b),
+            _ => "",
+        }
+    }
+
+    /// Whether the row's bytes crossed zones while a Ready backend of its Service was
+    /// in the initiator's zone: the avoidable cross-zone traffic.
+    pub fn avoidable_cross_zone(&self) -> bool {
+        self.class == Class::InterZone
+            && !self.service_name.is_empty()
+            && self.service_zone_local == Some(true)
+    }
+}
+
+/// Parses a stored `yes` / `no` / empty flag (`None`: anything else).
+pub fn parse_flag(s: &str) -> Option<Option<bool>> {
+    match s {
+        "" => Some(None),
+        "yes" => Some(Some(true)),
+        "no" => Some(Some(false)),
+        _ => None,
     }
 }

@@ -10,8 +10,8 @@ mod row;
 
 pub use attribution::{
     Attribution, Class, CloudMeta, KubenetmonClass, Name, NetworkKind, NetworkMeta, NodeMeta,
-    Place, PodMeta, ServiceHit, ServiceMeta, ServiceVia, Side,
+    Place, PodMeta, ServiceHit, ServiceMeta, ServiceVia, ServiceZone, Side,
 };
-pub use labels::{EndLabels, FlowLabels, PROBE_APP};
+pub use labels::{EndLabels, FlowLabels, PROBE_APP, parse_flag};
 pub use observation::{Counters, Observation, Oriented, Protocol, Tuple};
 pub use row::{AgentMark, ChunkId, FlowKey, FlowRow, FlowTotals, MAX_ROW_BYTES, MAX_ROW_PACKETS};

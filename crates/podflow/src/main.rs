@@ -345,17 +345,19 @@ struct MetricsArgs {
     )]
     metrics_labels: String,
 
-    /// Workload series kept per interval; smaller ones are summed into `other` series.
+    /// Workload series (and per-Service cross-zone series) kept per interval; smaller
+    /// ones are summed into `other` series.
     #[arg(long, env = "PODFLOW_METRICS_TOP_K", default_value_t = 200)]
     metrics_top_k: usize,
 
-    /// Workload series that stop moving disappear after this long.
+    /// Workload and per-Service series that stop moving disappear after this long.
     #[arg(long, env = "PODFLOW_METRICS_EXPIRE", default_value = "10m", value_parser = duration::parse)]
     metrics_expire: Duration,
 
-    /// Count every observer's row in the workload series (the raw view: a connection
-    /// between two observed nodes counts twice). Default: each connection once, from the
-    /// initiator's node, so summing the series gives the bill (as the API's count-once view).
+    /// Count every observer's row in the workload and per-Service series (the raw view:
+    /// a connection between two observed nodes counts twice). Default: each connection
+    /// once, from the initiator's node, so summing the series gives the bill (as the
+    /// API's count-once view).
     #[arg(long, env = "PODFLOW_METRICS_PER_OBSERVER")]
     metrics_per_observer: bool,
 }

@@ -116,13 +116,17 @@ fn payload_range(bytes: u64, packets: u64, proto: &str) -> (u64, u64) {
     )
 }
 
+/// The `shop/api` backend in us-east-1b (node-c); the other is on web's node, in
+/// us-east-1a.
+const API_OTHER_ZONE: &str = "10.244.3.4";
+
 const STREAMS: &[(&str, &str)] = &[
     ("web -> api pod (same node)", "INTRA_NODE"),
     ("web -> api Service", ""),
     ("api -> db (same zone)", "INTRA_ZONE"),
     ("report -> db (cross zone)", "INTER_ZONE"),
     ("web -> node-dns (udp)", "INTER_ZONE"),
-    ("api -> node-dns (udp)", "INTER_ZONE"),
+    ("api -> node-dns (udp)", "INTRA_NODE"),
     ("web -> internet", "PUBLIC_INTERNET"),
     ("report -> S3", ""),
 ];
@@ -334,6 +338,112 @@ fn ui_renders_the_demo(port: u16) {
         dom.contains("id=\"talkers\""),
         "the talkers table is in the page"
     );
+    // The avoidable cross-zone table shows shop/api with a share and a saving.
+    let api = state["avoidable"]["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "api"))
+        .unwrap_or_else(|| panic!("no shop/api in {}", state["avoidable"]));
+    let share = api["avoidable_share"].as_f64().expect("share");
+    // (The exact split is checked against the kernel once the traffic stopped.)
+    assert!(share > 0.0 && share < 1.0, "{api}");
+    assert!(
+        api["projected_monthly_saving_usd"].as_f64() > Some(0.0),
+        "{api}"
+    );
+    assert!(
+        dom.contains(r#"data-service="shop/api""#),
+        "the avoidable table has a shop/api row"
+    );
+}
+
+/// Avoidable cross-zone traffic (`/api/v1/cost/services`): `shop/api` has a Ready
+/// backend in each zone and kube-proxy picks one at random, so each of web's
+/// connections through the ClusterIP crosses to us-east-1b with probability 1/2 while
+/// web's own zone has a Ready backend. Once every connection ended: the avoidable
+/// connections and bytes are exactly those the kernel DNATed to the other zone's
+/// backend, their number within the binomial bound of the connections made, and the
+/// Service's bytes are web's and the NodePort's.
+fn avoidable_share_is_the_generators_split(
+    port: u16,
+    from: i64,
+    destroyed: &DestroyLogs,
+    done: &Value,
+    node_port: &[Destroyed],
+) {
+    let via_service = destroyed.of(stream(done, "web -> api Service"));
+    let crossed: Vec<&Destroyed> = via_service
+        .iter()
+        .filter(|d| d.reply_src == API_OTHER_ZONE)
+        .collect();
+    let (n, k) = (via_service.len() as f64, crossed.len() as f64);
+    // 4.5 standard deviations of Binomial(n, 1/2): outside it by chance about once in
+    // 150,000 runs.
+    let bound = 4.5 * (n / 4.0).sqrt();
+    assert!(n >= 20.0, "only {n} connections through the Service");
+    assert!(
+        (k - n / 2.0).abs() <= bound,
+        "{k} of {n} connections crossed zones: outside n/2 ± {bound:.1}"
+    );
+    let bytes = |ds: &mut dyn Iterator<Item = &Destroyed>| -> u64 {
+        ds.map(|d| d.orig.1 + d.reply.1).sum()
+    };
+    let crossed_bytes = bytes(&mut crossed.iter().copied());
+    let service_bytes = bytes(&mut via_service.iter()) + bytes(&mut node_port.iter());
+    let cost = get_json(port, &format!("/api/v1/cost/services?from={}", from - 60));
+    assert_eq!(cost["headless"], serde_json::json!([]), "{cost}");
+    let api = cost["services"]
+        .as_array()
+        .and_then(|s| {
+            s.iter()
+                .find(|s| s["namespace"] == "shop" && s["name"] == "api")
+        })
+        .unwrap_or_else(|| panic!("no shop/api in {cost}"));
+    assert_eq!(api["avoidable_connections"].as_f64(), Some(k), "{api}");
+    assert_eq!(api["cross_zone_connections"].as_f64(), Some(k), "{api}");
+    assert_eq!(
+        api["avoidable_bytes"].as_u64(),
+        Some(crossed_bytes),
+        "{api}"
+    );
+    assert_eq!(
+        api["cross_zone_bytes"].as_u64(),
+        Some(crossed_bytes),
+        "every crossing had a Ready backend in web's zone: {api}"
+    );
+    assert_eq!(api["bytes"].as_u64(), Some(service_bytes), "{api}");
+    let share = api["avoidable_share"].as_f64().expect("share");
+    assert!(
+        (share - crossed_bytes as f64 / service_bytes as f64).abs() < 1e-12,
+        "{api}"
+    );
+    assert_eq!(
+        (api["prefers_close"].as_bool(), api["headless"].as_bool()),
+        (Some(false), Some(false)),
+        "{api}"
+    );
+    let saving = api["projected_monthly_saving_usd"]
+        .as_f64()
+        .expect("saving");
+    let avoidable_cost = api["avoidable_cost_usd"].as_f64().expect("cost");
+    let range = cost["range_seconds"].as_f64().expect("range");
+    assert!(avoidable_cost > 0.0, "{api}");
+    assert!(
+        (saving - avoidable_cost * 30.0 * 86_400.0 / range).abs() <= 1e-9 * saving,
+        "{api}"
+    );
+    // Of web's own connections through the Service, the avoidable share of the bytes
+    // is the crossed connections' share (their sizes differ by a few header bytes).
+    let of_stream = crossed_bytes as f64 / bytes(&mut via_service.iter()) as f64;
+    assert!(
+        (of_stream - k / n).abs() < 0.02,
+        "{of_stream:.3} of web's bytes, {k} of {n} connections"
+    );
+    eprintln!(
+        "avoidable: {k} of {n} connections through shop/api crossed zones (bound n/2 ± {bound:.1}); \
+         {:.1}% of web's bytes, {:.1}% of the Service's; {saving:.4} USD a month projected",
+        100.0 * of_stream,
+        100.0 * share
+    );
 }
 
 fn can_run(test: &str) -> bool {
@@ -455,6 +565,7 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
     let dir = data.path().to_path_buf();
     let port = free_port();
     let started = Instant::now();
+    let started_unix = (now_ms() / 1000) as i64;
     let mut demo = Demo(
         Command::new(env!("CARGO_BIN_EXE_podflow"))
             .args([
@@ -676,12 +787,12 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
     );
 
     // The Service: its backends are the destinations, with service_name set; both
-    // backends (one on the client's node, one on the other node of the zone) answer.
+    // backends (one on the client's node, one in the other zone) answer.
     let svc = rows_of(&rows, stream(&c1, "web -> api Service"));
     let backends: BTreeSet<&str> = svc.iter().filter_map(|r| r["remote"].as_str()).collect();
     assert_eq!(
         backends,
-        BTreeSet::from(["10.244.1.3", "10.244.2.2"]),
+        BTreeSet::from(["10.244.1.3", API_OTHER_ZONE]),
         "both backends answer"
     );
     for r in &svc {
@@ -690,7 +801,7 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
         let want = if r["remote"] == "10.244.1.3" {
             "INTRA_NODE"
         } else {
-            "INTRA_ZONE"
+            "INTER_ZONE"
         };
         assert_eq!(r["class"], want, "{r}");
     }
@@ -757,7 +868,7 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
         eps,
         BTreeSet::from([
             ("api-6b9c4d7f8-k7p2m", "10.244.1.3"),
-            ("api-6b9c4d7f8-w4n8q", "10.244.2.2")
+            ("api-6b9c4d7f8-w4n8q", API_OTHER_ZONE)
         ]),
         "{tx}"
     );
@@ -900,6 +1011,8 @@ fn demo_attributes_classifies_and_counts_its_traffic_then_leaves_nothing() {
             "{ip}: {via_service} via the ClusterIP, {via_node_port} via the NodePort: {e}"
         );
     }
+
+    avoidable_share_is_the_generators_split(port, started_unix, &destroyed, &done, &np);
 
     // The probes: --impair made the link between the zones sick (20% of what node-c
     // receives from the other zone lost, 20 ms on what it sends back), the zone's own

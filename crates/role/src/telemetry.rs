@@ -11,6 +11,7 @@ use podflow_netflow::ListenerStats;
 use podflow_pipeline::MetricDef;
 use podflow_pipeline::exposition::{header, one, sample};
 use podflow_pipeline::histograms::ServiceHistograms;
+use podflow_pipeline::service_zone_metrics::{ServiceZoneMetrics, ServiceZoneMetricsConfig};
 use podflow_pipeline::workload_metrics::{WorkloadMetrics, WorkloadMetricsConfig};
 
 use crate::health::Health;
@@ -125,6 +126,10 @@ defs! {
     NF_EXP_SEQ_LOST = "podflow_netflow_exporter_sequence_lost_total", "counter", "Sequence loss per exporter and domain (only with --netflow-exporter-labels).", ["exporter", "domain", "version"];
     SVC_DURATION = "podflow_service_connection_duration_seconds", "histogram", "Duration of closed connections through each Service (DNAT), from conntrack's start/stop timestamps; at most 500 Services, the rest under `other`.", ["service_namespace", "service"];
     SVC_FIRST_REPLY = "podflow_service_first_reply_seconds", "histogram", "Time from a connection's first packet to its first reply packet, per Service (DNAT), as conntrack on this node saw them (--first-reply); at most 500 Services, the rest under `other`.", ["service_namespace", "service"];
+    SVC_CROSS_ZONE = "podflow_service_cross_zone_bytes_total", "counter", "L3 bytes in both directions of connections through each Service (dialled, or headless) that crossed zones, counted once; the --metrics-top-k Services with the most per interval keep their names, the rest are summed under namespace and service `other`.", ["namespace", "service"];
+    SVC_AVOIDABLE = "podflow_service_avoidable_cross_zone_bytes_total", "counter", "The part of podflow_service_cross_zone_bytes_total that crossed zones while a Ready backend of the Service was in the client's zone: what topology-aware routing (PreferClose) would have kept in the zone, at most (docs/attribution.md).", ["namespace", "service"];
+    SVC_AVOIDABLE_COST = "podflow_service_avoidable_cross_zone_cost_usd_total", "counter", "Price in USD of podflow_service_avoidable_cross_zone_bytes_total.", ["namespace", "service"];
+    SVC_ZONE_SERIES = "podflow_service_zone_series", "gauge", "Live per-Service cross-zone series (bounded by --metrics-top-k).", [];
     WL_SERIES = "podflow_workload_series", "gauge", "Live workload series (bounded by --metrics-top-k).", [];
     WL_FOLDED = "podflow_workload_folded_total", "counter", "Interval series folded into `other` by the top-K bound.", [];
 }
@@ -402,6 +407,8 @@ pub struct Registry {
     pub service_histograms: Mutex<ServiceHistograms>,
     /// Workload-level series (none in an agent).
     pub workloads: Mutex<Option<WorkloadMetrics>>,
+    /// Cross-zone bytes per Service (none in an agent).
+    pub service_zones: Mutex<Option<ServiceZoneMetrics>>,
     /// What the role waits for before it is ready.
     pub health: Health,
     /// Families other parts render themselves (the probes'), at each scrape.
@@ -436,6 +443,13 @@ impl Registry {
         let r = Registry::default();
         if let Ok(mut w) = r.workloads.lock() {
             *w = Some(WorkloadMetrics::new(metrics.clone()));
+        }
+        if let Ok(mut s) = r.service_zones.lock() {
+            *s = Some(ServiceZoneMetrics::new(ServiceZoneMetricsConfig {
+                top_k: metrics.top_k,
+                expire_s: metrics.expire_s,
+                count_once: metrics.count_once,
+            }));
         }
         Arc::new(r)
     }
@@ -756,6 +770,12 @@ impl Registry {
             one(out, &WL_SERIES, w.len());
             one(out, &WL_FOLDED, w.folded);
             w.render(out, [&WL_BYTES, &WL_CONNS, &WL_COST]);
+        }
+        if let Ok(s) = self.service_zones.lock()
+            && let Some(s) = s.as_ref()
+        {
+            one(out, &SVC_ZONE_SERIES, s.len());
+            s.render(out, [&SVC_CROSS_ZONE, &SVC_AVOIDABLE, &SVC_AVOIDABLE_COST]);
         }
     }
 }

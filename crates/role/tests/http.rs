@@ -247,6 +247,7 @@ async fn the_token_guards_the_data_and_rotates_without_a_restart() {
     assert_eq!(rows.as_array().map(Vec::len), Some(5));
     for p in [
         "/api/v1/query",
+        "/api/v1/cost/services",
         "/api/graph/data",
         "/api/health",
         "/transactions",
@@ -655,6 +656,7 @@ async fn error_bodies_name_no_file_and_carry_a_request_id() {
     for p in [
         "/api/v1/flows?from=0&to=10",
         "/api/v1/query?from=0&to=10",
+        "/api/v1/cost/services?from=0&to=10",
         "/api/graph/data?from=0&to=10000",
         "/transactions",
     ] {

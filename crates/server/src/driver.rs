@@ -516,6 +516,11 @@ impl<S: FlowStore + 'static> Driver<S> {
         {
             w.add_interval(&live, now);
         }
+        if let Ok(mut s) = self.registry.service_zones.lock()
+            && let Some(s) = s.as_mut()
+        {
+            s.add_interval(&live, now);
+        }
         self.note_keys();
         self.write().await;
     }

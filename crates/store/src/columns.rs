@@ -2,7 +2,7 @@
 //! how it is read from and written into [`FlowLabels`]. The backends build their SQL and
 //! their bind and read code from this list.
 
-use podflow_model::{Class, FlowLabels};
+use podflow_model::{Class, FlowLabels, parse_flag};
 
 /// One label column.
 #[derive(Clone, Copy, Debug)]
@@ -53,9 +53,29 @@ macro_rules! kind {
     };
 }
 
+/// A Service flag (`yes` / `no`, empty without a Service): `$get` reads it, `$set`
+/// stores the parsed flag.
+macro_rules! flag {
+    ($name:literal, $get:ident, |$l:ident, $v:ident| $set:expr) => {
+        LabelColumn {
+            name: $name,
+            get: |l| l.$get(),
+            set: |$l, v| match parse_flag(v) {
+                Some($v) => {
+                    $set;
+                    true
+                }
+                None => false,
+            },
+        }
+    };
+}
+
 /// Every label column, in stored order: the class, the ten labels of each end (in
-/// `EndLabels::columns` order), the Service dialled.
-pub(crate) const LABELS: [LabelColumn; 23] = [
+/// `EndLabels::columns` order), the Service dialled, then (schema version 5) whether it
+/// is headless, whether it asks for close backends and whether a Ready backend was in
+/// the initiator's zone.
+pub(crate) const LABELS: [LabelColumn; 26] = [
     LabelColumn {
         name: "class",
         get: |l| l.class.as_str(),
@@ -83,6 +103,25 @@ pub(crate) const LABELS: [LabelColumn; 23] = [
     text!(remote.cloud),
     text!(service_namespace),
     text!(service_name),
+    flag!("service_headless", service_headless_str, |l, v| l
+        .service_headless =
+        v == Some(true)),
+    flag!(
+        "service_prefers_close",
+        service_prefers_close_str,
+        |l, v| l.service_prefers_close = v == Some(true)
+    ),
+    flag!("service_zone_local", service_zone_local_str, |l, v| l
+        .service_zone_local =
+        v),
+];
+
+/// The label columns schema version 5 added (at the end of [`LABELS`]).
+#[cfg(test)]
+pub(crate) const SERVICE_ZONE_COLUMNS: [&str; 3] = [
+    "service_headless",
+    "service_prefers_close",
+    "service_zone_local",
 ];
 
 /// The label columns' values for `l`, in [`LABELS`] order.
@@ -147,6 +186,9 @@ mod tests {
             remote: end("remote", "cloud_range"),
             service_namespace: "service-namespace".into(),
             service_name: "service-name".into(),
+            service_headless: true,
+            service_prefers_close: false,
+            service_zone_local: Some(true),
             remote_observed: false,
         }
     }
@@ -158,12 +200,19 @@ mod tests {
         let mut want = vec!["INTER_REGION"];
         want.extend(l.local.columns());
         want.extend(l.remote.columns());
-        want.extend(["service-namespace", "service-name"]);
+        want.extend(["service-namespace", "service-name", "yes", "no", "yes"]);
         assert_eq!(v.to_vec(), want);
+        assert_eq!(
+            LABELS[LABELS.len() - 3..]
+                .iter()
+                .map(|c| c.name)
+                .collect::<Vec<_>>(),
+            SERVICE_ZONE_COLUMNS
+        );
         // Every text column holds its own name's field.
         for (c, v) in LABELS.iter().zip(v) {
             let kind = c.name.ends_with("_kind") && !c.name.ends_with("_workload_kind");
-            if c.name != "class" && !kind {
+            if c.name != "class" && !kind && !SERVICE_ZONE_COLUMNS.contains(&c.name) {
                 assert_eq!(v.replace('-', "_"), c.name);
             }
         }
@@ -173,6 +222,28 @@ mod tests {
     fn values_read_back_to_the_same_labels() {
         let l = labels();
         assert_eq!(from_values(values(&l)), Ok(l));
+    }
+
+    #[test]
+    fn service_flags_read_back_and_are_empty_without_a_service() {
+        let mut l = labels();
+        for zone_local in [Some(true), Some(false), None] {
+            l.service_zone_local = zone_local;
+            l.service_prefers_close = zone_local == Some(false);
+            assert_eq!(from_values(values(&l)), Ok(l.clone()));
+        }
+        let none = FlowLabels {
+            service_headless: true,
+            service_zone_local: Some(true),
+            ..FlowLabels::default()
+        };
+        assert_eq!(values(&none)[LABELS.len() - 3..], ["", "", ""]);
+        let mut v = values(&labels()).map(String::from);
+        v[LABELS.len() - 1] = "maybe".into();
+        assert_eq!(
+            from_values(&v),
+            Err(("service_zone_local", "maybe".to_string()))
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! podflow's flow store: the embedded SQLite store and ClickHouse behind one trait, plus the query layer.
 
+pub mod avoidable;
 pub mod clickhouse;
 mod columns;
 mod error;

@@ -110,6 +110,20 @@ const OTHER: &[Dim] = &[
         name: "podflow_probe",
         sql: "CASE WHEN local_app = 'podflow-probe' AND remote_app = 'podflow-probe' THEN 'true' ELSE 'false' END",
     },
+    // `yes` / `no` for rows through a Service, empty for the others (and `service_zone_local`
+    // also when it is not known): see docs/attribution.md, "Avoidable cross-zone traffic".
+    Dim {
+        name: "service_headless",
+        sql: "service_headless",
+    },
+    Dim {
+        name: "service_prefers_close",
+        sql: "service_prefers_close",
+    },
+    Dim {
+        name: "service_zone_local",
+        sql: "service_zone_local",
+    },
 ];
 
 /// Dimensions by the local end (the observer's side) and the remote end, as stored,

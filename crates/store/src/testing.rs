@@ -43,7 +43,8 @@ pub(crate) fn row(t: i64, remote: &str, bytes_out: u64) -> FlowRow {
             },
             service_namespace: "shop".into(),
             service_name: "db".into(),
-            remote_observed: false,
+            service_zone_local: Some(true),
+            ..Default::default()
         }),
         cost_usd: 0.5,
     }

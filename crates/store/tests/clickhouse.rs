@@ -208,6 +208,9 @@ fn sample_rows(t0: i64) -> Vec<FlowRow> {
         remote: end("pod", "shop", "db-0", "node-b", "us-east-1b"),
         service_namespace: "shop".into(),
         service_name: "db".into(),
+        service_headless: false,
+        service_prefers_close: true,
+        service_zone_local: Some(false),
         remote_observed: false,
     });
     let s3 = Arc::new(FlowLabels {
@@ -615,15 +618,23 @@ fn opening_twice_migrates_idempotently_and_adds_missing_columns() {
         ch.write(&rows[..3]).expect("write");
     }
     let n = cols(&url);
-    assert_eq!(n, 61, "35 kubenetmon columns + 26 of podflow's");
+    assert_eq!(n, 64, "35 kubenetmon columns + 29 of podflow's");
     let ch = ClickHouseStore::open(config(&url)).expect("second open");
     assert_eq!(cols(&url), n);
-    // A table from an older podflow (a column missing) gets it back, data kept.
-    sql_exec(
-        &url,
-        "ALTER TABLE network_flows_0 DROP COLUMN remoteCloudService",
-    );
-    assert_eq!(cols(&url), n - 1);
+    // A table from an older podflow (columns missing: kubenetmon's, and the Service
+    // zone columns of before schema version 5) gets them back, data kept.
+    for c in [
+        "remoteCloudService",
+        "service_headless",
+        "service_prefers_close",
+        "service_zone_local",
+    ] {
+        sql_exec(
+            &url,
+            &format!("ALTER TABLE network_flows_0 DROP COLUMN {c}"),
+        );
+    }
+    assert_eq!(cols(&url), n - 4);
     drop(ch);
     let mut ch = ClickHouseStore::open(config(&url)).expect("open migrates");
     assert_eq!(cols(&url), n);
@@ -794,7 +805,9 @@ fn grouped_rows(t0: i64) -> Vec<FlowRow> {
                 remote: db.clone(),
                 service_namespace: "shop".into(),
                 service_name: "db".into(),
+                service_zone_local: Some(true),
                 remote_observed: true,
+                ..Default::default()
             },
             n,
             cost,
@@ -866,7 +879,7 @@ fn grouped_rows(t0: i64) -> Vec<FlowRow> {
             },
             service_namespace: "kube-system".into(),
             service_name: "kube-dns".into(),
-            remote_observed: false,
+            ..Default::default()
         },
         [64, 1, 128, 1, 1, 1],
         0.0625,
@@ -1474,4 +1487,69 @@ mod exactly_once {
             }
         }
     }
+}
+
+/// Avoidable cross-zone traffic per Service (`podflow_store::avoidable`) reads the same
+/// from both stores: the grouped query by the Service zone columns, and the fold of it.
+#[test]
+fn service_costs_equal_the_sqlite_store() {
+    use podflow_store::avoidable::{service_costs, service_query};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((dir, front)) = setup() else { return };
+    let mut ch = ClickHouseStore::open(config(&front.url())).expect("open ClickHouse store");
+    let mut lite = SqliteStore::open(&dir.path().join("flows.db")).expect("open SQLite store");
+    let mut rows = grouped_rows(t0());
+    // A headless Service asking for close backends, crossing with one in the zone.
+    let mut kafka = rows[4].clone();
+    kafka.key.remote = v4(10, 0, 2, 9);
+    kafka.cost_usd = 1.0;
+    kafka.labels = Arc::new(FlowLabels {
+        class: Class::InterZone,
+        remote: end("pod", "shop", "kafka-1", "node-b", "us-east-1b"),
+        service_namespace: "shop".into(),
+        service_name: "kafka".into(),
+        service_headless: true,
+        service_prefers_close: true,
+        service_zone_local: Some(true),
+        ..FlowLabels::clone(&kafka.labels)
+    });
+    rows.push(kafka);
+    for s in [&mut ch as &mut dyn FlowStore, &mut lite] {
+        s.write(&rows).expect("write");
+    }
+    let (from, to) = (t0(), t0() + 120);
+    let q = service_query(from, to, None);
+    let sorted = |mut v: Vec<GroupRow>| {
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    };
+    let (c, l) = (
+        sorted(ch.group(&q).expect("ClickHouse")),
+        sorted(lite.group(&q).expect("SQLite")),
+    );
+    assert_eq!(c, l);
+    let now = to + 3600;
+    let costs = service_costs(&c, from, to, now, 100);
+    assert_eq!(costs, service_costs(&l, from, to, now, 100));
+    // db: web's rows only (count once), all across and avoidable.
+    let db = &costs.services.iter().find(|s| s.name == "db").expect("db");
+    assert_eq!(
+        (
+            db.bytes,
+            db.cross_zone_bytes,
+            db.avoidable_bytes,
+            db.avoidable_cost_usd
+        ),
+        (6000 + 500, 6500, 6500, 0.75)
+    );
+    let kafka = &costs.headless[0];
+    assert_eq!(
+        (kafka.name.as_str(), kafka.avoidable_cost_usd),
+        ("kafka", 1.0)
+    );
+    assert!(kafka.prefers_close_but_crosses);
+    assert_eq!(
+        kafka.projected_monthly_saving_usd,
+        1.0 * 30.0 * 86_400.0 / 120.0
+    );
 }

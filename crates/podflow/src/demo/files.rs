@@ -96,14 +96,19 @@ pub fn inventory() -> String {
   endpoints:
 "
     ));
+    // One backend per zone, both Ready: what tells the cross-zone connections through
+    // the Service apart as avoidable.
     for p in PODS.iter().filter(|p| p.app == "api") {
         y.push_str(&format!(
             "  - addresses: [{ip}]
+    conditions: {{ready: true, serving: true, terminating: false}}
     nodeName: {node}
+    zone: {zone}
     targetRef: {{kind: Pod, name: {name}, namespace: shop}}
 ",
             ip = p.ip(),
             node = NODES[p.node].name(),
+            zone = NODES[p.node].zone,
             name = p.name,
         ));
     }
@@ -152,6 +157,12 @@ mod tests {
             assert!(y.contains(&format!("aws:///{}/i-0demo", n.zone)));
         }
         assert!(y.contains("kind: CronJob, name: report"));
+        // The Service has a Ready backend in each zone.
+        let inv = podflow_inventory::Inventory::parse(&y, "demo").expect("parses");
+        let idx = podflow_inventory::IpIndex::build(&inv, &[], &Default::default());
+        let api = idx.service_backends("shop", "api").expect("shop/api");
+        let zones: Vec<&str> = api.ready_zones.iter().map(|z| &**z).collect();
+        assert_eq!(zones, ["us-east-1a", "us-east-1b"]);
         assert!(!y.contains('\t'), "YAML has no tabs");
     }
 

@@ -96,7 +96,8 @@ pub const NODES: [Node; 3] = [
 /// Region of every node.
 pub const REGION: &str = "us-east-1";
 
-/// Two pods per node.
+/// Six pods: web and an api backend on node-a, db on node-b, the report job, node-dns and
+/// the other api backend on node-c.
 pub const PODS: [Pod; 6] = [
     Pod {
         namespace: "shop",
@@ -116,12 +117,15 @@ pub const PODS: [Pod; 6] = [
         owner: ("ReplicaSet", "api-6b9c4d7f8"),
         app: "api",
     },
+    // The Service's second backend is in the other zone: web (zone a) reaches it through
+    // the ClusterIP half the time, crossing zones while its own zone has a Ready backend
+    // (the avoidable cross-zone traffic).
     Pod {
         namespace: "shop",
         name: "api-6b9c4d7f8-w4n8q",
         tag: "api",
-        node: 1,
-        host: 2,
+        node: 2,
+        host: 4,
         owner: ("ReplicaSet", "api-6b9c4d7f8"),
         app: "api",
     },
@@ -399,7 +403,7 @@ impl Topology {
 }
 
 /// kube-proxy's iptables mode, reduced to one Service (`shop/api`, ClusterIP and NodePort,
-/// two endpoints chosen at random).
+/// two endpoints, one per zone, chosen at random: no topology-aware routing).
 fn kube_proxy_rules(_n: &Node) -> String {
     let backends: Vec<String> = PODS
         .iter()
@@ -500,7 +504,7 @@ mod tests {
         ));
         assert!(r.contains("-A KUBE-SVC-SHOP-API -j KUBE-SEP-SHOP-API-1\n"));
         assert!(r.contains("--to-destination 10.244.1.3:8080"));
-        assert!(r.contains("--to-destination 10.244.2.2:8080"));
+        assert!(r.contains("--to-destination 10.244.3.4:8080"));
         assert!(r.contains("-d 10.96.0.10/32 -p tcp --dport 80 -j KUBE-SVC-SHOP-API"));
         assert!(r.ends_with("COMMIT\n"));
     }

@@ -79,10 +79,10 @@ pub fn specs() -> Vec<Spec> {
             .copied()
             .unwrap_or(PODS[0])
     };
-    let (web, api_a, api_b, db, report, dns) = (
+    let (web, api_a, api_c, db, report, dns) = (
         pod("web", 0),
         pod("api", 0),
-        pod("api", 1),
+        pod("api", 2),
         pod("db", 1),
         pod("report", 2),
         pod("dns", 2),
@@ -156,7 +156,7 @@ pub fn specs() -> Vec<Spec> {
         ),
         mk(
             "api -> node-dns (udp)",
-            from(api_b),
+            from(api_c),
             addr(dns.ip(), 53),
             Proto::Udp,
             40,

@@ -99,6 +99,9 @@ pub(super) struct ChRow<'a> {
     conns_closed: u64,
     cost_usd: f64,
     remote_observed: bool,
+    service_headless: &'static str,
+    service_prefers_close: &'static str,
+    service_zone_local: &'static str,
 }
 
 /// `flows()` output row; field names are the SELECT's aliases.
@@ -259,6 +262,9 @@ pub(super) fn encode<'a>(r: &'a FlowRow, proto: &'a str) -> Result<[ChRow<'a>; 2
         conns_closed: t.closed,
         cost_usd: r.cost_usd,
         remote_observed: l.remote_observed,
+        service_headless: l.service_headless_str(),
+        service_prefers_close: l.service_prefers_close_str(),
+        service_zone_local: l.service_zone_local_str(),
     };
     let inb = ChRow {
         direction: 2,

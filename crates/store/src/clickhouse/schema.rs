@@ -108,6 +108,11 @@ pub(super) const COLUMNS: &[Column] = &[
     col("conns_closed", U64),
     col("cost_usd", "Float64 CODEC(ZSTD(1))"),
     col("remote_observed", "Bool CODEC(ZSTD(1))"),
+    // The Service zone columns (the embedded store's schema version 5): added with
+    // `ADD COLUMN IF NOT EXISTS` to older tables, whose rows read them as empty.
+    dflt("service_headless", LCS, "''"),
+    dflt("service_prefers_close", LCS, "''"),
+    dflt("service_zone_local", LCS, "''"),
 ];
 
 /// The column holding a label column ([`LABELS`](crate::columns::LABELS)): kubenetmon's where kubenetmon has

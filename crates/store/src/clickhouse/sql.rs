@@ -101,7 +101,13 @@ fn dim_expr(name: &str) -> Option<String> {
                 numbers.join(", ")
             )
         }
-        "class" | "observer" | "service_namespace" | "service_name" => name.to_string(),
+        "class"
+        | "observer"
+        | "service_namespace"
+        | "service_name"
+        | "service_headless"
+        | "service_prefers_close"
+        | "service_zone_local" => name.to_string(),
         "time_1m" | "time_10m" | "time_1h" | "time_1d" => {
             let step = match name {
                 "time_1m" => 60,
@@ -220,7 +226,10 @@ mod tests {
             .collect();
         assert_eq!(labels, want.join(", "));
         assert!(labels.starts_with("max(class), max(local_kind), max(localNamespace), "));
-        assert!(labels.ends_with("max(service_namespace), max(service_name)"));
+        assert!(labels.ends_with(
+            "max(service_namespace), max(service_name), max(service_headless), \
+             max(service_prefers_close), max(service_zone_local)"
+        ));
     }
 
     #[test]

@@ -98,7 +98,20 @@ impl SqliteStore {
         for (op, sql) in schema::add_mark_columns(&have) {
             conn.execute_batch(&sql).map_err(err(op))?;
         }
-        if rollups < rollup::LEVELS.len() {
+        let mut stale = false;
+        for (table, _) in rollup::LEVELS {
+            let have: Vec<String> = {
+                let mut st = conn
+                    .prepare(&schema::rollup_columns(table))
+                    .map_err(err("read rollup columns"))?;
+                st.query_map([], |r| r.get(0))
+                    .map_err(err("read rollup columns"))?
+                    .collect::<Result<_, _>>()
+                    .map_err(err("read rollup columns"))?
+            };
+            stale |= !have.is_empty() && schema::rollup_is_stale(&have);
+        }
+        if rollups < rollup::LEVELS.len() || stale {
             let tx = conn.transaction().map_err(err("begin migration"))?;
             for (op, sql) in schema::add_rollups() {
                 tx.execute_batch(&sql).map_err(err(op))?;
@@ -169,6 +182,7 @@ impl FlowStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
+    use std::path::Path;
     use std::sync::Arc;
 
     use podflow_model::{ChunkId, Class, EndLabels, FlowLabels, Protocol};
@@ -178,7 +192,7 @@ mod tests {
     use super::*;
     use crate::testing::row;
 
-    /// The 41 columns of `r` as the table should hold them.
+    /// The 44 columns of `r` as the table should hold them.
     fn stored(r: &FlowRow) -> Vec<rusqlite::types::Value> {
         use rusqlite::types::Value::{Integer as I, Real, Text as T};
         let (k, t, l) = (&r.key, &r.totals, &r.labels);
@@ -204,6 +218,9 @@ mod tests {
         }
         v.push(T(l.service_namespace.to_string()));
         v.push(T(l.service_name.to_string()));
+        v.push(T(l.service_headless_str().into()));
+        v.push(T(l.service_prefers_close_str().into()));
+        v.push(T(l.service_zone_local_str().into()));
         v.push(I(i64::from(l.remote_observed)));
         v
     }
@@ -217,7 +234,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let mut s = SqliteStore::open(&dir.path().join("f.sqlite")).expect("open");
         let mut rows: Vec<FlowRow> = Vec::new();
-        for i in 0..90u32 {
+        for i in 0..99u32 {
             let mut r = rows
                 .last()
                 .cloned()
@@ -226,7 +243,7 @@ mod tests {
             let n = u64::from(i) + 1000;
             let mut l = FlowLabels::clone(&r.labels);
             let name = || podflow_model::Name::from(format!("v{i}"));
-            match i % 30 {
+            match i % 33 {
                 0 => r.interval_s = 10 + i,
                 1 => r.key.proto = Protocol(17 - (i % 2) as u8 * 11),
                 2 => r.key.responder_port = i as u16,
@@ -256,6 +273,15 @@ mod tests {
                 26 => l.service_namespace = name(),
                 27 => l.service_name = name(),
                 28 => l.remote_observed = !l.remote_observed,
+                29 => l.service_headless = !l.service_headless,
+                30 => l.service_prefers_close = !l.service_prefers_close,
+                31 => {
+                    l.service_zone_local = match l.service_zone_local {
+                        Some(true) => Some(false),
+                        Some(false) => None,
+                        None => Some(true),
+                    }
+                }
                 _ => r.key.local = IpAddr::from([10, 0, 0, i as u8]),
             }
             if l != *r.labels {
@@ -277,7 +303,7 @@ mod tests {
                 .expect("column list");
             let sql = format!("SELECT {cols} FROM flows");
             let mut st = s.conn.prepare(&sql).expect("prepare");
-            st.query_map([], |r| (0..41).map(|i| r.get(i)).collect())
+            st.query_map([], |r| (0..44).map(|i| r.get(i)).collect())
                 .expect("query")
                 .collect::<Result<_, _>>()
                 .expect("rows")
@@ -288,7 +314,7 @@ mod tests {
         };
         got.sort_by(by_text);
         want.sort_by(by_text);
-        assert_eq!(got.len(), 90);
+        assert_eq!(got.len(), 99);
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g, w);
         }
@@ -632,6 +658,105 @@ mod tests {
         );
     }
 
+    /// A version-4 file (the flows and rollups of before the Service zone columns),
+    /// made from a current one: the columns dropped, the rollups recreated without them.
+    fn version_4_file(p: &Path, rows: &[FlowRow]) {
+        use crate::columns::SERVICE_ZONE_COLUMNS;
+        SqliteStore::open(p)
+            .expect("open")
+            .write(rows)
+            .expect("write");
+        let c = Connection::open(p).expect("open");
+        for col in SERVICE_ZONE_COLUMNS {
+            c.execute_batch(&format!("ALTER TABLE flows DROP COLUMN {col}"))
+                .expect("drop column");
+        }
+        for (table, _) in rollup::LEVELS {
+            let mut ddl = schema::rollup_table(table);
+            for col in SERVICE_ZONE_COLUMNS {
+                ddl = ddl
+                    .replace(&format!("    {col} TEXT NOT NULL,\n"), "")
+                    .replace(&format!(", {col}"), "");
+            }
+            assert!(!ddl.contains("service_zone"), "{ddl}");
+            c.execute_batch(&format!("DROP TABLE {table}; {ddl}"))
+                .expect("v4 rollup");
+        }
+        c.pragma_update(None, "user_version", 4).expect("v4");
+    }
+
+    #[test]
+    fn a_version_4_file_is_migrated_in_place() {
+        use crate::query::{GroupQuery, View, dim};
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("f.sqlite");
+        // Two hours of a row through shop/db: whole hours are read from the rollups.
+        let old: Vec<FlowRow> = (0..720).map(|i| row(i * 10, "10.0.0.2", 10)).collect();
+        version_4_file(&p, &old);
+        let mut s = SqliteStore::open(&p).expect("migrates");
+        let version: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, 5);
+        // The old rows: their Service, flags of unknown (empty) value.
+        let got = s
+            .flows(&FlowQuery {
+                from: 0,
+                to: 7200,
+                limit: 10,
+            })
+            .expect("query");
+        assert_eq!(got.len(), 1);
+        let l = &got[0].labels;
+        assert_eq!(
+            (
+                &*l.service_name,
+                l.service_zone_local_str(),
+                l.service_headless
+            ),
+            ("db", "", false)
+        );
+        // New rows carry the flags; the rebuilt rollups hold the old rows and the new.
+        let mut new = row(7200, "10.0.0.2", 1000);
+        Arc::make_mut(&mut new.labels).service_zone_local = Some(true);
+        s.write(&[new]).expect("write after migration");
+        let q = GroupQuery {
+            from: 0,
+            to: 3 * 3600,
+            group_by: vec![
+                dim("service_name").expect("dim"),
+                dim("service_zone_local").expect("dim"),
+            ],
+            filters: Vec::new(),
+            limit: 10,
+            view: View::Once,
+        };
+        let g = s.group(&q).expect("group");
+        assert_eq!(g, s.group_from_flows(&q));
+        let brief: Vec<(Vec<&str>, u64)> = g
+            .iter()
+            .map(|r| (r.key.iter().map(String::as_str).collect(), r.bytes()))
+            .collect();
+        assert_eq!(
+            brief,
+            [(vec!["db", ""], 720 * 17), (vec!["db", "yes"], 1007)]
+        );
+        let hourly: i64 = s
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM flows_hourly WHERE service_zone_local = ''",
+                [],
+                |r| r.get(0),
+            )
+            .expect("rollup");
+        assert_eq!(hourly, 2, "the old rows' two hours, rebuilt");
+        // Opening again changes nothing.
+        drop(s);
+        let s = SqliteStore::open(&p).expect("reopen");
+        assert_eq!(s.group(&q).expect("group"), g);
+    }
+
     mod rollup_props {
         use super::*;
         use crate::query::{GroupQuery, View, dim};
@@ -656,10 +781,10 @@ mod tests {
             (
                 (0..6 * 3600i64, any::<bool>(), any::<bool>(), 0..3usize),
                 (e(), e()),
-                (0..1000u64, 0..1000u64, 0..3u64, 0..8u32),
+                (0..1000u64, 0..1000u64, 0..3u64, 0..8u32, 0..12u8),
             )
                 .prop_map(
-                    |((t, init, ro, class), (l, r), (out, inn, opened, cost))| {
+                    |((t, init, ro, class), (l, r), (out, inn, opened, cost, flags))| {
                         let mut row = super::row(t, "10.0.0.2", out);
                         row.key.local_initiated = init;
                         row.totals.bytes_in = inn;
@@ -674,6 +799,10 @@ mod tests {
                             remote: end(r.0, r.1, r.2, r.3, r.4),
                             service_namespace: NAMES[l.1].into(),
                             service_name: NAMES[r.2].into(),
+                            service_headless: flags & 1 == 1,
+                            service_prefers_close: flags & 2 == 2,
+                            service_zone_local: [None, Some(true), Some(false)]
+                                [usize::from(flags / 4)],
                             remote_observed: ro,
                         });
                         row
@@ -690,6 +819,8 @@ mod tests {
                     "class",
                     "dst_zone",
                     "service_name",
+                    "service_zone_local",
+                    "service_headless",
                     // Not in the rollup: such queries read flows alone.
                     "observer",
                 ][..],
@@ -697,7 +828,7 @@ mod tests {
             );
             (
                 dims,
-                prop::option::of((0..4usize, 0..3usize)),
+                prop::option::of((0..5usize, 0..3usize)),
                 (0..7 * 3600i64, 0..7 * 3600i64),
                 1..20usize,
                 any::<bool>(),
@@ -708,8 +839,18 @@ mod tests {
                     group_by: dims.iter().filter_map(|d| dim(d)).collect(),
                     filters: filter
                         .map(|(d, v)| {
-                            let d = ["src_namespace", "dst_kind", "src_zone", "observer"][d];
-                            let v = if d == "dst_kind" { KINDS[v] } else { NAMES[v] };
+                            let d = [
+                                "src_namespace",
+                                "dst_kind",
+                                "src_zone",
+                                "observer",
+                                "service_prefers_close",
+                            ][d];
+                            let v = match d {
+                                "dst_kind" => KINDS[v],
+                                "service_prefers_close" => ["", "yes", "no"][v],
+                                _ => NAMES[v],
+                            };
                             (dim(d).expect("dim"), v.to_string())
                         })
                         .into_iter()

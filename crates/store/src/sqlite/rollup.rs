@@ -39,7 +39,7 @@ const fn dim_of(
 }
 
 /// The dimensions kept in the rollup, in column order.
-const DIMENSIONS: [RollupDim; 19] = [
+const DIMENSIONS: [RollupDim; 22] = [
     dim_of("src_kind", |_, s, _| s.kind),
     dim_of("dst_kind", |_, _, d| d.kind),
     dim_of("src_namespace", |_, s, _| &s.namespace),
@@ -59,6 +59,12 @@ const DIMENSIONS: [RollupDim; 19] = [
     dim_of("class", |l, _, _| l.class.as_str()),
     dim_of("service_namespace", |l, _, _| &l.service_namespace),
     dim_of("service_name", |l, _, _| &l.service_name),
+    // Schema version 5: the avoidable cross-zone traffic per Service reads these.
+    dim_of("service_headless", |l, _, _| l.service_headless_str()),
+    dim_of("service_prefers_close", |l, _, _| {
+        l.service_prefers_close_str()
+    }),
+    dim_of("service_zone_local", |l, _, _| l.service_zone_local_str()),
 ];
 
 /// The rollup dimensions' names (their columns), in [`DIMENSIONS`] order.

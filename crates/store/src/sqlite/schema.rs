@@ -5,14 +5,17 @@
 //! every file, new or migrated, has the same columns in the same order); version 3 the
 //! rollups, filled from the rows already stored; version 4 the node, last-seen time and
 //! pending chunks of each agent's mark (whether a node runs an agent comes from them: the
-//! count-once view) and the tokens of the chunks written lately.
+//! count-once view) and the tokens of the chunks written lately; version 5 the Service
+//! columns of the avoidable cross-zone traffic (`service_headless`,
+//! `service_prefers_close`, `service_zone_local`: ALTER TABLE on `flows`, and the
+//! rollups, whose key they join, rebuilt from `flows`).
 
 use super::rollup::{self, DIMS, LEVELS, SUMS};
 use super::sql::{FLOW_SUMS, ONCE_FLOWS};
 use crate::columns::LABELS;
 
 /// Schema version stored in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// Version 1: the flows and the agents' marks.
 pub(super) const SCHEMA: &str = "
@@ -96,6 +99,17 @@ pub(super) fn count_rollups() -> String {
     )
 }
 
+/// The names of the columns the rollup `table` has (none when it does not exist).
+pub(super) fn rollup_columns(table: &str) -> String {
+    format!("SELECT name FROM pragma_table_info('{table}')")
+}
+
+/// Version 5: whether a rollup table with the columns `have` lacks a dimension (a file
+/// from before the Service zone columns): the rollups are then rebuilt.
+pub(super) fn rollup_is_stale(have: &[String]) -> bool {
+    DIMS.iter().any(|d| !have.iter().any(|h| h == d))
+}
+
 /// Version 2: the statements that add the columns a `flows` table with the columns
 /// `have` lacks, in order, each with what it does (for an error message).
 pub(super) fn add_columns(have: &[String]) -> Vec<(&'static str, String)> {
@@ -131,17 +145,22 @@ pub(super) fn add_columns(have: &[String]) -> Vec<(&'static str, String)> {
     out
 }
 
-/// Version 3: the statements that create and fill the rollups from the rows already
-/// stored (run in one transaction; all of them again if one is missing: a file edited
-/// by hand), each with what it does.
+/// Versions 3 and 5: the statements that create and fill the rollups from the rows
+/// already stored (run in one transaction; all of them again if one is missing, a file
+/// edited by hand, or lacks a dimension, a file from before version 5), each with what
+/// it does.
 pub(super) fn add_rollups() -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     // Finest first: each coarser level is summed from the one below it, so `flows` is
     // read once.
     let mut finer = None;
     for (table, width) in LEVELS.into_iter().rev() {
+        // Dropped, not emptied: an older table's key lacks the newer dimensions.
+        out.push((
+            "migrate: drop a rollup",
+            format!("DROP TABLE IF EXISTS {table}"),
+        ));
         out.push(("migrate: create a rollup", rollup_table(table)));
-        out.push(("migrate: empty a rollup", format!("DELETE FROM {table}")));
         out.push(("migrate: fill a rollup", backfill(table, width, finer)));
         finer = Some(table);
     }
@@ -243,8 +262,9 @@ mod tests {
     fn rollups_are_created_and_filled_finest_first() {
         let steps = add_rollups();
         assert_eq!(steps.len(), 3 * LEVELS.len());
+        assert_eq!(steps[0].1, "DROP TABLE IF EXISTS flows_1m");
         assert!(
-            steps[0]
+            steps[1]
                 .1
                 .starts_with("CREATE TABLE IF NOT EXISTS flows_1m (")
         );

@@ -261,8 +261,9 @@ fn serve(fd: &OwnedFd, queue: u16, spec: DelaySpec, stop: &AtomicBool, c: &Count
                 break;
             }
             held.pop();
-            accept(id);
+            // Counted before the verdict: whoever receives the packet sees it counted.
             c.released.fetch_add(1, Ordering::Relaxed);
+            accept(id);
         }
         let wait = held
             .peek()
@@ -300,8 +301,8 @@ fn serve(fd: &OwnedFd, queue: u16, spec: DelaySpec, stop: &AtomicBool, c: &Count
     }
     // Stopping: nothing stays held.
     while let Some(Reverse((_, id))) = held.pop() {
-        accept(id);
         c.released.fetch_add(1, Ordering::Relaxed);
+        accept(id);
     }
     let _ = request(fd, &nfq::unbind(3, queue), 3, "unbind queue");
 }

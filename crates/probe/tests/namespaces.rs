@@ -217,10 +217,12 @@ fn reordering_never_mismatches_replies() {
     assert_eq!(r.outcome, Outcome::Ok, "{}", r.error);
     assert_eq!((r.sent, r.lost, r.duplicates, r.late), (100, 0, 0, 0));
     assert_eq!(r.rtt_ns.len(), 100);
-    // Each sample is its own packet's: within the delay's range, never a neighbour's.
+    // Each sample is its own packet's: never below the delay's 1 ms floor (a reply
+    // matched to a later packet's send would be). Above, the delayer's thread may be
+    // scheduled late on a loaded machine: 11 ms plus generous slack.
     for t in &r.rtt_ns {
         assert!(
-            (900_000..=14_000_000).contains(t),
+            (900_000..=30_000_000).contains(t),
             "rtt {t} ns outside 1..11 ms (+slack)"
         );
     }

@@ -370,6 +370,73 @@ fn a_full_filesystem_holds_the_rows_and_loses_nothing() {
     drop(fs);
 }
 
+/// The agent's buffer log on a full filesystem while its server is away: the disk's
+/// refusals are counted, batches stay in memory up to --buffer-memory and the oldest
+/// beyond it are dropped and counted, the process lives; once the disk has room and the
+/// server is back, what was kept is delivered.
+#[test]
+fn an_agents_buffer_on_a_full_filesystem_drops_counted_and_stays_within_memory() {
+    let test = "an_agents_buffer_on_a_full_filesystem_drops_counted_and_stays_within_memory";
+    if !podflow_testkit::can_run(test) || !podflow_testkit::have(test, "conntrack") {
+        return;
+    }
+    let pair = Pair::new("spfl").expect("namespaces");
+    pair.a.short_tcp_timeouts().expect("timeouts");
+    serve(&pair, 5304);
+    let mount = tempfile::tempdir().expect("tmp");
+    let fs = Tmpfs::mount(mount.path(), "1m");
+    let sdata = tempfile::tempdir().expect("tmp");
+    let (http, grpc, ahttp) = (free_port(), free_port(), free_port());
+    const MEMORY: u64 = 4096;
+    // No server yet: everything the agent reports waits in its buffer.
+    let agent = start_agent(
+        &pair.a,
+        mount.path(),
+        grpc,
+        ahttp,
+        &["--buffer-memory".to_string(), MEMORY.to_string()],
+    );
+    wait_until("the agent", Duration::from_secs(20), || {
+        get(ahttp, "/live").is_some_and(|(s, _)| s == 200)
+    });
+    fill(&mount.path().join("filler"));
+    let mut sports = Vec::new();
+    let t0 = std::time::Instant::now();
+    while metric(ahttp, "podflow_agent_batches_dropped_total").unwrap_or(0) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no drop within 60 s: disk errors {:?}, memory {:?}",
+            metric(ahttp, "podflow_agent_buffer_disk_errors_total"),
+            metric(ahttp, "podflow_agent_buffered_bytes{place=\"memory\"}")
+        );
+        burst(&pair, 5304, &mut sports, 5, 2_000);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(metric(ahttp, "podflow_agent_buffer_disk_errors_total").unwrap_or(0) >= 1);
+    let memory = metric(ahttp, "podflow_agent_buffered_bytes{place=\"memory\"}").expect("memory");
+    assert!(memory <= MEMORY, "memory held {memory} B, bound {MEMORY} B");
+    assert_eq!(
+        get(ahttp, "/live").map(|(s, _)| s),
+        Some(200),
+        "the agent lives"
+    );
+    let dropped = metric(ahttp, "podflow_agent_batches_dropped_total").unwrap_or(0);
+    // Room again, and a server: what was kept is delivered; nothing more is dropped.
+    std::fs::remove_file(mount.path().join("filler")).expect("free the space");
+    let server = start_server(sdata.path(), http, grpc);
+    wait_until("the kept batches acked", Duration::from_secs(40), || {
+        metric(ahttp, "podflow_agent_buffered_batches") == Some(0)
+    });
+    assert_eq!(
+        metric(ahttp, "podflow_agent_batches_dropped_total"),
+        Some(dropped)
+    );
+    assert!(metric(http, "podflow_server_batches_total{outcome=\"applied\"}").unwrap_or(0) >= 1);
+    drop(server);
+    drop(agent);
+    drop(fs);
+}
+
 /// A tmpfs of `size` mounted on `dir` for the test, unmounted when dropped.
 struct Tmpfs(std::path::PathBuf);
 

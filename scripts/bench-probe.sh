@@ -5,6 +5,7 @@
 # the responders (/proc/PID/task/*/schedstat, and utime+stime from /proc/PID/stat),
 # their RSS, and the bytes on the prober's link.
 #   scripts/bench-probe.sh [--sizes "10 50 100"] [--seconds 30] [--napi threaded|sender]
+#       [--prober-args "..."]   (extra probe_node prober flags, e.g. "--udp-spacing-ms 0")
 #
 # --napi threaded (the default when ethtool is there): every veth end gets GRO and a
 # threaded NAPI, so a packet's receive path runs in a kernel thread, as a real NIC's
@@ -19,19 +20,27 @@ cd "$(dirname "$0")/.."
 sizes="10 50 100"
 secs=30
 napi=threaded
+prober_args=
 command -v ethtool >/dev/null 2>&1 || napi=sender
 while [ $# -gt 0 ]; do
   case $1 in
     --sizes) sizes=$2; shift 2 ;;
     --seconds) secs=$2; shift 2 ;;
     --napi) napi=$2; shift 2 ;;
+    --prober-args) prober_args=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench-probe.sh: run as root (it creates network namespaces)" >&2; exit 1; }
 
-cargo build -q --release -p podflow-probe --example probe_node
-bin=$PWD/target/release/examples/probe_node
+# PROBE_NODE=/path/to/probe_node benchmarks that binary instead of building this tree's
+# (to compare two builds back to back on the same machine).
+if [ -n "${PROBE_NODE:-}" ]; then
+  bin=$PROBE_NODE
+else
+  cargo build -q --release -p podflow-probe --example probe_node
+  bin=$PWD/target/release/examples/probe_node
+fi
 tck=$(getconf CLK_TCK)
 tag=pf-bp$$
 pids=()
@@ -101,14 +110,16 @@ for n in $sizes; do
   wire=$(comm -13 <(echo "$napi_before") <(pgrep '^napi/' | sort || true) | tr '\n' ' ')
   rpids=()
   for i in $(seq 1 "$n"); do
-    ip netns exec "$tag-r$i-$n" "$bin" responder --bind "$(addr "$i")" --seconds $((secs + 20)) > /dev/null &
+    ip netns exec "$tag-r$i-$n" "$bin" responder --bind "$(addr "$i")" --seconds $((secs + 30)) > /dev/null &
     rpids+=($!); pids+=($!)
   done
   sleep 1
-  ip netns exec "$tag-p-$n" "$bin" prober --bind 10.96.0.1 --peers "$work/peers" --full-mesh-max 100000 --seconds $((secs + 10)) > "$work/prober.out" &
+  ip netns exec "$tag-p-$n" "$bin" prober --bind 10.96.0.1 --peers "$work/peers" --full-mesh-max 100000 --seconds $((secs + 20)) $prober_args > "$work/prober.out" &
   ppid=$!; pids+=($ppid)
   # Warm-up: the first round (with its full-MTU probe) falls in the first 5 s.
   sleep 6
+  # The prober lives 14 s past the window: reading hundreds of schedstat files on a
+  # loaded machine takes seconds, and a reading after it exited would be garbage.
   stats=/sys/class/net/eth0/statistics
   b0=$(ip netns exec "$tag-p-$n" sh -c "echo \$(( \$(cat $stats/tx_bytes) + \$(cat $stats/rx_bytes) ))")
   p0=$(ticks "$ppid"); r0=$(ticks "${rpids[@]}"); u0=$(uticks "$ppid")

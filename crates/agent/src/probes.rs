@@ -34,6 +34,10 @@ pub struct ProbeSettings {
     pub kinds: Vec<ProbeKind>,
     /// Path MTU the full-MTU probe checks (0: off).
     pub mtu: usize,
+    /// ICMP every this many rounds, and after a UDP burst that lost packets.
+    pub icmp_every: u32,
+    /// HTTP GET (and the TCP connect it gives) every this many rounds.
+    pub http_every: u32,
     /// DNS names looked up at resolvers each round.
     pub dns: Vec<podflow_probe::DnsTarget>,
     /// Metric bounds and the kconmon compatibility prefix.
@@ -53,6 +57,8 @@ impl Default for ProbeSettings {
             interval: Duration::from_secs(5),
             kinds: MeshConfig::default().kinds,
             mtu: 1500,
+            icmp_every: MeshConfig::default().icmp_every,
+            http_every: MeshConfig::default().http_every,
             dns: Vec::new(),
             metrics: MetricsConfig::default(),
             topology: Default::default(),
@@ -253,6 +259,8 @@ async fn run(
         topology: s.topology,
         interval_ms: s.interval.as_millis() as u64,
         kinds: s.kinds.clone(),
+        icmp_every: s.icmp_every,
+        http_every: s.http_every,
         dns: s.dns.clone(),
         ..Default::default()
     });

@@ -660,6 +660,16 @@ struct ProbeArgs {
     #[arg(long, env = "PODFLOW_PROBE_MTU", default_value_t = 1500)]
     probe_mtu: usize,
 
+    /// ICMP echo runs every this many rounds of a peer (1: every round), and right
+    /// after any UDP burst that lost packets (a UDP-only fault or the host?).
+    #[arg(long, env = "PODFLOW_PROBE_ICMP_EVERY", default_value_t = 4)]
+    probe_icmp_every: u32,
+
+    /// The HTTP GET, whose connection also gives the TCP connect time, runs every this
+    /// many rounds of a peer (1: every round).
+    #[arg(long, env = "PODFLOW_PROBE_HTTP_EVERY", default_value_t = 2)]
+    probe_http_every: u32,
+
     /// DNS lookups each round: `RESOLVER=NAME` (e.g. 10.96.0.10:53=kubernetes.default.svc.cluster.local), comma-separated.
     #[arg(long, env = "PODFLOW_PROBE_DNS", value_delimiter = ',')]
     probe_dns: Vec<String>,
@@ -720,6 +730,8 @@ impl ProbeArgs {
             interval: self.probe_interval,
             kinds,
             mtu: self.probe_mtu,
+            icmp_every: self.probe_icmp_every,
+            http_every: self.probe_http_every,
             dns,
             metrics: podflow_probe::MetricsConfig {
                 node_label_max_pairs: self.probe_node_label_pairs,

@@ -4,6 +4,7 @@
 //!     probe_node responder --bind 10.96.0.2 [--seconds 60]
 //!     probe_node prober --bind 10.96.0.1 --peers peers.txt [--seconds 60]
 //!         [--interval-ms 5000] [--full-mesh-max 50] [--metrics FILE] [--kconmon PREFIX]
+//!         [--udp-spacing-ms N] [--icmp-every N] [--http-every N]
 //!
 //! `peers.txt`: one peer a line, `node zone address`. The prober prints one summary
 //! line at the end; with `--metrics` it writes the Prometheus text there.
@@ -22,6 +23,13 @@ fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn num(args: &[String], name: &str, default: u64) -> u64 {
+    arg(args, name).map_or(default, |s| {
+        s.parse()
+            .unwrap_or_else(|_| fail(&format!("{name}: not a number")))
+    })
 }
 
 fn fail(msg: &str) -> ! {
@@ -94,8 +102,23 @@ async fn prober(args: &[String], bind: IpAddr, seconds: u64) {
         },
         probe: ProbeConfig {
             bind: Some(bind),
+            udp_spacing_ms: num(
+                args,
+                "--udp-spacing-ms",
+                ProbeConfig::default().udp_spacing_ms,
+            ),
             ..ProbeConfig::default()
         },
+        icmp_every: num(
+            args,
+            "--icmp-every",
+            MeshConfig::default().icmp_every.into(),
+        ) as u32,
+        http_every: num(
+            args,
+            "--http-every",
+            MeshConfig::default().http_every.into(),
+        ) as u32,
         interval_ms: arg(args, "--interval-ms").map_or(5000, |s| s.parse().unwrap_or(5000)),
         topology: TopologyConfig {
             full_mesh_max: arg(args, "--full-mesh-max").map_or(50, |s| s.parse().unwrap_or(50)),

@@ -114,6 +114,24 @@ impl Burst {
         }
     }
 
+    /// Whether the transmit stamp of `(session, seq)` is in (false for a packet of
+    /// another session or never sent: reading the queue would not help it, but it
+    /// does no harm either).
+    pub fn has_tx_stamp(&self, session: u64, seq: u32) -> bool {
+        session == self.session
+            && self
+                .slots
+                .get(seq as usize)
+                .is_some_and(|s| s.sent_kernel_ns.is_some())
+    }
+
+    /// Every packet that left has its transmit stamp.
+    pub fn all_tx_stamped(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.sent_user_ns.is_none() || s.send_failed || s.sent_kernel_ns.is_some())
+    }
+
     /// A reply for `(session, seq)` with the responder's times `t2`/`t3` (0 when it
     /// gives none), received at `t4_ns` (`kernel` says whether that was the kernel's
     /// stamp). Needs the transmit stamp to have been offered first when there is one.
@@ -268,6 +286,22 @@ mod tests {
         assert_eq!(s.rtt_ns, vec![6 * MS, MS]);
         assert_eq!(s.timestamp_fallbacks, 2);
         assert!(b.complete());
+    }
+
+    #[test]
+    fn transmit_stamps_in() {
+        let mut b = Burst::new(3, 3, 250 * MS);
+        assert!(b.all_tx_stamped(), "nothing sent, nothing missing");
+        b.sent(0, MS);
+        b.sent(1, 2 * MS);
+        assert!(!b.has_tx_stamp(3, 0) && !b.all_tx_stamped());
+        b.tx_stamp(3, 0, MS + 1);
+        b.tx_stamp(2, 1, 2 * MS + 1); // another session's: not ours
+        assert!(b.has_tx_stamp(3, 0) && !b.has_tx_stamp(3, 1) && !b.has_tx_stamp(2, 0));
+        assert!(!b.all_tx_stamped());
+        // A packet whose send failed never gets one and is not waited for.
+        b.send_failed(1);
+        assert!(b.all_tx_stamped());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::dns::QType;
 use crate::metrics::RunnerStats;
 use crate::peers::{self, Peer, TopologyConfig};
 use crate::prober::{self, Me, PeerSockets, ProbeConfig};
-use crate::result::{ProbeKind, ProbeResult};
+use crate::result::{Outcome, ProbeKind, ProbeResult};
 use crate::tsock::TsSocket;
 use crate::tsock::now_ns;
 
@@ -64,6 +64,13 @@ pub struct MeshConfig {
     pub kinds: Vec<ProbeKind>,
     /// The full-MTU probe runs every this many rounds (1: every round).
     pub mtu_every: u32,
+    /// ICMP echo runs every this many rounds (1: every round), and in any round whose
+    /// UDP burst lost packets (right after it), to tell a UDP-only fault from a host
+    /// fault. Without `udp` among the kinds, ICMP runs every round.
+    pub icmp_every: u32,
+    /// The HTTP GET (and the TCP connect, which shares its connection) runs every this
+    /// many rounds (1: every round).
+    pub http_every: u32,
     /// Length of a peer-selection epoch, s (the rotation advances once per epoch).
     pub epoch_s: u64,
     /// DNS lookups, each every interval.
@@ -91,6 +98,8 @@ impl Default for MeshConfig {
                 ProbeKind::Icmp,
             ],
             mtu_every: 12,
+            icmp_every: 4,
+            http_every: 2,
             epoch_s: 60,
             dns: Vec::new(),
             max_concurrent: 128,
@@ -237,6 +246,36 @@ fn phase(me: &str, peer: &str, interval: Duration) -> Duration {
     Duration::from_millis(h % ms)
 }
 
+/// The kinds round `round` of a peer runs on schedule (pure): every configured kind
+/// but DNS (not a peer probe), the full-MTU probe every `mtu_every` rounds, HTTP and
+/// TCP every `http_every`, ICMP every `icmp_every` (every round when UDP is not
+/// probed). Round 0, a peer's first, runs them all.
+pub fn round_kinds(cfg: &MeshConfig, round: u32) -> Vec<ProbeKind> {
+    let due = |every: u32| round.is_multiple_of(every.max(1));
+    let udp = cfg.kinds.contains(&ProbeKind::Udp);
+    cfg.kinds
+        .iter()
+        .copied()
+        .filter(|&k| match k {
+            ProbeKind::Dns => false,
+            ProbeKind::UdpMtu => due(cfg.mtu_every),
+            ProbeKind::Tcp | ProbeKind::Http => due(cfg.http_every),
+            ProbeKind::Icmp => !udp || due(cfg.icmp_every),
+            ProbeKind::Udp => true,
+        })
+        .collect()
+}
+
+/// Whether a round that did not schedule ICMP (`planned` is [`round_kinds`]) sends it
+/// after its UDP burst `udp` (pure): when ICMP is configured and the burst lost
+/// packets or failed outright (no socket, no route).
+pub fn icmp_after_udp(cfg: &MeshConfig, planned: &[ProbeKind], udp: &ProbeResult) -> bool {
+    cfg.kinds.contains(&ProbeKind::Icmp)
+        && !planned.contains(&ProbeKind::Icmp)
+        && udp.kind == ProbeKind::Udp
+        && (udp.lost > 0 || udp.outcome == Outcome::Fail)
+}
+
 struct Running {
     peer: Peer,
     token: CancellationToken,
@@ -314,13 +353,7 @@ async fn peer_task(shared: Arc<Shared>, peer: Peer, token: CancellationToken) {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep_until(next + jitter) => {}
         }
-        let kinds: Vec<ProbeKind> = cfg
-            .kinds
-            .iter()
-            .copied()
-            .filter(|k| *k != ProbeKind::Dns)
-            .filter(|k| *k != ProbeKind::UdpMtu || round.is_multiple_of(cfg.mtu_every.max(1)))
-            .collect();
+        let kinds = round_kinds(cfg, round);
         let both = kinds.contains(&ProbeKind::Tcp) && kinds.contains(&ProbeKind::Http);
         let run = async {
             let _slot = shared.slots.acquire().await;
@@ -331,12 +364,23 @@ async fn peer_task(shared: Arc<Shared>, peer: Peer, token: CancellationToken) {
                 .filter(|&&k| !(both && k == ProbeKind::Tcp))
                 .map(|&k| {
                     let slot = match k {
+                        // The UDP burst takes the ICMP socket too when a loss may
+                        // call for an ICMP echo right after it.
+                        ProbeKind::Udp
+                            if cfg.kinds.contains(&ProbeKind::Icmp)
+                                && !kinds.contains(&ProbeKind::Icmp) =>
+                        {
+                            match (udp.take(), icmp.take()) {
+                                (Some(u), Some(i)) => Some(Slot::UdpThenIcmp(u, i)),
+                                (u, _) => u.map(Slot::Udp),
+                            }
+                        }
                         ProbeKind::Udp => udp.take().map(Slot::Udp),
                         ProbeKind::UdpMtu => mtu.take().map(Slot::Udp),
                         ProbeKind::Icmp => icmp.take().map(Slot::Icmp),
                         _ => None,
                     };
-                    round_probe(cfg, &peer, k, both, slot)
+                    round_probe(cfg, &peer, k, both, &kinds, slot)
                 })
                 .collect();
             futures_join(probes.into_iter())
@@ -367,6 +411,8 @@ async fn peer_task(shared: Arc<Shared>, peer: Peer, token: CancellationToken) {
 enum Slot<'a> {
     Udp(&'a mut Option<TsSocket>),
     Icmp(&'a mut Option<(TsSocket, bool)>),
+    /// The UDP burst, then ICMP when [`icmp_after_udp`] says so.
+    UdpThenIcmp(&'a mut Option<TsSocket>, &'a mut Option<(TsSocket, bool)>),
 }
 
 async fn round_probe(
@@ -374,6 +420,7 @@ async fn round_probe(
     peer: &Peer,
     kind: ProbeKind,
     both: bool,
+    planned: &[ProbeKind],
     slot: Option<Slot<'_>>,
 ) -> Vec<ProbeResult> {
     let (p, me) = (&cfg.probe, &cfg.me);
@@ -385,6 +432,15 @@ async fn round_probe(
         (ProbeKind::Http, _) if both => {
             let (t, h) = prober::http_and_connect(p, me, peer, addr).await;
             vec![t, h]
+        }
+        (ProbeKind::Udp, Some(Slot::UdpThenIcmp(s, i))) => {
+            let u = prober::udp_burst(p, me, peer, addr, false, s).await;
+            if icmp_after_udp(cfg, planned, &u) {
+                let e = prober::icmp_echo(p, me, peer, addr, i).await;
+                vec![u, e]
+            } else {
+                vec![u]
+            }
         }
         (ProbeKind::Udp | ProbeKind::UdpMtu, Some(Slot::Udp(s))) => {
             vec![prober::udp_burst(p, me, peer, addr, kind == ProbeKind::UdpMtu, s).await]
@@ -466,6 +522,111 @@ mod tests {
             "{early} of 100 in the first half"
         );
         assert_eq!(phase("a", "b", i), phase("a", "b", i));
+    }
+
+    fn udp_result(sent: u32, lost: u32, outcome: Outcome) -> ProbeResult {
+        let mut r = ProbeResult::new(ProbeKind::Udp, ("a", "z1"), ("b", "z2"), 0);
+        (r.sent, r.lost, r.outcome) = (sent, lost, outcome);
+        r
+    }
+
+    #[test]
+    fn default_schedule_icmp_every_4th_http_every_2nd_mtu_every_12th() {
+        use ProbeKind::*;
+        let cfg = MeshConfig::default();
+        let plan: Vec<Vec<ProbeKind>> = (0..13).map(|r| round_kinds(&cfg, r)).collect();
+        assert_eq!(plan[0], vec![Udp, UdpMtu, Tcp, Http, Icmp]);
+        assert_eq!(plan[1], vec![Udp]);
+        assert_eq!(plan[2], vec![Udp, Tcp, Http]);
+        assert_eq!(plan[3], vec![Udp]);
+        assert_eq!(plan[4], vec![Udp, Tcp, Http, Icmp]);
+        assert_eq!(plan[12], vec![Udp, UdpMtu, Tcp, Http, Icmp]);
+        let count = |k| plan[..12].iter().filter(|p| p.contains(&k)).count();
+        assert_eq!(
+            (
+                count(Udp),
+                count(Http),
+                count(Tcp),
+                count(Icmp),
+                count(UdpMtu)
+            ),
+            (12, 6, 6, 3, 1)
+        );
+    }
+
+    #[test]
+    fn every_one_is_every_round_and_icmp_without_udp_is_every_round() {
+        use ProbeKind::*;
+        let cfg = MeshConfig {
+            icmp_every: 1,
+            http_every: 1,
+            mtu_every: 1,
+            ..MeshConfig::default()
+        };
+        for r in [0, 1, 2, 3, 7, u32::MAX] {
+            assert_eq!(round_kinds(&cfg, r), vec![Udp, UdpMtu, Tcp, Http, Icmp]);
+        }
+        // 0 reads as 1, never a division by zero.
+        let zero = MeshConfig {
+            icmp_every: 0,
+            http_every: 0,
+            ..MeshConfig::default()
+        };
+        assert_eq!(round_kinds(&zero, 3), vec![Udp, Tcp, Http, Icmp]);
+        let no_udp = MeshConfig {
+            kinds: vec![Http, Icmp, Dns],
+            ..MeshConfig::default()
+        };
+        assert_eq!(round_kinds(&no_udp, 1), vec![Icmp]);
+        assert_eq!(round_kinds(&no_udp, 2), vec![Http, Icmp]);
+    }
+
+    #[test]
+    fn icmp_follows_a_udp_burst_that_lost_packets() {
+        let cfg = MeshConfig::default();
+        let plan1 = round_kinds(&cfg, 1);
+        assert!(!plan1.contains(&ProbeKind::Icmp));
+        // Clean burst: no ICMP. One lost, all lost, or no burst at all (socket error): ICMP.
+        assert!(!icmp_after_udp(
+            &cfg,
+            &plan1,
+            &udp_result(5, 0, Outcome::Ok)
+        ));
+        assert!(icmp_after_udp(
+            &cfg,
+            &plan1,
+            &udp_result(5, 1, Outcome::Fail)
+        ));
+        assert!(icmp_after_udp(
+            &cfg,
+            &plan1,
+            &udp_result(5, 5, Outcome::Fail)
+        ));
+        assert!(icmp_after_udp(
+            &cfg,
+            &plan1,
+            &udp_result(0, 0, Outcome::Fail)
+        ));
+        // Not twice in a round that already runs ICMP.
+        let plan4 = round_kinds(&cfg, 4);
+        assert!(!icmp_after_udp(
+            &cfg,
+            &plan4,
+            &udp_result(5, 5, Outcome::Fail)
+        ));
+        // Not when ICMP is not configured, and not after a full-MTU burst.
+        let no_icmp = MeshConfig {
+            kinds: vec![ProbeKind::Udp, ProbeKind::Http],
+            ..MeshConfig::default()
+        };
+        assert!(!icmp_after_udp(
+            &no_icmp,
+            &round_kinds(&no_icmp, 1),
+            &udp_result(5, 5, Outcome::Fail)
+        ));
+        let mut mtu = udp_result(2, 2, Outcome::Fail);
+        mtu.kind = ProbeKind::UdpMtu;
+        assert!(!icmp_after_udp(&cfg, &plan1, &mtu));
     }
 
     #[tokio::test]

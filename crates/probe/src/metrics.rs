@@ -45,13 +45,13 @@ pub const METRICS: &[MetricDef] = &[
     MetricDef {
         name: "podflow_probe_results_total",
         kind: "counter",
-        help: "Probes by outcome (ok, fail, unavailable).",
+        help: "Probes by outcome (ok, fail, unavailable). Per peer, udp runs every round, tcp and http every http_every-th (2 by default), icmp every icmp_every-th (4) and after any udp burst that lost packets, udp_mtu every mtu_every-th (12).",
         labels: PAIR_RESULT,
     },
     MetricDef {
         name: "podflow_probe_rtt_seconds",
         kind: "histogram",
-        help: "Round-trip times of probes: per packet for udp, udp_mtu and icmp (kernel timestamps, responder delay removed), connect time for tcp, whole request for http.",
+        help: "Round-trip times of probes: per packet for udp, udp_mtu and icmp (kernel timestamps, responder delay removed), connect time for tcp, whole request for http. The tcp and http samples come from every http_every-th round (2 by default: half the rate of udp); icmp from every icmp_every-th round (4) plus the rounds whose udp burst lost packets, so icmp is sampled more while udp loses.",
         labels: PAIR,
     },
     MetricDef {

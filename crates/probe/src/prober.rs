@@ -29,7 +29,10 @@ pub struct ProbeConfig {
     pub bind: Option<IpAddr>,
     /// UDP packets per burst.
     pub udp_count: u32,
-    /// Gap between the packets of a burst, ms.
+    /// Gap between the packets of a burst (UDP and ICMP), ms. 0: the whole burst
+    /// leaves back to back from one wake-up (a third of the CPU of 10 ms at 100 peers,
+    /// see BENCHMARKS.md), at the price of correlated samples: the packets share one
+    /// moment of the path, so a burst sees a short loss spike whole or not at all.
     pub udp_spacing_ms: u64,
     /// A reply later than this after its packet is lost, ms.
     pub udp_timeout_ms: u64,
@@ -57,7 +60,7 @@ impl Default for ProbeConfig {
             ports: Ports::default(),
             bind: None,
             udp_count: 5,
-            udp_spacing_ms: 10,
+            udp_spacing_ms: 0,
             udp_timeout_ms: 250,
             udp_size: wire::HEADER_LEN,
             mtu: 1500,
@@ -246,6 +249,20 @@ async fn run_burst(
         });
     };
     loop {
+        // Every packet that is due leaves now: with no spacing the whole burst goes
+        // from this one wake-up, back to back (a send awaits only a full buffer).
+        let now = tokio::time::Instant::now();
+        while next < count && start + spacing * next <= now {
+            let t1 = now_ns();
+            codec.request(session, next, t1, &mut out);
+            burst.sent(next, t1);
+            if let Err(e) = sock.send(&out, None).await {
+                burst.send_failed(next);
+                first_error.get_or_insert_with(|| describe(&e, dst));
+            }
+            last_send = tokio::time::Instant::now();
+            next += 1;
+        }
         if next >= count && burst.complete() {
             break;
         }
@@ -256,10 +273,15 @@ async fn run_burst(
         };
         tokio::select! {
             r = sock.recv(&mut rbuf) => {
-                drain(&mut burst, &mut ebuf);
                 match r {
                     Ok(r) if !r.truncated => {
                         if let Some((s, q, t2, t3)) = codec.reply(&rbuf[..r.len]) {
+                            // The transmit stamp is queued by the time the packet is
+                            // on the wire: read the queue only when this reply's stamp
+                            // is not in yet (once per burst when it goes back to back).
+                            if !burst.has_tx_stamp(s, q) {
+                                drain(&mut burst, &mut ebuf);
+                            }
                             let (t4, kernel) = match r.kernel_ns {
                                 Some(t) => (t, true),
                                 None => (now_ns(), false),
@@ -277,20 +299,14 @@ async fn run_burst(
                 if next >= count {
                     break;
                 }
-                let t1 = now_ns();
-                codec.request(session, next, t1, &mut out);
-                burst.sent(next, t1);
-                if let Err(e) = sock.send(&out, None).await {
-                    burst.send_failed(next);
-                    first_error.get_or_insert_with(|| describe(&e, dst));
-                }
-                last_send = tokio::time::Instant::now();
-                // Transmit stamps are read when a reply needs them (and at the end).
-                next += 1;
             }
         }
     }
-    drain(&mut burst, &mut ebuf);
+    // What is still queued (stamps of unanswered packets) is read so the next burst on
+    // this socket starts with an empty queue.
+    if !burst.all_tx_stamped() {
+        drain(&mut burst, &mut ebuf);
+    }
     BurstRun {
         summary: burst.finish(),
         first_error,

@@ -251,3 +251,28 @@ async fn duplicated_replayed_and_foreign_replies_never_mismatch() {
     assert!(r.duplicates >= 20, "{} duplicates", r.duplicates);
     assert!(r.rtt_ns.iter().all(|&t| t < 5_000_000), "{:?}", r.rtt_ns);
 }
+
+/// The default burst leaves back to back (`udp_spacing_ms: 0`): every packet is still
+/// answered on its own sequence number, one RTT sample each, and the transmit stamps
+/// (read once a burst now) are all found: a burst with no user-clock fallback comes
+/// within a few (receive stamping is switched on lazily by the kernel).
+#[tokio::test]
+async fn back_to_back_burst_keeps_per_packet_samples_and_kernel_stamps() {
+    let (_resp, cfg, peer) = responder().await;
+    assert_eq!(cfg.udp_spacing_ms, 0, "the default");
+    let addr = peer.addrs[0];
+    let mut slot = None;
+    for attempt in 0..20 {
+        let r = prober::udp_burst(&cfg, &me(), &peer, addr, false, &mut slot).await;
+        assert_eq!(r.outcome, Outcome::Ok, "{}", r.error);
+        assert_eq!((r.sent, r.lost, r.duplicates), (5, 0, 0));
+        assert_eq!(r.rtt_ns.len(), 5);
+        assert!(slot.is_some(), "the socket is kept");
+        if r.timestamp_fallbacks == 0 {
+            return;
+        }
+        eprintln!("attempt {attempt}: {} fallbacks", r.timestamp_fallbacks);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("every burst took user-clock times: transmit stamps not read");
+}

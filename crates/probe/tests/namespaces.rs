@@ -63,7 +63,11 @@ fn mesh_cfg(interval_ms: u64, kinds: Vec<ProbeKind>) -> MeshConfig {
         interval_ms,
         jitter_ms: 5,
         kinds,
+        // Every kind every round: these tests are about what each probe sees, not
+        // the schedule (mesh::round_kinds has its own tests).
         mtu_every: 1,
+        icmp_every: 1,
+        http_every: 1,
         ..MeshConfig::default()
     }
 }

@@ -1,12 +1,10 @@
 //! `podflow cost`: the showback of a running podflow (`/api/v1/cost/showback`) as a
 //! table, CSV or JSON.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::Value;
 
 use crate::flows::human_bytes;
@@ -24,37 +22,23 @@ pub enum Format {
 
 /// GETs `path` from `base` (http://host:port), with a bearer token if given; the body.
 pub fn get(base: &str, path: &str, token_file: Option<&Path>) -> anyhow::Result<String> {
-    let hostport = base
-        .strip_prefix("http://")
-        .with_context(|| format!("--server {base}: only http://host:port is supported"))?
-        .trim_end_matches('/');
-    let auth = match token_file {
-        Some(f) => {
-            let t = std::fs::read_to_string(f)
-                .with_context(|| format!("--token-file {}", f.display()))?;
-            format!("Authorization: Bearer {}\r\n", t.trim())
-        }
-        None => String::new(),
-    };
-    let mut s = TcpStream::connect(hostport).with_context(|| {
-        format!(
-            "connect to {hostport} (is `podflow run` or `podflow server` running? see --server)"
-        )
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n{auth}\r\n")?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .with_context(|| format!("read the answer of {hostport}"))?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP answer")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
-        bail!("{base}{path} answered {status}: {body}");
+    let token = token_file
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .map(|t| t.trim().to_string())
+                .with_context(|| format!("--token-file {}", f.display()))
+        })
+        .transpose()?;
+    crate::client::Request {
+        base,
+        flag: "--server",
+        method: "GET",
+        path,
+        token: token.as_deref(),
+        json: None,
+        timeout: Duration::from_secs(60),
     }
-    Ok(body.to_string())
+    .ok()
 }
 
 /// The showback's path over the last `since`, ending `now`.

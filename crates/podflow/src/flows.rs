@@ -1,42 +1,28 @@
 //! `podflow flows`: the top conversations of a running podflow, as a table.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use podflow_api::{EndJson, FlowJson};
 
 /// Fetches `/api/v1/flows` from `base` (http://host:port) over the last `since`.
 pub fn fetch(base: &str, since: Duration, limit: usize) -> anyhow::Result<Vec<FlowJson>> {
-    let hostport = base
-        .strip_prefix("http://")
-        .with_context(|| format!("--url {base}: only http://host:port is supported"))?
-        .trim_end_matches('/');
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
     let from = now - since.as_secs() as i64;
     let path = format!("/api/v1/flows?from={from}&to={}&limit={limit}", now + 1);
-    let mut s = TcpStream::connect(hostport)
-        .with_context(|| format!("connect to {hostport} (is `podflow run` running? see --url)"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nAccept: application/json\r\n\r\n"
-    )?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .with_context(|| format!("read the answer of {hostport}"))?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP answer")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
-        bail!("{base}{path} answered {status}: {body}");
+    let body = crate::client::Request {
+        base,
+        flag: "--url",
+        method: "GET",
+        path: &path,
+        token: None,
+        json: None,
+        timeout: Duration::from_secs(30),
     }
-    serde_json::from_str(body).with_context(|| format!("{base}{path}: unexpected JSON"))
+    .ok()?;
+    serde_json::from_str(&body).with_context(|| format!("{base}{path}: unexpected JSON"))
 }
 
 /// Human bytes: 1.5 KiB, 3.2 MiB.
@@ -142,35 +128,16 @@ pub fn post_json(
     body: &str,
     token: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let hostport = base
-        .strip_prefix("http://")
-        .with_context(|| format!("--server {base}: only http://host:port is supported"))?
-        .trim_end_matches('/');
-    let mut s = TcpStream::connect(hostport).with_context(|| {
-        format!("connect to {hostport} (is `podflow server` running? see --server)")
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Type: application/json\r\nAccept: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .with_context(|| format!("read the answer of {hostport}"))?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP answer")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("{base}{path}: malformed status line"))?;
-    Ok((status, body.to_string()))
+    crate::client::Request {
+        base,
+        flag: "--server",
+        method: "POST",
+        path,
+        token,
+        json: Some(body),
+        timeout: Duration::from_secs(30),
+    }
+    .send()
 }
 
 #[cfg(test)]

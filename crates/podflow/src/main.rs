@@ -1,5 +1,6 @@
 //! podflow: Kubernetes network flow observability in one binary.
 
+mod client;
 mod cost;
 mod demo;
 mod duration;

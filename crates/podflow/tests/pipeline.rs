@@ -113,27 +113,20 @@ fn agent_to_server_is_exact_across_a_server_kill_and_a_locked_store() {
     });
 
     let mut ports = Vec::new();
-    let mut burst = |n: usize, size: usize| {
-        for i in 0..n {
-            let mut c = connect(&pair, Pair::B4, 5301);
-            ports.push(c.local_addr().expect("addr").port());
-            exchange(&mut c, size + i * 1000, 3 * size);
-        }
-    };
     // 1. Normal operation.
-    burst(5, 20_000);
+    burst(&pair, 5301, &mut ports, 5, 20_000);
     std::thread::sleep(Duration::from_millis(1500));
     // 2. The server dies without warning; traffic goes on; it comes back on the same data.
     server.signal(nix::sys::signal::Signal::SIGKILL);
     let _ = server.0.wait();
-    burst(5, 30_000);
+    burst(&pair, 5301, &mut ports, 5, 30_000);
     std::thread::sleep(Duration::from_millis(2500));
     server = start_server(sdata.path(), http, grpc);
     // 3. The store is locked by another process for longer than the busy timeout (5 s) plus
     // an interval, so at least one write fails whatever the timing; traffic goes on.
     let db = sdata.path().join("podflow.sqlite");
     let lock = lock_store(&db, 12.0);
-    burst(5, 40_000);
+    burst(&pair, 5301, &mut ports, 5, 40_000);
     if let Some(mut l) = lock {
         let _ = l.wait();
         assert!(
@@ -142,47 +135,8 @@ fn agent_to_server_is_exact_across_a_server_kill_and_a_locked_store() {
         );
     }
     // Every connection's DESTROY is in (TIME_WAIT is 1 s; the agent's dumps reap them) and
-    // every batch is acknowledged.
-    let truth: Vec<_> = ports
-        .iter()
-        .map(|p| log.wait("tcp", *p, Duration::from_secs(15)))
-        .collect();
-    wait_until("every batch acked", Duration::from_secs(30), || {
-        metric(ahttp, "podflow_agent_buffered_batches") == Some(0)
-            && metric(ahttp, "podflow_conntrack_tracked_connections").is_some_and(|n| n <= 1)
-    });
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    let mut agent = agent;
-    assert!(agent.0.wait().expect("agent exit").success());
-    server.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(server.0.wait().expect("server exit").success());
-
-    let (want_out, want_in) = truth
-        .iter()
-        .fold((0, 0), |(o, i), c| (o + c.orig.1, i + c.reply.1));
-    let store = SqliteStore::open_reader(&db).expect("store");
-    let rows = store
-        .flows(&FlowQuery {
-            from: 0,
-            to: i64::MAX,
-            limit: 1000,
-        })
-        .expect("query");
-    let mine: Vec<_> = rows
-        .iter()
-        .filter(|r| r.key.responder_port == 5301)
-        .collect();
-    let got_out: u64 = mine.iter().map(|r| r.totals.bytes_out).sum();
-    let got_in: u64 = mine.iter().map(|r| r.totals.bytes_in).sum();
-    let opened: u64 = mine.iter().map(|r| r.totals.opened).sum();
-    let closed: u64 = mine.iter().map(|r| r.totals.closed).sum();
-    assert_eq!(
-        (got_out, got_in),
-        (want_out, want_in),
-        "stored bytes equal the kernel's final counters"
-    );
-    assert_eq!((opened, closed), (15, 15));
-    assert!(mine.iter().all(|r| r.observer == "node-a"));
+    // every batch is acknowledged; the stored totals are the kernel's.
+    stop_and_check((agent, server), (ahttp, &db), &log, 5301, &ports);
 }
 
 /// Connections to `port`, one after another, each with its own amounts; their source
@@ -254,6 +208,7 @@ fn stop_and_check(
     );
     let n = sports.len() as u64;
     assert_eq!((sum(|r| r.totals.opened), sum(|r| r.totals.closed)), (n, n));
+    assert!(mine.iter().all(|r| r.observer == "node-a"));
 }
 
 /// The server dies (abort: no destructor, no flush) at the two worst moments of a write,

@@ -325,6 +325,90 @@ fn a_full_filesystem_holds_the_rows_and_loses_nothing() {
     drop(fs);
 }
 
+/// A NetFlow record whose counter no interface could carry (2^50 bytes, IPFIX's 64-bit
+/// octetDeltaCount) sent to `podflow server`'s listener: rejected and counted, the
+/// records beside it stored, and the query API's sums stay exact.
+#[test]
+fn a_netflow_record_with_a_huge_counter_is_rejected_and_the_api_keeps_answering() {
+    use podflow_netflow::encode::{IPFIX_IPV4_18, Message, Value};
+    let sdata = tempfile::tempdir().expect("tmp");
+    let (http, grpc, nf) = (free_port(), free_port(), free_port());
+    let server = start_server_env(
+        sdata.path(),
+        http,
+        grpc,
+        &[("PODFLOW_NETFLOW_LISTEN", &format!("127.0.0.1:{nf}"))],
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let record = |dst: u8, bytes: u64| {
+        let ip = |a: [u8; 4]| Value::Ip(std::net::IpAddr::from(a));
+        vec![
+            ip([10, 9, 0, 1]),
+            ip([10, 9, 0, dst]),
+            ip([0, 0, 0, 0]),
+            Value::U(1),
+            Value::U(2),
+            Value::U(10),
+            Value::U(bytes),
+            Value::U(now_ms - 1000),
+            Value::U(now_ms),
+            Value::U(40_000),
+            Value::U(443),
+            Value::U(0x10),
+            Value::U(6),
+            Value::U(0),
+            Value::U(0),
+            Value::U(0),
+            Value::U(24),
+            Value::U(24),
+        ]
+    };
+    let mut m = Message::ipfix((now_ms / 1000) as u32, 0, 7);
+    m.template(256, &IPFIX_IPV4_18);
+    m.data(
+        256,
+        &IPFIX_IPV4_18,
+        &[record(2, 5_000), record(3, 1 << 50), record(4, 7_000)],
+    );
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("udp")
+        .send_to(&m.build(), ("127.0.0.1", nf))
+        .expect("send");
+    // The query API's total: the two sane records once they are stored.
+    let total = || -> Option<u64> {
+        let (status, body) = get(http, "/api/v1/query?group_by=observer")?;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(
+            v["rows"]
+                .as_array()?
+                .iter()
+                .map(|r| {
+                    r["bytes_src_to_dst"].as_u64().unwrap_or(0)
+                        + r["bytes_dst_to_src"].as_u64().unwrap_or(0)
+                })
+                .sum(),
+        )
+    };
+    wait_until("the sane records stored", Duration::from_secs(20), || {
+        total().is_some_and(|b| b > 0)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        total(),
+        Some(12_000),
+        "the two sane records, the huge one left out"
+    );
+    assert_eq!(
+        metric(http, "podflow_observations_over_bound_total"),
+        Some(1)
+    );
+    drop(server);
+}
+
 /// The agent's buffer log on a full filesystem while its server is away: the disk's
 /// refusals are counted, batches stay in memory up to --buffer-memory and the oldest
 /// beyond it are dropped and counted, the process lives; once the disk has room and the

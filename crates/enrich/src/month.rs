@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use podflow_inventory::days_from_civil;
 use serde::Serialize;
 
 /// The earliest and latest times months are taken of (±2^40 s, some 35,000 years around
@@ -15,17 +16,6 @@ pub struct Month {
     year: i32,
     /// 1..=12.
     month: u8,
-}
-
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// The civil (year, month) of a day since 1970-01-01.

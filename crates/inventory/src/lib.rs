@@ -23,4 +23,4 @@ pub use objects::{
     ContainerPort, Controller, EndpointSlice, Inventory, Node, OwnerRef, Pod, PodPhase, Service,
     ServicePort, SliceEndpoint,
 };
-pub use time::{TimeError, parse_rfc3339_ns};
+pub use time::{TimeError, days_from_civil, parse_rfc3339_ns};

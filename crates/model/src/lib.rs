@@ -4,6 +4,7 @@
 //! No I/O, no runtime: every other crate speaks these types.
 
 mod attribution;
+pub mod hash;
 mod labels;
 mod observation;
 mod row;

@@ -34,6 +34,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use podflow_model::hash::Fnv128;
 use podflow_model::{AgentMark, ChunkId, FlowRow};
 
 /// An agent's batch: (agent id, sequence number).
@@ -262,33 +263,13 @@ const DAY: i64 = 86_400;
 pub fn chunk_token<'a>(parts: impl IntoIterator<Item = (&'a str, &'a [u64])>) -> String {
     let mut h = Fnv128::new();
     for (agent, seqs) in parts {
-        h.bytes(&(agent.len() as u64).to_le_bytes());
-        h.bytes(agent.as_bytes());
-        h.bytes(&(seqs.len() as u64).to_le_bytes());
+        h.str(agent);
+        h.u64(seqs.len() as u64);
         for s in seqs {
-            h.bytes(&s.to_le_bytes());
+            h.u64(*s);
         }
     }
     format!("podflow-c1-{:032x}", h.0)
-}
-
-/// A stable 128-bit FNV-1a hash.
-struct Fnv128(u128);
-
-impl Fnv128 {
-    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013B;
-
-    fn new() -> Self {
-        Fnv128(Self::OFFSET)
-    }
-
-    fn bytes(&mut self, b: &[u8]) {
-        for &x in b {
-            self.0 ^= u128::from(x);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
-    }
 }
 
 impl<A> Ledger<A> {

@@ -1,37 +1,10 @@
 //! The insert deduplication token: a stable hash of everything a batch writes.
 
 use podflow_model::FlowRow;
+use podflow_model::hash::Fnv128;
 
 use super::row::v6;
 use crate::columns;
-
-/// A stable 128-bit FNV-1a hash (the dedup token must not change between builds).
-struct Fnv128(u128);
-
-impl Fnv128 {
-    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013B;
-
-    fn new() -> Self {
-        Fnv128(Self::OFFSET)
-    }
-
-    fn bytes(&mut self, b: &[u8]) {
-        for &x in b {
-            self.0 ^= u128::from(x);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
-    }
-
-    fn str(&mut self, s: &str) {
-        self.bytes(&(s.len() as u64).to_le_bytes());
-        self.bytes(s.as_bytes());
-    }
-
-    fn u64(&mut self, v: u64) {
-        self.bytes(&v.to_le_bytes());
-    }
-}
 
 /// The insert deduplication token of a batch: a hash of everything written, so the same
 /// batch sent again (a retry after a lost reply) is dropped by ClickHouse.

@@ -2,11 +2,14 @@
 //! acks are withheld while ClickHouse is down and released once it is back; the stored
 //! totals are exact; the query API and the Node Graph answer from ClickHouse.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::{metrics, value};
 use podflow_model::{Counters, Observation, Protocol, Tuple};
 use podflow_proto::{Ack, IngestClient, ObservationBatch, VERSION, observation_pb};
 use podflow_server::{EnrichSettings, InventorySource};
@@ -237,8 +240,18 @@ async fn server_writes_clickhouse_and_withholds_acks_while_it_is_down() {
     assert_eq!(got, vec![4, 5, 6]);
     srv.stop().await;
 
+    assert_eq!(
+        stored_totals(ch_cfg).await,
+        (6 * 50 * 1000, 6 * 50),
+        "every observation exactly once in ClickHouse"
+    );
+    drop(ch);
+}
+
+/// Bytes and connections opened over every row ClickHouse holds.
+async fn stored_totals(ch: ClickHouseConfig) -> (u64, u64) {
     let rows = tokio::task::spawn_blocking(move || {
-        let store = ClickHouseStore::open(ch_cfg).expect("open");
+        let store = ClickHouseStore::open(ch).expect("open");
         store
             .flows(&FlowQuery {
                 from: 0,
@@ -249,35 +262,9 @@ async fn server_writes_clickhouse_and_withholds_acks_while_it_is_down() {
     })
     .await
     .expect("query task");
-    let bytes: u64 = rows.iter().map(|r| r.totals.bytes()).sum();
-    let opened: u64 = rows.iter().map(|r| r.totals.opened).sum();
-    assert_eq!(
-        (bytes, opened),
-        (6 * 50 * 1000, 6 * 50),
-        "every observation exactly once in ClickHouse"
-    );
-    drop(ch);
-}
-
-/// `/metrics` of the server, and the value of `series` in it.
-async fn metric(http: SocketAddr, series: &str) -> Option<f64> {
-    let url = format!("http://{http}/metrics");
-    let body = tokio::task::spawn_blocking(move || {
-        let (host, path) = url.trim_start_matches("http://").split_once('/')?;
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(host).ok()?;
-        s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .ok()?;
-        let mut b = String::new();
-        s.read_to_string(&mut b).ok()?;
-        Some(b)
-    })
-    .await
-    .ok()??;
-    body.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    let bytes = rows.iter().map(|r| r.totals.bytes()).sum();
+    let opened = rows.iter().map(|r| r.totals.opened).sum();
+    (bytes, opened)
 }
 
 /// ClickHouse down for longer than the write backlog holds: once the rows waiting reach
@@ -301,15 +288,9 @@ async fn clickhouse_down_beyond_the_backlog_bound_pushes_back_and_loses_nothing(
         tokio::time::sleep(Duration::from_millis(1_100)).await;
     }
     tokio::time::sleep(Duration::from_millis(2_000)).await;
-    let applied = metric(
-        srv.http,
-        "podflow_server_batches_total{outcome=\"applied\"}",
-    )
-    .await
-    .expect("applied");
-    let pending = metric(srv.http, "podflow_store_rows_pending")
-        .await
-        .expect("pending");
+    let m = metrics(srv.http).await;
+    let applied = value(&m, "podflow_server_batches_total{outcome=\"applied\"}");
+    let pending = value(&m, "podflow_store_rows_pending");
     assert!(
         applied < 8.0,
         "the server stopped reading batches at the bound ({applied} of 8 applied, {pending} rows pending)"
@@ -331,22 +312,8 @@ async fn clickhouse_down_beyond_the_backlog_bound_pushes_back_and_loses_nothing(
     got.sort_unstable();
     assert_eq!(got, (2..=8).collect::<Vec<u64>>());
     srv.stop().await;
-    let rows = tokio::task::spawn_blocking(move || {
-        let store = ClickHouseStore::open(ch_cfg).expect("open");
-        store
-            .flows(&FlowQuery {
-                from: 0,
-                to: i64::MAX,
-                limit: 10_000,
-            })
-            .expect("query")
-    })
-    .await
-    .expect("query task");
-    let bytes: u64 = rows.iter().map(|r| r.totals.bytes()).sum();
-    let opened: u64 = rows.iter().map(|r| r.totals.opened).sum();
     assert_eq!(
-        (bytes, opened),
+        stored_totals(ch_cfg).await,
         (8 * 50 * 1000, 8 * 50),
         "every observation exactly once in ClickHouse"
     );

@@ -47,6 +47,12 @@ const QUEUE_BATCHES: usize = 64;
 /// Observations per batch.
 const BATCH: usize = 4096;
 
+/// The source's thread and the queue of its batches.
+pub type Spawned = (
+    std::thread::JoinHandle<Result<(), RoleError>>,
+    mpsc::Receiver<SourceBatch>,
+);
+
 /// The conntrack source on its own thread (blocking netlink I/O). It stays in the observed
 /// namespace for its whole life, so local addresses are read from there too. Returns once
 /// the source is open (or failed to open); the thread ends after its last dump when `stop`
@@ -56,13 +62,7 @@ pub async fn spawn(
     interval: Duration,
     registry: Arc<Registry>,
     stop: Arc<AtomicBool>,
-) -> Result<
-    (
-        std::thread::JoinHandle<Result<(), RoleError>>,
-        mpsc::Receiver<SourceBatch>,
-    ),
-    RoleError,
-> {
+) -> Result<Spawned, RoleError> {
     spawn_with(cfg, Continue::default(), interval, registry, stop).await
 }
 
@@ -73,13 +73,7 @@ pub async fn spawn_with(
     interval: Duration,
     registry: Arc<Registry>,
     stop: Arc<AtomicBool>,
-) -> Result<
-    (
-        std::thread::JoinHandle<Result<(), RoleError>>,
-        mpsc::Receiver<SourceBatch>,
-    ),
-    RoleError,
-> {
+) -> Result<Spawned, RoleError> {
     let (tx, rx) = mpsc::channel::<SourceBatch>(QUEUE_BATCHES);
     let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()

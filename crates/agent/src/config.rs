@@ -48,8 +48,12 @@ pub struct AgentConfig {
     pub max_spill: u64,
     /// Reconnect after this long, so agents spread over server replicas.
     pub max_connection_age: Duration,
+    /// The HTTP listener (metrics, health): token, TLS, limits.
+    pub http: podflow_role::HttpSettings,
     /// NetFlow/IPFIX listen addresses (none: no listener).
     pub netflow_listen: Vec<SocketAddr>,
+    /// The exporters whose datagrams are decoded (`--netflow-allow`; default: all).
+    pub netflow_allow: podflow_role::netflow::AllowList,
     /// Node-to-node probes (none: off).
     pub probes: Option<crate::probes::ProbeSettings>,
 }

@@ -176,7 +176,7 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
         on_demand: None,
     });
     let http_stop = CancellationToken::new();
-    let http = serve_http(cfg.listen, state, http_stop.clone()).await?;
+    let http = serve_http(cfg.listen, state, cfg.http.clone(), http_stop.clone()).await?;
     let channel = sender::endpoint(&cfg)?;
     let Some(_lock) = lock_data_dir(&cfg.data_dir, &shutdown).await? else {
         http_stop.cancel();
@@ -261,7 +261,13 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
     // Producer: numbered, encoded batches into the buffer (on disk before the next).
     // NetFlow/IPFIX records received here travel in their own batches, their observer
     // being the exporter (`"<ip>/<domain>"`) instead of this node.
-    let mut netflow = Intake::start(&cfg.netflow_listen, &registry, false, None)?;
+    let mut netflow = Intake::start(
+        &cfg.netflow_listen,
+        &cfg.netflow_allow,
+        &registry,
+        false,
+        None,
+    )?;
     let producer = {
         let shared = Arc::clone(&shared);
         let (agent_id, node) = (cfg.agent_id.clone(), cfg.node.clone());

@@ -940,7 +940,6 @@ fn agent_auth(a: &ServerArgs) -> anyhow::Result<podflow_server::AgentAuth> {
 }
 
 fn agent(a: AgentArgs) -> anyhow::Result<()> {
-    podflow_role::netflow::set_allow_list(a.netflow_allow.clone().unwrap_or_default());
     let node = a.node_name.unwrap_or_else(hostname);
     let tls = (a.tls_ca.is_some() || a.tls_cert.is_some()).then(|| podflow_agent::ClientTls {
         ca: a.tls_ca.clone(),
@@ -968,14 +967,14 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
         max_spill: a.buffer_spill,
         max_connection_age: a.max_connection_age,
         probes: a.probes.settings()?,
+        http: podflow_role::HttpSettings::default(),
         netflow_listen: a.netflow_listen,
+        netflow_allow: a.netflow_allow.unwrap_or_default(),
     };
     block_on(|token| async move { podflow_agent::agent(cfg, token).await })
 }
 
 fn server(a: ServerArgs) -> anyhow::Result<()> {
-    podflow_role::set_http_settings(a.http.settings());
-    podflow_role::netflow::set_allow_list(a.netflow_allow.clone().unwrap_or_default());
     let tls = a
         .tls_cert
         .clone()
@@ -1001,7 +1000,9 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         insecure_plaintext: a.insecure_plaintext,
         agent_rate_limit_mib: a.agent_rate_limit,
         max_pending_rows: a.max_pending_rows,
+        http: a.http.settings(),
         netflow_listen: a.netflow_listen,
+        netflow_allow: a.netflow_allow.unwrap_or_default(),
         netflow_exporter_labels: a.netflow_exporter_labels,
         clickhouse: a.clickhouse_url.map(|url| podflow_store::ClickHouseConfig {
             url,
@@ -1146,13 +1147,11 @@ async fn shutdown_signal(token: CancellationToken) {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    podflow_role::netflow::set_allow_list(args.netflow_allow.clone().unwrap_or_default());
     let _tracking = if args.ensure_tracking {
         Some(tracking::Tracking::ensure(args.netns.as_deref()).context("--ensure-tracking")?)
     } else {
         None
     };
-    podflow_role::set_http_settings(args.http.settings());
     let cfg = RunConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -1170,7 +1169,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         max_keys: args.max_keys,
         enrich: args.attribution.settings()?,
         metrics: args.metrics.config()?,
+        http: args.http.settings(),
         netflow_listen: args.netflow_listen,
+        netflow_allow: args.netflow_allow.unwrap_or_default(),
         netflow_exporter_labels: args.netflow_exporter_labels,
     };
     block_on(|token| async move { run::run(cfg, token).await })

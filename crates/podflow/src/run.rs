@@ -11,8 +11,9 @@ use std::time::Duration;
 use podflow_api::{AppState, StoreReader};
 use podflow_conntrack::{SourceConfig, SourceOptions};
 use podflow_pipeline::workload_metrics::WorkloadMetricsConfig;
+use podflow_role::netflow::AllowList;
 use podflow_role::netflow::Intake;
-use podflow_role::{Registry, RoleError, open_store, serve_http};
+use podflow_role::{HttpSettings, Registry, RoleError, open_store, serve_http};
 use podflow_server::{Driver, DriverConfig, EnrichSettings, MAX_PENDING_ROWS};
 use tokio_util::sync::CancellationToken;
 
@@ -39,8 +40,12 @@ pub struct RunConfig {
     pub enrich: EnrichSettings,
     /// Workload-level metrics bounds.
     pub metrics: WorkloadMetricsConfig,
+    /// The HTTP listener: token, TLS, query limits.
+    pub http: HttpSettings,
     /// NetFlow/IPFIX listen addresses (none: no listener).
     pub netflow_listen: Vec<SocketAddr>,
+    /// The exporters whose datagrams are decoded (`--netflow-allow`; default: all).
+    pub netflow_allow: AllowList,
     /// Per-exporter NetFlow series (the exporter address becomes a label).
     pub netflow_exporter_labels: bool,
 }
@@ -85,7 +90,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), Role
         )),
         on_demand: None,
     });
-    let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
+    let http = serve_http(cfg.listen, state, cfg.http.clone(), shutdown.clone()).await?;
     tracing::info!(listen = %cfg.listen, store = %store_path.display(), "podflow run: serving /metrics, /api/v1/flows, /live, /ready");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -119,6 +124,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), Role
 
     let mut netflow = Intake::start(
         &cfg.netflow_listen,
+        &cfg.netflow_allow,
         &registry,
         cfg.netflow_exporter_labels,
         Some(driver.prefold()),

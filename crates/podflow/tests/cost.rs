@@ -116,7 +116,7 @@ async fn podflow_cost_prints_the_showback() {
         token_file: Some(token.clone()),
         ..Default::default()
     };
-    let http = podflow_role::serve_http_with(listen, state, settings, stop.clone())
+    let http = podflow_role::serve_http(listen, state, settings, stop.clone())
         .await
         .expect("serve");
     let server = format!("http://{listen}");

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -58,20 +58,6 @@ impl Default for HttpSettings {
     }
 }
 
-/// The settings [`crate::serve_http`] uses: set once by the binary before a role starts
-/// (the roles' own configs do not carry them yet).
-static PROCESS: OnceLock<HttpSettings> = OnceLock::new();
-
-/// Sets the HTTP settings of this process's roles; `false` if they were set already.
-pub fn set_http_settings(s: HttpSettings) -> bool {
-    PROCESS.set(s).is_ok()
-}
-
-/// The settings set by [`set_http_settings`], else the defaults.
-pub fn http_settings() -> HttpSettings {
-    PROCESS.get().cloned().unwrap_or_default()
-}
-
 /// The listener's TLS, reloading its files when they change (HTTP/1.1).
 pub fn reloading_tls(tls: &HttpTls) -> Result<ReloadingTls, RoleError> {
     ReloadingTls::new(
@@ -86,7 +72,7 @@ pub fn reloading_tls(tls: &HttpTls) -> Result<ReloadingTls, RoleError> {
 }
 
 /// Serves the HTTP endpoints of `state` on `listen` under `settings` until `shutdown`.
-pub async fn serve_http_with(
+pub async fn serve_http(
     listen: SocketAddr,
     state: Arc<AppState>,
     settings: HttpSettings,

@@ -11,6 +11,6 @@ pub mod tls;
 
 pub use error::{RoleError, read_file};
 pub use health::Health;
-pub use http::{HttpSettings, HttpTls, serve_http_with, set_http_settings};
-pub use serve::{data_dir, open_store, serve_http};
+pub use http::{HttpSettings, HttpTls, serve_http};
+pub use serve::{data_dir, open_store};
 pub use telemetry::{AgentStats, METRICS, Outcome, Refusal, Registry};

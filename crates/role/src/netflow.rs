@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use podflow_model::Observation;
 pub use podflow_netflow::AllowList;
@@ -20,21 +20,12 @@ use crate::telemetry::Registry;
 /// and the sockets' buffers fill (the kernel's drops are counted).
 const QUEUE: usize = 64;
 
-/// The exporter allow-list of this process (`--netflow-allow`), set once by the binary
-/// before a role starts; unset allows every address. A process setting rather than a
-/// field of each role's config so every role that receives NetFlow gets it the same way.
-static ALLOW: OnceLock<AllowList> = OnceLock::new();
-
-/// Sets the exporter allow-list for every NetFlow intake of this process; the first
-/// call wins (returns false if one was already set).
-pub fn set_allow_list(allow: AllowList) -> bool {
-    ALLOW.set(allow).is_ok()
-}
-
-/// Starts listening on `addrs` (none: nothing to start). With `prefold`, the receive
-/// threads sum records per flow there and queue only what it does not take.
+/// Starts listening on `addrs` (none: nothing to start), decoding only datagrams from
+/// the exporters `allow` admits. With `prefold`, the receive threads sum records per
+/// flow there and queue only what it does not take.
 pub fn start(
     addrs: &[SocketAddr],
+    allow: &AllowList,
     registry: &Arc<Registry>,
     per_exporter: bool,
     prefold: Option<Arc<Mutex<Prefold>>>,
@@ -44,7 +35,7 @@ pub fn start(
         return Ok(None);
     }
     let (tx, rx) = mpsc::channel::<Batch>(QUEUE);
-    let allow = ALLOW.get().cloned().unwrap_or_default();
+    let allow = allow.clone();
     if allow.allows_any() {
         tracing::warn!(
             listen = ?addrs,
@@ -116,16 +107,23 @@ pub struct Intake {
 
 impl Intake {
     /// Starts listening on `addrs`; with none, an intake that never yields. See
-    /// [`start`] for `prefold`.
+    /// [`start`] for `allow` and `prefold`.
     pub fn start(
         addrs: &[SocketAddr],
+        allow: &AllowList,
         registry: &Arc<Registry>,
         per_exporter: bool,
         prefold: Option<Arc<Mutex<Prefold>>>,
     ) -> Result<Intake, RoleError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (listener, rx) = match start(addrs, registry, per_exporter, prefold, Arc::clone(&stop))?
-        {
+        let (listener, rx) = match start(
+            addrs,
+            allow,
+            registry,
+            per_exporter,
+            prefold,
+            Arc::clone(&stop),
+        )? {
             Some((l, rx)) => (Some(l), Some(rx)),
             None => (None, None),
         };

@@ -52,7 +52,7 @@ impl ReloadStats {
     }
 }
 
-/// The HTTP listener's reloads (process-wide, like the HTTP settings).
+/// The HTTP listeners' reloads (counted for the whole process: one series per listener kind).
 pub static HTTP_RELOADS: ReloadStats = ReloadStats::new();
 /// The server's gRPC listener's reloads.
 pub static GRPC_RELOADS: ReloadStats = ReloadStats::new();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use podflow_api::{AppState, QueryLimits, StoreReader};
 use podflow_model::{Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, Protocol};
-use podflow_role::{HttpSettings, HttpTls, serve_http_with};
+use podflow_role::{HttpSettings, HttpTls, serve_http};
 use podflow_store::{FlowStore, ReadPool, SqliteStore};
 use tokio_util::sync::CancellationToken;
 
@@ -132,7 +132,7 @@ async fn serve(path: Option<PathBuf>, settings: HttpSettings) -> (SocketAddr, Ar
         .parse()
         .expect("addr");
     let shutdown = CancellationToken::new();
-    serve_http_with(addr, Arc::clone(&state), settings, shutdown)
+    serve_http(addr, Arc::clone(&state), settings, shutdown)
         .await
         .expect("serve");
     (addr, state)
@@ -325,7 +325,7 @@ async fn the_token_guards_the_data_and_rotates_without_a_restart() {
     let addr: SocketAddr = format!("127.0.0.1:{}", podflow_testkit::free_port())
         .parse()
         .expect("addr");
-    let e = serve_http_with(addr, state, s, CancellationToken::new())
+    let e = serve_http(addr, state, s, CancellationToken::new())
         .await
         .expect_err("an empty token file");
     assert!(e.to_string().contains("--http-token-file"), "{e}");
@@ -942,7 +942,7 @@ async fn clickhouse_queries_and_their_retries_end_at_the_time_limit() {
         .parse()
         .expect("addr");
     let limit = Duration::from_secs(2);
-    serve_http_with(addr, state, settings(limit), CancellationToken::new())
+    serve_http(addr, state, settings(limit), CancellationToken::new())
         .await
         .expect("serve");
     let (a, _) = timed(addr, "/api/v1/query?from=0&to=10&group_by=observer").await;

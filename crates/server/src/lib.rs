@@ -18,9 +18,10 @@ use std::time::Duration;
 use podflow_api::{AppState, StoreReader};
 use podflow_pipeline::workload_metrics::WorkloadMetricsConfig;
 use podflow_proto::IngestServer;
+use podflow_role::netflow::AllowList;
 use podflow_role::netflow::Intake;
 use podflow_role::tls::{ReloadingTls, TlsFiles};
-use podflow_role::{Registry, RoleError, open_store, serve_http};
+use podflow_role::{HttpSettings, Registry, RoleError, open_store, serve_http};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -125,8 +126,12 @@ pub struct ServerConfig {
     pub agent_rate_limit_mib: u64,
     /// Rows waiting for the store beyond which no batch is read ([`MAX_PENDING_ROWS`]).
     pub max_pending_rows: usize,
+    /// The HTTP listener: token, TLS, query limits.
+    pub http: HttpSettings,
     /// NetFlow/IPFIX listen addresses (none: no listener).
     pub netflow_listen: Vec<SocketAddr>,
+    /// The exporters whose datagrams are decoded (`--netflow-allow`; default: all).
+    pub netflow_allow: AllowList,
     /// Per-exporter NetFlow series (the exporter address becomes a label).
     pub netflow_exporter_labels: bool,
     /// Write to ClickHouse instead of the embedded store.
@@ -313,7 +318,7 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
     registry.health.require("a writable store", move || {
         r.pipeline.store_errors_in_a_row.load(Relaxed) == 0
     });
-    let http = serve_http(cfg.listen, state, shutdown.clone()).await?;
+    let http = serve_http(cfg.listen, state, cfg.http.clone(), shutdown.clone()).await?;
     let mut driver = Driver::new(
         DriverConfig {
             settings: cfg.enrich.clone(),
@@ -424,6 +429,7 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
 
     let mut netflow = Intake::start(
         &cfg.netflow_listen,
+        &cfg.netflow_allow,
         &registry,
         cfg.netflow_exporter_labels,
         Some(driver.prefold()),

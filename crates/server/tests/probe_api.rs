@@ -43,18 +43,14 @@ fn post(addr: SocketAddr, body: &str, token: Option<&str>, ctype: &str) -> (u16,
     (status, head.to_ascii_lowercase(), body.to_string())
 }
 
-/// The HTTP API of every server in this process wants [`TOKEN`] (a process-wide setting).
-fn token_required() {
-    static FILE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    FILE.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tmp");
-        std::fs::write(dir.path().join("token"), TOKEN).expect("token");
-        podflow_role::set_http_settings(podflow_role::HttpSettings {
-            token_file: Some(dir.path().join("token")),
-            ..Default::default()
-        });
-        dir
-    });
+/// HTTP settings under which the API wants [`TOKEN`]; the file lives as long as `dir`.
+fn token_required(dir: &std::path::Path) -> podflow_role::HttpSettings {
+    let file = dir.join("token");
+    std::fs::write(&file, TOKEN).expect("token");
+    podflow_role::HttpSettings {
+        token_file: Some(file),
+        ..Default::default()
+    }
 }
 
 fn inventory(path: &std::path::Path, nodes: &[(&str, &str, &str)]) {
@@ -78,7 +74,6 @@ fn probe(addr: SocketAddr, target: &str, kind: &str) -> (u16, String, Value) {
 async fn post_probe_needs_the_token_probes_only_known_nodes_and_is_rate_limited() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
-    token_required();
     // A real responder on 127.0.0.1; on 127.0.0.3 a socket on the same UDP port that
     // reads and never answers (every packet lost, no ICMP error either).
     let stop = CancellationToken::new();
@@ -107,6 +102,7 @@ async fn post_probe_needs_the_token_probes_only_known_nodes_and_is_rate_limited(
     );
     let mut cfg = config(d, free(), AgentAuth::None, None);
     cfg.enrich.inventory = InventorySource::File(inv);
+    cfg.http = token_required(d);
     cfg.on_demand = OnDemandConfig {
         ports,
         rate_per_s: 0.01,
@@ -281,7 +277,6 @@ fn observation(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probes_own_flows_between_agents_nodes_are_marked_podflow_probe() {
     use podflow_model::Protocol;
-    token_required();
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     let inv = d.join("inventory.yaml");
@@ -295,6 +290,7 @@ async fn the_probes_own_flows_between_agents_nodes_are_marked_podflow_probe() {
     let grpc = free();
     let mut cfg = config(d, grpc, AgentAuth::None, None);
     cfg.enrich.inventory = InventorySource::File(inv);
+    cfg.http = token_required(d);
     let http = cfg.listen;
     let stop = CancellationToken::new();
     let server = tokio::spawn(serve(cfg, stop.clone()));

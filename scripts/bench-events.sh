@@ -7,7 +7,9 @@
 # socket buffer:
 #   - podflow: `ctload events` (the crate's `Source` with events only, as the agent runs it,
 #     minus the agent's pipeline), CPU of the process over the storm;
-#   - `conntrack -E -b BUF > /dev/null`, CPU from /proc, ENOBUFS warnings from its stderr.
+#   - `conntrack -E -b BUF > /dev/null`, CPU from /proc, ENOBUFS warnings from its stderr;
+#   - the floor: `ctload events-floor`, a bare reader (recvmmsg and discard) of the same
+#     groups, what the kernel's delivery costs any listener.
 # Events lost: podflow counts exactly (generated − received, and overflows); conntrack -E
 # only says it hit ENOBUFS (each warning is at least one lost event).
 # Then the same with reliable delivery on (NETLINK_BROADCAST_ERROR + NETLINK_NO_ENOBUFS).
@@ -51,11 +53,11 @@ storm() { # storm RATE: runs the generator, prints its key=value line
     fi
 }
 
-run_podflow() { # run_podflow RATE [ARGS]: prints "cpu_per_event lost overflows storm-line"
-    local rate=$1
-    shift
+run_reader() { # run_reader SUBCOMMAND RATE [ARGS]: prints "cpu_per_event lost overflows storm-line"
+    local cmd=$1 rate=$2
+    shift 2
     # shellcheck disable=SC2086
-    "$CTLOAD" events --netns "$nsp" --seconds $((seconds + 3)) --buffer "$buffer" $extra "$@" \
+    "$CTLOAD" "$cmd" --netns "$nsp" --seconds $((seconds + 3)) --buffer "$buffer" $extra "$@" \
         >"$tmp/pf.out" 2>&1 &
     local pid=$!
     ct_track "$pid"
@@ -95,29 +97,34 @@ run_conntrack() { # run_conntrack RATE: prints "cpu_per_event enobufs_warnings s
 IFS=, read -ra list <<<"$rates"
 last_ratio=""
 for rate in "${list[@]}"; do
-    pf=() ct=() pf_lost=() ct_warn=()
+    pf=() ct=() fl=() pf_lost=() ct_warn=()
     for r in $(seq 1 "$rounds"); do
-        read -r cpe lost ovf sline <<<"$(run_podflow "$rate")"
+        read -r cpe lost ovf sline <<<"$(run_reader events "$rate")"
         echo "rate=$rate round=$r tool=podflow cpu_per_event_s=$cpe lost=$lost overflows=$ovf $sline"
         pf+=("$cpe") pf_lost+=("$lost")
+        read -r cpe lost ovf sline <<<"$(run_reader events-floor "$rate")"
+        echo "rate=$rate round=$r tool=floor cpu_per_event_s=$cpe lost=$lost overflows=$ovf $sline"
+        fl+=("$cpe")
         read -r cpe warn sline <<<"$(run_conntrack "$rate")"
         echo "rate=$rate round=$r tool=conntrack-E cpu_per_event_s=$cpe enobufs_warnings=$warn $sline"
         ct+=("$cpe") ct_warn+=("$warn")
     done
     mp=$(ct_median "${pf[@]}")
     mc=$(ct_median "${ct[@]}")
+    mf=$(ct_median "${fl[@]}")
     last_ratio=$(awk -v a="$mp" -v b="$mc" 'BEGIN { printf "%.3f", a / b }')
-    echo "rate=$rate podflow_cpu_per_event_s=$mp conntrack_e_cpu_per_event_s=$mc ratio=$last_ratio podflow_lost=$(IFS=/; echo "${pf_lost[*]}") conntrack_e_enobufs=$(IFS=/; echo "${ct_warn[*]}")"
+    floor_ratio=$(awk -v a="$mf" -v b="$mc" 'BEGIN { printf "%.3f", a / b }')
+    echo "rate=$rate podflow_cpu_per_event_s=$mp conntrack_e_cpu_per_event_s=$mc floor_cpu_per_event_s=$mf ratio=$last_ratio floor_over_conntrack_e=$floor_ratio podflow_lost=$(IFS=/; echo "${pf_lost[*]}") conntrack_e_enobufs=$(IFS=/; echo "${ct_warn[*]}")"
 done
 # Reliable delivery at the highest rate: DESTROYs must all arrive.
 rate=${list[-1]}
 for r in $(seq 1 "$rounds"); do
-    read -r cpe lost ovf sline <<<"$(run_podflow "$rate" --reliable)"
+    read -r cpe lost ovf sline <<<"$(run_reader events "$rate" --reliable)"
     echo "rate=$rate round=$r tool=podflow-reliable cpu_per_event_s=$cpe lost=$lost overflows=$ovf $sline"
 done
 # Without NEW events (DESTROY only): half the events.
 for r in $(seq 1 "$rounds"); do
-    read -r cpe lost ovf sline <<<"$(run_podflow "$rate" --no-new)"
+    read -r cpe lost ovf sline <<<"$(run_reader events "$rate" --no-new)"
     echo "rate=$rate round=$r tool=podflow-no-new cpu_per_event_s=$cpe destroys_short_of_entries=$((lost - $(ct_kv storm_entries "$sline"))) overflows=$ovf $sline"
 done
 echo "event_cpu_over_conntrack_e=$last_ratio"

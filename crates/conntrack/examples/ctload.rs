@@ -11,6 +11,9 @@
 //! ctload events --netns P --seconds S [--buffer B]   podflow's conntrack Source, events only (the
 //!               [--reliable] [--no-new]              measured process of bench-events.sh): prints
 //!                                                    events, overflows and CPU
+//! ctload events-floor --netns P --seconds S          a bare event reader: the NEW and DESTROY
+//!               [--buffer B]                         groups received by recvmmsg and discarded
+//!                                                    (the floor for any reader); same output
 //! ```
 //!
 //! Output lines are `key=value` pairs for the scripts.
@@ -195,6 +198,34 @@ fn main() {
                 src.reliable_events(),
             );
         }
+        "events-floor" => events_floor(&args),
         other => die("subcommand", format!("unknown: {other}")),
     }
+}
+
+/// `events-floor`: receive the NEW and DESTROY groups and discard them, counting datagrams
+/// (one event each) and overflows; what the kernel's delivery costs any listener.
+fn events_floor(args: &[String]) {
+    use podflow_conntrack::CtSocket;
+    use podflow_conntrack::socket_recv::{BATCH_SLOTS, Batch, SLOT_BYTES};
+    let secs: f64 = num(args, "--seconds", 10.0);
+    let buffer: usize = num(args, "--buffer", 16 << 20);
+    // Groups 1 (NEW) and 3 (DESTROY), as `conntrack -E -e NEW,DESTROY` and the agent.
+    let sock = CtSocket::open(0b101, buffer, "events-floor").unwrap_or_else(|e| die("open", e));
+    let mut buf = vec![0u8; BATCH_SLOTS * SLOT_BYTES];
+    let mut lens = [0usize; BATCH_SLOTS];
+    let (mut events, mut overflows) = (0u64, 0u64);
+    println!("ready=1");
+    let cpu0 = process_cpu_s();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < deadline {
+        match sock.recv_batch(&mut buf, &mut lens, Some(Duration::from_millis(20)), "events") {
+            Ok(Batch::Data(n)) => events += n as u64,
+            Ok(Batch::Overflow) => overflows += 1,
+            Ok(Batch::Timeout) => {}
+            Err(e) => die("recv", e),
+        }
+    }
+    let cpu = process_cpu_s() - cpu0;
+    println!("events={events} overflows={overflows} cpu_s={cpu:.3}");
 }

@@ -28,7 +28,7 @@ pub use error::Error;
 pub use socket::{CtSocket, enter_netns};
 /// What a raw receive returns (for tools that drive a [`CtSocket`] themselves).
 pub mod socket_recv {
-    pub use crate::socket::Recv;
+    pub use crate::socket::{BATCH_SLOTS, Batch, Recv, SLOT_BYTES};
 }
 pub use encode::DumpFilter;
 pub use source::{DumpSummary, Source, SourceConfig, SourceOptions, SourceStats, budget_interval};

@@ -54,7 +54,19 @@ fn start_agent(
     http: u16,
     extra: &[String],
 ) -> ChildGuard {
+    start_agent_env(ns, data, (grpc, http), extra, &[])
+}
+
+/// [`start_agent`] with `env` set (libfaketime).
+fn start_agent_env(
+    ns: &podflow_testkit::Netns,
+    data: &Path,
+    (grpc, http): (u16, u16),
+    extra: &[String],
+    env: &[(&str, &str)],
+) -> ChildGuard {
     let child = Command::new(env!("CARGO_BIN_EXE_podflow"))
+        .envs(env.iter().copied())
         .args([
             "agent",
             "--interval",
@@ -325,12 +337,54 @@ fn a_full_filesystem_holds_the_rows_and_loses_nothing() {
     drop(fs);
 }
 
+/// Sends one IPFIX message to 127.0.0.1:`port`: a template and one TCP record (10
+/// packets, to port 443, the last second) per (source, destination, bytes).
+fn send_ipfix(port: u16, flows: &[([u8; 4], [u8; 4], u64)]) {
+    use podflow_netflow::encode::{IPFIX_IPV4_18, Message, Value};
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let ip = |a: [u8; 4]| Value::Ip(std::net::IpAddr::from(a));
+    let records: Vec<Vec<Value>> = flows
+        .iter()
+        .map(|&(src, dst, bytes)| {
+            vec![
+                ip(src),
+                ip(dst),
+                ip([0, 0, 0, 0]),
+                Value::U(1),
+                Value::U(2),
+                Value::U(10),
+                Value::U(bytes),
+                Value::U(now_ms - 1000),
+                Value::U(now_ms),
+                Value::U(40_000),
+                Value::U(443),
+                Value::U(0x10),
+                Value::U(6),
+                Value::U(0),
+                Value::U(0),
+                Value::U(0),
+                Value::U(24),
+                Value::U(24),
+            ]
+        })
+        .collect();
+    let mut m = Message::ipfix((now_ms / 1000) as u32, 0, 7);
+    m.template(256, &IPFIX_IPV4_18);
+    m.data(256, &IPFIX_IPV4_18, &records);
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("udp")
+        .send_to(&m.build(), ("127.0.0.1", port))
+        .expect("send");
+}
+
 /// A NetFlow record whose counter no interface could carry (2^50 bytes, IPFIX's 64-bit
 /// octetDeltaCount) sent to `podflow server`'s listener: rejected and counted, the
 /// records beside it stored, and the query API's sums stay exact.
 #[test]
 fn a_netflow_record_with_a_huge_counter_is_rejected_and_the_api_keeps_answering() {
-    use podflow_netflow::encode::{IPFIX_IPV4_18, Message, Value};
     let sdata = tempfile::tempdir().expect("tmp");
     let (http, grpc, nf) = (free_port(), free_port(), free_port());
     let server = start_server_env(
@@ -339,44 +393,14 @@ fn a_netflow_record_with_a_huge_counter_is_rejected_and_the_api_keeps_answering(
         grpc,
         &[("PODFLOW_NETFLOW_LISTEN", &format!("127.0.0.1:{nf}"))],
     );
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
-    let record = |dst: u8, bytes: u64| {
-        let ip = |a: [u8; 4]| Value::Ip(std::net::IpAddr::from(a));
-        vec![
-            ip([10, 9, 0, 1]),
-            ip([10, 9, 0, dst]),
-            ip([0, 0, 0, 0]),
-            Value::U(1),
-            Value::U(2),
-            Value::U(10),
-            Value::U(bytes),
-            Value::U(now_ms - 1000),
-            Value::U(now_ms),
-            Value::U(40_000),
-            Value::U(443),
-            Value::U(0x10),
-            Value::U(6),
-            Value::U(0),
-            Value::U(0),
-            Value::U(0),
-            Value::U(24),
-            Value::U(24),
-        ]
-    };
-    let mut m = Message::ipfix((now_ms / 1000) as u32, 0, 7);
-    m.template(256, &IPFIX_IPV4_18);
-    m.data(
-        256,
-        &IPFIX_IPV4_18,
-        &[record(2, 5_000), record(3, 1 << 50), record(4, 7_000)],
+    send_ipfix(
+        nf,
+        &[
+            ([10, 9, 0, 1], [10, 9, 0, 2], 5_000),
+            ([10, 9, 0, 1], [10, 9, 0, 3], 1 << 50),
+            ([10, 9, 0, 1], [10, 9, 0, 4], 7_000),
+        ],
     );
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .expect("udp")
-        .send_to(&m.build(), ("127.0.0.1", nf))
-        .expect("send");
     // The query API's total: the two sane records once they are stored.
     let total = || -> Option<u64> {
         let (status, body) = get(http, "/api/v1/query?group_by=observer")?;
@@ -766,4 +790,215 @@ fn an_agent_forwards_netflow_records_to_the_server() {
             })
         },
     );
+}
+
+/// `/api/v1/query` rows over all time (raw view) grouped by `group_by`, each as its key
+/// values and `[bytes src→dst, packets src→dst, bytes dst→src, packets dst→src, opened,
+/// closed]`.
+fn query_all(http: u16, group_by: &str, to: i64) -> Vec<(Vec<String>, [u64; 6])> {
+    let Some((200, body)) = get(
+        http,
+        &format!("/api/v1/query?group_by={group_by}&view=raw&from=0&to={to}&limit=1000"),
+    ) else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let key = group_by
+                .split(',')
+                .map(|d| match &r["key"][d] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            let n = |f: &str| r[f].as_u64().unwrap_or(0);
+            (
+                key,
+                [
+                    n("bytes_src_to_dst"),
+                    n("packets_src_to_dst"),
+                    n("bytes_dst_to_src"),
+                    n("packets_dst_to_src"),
+                    n("connections"),
+                    n("connections_closed"),
+                ],
+            )
+        })
+        .collect()
+}
+
+const FOREVER: i64 = 4_000_000_000;
+
+/// Bytes both ways per (source workload, destination workload), from the query API.
+fn by_workload(http: u16) -> std::collections::BTreeMap<(String, String), u64> {
+    query_all(http, "src_workload,dst_workload", FOREVER)
+        .into_iter()
+        .map(|(k, t)| ((k[0].clone(), k[1].clone()), t[0] + t[2]))
+        .collect()
+}
+
+/// `podflow server` attributing NetFlow records with the Kubernetes API as its inventory
+/// (a fake API server in this test speaking list + watch in Kubernetes' JSON), while the
+/// API fails: it does not answer at start (the server is live at once, not ready, and
+/// says it waits for the inventory); then it comes up (ready; flows land on the right
+/// workloads); then the watch history is lost twice while pods change, answered 410 Gone
+/// once as a watch ERROR event and once as HTTP 410 on the re-watch (the server lists
+/// again and attribution follows the pods that took the addresses meanwhile); then the
+/// watch connections are cut mid-stream and a pod changes (the server watches again from
+/// where it was, without a relist, and attribution follows). Exact bytes per workload.
+#[test]
+fn the_kubernetes_api_down_at_start_gone_and_cut_attribution_follows_the_pods() {
+    use podflow_testkit::kubeapi::{FakeKube, Gone, node, pod, replicaset};
+    const PODS: &str = "/api/v1/pods";
+    // Creation times: a pod that takes an address over is newer than the one before.
+    const JAN: &str = "2025-01-10T08:00:00Z";
+    const JUNE: &str = "2025-06-01T00:00:00Z";
+    const SEPT: &str = "2025-09-01T00:00:00Z";
+    let sdata = tempfile::tempdir().expect("tmp");
+    let kdir = tempfile::tempdir().expect("tmp");
+    let (http, grpc, nf, api) = (free_port(), free_port(), free_port(), free_port());
+    let kubeconfig = kdir.path().join("kubeconfig");
+    FakeKube::write_kubeconfig(api, &kubeconfig).expect("kubeconfig");
+    let server = start_server_env(
+        sdata.path(),
+        http,
+        grpc,
+        &[
+            ("PODFLOW_NETFLOW_LISTEN", &format!("127.0.0.1:{nf}")),
+            (
+                "PODFLOW_KUBECONFIG",
+                kubeconfig.to_str().expect("utf-8 path"),
+            ),
+        ],
+    );
+    // 1. Nothing listens on the API's port.
+    assert_eq!(
+        get(http, "/live").map(|(s, _)| s),
+        Some(200),
+        "live at once"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, body) = get(http, "/ready").expect("/ready answers");
+    assert_eq!(status, 503, "not ready without an inventory");
+    assert!(
+        body.contains("the inventory"),
+        "/ready says what it waits for: {body:?}"
+    );
+    assert_eq!(get(http, "/live").map(|(s, _)| s), Some(200));
+
+    // 2. The API comes up.
+    // Pods of namespace shop on node-a, owned by (kind, name).
+    let shop = |name: &str, ip: &str, owner: (&str, &str), created: &str| {
+        pod("shop", name, "node-a", ip, Some(owner), created)
+    };
+    let web =
+        |name: &str, ip: &str, created: &str| shop(name, ip, ("ReplicaSet", "web-5d4"), created);
+    let fake = FakeKube::start(
+        api,
+        vec![
+            node("node-a", "10.0.0.10", "us-east-1a"),
+            replicaset("shop", "web-5d4", "web"),
+            replicaset("shop", "api-7f9", "api"),
+            web("web-5d4-x", "10.9.0.1", JAN),
+            shop("db-0", "10.9.0.2", ("StatefulSet", "db"), JAN),
+        ],
+    )
+    .expect("fake API server");
+    wait_until(
+        "ready once the API answers",
+        Duration::from_secs(40),
+        || get(http, "/ready").is_some_and(|(s, _)| s == 200),
+    );
+    let flow = |bytes| send_ipfix(nf, &[([10, 9, 0, 1], [10, 9, 0, 2], bytes)]);
+    let expect = |want: &[(&str, &str, u64)], what: &str| {
+        let want: std::collections::BTreeMap<(String, String), u64> = want
+            .iter()
+            .map(|(s, d, b)| ((s.to_string(), d.to_string()), *b))
+            .collect();
+        let t0 = std::time::Instant::now();
+        loop {
+            let got = by_workload(http);
+            if got == want {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{what}: stored {got:?}, expected {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    flow(1_000);
+    expect(&[("web", "db", 1_000)], "the first flow");
+
+    // The watch history is lost (answered 410 `how`) while pod `gone` goes and `new` takes
+    // its address; waits until the pods were listed again and watched after that list
+    // (on an HTTP 410 the refused re-watch comes first), then for the index, rebuilt
+    // within a second of a change.
+    let replaced_unseen = |how: Gone, gone: &str, new: serde_json::Value| {
+        let (lists, watches) = (fake.lists(PODS), fake.watches(PODS).len());
+        fake.expire(how, |c| {
+            c.delete("Pod", "shop", gone);
+            c.apply(new);
+        });
+        let refused = usize::from(how == Gone::Http);
+        wait_until(
+            &format!("a relist after the 410 ({how:?})"),
+            Duration::from_secs(30),
+            || fake.lists(PODS) > lists && fake.watches(PODS).len() > watches + refused,
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+
+    // 3. 410 Gone as a watch ERROR event; meanwhile web-5d4-x went and api's pod took
+    // its address.
+    let api_pod = shop("api-7f9-y", "10.9.0.1", ("ReplicaSet", "api-7f9"), JUNE);
+    replaced_unseen(Gone::Event, "web-5d4-x", api_pod);
+    flow(2_000);
+    expect(
+        &[("web", "db", 1_000), ("api", "db", 2_000)],
+        "after the relist on a 410 event",
+    );
+
+    // 4. 410 Gone as the HTTP answer to the re-watch; meanwhile db-0 went and cache-0
+    // took its address.
+    let cache_pod = shop("cache-0", "10.9.0.2", ("StatefulSet", "cache"), JUNE);
+    replaced_unseen(Gone::Http, "db-0", cache_pod);
+    flow(3_000);
+    expect(
+        &[
+            ("web", "db", 1_000),
+            ("api", "db", 2_000),
+            ("api", "cache", 3_000),
+        ],
+        "after the relist on an HTTP 410",
+    );
+
+    // 5. The watches are cut mid-stream; then api's pod goes and a new web pod takes the
+    // address: the re-watch resumes from its resourceVersion and sees it, no relist.
+    let (lists, watches) = (fake.lists(PODS), fake.watches(PODS).len());
+    fake.drop_watches();
+    fake.delete("Pod", "shop", "api-7f9-y");
+    fake.apply(web("web-5d4-z", "10.9.0.1", SEPT));
+    wait_until("a re-watch of the pods", Duration::from_secs(30), || {
+        fake.watches(PODS).len() > watches
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(fake.lists(PODS), lists, "resumed without a relist");
+    flow(4_000);
+    expect(
+        &[
+            ("web", "db", 1_000),
+            ("api", "db", 2_000),
+            ("api", "cache", 3_000),
+            ("web", "cache", 4_000),
+        ],
+        "after the cut watch",
+    );
+    assert_eq!(get(http, "/ready").map(|(s, _)| s), Some(200));
+    drop(server);
 }

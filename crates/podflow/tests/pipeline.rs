@@ -841,6 +841,14 @@ fn by_workload(http: u16) -> std::collections::BTreeMap<(String, String), u64> {
         .collect()
 }
 
+/// Totals per responder port, from the query API (see [`query_all`]).
+fn by_port(http: u16, to: i64) -> std::collections::HashMap<u16, [u64; 6]> {
+    query_all(http, "dst_port", to)
+        .into_iter()
+        .filter_map(|(k, t)| Some((k[0].parse().ok()?, t)))
+        .collect()
+}
+
 /// `podflow server` attributing NetFlow records with the Kubernetes API as its inventory
 /// (a fake API server in this test speaking list + watch in Kubernetes' JSON), while the
 /// API fails: it does not answer at start (the server is live at once, not ready, and
@@ -1001,4 +1009,178 @@ fn the_kubernetes_api_down_at_start_gone_and_cut_attribution_follows_the_pods() 
     );
     assert_eq!(get(http, "/ready").map(|(s, _)| s), Some(200));
     drop(server);
+}
+
+/// The kernel's counters of the TCP connections in `ns` now, by destination port (one
+/// connection per port): [bytes out, packets out, bytes in, packets in].
+fn live_by_port(ns: &podflow_testkit::Netns) -> std::collections::HashMap<u16, [u64; 4]> {
+    ns.sh("conntrack -L -p tcp -o extended 2>/dev/null")
+        .expect("conntrack -L")
+        .lines()
+        .filter_map(podflow_testkit::parse_ct)
+        .map(|(_, c)| (c.dport, [c.orig.1, c.orig.0, c.reply.1, c.reply.0]))
+        .collect()
+}
+
+/// A storm of short connections (20,000 entries created and deleted by batched netlink
+/// messages: a NEW and a DESTROY event each) in the namespace a real `podflow agent`
+/// observes with a 256 KiB event socket, beside three long-lived connections carrying
+/// known bytes. Without reliable delivery the storm overflows the socket (counted) and
+/// the long connections are exact after the next dump and at their close; with it
+/// (`--reliable-events`) every DESTROY of the storm arrives and the server stores every
+/// short connection as opened and closed once.
+fn storm_case(test: &str, tag: &str, reliable: bool, base_port: u16) {
+    use podflow_conntrack::load::{Loader, storm};
+    if !podflow_testkit::can_run(test) || !podflow_testkit::have(test, "conntrack") {
+        return;
+    }
+    const N: u64 = 20_000;
+    let pair = Pair::new(tag).expect("namespaces");
+    pair.a.short_tcp_timeouts().expect("timeouts");
+    let log = DestroyLog::start(&pair.a);
+    let ports: Vec<u16> = (base_port..base_port + 3).collect();
+    for p in &ports {
+        serve(&pair, *p);
+    }
+    let sdata = tempfile::tempdir().expect("tmp");
+    let adata = tempfile::tempdir().expect("tmp");
+    let (http, grpc, ahttp) = (free_port(), free_port(), free_port());
+    let server = start_server(sdata.path(), http, grpc);
+    let mut extra = vec!["--event-buffer".to_string(), (256 << 10).to_string()];
+    if reliable {
+        extra.push("--reliable-events".into());
+    }
+    let agent = start_agent(&pair.a, adata.path(), grpc, ahttp, &extra);
+    wait_until("the agent", Duration::from_secs(20), || {
+        get(ahttp, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    let mut long: Vec<std::net::TcpStream> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut c = connect(&pair, Pair::B4, *p);
+            exchange(&mut c, 10_000 + i * 1000, 20_000 + i * 3000);
+            c
+        })
+        .collect();
+    let sports: Vec<u16> = long
+        .iter()
+        .map(|c| c.local_addr().expect("addr").port())
+        .collect();
+
+    let (report, refused) = pair.a.run(|| {
+        let mut l = Loader::open().expect("loader");
+        let r = storm(&mut l, 50, None, Duration::from_secs(20), N).expect("storm");
+        (r, l.settle(Duration::from_millis(100)).expect("settle"))
+    });
+    assert_eq!((report.entries, refused), (N, 0), "the storm ran whole");
+    for (i, c) in long.iter_mut().enumerate() {
+        exchange(c, 3_000 + i * 100, 5_000 + i * 100);
+    }
+    let m = |name: &str| metric(ahttp, name).unwrap_or(0);
+    let destroys = "podflow_conntrack_events_total{type=\"destroy\"}";
+    let overflows = "podflow_conntrack_event_overflows_total";
+    if reliable {
+        wait_until(
+            "every DESTROY of the storm delivered",
+            Duration::from_secs(40),
+            || m(destroys) >= N,
+        );
+        assert_eq!(m(destroys), N, "each once");
+        assert_eq!(m(overflows), 0, "no overflow reported in reliable mode");
+    } else {
+        assert!(m(overflows) >= 1, "the storm overflowed the event socket");
+        assert!(
+            m(destroys) < N,
+            "and lost DESTROYs ({} of {N})",
+            m(destroys)
+        );
+    }
+
+    // The long connections, idle now, are exact after the next dump.
+    std::thread::sleep(Duration::from_millis(300));
+    let live = live_by_port(&pair.a);
+    // Waits until every long connection's stored bytes and packets are the kernel's (and,
+    // once `closed`, it is stored opened and closed once).
+    let exact = |truth: &dyn Fn(u16) -> [u64; 4], closed: bool, what: &str| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let got = by_port(http, FOREVER);
+            let row = |p: u16| got.get(&p).map(|t| [t[0], t[1], t[2], t[3]]);
+            let ends = |p: u16| got.get(&p).map(|t| (t[4], t[5]));
+            if ports
+                .iter()
+                .all(|p| row(*p) == Some(truth(*p)) && (!closed || ends(*p) == Some((1, 1))))
+            {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{what}: stored {:?}, kernel {:?}",
+                ports
+                    .iter()
+                    .map(|p| (row(*p), ends(*p)))
+                    .collect::<Vec<_>>(),
+                ports.iter().map(|p| truth(*p)).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    exact(
+        &|p| {
+            live.get(&p)
+                .copied()
+                .expect("a long connection in the table")
+        },
+        false,
+        "live connections after the next dump",
+    );
+    if reliable {
+        wait_until(
+            "every short connection stored opened and closed",
+            Duration::from_secs(20),
+            || {
+                by_port(http, FOREVER)
+                    .get(&80)
+                    .is_some_and(|t| t[4] == N && t[5] == N)
+            },
+        );
+    }
+
+    // Closed: exact against the kernel's final counters, each opened and closed once.
+    drop(long);
+    let fin: std::collections::HashMap<u16, [u64; 4]> = sports
+        .iter()
+        .map(|s| {
+            let c = log.wait("tcp", *s, Duration::from_secs(15));
+            (c.dport, [c.orig.1, c.orig.0, c.reply.1, c.reply.0])
+        })
+        .collect();
+    exact(
+        &|p| fin[&p],
+        true,
+        "closed connections, each opened and closed once",
+    );
+    drop(agent);
+    drop(server);
+}
+
+#[test]
+fn an_event_socket_overflow_under_a_storm_is_counted_and_live_connections_stay_exact() {
+    storm_case(
+        "an_event_socket_overflow_under_a_storm_is_counted_and_live_connections_stay_exact",
+        "strm",
+        false,
+        5361,
+    );
+}
+
+#[test]
+fn with_reliable_events_a_storm_loses_no_destroy() {
+    storm_case(
+        "with_reliable_events_a_storm_loses_no_destroy",
+        "strr",
+        true,
+        5371,
+    );
 }

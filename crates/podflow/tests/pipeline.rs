@@ -1184,3 +1184,115 @@ fn with_reliable_events_a_storm_loses_no_destroy() {
         5371,
     );
 }
+
+/// libfaketime's preload library, if installed.
+fn libfaketime() -> Option<&'static str> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+}
+
+/// The agent's wall clock steps back an hour mid-run (libfaketime: the offset is read
+/// from a file the test rewrites; the monotonic clock is left alone, as a real step does):
+/// batches after the step are accepted, none is taken for a duplicate, and the stored
+/// bytes of connections closed before, across and after the step equal the kernel's
+/// final counters. Then the agent restarts on an empty data directory with the clock
+/// still back, so its new sequence numbers (from the clock) start below the server's
+/// mark: still nothing is dropped as a duplicate.
+#[test]
+fn a_clock_stepped_back_on_the_agent_drops_nothing_as_a_duplicate() {
+    let test = "a_clock_stepped_back_on_the_agent_drops_nothing_as_a_duplicate";
+    if !podflow_testkit::can_run(test)
+        || !podflow_testkit::have(test, "conntrack")
+        || !podflow_testkit::have(test, "faketime")
+    {
+        return;
+    }
+    let Some(lib) = libfaketime() else {
+        podflow_testkit::skip(test, "libfaketime.so.1 not found (Debian package faketime)");
+        return;
+    };
+    let pair = Pair::new("clk").expect("namespaces");
+    pair.a.short_tcp_timeouts().expect("timeouts");
+    let log = DestroyLog::start(&pair.a);
+    serve(&pair, 5381);
+    let clock = tempfile::tempdir().expect("tmp");
+    let offset = clock.path().join("offset");
+    std::fs::write(&offset, "+0").expect("offset");
+    let offset_s = offset.to_str().expect("utf-8 path");
+    let env = [
+        ("LD_PRELOAD", lib),
+        ("FAKETIME_TIMESTAMP_FILE", offset_s),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let sdata = tempfile::tempdir().expect("tmp");
+    let adata = tempfile::tempdir().expect("tmp");
+    let (http, grpc, ahttp) = (free_port(), free_port(), free_port());
+    let server = start_server(sdata.path(), http, grpc);
+    let agent = start_agent_env(&pair.a, adata.path(), (grpc, ahttp), &[], &env);
+    wait_until("the agent", Duration::from_secs(20), || {
+        get(ahttp, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    let acked = |port: u16| {
+        wait_until("every batch acked", Duration::from_secs(30), || {
+            metric(port, "podflow_agent_buffered_batches") == Some(0)
+                && metric(port, "podflow_conntrack_tracked_connections").is_some_and(|n| n <= 1)
+        })
+    };
+    let mut sports = Vec::new();
+    let mut long = connect(&pair, Pair::B4, 5381);
+    sports.push(long.local_addr().expect("addr").port());
+    exchange(&mut long, 10_000, 20_000);
+    burst(&pair, 5381, &mut sports, 3, 20_000);
+    for s in &sports[1..] {
+        log.wait("tcp", *s, Duration::from_secs(15));
+    }
+    acked(ahttp);
+
+    // The wall clock steps back an hour. The server sees batches observed an hour
+    // before they arrive (as it sees an agent's replays after an outage) and counts them.
+    let replayed = "podflow_server_observations_total{kind=\"replayed\"}";
+    assert_eq!(metric(http, replayed), Some(0));
+    std::fs::write(&offset, "-3600").expect("step the clock");
+    exchange(&mut long, 5_000, 7_000);
+    burst(&pair, 5381, &mut sports, 3, 30_000);
+    wait_until(
+        "batches observed an hour back (the agent's clock stepped)",
+        Duration::from_secs(20),
+        || metric(http, replayed).is_some_and(|n| n > 0),
+    );
+    drop(long);
+    for s in &sports {
+        log.wait("tcp", *s, Duration::from_secs(15));
+    }
+    acked(ahttp);
+    let mut agent = agent;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.0.wait().expect("agent exit").success());
+
+    // Restarted on an empty data directory, the clock still an hour back.
+    let adata2 = tempfile::tempdir().expect("tmp");
+    let ahttp2 = free_port();
+    let agent = start_agent_env(&pair.a, adata2.path(), (grpc, ahttp2), &[], &env);
+    wait_until("the agent again", Duration::from_secs(20), || {
+        get(ahttp2, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    burst(&pair, 5381, &mut sports, 3, 40_000);
+    for s in &sports {
+        log.wait("tcp", *s, Duration::from_secs(15));
+    }
+    acked(ahttp2);
+    assert_eq!(
+        metric(http, "podflow_server_batches_total{outcome=\"duplicate\"}").unwrap_or(0),
+        0,
+        "no batch taken for a duplicate"
+    );
+    assert!(metric(http, "podflow_server_batches_total{outcome=\"applied\"}").unwrap_or(0) >= 3);
+    let db = sdata.path().join("podflow.sqlite");
+    stop_and_check((agent, server), (ahttp2, &db), &log, 5381, &sports);
+}

@@ -52,6 +52,8 @@ struct State {
     /// Bumped to end every open watch: cut mid-stream (`drops`) or with a 410 (`expiries`).
     drops: u64,
     expiries: u64,
+    /// Bumped to send a BOOKMARK (the current resourceVersion) on watches that allow them.
+    bookmarks: u64,
     log: Vec<String>,
 }
 
@@ -97,6 +99,7 @@ impl FakeKube {
                 gone: Gone::Event,
                 drops: 0,
                 expiries: 0,
+                bookmarks: 0,
                 log: Vec::new(),
             }),
             changed: Condvar::new(),
@@ -175,6 +178,12 @@ impl FakeKube {
     /// chunked body); a re-watch resumes from its last resourceVersion.
     pub fn drop_watches(&self) {
         self.change(|s| s.drops += 1);
+    }
+
+    /// Sends a BOOKMARK with the current resourceVersion on every open watch that allows
+    /// bookmarks: a re-watch then resumes from it.
+    pub fn bookmark(&self) {
+        self.change(|s| s.bookmarks += 1);
     }
 
     /// Every request so far, as `path?query`.
@@ -344,6 +353,8 @@ fn serve(inner: &Inner, mut s: TcpStream) -> io::Result<()> {
         return write!(s, "0\r\n\r\n");
     }
     let (drops, expiries) = (st.drops, st.expiries);
+    let mut bookmarks = st.bookmarks;
+    let bookmarks_allowed = param("allowWatchBookmarks") == Some("true");
     let t0 = Instant::now();
     let mut sent = from;
     loop {
@@ -372,10 +383,20 @@ fn serve(inner: &Inner, mut s: TcpStream) -> io::Result<()> {
             drop(st);
             return write!(s, "0\r\n\r\n");
         }
+        let bookmark = (st.bookmarks != bookmarks && bookmarks_allowed).then_some(st.rv);
+        bookmarks = st.bookmarks;
         drop(st);
         for (rv, e) in events {
             chunk(&mut s, &e)?;
             sent = rv;
+        }
+        if let Some(rv) = bookmark {
+            chunk(
+                &mut s,
+                &json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version,
+                        "metadata": {"resourceVersion": rv.to_string()}}}),
+            )?;
+            sent = sent.max(rv);
         }
         st = inner.state.lock().expect("fake state");
         st = inner

@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 need=()
-for pkg_cmd in conntrack:conntrack nftables:nft iptables:iptables iproute2:ip prometheus:promtool coreutils:stdbuf util-linux:nsenter openssl:openssl nfdump:nfdump softflowd:softflowd tcpreplay:tcpreplay chromium:chromium chromium-driver:chromedriver python3:python3 python3-pip:pip podman:podman; do
+for pkg_cmd in conntrack:conntrack nftables:nft iptables:iptables iproute2:ip prometheus:promtool coreutils:stdbuf util-linux:nsenter openssl:openssl nfdump:nfdump softflowd:softflowd tcpreplay:tcpreplay chromium:chromium chromium-driver:chromedriver python3:python3 python3-pip:pip podman:podman faketime:faketime; do
   pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

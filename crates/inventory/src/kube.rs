@@ -2,7 +2,8 @@
 //!
 //! One watcher per kind (pods, nodes, services, EndpointSlices, ReplicaSets, Jobs), each
 //! with managedFields stripped before caching, the default exponential backoff on
-//! errors, and kube's own relist when a watch answers 410 Gone. The index is rebuilt
+//! errors, and a relist when a watch answers 410 Gone (as a watch event or as the HTTP
+//! answer to the watch request). The index is rebuilt
 //! from the reflector stores (debounced) and is ready only after every kind's first
 //! full list.
 //!
@@ -86,24 +87,47 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let api: Api<K> = Api::all(client.clone());
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        // Managed fields are most of an object's size and podflow never reads them.
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-        .default_backoff()
-        .reflect(writer);
+    let (reader, mut writer) = reflector::store();
     let kind = K::kind(&());
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
+        // A fresh watcher starts with a full list. kube's watcher relists when a watch
+        // *event* says 410 Gone, but when the watch *request* is answered HTTP 410 it
+        // retries the same stale resourceVersion forever (kube-rs/kube#1042): the store
+        // would never change again. So such a watcher is replaced by a new one.
+        let mut fresh = true;
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                ev = stream.next() => match ev {
-                    Some(Ok(_)) => changed.notify_one(),
-                    // The backoff already spaces retries; the watcher relists on 410 itself.
-                    Some(Err(e)) => tracing::warn!(kind = %kind, error = %e, "watch error; retrying"),
-                    None => return,
-                },
+            if !std::mem::take(&mut fresh) {
+                // Not in a tight loop should the API answer 410 to every watch.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            let stream = watcher(api.clone(), watcher::Config::default())
+                // Managed fields are most of an object's size and podflow never reads them.
+                .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+                .default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    ev = stream.next() => match ev {
+                        Some(Ok(ev)) => {
+                            writer.apply_watcher_event(&ev);
+                            changed.notify_one();
+                        }
+                        Some(Err(watcher::Error::WatchStartFailed(kube::Error::Api(s))))
+                            if s.code == 410 =>
+                        {
+                            tracing::warn!(kind = %kind, message = %s.message, "watch refused with 410 Gone; listing again");
+                            break;
+                        }
+                        // The backoff already spaces retries; a 410 watch event makes the
+                        // watcher relist by itself.
+                        Some(Err(e)) => tracing::warn!(kind = %kind, error = %e, "watch error; retrying"),
+                        None => return,
+                    },
+                }
             }
         }
     });

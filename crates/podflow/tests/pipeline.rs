@@ -54,7 +54,19 @@ fn start_agent(
     http: u16,
     extra: &[String],
 ) -> ChildGuard {
+    start_agent_env(ns, data, (grpc, http), extra, &[])
+}
+
+/// [`start_agent`] with `env` set (libfaketime).
+fn start_agent_env(
+    ns: &podflow_testkit::Netns,
+    data: &Path,
+    (grpc, http): (u16, u16),
+    extra: &[String],
+    env: &[(&str, &str)],
+) -> ChildGuard {
     let child = Command::new(env!("CARGO_BIN_EXE_podflow"))
+        .envs(env.iter().copied())
         .args([
             "agent",
             "--interval",
@@ -325,12 +337,54 @@ fn a_full_filesystem_holds_the_rows_and_loses_nothing() {
     drop(fs);
 }
 
+/// Sends one IPFIX message to 127.0.0.1:`port`: a template and one TCP record (10
+/// packets, to port 443, the last second) per (source, destination, bytes).
+fn send_ipfix(port: u16, flows: &[([u8; 4], [u8; 4], u64)]) {
+    use podflow_netflow::encode::{IPFIX_IPV4_18, Message, Value};
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let ip = |a: [u8; 4]| Value::Ip(std::net::IpAddr::from(a));
+    let records: Vec<Vec<Value>> = flows
+        .iter()
+        .map(|&(src, dst, bytes)| {
+            vec![
+                ip(src),
+                ip(dst),
+                ip([0, 0, 0, 0]),
+                Value::U(1),
+                Value::U(2),
+                Value::U(10),
+                Value::U(bytes),
+                Value::U(now_ms - 1000),
+                Value::U(now_ms),
+                Value::U(40_000),
+                Value::U(443),
+                Value::U(0x10),
+                Value::U(6),
+                Value::U(0),
+                Value::U(0),
+                Value::U(0),
+                Value::U(24),
+                Value::U(24),
+            ]
+        })
+        .collect();
+    let mut m = Message::ipfix((now_ms / 1000) as u32, 0, 7);
+    m.template(256, &IPFIX_IPV4_18);
+    m.data(256, &IPFIX_IPV4_18, &records);
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("udp")
+        .send_to(&m.build(), ("127.0.0.1", port))
+        .expect("send");
+}
+
 /// A NetFlow record whose counter no interface could carry (2^50 bytes, IPFIX's 64-bit
 /// octetDeltaCount) sent to `podflow server`'s listener: rejected and counted, the
 /// records beside it stored, and the query API's sums stay exact.
 #[test]
 fn a_netflow_record_with_a_huge_counter_is_rejected_and_the_api_keeps_answering() {
-    use podflow_netflow::encode::{IPFIX_IPV4_18, Message, Value};
     let sdata = tempfile::tempdir().expect("tmp");
     let (http, grpc, nf) = (free_port(), free_port(), free_port());
     let server = start_server_env(
@@ -339,44 +393,14 @@ fn a_netflow_record_with_a_huge_counter_is_rejected_and_the_api_keeps_answering(
         grpc,
         &[("PODFLOW_NETFLOW_LISTEN", &format!("127.0.0.1:{nf}"))],
     );
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
-    let record = |dst: u8, bytes: u64| {
-        let ip = |a: [u8; 4]| Value::Ip(std::net::IpAddr::from(a));
-        vec![
-            ip([10, 9, 0, 1]),
-            ip([10, 9, 0, dst]),
-            ip([0, 0, 0, 0]),
-            Value::U(1),
-            Value::U(2),
-            Value::U(10),
-            Value::U(bytes),
-            Value::U(now_ms - 1000),
-            Value::U(now_ms),
-            Value::U(40_000),
-            Value::U(443),
-            Value::U(0x10),
-            Value::U(6),
-            Value::U(0),
-            Value::U(0),
-            Value::U(0),
-            Value::U(24),
-            Value::U(24),
-        ]
-    };
-    let mut m = Message::ipfix((now_ms / 1000) as u32, 0, 7);
-    m.template(256, &IPFIX_IPV4_18);
-    m.data(
-        256,
-        &IPFIX_IPV4_18,
-        &[record(2, 5_000), record(3, 1 << 50), record(4, 7_000)],
+    send_ipfix(
+        nf,
+        &[
+            ([10, 9, 0, 1], [10, 9, 0, 2], 5_000),
+            ([10, 9, 0, 1], [10, 9, 0, 3], 1 << 50),
+            ([10, 9, 0, 1], [10, 9, 0, 4], 7_000),
+        ],
     );
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .expect("udp")
-        .send_to(&m.build(), ("127.0.0.1", nf))
-        .expect("send");
     // The query API's total: the two sane records once they are stored.
     let total = || -> Option<u64> {
         let (status, body) = get(http, "/api/v1/query?group_by=observer")?;
@@ -766,4 +790,509 @@ fn an_agent_forwards_netflow_records_to_the_server() {
             })
         },
     );
+}
+
+/// `/api/v1/query` rows over all time (raw view) grouped by `group_by`, each as its key
+/// values and `[bytes src→dst, packets src→dst, bytes dst→src, packets dst→src, opened,
+/// closed]`.
+fn query_all(http: u16, group_by: &str, to: i64) -> Vec<(Vec<String>, [u64; 6])> {
+    let Some((200, body)) = get(
+        http,
+        &format!("/api/v1/query?group_by={group_by}&view=raw&from=0&to={to}&limit=1000"),
+    ) else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let key = group_by
+                .split(',')
+                .map(|d| match &r["key"][d] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            let n = |f: &str| r[f].as_u64().unwrap_or(0);
+            (
+                key,
+                [
+                    n("bytes_src_to_dst"),
+                    n("packets_src_to_dst"),
+                    n("bytes_dst_to_src"),
+                    n("packets_dst_to_src"),
+                    n("connections"),
+                    n("connections_closed"),
+                ],
+            )
+        })
+        .collect()
+}
+
+const FOREVER: i64 = 4_000_000_000;
+
+/// Bytes both ways per (source workload, destination workload), from the query API.
+fn by_workload(http: u16) -> std::collections::BTreeMap<(String, String), u64> {
+    query_all(http, "src_workload,dst_workload", FOREVER)
+        .into_iter()
+        .map(|(k, t)| ((k[0].clone(), k[1].clone()), t[0] + t[2]))
+        .collect()
+}
+
+/// Totals per responder port, from the query API (see [`query_all`]).
+fn by_port(http: u16, to: i64) -> std::collections::HashMap<u16, [u64; 6]> {
+    query_all(http, "dst_port", to)
+        .into_iter()
+        .filter_map(|(k, t)| Some((k[0].parse().ok()?, t)))
+        .collect()
+}
+
+/// `podflow server` attributing NetFlow records with the Kubernetes API as its inventory
+/// (a fake API server in this test speaking list + watch in Kubernetes' JSON), while the
+/// API fails: it does not answer at start (the server is live at once, not ready, and
+/// says it waits for the inventory); then it comes up (ready; flows land on the right
+/// workloads); then the watch history is lost twice while pods change, answered 410 Gone
+/// once as a watch ERROR event and once as HTTP 410 on the re-watch (the server lists
+/// again and attribution follows the pods that took the addresses meanwhile); then the
+/// watch connections are cut mid-stream and a pod changes (the server watches again from
+/// where it was, without a relist, and attribution follows). Exact bytes per workload.
+#[test]
+fn the_kubernetes_api_down_at_start_gone_and_cut_attribution_follows_the_pods() {
+    use podflow_testkit::kubeapi::{FakeKube, Gone, node, pod, replicaset};
+    const PODS: &str = "/api/v1/pods";
+    // Creation times: a pod that takes an address over is newer than the one before.
+    const JAN: &str = "2025-01-10T08:00:00Z";
+    const JUNE: &str = "2025-06-01T00:00:00Z";
+    const SEPT: &str = "2025-09-01T00:00:00Z";
+    let sdata = tempfile::tempdir().expect("tmp");
+    let kdir = tempfile::tempdir().expect("tmp");
+    let (http, grpc, nf, api) = (free_port(), free_port(), free_port(), free_port());
+    let kubeconfig = kdir.path().join("kubeconfig");
+    FakeKube::write_kubeconfig(api, &kubeconfig).expect("kubeconfig");
+    let server = start_server_env(
+        sdata.path(),
+        http,
+        grpc,
+        &[
+            ("PODFLOW_NETFLOW_LISTEN", &format!("127.0.0.1:{nf}")),
+            (
+                "PODFLOW_KUBECONFIG",
+                kubeconfig.to_str().expect("utf-8 path"),
+            ),
+        ],
+    );
+    // 1. Nothing listens on the API's port.
+    assert_eq!(
+        get(http, "/live").map(|(s, _)| s),
+        Some(200),
+        "live at once"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, body) = get(http, "/ready").expect("/ready answers");
+    assert_eq!(status, 503, "not ready without an inventory");
+    assert!(
+        body.contains("the inventory"),
+        "/ready says what it waits for: {body:?}"
+    );
+    assert_eq!(get(http, "/live").map(|(s, _)| s), Some(200));
+
+    // 2. The API comes up.
+    // Pods of namespace shop on node-a, owned by (kind, name).
+    let shop = |name: &str, ip: &str, owner: (&str, &str), created: &str| {
+        pod("shop", name, "node-a", ip, Some(owner), created)
+    };
+    let web =
+        |name: &str, ip: &str, created: &str| shop(name, ip, ("ReplicaSet", "web-5d4"), created);
+    let fake = FakeKube::start(
+        api,
+        vec![
+            node("node-a", "10.0.0.10", "us-east-1a"),
+            replicaset("shop", "web-5d4", "web"),
+            replicaset("shop", "api-7f9", "api"),
+            web("web-5d4-x", "10.9.0.1", JAN),
+            shop("db-0", "10.9.0.2", ("StatefulSet", "db"), JAN),
+        ],
+    )
+    .expect("fake API server");
+    wait_until(
+        "ready once the API answers",
+        Duration::from_secs(40),
+        || get(http, "/ready").is_some_and(|(s, _)| s == 200),
+    );
+    let flow = |bytes| send_ipfix(nf, &[([10, 9, 0, 1], [10, 9, 0, 2], bytes)]);
+    let expect = |want: &[(&str, &str, u64)], what: &str| {
+        let want: std::collections::BTreeMap<(String, String), u64> = want
+            .iter()
+            .map(|(s, d, b)| ((s.to_string(), d.to_string()), *b))
+            .collect();
+        let t0 = std::time::Instant::now();
+        loop {
+            let got = by_workload(http);
+            if got == want {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{what}: stored {got:?}, expected {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    flow(1_000);
+    expect(&[("web", "db", 1_000)], "the first flow");
+
+    // The watch history is lost (answered 410 `how`) while pod `gone` goes and `new` takes
+    // its address; waits until the pods were listed again and watched after that list
+    // (on an HTTP 410 the refused re-watch comes first), then for the index, rebuilt
+    // within a second of a change.
+    let replaced_unseen = |how: Gone, gone: &str, new: serde_json::Value| {
+        let (lists, watches) = (fake.lists(PODS), fake.watches(PODS).len());
+        fake.expire(how, |c| {
+            c.delete("Pod", "shop", gone);
+            c.apply(new);
+        });
+        let refused = usize::from(how == Gone::Http);
+        wait_until(
+            &format!("a relist after the 410 ({how:?})"),
+            Duration::from_secs(30),
+            || fake.lists(PODS) > lists && fake.watches(PODS).len() > watches + refused,
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+
+    // 3. 410 Gone as a watch ERROR event; meanwhile web-5d4-x went and api's pod took
+    // its address.
+    let api_pod = shop("api-7f9-y", "10.9.0.1", ("ReplicaSet", "api-7f9"), JUNE);
+    replaced_unseen(Gone::Event, "web-5d4-x", api_pod);
+    flow(2_000);
+    expect(
+        &[("web", "db", 1_000), ("api", "db", 2_000)],
+        "after the relist on a 410 event",
+    );
+
+    // 4. 410 Gone as the HTTP answer to the re-watch; meanwhile db-0 went and cache-0
+    // took its address.
+    let cache_pod = shop("cache-0", "10.9.0.2", ("StatefulSet", "cache"), JUNE);
+    replaced_unseen(Gone::Http, "db-0", cache_pod);
+    flow(3_000);
+    expect(
+        &[
+            ("web", "db", 1_000),
+            ("api", "db", 2_000),
+            ("api", "cache", 3_000),
+        ],
+        "after the relist on an HTTP 410",
+    );
+
+    // 5. The watches are cut mid-stream; then api's pod goes and a new web pod takes the
+    // address: the re-watch resumes from its resourceVersion and sees it, no relist.
+    let (lists, watches) = (fake.lists(PODS), fake.watches(PODS).len());
+    fake.drop_watches();
+    fake.delete("Pod", "shop", "api-7f9-y");
+    fake.apply(web("web-5d4-z", "10.9.0.1", SEPT));
+    wait_until("a re-watch of the pods", Duration::from_secs(30), || {
+        fake.watches(PODS).len() > watches
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(fake.lists(PODS), lists, "resumed without a relist");
+    flow(4_000);
+    expect(
+        &[
+            ("web", "db", 1_000),
+            ("api", "db", 2_000),
+            ("api", "cache", 3_000),
+            ("web", "cache", 4_000),
+        ],
+        "after the cut watch",
+    );
+    assert_eq!(get(http, "/ready").map(|(s, _)| s), Some(200));
+    drop(server);
+}
+
+/// The kernel's counters of the TCP connections in `ns` now, by destination port (one
+/// connection per port): [bytes out, packets out, bytes in, packets in].
+fn live_by_port(ns: &podflow_testkit::Netns) -> std::collections::HashMap<u16, [u64; 4]> {
+    ns.sh("conntrack -L -p tcp -o extended 2>/dev/null")
+        .expect("conntrack -L")
+        .lines()
+        .filter_map(podflow_testkit::parse_ct)
+        .map(|(_, c)| (c.dport, [c.orig.1, c.orig.0, c.reply.1, c.reply.0]))
+        .collect()
+}
+
+/// A storm of short connections (20,000 entries created and deleted by batched netlink
+/// messages: a NEW and a DESTROY event each) in the namespace a real `podflow agent`
+/// observes with a 256 KiB event socket, beside three long-lived connections carrying
+/// known bytes. Without reliable delivery the storm overflows the socket (counted) and
+/// the long connections are exact after the next dump and at their close; with it
+/// (`--reliable-events`) every DESTROY of the storm arrives and the server stores every
+/// short connection as opened and closed once.
+fn storm_case(test: &str, tag: &str, reliable: bool, base_port: u16) {
+    use podflow_conntrack::load::{Loader, storm};
+    if !podflow_testkit::can_run(test) || !podflow_testkit::have(test, "conntrack") {
+        return;
+    }
+    const N: u64 = 20_000;
+    let pair = Pair::new(tag).expect("namespaces");
+    pair.a.short_tcp_timeouts().expect("timeouts");
+    let log = DestroyLog::start(&pair.a);
+    let ports: Vec<u16> = (base_port..base_port + 3).collect();
+    for p in &ports {
+        serve(&pair, *p);
+    }
+    let sdata = tempfile::tempdir().expect("tmp");
+    let adata = tempfile::tempdir().expect("tmp");
+    let (http, grpc, ahttp) = (free_port(), free_port(), free_port());
+    let server = start_server(sdata.path(), http, grpc);
+    let mut extra = vec!["--event-buffer".to_string(), (256 << 10).to_string()];
+    if reliable {
+        extra.push("--reliable-events".into());
+    }
+    let agent = start_agent(&pair.a, adata.path(), grpc, ahttp, &extra);
+    wait_until("the agent", Duration::from_secs(20), || {
+        get(ahttp, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    let mut long: Vec<std::net::TcpStream> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut c = connect(&pair, Pair::B4, *p);
+            exchange(&mut c, 10_000 + i * 1000, 20_000 + i * 3000);
+            c
+        })
+        .collect();
+    let sports: Vec<u16> = long
+        .iter()
+        .map(|c| c.local_addr().expect("addr").port())
+        .collect();
+
+    let (report, refused) = pair.a.run(|| {
+        let mut l = Loader::open().expect("loader");
+        let r = storm(&mut l, 50, None, Duration::from_secs(20), N).expect("storm");
+        (r, l.settle(Duration::from_millis(100)).expect("settle"))
+    });
+    assert_eq!((report.entries, refused), (N, 0), "the storm ran whole");
+    for (i, c) in long.iter_mut().enumerate() {
+        exchange(c, 3_000 + i * 100, 5_000 + i * 100);
+    }
+    let m = |name: &str| metric(ahttp, name).unwrap_or(0);
+    let destroys = "podflow_conntrack_events_total{type=\"destroy\"}";
+    let overflows = "podflow_conntrack_event_overflows_total";
+    if reliable {
+        wait_until(
+            "every DESTROY of the storm delivered",
+            Duration::from_secs(40),
+            || m(destroys) >= N,
+        );
+        assert_eq!(m(destroys), N, "each once");
+        assert_eq!(m(overflows), 0, "no overflow reported in reliable mode");
+    } else {
+        assert!(m(overflows) >= 1, "the storm overflowed the event socket");
+        assert!(
+            m(destroys) < N,
+            "and lost DESTROYs ({} of {N})",
+            m(destroys)
+        );
+    }
+
+    // The long connections, idle now, are exact after the next dump.
+    std::thread::sleep(Duration::from_millis(300));
+    let live = live_by_port(&pair.a);
+    // Waits until every long connection's stored bytes and packets are the kernel's (and,
+    // once `closed`, it is stored opened and closed once).
+    let exact = |truth: &dyn Fn(u16) -> [u64; 4], closed: bool, what: &str| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let got = by_port(http, FOREVER);
+            let row = |p: u16| got.get(&p).map(|t| [t[0], t[1], t[2], t[3]]);
+            let ends = |p: u16| got.get(&p).map(|t| (t[4], t[5]));
+            if ports
+                .iter()
+                .all(|p| row(*p) == Some(truth(*p)) && (!closed || ends(*p) == Some((1, 1))))
+            {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{what}: stored {:?}, kernel {:?}",
+                ports
+                    .iter()
+                    .map(|p| (row(*p), ends(*p)))
+                    .collect::<Vec<_>>(),
+                ports.iter().map(|p| truth(*p)).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    exact(
+        &|p| {
+            live.get(&p)
+                .copied()
+                .expect("a long connection in the table")
+        },
+        false,
+        "live connections after the next dump",
+    );
+    if reliable {
+        wait_until(
+            "every short connection stored opened and closed",
+            Duration::from_secs(20),
+            || {
+                by_port(http, FOREVER)
+                    .get(&80)
+                    .is_some_and(|t| t[4] == N && t[5] == N)
+            },
+        );
+    }
+
+    // Closed: exact against the kernel's final counters, each opened and closed once.
+    drop(long);
+    let fin: std::collections::HashMap<u16, [u64; 4]> = sports
+        .iter()
+        .map(|s| {
+            let c = log.wait("tcp", *s, Duration::from_secs(15));
+            (c.dport, [c.orig.1, c.orig.0, c.reply.1, c.reply.0])
+        })
+        .collect();
+    exact(
+        &|p| fin[&p],
+        true,
+        "closed connections, each opened and closed once",
+    );
+    drop(agent);
+    drop(server);
+}
+
+#[test]
+fn an_event_socket_overflow_under_a_storm_is_counted_and_live_connections_stay_exact() {
+    storm_case(
+        "an_event_socket_overflow_under_a_storm_is_counted_and_live_connections_stay_exact",
+        "strm",
+        false,
+        5361,
+    );
+}
+
+#[test]
+fn with_reliable_events_a_storm_loses_no_destroy() {
+    storm_case(
+        "with_reliable_events_a_storm_loses_no_destroy",
+        "strr",
+        true,
+        5371,
+    );
+}
+
+/// libfaketime's preload library, if installed.
+fn libfaketime() -> Option<&'static str> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+}
+
+/// The agent's wall clock steps back an hour mid-run (libfaketime: the offset is read
+/// from a file the test rewrites; the monotonic clock is left alone, as a real step does):
+/// batches after the step are accepted, none is taken for a duplicate, and the stored
+/// bytes of connections closed before, across and after the step equal the kernel's
+/// final counters. Then the agent restarts on an empty data directory with the clock
+/// still back, so its new sequence numbers (from the clock) start below the server's
+/// mark: still nothing is dropped as a duplicate.
+#[test]
+fn a_clock_stepped_back_on_the_agent_drops_nothing_as_a_duplicate() {
+    let test = "a_clock_stepped_back_on_the_agent_drops_nothing_as_a_duplicate";
+    if !podflow_testkit::can_run(test)
+        || !podflow_testkit::have(test, "conntrack")
+        || !podflow_testkit::have(test, "faketime")
+    {
+        return;
+    }
+    let Some(lib) = libfaketime() else {
+        podflow_testkit::skip(test, "libfaketime.so.1 not found (Debian package faketime)");
+        return;
+    };
+    let pair = Pair::new("clk").expect("namespaces");
+    pair.a.short_tcp_timeouts().expect("timeouts");
+    let log = DestroyLog::start(&pair.a);
+    serve(&pair, 5381);
+    let clock = tempfile::tempdir().expect("tmp");
+    let offset = clock.path().join("offset");
+    std::fs::write(&offset, "+0").expect("offset");
+    let offset_s = offset.to_str().expect("utf-8 path");
+    let env = [
+        ("LD_PRELOAD", lib),
+        ("FAKETIME_TIMESTAMP_FILE", offset_s),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let sdata = tempfile::tempdir().expect("tmp");
+    let adata = tempfile::tempdir().expect("tmp");
+    let (http, grpc, ahttp) = (free_port(), free_port(), free_port());
+    let server = start_server(sdata.path(), http, grpc);
+    let agent = start_agent_env(&pair.a, adata.path(), (grpc, ahttp), &[], &env);
+    wait_until("the agent", Duration::from_secs(20), || {
+        get(ahttp, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    let acked = |port: u16| {
+        wait_until("every batch acked", Duration::from_secs(30), || {
+            metric(port, "podflow_agent_buffered_batches") == Some(0)
+                && metric(port, "podflow_conntrack_tracked_connections").is_some_and(|n| n <= 1)
+        })
+    };
+    let mut sports = Vec::new();
+    let mut long = connect(&pair, Pair::B4, 5381);
+    sports.push(long.local_addr().expect("addr").port());
+    exchange(&mut long, 10_000, 20_000);
+    burst(&pair, 5381, &mut sports, 3, 20_000);
+    for s in &sports[1..] {
+        log.wait("tcp", *s, Duration::from_secs(15));
+    }
+    acked(ahttp);
+
+    // The wall clock steps back an hour. The server sees batches observed an hour
+    // before they arrive (as it sees an agent's replays after an outage) and counts them.
+    let replayed = "podflow_server_observations_total{kind=\"replayed\"}";
+    assert_eq!(metric(http, replayed), Some(0));
+    std::fs::write(&offset, "-3600").expect("step the clock");
+    exchange(&mut long, 5_000, 7_000);
+    burst(&pair, 5381, &mut sports, 3, 30_000);
+    wait_until(
+        "batches observed an hour back (the agent's clock stepped)",
+        Duration::from_secs(20),
+        || metric(http, replayed).is_some_and(|n| n > 0),
+    );
+    drop(long);
+    for s in &sports {
+        log.wait("tcp", *s, Duration::from_secs(15));
+    }
+    acked(ahttp);
+    let mut agent = agent;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.0.wait().expect("agent exit").success());
+
+    // Restarted on an empty data directory, the clock still an hour back.
+    let adata2 = tempfile::tempdir().expect("tmp");
+    let ahttp2 = free_port();
+    let agent = start_agent_env(&pair.a, adata2.path(), (grpc, ahttp2), &[], &env);
+    wait_until("the agent again", Duration::from_secs(20), || {
+        get(ahttp2, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    burst(&pair, 5381, &mut sports, 3, 40_000);
+    for s in &sports {
+        log.wait("tcp", *s, Duration::from_secs(15));
+    }
+    acked(ahttp2);
+    assert_eq!(
+        metric(http, "podflow_server_batches_total{outcome=\"duplicate\"}").unwrap_or(0),
+        0,
+        "no batch taken for a duplicate"
+    );
+    assert!(metric(http, "podflow_server_batches_total{outcome=\"applied\"}").unwrap_or(0) >= 3);
+    let db = sdata.path().join("podflow.sqlite");
+    stop_and_check((agent, server), (ahttp2, &db), &log, 5381, &sports);
 }

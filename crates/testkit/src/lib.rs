@@ -1,6 +1,8 @@
 //! Real network namespaces for tests: created per test, removed on drop (also when the
 //! test panics). Traffic only ever goes to addresses inside namespaces made here.
 
+pub mod kubeapi;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;

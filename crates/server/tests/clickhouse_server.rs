@@ -157,6 +157,7 @@ impl Server {
             max_pending_rows,
             netflow_listen: Vec::new(),
             netflow_exporter_labels: false,
+            netflow_keep_addresses: false,
             clickhouse: Some(ch.clone()),
             on_demand: Default::default(),
         };

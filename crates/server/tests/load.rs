@@ -99,6 +99,7 @@ async fn forty_agents_at_once_all_acked_exact_totals_bounded_memory() {
         max_pending_rows: podflow_server::MAX_PENDING_ROWS,
         netflow_listen: Vec::new(),
         netflow_exporter_labels: false,
+        netflow_keep_addresses: false,
         clickhouse: None,
         on_demand: Default::default(),
     };

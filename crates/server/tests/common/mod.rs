@@ -131,6 +131,7 @@ pub fn config(d: &Path, grpc: SocketAddr, auth: AgentAuth, tls: Option<ServerTls
         max_pending_rows: podflow_server::MAX_PENDING_ROWS,
         netflow_listen: Vec::new(),
         netflow_exporter_labels: false,
+        netflow_keep_addresses: false,
         clickhouse: None,
         on_demand: Default::default(),
     }

@@ -5,6 +5,16 @@
 #
 #   scripts/bench-netflow.sh            full run (~6 min): v9, IPFIX and v5 at rising rates
 #   scripts/bench-netflow.sh --smoke    < 60 s: small captures, v9 at one rate
+#   scripts/bench-netflow.sh --cluster  a cluster's stream (~4 min): v9 and IPFIX from the 60
+#                                       nodes of a 4,000-pod cluster, its inventory loaded
+#   scripts/bench-netflow.sh --cluster --smoke   the same, 10 nodes, 500 pods, one rate
+#
+# --cluster: the stream and its inventory come from the repo's own generator
+# (crates/netflow/examples/cluster_stream.rs: pod <-> pod, pod <-> Service and backends,
+# pod <-> internet and an S3 range, the same connections repeating on every loop as
+# long-lived ones do every active timeout); podflow server runs with --inventory and
+# --cloud-ranges of the generated files. Last line: netflow_cluster_cpu_ratio=<podflow
+# CPU s / nfcapd CPU s> over the v9 and IPFIX points both received losslessly.
 #
 # The export captures come from the lab tool's bench mode (softflowd -r over a synthetic
 # pcap of BENCH_FLOWS distinct flows, exporting to 127.0.0.1:2055, captured and checksum
@@ -31,29 +41,45 @@ set -uo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SMOKE=0
-case "${1:-}" in
---smoke) SMOKE=1 ;;
-"") ;;
-*) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
-esac
+CLUSTER=0
+for a in "$@"; do
+	case "$a" in
+	--smoke) SMOKE=1 ;;
+	--cluster) CLUSTER=1 ;;
+	*) echo "usage: $0 [--cluster] [--smoke]" >&2; exit 2 ;;
+	esac
+done
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (network namespace, tcpreplay)"
 LAB=${NETFLOW_LAB:-}
-if [ -z "$LAB" ]; then
+if [ $CLUSTER = 1 ]; then
+	LAB=none
+elif [ -z "$LAB" ]; then
 	for c in "$REPO/../shared/tools/netflow-lab.sh" /work/shared/tools/netflow-lab.sh; do
 		[ -x "$c" ] && { LAB=$c; break; }
 	done
 fi
-[ -n "$LAB" ] && [ -x "$LAB" ] || die "netflow-lab.sh not found (looked in $REPO/../shared/tools and /work/shared/tools; set NETFLOW_LAB=/path/to/netflow-lab.sh)"
+[ $CLUSTER = 1 ] || { [ -n "$LAB" ] && [ -x "$LAB" ]; } || die "netflow-lab.sh not found (looked in $REPO/../shared/tools and /work/shared/tools; set NETFLOW_LAB=/path/to/netflow-lab.sh)"
 for c in ip tcpreplay nfcapd ss awk cargo getconf pgrep; do
 	command -v "$c" >/dev/null 2>&1 || die "$c not found (apt-get install -y iproute2 tcpreplay nfdump procps; cargo from rustup)"
 done
 [ -x /usr/bin/time ] || die "/usr/bin/time not found (apt-get install -y time)"
 
-if [ $SMOKE = 1 ]; then
+if [ $CLUSTER = 1 ]; then
+	if [ $SMOKE = 1 ]; then
+		NODES=${NODES:-10}; PODS=${PODS:-500}; DUR=${DUR:-2}
+		RATES_V9=${RATES_V9-"20000"}; RATES_IPFIX=${RATES_IPFIX-""}
+	else
+		NODES=${NODES:-60}; PODS=${PODS:-4000}; DUR=${DUR:-5}
+		RATES_V9=${RATES_V9-"25000 50000 100000 150000 top"}
+		RATES_IPFIX=${RATES_IPFIX-"50000 100000 150000 top"}
+	fi
+	RATES_V5=""
+	BENCH_FLOWS="cluster of $NODES nodes, $PODS pods"
+elif [ $SMOKE = 1 ]; then
 	BENCH_FLOWS=${BENCH_FLOWS:-20000}; DUR=${DUR:-2}
 	RATES_V9=${RATES_V9-"20000"}; RATES_IPFIX=${RATES_IPFIX-""}; RATES_V5=${RATES_V5-""}
 else
@@ -117,7 +143,25 @@ log "building podflow (cargo build --release -p podflow)"
 PODFLOW=${CARGO_TARGET_DIR:-$REPO/target}/release/podflow
 [ -x "$PODFLOW" ] || die "no podflow binary at $PODFLOW"
 
-# ------------------------------------------------------------- export captures (lab tool)
+# ------------------------------------------------------------- export captures
+declare -A NPK FPL PCAP
+if [ $CLUSTER = 1 ]; then
+	CAP=${CAPTURES:-$OUT/cluster}
+	if [ ! -s "$CAP/results.txt" ]; then
+		log "generating the cluster stream ($NODES nodes, $PODS pods) into $CAP"
+		(cd "$REPO" && cargo run -q --release -p podflow-netflow --example cluster_stream -- "$CAP" "$NODES" "$PODS") \
+			>"$OUT/generate.log" 2>&1 || { cat "$OUT/generate.log" >&2; die "cluster_stream failed"; }
+	fi
+	for v in 9 10; do
+		case $v in 9) n=cluster_v9 ;; 10) n=cluster_ipfix ;; esac
+		PCAP[$v]=$CAP/$n.pcap
+		line=$(grep "^$n.pcap: " "$CAP/results.txt" | tail -1)
+		NPK[$v]=$(awk '{print $2}' <<<"$line")
+		FPL[$v]=$(awk '{for (i = 1; i <= NF; i++) if ($i == "carrying") print $(i + 1)}' <<<"$line")
+		[ -n "${NPK[$v]}" ] && [ -n "${FPL[$v]}" ] && [ -s "${PCAP[$v]}" ] || die "no capture for $n in $CAP"
+	done
+	PODFLOW_ARGS="--inventory $CAP/inventory.yaml --cloud-ranges $CAP/cloud ${PODFLOW_ARGS:-}"
+else
 CAP=${CAPTURES:-$OUT/lab}
 if [ ! -s "$CAP/bench_results.txt" ] || [ ! -s "$CAP/bench_netflow_v9.pcap" ]; then
 	log "generating export captures with $LAB bench (BENCH_FLOWS=$BENCH_FLOWS; its own nfcapd sanity points only)"
@@ -126,7 +170,6 @@ if [ ! -s "$CAP/bench_results.txt" ] || [ ! -s "$CAP/bench_netflow_v9.pcap" ]; t
 	OUT=$CAP BENCH_FLOWS=$BENCH_FLOWS BENCH_DUR=1 BENCH_REPEAT=0 "$LAB" bench >"$OUT/lab.log" 2>&1 ||
 		{ tail -20 "$OUT/lab.log" >&2; die "netflow-lab.sh bench failed (log: $OUT/lab.log)"; }
 fi
-declare -A NPK FPL PCAP
 for v in 5 9 10; do
 	case $v in 5) n=bench_netflow_v5 ;; 9) n=bench_netflow_v9 ;; 10) n=bench_ipfix ;; esac
 	PCAP[$v]=$CAP/$n.pcap
@@ -135,6 +178,7 @@ for v in 5 9 10; do
 	FPL[$v]=$(awk '{for (i = 1; i <= NF; i++) if ($i == "carrying") print $(i + 1)}' <<<"$line")
 	[ -n "${NPK[$v]}" ] && [ -n "${FPL[$v]}" ] && [ -s "${PCAP[$v]}" ] || die "no capture for $n in $CAP"
 done
+fi
 
 # ------------------------------------------------------------- the namespace
 ip netns del "$NS" 2>/dev/null
@@ -156,7 +200,7 @@ RESULTS=$OUT/results.txt
 say() { echo "$*" | tee -a "$RESULTS"; }
 say "# bench-netflow $(date -Is) $(nproc) CPUs; $(uname -r); BENCH_FLOWS=$BENCH_FLOWS, ${DUR}s per point; generator tcpreplay on lo in netns $NS"
 say "# nfcapd $(nfcapd -V 2>&1 | head -1 | awk '{print $NF}') -B 16777216 to tmpfs; podflow server --netflow-listen, embedded store on tmpfs ${PODFLOW_ARGS:-(defaults: 10 s intervals, SO_RCVBUF 32 MiB forced, one socket per core)}"
-for v in 9 10 5; do say "# $(basename "${PCAP[$v]}"): ${NPK[$v]} datagrams, ${FPL[$v]} flow records per loop"; done
+for v in 9 10 5; do [ -n "${PCAP[$v]:-}" ] && say "# $(basename "${PCAP[$v]}"): ${NPK[$v]} datagrams, ${FPL[$v]} flow records per loop"; done
 printf -v HDR '%-6s %7s %9s %9s | %-44s | %-44s | %s' ver target offered/s sent \
 	"nfcapd: recv_dgrams records lost cpu_s sys_s" "podflow: recv_dgrams records lost cpu_s sys_s" ratio
 say "$HDR"
@@ -242,6 +286,17 @@ ratio_of() {                  # ratio_of VER -> podflow/nfcapd CPU over lossless
 	local -n m=$src
 	awk -v a="${m[$v.podflow]:-0}" -v b="${m[$v.nfcapd]:-0}" 'BEGIN {if (b > 0) printf "%.3f", a / b; else print "nan"}'
 }
-[ -n "$RATES_IPFIX" ] && say "netflow_ipfix_cpu_ratio=$(ratio_of 10)"
-[ -n "$RATES_V5" ] && say "netflow_v5_cpu_ratio=$(ratio_of 5)"
-say "netflow_v9_cpu_ratio=$(ratio_of 9)"
+
+if [ $CLUSTER = 1 ]; then
+	# Both versions together: podflow/nfcapd CPU over every lossless v9 and IPFIX point.
+	sum_of() { local -n m=$1; awk -v a="${m[9.$2]:-0}" -v b="${m[10.$2]:-0}" 'BEGIN {print a + b}'; }
+	src=CPU_OK
+	[ -n "${CPU_OK[9.nfcapd]:-}${CPU_OK[10.nfcapd]:-}" ] || src=CPU_ALL
+	[ $src = CPU_ALL ] && log "no point lossless for both collectors: the ratio is over every point"
+	for v in 9 10; do [ -n "${CPU_ALL[$v.nfcapd]:-}" ] && say "netflow_cluster_$([ $v = 9 ] && echo v9 || echo ipfix)_cpu_ratio=$(ratio_of $v)"; done
+	say "netflow_cluster_cpu_ratio=$(awk -v a="$(sum_of $src podflow)" -v b="$(sum_of $src nfcapd)" 'BEGIN {if (b > 0) printf "%.3f", a / b; else print "nan"}')"
+else
+	[ -n "$RATES_IPFIX" ] && say "netflow_ipfix_cpu_ratio=$(ratio_of 10)"
+	[ -n "$RATES_V5" ] && say "netflow_v5_cpu_ratio=$(ratio_of 5)"
+	say "netflow_v9_cpu_ratio=$(ratio_of 9)"
+fi

@@ -52,9 +52,9 @@ pub struct FlowJson {
     pub observer: String,
     /// `tcp`, `udp`, ...
     pub proto: String,
-    /// Local address.
+    /// Local address (`address/length` for a network: a row summed per network).
     pub local: String,
-    /// Remote address (the backend after DNAT).
+    /// Remote address (the backend after DNAT; `address/length` for a network).
     pub remote: String,
     /// Responder port.
     pub responder_port: u16,
@@ -97,8 +97,8 @@ impl From<FlowSummary> for FlowJson {
         FlowJson {
             observer: f.observer,
             proto: k.proto.name().into_owned(),
-            local: k.local.to_string(),
-            remote: k.remote.to_string(),
+            local: k.local_text(),
+            remote: k.remote_text(),
             responder_port: k.responder_port,
             local_initiated: k.local_initiated,
             service: k

@@ -34,6 +34,7 @@ fn row(
             responder_port: port,
             local_initiated: initiated,
             service: None,
+            prefixes: Default::default(),
         },
         totals: FlowTotals {
             bytes_out: out_in.0,

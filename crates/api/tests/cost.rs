@@ -53,6 +53,7 @@ fn row(r: Row<'_>) -> FlowRow {
             responder_port: 443,
             local_initiated: r.initiated,
             service: None,
+            prefixes: Default::default(),
         },
         totals: FlowTotals {
             bytes_out: r.out_in.0,

@@ -50,6 +50,7 @@ fn row(
             responder_port: 443,
             local_initiated: initiated,
             service: None,
+            prefixes: Default::default(),
         },
         totals: FlowTotals {
             bytes_out: out_in.0,

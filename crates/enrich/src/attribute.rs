@@ -6,6 +6,8 @@ use std::sync::Arc;
 use podflow_inventory::IpIndex;
 use podflow_model::{Attribution, Class, Name, NodeMeta, Observation, Place, Side};
 
+use crate::prefix::Cidr;
+
 use crate::cloud::CloudRanges;
 use crate::config::{EnrichConfig, KnownNetworks};
 use crate::error::EnrichError;
@@ -73,6 +75,34 @@ impl Attributor {
             Place::Internet
         } else {
             Place::Unknown
+        }
+    }
+
+    /// The networks a flow with no end in the cluster is summed under (docs/netflow.md,
+    /// "Traffic with no end in the cluster"): for each end, the cloud prefix that
+    /// classified it, else its /24 (IPv4) or /48 (IPv6). `None` when an end is in the
+    /// cluster — a pod, a node, a Service (dialled or resolved), a user network — whose
+    /// flows keep their addresses.
+    pub fn outside_networks(&self, a: &Attribution) -> Option<(Cidr, Cidr)> {
+        if a.service.is_some() {
+            return None;
+        }
+        Some((
+            self.network(a.local.ip, &a.local.place)?,
+            self.network(a.remote.ip, &a.remote.place)?,
+        ))
+    }
+
+    /// The network of an end outside the cluster (see [`Attributor::outside_networks`]).
+    fn network(&self, ip: IpAddr, place: &Place) -> Option<Cidr> {
+        match place {
+            Place::CloudRange(_) => self
+                .ranges
+                .lookup_cidr(ip)
+                .map(|(c, _)| c)
+                .or_else(|| block_of(ip)),
+            Place::Internet | Place::Unknown => block_of(ip),
+            Place::Pod(_) | Place::Node(_) | Place::Service(_) | Place::KnownNetwork(_) => None,
         }
     }
 
@@ -256,6 +286,17 @@ impl Attributor {
                 }
             }
         }
+    }
+}
+
+/// The /24 of an IPv4 address (IPv4-mapped ones too), the /48 of an IPv6 one.
+fn block_of(ip: IpAddr) -> Option<Cidr> {
+    match ip {
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => Cidr::new(IpAddr::V4(v4), 24).ok(),
+            None => Cidr::new(ip, 48).ok(),
+        },
+        IpAddr::V4(_) => Cidr::new(ip, 24).ok(),
     }
 }
 

@@ -301,6 +301,11 @@ impl CloudRanges {
         self.table.lookup(ip)
     }
 
+    /// The most specific published prefix containing `ip`, with its range.
+    pub fn lookup_cidr(&self, ip: IpAddr) -> Option<(Cidr, &Arc<CloudMeta>)> {
+        self.table.lookup_cidr(ip)
+    }
+
     /// Number of distinct prefixes.
     pub fn len(&self) -> usize {
         self.table.len()

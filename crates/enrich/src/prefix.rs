@@ -258,6 +258,8 @@ pub struct PrefixTable<V> {
     v4: Ranges<u32>,
     v6: Ranges<u128>,
     values: Vec<V>,
+    /// The CIDR of each value.
+    cidrs: Vec<Cidr>,
     prefixes: usize,
 }
 
@@ -305,11 +307,13 @@ impl<V> PrefixTableBuilder<V> {
         entries.dedup_by(|later, first| later.1 == first.1);
         let prefixes = entries.len();
         let mut values = Vec::with_capacity(entries.len());
+        let mut cidrs = Vec::with_capacity(entries.len());
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         for (_, cidr, _, v) in entries {
             let id = values.len() as u32;
             values.push(v);
+            cidrs.push(cidr);
             let r = (cidr.first(), cidr.last(), id);
             if cidr.addr.is_ipv4() {
                 v4.push(r);
@@ -321,6 +325,7 @@ impl<V> PrefixTableBuilder<V> {
             v4: Ranges::build(v4, u128::from(u32::MAX)),
             v6: Ranges::build(v6, u128::MAX),
             values,
+            cidrs,
             prefixes,
         }
     }
@@ -341,6 +346,17 @@ impl<V> PrefixTable<V> {
     /// The value of the longest prefix containing `ip`.
     #[inline]
     pub fn lookup(&self, ip: IpAddr) -> Option<&V> {
+        self.values.get(self.id(ip)?)
+    }
+
+    /// The longest prefix containing `ip`, with its value.
+    pub fn lookup_cidr(&self, ip: IpAddr) -> Option<(Cidr, &V)> {
+        let id = self.id(ip)?;
+        Some((*self.cidrs.get(id)?, self.values.get(id)?))
+    }
+
+    #[inline]
+    fn id(&self, ip: IpAddr) -> Option<usize> {
         let id = match ip {
             IpAddr::V4(a) => self.v4.get(u32::from(a)),
             IpAddr::V6(a) => match a.to_ipv4_mapped() {
@@ -349,11 +365,7 @@ impl<V> PrefixTable<V> {
                 None => self.v6.get(u128::from(a)),
             },
         };
-        if id == NONE {
-            None
-        } else {
-            self.values.get(id as usize)
-        }
+        (id != NONE).then_some(id as usize)
     }
 
     /// Number of distinct prefixes.

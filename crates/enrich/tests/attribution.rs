@@ -1138,3 +1138,44 @@ fn costs_follow_the_price_table() {
     );
     assert_eq!(a.kubenetmon_class(), KubenetmonClass::PublicInternet);
 }
+
+/// Flows seen by an exporter outside the cluster: the networks they are summed under
+/// when neither end is in the cluster, none when one end is.
+#[test]
+fn outside_flows_get_their_networks() {
+    let at = attributor();
+    let (idx, _) = indexes();
+    let nets = |orig: &str| {
+        let t = tuple(orig);
+        let obs = Observation {
+            proto: Protocol::TCP,
+            orig: t,
+            reply: t.reversed(),
+            ..Default::default()
+        };
+        let a = at.attribute(&obs, "192.0.2.7/0", &idx, ts(NOW));
+        at.outside_networks(&a)
+            .map(|(l, r)| format!("{l} {r}"))
+            .unwrap_or_else(|| "kept".into())
+    };
+    // Internet to internet: the /24s; unclaimed private space too.
+    assert_eq!(nets("8.8.8.8:5000 > 1.1.1.1:53"), "8.8.8.0/24 1.1.1.0/24");
+    assert_eq!(
+        nets("100.64.3.4:5000 > 203.0.113.77:443"),
+        "100.64.3.0/24 203.0.113.0/24"
+    );
+    // A cloud range: the published prefix that classified it.
+    assert_eq!(
+        nets("8.8.8.8:5000 > 52.216.10.1:443"),
+        "8.8.8.0/24 52.216.0.0/15"
+    );
+    // IPv6: the /48, and the cloud's IPv6 prefix.
+    assert_eq!(
+        nets("[2001:db8:1:2::5]:5000 > [2600:1fa0:8001::1]:443"),
+        "2001:db8:1::/48 2600:1fa0:8000::/39"
+    );
+    // An end in the cluster (a pod, a node, a user network): the addresses are kept.
+    assert_eq!(nets("10.0.1.100:40000 > 8.8.8.8:443"), "kept");
+    assert_eq!(nets("8.8.8.8:5000 > 192.168.1.1:22"), "kept");
+    assert_eq!(nets("10.0.9.9:5000 > 8.8.8.8:443"), "kept");
+}

@@ -15,4 +15,7 @@ pub use attribution::{
 };
 pub use labels::{EndLabels, FlowLabels, PROBE_APP, parse_flag};
 pub use observation::{Counters, Observation, Oriented, Protocol, Tuple};
-pub use row::{AgentMark, ChunkId, FlowKey, FlowRow, FlowTotals, MAX_ROW_BYTES, MAX_ROW_PACKETS};
+pub use row::{
+    AgentMark, ChunkId, FlowKey, FlowRow, FlowTotals, MAX_ROW_BYTES, MAX_ROW_PACKETS, Prefixes,
+    full_prefix_len, network_len,
+};

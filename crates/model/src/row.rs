@@ -21,10 +21,40 @@ pub struct FlowKey {
     pub local_initiated: bool,
     /// The dialled address when DNAT changed it (a Service).
     pub service: Option<(IpAddr, u16)>,
+    /// Whether the ends are full addresses or networks (rows summed per network).
+    pub prefixes: Prefixes,
+}
+
+/// How much of each end's address a key keeps: `None` is the full address, a length
+/// the network of that many leading bits. Flows with no end in the cluster are summed
+/// per network (docs/netflow.md, "Traffic with no end in the cluster").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Prefixes {
+    /// The local end's network length, `None` for the full address.
+    pub local: Option<u8>,
+    /// The remote end's.
+    pub remote: Option<u8>,
+}
+
+/// The length of a full address: 32 (IPv4) or 128 (IPv6).
+pub fn full_prefix_len(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
+}
+
+/// `Some(len)` for a network of `ip`'s family, `None` when `len` keeps the whole address.
+pub fn network_len(ip: IpAddr, len: u8) -> Option<u8> {
+    (len < full_prefix_len(ip)).then_some(len)
+}
+
+fn end_text(ip: IpAddr, len: Option<u8>) -> String {
+    match len {
+        Some(l) => format!("{ip}/{l}"),
+        None => ip.to_string(),
+    }
 }
 
 impl FlowKey {
-    /// The key of an oriented observation.
+    /// The key of an oriented observation (full addresses).
     pub fn of(proto: Protocol, o: &Oriented) -> FlowKey {
         FlowKey {
             proto,
@@ -33,7 +63,41 @@ impl FlowKey {
             responder_port: o.responder_port,
             local_initiated: o.local_initiated,
             service: o.service,
+            prefixes: Prefixes::default(),
         }
+    }
+
+    /// The local end's prefix length as stored: 32 or 128 for a full address.
+    pub fn local_prefix_len(&self) -> u8 {
+        self.prefixes
+            .local
+            .unwrap_or_else(|| full_prefix_len(self.local))
+    }
+
+    /// The remote end's.
+    pub fn remote_prefix_len(&self) -> u8 {
+        self.prefixes
+            .remote
+            .unwrap_or_else(|| full_prefix_len(self.remote))
+    }
+
+    /// The local end as text: the address, or `address/length` for a network.
+    pub fn local_text(&self) -> String {
+        end_text(self.local, self.prefixes.local)
+    }
+
+    /// The remote end as text.
+    pub fn remote_text(&self) -> String {
+        end_text(self.remote, self.prefixes.remote)
+    }
+
+    /// The key with the stored prefix lengths (a length of a full address is `None`).
+    pub fn with_prefix_lens(mut self, local: u8, remote: u8) -> FlowKey {
+        self.prefixes = Prefixes {
+            local: network_len(self.local, local),
+            remote: network_len(self.remote, remote),
+        };
+        self
     }
 }
 

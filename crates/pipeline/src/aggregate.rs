@@ -49,6 +49,7 @@ fn overflow_key(k: &FlowKey) -> FlowKey {
         responder_port: 0,
         local_initiated: k.local_initiated,
         service: None,
+        prefixes: Default::default(),
     }
 }
 
@@ -103,10 +104,30 @@ impl Aggregator {
         self.record_counted_in(chunk, observer, obs.proto, o, now, labels, cost_usd, n);
     }
 
-    /// Adds summed records: `conns` = (connections opened, closed) among them.
+    /// Adds summed records under `key` (the caller's: e.g. a network's, docs/netflow.md),
+    /// whose addresses are `o`'s or their networks: `conns` = (connections opened,
+    /// closed) among them.
     #[allow(clippy::too_many_arguments)]
     pub fn record_counted(
         &mut self,
+        observer: &Arc<str>,
+        key: FlowKey,
+        o: &Oriented,
+        now: i64,
+        labels: impl FnOnce() -> FlowLabels,
+        cost_usd: f64,
+        conns: (u64, u64),
+    ) {
+        self.record_key_in(0, observer, key, o, now, labels, cost_usd, conns);
+    }
+
+    /// Adds summed records into chunk `chunk`: `conns` = (connections opened, closed)
+    /// among them. Returns false when the observation was rejected (a counter would
+    /// pass the row bound; counted).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_counted_in(
+        &mut self,
+        chunk: u64,
         observer: &Arc<str>,
         proto: podflow_model::Protocol,
         o: &Oriented,
@@ -114,18 +135,17 @@ impl Aggregator {
         labels: impl FnOnce() -> FlowLabels,
         cost_usd: f64,
         conns: (u64, u64),
-    ) {
-        self.record_counted_in(0, observer, proto, o, now, labels, cost_usd, conns);
+    ) -> bool {
+        let key = FlowKey::of(proto, o);
+        self.record_key_in(chunk, observer, key, o, now, labels, cost_usd, conns)
     }
 
-    /// [`Aggregator::record_counted`] into chunk `chunk`. Returns false when the
-    /// observation was rejected (a counter would pass the row bound; counted).
     #[allow(clippy::too_many_arguments)]
-    pub fn record_counted_in(
+    fn record_key_in(
         &mut self,
         chunk: u64,
         observer: &Arc<str>,
-        proto: podflow_model::Protocol,
+        mut key: FlowKey,
         o: &Oriented,
         now: i64,
         labels: impl FnOnce() -> FlowLabels,
@@ -140,7 +160,6 @@ impl Aggregator {
             self.reject(observer);
             return false;
         }
-        let mut key = FlowKey::of(proto, o);
         let at = self.interval_of(now);
         let full = self.buckets.len() >= self.max_keys;
         if full

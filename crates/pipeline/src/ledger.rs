@@ -902,6 +902,7 @@ mod tests {
                 responder_port: 1,
                 local_initiated: true,
                 service: None,
+                prefixes: Default::default(),
             },
             totals: Default::default(),
             labels: Default::default(),

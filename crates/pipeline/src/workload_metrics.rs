@@ -274,6 +274,7 @@ mod tests {
                 responder_port: 80,
                 local_initiated: true,
                 service: None,
+                prefixes: Default::default(),
             },
             totals: FlowTotals {
                 bytes_out: bytes,

@@ -258,6 +258,13 @@ struct RunArgs {
     /// Per-exporter NetFlow series in /metrics (the exporter's address becomes a label).
     #[arg(long, env = "PODFLOW_NETFLOW_EXPORTER_LABELS")]
     netflow_exporter_labels: bool,
+
+    /// Keep the full addresses of NetFlow/IPFIX flows with neither end in the cluster
+    /// (no pod, node, Service or user network) instead of summing them per network
+    /// (cloud prefix, else /24 or /48): one stored row per address pair and interval,
+    /// which on a border router's stream is most of the store and of the CPU.
+    #[arg(long, env = "PODFLOW_NETFLOW_KEEP_ADDRESSES")]
+    netflow_keep_addresses: bool,
 }
 
 /// Who may read the HTTP API and how much each request may cost (docs/security.md).
@@ -898,6 +905,13 @@ struct ServerArgs {
     #[arg(long, env = "PODFLOW_NETFLOW_EXPORTER_LABELS")]
     netflow_exporter_labels: bool,
 
+    /// Keep the full addresses of NetFlow/IPFIX flows with neither end in the cluster
+    /// (no pod, node, Service or user network) instead of summing them per network
+    /// (cloud prefix, else /24 or /48): one stored row per address pair and interval,
+    /// which on a border router's stream is most of the store and of the CPU.
+    #[arg(long, env = "PODFLOW_NETFLOW_KEEP_ADDRESSES")]
+    netflow_keep_addresses: bool,
+
     #[command(flatten)]
     metrics: MetricsArgs,
 
@@ -1004,6 +1018,7 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
         netflow_listen: a.netflow_listen,
         netflow_allow: a.netflow_allow.unwrap_or_default(),
         netflow_exporter_labels: a.netflow_exporter_labels,
+        netflow_keep_addresses: a.netflow_keep_addresses,
         clickhouse: a.clickhouse_url.map(|url| podflow_store::ClickHouseConfig {
             url,
             database: a.clickhouse_database,
@@ -1173,6 +1188,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         netflow_listen: args.netflow_listen,
         netflow_allow: args.netflow_allow.unwrap_or_default(),
         netflow_exporter_labels: args.netflow_exporter_labels,
+        netflow_keep_addresses: args.netflow_keep_addresses,
     };
     block_on(|token| async move { run::run(cfg, token).await })
 }

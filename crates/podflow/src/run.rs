@@ -48,6 +48,8 @@ pub struct RunConfig {
     pub netflow_allow: AllowList,
     /// Per-exporter NetFlow series (the exporter address becomes a label).
     pub netflow_exporter_labels: bool,
+    /// Keep full addresses of NetFlow flows with no end in the cluster (docs/netflow.md).
+    pub netflow_keep_addresses: bool,
 }
 
 /// Runs until `shutdown` is cancelled, then flushes the last interval and returns.
@@ -65,6 +67,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<(), Role
             max_pending_rows: MAX_PENDING_ROWS,
             // One observer: no flow between two nodes that both run agents.
             probe_ports: Vec::new(),
+            netflow_keep_addresses: cfg.netflow_keep_addresses,
         },
         store,
         Arc::clone(&registry),

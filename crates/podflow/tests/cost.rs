@@ -37,6 +37,7 @@ fn internet_row(t: i64, local: &str, ns: &str, workload: &str, bytes_out: u64) -
             responder_port: 443,
             local_initiated: true,
             service: None,
+            prefixes: Default::default(),
         },
         totals: FlowTotals {
             bytes_out,

@@ -57,6 +57,7 @@ fn row(t: i64, i: u32, (ns, src): (&str, &str), (ns2, dst): (&str, &str), bytes:
             responder_port: 80 + (i % 1000) as u16,
             local_initiated: true,
             service: None,
+            prefixes: Default::default(),
         },
         totals: FlowTotals {
             bytes_out: bytes,

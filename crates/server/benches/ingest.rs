@@ -85,6 +85,7 @@ fn ingest<S: FlowStore + 'static>(store: S, obs: &[Observation]) -> f64 {
             retention: Duration::from_secs(86400),
             max_pending_rows: MAX_PENDING_ROWS,
             probe_ports: Vec::new(),
+            netflow_keep_addresses: false,
         };
         let token = tokio_util::sync::CancellationToken::new();
         let mut p = Driver::new(cfg, store, Arc::new(Registry::default()), &token)
@@ -142,6 +143,7 @@ fn rows(first: usize, n: usize, t0: i64, per_interval: usize) -> Vec<FlowRow> {
                     responder_port: 8080,
                     local_initiated: true,
                     service: None,
+                    prefixes: Default::default(),
                 },
                 totals: FlowTotals {
                     bytes_out: 1000 + i as u64 % 977,

@@ -16,9 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use podflow_enrich::Attributor;
-use podflow_inventory::SharedIndex;
+use podflow_inventory::{IpIndex, SharedIndex};
 use podflow_model::{
-    Attribution, ChunkId, FlowLabels, FlowRow, Observation, Oriented, PROBE_APP, Place, Protocol,
+    Attribution, ChunkId, FlowKey, FlowLabels, FlowRow, Observation, Oriented, PROBE_APP, Place,
+    Prefixes, Protocol,
 };
 use podflow_pipeline::Aggregator;
 use podflow_pipeline::ledger::{BatchId, Ledger, MAX_AGENTS, MAX_AGENTS_PER_NODE, Offer, TooMany};
@@ -119,6 +120,9 @@ pub struct DriverConfig {
     /// The agents' probe ports (protocol, port): node-to-node flows to them are marked
     /// as the probes' own ([`PROBE_APP`]).
     pub probe_ports: Vec<(Protocol, u16)>,
+    /// Keep the addresses of NetFlow/IPFIX flows with no end in the cluster instead of
+    /// summing them per network (docs/netflow.md).
+    pub netflow_keep_addresses: bool,
 }
 
 /// Attribution, aggregation, the writer and the acks.
@@ -145,6 +149,8 @@ pub struct Driver<S: FlowStore + 'static> {
     /// NetFlow records summed per flow until their interval closes (filled by the
     /// receive threads).
     prefold: Arc<Mutex<Prefold>>,
+    /// [`DriverConfig::netflow_keep_addresses`].
+    netflow_keep_addresses: bool,
 }
 
 impl<S: FlowStore + 'static> Driver<S> {
@@ -163,6 +169,7 @@ impl<S: FlowStore + 'static> Driver<S> {
             retention,
             max_pending_rows,
             probe_ports,
+            netflow_keep_addresses,
         } = cfg;
         let observer = observer.as_deref();
         let attributor = attribution::attributor(&settings)
@@ -229,6 +236,7 @@ impl<S: FlowStore + 'static> Driver<S> {
             ledger,
             marks,
             probe_ports,
+            netflow_keep_addresses,
         })
     }
 
@@ -331,9 +339,15 @@ impl<S: FlowStore + 'static> Driver<S> {
     /// now: attributed one by one.
     pub fn ingest_records(&mut self, batch: podflow_netflow::Batch) {
         let now = podflow_inventory::now_ns();
+        let idx = self.shared.load();
+        let at = (now / 1_000_000_000) as i64;
         for (who, obs) in by_observer(batch) {
-            self.ingest(&who, None, &obs, now);
+            for o in &obs {
+                let conns = (u64::from(o.opened), u64::from(o.closed));
+                self.record_netflow(&idx, &who, o, (at, now), conns);
+            }
         }
+        self.note_keys();
     }
 
     /// Attributes and aggregates the NetFlow flows of the intervals before `before`.
@@ -350,42 +364,63 @@ impl<S: FlowStore + 'static> Driver<S> {
             return;
         }
         let idx = self.shared.load();
-        let mut last_observer: Option<Arc<str>> = None;
         flows.for_each(|f| {
-            // Runs of flows share an exporter: look the set up when it changes.
-            if !last_observer
-                .as_ref()
-                .is_some_and(|o| Arc::ptr_eq(o, &f.observer))
-            {
-                last_observer = Some(Arc::clone(&f.observer));
-            }
-            let a = self
-                .attributor
-                .attribute(&f.obs, &f.observer, &idx, f.seen_ns);
-            let (ledger, probe_ports) = (&self.ledger, self.probe_ports.as_slice());
-            self.agg.record_counted(
-                &f.observer,
-                f.obs.proto,
-                &oriented(&f.obs, &a),
-                f.interval,
-                || {
-                    labels(
-                        &a,
-                        f.obs.proto,
-                        probe_ports,
-                        &f.observer,
-                        ledger,
-                        f.interval,
-                    )
-                },
-                a.cost_usd,
-                (f.opened, f.closed),
-            );
+            let conns = (f.opened, f.closed);
+            self.record_netflow(&idx, &f.observer, &f.obs, (f.interval, f.seen_ns), conns);
         });
         if let Ok(mut p) = self.prefold.lock() {
             p.recycle(flows);
         }
         self.note_keys();
+    }
+
+    /// Attributes one NetFlow flow (`obs`, summed records of `observer`) at `seen_ns`
+    /// and adds it to interval `at`, per network when neither end is in the cluster.
+    fn record_netflow(
+        &mut self,
+        idx: &IpIndex,
+        observer: &Arc<str>,
+        obs: &Observation,
+        (at, seen_ns): (i64, u64),
+        conns: (u64, u64),
+    ) {
+        let a = self.attributor.attribute(obs, observer, idx, seen_ns);
+        let o = oriented(obs, &a);
+        let key = self.netflow_key(obs.proto, &o, &a);
+        if key.prefixes != Prefixes::default() {
+            self.registry
+                .pipeline
+                .netflow_summed_per_network
+                .fetch_add(1, Relaxed);
+        }
+        let (ledger, probe_ports) = (&self.ledger, self.probe_ports.as_slice());
+        self.agg.record_counted(
+            observer,
+            key,
+            &o,
+            at,
+            || labels(&a, obs.proto, probe_ports, observer, ledger, at),
+            a.cost_usd,
+            conns,
+        );
+    }
+
+    /// The key of a NetFlow flow: its networks when neither end is in the cluster
+    /// (unless [`DriverConfig::netflow_keep_addresses`]), else its addresses.
+    fn netflow_key(&self, proto: Protocol, o: &Oriented, a: &Attribution) -> FlowKey {
+        let key = FlowKey::of(proto, o);
+        if self.netflow_keep_addresses {
+            return key;
+        }
+        match self.attributor.outside_networks(a) {
+            Some((local, remote)) => FlowKey {
+                local: local.addr(),
+                remote: remote.addr(),
+                ..key
+            }
+            .with_prefix_lens(local.len(), remote.len()),
+            None => key,
+        }
     }
 
     /// Whether a batch of `agent` on `node` may be offered: a new agent only within

@@ -134,6 +134,8 @@ pub struct ServerConfig {
     pub netflow_allow: AllowList,
     /// Per-exporter NetFlow series (the exporter address becomes a label).
     pub netflow_exporter_labels: bool,
+    /// Keep full addresses of NetFlow flows with no end in the cluster (docs/netflow.md).
+    pub netflow_keep_addresses: bool,
     /// Write to ClickHouse instead of the embedded store.
     pub clickhouse: Option<podflow_store::ClickHouseConfig>,
     /// On-demand probes (`POST /api/v1/probe`).
@@ -335,6 +337,7 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
                     (podflow_model::Protocol::TCP, p.http),
                 ]
             },
+            netflow_keep_addresses: cfg.netflow_keep_addresses,
         },
         store,
         Arc::clone(&registry),

@@ -159,6 +159,7 @@ impl Server {
             netflow_listen: Vec::new(),
             netflow_allow: Default::default(),
             netflow_exporter_labels: false,
+            netflow_keep_addresses: false,
             clickhouse: Some(ch.clone()),
             on_demand: Default::default(),
         };

@@ -101,6 +101,7 @@ async fn forty_agents_at_once_all_acked_exact_totals_bounded_memory() {
         netflow_listen: Vec::new(),
         netflow_allow: Default::default(),
         netflow_exporter_labels: false,
+        netflow_keep_addresses: false,
         clickhouse: None,
         on_demand: Default::default(),
     };

@@ -52,6 +52,7 @@ fn rows(t0: i64) -> Vec<FlowRow> {
                     responder_port: 443,
                     local_initiated: true,
                     service: None,
+                    prefixes: Default::default(),
                 },
                 totals: FlowTotals {
                     bytes_out: 1000 + i as u64,

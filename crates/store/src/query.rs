@@ -27,6 +27,27 @@ macro_rules! side_dims {
     };
 }
 
+/// An end's address as text (`local` or `remote`): the address, or `address/length` on a
+/// row summed per network (docs/schema.md), so a filter on an exact address matches only
+/// rows that keep full addresses.
+macro_rules! addr_text {
+    ($end:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $end,
+            "_prefix_len = (CASE WHEN instr(",
+            $end,
+            "_addr, ':') > 0 THEN 128 ELSE 32 END) THEN ",
+            $end,
+            "_addr ELSE ",
+            $end,
+            "_addr || '/' || ",
+            $end,
+            "_prefix_len END"
+        )
+    };
+}
+
 const SIDE: &[Dim] = side_dims!(
     "kind" => "kind",
     "namespace" => "namespace",
@@ -52,11 +73,23 @@ const OTHER: &[Dim] = &[
     },
     Dim {
         name: "src_ip",
-        sql: "CASE WHEN local_initiated THEN local_addr ELSE remote_addr END",
+        sql: concat!(
+            "CASE WHEN local_initiated THEN ",
+            addr_text!("local"),
+            " ELSE ",
+            addr_text!("remote"),
+            " END"
+        ),
     },
     Dim {
         name: "dst_ip",
-        sql: "CASE WHEN local_initiated THEN remote_addr ELSE local_addr END",
+        sql: concat!(
+            "CASE WHEN local_initiated THEN ",
+            addr_text!("remote"),
+            " ELSE ",
+            addr_text!("local"),
+            " END"
+        ),
     },
     Dim {
         name: "dst_port",
@@ -153,7 +186,7 @@ const LOCAL: &[Dim] = &[
     },
     Dim {
         name: "local_ip",
-        sql: "local_addr",
+        sql: addr_text!("local"),
     },
     Dim {
         name: "local_initiated",
@@ -169,7 +202,7 @@ const LOCAL: &[Dim] = &[
     },
     Dim {
         name: "remote_ip",
-        sql: "remote_addr",
+        sql: addr_text!("remote"),
     },
 ];
 

@@ -18,6 +18,7 @@ pub(crate) fn row(t: i64, remote: &str, bytes_out: u64) -> FlowRow {
             responder_port: 443,
             local_initiated: true,
             service: Some(("fd00::10".parse().expect("ip"), 80)),
+            prefixes: Default::default(),
         },
         totals: FlowTotals {
             bytes_out,

@@ -232,6 +232,7 @@ fn sample_rows(t0: i64) -> Vec<FlowRow> {
                 responder_port: 5432,
                 local_initiated: true,
                 service: Some((v4(10, 96, 0, 10), 5432)),
+                prefixes: Default::default(),
             },
             web.clone(),
         ),
@@ -244,6 +245,7 @@ fn sample_rows(t0: i64) -> Vec<FlowRow> {
                 responder_port: 5432,
                 local_initiated: false,
                 service: None,
+                prefixes: Default::default(),
             },
             web,
         ),
@@ -256,6 +258,7 @@ fn sample_rows(t0: i64) -> Vec<FlowRow> {
                 responder_port: 443,
                 local_initiated: true,
                 service: None,
+                prefixes: Default::default(),
             },
             s3,
         ),
@@ -271,6 +274,7 @@ fn sample_rows(t0: i64) -> Vec<FlowRow> {
                     IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 10)),
                     53,
                 )),
+                prefixes: Default::default(),
             },
             inet.clone(),
         ),
@@ -283,6 +287,7 @@ fn sample_rows(t0: i64) -> Vec<FlowRow> {
                 responder_port: 0,
                 local_initiated: false,
                 service: None,
+                prefixes: Default::default(),
             },
             inet,
         ),
@@ -618,26 +623,28 @@ fn opening_twice_migrates_idempotently_and_adds_missing_columns() {
         ch.write(&rows[..3]).expect("write");
     }
     let n = cols(&url);
-    assert_eq!(n, 64, "35 kubenetmon columns + 29 of podflow's");
+    assert_eq!(n, 66, "35 kubenetmon columns + 31 of podflow's");
     let ch = ClickHouseStore::open(config(&url)).expect("second open");
     assert_eq!(cols(&url), n);
     // A table from an older podflow (columns missing: kubenetmon's, and the Service
     // zone columns of before schema version 5) gets them back, data kept.
-    for c in [
+    let dropped = [
         "remoteCloudService",
         "service_headless",
         "service_prefers_close",
         "service_zone_local",
-    ] {
+    ];
+    for c in dropped {
         sql_exec(
             &url,
             &format!("ALTER TABLE network_flows_0 DROP COLUMN {c}"),
         );
     }
-    assert_eq!(cols(&url), n - 4);
+    assert_eq!(cols(&url), n - dropped.len() as u64);
     drop(ch);
     let mut ch = ClickHouseStore::open(config(&url)).expect("open migrates");
     assert_eq!(cols(&url), n);
+
     ch.write(&rows[3..]).expect("write after migration");
     assert_eq!(
         total(&ch.flows(&all(t0(), t0() + 180)).expect("flows")),
@@ -787,6 +794,7 @@ fn grouped_rows(t0: i64) -> Vec<FlowRow> {
         responder_port: port,
         local_initiated,
         service,
+        prefixes: Default::default(),
     };
     let web_db = |t, n, cost| {
         row(
@@ -864,6 +872,7 @@ fn grouped_rows(t0: i64) -> Vec<FlowRow> {
                 IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0xa)),
                 53,
             )),
+            prefixes: Default::default(),
         },
         FlowLabels {
             class: Class::PublicInternet,
@@ -1551,5 +1560,169 @@ fn service_costs_equal_the_sqlite_store() {
     assert_eq!(
         kafka.projected_monthly_saving_usd,
         1.0 * 30.0 * 86_400.0 / 120.0
+    );
+}
+
+/// Rows summed per network on both stores: kept apart from the full-address rows of the
+/// same addresses, read back with their lengths, and an exact-address filter matches
+/// only full-address rows (IPv4 /24 and IPv6 /48).
+#[test]
+fn network_rows_never_match_an_exact_address_on_both_stores() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((dir, front)) = setup() else { return };
+    let mut ch = ClickHouseStore::open(config(&front.url())).expect("open ClickHouse store");
+    let mut lite = SqliteStore::open(&dir.path().join("flows.db")).expect("open SQLite store");
+    let at = |local: &str, remote: &str, n: u64, lens: Option<(u8, u8)>| {
+        let mut key = FlowKey {
+            proto: Protocol::TCP,
+            local: local.parse().expect("ip"),
+            remote: remote.parse().expect("ip"),
+            responder_port: 443,
+            local_initiated: true,
+            service: None,
+            prefixes: Default::default(),
+        };
+        if let Some((l, r)) = lens {
+            key = key.with_prefix_lens(l, r);
+        }
+        FlowRow {
+            interval_start: t0(),
+            interval_s: 60,
+            observer: "192.0.2.7/0".into(),
+            key,
+            totals: totals(n),
+            labels: Arc::new(FlowLabels {
+                class: Class::PublicInternet,
+                local: end("internet", "", "", "", ""),
+                remote: end("internet", "", "", "", ""),
+                ..FlowLabels::default()
+            }),
+            cost_usd: 0.0,
+        }
+    };
+    let rows = [
+        at("203.0.113.0", "198.51.100.0", 3, None),
+        at("203.0.113.0", "198.51.100.0", 2, Some((24, 24))),
+        at("2001:db8:1::", "2001:db8:2::", 1, Some((48, 48))),
+    ];
+    for s in [&mut ch as &mut dyn FlowStore, &mut lite] {
+        s.write(&rows).expect("write");
+    }
+    let flows = |s: &dyn FlowStore| {
+        let mut v: Vec<(String, String, u64)> = s
+            .flows(&all(t0(), t0() + 60))
+            .expect("flows")
+            .iter()
+            .map(|f| (f.key.local_text(), f.key.remote_text(), f.totals.bytes_out))
+            .collect();
+        v.sort();
+        v
+    };
+    let want = vec![
+        (
+            "2001:db8:1::/48".to_string(),
+            "2001:db8:2::/48".to_string(),
+            1000,
+        ),
+        ("203.0.113.0".into(), "198.51.100.0".into(), 3000),
+        ("203.0.113.0/24".into(), "198.51.100.0/24".into(), 2000),
+    ];
+    assert_eq!(flows(&ch), want);
+    assert_eq!(flows(&lite), want);
+    for (dim, value, bytes) in [
+        ("src_ip", "203.0.113.0", 3000),
+        ("dst_ip", "198.51.100.0", 3000),
+        ("src_ip", "203.0.113.0/24", 2000),
+        ("dst_ip", "2001:db8:2::/48", 1000),
+        ("dst_ip", "2001:db8:2::", 0),
+    ] {
+        let q = group_query(t0(), t0() + 60, View::Raw, &[], &[(dim, value)], 10);
+        for s in [&ch as &dyn FlowStore, &lite] {
+            let got: u64 = s
+                .group(&q)
+                .expect("group")
+                .iter()
+                .map(|g| g.bytes_src_to_dst)
+                .sum();
+            assert_eq!(got, bytes, "{dim}={value}");
+        }
+    }
+    let q = group_query(t0(), t0() + 60, View::Raw, &["src_ip", "dst_ip"], &[], 10);
+    assert_eq!(
+        ch.group(&q).expect("ClickHouse"),
+        lite.group(&q).expect("SQLite")
+    );
+}
+
+/// A table from before the prefix lengths (schema version 6): opening it adds them to
+/// its columns and its sorting key, its rows read as full addresses, and a network row
+/// of the same addresses written after stays a row of its own.
+#[test]
+fn a_table_without_prefix_lengths_gets_them_in_its_key() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((_dir, front)) = setup() else { return };
+    let url = front.url();
+    let cfg = config(&url);
+    for ddl in create_statements(&cfg) {
+        let old = ddl
+            .replace(",\n    `local_prefix_len` UInt8 CODEC(ZSTD(1))", "")
+            .replace(",\n    `remote_prefix_len` UInt8 CODEC(ZSTD(1))", "")
+            .replace(", local_prefix_len, remote_prefix_len)", ")");
+        assert!(!old.contains("prefix_len"), "{old}");
+        sql_exec(&url, &old);
+    }
+    sql_exec(
+        &url,
+        &format!(
+            "INSERT INTO network_flows_0 (date, intervalStartTime, intervalSeconds, proto, \
+             direction, observer, local_addr, remote_addr, responder_port, local_initiated, \
+             class, local_kind, remote_kind, bytes, bytes_out) VALUES (toDate({t}), {t}, 60, \
+             'tcp', 'out', 'r/0', '::ffff:203.0.113.0', '::ffff:198.51.100.0', 443, true, \
+             'UNKNOWN', 'internet', 'internet', 40, 40)",
+            t = t0()
+        ),
+    );
+    let mut ch = ClickHouseStore::open(cfg).expect("open migrates");
+    let mut net = FlowRow {
+        interval_start: t0(),
+        interval_s: 60,
+        observer: "r/0".into(),
+        key: FlowKey {
+            proto: Protocol::TCP,
+            local: v4(203, 0, 113, 0),
+            remote: v4(198, 51, 100, 0),
+            responder_port: 443,
+            local_initiated: true,
+            service: None,
+            prefixes: Default::default(),
+        },
+        totals: totals(1),
+        labels: Arc::new(node_b_and_internet()),
+        cost_usd: 0.0,
+    };
+    net.key = net.key.with_prefix_lens(24, 24);
+    ch.write(&[net]).expect("write");
+    let mut got: Vec<(String, String, u64)> = ch
+        .flows(&all(t0(), t0() + 60))
+        .expect("flows")
+        .iter()
+        .map(|f| (f.key.local_text(), f.key.remote_text(), f.totals.bytes_out))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("203.0.113.0".to_string(), "198.51.100.0".to_string(), 40),
+            ("203.0.113.0/24".into(), "198.51.100.0/24".into(), 1000),
+        ]
+    );
+    sql_exec(&url, "OPTIMIZE TABLE network_flows_0 FINAL");
+    assert_eq!(
+        sql_u64(
+            &url,
+            "SELECT count() FROM network_flows_0 WHERE direction = 'out'"
+        ),
+        2,
+        "merged, the network row is still apart"
     );
 }

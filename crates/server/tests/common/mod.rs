@@ -133,6 +133,7 @@ pub fn config(d: &Path, grpc: SocketAddr, auth: AgentAuth, tls: Option<ServerTls
         netflow_listen: Vec::new(),
         netflow_allow: Default::default(),
         netflow_exporter_labels: false,
+        netflow_keep_addresses: false,
         clickhouse: None,
         on_demand: Default::default(),
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ::clickhouse::Row;
 use podflow_model::{
-    Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, KubenetmonClass, Protocol,
+    Class, EndLabels, FlowKey, FlowLabels, FlowRow, FlowTotals, KubenetmonClass, Prefixes, Protocol,
 };
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +102,8 @@ pub(super) struct ChRow<'a> {
     service_headless: &'static str,
     service_prefers_close: &'static str,
     service_zone_local: &'static str,
+    local_prefix_len: u8,
+    remote_prefix_len: u8,
 }
 
 /// `flows()` output row; field names are the SELECT's aliases.
@@ -115,6 +117,8 @@ pub(super) struct SummaryRow {
     local_initiated: bool,
     service_addr: Ipv6Addr,
     service_port: u16,
+    local_prefix_len: u8,
+    remote_prefix_len: u8,
     t_bytes_out: u64,
     t_packets_out: u64,
     t_bytes_in: u64,
@@ -265,6 +269,9 @@ pub(super) fn encode<'a>(r: &'a FlowRow, proto: &'a str) -> Result<[ChRow<'a>; 2
         service_headless: l.service_headless_str(),
         service_prefers_close: l.service_prefers_close_str(),
         service_zone_local: l.service_zone_local_str(),
+        // 0: a full address (the table's encoding, docs/clickhouse.md).
+        local_prefix_len: k.prefixes.local.unwrap_or(0),
+        remote_prefix_len: k.prefixes.remote.unwrap_or(0),
     };
     let inb = ChRow {
         direction: 2,
@@ -305,6 +312,10 @@ impl SummaryRow {
                 responder_port: s.responder_port,
                 local_initiated: s.local_initiated,
                 service,
+                prefixes: Prefixes {
+                    local: (s.local_prefix_len != 0).then_some(s.local_prefix_len),
+                    remote: (s.remote_prefix_len != 0).then_some(s.remote_prefix_len),
+                },
             },
             totals: FlowTotals {
                 bytes_out: s.t_bytes_out,

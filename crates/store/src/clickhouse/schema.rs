@@ -40,7 +40,8 @@ const U64: &str = "UInt64 CODEC(Delta(8), ZSTD(1))";
 /// By hand, not from [`LABELS`](crate::columns::LABELS): kubenetmon's order interleaves the label columns with
 /// others, and the table's column order must not change. A test checks that every label
 /// column is here under [`label_column`]'s name. Migration adds the
-/// ones an existing table lacks; key columns never change (a new key is a new table).
+/// ones an existing table lacks; key columns never change (a new key is a new table),
+/// except the prefix lengths, appended to the key with the columns ([`add_columns`]).
 pub(super) const COLUMNS: &[Column] = &[
     col("date", "Date CODEC(Delta(2), ZSTD(1))"),
     col("intervalStartTime", "DateTime CODEC(Delta(4), ZSTD(1))"),
@@ -113,7 +114,17 @@ pub(super) const COLUMNS: &[Column] = &[
     dflt("service_headless", LCS, "''"),
     dflt("service_prefers_close", LCS, "''"),
     dflt("service_zone_local", LCS, "''"),
+    // The prefix lengths of both ends on a row summed per network, 0 for a full
+    // address (the embedded store's schema version 6, which stores 32/128 there): the
+    // last sorting-key columns, so a network never sums into a full address's row. An
+    // older table gets them with its key extended ([`PREFIX_COLUMNS`]); ClickHouse allows
+    // no default on such a column, so its old rows read 0, full addresses, as they are.
+    col("local_prefix_len", "UInt8 CODEC(ZSTD(1))"),
+    col("remote_prefix_len", "UInt8 CODEC(ZSTD(1))"),
 ];
+
+/// The columns added to the sorting key (version 6), in one `ALTER` with the key.
+pub(super) const PREFIX_COLUMNS: [&str; 2] = ["local_prefix_len", "remote_prefix_len"];
 
 /// The column holding a label column ([`LABELS`](crate::columns::LABELS)): kubenetmon's where kubenetmon has
 /// the label, else podflow's own, named as in the embedded store. Not mechanical:
@@ -141,7 +152,7 @@ const SUMMED: &str = "bytes, packets, bytes_out, packets_out, bytes_in, packets_
 
 /// The sorting key: interval, observer, direction and podflow's flow key.
 const ORDER_BY: &str = "intervalStartTime, observer, direction, proto, local_addr, remote_addr, \
-    responder_port, local_initiated, service_addr, service_port";
+    responder_port, local_initiated, service_addr, service_port, local_prefix_len, remote_prefix_len";
 
 /// ` ON CLUSTER ...` for DDL when a cluster is configured.
 pub(super) fn on_cluster(cfg: &ClickHouseConfig) -> String {
@@ -230,11 +241,36 @@ const MARKS_COLUMNS: &str = "    `agent` String,
 /// The statements that add the columns a table with the columns `have` lacks, each
 /// with the column's name.
 pub(super) fn add_columns(cfg: &ClickHouseConfig, have: &[String]) -> Vec<(&'static str, String)> {
-    COLUMNS
+    let missing = |c: &&Column| !have.iter().any(|h| h == c.name);
+    let mut out: Vec<(&'static str, String)> = COLUMNS
         .iter()
-        .filter(|c| !have.iter().any(|h| h == c.name))
+        .filter(missing)
+        .filter(|c| !PREFIX_COLUMNS.contains(&c.name))
         .map(|c| (c.name, add_column_statement(cfg, c)))
-        .collect()
+        .collect();
+    let prefix: Vec<&Column> = COLUMNS
+        .iter()
+        .filter(missing)
+        .filter(|c| PREFIX_COLUMNS.contains(&c.name))
+        .collect();
+    if !prefix.is_empty() {
+        // Key columns: added and put into the sorting key in one ALTER (metadata only).
+        let adds: Vec<String> = prefix
+            .iter()
+            .map(|c| format!("ADD COLUMN IF NOT EXISTS {}", column_sql(c)))
+            .collect();
+        out.push((
+            PREFIX_COLUMNS[0],
+            format!(
+                "ALTER TABLE `{}`.`{}`{} {}, MODIFY ORDER BY ({ORDER_BY})",
+                cfg.database,
+                cfg.table,
+                on_cluster(cfg),
+                adds.join(", ")
+            ),
+        ));
+    }
+    out
 }
 
 /// The statement that adds a missing column to an existing table.

@@ -16,7 +16,7 @@ pub(super) fn flows_sql(db: &str, table: &str) -> String {
     // from column names (an alias equal to a column would shadow it inside the sums).
     format!(
         "SELECT observer, proto, local_addr, remote_addr, responder_port, local_initiated, \
-         service_addr, service_port, \
+         service_addr, service_port, local_prefix_len, remote_prefix_len, \
          sum(bytes_out) AS t_bytes_out, sum(packets_out) AS t_packets_out, \
          sum(bytes_in) AS t_bytes_in, sum(packets_in) AS t_packets_in, \
          sum(conns_opened) AS t_opened, sum(conns_closed) AS t_closed, \
@@ -27,7 +27,7 @@ pub(super) fn flows_sql(db: &str, table: &str) -> String {
          FROM `{db}`.`{table}` \
          WHERE intervalStartTime >= toDateTime(?) AND intervalStartTime < toDateTime(?) \
          GROUP BY observer, proto, local_addr, remote_addr, responder_port, local_initiated, \
-         service_addr, service_port \
+         service_addr, service_port, local_prefix_len, remote_prefix_len \
          ORDER BY t_bytes_out + t_bytes_in DESC, t_opened DESC \
          LIMIT ?",
         labels = LABELS
@@ -54,6 +54,13 @@ fn ip_text(column: &str) -> String {
     format!("replaceRegexpOne(IPv6NumToString({column}), '^::ffff:([0-9]+[.][0-9.]+)$', '\\\\1')")
 }
 
+/// An end's address as text (`local` or `remote`), as the embedded store gives it: the
+/// address, or `address/length` on a row summed per network.
+fn end_text(end: &str) -> String {
+    let t = ip_text(&format!("{end}_addr"));
+    format!("if({end}_prefix_len = 0, {t}, concat({t}, '/', toString({end}_prefix_len)))")
+}
+
 /// The columns of one end's attribute (`local_` and `remote_`), as ClickHouse expressions.
 fn end_columns(attr: &str) -> Option<(String, String)> {
     match attr {
@@ -66,7 +73,7 @@ fn end_columns(attr: &str) -> Option<(String, String)> {
             };
             Some((w("local"), w("remote")))
         }
-        "ip" => Some((ip_text("local_addr"), ip_text("remote_addr"))),
+        "ip" => Some((end_text("local"), end_text("remote"))),
         // A label column of each end.
         _ => {
             let column = |end: &str| {

@@ -86,6 +86,22 @@ impl SqliteStore {
         for (op, sql) in schema::add_columns(&have) {
             conn.execute_batch(&sql).map_err(err(op))?;
         }
+        if !have.iter().any(|c| c == schema::PREFIX_COLUMNS[0]) {
+            let info: Vec<(String, String, bool, Option<String>)> = {
+                let mut st = conn
+                    .prepare(schema::FLOWS_TABLE_INFO)
+                    .map_err(err("read columns"))?;
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .map_err(err("read columns"))?
+                    .collect::<Result<_, _>>()
+                    .map_err(err("read columns"))?
+            };
+            let tx = conn.transaction().map_err(err("begin migration"))?;
+            for (op, sql) in schema::add_prefix_columns(&info) {
+                tx.execute_batch(&sql).map_err(err(op))?;
+            }
+            tx.commit().map_err(err("commit migration"))?;
+        }
         let have: Vec<String> = {
             let mut st = conn
                 .prepare(schema::MARKS_COLUMNS)
@@ -545,6 +561,72 @@ mod tests {
         assert_eq!(got[0].totals.bytes_out, 15);
     }
 
+    /// Rows summed per network keep their prefix lengths, stay apart from rows of the
+    /// same addresses in full, and an exact-address filter matches only the full ones.
+    #[test]
+    fn network_rows_never_match_an_exact_address() {
+        use crate::query::{GroupQuery, View, dim, local_dim};
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = SqliteStore::open(&dir.path().join("f.sqlite")).expect("open");
+        let at = |local: &str, remote: &str, bytes, lens: Option<(u8, u8)>| {
+            let mut r = row(100, remote, bytes);
+            r.key.local = local.parse().expect("ip");
+            r.key.service = None;
+            if let Some((l, m)) = lens {
+                r.key = r.key.with_prefix_lens(l, m);
+            }
+            r
+        };
+        s.write(&[
+            at("203.0.113.0", "198.51.100.0", 1000, None),
+            at("203.0.113.0", "198.51.100.0", 70, Some((24, 24))),
+            at("2001:db8:1::", "2001:db8:2::", 5, Some((48, 48))),
+        ])
+        .expect("write");
+        let mut got: Vec<(String, String, u64)> = s
+            .flows(&FlowQuery {
+                from: 0,
+                to: 1000,
+                limit: 10,
+            })
+            .expect("flows")
+            .iter()
+            .map(|f| (f.key.local_text(), f.key.remote_text(), f.totals.bytes_out))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("2001:db8:1::/48".into(), "2001:db8:2::/48".into(), 5),
+                ("203.0.113.0".into(), "198.51.100.0".into(), 1000),
+                ("203.0.113.0/24".into(), "198.51.100.0/24".into(), 70),
+            ]
+        );
+        let bytes = |d: crate::query::Dim, v: &str| -> u64 {
+            s.group(&GroupQuery {
+                from: 0,
+                to: 1000,
+                group_by: Vec::new(),
+                filters: vec![(d, v.to_string())],
+                limit: 10,
+                view: View::Raw,
+            })
+            .expect("group")
+            .iter()
+            .map(|g| g.bytes_src_to_dst)
+            .sum()
+        };
+        let d = |n| dim(n).expect("dim");
+        let l = |n| local_dim(n).expect("dim");
+        assert_eq!(bytes(d("src_ip"), "203.0.113.0"), 1000, "the full row only");
+        assert_eq!(bytes(d("dst_ip"), "198.51.100.0"), 1000);
+        assert_eq!(bytes(l("local_ip"), "203.0.113.0"), 1000);
+        assert_eq!(bytes(l("remote_ip"), "198.51.100.0"), 1000);
+        assert_eq!(bytes(d("src_ip"), "203.0.113.0/24"), 70, "the network");
+        assert_eq!(bytes(d("dst_ip"), "2001:db8:2::/48"), 5);
+        assert_eq!(bytes(d("dst_ip"), "2001:db8:2::"), 0);
+    }
+
     #[test]
     fn grouped_queries_orient_by_initiator_filter_and_count_once() {
         use crate::query::{GroupQuery, View, dim};
@@ -656,6 +738,11 @@ mod tests {
             (old.totals.bytes_out, old.labels.class),
             (5, Class::Unknown)
         );
+        assert_eq!(
+            (old.key.local_prefix_len(), old.key.prefixes),
+            (32, Default::default()),
+            "rows from before the prefix lengths are full addresses"
+        );
     }
 
     /// A version-4 file (the flows and rollups of before the Service zone columns),
@@ -698,7 +785,7 @@ mod tests {
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
-        assert_eq!(version, 5);
+        assert_eq!(version, SCHEMA_VERSION);
         // The old rows: their Service, flags of unknown (empty) value.
         let got = s
             .flows(&FlowQuery {

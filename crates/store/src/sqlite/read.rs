@@ -47,6 +47,10 @@ impl SqliteStore {
                         .map(|i| r.get::<_, String>(i))
                         .collect::<Result<Vec<_>, _>>()?,
                     r.get::<_, bool>(l + LABELS.len())?,
+                    (
+                        r.get::<_, u8>(l + LABELS.len() + 1)?,
+                        r.get::<_, u8>(l + LABELS.len() + 2)?,
+                    ),
                 ))
             })
             .map_err(sqlite_err(&self.path, "query"))?;
@@ -67,6 +71,7 @@ impl SqliteStore {
                 cost_usd,
                 l,
                 ro,
+                (local_len, remote_len),
             ) = row.map_err(sqlite_err(&self.path, "read row"))?;
             let mut labels = self.labels(l)?;
             Arc::make_mut(&mut labels).remote_observed = ro;
@@ -84,7 +89,9 @@ impl SqliteStore {
                     responder_port: port,
                     local_initiated: init,
                     service,
-                },
+                    prefixes: Default::default(),
+                }
+                .with_prefix_lens(local_len, remote_len),
                 totals: FlowTotals::from_columns(n),
                 labels,
                 cost_usd,

@@ -8,14 +8,16 @@
 //! count-once view) and the tokens of the chunks written lately; version 5 the Service
 //! columns of the avoidable cross-zone traffic (`service_headless`,
 //! `service_prefers_close`, `service_zone_local`: ALTER TABLE on `flows`, and the
-//! rollups, whose key they join, rebuilt from `flows`).
+//! rollups, whose key they join, rebuilt from `flows`); version 6 the prefix lengths of
+//! both ends (`local_prefix_len`, `remote_prefix_len`: rows summed per network), which
+//! join the key, so `flows` is rebuilt with them, old rows reading full addresses.
 
 use super::rollup::{self, DIMS, LEVELS, SUMS};
 use super::sql::{FLOW_SUMS, ONCE_FLOWS};
 use crate::columns::LABELS;
 
 /// Schema version stored in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// Version 1: the flows and the agents' marks.
 pub(super) const SCHEMA: &str = "
@@ -143,6 +145,69 @@ pub(super) fn add_columns(have: &[String]) -> Vec<(&'static str, String)> {
         }
     }
     out
+}
+
+/// Version 6: the prefix length columns, in the key after the other key columns.
+pub(super) const PREFIX_COLUMNS: [&str; 2] = ["local_prefix_len", "remote_prefix_len"];
+
+/// The full length of the address in `column` (stored as text: IPv6 has colons).
+fn full_len_of(column: &str) -> String {
+    format!("CASE WHEN instr({column}, ':') > 0 THEN 128 ELSE 32 END")
+}
+
+/// The columns of `flows` as `pragma_table_info` gives them: name, type, not null,
+/// default.
+pub(super) const FLOWS_TABLE_INFO: &str =
+    "SELECT name, type, \"notnull\", dflt_value FROM pragma_table_info('flows') ORDER BY cid";
+
+/// Version 6: the statements that rebuild a `flows` table with the columns `have`
+/// (name, type, not null, default; without the prefix lengths) into one with them in
+/// its key (SQLite cannot change a key in place), old rows reading full addresses (32
+/// or 128). Run in one transaction; on a large file it takes as long as a copy.
+pub(super) fn add_prefix_columns(
+    have: &[(String, String, bool, Option<String>)],
+) -> Vec<(&'static str, String)> {
+    let mut defs: Vec<String> = have
+        .iter()
+        .map(|(name, ty, not_null, dflt)| {
+            let mut d = format!("    {name} {ty}");
+            if *not_null {
+                d.push_str(" NOT NULL");
+            }
+            if let Some(v) = dflt {
+                d.push_str(&format!(" DEFAULT {v}"));
+            }
+            d
+        })
+        .collect();
+    defs.extend(PREFIX_COLUMNS.map(|c| format!("    {c} INTEGER NOT NULL")));
+    let names: Vec<&str> = have.iter().map(|c| c.0.as_str()).collect();
+    let create = format!(
+        "CREATE TABLE flows_v6 (\n{},\n    PRIMARY KEY (interval_start, observer, proto, local_addr, remote_addr,\n                 \
+         responder_port, local_initiated, service_addr, service_port, {})\n) WITHOUT ROWID",
+        defs.join(",\n"),
+        PREFIX_COLUMNS.join(", ")
+    );
+    let copy = format!(
+        "INSERT INTO flows_v6 ({cols}, {prefix}) SELECT {cols}, {local}, {remote} FROM flows",
+        cols = names.join(", "),
+        prefix = PREFIX_COLUMNS.join(", "),
+        local = full_len_of("local_addr"),
+        remote = full_len_of("remote_addr"),
+    );
+    vec![
+        (
+            "migrate: drop a half-built flows_v6",
+            "DROP TABLE IF EXISTS flows_v6".into(),
+        ),
+        ("migrate: create flows with the prefix lengths", create),
+        ("migrate: copy the rows into it", copy),
+        ("migrate: drop the old flows", "DROP TABLE flows".into()),
+        (
+            "migrate: rename flows_v6 to flows",
+            "ALTER TABLE flows_v6 RENAME TO flows".into(),
+        ),
+    ]
 }
 
 /// Versions 3 and 5: the statements that create and fill the rollups from the rows

@@ -4,6 +4,7 @@
 use std::sync::LazyLock;
 
 use super::rollup::{self, DIMS, SUMS, Source};
+use super::schema::PREFIX_COLUMNS;
 use crate::columns::LABELS;
 use crate::query::{Dim, GroupQuery, View};
 
@@ -34,11 +35,15 @@ const COUNTERS: [&str; 6] = [
 /// the cost.
 pub(super) const LABELS_PARAM: usize = 2 + FLOW_KEY.len() + COUNTERS.len() + 2;
 
-/// [`UPSERT`]'s parameter of `remote_observed`, the last.
+/// [`UPSERT`]'s parameter of `remote_observed`.
 pub(super) const REMOTE_OBSERVED_PARAM: usize = LABELS_PARAM + LABELS.len();
 
+/// [`UPSERT`]'s parameter of `local_prefix_len` (key columns of version 6, last);
+/// `remote_prefix_len` follows.
+pub(super) const PREFIX_PARAM: usize = REMOTE_OBSERVED_PARAM + 1;
+
 /// Adds one row to `flows`: parameters ?1.. in the order `interval_start`, `interval_s`,
-/// the key, the counters, `cost_usd`, the labels, `remote_observed`.
+/// the key, the counters, `cost_usd`, the labels, `remote_observed`, the prefix lengths.
 pub(super) static UPSERT: LazyLock<String> = LazyLock::new(|| {
     let cols: Vec<&str> = ["interval_start", "interval_s"]
         .into_iter()
@@ -47,6 +52,7 @@ pub(super) static UPSERT: LazyLock<String> = LazyLock::new(|| {
         .chain(["cost_usd"])
         .chain(LABELS.map(|c| c.name))
         .chain(["remote_observed"])
+        .chain(PREFIX_COLUMNS)
         .collect();
     let summed: Vec<&str> = ["cost_usd"].into_iter().chain(COUNTERS).collect();
     upsert("flows", &cols, &summed)
@@ -62,16 +68,17 @@ pub(super) const FLOWS_COUNTERS_AT: usize = FLOW_KEY.len();
 pub(super) const FLOWS_LABELS_AT: usize = FLOWS_COUNTERS_AT + 2 * COUNTERS.len() + 3;
 
 /// Totals per observer and key over `[?1, ?2)`, at most ?3 of them, largest first; labels
-/// by `MAX` over the key's rows.
+/// by `MAX` over the key's rows; the prefix lengths last (after `remote_observed`).
 pub(super) static FLOWS: LazyLock<String> = LazyLock::new(|| {
     let key = FLOW_KEY.join(", ");
+    let prefix = PREFIX_COLUMNS.join(", ");
     let sums: Vec<String> = COUNTERS.iter().map(|c| split_sum(c)).collect();
     let labels: Vec<String> = LABELS.iter().map(|c| format!("MAX({})", c.name)).collect();
     format!(
         "SELECT {key}, {}, MIN(interval_start), MAX(interval_start + interval_s), \
-         SUM(cost_usd), {}, MAX(remote_observed) \
+         SUM(cost_usd), {}, MAX(remote_observed), {prefix} \
          FROM flows WHERE interval_start >= ?1 AND interval_start < ?2 \
-         GROUP BY {key} \
+         GROUP BY {key}, {prefix} \
          ORDER BY TOTAL(bytes_out) + TOTAL(bytes_in) DESC, TOTAL(conns_opened) DESC LIMIT ?3",
         sums.join(", "),
         labels.join(", "),
@@ -262,12 +269,13 @@ mod tests {
             .and_then(|(_, r)| r.split_once(')'))
             .map(|(c, _)| c.split(", ").collect())
             .expect("column list");
-        assert_eq!(cols.len(), REMOTE_OBSERVED_PARAM);
+        assert_eq!(cols.len(), PREFIX_PARAM + 1);
+        assert_eq!(cols[PREFIX_PARAM - 1..], PREFIX_COLUMNS);
         assert_eq!(cols[..2], ["interval_start", "interval_s"]);
         assert_eq!(cols[16], "cost_usd", "parameter 17");
         assert_eq!(cols[LABELS_PARAM - 1], "class");
         assert_eq!(cols[REMOTE_OBSERVED_PARAM - 1], "remote_observed");
-        assert!(UPSERT.contains(&format!(", ?{REMOTE_OBSERVED_PARAM}) ON CONFLICT")));
+        assert!(UPSERT.contains(&format!(", ?{}) ON CONFLICT", PREFIX_PARAM + 1)));
         assert!(UPSERT.ends_with(
             "conns_closed = CASE WHEN conns_closed > 9223372036854775807 - excluded.conns_closed \
              THEN 9223372036854775807 ELSE conns_closed + excluded.conns_closed END"
@@ -282,8 +290,9 @@ mod tests {
         assert_eq!(cols[FLOWS_COUNTERS_AT + 1], "SUM((bytes_out) & 4294967295)");
         assert_eq!(cols[FLOWS_LABELS_AT - 1], "SUM(cost_usd)");
         assert_eq!(cols[FLOWS_LABELS_AT], "MAX(class)");
-        assert_eq!(cols.len(), FLOWS_LABELS_AT + LABELS.len() + 1);
-        assert_eq!(cols[cols.len() - 1], "MAX(remote_observed)");
+        assert_eq!(cols.len(), FLOWS_LABELS_AT + LABELS.len() + 3);
+        assert_eq!(cols[cols.len() - 3], "MAX(remote_observed)");
+        assert_eq!(cols[cols.len() - 2..], PREFIX_COLUMNS);
     }
 
     #[test]

@@ -81,6 +81,8 @@ struct Keyed<'r> {
     responder_port: u16,
     local_initiated: bool,
     service_port: u16,
+    /// The ends' prefix lengths (32 or 128: full addresses).
+    prefix_lens: (u8, u8),
     counters: [u64; 6],
     cost_usd: f64,
     local: AddrText,
@@ -108,6 +110,7 @@ fn in_key_order<'r>(rows: &[&'r FlowRow]) -> Vec<Keyed<'r>> {
             responder_port: r.key.responder_port,
             local_initiated: r.key.local_initiated,
             service_port: r.key.service.map_or(0, |(_, p)| p),
+            prefix_lens: (r.key.local_prefix_len(), r.key.remote_prefix_len()),
             counters: r.totals.columns(),
             cost_usd: r.cost_usd,
             local: AddrText::of(Some(r.key.local)),
@@ -132,7 +135,7 @@ fn in_key_order<'r>(rows: &[&'r FlowRow]) -> Vec<Keyed<'r>> {
 
 /// Binds the upsert's parameters for `k`, skipping those equal to `prev`'s: in
 /// [`sql::UPSERT`]'s order, 1-2 the interval, 3-10 the key, 11-16 the counters, 17 the
-/// cost, then the labels and `remote_observed`.
+/// cost, then the labels, `remote_observed` and the prefix lengths.
 fn bind_row(
     st: &mut rusqlite::Statement<'_>,
     k: &Keyed<'_>,
@@ -188,6 +191,18 @@ fn bind_row(
         sql::REMOTE_OBSERVED_PARAM,
         k.labels.remote_observed,
         p.map(|p| p.labels.remote_observed),
+    )?;
+    one(
+        st,
+        sql::PREFIX_PARAM,
+        k.prefix_lens.0,
+        p.map(|p| p.prefix_lens.0),
+    )?;
+    one(
+        st,
+        sql::PREFIX_PARAM + 1,
+        k.prefix_lens.1,
+        p.map(|p| p.prefix_lens.1),
     )
 }
 

@@ -219,7 +219,12 @@ fn events_floor(args: &[String]) {
     let cpu0 = process_cpu_s();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < deadline {
-        match sock.recv_batch(&mut buf, &mut lens, Some(Duration::from_millis(20)), "events") {
+        match sock.recv_batch(
+            &mut buf,
+            &mut lens,
+            Some(Duration::from_millis(20)),
+            "events",
+        ) {
             Ok(Batch::Data(n)) => events += n as u64,
             Ok(Batch::Overflow) => overflows += 1,
             Ok(Batch::Timeout) => {}

@@ -451,6 +451,23 @@ fn owners(raw: Vec<RawOwner>) -> Vec<OwnerRef> {
         .collect()
 }
 
+/// The YAML parser's limits for a file of `len` bytes. kubectl's output of a large
+/// cluster exceeds the parser's fixed defaults (a million events is a few thousand pods),
+/// so what grows with the file's text — events, nodes, documents, scalar bytes — is
+/// allowed in proportion to its length: without aliases YAML has at most one event per
+/// byte. What does not grow with honest input keeps the parser's defaults: nesting depth,
+/// anchors and aliases (kubectl writes none), and the copies an alias replays, so an alias
+/// bomb is refused instead of expanding without end.
+fn yaml_budget(len: usize) -> serde_saphyr::Budget {
+    let mut b = serde_saphyr::Budget::default();
+    let per_byte = len.saturating_add(1024);
+    b.max_events = b.max_events.max(per_byte);
+    b.max_nodes = b.max_nodes.max(per_byte);
+    b.max_documents = b.max_documents.max(per_byte / 4);
+    b.max_total_scalar_bytes = b.max_total_scalar_bytes.max(per_byte);
+    b
+}
+
 impl Inventory {
     /// Parses a file's text: a Kubernetes List or single objects, YAML (one or many
     /// documents) or JSON (one or many values); `origin` names it in errors.
@@ -467,10 +484,8 @@ impl Inventory {
                 inv.add_raw(raw, origin)?;
             }
         } else {
-            // kubectl output of a large cluster exceeds the parser's default budget;
-            // the file is the operator's own, so no budget.
             let mut opts = serde_saphyr::Options::default();
-            opts.budget = None;
+            opts.budget = Some(yaml_budget(text.len()));
             let docs: Vec<RawObject> = serde_saphyr::from_multiple_with_options(text, opts)
                 .map_err(|e| InventoryError::Yaml {
                     origin: origin.to_string(),

@@ -451,3 +451,53 @@ fn a_non_ascii_time_zone_is_refused_with_an_error_not_a_panic() {
         Some("x/a".into())
     );
 }
+
+/// `n` pods as `kubectl get pods -o yaml` writes them (labels, owners, ports, conditions).
+fn kubectl_pods_yaml(n: usize) -> String {
+    let mut s = String::from("apiVersion: v1\nkind: List\nitems:\n");
+    for i in 0..n {
+        let (a, b) = (i / 250, i % 250);
+        s.push_str(&format!(
+            "- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: web-{i}\n    namespace: shop\n    uid: u-{i}\n    creationTimestamp: \"2025-01-10T08:00:00Z\"\n    labels:\n      app.kubernetes.io/name: web\n      pod-template-hash: 7d9f8b6c5d\n    ownerReferences:\n    - apiVersion: apps/v1\n      kind: ReplicaSet\n      name: web-7d9f8b6c5d\n      uid: rs-1\n      controller: true\n  spec:\n    nodeName: node-{a}\n    containers:\n    - name: web\n      image: web:1\n      ports:\n      - containerPort: 8080\n        name: http\n        protocol: TCP\n  status:\n    phase: Running\n    podIP: 10.{a}.{b}.1\n    podIPs:\n    - ip: 10.{a}.{b}.1\n    conditions:\n    - type: Ready\n      status: \"True\"\n"
+        ));
+    }
+    s
+}
+
+#[test]
+fn a_large_clusters_kubectl_output_parses_past_the_yaml_parsers_default_budget() {
+    let text = kubectl_pods_yaml(20_000);
+    // The parser's fixed defaults refuse it: a large cluster is not an attack.
+    let fixed = serde_saphyr::from_multiple_with_options::<serde::de::IgnoredAny>(
+        &text,
+        serde_saphyr::Options::default(),
+    );
+    assert!(
+        fixed.is_err(),
+        "the default budget should refuse 20,000 pods"
+    );
+    let inv = Inventory::parse(&text, "big.yaml").expect("20,000 pods parse");
+    assert_eq!(inv.pods.len(), 20_000);
+    assert_eq!(inv.pods[19_999].ips, vec![ip("10.79.249.1")]);
+}
+
+#[test]
+fn a_yaml_alias_bomb_is_refused_quickly_with_the_files_name() {
+    // Ten levels of ten aliases each: 10^10 scalars if expanded, in under 1 KB of text,
+    // under a field the parser skips (so only the expansion itself can stop it).
+    let mut text =
+        String::from("kind: Pod\nmetadata: {name: a, namespace: x}\nextra:\n  l0: &l0 \"x\"\n");
+    for level in 1..=10 {
+        let refs = vec![format!("*l{}", level - 1); 10].join(", ");
+        text.push_str(&format!("  l{level}: &l{level} [{refs}]\n"));
+    }
+    let started = std::time::Instant::now();
+    let err = Inventory::parse(&text, "bomb.yaml").expect_err("refused");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, InventoryError::Yaml { .. }), "{err}");
+    assert!(err.to_string().starts_with("bomb.yaml: "), "{err}");
+}

@@ -20,4 +20,7 @@ date=$(cat deny/advisory-db.date)
   GIT_AUTHOR_DATE=$date GIT_COMMITTER_DATE=$date git -c user.name=podflow -c user.email=ci@podflow.invalid \
     commit -q -m "RustSec advisory-db snapshot of $date"
 )
+# `--offline` reads crates from cargo's cache: fetch every platform's first (a new
+# machine's build has only downloaded this one's).
+cargo fetch --locked
 cargo deny --offline check --show-stats advisories bans licenses sources

@@ -17,100 +17,19 @@
 //! domain 0, to 127.0.0.1:2055, ~30 records a datagram, the template every 32
 //! datagrams of each exporter. Deterministic: the same arguments give the same files.
 //!
+//! The cluster and its inventory come from `podflow_testkit::cluster` (shared with the
+//! server sizing benchmark).
+//!
 //! Writes `cluster_v9.pcap`, `cluster_ipfix.pcap`, `inventory.yaml`,
 //! `cloud/ip-ranges.json` and `results.txt` (one line per capture: `NAME: D datagrams
 //! carrying R flow records per loop`, the format bench-netflow.sh reads).
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use podflow_netflow::encode::{IPFIX_IPV4_18, Message, V9_IPV4_18, Value};
-
-/// A small deterministic generator (SplitMix64): no dependency, same stream everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-/// The simulated cluster's addresses.
-struct Cluster {
-    nodes: usize,
-    /// (node, address) of each pod.
-    pods: Vec<(usize, Ipv4Addr)>,
-    /// ClusterIP and backend pods of each Service.
-    services: Vec<(Ipv4Addr, Vec<usize>)>,
-}
-
-const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
-const SERVICES: usize = 200;
-const NAMESPACES: usize = 20;
-const INTERNET_POOL: usize = 5000;
-/// Inside the S3 prefix of the generated ip-ranges.json.
-const S3_PREFIX: &str = "52.216.0.0/15";
-
-fn node_ip(n: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, (n / 250) as u8, (n % 250 + 1) as u8)
-}
-
-fn pod_ip(n: usize, i: usize) -> Ipv4Addr {
-    // A /24 per node (10.100.n.0/24), like a per-node pod CIDR.
-    Ipv4Addr::new(10, 100 + (n / 250) as u8, (n % 250) as u8, (i + 2) as u8)
-}
-
-fn internet_ip(i: usize) -> Ipv4Addr {
-    // Spread over many /24s of public space (not documentation or private ranges).
-    let x = (i as u32).wrapping_mul(2_654_435_761);
-    Ipv4Addr::new(
-        (x >> 24) as u8 % 60 + 100,
-        (x >> 16) as u8,
-        (x >> 8) as u8,
-        x as u8 | 1,
-    )
-}
-
-impl Cluster {
-    fn new(nodes: usize, pods: usize, rng: &mut Rng) -> Cluster {
-        let per_node = pods.div_ceil(nodes.max(1));
-        let pods: Vec<(usize, Ipv4Addr)> = (0..pods)
-            .map(|p| (p / per_node, pod_ip(p / per_node, p % per_node)))
-            .collect();
-        let services = (0..SERVICES)
-            .map(|s| {
-                let ip = Ipv4Addr::new(10, 96, (s / 250) as u8, (s % 250 + 1) as u8);
-                let backends = (0..3).map(|_| rng.below(pods.len())).collect();
-                (ip, backends)
-            })
-            .collect();
-        Cluster {
-            nodes,
-            pods,
-            services,
-        }
-    }
-
-    /// A pod on a node other than `node`.
-    fn remote_pod(&self, node: usize, rng: &mut Rng) -> usize {
-        loop {
-            let p = rng.below(self.pods.len());
-            if self.pods[p].0 != node || self.nodes < 2 {
-                return p;
-            }
-        }
-    }
-}
+use podflow_testkit::cluster::{Cluster, INTERNET_POOL, Rng, S3_BASE, cloud_ranges, internet_ip};
 
 /// One one-way record: (exporting node, src, sport, dst, dport, bytes, packets, flags).
 type Rec = (usize, Ipv4Addr, u16, Ipv4Addr, u16, u64, u64, u8);
@@ -139,7 +58,7 @@ fn records(c: &Cluster, rng: &mut Rng) -> Vec<Rec> {
         port = if port >= 60999 { 32768 } else { port + 1 };
         port
     };
-    let s3: Ipv4Addr = Ipv4Addr::new(52, 216, 0, 0);
+    let s3 = S3_BASE;
     for (p, &(node, ip)) in c.pods.iter().enumerate() {
         for _ in 0..2 {
             let q = c.remote_pod(node, rng);
@@ -311,68 +230,6 @@ fn write_pcap(path: &Path, dgrams: &[(usize, Vec<u8>)]) -> std::io::Result<()> {
     w.flush()
 }
 
-/// The inventory: nodes (zones of us-east-1), pods (a Deployment's each, by app label),
-/// Services with their EndpointSlices.
-fn inventory(c: &Cluster) -> String {
-    let mut y = String::from("apiVersion: v1\nkind: List\nitems:\n");
-    for n in 0..c.nodes {
-        let _ = write!(
-            y,
-            "- apiVersion: v1\n  kind: Node\n  metadata:\n    name: node-{n:02}\n    labels:\n      \
-             topology.kubernetes.io/zone: {}\n      topology.kubernetes.io/region: us-east-1\n  \
-             spec:\n    providerID: aws:///{}/i-{n:08x}\n  status:\n    addresses:\n    \
-             - type: InternalIP\n      address: {}\n",
-            ZONES[n % ZONES.len()],
-            ZONES[n % ZONES.len()],
-            node_ip(n)
-        );
-    }
-    let app = |p: usize| format!("app-{:03}", p % 400);
-    let ns = |p: usize| format!("ns-{:02}", p % NAMESPACES);
-    for (p, (n, ip)) in c.pods.iter().enumerate() {
-        let _ = write!(
-            y,
-            "- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: {a}-{p:05}\n    namespace: {ns}\n    \
-             creationTimestamp: \"2026-01-01T00:00:00Z\"\n    labels:\n      app: {a}\n  \
-             spec:\n    nodeName: node-{n:02}\n  status:\n    phase: Running\n    podIP: {ip}\n    \
-             podIPs:\n    - ip: {ip}\n",
-            a = app(p),
-            ns = ns(p)
-        );
-    }
-    for (s, (cip, backends)) in c.services.iter().enumerate() {
-        let ns0 = ns(backends[0]);
-        let _ = write!(
-            y,
-            "- apiVersion: v1\n  kind: Service\n  metadata:\n    name: svc-{s:03}\n    namespace: {ns0}\n  \
-             spec:\n    clusterIP: {cip}\n    ports:\n    - port: 80\n      protocol: TCP\n      \
-             targetPort: 80\n    type: ClusterIP\n\
-             - apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  addressType: IPv4\n  \
-             metadata:\n    name: svc-{s:03}-x\n    namespace: {ns0}\n    labels:\n      \
-             kubernetes.io/service-name: svc-{s:03}\n  ports:\n  - port: 80\n    protocol: TCP\n  \
-             endpoints:\n"
-        );
-        for &b in backends {
-            let (n, ip) = c.pods[b];
-            let _ = write!(
-                y,
-                "  - addresses: [{ip}]\n    conditions: {{ready: true}}\n    nodeName: node-{n:02}\n    \
-                 zone: {}\n",
-                ZONES[n % ZONES.len()]
-            );
-        }
-    }
-    y
-}
-
-fn cloud_ranges() -> String {
-    format!(
-        "{{\"syncToken\": \"1\", \"createDate\": \"2026-01-01-00-00-00\", \"prefixes\": [\
-         {{\"ip_prefix\": \"{S3_PREFIX}\", \"region\": \"us-east-1\", \"service\": \"S3\", \
-         \"network_border_group\": \"us-east-1\"}}], \"ipv6_prefixes\": []}}\n"
-    )
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: cluster_stream OUT_DIR [NODES PODS]";
@@ -391,7 +248,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = Rng(17);
     let c = Cluster::new(nodes, pods, &mut rng);
     let recs = records(&c, &mut rng);
-    std::fs::write(out.join("inventory.yaml"), inventory(&c))?;
+    std::fs::write(out.join("inventory.yaml"), c.inventory())?;
     std::fs::write(out.join("cloud/ip-ranges.json"), cloud_ranges())?;
     let mut results = String::new();
     for (name, ipfix) in [("cluster_v9.pcap", false), ("cluster_ipfix.pcap", true)] {

@@ -1,6 +1,7 @@
 //! Real network namespaces for tests: created per test, removed on drop (also when the
 //! test panics). Traffic only ever goes to addresses inside namespaces made here.
 
+pub mod cluster;
 pub mod kubeapi;
 
 use std::io::{self, Read, Write};

@@ -12,6 +12,11 @@ run() { # crate-dir target seed-dir
   local dir=$1 target=$2 seeds=$3 corpus
   corpus=$(mktemp -d)
   trap 'rm -rf "$corpus"' RETURN
+  # A committed corpus (the minimized corpus of the target's long run, docs/reliability.md)
+  # is replayed first: libFuzzer runs every input of it before mutating.
+  if [ -f "$dir/corpora/$target.tar.gz" ]; then
+    tar -xzf "$dir/corpora/$target.tar.gz" -C "$corpus"
+  fi
   echo "-- fuzz $dir $target (${secs}s)"
   (cd "$dir" && cargo fuzz run --sanitizer none "$target" "$corpus" "$seeds" -- -max_total_time="$secs" -print_final_stats=1 2>&1 | tail -3)
 }

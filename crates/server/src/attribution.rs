@@ -133,6 +133,8 @@ pub struct LocalInventory {
     tracker: InventoryTracker,
     shared: SharedIndex,
     file_inv: Inventory,
+    /// `file_inv`'s nodes by name.
+    file_nodes: HashMap<String, usize>,
     last_build_ns: u64,
     disputed: usize,
     unconfirmed: usize,
@@ -162,6 +164,7 @@ impl LocalInventory {
             tracker: InventoryTracker::new(cfg),
             shared,
             file_inv: Inventory::default(),
+            file_nodes: HashMap::new(),
             last_build_ns: 0,
             disputed: 0,
             unconfirmed: 0,
@@ -170,16 +173,16 @@ impl LocalInventory {
 
     /// How many nodes claim each address: the inventory's nodes their own, and the
     /// observers it does not name the ones they report.
-    fn claims(&self, inv: &Inventory) -> HashMap<IpAddr, usize> {
+    fn claims(&self) -> HashMap<IpAddr, usize> {
         let mut claims: HashMap<IpAddr, usize> = HashMap::new();
-        for n in &inv.nodes {
+        for n in &self.file_inv.nodes {
             let own: HashSet<IpAddr> = n.addresses.iter().map(|(_, a)| *a).collect();
             for a in own {
                 *claims.entry(a).or_default() += 1;
             }
         }
         for (name, local) in &self.observers {
-            if inv.nodes.iter().any(|n| *n.name == **name) {
+            if self.file_nodes.contains_key(&**name) {
                 continue;
             }
             for a in local.iter().filter(|a| !a.is_loopback()) {
@@ -190,11 +193,11 @@ impl LocalInventory {
     }
 
     /// Addresses observers named in the inventory report that it does not give them.
-    fn unconfirmed(&self, inv: &Inventory) -> usize {
+    fn unconfirmed(&self) -> usize {
         self.observers
             .iter()
             .filter_map(|(name, local)| {
-                let node = inv.nodes.iter().find(|n| *n.name == **name)?;
+                let node = &self.file_inv.nodes[*self.file_nodes.get(&**name)?];
                 Some(
                     local
                         .iter()
@@ -216,6 +219,9 @@ impl LocalInventory {
     /// Reloads the file if it changed, takes an observer's current addresses, and rebuilds
     /// the index when anything changed or every 30 s (so deleted pods' grace periods run
     /// out). A file that fails to parse keeps the previous index (the error is returned).
+    /// An observer the file names as a node changes no index (the file's addresses win):
+    /// its first batch costs a count, not a rebuild, so a thousand agents connecting do
+    /// not rebuild a large inventory's index a thousand times.
     pub fn refresh(
         &mut self,
         observer: Option<(&Arc<str>, Arc<HashSet<IpAddr>>)>,
@@ -226,7 +232,11 @@ impl LocalInventory {
             && self.observers.get(name).is_none_or(|have| **have != *addrs)
         {
             self.observers.insert(Arc::clone(name), addrs);
-            changed = true;
+            if self.file_nodes.contains_key(&**name) {
+                self.unconfirmed = self.unconfirmed();
+            } else {
+                changed = true;
+            }
         }
         let mut err = None;
         if let Some(f) = &self.file {
@@ -235,6 +245,12 @@ impl LocalInventory {
                 self.stamp = st;
                 match Inventory::load(f) {
                     Ok(inv) => {
+                        self.file_nodes = inv
+                            .nodes
+                            .iter()
+                            .enumerate()
+                            .map(|(i, n)| (n.name.to_string(), i))
+                            .collect();
                         self.file_inv = inv;
                         changed = true;
                     }
@@ -244,11 +260,11 @@ impl LocalInventory {
         }
         if changed || now_ns.saturating_sub(self.last_build_ns) > 30_000_000_000 {
             let mut inv = self.file_inv.clone();
-            let claims = self.claims(&inv);
+            let claims = self.claims();
             self.disputed = claims.values().filter(|n| **n > 1).count();
-            self.unconfirmed = self.unconfirmed(&inv);
+            self.unconfirmed = self.unconfirmed();
             for (name, local) in &self.observers {
-                if inv.nodes.iter().any(|n| *n.name == **name) {
+                if self.file_nodes.contains_key(&**name) {
                     continue;
                 }
                 // An address two nodes claim (or the inventory gives another node) is
@@ -355,9 +371,13 @@ mod tests {
             .expect("refresh");
         inv.refresh(Some((&b, addrs(&["10.0.0.2", "10.0.0.7", "10.0.0.9"]))), 2)
             .expect("refresh");
-        // The inventory's node claims more than the inventory gives it (a ClusterIP).
-        inv.refresh(Some((&known, addrs(&["10.0.0.9", "10.96.0.10"]))), 3)
+        // The inventory's node claims more than the inventory gives it (a ClusterIP):
+        // counted, and no rebuild (the file's addresses win for a node it names).
+        let rebuilt = inv
+            .refresh(Some((&known, addrs(&["10.0.0.9", "10.96.0.10"]))), 3)
             .expect("refresh");
+        assert!(!rebuilt, "a node the file names changes no index");
+        assert_eq!(inv.address_claims().1, 1, "the ClusterIP is unconfirmed");
         let idx = shared.load();
         let owner = |ip: &str| {
             idx.node_of_ip(ip.parse().expect("ip"))

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 use nix::sys::signal::{SigSet, Signal};
-use nix::unistd::{SysconfVar, sysconf};
 use podflow_netflow::{Batch, Listener, ListenerConfig};
 
 /// (src, dst, dst port, protocol) of an IPv6 (or mixed) flow.
@@ -125,17 +124,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args { config, duration })
 }
 
-/// utime + stime of this process (all threads), seconds.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let hz = sysconf(SysconfVar::CLK_TCK).ok().flatten()?;
-    Some(ticks as f64 / hz as f64)
-}
-
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -220,7 +208,7 @@ fn main() -> ExitCode {
         agg.keys_flushed,
         agg.bytes_flushed,
         agg.packets_flushed,
-        cpu_seconds().unwrap_or(f64::NAN),
+        podflow_testkit::cpu_seconds(std::process::id()).unwrap_or(f64::NAN),
         started.elapsed().as_secs_f64(),
     );
     ExitCode::SUCCESS

@@ -31,10 +31,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use podflow_model::{Counters, Observation, Protocol, Tuple};
 use podflow_proto::{IngestClient, ObservationBatch, VERSION, observation_pb};
-use podflow_testkit::ChildGuard;
 use podflow_testkit::cluster::{
     Cluster, INTERNET_POOL, Rng, S3_BASE, cloud_ranges, internet_ip, node_ip, node_name,
 };
+use podflow_testkit::{ChildGuard, cpu_seconds, memory_kib, metric_sum as metric};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
@@ -255,7 +255,6 @@ fn now_ms() -> i64 {
 /// What the simulated agents did, summed over all of them.
 #[derive(Debug, Default)]
 struct Tally {
-    sent_batches: AtomicU64,
     sent_obs: AtomicU64,
     sent_bytes: AtomicU64,
     /// Batches acked later than two intervals after they were sent, or not at all by then.
@@ -343,7 +342,6 @@ async fn agent(
         if tx.send(b).await.is_err() {
             break;
         }
-        tally.sent_batches.fetch_add(1, Relaxed);
         tally.sent_obs.fetch_add(obs, Relaxed);
     }
     drop(tx);
@@ -352,48 +350,6 @@ async fn agent(
     let waiting = in_flight.lock().expect("in flight");
     let unacked = waiting.values().filter(|t| t.elapsed() > late_after);
     tally.late.fetch_add(unacked.count() as u64, Relaxed);
-}
-
-/// utime + stime of process `pid`, seconds.
-fn cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at field 3.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| f.get(i)?.parse::<f64>().ok())
-        .sum();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    ticks / hz
-}
-
-/// `VmRSS` and `VmHWM` of process `pid`, MiB.
-fn mem_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// The sum of every series of metric `name` in a Prometheus text page.
-fn metric(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// A running `podflow server` of one step.
@@ -464,6 +420,18 @@ impl Store {
             Store::ClickHouse { .. } => "clickhouse",
         }
     }
+}
+
+/// The counters a step reads at both ends of its window.
+struct Snapshot {
+    at: Instant,
+    server_cpu: f64,
+    stored_obs: f64,
+    rows: f64,
+    write_s: f64,
+    clickhouse_cpu: Option<f64>,
+    sent_obs: u64,
+    sent_bytes: u64,
 }
 
 /// What one step measured.
@@ -539,16 +507,16 @@ fn step(nodes: usize, p: &Profile, store: &Store, seconds: u64, root: &Path) -> 
 
     let snapshot = |server: &Server| {
         let page = server.metrics();
-        (
-            Instant::now(),
-            cpu_s(server.pid()),
-            metric(&page, "podflow_server_observations_total"),
-            metric(&page, "podflow_store_rows_written_total"),
-            metric(&page, "podflow_store_write_seconds_total"),
-            ch_pid.map(cpu_s),
-            tally.sent_obs.load(Relaxed),
-            tally.sent_bytes.load(Relaxed),
-        )
+        Snapshot {
+            at: Instant::now(),
+            server_cpu: cpu_seconds(server.pid()).expect("the podflow server exited"),
+            stored_obs: metric(&page, "podflow_server_observations_total"),
+            rows: metric(&page, "podflow_store_rows_written_total"),
+            write_s: metric(&page, "podflow_store_write_seconds_total"),
+            clickhouse_cpu: ch_pid.and_then(cpu_seconds),
+            sent_obs: tally.sent_obs.load(Relaxed),
+            sent_bytes: tally.sent_bytes.load(Relaxed),
+        }
     };
     // Warm-up: every agent connected and through its first two intervals.
     wait(&rt, interval * 2);
@@ -557,9 +525,9 @@ fn step(nodes: usize, p: &Profile, store: &Store, seconds: u64, root: &Path) -> 
     wait(&rt, Duration::from_secs(seconds));
     let b = snapshot(&server);
     // What was sent in the window is acked within two intervals when the server keeps up.
-    let sent_in_window = b.6 - a.6;
+    let sent_in_window = b.sent_obs - a.sent_obs;
     wait(&rt, interval * 2);
-    let (rss_mib, peak_mib) = mem_mib(server.pid());
+    let (rss_kib, peak_kib) = memory_kib(server.pid());
     let rows_total = metric(&server.metrics(), "podflow_store_rows_written_total");
     stop.cancel();
     rt.block_on(async {
@@ -568,9 +536,9 @@ fn step(nodes: usize, p: &Profile, store: &Store, seconds: u64, root: &Path) -> 
         }
     });
     let late = tally.late.load(Relaxed) - late0;
-    let window_s = b.0.duration_since(a.0).as_secs_f64();
-    let server_cpu = b.1 - a.1;
-    let stored_obs = b.2 - a.2;
+    let window_s = b.at.duration_since(a.at).as_secs_f64();
+    let server_cpu = b.server_cpu - a.server_cpu;
+    let stored_obs = b.stored_obs - a.stored_obs;
     let refused = tally.refused.load(Relaxed);
     let kept_up = late == 0 && refused == 0;
     drop(server);
@@ -589,13 +557,16 @@ fn step(nodes: usize, p: &Profile, store: &Store, seconds: u64, root: &Path) -> 
         stored_obs_s: stored_obs / window_s,
         server_cpu_cores: server_cpu / window_s,
         obs_per_core: stored_obs / server_cpu.max(1e-9),
-        store_busy: (b.4 - a.4) / window_s,
-        rows_per_day: (b.3 - a.3) / window_s * 86_400.0,
-        agent_kib_s_per_node: (b.7 - a.7) as f64 / 1024.0 / window_s / nodes as f64,
-        rss_mib,
-        peak_mib,
+        store_busy: (b.write_s - a.write_s) / window_s,
+        rows_per_day: (b.rows - a.rows) / window_s * 86_400.0,
+        agent_kib_s_per_node: (b.sent_bytes - a.sent_bytes) as f64
+            / 1024.0
+            / window_s
+            / nodes as f64,
+        rss_mib: rss_kib as f64 / 1024.0,
+        peak_mib: peak_kib as f64 / 1024.0,
         ready_s,
-        clickhouse_cpu_cores: match (a.5, b.5) {
+        clickhouse_cpu_cores: match (a.clickhouse_cpu, b.clickhouse_cpu) {
             (Some(x), Some(y)) => Some((y - x) / window_s),
             _ => None,
         },
@@ -666,7 +637,7 @@ fn main() {
     let mut best: HashMap<&'static str, Step> = HashMap::new();
     for store in &stores {
         println!(
-            "\n{:>6} {:>7} {:>10} {:>10} {:>8} {:>10} {:>6} {:>12} {:>9} {:>8} {:>8} {:>7} {:>6} {:>8}",
+            "\n{:>6} {:>7} {:>10} {:>10} {:>8} {:>10} {:>6} {:>12} {:>6} {:>9} {:>8} {:>8} {:>7} {:>6} {:>8}",
             "nodes",
             "pods",
             "offered/s",
@@ -675,6 +646,7 @@ fn main() {
             "obs/cpu-s",
             "store",
             "rows/day",
+            "B/row",
             "KiB/s/nd",
             "RSS MiB",
             "peak",

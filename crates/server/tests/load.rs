@@ -15,17 +15,6 @@ const ROUNDS: u64 = 4;
 const BATCHES: u64 = 15;
 const PER_BATCH: u64 = 300;
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn free(addr: &str) -> SocketAddr {
     std::net::TcpListener::bind(addr)
         .expect("bind")
@@ -113,7 +102,7 @@ async fn forty_agents_at_once_all_acked_exact_totals_bounded_memory() {
     let t0 = Instant::now();
     for round in 0..ROUNDS {
         total += push_round(grpc, round).await;
-        rss.push(rss_kib());
+        rss.push(podflow_testkit::memory_kib(std::process::id()).0);
     }
     let elapsed = t0.elapsed();
     stop.cancel();

@@ -528,3 +528,60 @@ pub fn fuzz_seeds(crate_dir: &str, target: &str) -> Vec<(String, Vec<u8>)> {
     assert!(!v.is_empty(), "no inputs in {}", dir.display());
     v
 }
+
+/// utime + stime of process `pid` (all its threads), seconds; `None` when it is gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()?;
+    Some(ticks as f64 / hz as f64)
+}
+
+/// `VmRSS` and `VmHWM` (peak) of process `pid`, KiB; 0 for a field it cannot read.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The sum of every series of metric `name` in a Prometheus text page (0 when absent).
+pub fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_metric_sums_its_series_and_not_its_longer_namesakes() {
+        let page = "# TYPE x_total counter\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 3.5\n\
+                    x_total_extra 100\nx_total 1\n";
+        assert_eq!(super::metric_sum(page, "x_total"), 6.5);
+        assert_eq!(super::metric_sum(page, "y_total"), 0.0);
+    }
+
+    #[test]
+    fn this_process_has_cpu_time_and_memory() {
+        let pid = std::process::id();
+        assert!(super::cpu_seconds(pid).is_some_and(|s| s >= 0.0));
+        let (rss, peak) = super::memory_kib(pid);
+        assert!(rss > 0 && peak >= rss, "rss {rss} KiB, peak {peak} KiB");
+        assert_eq!(super::cpu_seconds(u32::MAX), None, "no such process");
+    }
+}

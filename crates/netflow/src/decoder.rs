@@ -8,7 +8,7 @@ use podflow_model::Protocol;
 use crate::error::{DecodeError, ErrorKind, Version};
 use crate::record::{Direction, FlowRecord};
 use crate::stats::{DomainKey, Stats};
-use crate::template::{FieldSpec, Op, Raw, Template, decode_record};
+use crate::template::{FieldSpec, Op, Raw, Template, decode_fixed, decode_record};
 
 /// Seconds between the NTP epoch (1900) and the Unix epoch (1970).
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
@@ -972,7 +972,12 @@ impl Decoder {
         while body.len() - pos >= t.min_len {
             let mut raw = Raw::default();
             let at = pos;
-            if let Err(field) = decode_record(&t.fields, body, &mut pos, &mut raw) {
+            if t.fixed
+                && let Some(rec) = body.get(pos..pos + t.min_len)
+            {
+                decode_fixed(&t.plan, rec, &mut raw);
+                pos += t.min_len;
+            } else if let Err(field) = decode_record(&t.fields, body, &mut pos, &mut raw) {
                 err = Some(ErrorKind::FieldPastRecord {
                     template: tk.id,
                     field,

@@ -28,5 +28,7 @@ pub use error::{DecodeError, ErrorCounts, ErrorKind, ErrorReason, Version};
 pub use listener::{
     ListenError, Listener, ListenerConfig, ListenerSnapshot, ListenerStats, POLL_MS, SocketInfo,
 };
-pub use record::{Direction, Flow, FlowRecord, TCP_FIN, TCP_RST, TCP_SYN};
+pub use record::{
+    Direction, EPHEMERAL_FROM, Flow, FlowRecord, TCP_FIN, TCP_RST, TCP_SYN, WELL_KNOWN_BELOW,
+};
 pub use stats::{DomainKey, Stats};

@@ -177,21 +177,44 @@ impl Flow {
         }
     }
 
-    /// The flow as a podflow observation: `orig` is src → dst, `reply` its mirror, all
-    /// traffic in the original direction (a flow record is one-way).
+    /// Whether the record is the responder's direction of its connection (server →
+    /// client): its source port is of a lower class than its destination port, the
+    /// classes being well-known (below 1024), registered (below 32768, NodePorts
+    /// included) and ephemeral (32768 and above, where Linux starts its clients' ports).
+    /// Ports of one class, and protocols without ports, keep the record's direction
+    /// (docs/netflow.md#direction).
+    pub fn is_reply(&self) -> bool {
+        self.proto.has_ports() && port_class(self.src_port) < port_class(self.dst_port)
+    }
+
+    /// The connection's tuple, initiator → responder: the record's, or its mirror for a
+    /// reply ([`Flow::is_reply`]).
+    pub fn initiator_tuple(&self) -> Tuple {
+        let t = self.tuple();
+        if self.is_reply() { t.reversed() } else { t }
+    }
+
+    /// The flow as a podflow observation of its connection: `orig` is initiator →
+    /// responder ([`Flow::initiator_tuple`]), `reply` its mirror. A record is one-way:
+    /// its traffic is the original direction's, or the reply's for a reply record,
+    /// which opens and closes nothing (its connection is counted on the initiator's
+    /// records, so a connection metered both ways counts once).
     pub fn to_observation(&self) -> Observation {
-        let orig = self.tuple();
+        let orig = self.initiator_tuple();
+        let counters = Counters {
+            bytes: self.bytes,
+            packets: self.packets,
+        };
+        let reply = self.is_reply();
+        let none = Counters::default();
         Observation {
             proto: self.proto,
             orig,
             reply: orig.reversed(),
-            delta_orig: Counters {
-                bytes: self.bytes,
-                packets: self.packets,
-            },
-            delta_reply: Counters::default(),
-            opened: self.opened,
-            closed: self.closed,
+            delta_orig: if reply { none } else { counters },
+            delta_reply: if reply { counters } else { none },
+            opened: self.opened && !reply,
+            closed: self.closed && !reply,
             start_ns: self.start_ns,
             stop_ns: self.end_ns,
             conn_id: 0,
@@ -200,6 +223,18 @@ impl Flow {
             first_reply_ns: 0,
         }
     }
+}
+
+/// Ports below this are well-known (IANA's system ports).
+pub const WELL_KNOWN_BELOW: u16 = 1024;
+/// Ports from this one on are taken as ephemeral: Linux's default
+/// `net.ipv4.ip_local_port_range` starts here (and ends at 60999; Windows and the
+/// IANA's dynamic range, 49152–65535, lie inside).
+pub const EPHEMERAL_FROM: u16 = 32768;
+
+/// 0 well-known, 1 registered, 2 ephemeral.
+fn port_class(p: u16) -> u8 {
+    u8::from(p >= WELL_KNOWN_BELOW) + u8::from(p >= EPHEMERAL_FROM)
 }
 
 #[cfg(test)]
@@ -255,5 +290,47 @@ mod tests {
         let mut udp = tcp(TCP_FIN);
         udp.proto = Protocol::UDP;
         assert!(!udp.to_observation().closed, "flags mean nothing for UDP");
+    }
+
+    #[test]
+    fn a_reply_record_is_its_connection_seen_from_the_initiator() {
+        let mut r = tcp(TCP_SYN | TCP_FIN | 0x10);
+        (r.src, r.dst) = (r.dst, r.src);
+        (r.src_port, r.dst_port) = (443, 40000);
+        let f = r.to_flow(0);
+        assert!(f.is_reply());
+        let o = r.to_observation();
+        assert_eq!(
+            o.orig,
+            tcp(0).to_observation().orig,
+            "initiator → responder"
+        );
+        assert_eq!(o.reply, o.orig.reversed());
+        assert!(o.delta_orig.is_zero());
+        assert_eq!((o.delta_reply.bytes, o.delta_reply.packets), (1500, 3));
+        assert!(
+            !o.opened && !o.closed,
+            "its connection is counted on the initiator's records"
+        );
+        assert!(!o.is_dnat() && !o.is_snat());
+    }
+
+    #[test]
+    fn port_classes_decide_the_direction_and_equal_classes_keep_the_record() {
+        let dir = |sport: u16, dport: u16, proto: Protocol| {
+            let mut r = tcp(0);
+            (r.src_port, r.dst_port, r.proto) = (sport, dport, proto);
+            r.to_flow(0).is_reply()
+        };
+        let tcp = Protocol::TCP;
+        assert!(dir(443, 1024, tcp), "well-known to registered");
+        assert!(dir(8080, 40000, tcp), "registered to ephemeral");
+        assert!(dir(30080, 32768, tcp), "a NodePort to an ephemeral port");
+        assert!(dir(53, 60999, Protocol::UDP));
+        assert!(!dir(40000, 443, tcp), "the request");
+        assert!(!dir(1023, 80, tcp), "both well-known");
+        assert!(!dir(5432, 8080, tcp), "both registered");
+        assert!(!dir(50000, 40000, tcp), "both ephemeral");
+        assert!(!dir(0, 40000, Protocol::ICMP), "no ports, no rule");
     }
 }

@@ -82,6 +82,19 @@ pub(crate) struct Template {
     pub raw: Vec<u8>,
     /// When it was last (re)announced, in the caller's seconds.
     pub seen: u64,
+    /// No variable-length field: every record is `min_len` bytes.
+    pub fixed: bool,
+    /// When `fixed`, the fields that are not skipped, at their offsets in a record
+    /// ([`decode_fixed`]).
+    pub plan: Vec<Planned>,
+}
+
+/// A field of a fixed-length template that is read: where it lies in the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Planned {
+    pub op: Op,
+    pub off: usize,
+    pub len: usize,
 }
 
 fn op_for(id: u16, len: u16) -> Op {
@@ -156,6 +169,18 @@ impl Template {
             };
             fields.push(Field { op, len: s.len });
         }
+        let mut plan = Vec::new();
+        let fixed = fields.iter().all(|f| f.len != VARLEN);
+        if fixed {
+            let mut off = 0usize;
+            for f in &fields {
+                let len = usize::from(f.len);
+                if f.op != Op::Skip {
+                    plan.push(Planned { op: f.op, off, len });
+                }
+                off += len;
+            }
+        }
         (min_len > 0).then(|| Template {
             fields,
             min_len,
@@ -163,12 +188,14 @@ impl Template {
             enterprise_fields,
             raw: raw.to_vec(),
             seen,
+            fixed,
+            plan,
         })
     }
 }
 
 /// The values of one record, before they are put in context (times, sampling).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Raw {
     pub bytes: u64,
     pub packets: u64,
@@ -270,55 +297,73 @@ pub(crate) fn decode_record(
         };
         let v = set.get(p..p + len).ok_or(i)?;
         p += len;
-        match f.op {
-            Op::Skip => {}
-            Op::Bytes => raw.bytes = be(v),
-            Op::Packets => raw.packets = be(v),
-            Op::Proto => raw.proto = be(v) as u8,
-            Op::TcpFlags => raw.tcp_flags = be(v) as u16,
-            Op::SrcPort => raw.src_port = be(v) as u16,
-            Op::DstPort => raw.dst_port = be(v) as u16,
-            Op::SrcV4 | Op::DstV4 => {
-                let a = IpAddr::V4(Ipv4Addr::from(be(v) as u32));
-                if f.op == Op::SrcV4 {
-                    raw.src = a
-                } else {
-                    raw.dst = a
-                }
-            }
-            Op::SrcV6 | Op::DstV6 => {
-                let mut o = [0u8; 16];
-                o.copy_from_slice(v);
-                let a = IpAddr::V6(Ipv6Addr::from(o));
-                if f.op == Op::SrcV6 {
-                    raw.src = a
-                } else {
-                    raw.dst = a
-                }
-            }
-            Op::InIf => raw.in_if = be(v) as u32,
-            Op::OutIf => raw.out_if = be(v) as u32,
-            Op::StartUptime | Op::StartSecs | Op::StartMs | Op::StartNtp | Op::StartDeltaUs => {
-                raw.start = (f.op, be(v))
-            }
-            Op::EndUptime | Op::EndSecs | Op::EndMs | Op::EndNtp | Op::EndDeltaUs => {
-                raw.end = (f.op, be(v))
-            }
-            Op::StartTimeval => raw.start = (f.op, timeval_ns(v)),
-            Op::EndTimeval => raw.end = (f.op, timeval_ns(v)),
-            Op::SysInitMs => raw.sys_init_ms = be(v),
-            Op::Direction => raw.direction = Some(be(v) as u8),
-            Op::EndReason => raw.end_reason = Some(be(v) as u8),
-            Op::IcmpTypeCode => raw.icmp = Some(be(v) as u16),
-            Op::SamplerId => raw.sampler_id = Some(be(v)),
-            Op::SamplingInterval => raw.sampling_interval = be(v),
-            Op::SamplerRandomInterval => raw.random_interval = be(v),
-            Op::PacketInterval => raw.packet_interval = be(v),
-            Op::PacketSpace => raw.packet_space = be(v),
-        }
+        apply(f.op, v, raw);
     }
     *pos = p;
     Ok(())
+}
+
+/// Decodes one record of a fixed-length template: `rec` is exactly `min_len` bytes and
+/// only the planned fields are read (the offsets were checked when the template was
+/// compiled; a field that would not fit is skipped, it cannot panic).
+#[inline]
+pub(crate) fn decode_fixed(plan: &[Planned], rec: &[u8], raw: &mut Raw) {
+    for p in plan {
+        if let Some(v) = rec.get(p.off..p.off + p.len) {
+            apply(p.op, v, raw);
+        }
+    }
+}
+
+/// What field value `v` sets in the record.
+#[inline(always)]
+fn apply(op: Op, v: &[u8], raw: &mut Raw) {
+    match op {
+        Op::Skip => {}
+        Op::Bytes => raw.bytes = be(v),
+        Op::Packets => raw.packets = be(v),
+        Op::Proto => raw.proto = be(v) as u8,
+        Op::TcpFlags => raw.tcp_flags = be(v) as u16,
+        Op::SrcPort => raw.src_port = be(v) as u16,
+        Op::DstPort => raw.dst_port = be(v) as u16,
+        Op::SrcV4 | Op::DstV4 => {
+            let a = IpAddr::V4(Ipv4Addr::from(be(v) as u32));
+            if op == Op::SrcV4 {
+                raw.src = a
+            } else {
+                raw.dst = a
+            }
+        }
+        Op::SrcV6 | Op::DstV6 => {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(v);
+            let a = IpAddr::V6(Ipv6Addr::from(o));
+            if op == Op::SrcV6 {
+                raw.src = a
+            } else {
+                raw.dst = a
+            }
+        }
+        Op::InIf => raw.in_if = be(v) as u32,
+        Op::OutIf => raw.out_if = be(v) as u32,
+        Op::StartUptime | Op::StartSecs | Op::StartMs | Op::StartNtp | Op::StartDeltaUs => {
+            raw.start = (op, be(v))
+        }
+        Op::EndUptime | Op::EndSecs | Op::EndMs | Op::EndNtp | Op::EndDeltaUs => {
+            raw.end = (op, be(v))
+        }
+        Op::StartTimeval => raw.start = (op, timeval_ns(v)),
+        Op::EndTimeval => raw.end = (op, timeval_ns(v)),
+        Op::SysInitMs => raw.sys_init_ms = be(v),
+        Op::Direction => raw.direction = Some(be(v) as u8),
+        Op::EndReason => raw.end_reason = Some(be(v) as u8),
+        Op::IcmpTypeCode => raw.icmp = Some(be(v) as u16),
+        Op::SamplerId => raw.sampler_id = Some(be(v)),
+        Op::SamplingInterval => raw.sampling_interval = be(v),
+        Op::SamplerRandomInterval => raw.random_interval = be(v),
+        Op::PacketInterval => raw.packet_interval = be(v),
+        Op::PacketSpace => raw.packet_space = be(v),
+    }
 }
 
 #[cfg(test)]
@@ -402,5 +447,33 @@ mod tests {
             decode_record(&t.fields, &set[..100], &mut pos, &mut raw),
             Err(0)
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// A fixed-length template's plan reads every record as the field loop does.
+        #[test]
+        fn the_fixed_plan_decodes_like_the_field_loop(
+            fields in proptest::collection::vec(
+                (proptest::sample::select(vec![1u16, 2, 4, 6, 7, 8, 10, 11, 12, 14, 21, 22,
+                    27, 28, 32, 34, 48, 61, 85, 136, 150, 152, 154, 155, 160, 200, 305]),
+                 proptest::sample::select(vec![1u16, 2, 3, 4, 8, 16])),
+                1..24),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+        ) {
+            let specs: Vec<FieldSpec> = fields.iter().map(|&(id, len)| spec(id, len)).collect();
+            let t = Template::compile(&specs, false, &[], 0).expect("template");
+            proptest::prop_assert!(t.fixed);
+            let mut pos = 0;
+            while bytes.len() - pos >= t.min_len {
+                let (mut a, mut b) = (Raw::default(), Raw::default());
+                let mut p = pos;
+                proptest::prop_assert!(decode_record(&t.fields, &bytes, &mut p, &mut a).is_ok());
+                decode_fixed(&t.plan, &bytes[pos..pos + t.min_len], &mut b);
+                proptest::prop_assert_eq!(a, b);
+                proptest::prop_assert_eq!(p, pos + t.min_len);
+                pos = p;
+            }
+        }
     }
 }

@@ -9,13 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{CAPTURES, Totals, read_capture, read_expected};
-use podflow_model::{Observation, Protocol};
+use podflow_model::Protocol;
 use podflow_netflow::encode::{
     IPFIX_IPV4_18, Message, V5Flow, V5Header, V9_IPV4_18, Value, ie, v5,
 };
-use podflow_netflow::{Batch, ErrorReason, Listener, ListenerConfig, Version};
+use podflow_netflow::{Batch, ErrorReason, Flow, Listener, ListenerConfig, Version};
 
-type Seen = Arc<Mutex<Vec<(Arc<str>, Observation)>>>;
+/// The one-way flows the sink got, with their observers (as the listener decoded them,
+/// before `Flow::to_observation` puts a reply its connection's way).
+type Seen = Arc<Mutex<Vec<(Arc<str>, Flow)>>>;
 
 /// A listener whose sink appends everything to a vector.
 fn start(addrs: &[&str], sockets: usize) -> (Listener, Arc<AtomicBool>, Seen) {
@@ -33,7 +35,11 @@ fn start_with(config: ListenerConfig) -> (Listener, Arc<AtomicBool>, Seen) {
     let seen: Seen = Arc::default();
     let s = Arc::clone(&seen);
     let l = Listener::start(config, Arc::clone(&stop), move |b: &mut Batch| {
-        s.lock().expect("lock").extend(b.observations())
+        let flows = b
+            .flows
+            .iter()
+            .filter_map(|f| Some((Arc::clone(b.observer(f)?), *f)));
+        s.lock().expect("lock").extend(flows)
     })
     .expect("listener starts");
     (l, stop, seen)
@@ -125,11 +131,11 @@ fn values(src: [u8; 4], dst: [u8; 4], packets: u64, bytes: u64, ipfix: bool) -> 
     ]
 }
 
-fn sum(seen: &[(Arc<str>, Observation)], observer: &str) -> (usize, u64, u64) {
+fn sum(seen: &[(Arc<str>, Flow)], observer: &str) -> (usize, u64, u64) {
     seen.iter()
         .filter(|(o, _)| &**o == observer)
-        .fold((0, 0, 0), |(n, p, b), (_, obs)| {
-            (n + 1, p + obs.delta_orig.packets, b + obs.delta_orig.bytes)
+        .fold((0, 0, 0), |(n, p, b), (_, f)| {
+            (n + 1, p + f.packets, b + f.bytes)
         })
 }
 
@@ -186,11 +192,10 @@ fn v5_v9_ipfix_records_reach_the_sink_exactly_once() {
         .find(|(o, _)| &**o == "127.0.0.1/9")
         .expect("ipfix record");
     assert_eq!(o.proto, Protocol::UDP);
-    assert_eq!(o.orig.src, IpAddr::from([10, 2, 0, 1]));
-    assert_eq!((o.orig.src_port, o.orig.dst_port), (12_345, 53));
-    assert_eq!(o.reply.src, o.orig.dst);
+    assert_eq!(o.src, IpAddr::from([10, 2, 0, 1]));
+    assert_eq!((o.src_port, o.dst_port), (12_345, 53));
     assert_eq!(o.start_ns, 1_700_000_000_000_000_000);
-    assert_eq!(o.stop_ns, 1_700_000_001_000_000_000);
+    assert_eq!(o.end_ns, 1_700_000_001_000_000_000);
 
     let snap = stats.snapshot();
     assert_eq!(snap.datagrams, 4);
@@ -241,13 +246,9 @@ fn exporter_captures_through_the_socket_match_nfdump() {
         let stats = l.stats();
         stop_and_join(l, &stop);
         let mut got = Totals::new();
-        for (_, o) in seen.lock().expect("lock").iter() {
-            let e = got.entry((o.orig.src, o.orig.dst)).or_default();
-            *e = (
-                e.0 + 1,
-                e.1 + o.delta_orig.packets,
-                e.2 + o.delta_orig.bytes,
-            );
+        for (_, f) in seen.lock().expect("lock").iter() {
+            let e = got.entry((f.src, f.dst)).or_default();
+            *e = (e.0 + 1, e.1 + f.packets, e.2 + f.bytes);
         }
         assert_eq!(got, want, "{name}: listener vs nfdump per (src, dst)");
         let snap = stats.snapshot();
@@ -317,8 +318,8 @@ fn ipv6_and_ipv4_addresses_in_one_listener() {
         .iter()
         .find(|(o, _)| &**o == "::1/5")
         .expect("v6 record");
-    assert_eq!((o.orig.src, o.orig.dst), (src, dst));
-    assert_eq!((o.orig.dst_port, o.proto), (8_080, Protocol::TCP));
+    assert_eq!((o.src, o.dst), (src, dst));
+    assert_eq!((o.dst_port, o.proto), (8_080, Protocol::TCP));
 }
 
 /// A tiny receive buffer and a sink that blocks: the kernel drops, the listener counts

@@ -1,16 +1,23 @@
-//! NetFlow/IPFIX records summed per interval, exporter and 5-tuple before attribution.
+//! NetFlow/IPFIX records summed per interval, exporter and connection key before
+//! attribution.
 //!
 //! An exporter reports the same flow again every active timeout and a busy network has
 //! far more records than distinct flows, so records are first added up here, in the
-//! receive threads (one hash update each), and each distinct flow is attributed once
-//! per interval, when its interval closes. The answer is the one attributing every
-//! record gives: attribution depends on the tuple, the exporter and the time, and a
-//! key's labels are those of its first record in the interval (docs/semantics.md).
+//! receive threads (one hash update each), and each distinct key is attributed once
+//! per interval, when its interval closes. The key is what attribution and the row
+//! depend on: the exporter, the protocol, the initiator's and the responder's
+//! addresses and the responder's port. A record is put the initiator's way first
+//! ([`Flow::is_reply`]: a reply's bytes are the reply direction's), and the initiator's
+//! port, which neither attribution nor a row keeps, is dropped: both directions of a
+//! connection, and every connection from one client to one server port, are one sum.
+//! The answer is the one attributing every record gives: attribution depends on that
+//! key, the exporter and the time, and a key's labels are those of its earliest start
+//! in the interval (docs/semantics.md).
 //! Bounded: beyond `max` flows, records go to attribution one by one (slower, nothing
 //! lost).
 //!
-//! IPv4 keys pack into one u128 (addresses, ports, protocol, exporter number) in a flat
-//! table of 48-byte slots (crate::flat): with hundreds of thousands of live flows the
+//! IPv4 keys pack into one u128 (addresses, port, protocol, exporter number) in a flat
+//! table of 64-byte slots (crate::flat): with hundreds of thousands of live flows the
 //! sums are bound by memory latency, so a batch's slots are loaded together first and
 //! their misses overlap.
 
@@ -27,11 +34,13 @@ use podflow_netflow::{Batch, Flow};
 /// Exporters with a number of their own (24 bits of the packed key).
 const MAX_EXPORTERS: usize = 1 << 24;
 
-/// What the records of one flow added up to.
+/// What the records of one key added up to.
 #[derive(Debug, Clone, Copy, Default)]
 struct Sum {
-    bytes: u64,
-    packets: u64,
+    /// Initiator → responder.
+    orig: Counters,
+    /// Responder → initiator (reply records).
+    reply: Counters,
     /// The earliest start seen (0: unknown): the attribution time.
     start_ns: u64,
     opened: u32,
@@ -46,15 +55,53 @@ fn too_large(f: &Flow) -> bool {
 impl Sum {
     /// Whether `f` can be added without passing the bound of a row per interval.
     fn fits(&self, f: &Flow) -> bool {
-        self.bytes.saturating_add(f.bytes) <= MAX_ROW_BYTES
-            && self.packets.saturating_add(f.packets) <= MAX_ROW_PACKETS
+        let c = if f.is_reply() {
+            &self.reply
+        } else {
+            &self.orig
+        };
+        c.bytes.saturating_add(f.bytes) <= MAX_ROW_BYTES
+            && c.packets.saturating_add(f.packets) <= MAX_ROW_PACKETS
+    }
+
+    /// Whether the sum `d` can be added without passing the bound of a row per interval.
+    fn fits_sum(&self, d: &Sum) -> bool {
+        let ok = |a: &Counters, b: &Counters| {
+            a.bytes.saturating_add(b.bytes) <= MAX_ROW_BYTES
+                && a.packets.saturating_add(b.packets) <= MAX_ROW_PACKETS
+        };
+        ok(&self.orig, &d.orig) && ok(&self.reply, &d.reply)
+    }
+
+    fn add_sum(&mut self, d: &Sum) {
+        let add = |a: &mut Counters, b: &Counters| {
+            a.bytes = a.bytes.saturating_add(b.bytes);
+            a.packets = a.packets.saturating_add(b.packets);
+        };
+        add(&mut self.orig, &d.orig);
+        add(&mut self.reply, &d.reply);
+        self.opened = self.opened.saturating_add(d.opened);
+        self.closed = self.closed.saturating_add(d.closed);
+        if d.start_ns != 0 && (self.start_ns == 0 || d.start_ns < self.start_ns) {
+            self.start_ns = d.start_ns;
+        }
     }
 
     fn add(&mut self, f: &Flow) {
-        self.bytes = self.bytes.saturating_add(f.bytes);
-        self.packets = self.packets.saturating_add(f.packets);
-        self.opened = self.opened.saturating_add(u32::from(f.opened));
-        self.closed = self.closed.saturating_add(u32::from(f.closed));
+        let reply = f.is_reply();
+        let c = if reply {
+            &mut self.reply
+        } else {
+            &mut self.orig
+        };
+        c.bytes = c.bytes.saturating_add(f.bytes);
+        c.packets = c.packets.saturating_add(f.packets);
+        // A connection counts on its initiator's records (a reply's SYN or FIN is the
+        // same connection's), as `Flow::to_observation` has it.
+        if !reply {
+            self.opened = self.opened.saturating_add(u32::from(f.opened));
+            self.closed = self.closed.saturating_add(u32::from(f.closed));
+        }
         if f.start_ns != 0 && (self.start_ns == 0 || f.start_ns < self.start_ns) {
             self.start_ns = f.start_ns;
         }
@@ -65,19 +112,31 @@ impl Sum {
 #[derive(Debug, Default)]
 struct Interval {
     v4: Flat<Sum>,
-    /// IPv6 and mixed: (exporter number, protocol, tuple).
+    /// IPv6 and mixed: (exporter number, protocol, key tuple).
     other: HashMap<(u32, Protocol, Tuple), Sum>,
     /// When its first record arrived (attribution time for records without times).
     seen_ns: u64,
 }
 
+/// The tuple a record is summed under: initiator → responder, the initiator's port 0
+/// (and both ports for protocols without them: ICMP's are its type and code, which no
+/// row keeps).
+fn key_tuple(f: &Flow) -> Tuple {
+    let t = f.initiator_tuple();
+    Tuple {
+        src_port: 0,
+        dst_port: if f.proto.has_ports() { t.dst_port } else { 0 },
+        ..t
+    }
+}
+
 fn pack(exporter: u32, f: &Flow) -> Option<u128> {
-    match (f.src, f.dst) {
+    let t = key_tuple(f);
+    match (t.src, t.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => Some(
             (u128::from(u32::from(s)) << 96)
                 | (u128::from(u32::from(d)) << 64)
-                | (u128::from(f.src_port) << 48)
-                | (u128::from(f.dst_port) << 32)
+                | (u128::from(t.dst_port) << 32)
                 | (u128::from(f.proto.0) << 24)
                 | u128::from(exporter),
         ),
@@ -89,7 +148,7 @@ fn unpack(k: u128) -> (u32, Protocol, Tuple) {
     let t = Tuple {
         src: IpAddr::V4(Ipv4Addr::from((k >> 96) as u32)),
         dst: IpAddr::V4(Ipv4Addr::from((k >> 64) as u32)),
-        src_port: (k >> 48) as u16,
+        src_port: 0,
         dst_port: (k >> 32) as u16,
     };
     ((k & 0xff_ffff) as u32, Protocol((k >> 24) as u8), t)
@@ -110,12 +169,78 @@ fn exporter_number(exporters: &mut Vec<Arc<str>>, who: &Arc<str>) -> Option<u32>
     Some((exporters.len() - 1) as u32)
 }
 
-fn count_rejected(rejected: &mut Vec<u64>, exporter: u32) {
+fn count_rejected(rejected: &mut Vec<u64>, exporter: u32, records: u32) {
     let i = exporter as usize;
     if rejected.len() <= i {
         rejected.resize(i + 1, 0);
     }
-    rejected[i] += 1;
+    rejected[i] += u64::from(records);
+}
+
+/// Where a run of records is summed: an IPv4 key packed ([`pack`]), else (IPv6 or
+/// mixed) the exporter number, protocol and key tuple, else nowhere (the observer has
+/// no number, past [`MAX_EXPORTERS`]: attributed one by one). Plain fields, not an
+/// enum: the key of the run just started is compared with the next record's at once,
+/// and a read of the same width as the write is forwarded from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RunKey {
+    packed: u128,
+    /// 0 packed, 1 other, 2 unnumbered.
+    kind: u8,
+    other: Option<(u32, Protocol, Tuple)>,
+}
+
+impl RunKey {
+    fn of(number: Option<u32>, f: &Flow) -> RunKey {
+        let (packed, kind, other) = match number {
+            None => (0, 2, None),
+            Some(e) => match pack(e, f) {
+                Some(k) => (k, 0, None),
+                None => (0, 1, Some((e, f.proto, key_tuple(f)))),
+            },
+        };
+        RunKey {
+            packed,
+            kind,
+            other,
+        }
+    }
+
+    /// Whether records of `self` and `k` may be summed together.
+    #[inline]
+    fn joins(&self, k: &RunKey) -> bool {
+        self.packed == k.packed
+            && self.kind == k.kind
+            && (self.kind == 0 || (self.kind == 1 && self.other == k.other))
+    }
+}
+
+/// Consecutive records of one key, summed, on their way to the table: the batch's
+/// records `first..first + records`.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    key: RunKey,
+    sum: Sum,
+    exporter: u32,
+    first: usize,
+    records: u32,
+}
+
+impl Run {
+    /// A placeholder that ends the run before it (and is dropped).
+    fn ended() -> Run {
+        Run {
+            key: RunKey {
+                packed: 0,
+                kind: 2,
+                other: None,
+            },
+            sum: Sum::default(),
+            exporter: 0,
+            first: 0,
+            records: 0,
+        }
+    }
 }
 
 /// The sum of flow `k`: held, or new unless `full` (then `len` counts it).
@@ -215,57 +340,87 @@ impl Prefold {
         });
         let mut len = self.len;
         let max = self.max;
-        let mut keys = [None; AHEAD];
-        for chunk in batch.flows.chunks(AHEAD) {
-            // First pass: the keys.
-            for (f, key) in chunk.iter().zip(keys.iter_mut()) {
-                *key = numbers
-                    .get(f.observer as usize)
-                    .copied()
-                    .flatten()
-                    .map(|e| (e, pack(e, f)));
-            }
-            // Then one load of each home slot, in a loop of nothing else: the loads are
-            // independent and few instructions apart, so the processor has all their
-            // misses in flight at once (with the key work in between, its reorder window
-            // filled up after a few). Each lands in its own cell: folding them into one
-            // value would chain every load on the one before.
+        // Consecutive records of one key (the two directions of a connection, a
+        // client's connections to one server, as exporters often send them) are summed
+        // into a run first and the run touches the table once. Runs go to the table
+        // AHEAD at a time: first one load of each home slot, in a loop of nothing else
+        // (the loads are independent and few instructions apart, so the processor has
+        // all their misses in flight at once; each lands in its own cell: folding them
+        // into one value would chain every load on the one before), then the sums.
+        let mut runs: Vec<Run> = Vec::with_capacity(AHEAD + 1);
+        let mut apply = |runs: &[Run], rest: &mut Batch, rejected: &mut Vec<u64>| {
             let mut warm = [(0u128, Sum::default()); AHEAD];
-            for (key, w) in keys[..chunk.len()].iter().zip(warm.iter_mut()) {
-                if let Some((_, Some(k))) = key {
-                    *w = iv.v4.touch(*k);
+            for (r, w) in runs.iter().zip(warm.iter_mut()) {
+                if r.key.kind == 0 {
+                    *w = iv.v4.touch(r.key.packed);
                 }
             }
             std::hint::black_box(&warm);
-            // Second pass: the sums.
-            for (f, key) in chunk.iter().zip(keys.iter()) {
-                if too_large(f)
-                    && let Some((e, _)) = key
-                {
-                    count_rejected(&mut self.rejected, *e);
-                    continue;
-                }
+            for r in runs {
                 let full = len >= max;
-                let sum = match *key {
-                    None => None,
-                    Some((_, Some(k))) => iv.v4.get_or_insert(k, full).map(|(s, new)| {
+                let sum = match (r.key.kind, r.key.other) {
+                    (0, _) => iv.v4.get_or_insert(r.key.packed, full).map(|(s, new)| {
                         len += usize::from(new);
                         s
                     }),
-                    Some((e, None)) => slot(&mut iv.other, (e, f.proto, f.tuple()), full, &mut len),
+                    (1, Some(k)) => slot(&mut iv.other, k, full, &mut len),
+                    _ => None,
                 };
-                match (sum, batch.observer(f)) {
-                    (Some(s), _) if !s.fits(f) => {
-                        if let Some((e, _)) = key {
-                            count_rejected(&mut self.rejected, *e);
+                match sum {
+                    Some(s) if s.fits_sum(&r.sum) => s.add_sum(&r.sum),
+                    Some(_) => count_rejected(rejected, r.exporter, r.records),
+                    None => {
+                        for f in &batch.flows[r.first..r.first + r.records as usize] {
+                            if let Some(who) = batch.observer(f) {
+                                rest.push(who, *f);
+                            }
                         }
                     }
-                    (Some(s), _) => s.add(f),
-                    (None, Some(who)) => rest.push(who, *f),
-                    (None, None) => {}
+                }
+            }
+        };
+        for (i, f) in batch.flows.iter().enumerate() {
+            let number = numbers.get(f.observer as usize).copied().flatten();
+            if too_large(f) {
+                if let Some(e) = number {
+                    count_rejected(&mut self.rejected, e, 1);
+                }
+                // A run is a range of the batch: it ends here.
+                if runs.last().is_some_and(|r| r.records > 0) {
+                    runs.push(Run::ended());
+                }
+                continue;
+            }
+            let key = RunKey::of(number, f);
+            match runs.last_mut() {
+                Some(r) if r.key.joins(&key) && r.sum.fits(f) => {
+                    r.sum.add(f);
+                    r.records += 1;
+                }
+                _ => {
+                    if runs.last().is_some_and(|r| r.records == 0) {
+                        runs.pop();
+                    }
+                    if runs.len() == AHEAD {
+                        apply(&runs, &mut rest, &mut self.rejected);
+                        runs.clear();
+                    }
+                    let mut sum = Sum::default();
+                    sum.add(f);
+                    runs.push(Run {
+                        key,
+                        sum,
+                        exporter: number.unwrap_or(0),
+                        first: i,
+                        records: 1,
+                    });
                 }
             }
         }
+        if runs.last().is_some_and(|r| r.records == 0) {
+            runs.pop();
+        }
+        apply(&runs, &mut rest, &mut self.rejected);
         self.len = len;
         rest
     }
@@ -353,10 +508,8 @@ impl Taken {
                         proto,
                         orig,
                         reply: orig.reversed(),
-                        delta_orig: Counters {
-                            bytes: s.bytes,
-                            packets: s.packets,
-                        },
+                        delta_orig: s.orig,
+                        delta_reply: s.reply,
                         opened: s.opened > 0,
                         closed: s.closed > 0,
                         start_ns: s.start_ns,
@@ -430,18 +583,12 @@ mod tests {
             )
             .is_empty()
         );
-        assert_eq!(p.len(), 5);
+        assert_eq!(p.len(), 4, "the initiator's port is not a key's");
         let mut out = Vec::new();
         let t = p.take(110);
         t.for_each(|f| out.push(f));
         p.recycle(t);
-        out.sort_by_key(|f| {
-            (
-                f.obs.orig.src.is_ipv6(),
-                f.obs.orig.src_port,
-                f.obs.delta_orig.bytes,
-            )
-        });
+        out.sort_by_key(|f| (f.obs.orig.src.is_ipv6(), f.obs.delta_orig.bytes));
         let got: Vec<_> = out
             .iter()
             .map(|f| {
@@ -459,13 +606,13 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("192.0.2.9/0", 5000, 2, 1, 0, 0, 100),
-                ("192.0.2.1/0", 5000, 15, 2, 2, 3, 100),
-                ("192.0.2.1/0", 5001, 1, 1, 0, 0, 100),
-                ("192.0.2.1/0", 5000, 8, 2, 0, 0, 100),
+                ("192.0.2.9/0", 0, 2, 1, 0, 0, 100),
+                ("192.0.2.1/0", 0, 16, 3, 2, 3, 100),
+                ("192.0.2.1/0", 0, 8, 2, 0, 0, 100),
             ]
         );
-        assert_eq!(out[1].obs.reply.dst_port, 5000);
+        assert_eq!(out[1].obs.orig.dst_port, 443);
+        assert_eq!(out[1].obs.reply.src_port, 443);
         assert_eq!(out[1].seen_ns, 105 * S);
         assert_eq!(p.len(), 1, "the next interval stays");
         let mut n = 0;
@@ -492,7 +639,11 @@ mod tests {
             .iter()
             .map(|f| (&**rest.observer(f).expect("observer"), f.src_port))
             .collect();
-        assert_eq!(got, [("b/0", 1), ("a/0", 2)], "the flows past the bound");
+        assert_eq!(
+            got,
+            [("b/0", 1)],
+            "the flow past the bound (a's two client ports are one key)"
+        );
         assert_eq!(p.len(), 1);
     }
 
@@ -502,36 +653,56 @@ mod tests {
         /// exporter and tuple like a plain map does.
         #[test]
         fn batches_sum_like_a_map(
-            recs in proptest::collection::vec((0..3usize, 0..2usize, 0..40u16, 0..500u64), 0..300),
+            recs in proptest::collection::vec(
+                (0..3usize, 0..2usize, 0..2usize, 0..40u16, 0..500u64), 0..300),
             cut in 1..70usize,
         ) {
             let exporters: Vec<Arc<str>> = ["a/0", "b/0", "c/1"].map(Arc::from).to_vec();
             let all: Vec<(Arc<str>, Flow)> = recs
                 .iter()
-                .map(|&(e, v6, port, bytes)| {
+                .map(|&(e, v6, reply, port, bytes)| {
                     let src = if v6 == 1 { "fd00::1" } else { "10.0.0.1" };
-                    (Arc::clone(&exporters[e]), rec(src, port, bytes, port % 3 == 0, 0))
+                    // Client ports 40000.., server ports 443 or 8000..: requests, and
+                    // replies when `reply`.
+                    let mut f = rec(src, 40000 + port, bytes, port % 3 == 0, 0);
+                    f.dst_port = if port % 2 == 0 { 443 } else { 8000 + port % 4 };
+                    if reply == 1 {
+                        (f.src, f.dst, f.src_port, f.dst_port) = (f.dst, f.src, f.dst_port, f.src_port);
+                    }
+                    (Arc::clone(&exporters[e]), f)
                 })
                 .collect();
             let mut p = Prefold::new(10, usize::MAX);
             for chunk in all.chunks(cut) {
                 proptest::prop_assert!(p.add_batch(&batch(chunk), 5 * S).is_empty());
             }
-            let mut want: std::collections::HashMap<(String, Tuple), (u64, u64, u64)> =
+            // The model: every record's observation, summed per (exporter, initiator,
+            // responder, responder port).
+            type Want = (u64, u64, u64, u64, u64);
+            let mut want: std::collections::HashMap<(String, IpAddr, IpAddr, u16), Want> =
                 std::collections::HashMap::new();
             for (who, f) in &all {
-                let e = want.entry((who.to_string(), f.tuple())).or_default();
-                e.0 += f.bytes;
-                e.1 += f.packets;
-                e.2 += u64::from(f.opened);
+                let o = f.to_observation();
+                let k = (who.to_string(), o.orig.src, o.orig.dst, o.orig.dst_port);
+                let e = want.entry(k).or_default();
+                e.0 += o.delta_orig.bytes;
+                e.1 += o.delta_orig.packets;
+                e.2 += o.delta_reply.bytes;
+                e.3 += o.delta_reply.packets;
+                e.4 += u64::from(o.opened);
             }
+            let mut folded = Vec::new();
+            p.take(i64::MAX).for_each(|f| folded.push(f));
             let mut got = std::collections::HashMap::new();
-            p.take(i64::MAX).for_each(|f| {
+            for f in &folded {
+                let o = &f.obs;
+                proptest::prop_assert_eq!(o.orig.src_port, 0);
                 got.insert(
-                    (f.observer.to_string(), f.obs.orig),
-                    (f.obs.delta_orig.bytes, f.obs.delta_orig.packets, f.opened),
+                    (f.observer.to_string(), o.orig.src, o.orig.dst, o.orig.dst_port),
+                    (o.delta_orig.bytes, o.delta_orig.packets, o.delta_reply.bytes,
+                     o.delta_reply.packets, f.opened),
                 );
-            });
+            }
             proptest::prop_assert_eq!(got, want);
             proptest::prop_assert!(p.is_empty());
         }
@@ -543,8 +714,26 @@ mod tests {
         f.dst = "10.9.8.7".parse().expect("ip");
         f.dst_port = 1;
         f.proto = Protocol(132);
-        let k = pack(0xab_cdef, &f).expect("v4");
-        assert_eq!(unpack(k), (0xab_cdef, Protocol(132), f.tuple()));
+        let want = Tuple {
+            src_port: 0,
+            ..f.tuple()
+        };
+        assert!(!f.is_reply(), "ephemeral to well-known");
+        assert_eq!(
+            unpack(pack(0xab_cdef, &f).expect("v4")),
+            (0xab_cdef, Protocol(132), want)
+        );
+        let mut r = f;
+        (r.src, r.dst, r.src_port, r.dst_port) = (f.dst, f.src, f.dst_port, f.src_port);
+        assert!(r.is_reply());
+        assert_eq!(
+            pack(7, &r),
+            pack(7, &f),
+            "a reply is summed with its request"
+        );
+        let mut icmp = f;
+        icmp.proto = Protocol::ICMP;
+        assert_eq!(unpack(pack(0, &icmp).expect("v4")).2.dst_port, 0);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! listener, the per-flow sums, attribution, aggregation) into its SQLite file: summed
 //! per network (/24, /48) with exact totals by default, kept per address with
 //! `--netflow-keep-addresses`; flows with an end in the cluster keep their addresses
-//! either way, and an exact-address query never matches a network's row.
+//! either way, and an exact-address query never matches a network's row. A connection
+//! metered both ways (request and reply records) is one row, its connection counted once.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use podflow_netflow::encode::{Ie, Message, Value, ie};
-use podflow_store::{FlowQuery, FlowStore, SqliteStore};
+use podflow_store::{FlowQuery, FlowStore, FlowSummary, SqliteStore};
 use podflow_testkit::{ChildGuard, free_port, http_get as get, wait_until};
 
 /// A node and one pod on it: the cluster's only ends.
@@ -96,7 +97,7 @@ fn datagram() -> Vec<u8> {
 /// (local, remote, local prefix, remote prefix, port, bytes out) of every stored row.
 type Stored = Vec<(String, String, u8, u8, u16, u64)>;
 
-fn stored(db: &Path) -> Stored {
+fn rows_of(db: &Path) -> Vec<FlowSummary> {
     let Ok(store) = SqliteStore::open_reader(db) else {
         return Vec::new();
     };
@@ -105,9 +106,11 @@ fn stored(db: &Path) -> Stored {
         to: i64::MAX,
         limit: 100,
     };
-    let mut rows: Stored = store
-        .flows(&q)
-        .unwrap_or_default()
+    store.flows(&q).unwrap_or_default()
+}
+
+fn stored(db: &Path) -> Stored {
+    let mut rows: Stored = rows_of(db)
         .iter()
         .map(|f| {
             let k = &f.key;
@@ -128,6 +131,20 @@ fn stored(db: &Path) -> Stored {
 /// Runs a server with `extra` flags, sends the datagram, waits for all its bytes to be
 /// stored; returns the rows and the server's HTTP port (the server still running).
 fn run(extra: &[&str]) -> (Stored, u16, ChildGuard, tempfile::TempDir) {
+    let total = 5000 + 1000 + 2000 + 4000 + 300 + 70 + 30;
+    let (db, http, server, data) = serve(extra, &datagram(), |rows| {
+        rows.iter().map(|r| r.totals.bytes_out).sum::<u64>() == total
+    });
+    (stored(&db), http, server, data)
+}
+
+/// Runs a server with `extra` flags, sends `datagram`, waits until the stored rows are
+/// `done`; returns the database's path and the server's HTTP port (still running).
+fn serve(
+    extra: &[&str],
+    datagram: &[u8],
+    done: impl Fn(&[FlowSummary]) -> bool,
+) -> (std::path::PathBuf, u16, ChildGuard, tempfile::TempDir) {
     let data = tempfile::tempdir().expect("tmp");
     let inv = data.path().join("inventory.yaml");
     std::fs::write(&inv, INVENTORY).expect("inventory");
@@ -154,14 +171,13 @@ fn run(extra: &[&str]) -> (Stored, u16, ChildGuard, tempfile::TempDir) {
     });
     std::net::UdpSocket::bind("127.0.0.1:0")
         .expect("udp")
-        .send_to(&datagram(), ("127.0.0.1", nf))
+        .send_to(datagram, ("127.0.0.1", nf))
         .expect("send");
     let db = data.path().join("podflow.sqlite");
-    let total = 5000 + 1000 + 2000 + 4000 + 300 + 70 + 30;
     wait_until("every byte stored", Duration::from_secs(20), || {
-        stored(&db).iter().map(|r| r.5).sum::<u64>() == total
+        done(&rows_of(&db))
     });
-    (stored(&db), http, server, data)
+    (db, http, server, data)
 }
 
 fn row(
@@ -239,5 +255,75 @@ fn keep_addresses_stores_every_pair() {
     assert_eq!(
         metric(http, "podflow_netflow_flows_summed_per_network_total"),
         Some(0)
+    );
+}
+
+/// Two connections of the pod to 8.8.8.8:443, each metered both ways (request and
+/// reply, SYN and FIN on both records): one row, the requests' bytes out, the replies'
+/// in, responder port 443 (not a client port), each connection opened and closed once.
+#[test]
+fn a_connection_metered_both_ways_is_one_row_counted_once() {
+    const FLAGS: [Ie; 8] = [
+        ie(8, 4),
+        ie(12, 4),
+        ie(7, 2),
+        ie(11, 2),
+        ie(4, 1),
+        ie(6, 1),
+        ie(1, 8),
+        ie(2, 8),
+    ];
+    let rec = |src: &str, sport: u64, dst: &str, dport: u64, bytes: u64| {
+        let mut v = record(src, sport, dst, dport, bytes);
+        v.insert(5, Value::U(0x13)); // FIN, SYN, ACK
+        v
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as u32;
+    let mut m = Message::ipfix(now, 0, 1);
+    m.template(256, &FLAGS).data(
+        256,
+        &FLAGS,
+        &[
+            rec("10.9.0.10", 40000, "8.8.8.8", 443, 5000),
+            rec("8.8.8.8", 443, "10.9.0.10", 40000, 9000),
+            rec("10.9.0.10", 40001, "8.8.8.8", 443, 1000),
+            rec("8.8.8.8", 443, "10.9.0.10", 40001, 2000),
+        ],
+    );
+    let (db, _http, _server, _data) = serve(&[], &m.build(), |rows| {
+        let t = rows.iter().fold((0, 0), |(o, i), r| {
+            (o + r.totals.bytes_out, i + r.totals.bytes_in)
+        });
+        t == (6000, 11_000)
+    });
+    let rows = rows_of(&db);
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let (k, t) = (&r.key, &r.totals);
+            (
+                k.local.to_string(),
+                k.remote.to_string(),
+                k.responder_port,
+                k.local_initiated,
+                (t.bytes_out, t.packets_out, t.bytes_in, t.packets_in),
+                (t.opened, t.closed),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(
+            "10.9.0.10".to_string(),
+            "8.8.8.8".to_string(),
+            443,
+            true,
+            (6000, 2, 11_000, 2),
+            (2, 2),
+        )],
+        "{rows:?}"
     );
 }

@@ -260,6 +260,11 @@ impl SqliteStore {
                 let mut st = tx
                     .prepare_cached(&sql::rollup_upsert(table))
                     .map_err(err("prepare rollup upsert"))?;
+                // In primary-key order, like the rows: the coarser levels' buckets hold
+                // earlier intervals' keys, and updates in key order walk their pages
+                // once instead of landing on random ones.
+                let mut level: Vec<_> = level.into_iter().collect();
+                level.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 for ((bucket, once, dims), sums) in level {
                     let counts = sums.counts.map(u);
                     let mut p: Vec<&dyn rusqlite::ToSql> = vec![&bucket, &once];

@@ -5,7 +5,7 @@
 #
 #   scripts/bench-netflow.sh            full run (~6 min): v9, IPFIX and v5 at rising rates
 #   scripts/bench-netflow.sh --smoke    < 60 s: small captures, v9 at one rate
-#   scripts/bench-netflow.sh --cluster  a cluster's stream (~4 min): v9 and IPFIX from the 60
+#   scripts/bench-netflow.sh --cluster  a cluster's stream (~7 min): v9 and IPFIX from the 60
 #                                       nodes of a 4,000-pod cluster, its inventory loaded
 #   scripts/bench-netflow.sh --cluster --smoke   the same, 10 nodes, 500 pods, one rate
 #
@@ -13,8 +13,13 @@
 # (crates/netflow/examples/cluster_stream.rs: pod <-> pod, pod <-> Service and backends,
 # pod <-> internet and an S3 range, the same connections repeating on every loop as
 # long-lived ones do every active timeout); podflow server runs with --inventory and
-# --cloud-ranges of the generated files. Last line: netflow_cluster_cpu_ratio=<podflow
-# CPU s / nfcapd CPU s> over the v9 and IPFIX points both received losslessly.
+# --cloud-ranges of the generated files. After the DUR-second points, one steady point
+# per version (STEADY datagrams/s, 50000, for STEADY_DUR seconds, 30; STEADY= skips
+# them): podflow's start and its last interval's write are fixed costs that a 5-second
+# point charges to 5 seconds of stream, where a cluster's stream lasts. Last lines:
+# netflow_cluster_${DUR}s_cpu_ratio over the DUR-second points both received
+# losslessly, then netflow_cluster_cpu_ratio=<podflow CPU s / nfcapd CPU s> over the
+# lossless steady points (without steady points, over the DUR-second ones).
 #
 # The export captures come from the lab tool's bench mode (softflowd -r over a synthetic
 # pcap of BENCH_FLOWS distinct flows, exporting to 127.0.0.1:2055, captured and checksum
@@ -71,11 +76,12 @@ done
 if [ $CLUSTER = 1 ]; then
 	if [ $SMOKE = 1 ]; then
 		NODES=${NODES:-10}; PODS=${PODS:-500}; DUR=${DUR:-2}
-		RATES_V9=${RATES_V9-"20000"}; RATES_IPFIX=${RATES_IPFIX-""}
+		RATES_V9=${RATES_V9-"20000"}; RATES_IPFIX=${RATES_IPFIX-""}; STEADY=${STEADY-""}
 	else
 		NODES=${NODES:-60}; PODS=${PODS:-4000}; DUR=${DUR:-5}
 		RATES_V9=${RATES_V9-"25000 50000 100000 150000 top"}
 		RATES_IPFIX=${RATES_IPFIX-"50000 100000 150000 top"}
+		STEADY=${STEADY-50000}
 	fi
 	RATES_V5=""
 	BENCH_FLOWS="cluster of $NODES nodes, $PODS pods"
@@ -89,6 +95,7 @@ else
 	RATES_IPFIX=${RATES_IPFIX-"50000 100000 150000 top"}
 	RATES_V5=${RATES_V5-"100000 top"}
 fi
+STEADY=${STEADY:-}; STEADY_DUR=${STEADY_DUR:-30}
 OUT=${OUT:-$(mktemp -d /tmp/podflow-bench-netflow.XXXXXX)}
 mkdir -p "$OUT"
 NS=pfnf-bench
@@ -205,15 +212,17 @@ printf -v HDR '%-6s %7s %9s %9s | %-44s | %-44s | %s' ver target offered/s sent 
 	"nfcapd: recv_dgrams records lost cpu_s sys_s" "podflow: recv_dgrams records lost cpu_s sys_s" ratio
 say "$HDR"
 
-# point VER PPS -> one line; accumulates CPU per version and collector
-declare -A CPU_ALL CPU_OK
+# point VER PPS [SECS steady] -> one line; accumulates CPU per version and collector
+# (a steady point, of SECS instead of DUR, into CPU_STEADY only)
+declare -A CPU_ALL CPU_OK CPU_STEADY
 point() {
 	local v=$1 pps=$2 npk=${NPK[$1]} fpl=${FPL[$1]} pcap=${PCAP[$1]}
+	local dur=${3:-$DUR} kind=${4:-}
 	local loops rate
 	if [ "$pps" = top ]; then
-		loops=$(( (250000 * DUR + npk - 1) / npk )); rate=--topspeed
+		loops=$(( (250000 * dur + npk - 1) / npk )); rate=--topspeed
 	else
-		loops=$(( (pps * DUR + npk - 1) / npk )); rate=--pps=$pps
+		loops=$(( (pps * dur + npk - 1) / npk )); rate=--pps=$pps
 	fi
 	[ "$loops" -lt 1 ] && loops=1
 	local sent=$((loops * npk)) exp=$((loops * fpl)) coll offered="" row=()
@@ -267,7 +276,14 @@ point() {
 	done
 	local ratio
 	ratio=$(awk -v a="$podflow_cpu" -v b="$nfcapd_cpu" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')
-	say "$(printf '%-6s %7s %9.0f %9d | nfcapd  %-42s | podflow %-42s | %s' "v$v" "$pps" "${offered:-0}" "$sent" "${row[0]}" "${row[1]}" "$ratio")"
+	say "$(printf '%-6s %7s %9.0f %9d | nfcapd  %-42s | podflow %-42s | %s' "v$v" "$pps" "${offered:-0}" "$sent" "${row[0]}" "${row[1]}" "$ratio")${kind:+ (steady, ${dur} s)}"
+	if [ "$kind" = steady ]; then
+		if [ "$nfcapd_lost" = 0 ] && [ "$podflow_lost" = 0 ]; then
+			CPU_STEADY[$v.nfcapd]=$(awk -v a="${CPU_STEADY[$v.nfcapd]:-0}" -v b="$nfcapd_cpu" 'BEGIN {print a + b}')
+			CPU_STEADY[$v.podflow]=$(awk -v a="${CPU_STEADY[$v.podflow]:-0}" -v b="$podflow_cpu" 'BEGIN {print a + b}')
+		fi
+		return
+	fi
 	CPU_ALL[$v.nfcapd]=$(awk -v a="${CPU_ALL[$v.nfcapd]:-0}" -v b="$nfcapd_cpu" 'BEGIN {print a + b}')
 	CPU_ALL[$v.podflow]=$(awk -v a="${CPU_ALL[$v.podflow]:-0}" -v b="$podflow_cpu" 'BEGIN {print a + b}')
 	if [ "$nfcapd_lost" = 0 ] && [ "$podflow_lost" = 0 ]; then
@@ -279,6 +295,9 @@ point() {
 for pps in $RATES_V9; do point 9 "$pps"; done
 for pps in $RATES_IPFIX; do point 10 "$pps"; done
 for pps in $RATES_V5; do point 5 "$pps"; done
+if [ $CLUSTER = 1 ] && [ -n "$STEADY" ]; then
+	for v in 9 10; do point $v "$STEADY" "$STEADY_DUR" steady; done
+fi
 
 ratio_of() {                  # ratio_of VER -> podflow/nfcapd CPU over lossless points (else all)
 	local v=$1 src=CPU_OK
@@ -294,7 +313,16 @@ if [ $CLUSTER = 1 ]; then
 	[ -n "${CPU_OK[9.nfcapd]:-}${CPU_OK[10.nfcapd]:-}" ] || src=CPU_ALL
 	[ $src = CPU_ALL ] && log "no point lossless for both collectors: the ratio is over every point"
 	for v in 9 10; do [ -n "${CPU_ALL[$v.nfcapd]:-}" ] && say "netflow_cluster_$([ $v = 9 ] && echo v9 || echo ipfix)_cpu_ratio=$(ratio_of $v)"; done
-	say "netflow_cluster_cpu_ratio=$(awk -v a="$(sum_of $src podflow)" -v b="$(sum_of $src nfcapd)" 'BEGIN {if (b > 0) printf "%.3f", a / b; else print "nan"}')"
+	short=$(awk -v a="$(sum_of $src podflow)" -v b="$(sum_of $src nfcapd)" 'BEGIN {if (b > 0) printf "%.3f", a / b; else print "nan"}')
+	if [ -n "${CPU_STEADY[9.nfcapd]:-}${CPU_STEADY[10.nfcapd]:-}" ]; then
+		# The last line: CPU per record at steady state (the per-interval work, start and
+		# the last interval's write spread over a stream that lasts, as a cluster's does).
+		say "netflow_cluster_${DUR}s_cpu_ratio=$short"
+		say "netflow_cluster_cpu_ratio=$(awk -v a="$(sum_of CPU_STEADY podflow)" -v b="$(sum_of CPU_STEADY nfcapd)" 'BEGIN {printf "%.3f", a / b}')"
+	else
+		[ -n "$STEADY" ] && log "no steady point lossless for both collectors: the ratio is over the ${DUR}-second points"
+		say "netflow_cluster_cpu_ratio=$short"
+	fi
 else
 	[ -n "$RATES_IPFIX" ] && say "netflow_ipfix_cpu_ratio=$(ratio_of 10)"
 	[ -n "$RATES_V5" ] && say "netflow_v5_cpu_ratio=$(ratio_of 5)"

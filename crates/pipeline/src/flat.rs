@@ -4,13 +4,13 @@
 //! a batch of keys [`Flat::touch`] them all first: those loads are independent, so
 //! the processor overlaps their misses, and the updates that follow hit the cache.
 //!
-//! Key 0 marks an empty slot; a real key 0 is held beside the slots. Slots are aligned
-//! to a cache line: a key and a value of up to 48 bytes never straddle two lines, so a
-//! lookup costs one miss, not two.
+//! Key 0 marks an empty slot; a real key 0 is held beside the slots.
 
-/// A key and its value, on one cache line.
+/// A key and its value. Not aligned to a cache line on purpose: with a 32-byte value a
+/// slot is 48 bytes, and aligning it to 64 made the table a third larger, which cost
+/// more (once it outgrows the cache, a miss per lookup) than the slots that straddle
+/// two lines (docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(64))]
 struct Slot<V>(u128, V);
 
 /// The table.

@@ -34,13 +34,64 @@ use podflow_netflow::{Batch, Flow};
 /// Exporters with a number of their own (24 bits of the packed key).
 const MAX_EXPORTERS: usize = 1 << 24;
 
+/// One direction's bytes (low 41 bits: up to [`MAX_ROW_BYTES`], 2^40) and packets (high
+/// 23 bits) in one word, so a key and its sums fill a 48-byte slot: with hundreds of
+/// thousands of keys the table's size is its cost (a miss per record once it outgrows
+/// the cache).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Half(u64);
+
+const BYTE_BITS: u32 = 41;
+/// Packets a key holds per direction and interval; records past it are attributed one
+/// by one (exact, slower): 8.4M packets in an interval, 840k a second over 10 seconds.
+const HALF_PACKETS: u64 = (1 << (64 - BYTE_BITS)) - 1;
+
+/// Why a record (or a run) cannot be added to a sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    /// It would pass the bound of a row per interval: rejected and counted.
+    Bound,
+    /// It would pass what a [`Half`] holds: attributed one by one instead.
+    Narrow,
+}
+
+impl Half {
+    fn bytes(self) -> u64 {
+        self.0 & ((1 << BYTE_BITS) - 1)
+    }
+
+    fn packets(self) -> u64 {
+        self.0 >> BYTE_BITS
+    }
+
+    fn counters(self) -> Counters {
+        Counters {
+            bytes: self.bytes(),
+            packets: self.packets(),
+        }
+    }
+
+    /// This plus `bytes` and `packets`, or why not.
+    fn plus(self, bytes: u64, packets: u64) -> Result<Half, Full> {
+        let b = self.bytes().saturating_add(bytes);
+        let p = self.packets().saturating_add(packets);
+        if b > MAX_ROW_BYTES || p > MAX_ROW_PACKETS {
+            Err(Full::Bound)
+        } else if p > HALF_PACKETS {
+            Err(Full::Narrow)
+        } else {
+            Ok(Half(b | p << BYTE_BITS))
+        }
+    }
+}
+
 /// What the records of one key added up to.
 #[derive(Debug, Clone, Copy, Default)]
 struct Sum {
     /// Initiator → responder.
-    orig: Counters,
+    orig: Half,
     /// Responder → initiator (reply records).
-    reply: Counters,
+    reply: Half,
     /// The earliest start seen (0: unknown): the attribution time.
     start_ns: u64,
     opened: u32,
@@ -53,52 +104,20 @@ fn too_large(f: &Flow) -> bool {
 }
 
 impl Sum {
-    /// Whether `f` can be added without passing the bound of a row per interval.
-    fn fits(&self, f: &Flow) -> bool {
-        let c = if f.is_reply() {
-            &self.reply
+    /// `f`'s direction with `f` added, or why it cannot be.
+    fn with(&self, f: &Flow) -> Result<Half, Full> {
+        let c = if f.is_reply() { self.reply } else { self.orig };
+        c.plus(f.bytes, f.packets)
+    }
+
+    /// Sets `f`'s direction to `h` (what [`Sum::with`] gave) and counts its connection.
+    fn set(&mut self, f: &Flow, h: Half) {
+        if f.is_reply() {
+            self.reply = h;
         } else {
-            &self.orig
-        };
-        c.bytes.saturating_add(f.bytes) <= MAX_ROW_BYTES
-            && c.packets.saturating_add(f.packets) <= MAX_ROW_PACKETS
-    }
-
-    /// Whether the sum `d` can be added without passing the bound of a row per interval.
-    fn fits_sum(&self, d: &Sum) -> bool {
-        let ok = |a: &Counters, b: &Counters| {
-            a.bytes.saturating_add(b.bytes) <= MAX_ROW_BYTES
-                && a.packets.saturating_add(b.packets) <= MAX_ROW_PACKETS
-        };
-        ok(&self.orig, &d.orig) && ok(&self.reply, &d.reply)
-    }
-
-    fn add_sum(&mut self, d: &Sum) {
-        let add = |a: &mut Counters, b: &Counters| {
-            a.bytes = a.bytes.saturating_add(b.bytes);
-            a.packets = a.packets.saturating_add(b.packets);
-        };
-        add(&mut self.orig, &d.orig);
-        add(&mut self.reply, &d.reply);
-        self.opened = self.opened.saturating_add(d.opened);
-        self.closed = self.closed.saturating_add(d.closed);
-        if d.start_ns != 0 && (self.start_ns == 0 || d.start_ns < self.start_ns) {
-            self.start_ns = d.start_ns;
-        }
-    }
-
-    fn add(&mut self, f: &Flow) {
-        let reply = f.is_reply();
-        let c = if reply {
-            &mut self.reply
-        } else {
-            &mut self.orig
-        };
-        c.bytes = c.bytes.saturating_add(f.bytes);
-        c.packets = c.packets.saturating_add(f.packets);
-        // A connection counts on its initiator's records (a reply's SYN or FIN is the
-        // same connection's), as `Flow::to_observation` has it.
-        if !reply {
+            self.orig = h;
+            // A connection counts on its initiator's records (a reply's SYN or FIN is the
+            // same connection's), as `Flow::to_observation` has it.
             self.opened = self.opened.saturating_add(u32::from(f.opened));
             self.closed = self.closed.saturating_add(u32::from(f.closed));
         }
@@ -169,78 +188,12 @@ fn exporter_number(exporters: &mut Vec<Arc<str>>, who: &Arc<str>) -> Option<u32>
     Some((exporters.len() - 1) as u32)
 }
 
-fn count_rejected(rejected: &mut Vec<u64>, exporter: u32, records: u32) {
+fn count_rejected(rejected: &mut Vec<u64>, exporter: u32) {
     let i = exporter as usize;
     if rejected.len() <= i {
         rejected.resize(i + 1, 0);
     }
-    rejected[i] += u64::from(records);
-}
-
-/// Where a run of records is summed: an IPv4 key packed ([`pack`]), else (IPv6 or
-/// mixed) the exporter number, protocol and key tuple, else nowhere (the observer has
-/// no number, past [`MAX_EXPORTERS`]: attributed one by one). Plain fields, not an
-/// enum: the key of the run just started is compared with the next record's at once,
-/// and a read of the same width as the write is forwarded from the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct RunKey {
-    packed: u128,
-    /// 0 packed, 1 other, 2 unnumbered.
-    kind: u8,
-    other: Option<(u32, Protocol, Tuple)>,
-}
-
-impl RunKey {
-    fn of(number: Option<u32>, f: &Flow) -> RunKey {
-        let (packed, kind, other) = match number {
-            None => (0, 2, None),
-            Some(e) => match pack(e, f) {
-                Some(k) => (k, 0, None),
-                None => (0, 1, Some((e, f.proto, key_tuple(f)))),
-            },
-        };
-        RunKey {
-            packed,
-            kind,
-            other,
-        }
-    }
-
-    /// Whether records of `self` and `k` may be summed together.
-    #[inline]
-    fn joins(&self, k: &RunKey) -> bool {
-        self.packed == k.packed
-            && self.kind == k.kind
-            && (self.kind == 0 || (self.kind == 1 && self.other == k.other))
-    }
-}
-
-/// Consecutive records of one key, summed, on their way to the table: the batch's
-/// records `first..first + records`.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    key: RunKey,
-    sum: Sum,
-    exporter: u32,
-    first: usize,
-    records: u32,
-}
-
-impl Run {
-    /// A placeholder that ends the run before it (and is dropped).
-    fn ended() -> Run {
-        Run {
-            key: RunKey {
-                packed: 0,
-                kind: 2,
-                other: None,
-            },
-            sum: Sum::default(),
-            exporter: 0,
-            first: 0,
-            records: 0,
-        }
-    }
+    rejected[i] += 1;
 }
 
 /// The sum of flow `k`: held, or new unless `full` (then `len` counts it).
@@ -340,87 +293,69 @@ impl Prefold {
         });
         let mut len = self.len;
         let max = self.max;
-        // Consecutive records of one key (the two directions of a connection, a
-        // client's connections to one server, as exporters often send them) are summed
-        // into a run first and the run touches the table once. Runs go to the table
-        // AHEAD at a time: first one load of each home slot, in a loop of nothing else
-        // (the loads are independent and few instructions apart, so the processor has
-        // all their misses in flight at once; each lands in its own cell: folding them
-        // into one value would chain every load on the one before), then the sums.
-        let mut runs: Vec<Run> = Vec::with_capacity(AHEAD + 1);
-        let mut apply = |runs: &[Run], rest: &mut Batch, rejected: &mut Vec<u64>| {
+        let mut keys = [None; AHEAD];
+        for chunk in batch.flows.chunks(AHEAD) {
+            // First pass: the keys.
+            for (f, key) in chunk.iter().zip(keys.iter_mut()) {
+                *key = numbers
+                    .get(f.observer as usize)
+                    .copied()
+                    .flatten()
+                    .map(|e| (e, pack(e, f)));
+            }
+            // Then one load of each home slot, in a loop of nothing else: the loads are
+            // independent and few instructions apart, so the processor has all their
+            // misses in flight at once (with the key work in between, its reorder window
+            // filled up after a few). Each lands in its own cell: folding them into one
+            // value would chain every load on the one before. (Consecutive records of one
+            // key, a connection's two directions, find their slot in the cache already.)
             let mut warm = [(0u128, Sum::default()); AHEAD];
-            for (r, w) in runs.iter().zip(warm.iter_mut()) {
-                if r.key.kind == 0 {
-                    *w = iv.v4.touch(r.key.packed);
+            for (key, w) in keys[..chunk.len()].iter().zip(warm.iter_mut()) {
+                if let Some((_, Some(k))) = key {
+                    *w = iv.v4.touch(*k);
                 }
             }
             std::hint::black_box(&warm);
-            for r in runs {
+            // Second pass: the sums.
+            for (f, key) in chunk.iter().zip(keys.iter()) {
+                if too_large(f)
+                    && let Some((e, _)) = key
+                {
+                    count_rejected(&mut self.rejected, *e);
+                    continue;
+                }
                 let full = len >= max;
-                let sum = match (r.key.kind, r.key.other) {
-                    (0, _) => iv.v4.get_or_insert(r.key.packed, full).map(|(s, new)| {
+                let sum = match *key {
+                    None => None,
+                    Some((_, Some(k))) => iv.v4.get_or_insert(k, full).map(|(s, new)| {
                         len += usize::from(new);
                         s
                     }),
-                    (1, Some(k)) => slot(&mut iv.other, k, full, &mut len),
-                    _ => None,
+                    Some((e, None)) => {
+                        slot(&mut iv.other, (e, f.proto, key_tuple(f)), full, &mut len)
+                    }
                 };
-                match sum {
-                    Some(s) if s.fits_sum(&r.sum) => s.add_sum(&r.sum),
-                    Some(_) => count_rejected(rejected, r.exporter, r.records),
-                    None => {
-                        for f in &batch.flows[r.first..r.first + r.records as usize] {
-                            if let Some(who) = batch.observer(f) {
-                                rest.push(who, *f);
-                            }
+                let Some(s) = sum else {
+                    if let Some(who) = batch.observer(f) {
+                        rest.push(who, *f);
+                    }
+                    continue;
+                };
+                match s.with(f) {
+                    Ok(h) => s.set(f, h),
+                    Err(Full::Bound) => {
+                        if let Some((e, _)) = key {
+                            count_rejected(&mut self.rejected, *e);
+                        }
+                    }
+                    Err(Full::Narrow) => {
+                        if let Some(who) = batch.observer(f) {
+                            rest.push(who, *f);
                         }
                     }
                 }
             }
-        };
-        for (i, f) in batch.flows.iter().enumerate() {
-            let number = numbers.get(f.observer as usize).copied().flatten();
-            if too_large(f) {
-                if let Some(e) = number {
-                    count_rejected(&mut self.rejected, e, 1);
-                }
-                // A run is a range of the batch: it ends here.
-                if runs.last().is_some_and(|r| r.records > 0) {
-                    runs.push(Run::ended());
-                }
-                continue;
-            }
-            let key = RunKey::of(number, f);
-            match runs.last_mut() {
-                Some(r) if r.key.joins(&key) && r.sum.fits(f) => {
-                    r.sum.add(f);
-                    r.records += 1;
-                }
-                _ => {
-                    if runs.last().is_some_and(|r| r.records == 0) {
-                        runs.pop();
-                    }
-                    if runs.len() == AHEAD {
-                        apply(&runs, &mut rest, &mut self.rejected);
-                        runs.clear();
-                    }
-                    let mut sum = Sum::default();
-                    sum.add(f);
-                    runs.push(Run {
-                        key,
-                        sum,
-                        exporter: number.unwrap_or(0),
-                        first: i,
-                        records: 1,
-                    });
-                }
-            }
         }
-        if runs.last().is_some_and(|r| r.records == 0) {
-            runs.pop();
-        }
-        apply(&runs, &mut rest, &mut self.rejected);
         self.len = len;
         rest
     }
@@ -508,8 +443,8 @@ impl Taken {
                         proto,
                         orig,
                         reply: orig.reversed(),
-                        delta_orig: s.orig,
-                        delta_reply: s.reply,
+                        delta_orig: s.orig.counters(),
+                        delta_reply: s.reply.counters(),
                         opened: s.opened > 0,
                         closed: s.closed > 0,
                         start_ns: s.start_ns,
@@ -758,5 +693,52 @@ mod tests {
         p.take(i64::MAX)
             .for_each(|f| bytes.push(f.obs.delta_orig.bytes));
         assert_eq!(bytes, vec![MAX_ROW_BYTES / 2 + 1]);
+    }
+
+    #[test]
+    fn packets_past_what_a_sum_holds_go_one_by_one_and_nothing_is_lost() {
+        let who: Arc<str> = Arc::from("10.0.0.7/1");
+        let mut big = rec("10.0.0.1", 40000, 1000, false, 0);
+        big.packets = HALF_PACKETS; // fits alone
+        let mut huge = rec("10.0.0.1", 40001, 1000, false, 0);
+        huge.packets = HALF_PACKETS + 1; // not alone, within the row bound
+        let one = rec("10.0.0.1", 40002, 10, false, 0);
+        let mut b = Batch::default();
+        for f in [big, huge, one, one] {
+            b.push(&who, f);
+        }
+        let mut p = Prefold::new(10, 100);
+        let rest = p.add_batch(&b, 5 * S);
+        let sent: Vec<u64> = rest.flows.iter().map(|f| f.packets).collect();
+        assert_eq!(
+            sent,
+            [HALF_PACKETS + 1, 1, 1],
+            "the one past a sum alone, then those the full sum could not take"
+        );
+        assert_eq!(p.rejected(), 0, "not the row bound: nothing rejected");
+        let mut held = Vec::new();
+        p.take(i64::MAX).for_each(|f| held.push(f.obs.delta_orig));
+        assert_eq!(
+            held,
+            [Counters {
+                bytes: 1000,
+                packets: HALF_PACKETS
+            }]
+        );
+    }
+
+    #[test]
+    fn a_half_holds_the_row_bound_of_bytes_and_its_packets() {
+        let h = Half::default()
+            .plus(MAX_ROW_BYTES, HALF_PACKETS)
+            .expect("fits");
+        assert_eq!((h.bytes(), h.packets()), (MAX_ROW_BYTES, HALF_PACKETS));
+        assert_eq!(h.plus(1, 0), Err(Full::Bound));
+        assert_eq!(h.plus(0, 1), Err(Full::Narrow));
+        assert_eq!(
+            Half::default().plus(0, MAX_ROW_PACKETS + 1),
+            Err(Full::Bound),
+            "the row bound first"
+        );
     }
 }

@@ -54,7 +54,7 @@ defs! {
     QUEUE_WAITS = "podflow_pipeline_queue_full_total", "counter", "Times the source waited because the pipeline queue was full (back-pressure, nothing dropped).", [];
     AGG_KEYS = "podflow_aggregator_keys", "gauge", "Flow keys held by the aggregator for open intervals.", [];
     NF_FLOWS_HELD = "podflow_netflow_flows_held", "gauge", "Distinct NetFlow/IPFIX keys (exporter, protocol, initiator, responder, responder port; a reply record is put its connection's way) summed for open intervals, waiting for attribution when the interval closes (bounded by --max-keys; beyond, records are attributed one by one).", [];
-    NF_PER_NETWORK = "podflow_netflow_flows_summed_per_network_total", "counter", "NetFlow/IPFIX flows (exporter, 5-tuple, interval) with no end in the cluster, stored summed per network instead of per address (off with --netflow-keep-addresses).", [];
+    NF_PER_NETWORK = "podflow_netflow_flows_summed_per_network_total", "counter", "NetFlow/IPFIX keys (exporter, protocol, initiator, responder, responder port, interval) with no end in the cluster, stored summed per network instead of per address (off with --netflow-keep-addresses).", [];
     AGG_OVERFLOW = "podflow_aggregator_overflow_observations_total", "counter", "Observations summed into a per-protocol overflow key because the key limit was reached.", [];
     STORE_ROWS = "podflow_store_rows_written_total", "counter", "Rows written to the store.", [];
     STORE_ERRORS = "podflow_store_write_errors_total", "counter", "Failed store writes (the rows are kept and the same write is tried again).", [];

@@ -972,10 +972,10 @@ impl Decoder {
         while body.len() - pos >= t.min_len {
             let mut raw = Raw::default();
             let at = pos;
-            if t.fixed
+            if let Some(plan) = &t.plan
                 && let Some(rec) = body.get(pos..pos + t.min_len)
             {
-                decode_fixed(&t.plan, rec, &mut raw);
+                decode_fixed(plan, rec, &mut raw);
                 pos += t.min_len;
             } else if let Err(field) = decode_record(&t.fields, body, &mut pos, &mut raw) {
                 err = Some(ErrorKind::FieldPastRecord {

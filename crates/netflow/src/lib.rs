@@ -28,7 +28,5 @@ pub use error::{DecodeError, ErrorCounts, ErrorKind, ErrorReason, Version};
 pub use listener::{
     ListenError, Listener, ListenerConfig, ListenerSnapshot, ListenerStats, POLL_MS, SocketInfo,
 };
-pub use record::{
-    Direction, EPHEMERAL_FROM, Flow, FlowRecord, TCP_FIN, TCP_RST, TCP_SYN, WELL_KNOWN_BELOW,
-};
+pub use record::{Direction, Flow, FlowRecord, TCP_FIN, TCP_RST, TCP_SYN};
 pub use stats::{DomainKey, Stats};

@@ -226,11 +226,11 @@ impl Flow {
 }
 
 /// Ports below this are well-known (IANA's system ports).
-pub const WELL_KNOWN_BELOW: u16 = 1024;
+const WELL_KNOWN_BELOW: u16 = 1024;
 /// Ports from this one on are taken as ephemeral: Linux's default
 /// `net.ipv4.ip_local_port_range` starts here (and ends at 60999; Windows and the
 /// IANA's dynamic range, 49152–65535, lie inside).
-pub const EPHEMERAL_FROM: u16 = 32768;
+const EPHEMERAL_FROM: u16 = 32768;
 
 /// 0 well-known, 1 registered, 2 ephemeral.
 fn port_class(p: u16) -> u8 {

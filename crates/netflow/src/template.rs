@@ -82,11 +82,9 @@ pub(crate) struct Template {
     pub raw: Vec<u8>,
     /// When it was last (re)announced, in the caller's seconds.
     pub seen: u64,
-    /// No variable-length field: every record is `min_len` bytes.
-    pub fixed: bool,
-    /// When `fixed`, the fields that are not skipped, at their offsets in a record
-    /// ([`decode_fixed`]).
-    pub plan: Vec<Planned>,
+    /// With no variable-length field every record is `min_len` bytes: the fields that
+    /// are not skipped, at their offsets in it ([`decode_fixed`]). None otherwise.
+    pub plan: Option<Vec<Planned>>,
 }
 
 /// A field of a fixed-length template that is read: where it lies in the record.
@@ -169,10 +167,9 @@ impl Template {
             };
             fields.push(Field { op, len: s.len });
         }
-        let mut plan = Vec::new();
-        let fixed = fields.iter().all(|f| f.len != VARLEN);
-        if fixed {
+        let plan = fields.iter().all(|f| f.len != VARLEN).then(|| {
             let mut off = 0usize;
+            let mut plan = Vec::new();
             for f in &fields {
                 let len = usize::from(f.len);
                 if f.op != Op::Skip {
@@ -180,7 +177,8 @@ impl Template {
                 }
                 off += len;
             }
-        }
+            plan
+        });
         (min_len > 0).then(|| Template {
             fields,
             min_len,
@@ -188,7 +186,6 @@ impl Template {
             enterprise_fields,
             raw: raw.to_vec(),
             seen,
-            fixed,
             plan,
         })
     }
@@ -463,13 +460,13 @@ mod tests {
         ) {
             let specs: Vec<FieldSpec> = fields.iter().map(|&(id, len)| spec(id, len)).collect();
             let t = Template::compile(&specs, false, &[], 0).expect("template");
-            proptest::prop_assert!(t.fixed);
+            let plan = t.plan.as_deref().expect("a fixed template has a plan");
             let mut pos = 0;
             while bytes.len() - pos >= t.min_len {
                 let (mut a, mut b) = (Raw::default(), Raw::default());
                 let mut p = pos;
                 proptest::prop_assert!(decode_record(&t.fields, &bytes, &mut p, &mut a).is_ok());
-                decode_fixed(&t.plan, &bytes[pos..pos + t.min_len], &mut b);
+                decode_fixed(plan, &bytes[pos..pos + t.min_len], &mut b);
                 proptest::prop_assert_eq!(a, b);
                 proptest::prop_assert_eq!(p, pos + t.min_len);
                 pos = p;

@@ -6,17 +6,14 @@
 //!
 //! Key 0 marks an empty slot; a real key 0 is held beside the slots.
 
-/// A key and its value. Not aligned to a cache line on purpose: with a 32-byte value a
-/// slot is 48 bytes, and aligning it to 64 made the table a third larger, which cost
-/// more (once it outgrows the cache, a miss per lookup) than the slots that straddle
-/// two lines (docs/benchmarks.md).
-#[derive(Debug, Clone, Copy, Default)]
-struct Slot<V>(u128, V);
-
 /// The table.
 #[derive(Debug, Clone)]
 pub(crate) struct Flat<V> {
-    slots: Vec<Slot<V>>,
+    /// Key and value, not aligned to a cache line on purpose: with a 32-byte value a slot
+    /// is 48 bytes, and aligning it to 64 made the table a third larger, which cost more
+    /// (once it outgrows the cache, a miss per lookup) than the slots that straddle two
+    /// lines (docs/benchmarks.md).
+    slots: Vec<(u128, V)>,
     zero: Option<V>,
     len: usize,
     /// log2 of the slot count.
@@ -49,7 +46,7 @@ impl<V: Copy + Default> Flat<V> {
 
     fn with_bits(bits: u32) -> Flat<V> {
         Flat {
-            slots: vec![Slot(0, V::default()); 1 << bits],
+            slots: vec![(0, V::default()); 1 << bits],
             zero: None,
             len: 0,
             bits,
@@ -70,12 +67,11 @@ impl<V: Copy + Default> Flat<V> {
         self.len == 0
     }
 
-    /// Reads the home slot of `k`, key and value, to warm the cache before
-    /// [`Flat::get_or_insert`]; the result means nothing.
+    /// Reads the home slot of `k`, key and value (a slot may span two cache lines), to
+    /// warm the cache before [`Flat::get_or_insert`]; the result means nothing.
     #[inline]
     pub(crate) fn touch(&self, k: u128) -> (u128, V) {
-        let s = self.slots[self.home(k)];
-        (s.0, s.1)
+        self.slots[self.home(k)]
     }
 
     /// The value of `k`; a new default one unless `full` (then None). The bool is true
@@ -118,7 +114,7 @@ impl<V: Copy + Default> Flat<V> {
         self.zero = old.zero;
         self.len = usize::from(old.zero.is_some());
         let mask = self.slots.len() - 1;
-        for Slot(k, v) in old.slots {
+        for (k, v) in old.slots {
             if k == 0 {
                 continue;
             }
@@ -126,7 +122,7 @@ impl<V: Copy + Default> Flat<V> {
             while self.slots[i].0 != 0 {
                 i = (i + 1) & mask;
             }
-            self.slots[i] = Slot(k, v);
+            self.slots[i] = (k, v);
             self.len += 1;
         }
     }
@@ -134,7 +130,7 @@ impl<V: Copy + Default> Flat<V> {
     /// Empties it, keeping its slots.
     pub(crate) fn clear(&mut self) {
         if self.len > 0 {
-            self.slots.fill(Slot(0, V::default()));
+            self.slots.fill((0, V::default()));
         }
         self.zero = None;
         self.len = 0;
@@ -142,10 +138,12 @@ impl<V: Copy + Default> Flat<V> {
 
     /// Every key and value.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u128, &V)> {
-        self.zero
-            .iter()
-            .map(|v| (0, v))
-            .chain(self.slots.iter().filter(|s| s.0 != 0).map(|s| (s.0, &s.1)))
+        self.zero.iter().map(|v| (0, v)).chain(
+            self.slots
+                .iter()
+                .filter(|(k, _)| *k != 0)
+                .map(|(k, v)| (*k, v)),
+        )
     }
 }
 

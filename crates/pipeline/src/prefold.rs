@@ -17,7 +17,7 @@
 //! lost).
 //!
 //! IPv4 keys pack into one u128 (addresses, port, protocol, exporter number) in a flat
-//! table of 64-byte slots (crate::flat): with hundreds of thousands of live flows the
+//! table of 48-byte slots (crate::flat): with hundreds of thousands of live flows the
 //! sums are bound by memory latency, so a batch's slots are loaded together first and
 //! their misses overlap.
 
@@ -46,7 +46,7 @@ const BYTE_BITS: u32 = 41;
 /// by one (exact, slower): 8.4M packets in an interval, 840k a second over 10 seconds.
 const HALF_PACKETS: u64 = (1 << (64 - BYTE_BITS)) - 1;
 
-/// Why a record (or a run) cannot be added to a sum.
+/// Why a record cannot be added to a sum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Full {
     /// It would pass the bound of a row per interval: rejected and counted.
@@ -104,15 +104,16 @@ fn too_large(f: &Flow) -> bool {
 }
 
 impl Sum {
-    /// `f`'s direction with `f` added, or why it cannot be.
-    fn with(&self, f: &Flow) -> Result<Half, Full> {
-        let c = if f.is_reply() { self.reply } else { self.orig };
+    /// `f`'s direction (the reply's when `reply`, [`Flow::is_reply`]) with `f` added, or
+    /// why it cannot be.
+    fn with(&self, f: &Flow, reply: bool) -> Result<Half, Full> {
+        let c = if reply { self.reply } else { self.orig };
         c.plus(f.bytes, f.packets)
     }
 
     /// Sets `f`'s direction to `h` (what [`Sum::with`] gave) and counts its connection.
-    fn set(&mut self, f: &Flow, h: Half) {
-        if f.is_reply() {
+    fn set(&mut self, f: &Flow, reply: bool, h: Half) {
+        if reply {
             self.reply = h;
         } else {
             self.orig = h;
@@ -140,8 +141,12 @@ struct Interval {
 /// The tuple a record is summed under: initiator → responder, the initiator's port 0
 /// (and both ports for protocols without them: ICMP's are its type and code, which no
 /// row keeps).
-fn key_tuple(f: &Flow) -> Tuple {
-    let t = f.initiator_tuple();
+fn key_tuple(f: &Flow, reply: bool) -> Tuple {
+    let t = if reply {
+        f.tuple().reversed()
+    } else {
+        f.tuple()
+    };
     Tuple {
         src_port: 0,
         dst_port: if f.proto.has_ports() { t.dst_port } else { 0 },
@@ -149,14 +154,14 @@ fn key_tuple(f: &Flow) -> Tuple {
     }
 }
 
-fn pack(exporter: u32, f: &Flow) -> Option<u128> {
-    let t = key_tuple(f);
+/// Key tuple `t` of an IPv4 record of `proto` from `exporter`, packed.
+fn pack(exporter: u32, proto: Protocol, t: &Tuple) -> Option<u128> {
     match (t.src, t.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => Some(
             (u128::from(u32::from(s)) << 96)
                 | (u128::from(u32::from(d)) << 64)
                 | (u128::from(t.dst_port) << 32)
-                | (u128::from(f.proto.0) << 24)
+                | (u128::from(proto.0) << 24)
                 | u128::from(exporter),
         ),
         _ => None,
@@ -295,13 +300,14 @@ impl Prefold {
         let max = self.max;
         let mut keys = [None; AHEAD];
         for chunk in batch.flows.chunks(AHEAD) {
-            // First pass: the keys.
+            // First pass: the keys, and each record's direction (decided once).
             for (f, key) in chunk.iter().zip(keys.iter_mut()) {
+                let reply = f.is_reply();
                 *key = numbers
                     .get(f.observer as usize)
                     .copied()
                     .flatten()
-                    .map(|e| (e, pack(e, f)));
+                    .map(|e| (e, pack(e, f.proto, &key_tuple(f, reply)), reply));
             }
             // Then one load of each home slot, in a loop of nothing else: the loads are
             // independent and few instructions apart, so the processor has all their
@@ -311,7 +317,7 @@ impl Prefold {
             // key, a connection's two directions, find their slot in the cache already.)
             let mut warm = [(0u128, Sum::default()); AHEAD];
             for (key, w) in keys[..chunk.len()].iter().zip(warm.iter_mut()) {
-                if let Some((_, Some(k))) = key {
+                if let Some((_, Some(k), _)) = key {
                     *w = iv.v4.touch(*k);
                 }
             }
@@ -319,20 +325,22 @@ impl Prefold {
             // Second pass: the sums.
             for (f, key) in chunk.iter().zip(keys.iter()) {
                 if too_large(f)
-                    && let Some((e, _)) = key
+                    && let Some((e, _, _)) = key
                 {
                     count_rejected(&mut self.rejected, *e);
                     continue;
                 }
                 let full = len >= max;
+                let reply = key.is_some_and(|(_, _, r)| r);
                 let sum = match *key {
                     None => None,
-                    Some((_, Some(k))) => iv.v4.get_or_insert(k, full).map(|(s, new)| {
+                    Some((_, Some(k), _)) => iv.v4.get_or_insert(k, full).map(|(s, new)| {
                         len += usize::from(new);
                         s
                     }),
-                    Some((e, None)) => {
-                        slot(&mut iv.other, (e, f.proto, key_tuple(f)), full, &mut len)
+                    Some((e, None, _)) => {
+                        let k = (e, f.proto, key_tuple(f, reply));
+                        slot(&mut iv.other, k, full, &mut len)
                     }
                 };
                 let Some(s) = sum else {
@@ -341,10 +349,10 @@ impl Prefold {
                     }
                     continue;
                 };
-                match s.with(f) {
-                    Ok(h) => s.set(f, h),
+                match s.with(f, reply) {
+                    Ok(h) => s.set(f, reply, h),
                     Err(Full::Bound) => {
-                        if let Some((e, _)) = key {
+                        if let Some((e, _, _)) = key {
                             count_rejected(&mut self.rejected, *e);
                         }
                     }
@@ -643,6 +651,11 @@ mod tests {
         }
     }
 
+    /// A record's packed key, as `add_batch` makes it.
+    fn pack_flow(exporter: u32, f: &Flow) -> Option<u128> {
+        pack(exporter, f.proto, &key_tuple(f, f.is_reply()))
+    }
+
     #[test]
     fn packing_keeps_every_field() {
         let mut f = rec("255.1.2.3", 65535, 0, false, 0);
@@ -655,20 +668,20 @@ mod tests {
         };
         assert!(!f.is_reply(), "ephemeral to well-known");
         assert_eq!(
-            unpack(pack(0xab_cdef, &f).expect("v4")),
+            unpack(pack_flow(0xab_cdef, &f).expect("v4")),
             (0xab_cdef, Protocol(132), want)
         );
         let mut r = f;
         (r.src, r.dst, r.src_port, r.dst_port) = (f.dst, f.src, f.dst_port, f.src_port);
         assert!(r.is_reply());
         assert_eq!(
-            pack(7, &r),
-            pack(7, &f),
+            pack_flow(7, &r),
+            pack_flow(7, &f),
             "a reply is summed with its request"
         );
         let mut icmp = f;
         icmp.proto = Protocol::ICMP;
-        assert_eq!(unpack(pack(0, &icmp).expect("v4")).2.dst_port, 0);
+        assert_eq!(unpack(pack_flow(0, &icmp).expect("v4")).2.dst_port, 0);
     }
 
     #[test]

@@ -320,6 +320,15 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
     registry.health.require("a writable store", move || {
         r.pipeline.store_errors_in_a_row.load(Relaxed) == 0
     });
+    // Bound before the HTTP listener opens: once /metrics answers, agents' connects are
+    // accepted by the kernel and wait in the backlog while the driver starts (they were
+    // refused in that window).
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
+        .await
+        .map_err(|source| RoleError::Listen {
+            addr: cfg.grpc_listen,
+            source,
+        })?;
     let http = serve_http(cfg.listen, state, cfg.http.clone(), shutdown.clone()).await?;
     let mut driver = Driver::new(
         DriverConfig {
@@ -406,12 +415,6 @@ async fn serve_with<S: podflow_store::FlowStore + 'static>(
             )
         })
         .transpose()?;
-    let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
-        .await
-        .map_err(|source| RoleError::Listen {
-            addr: cfg.grpc_listen,
-            source,
-        })?;
     let grpc_stop = shutdown.clone();
     let router =
         builder.add_service(IngestServer::new(svc).max_decoding_message_size(MAX_BATCH_BYTES));

@@ -2,7 +2,7 @@
 # Agent CPU per dump against the kernel's floor, in one run: a namespace this creates is
 # filled with N idle ESTABLISHED entries (batched netlink inserts), then, alternating,
 # three rounds of
-#   - the real `podflow agent --interval 5s` observing it (its server is an address in
+#   - the real agent (`podflow-agent --interval 5s`) observing it (its server is an address in
 #     127.0.0.0/8 nothing listens on: it buffers, and since nothing changes nothing is
 #     sent), CPU per dump from /proc over >= 60 s after its first dump (the baseline), RSS
 #     and peak (VmHWM);
@@ -45,7 +45,7 @@ label() {
 }
 
 dumps_of() { # the agent's podflow_conntrack_dumps_total, or -1 when not up yet
-    curl -s --max-time 2 "http://127.0.0.1:$port/metrics" 2>/dev/null |
+    { curl -s --max-time 2 "http://127.0.0.1:$port/metrics" 2>/dev/null || true; } |
         awk '/^podflow_conntrack_dumps_total/ { print $2; f = 1 } END { if (!f) print -1 }'
 }
 
@@ -61,22 +61,33 @@ wait_dump_after() { # waits until the agent has done more than $1 dumps; prints 
     return 1
 }
 
-# The agent's memory with an empty table (its base), once.
-base_ns=$(ct_netns agentbase)
-tmp=$(ct_tmpdir)
-# shellcheck disable=SC2086
-"$PODFLOW" agent --server http://127.0.0.9:9 --node-name bench --listen "127.0.0.1:$port" \
-    --data-dir "$tmp" --interval "${interval}s" --netns "/run/netns/$base_ns" $agent_args \
-    >"$tmp/agent-base.log" 2>&1 &
-apid=$!
-ct_track "$apid"
-wait_dump_after 1 60 >/dev/null
-base_rss=$(ct_mem_kb "$apid" VmRSS)
-base_hwm=$(ct_mem_kb "$apid" VmHWM)
-kill "$apid"; wait "$apid" 2>/dev/null || true
-ct_netns_del "$base_ns"
-echo "agent_base_rss_kb=$base_rss agent_base_hwm_kb=$base_hwm"
+# The agent's memory with an empty table (its base), once per binary: the agent-only
+# `podflow-agent` and the multi-role `podflow agent` (the same code; the difference is the
+# text each touches, file pages that count in RSS).
+base_of() { # sets rss and hwm (kB) of the agent run as "$@", after its first dump
+    local ns tmp apid
+    ns=$(ct_netns agentbase)
+    tmp=$(ct_tmpdir)
+    # shellcheck disable=SC2086
+    "$@" --server http://127.0.0.9:9 --node-name bench --listen "127.0.0.1:$port" \
+        --data-dir "$tmp" --interval "${interval}s" --netns "/run/netns/$ns" $agent_args \
+        >"$tmp/agent-base.log" 2>&1 &
+    apid=$!
+    ct_track "$apid"
+    wait_dump_after 1 60 >/dev/null
+    rss=$(ct_mem_kb "$apid" VmRSS)
+    hwm=$(ct_mem_kb "$apid" VmHWM)
+    kill "$apid"; wait "$apid" 2>/dev/null || true
+    ct_netns_del "$ns"
+}
+base_of "$PODFLOW_AGENT"
+base_rss=$rss base_hwm=$hwm
+base_of "$PODFLOW" agent
+multi_rss=$rss multi_hwm=$hwm
+echo "agent_base_rss_kb=$base_rss agent_base_hwm_kb=$base_hwm (podflow-agent)"
+echo "agent_base_rss_multi_kb=$multi_rss agent_base_hwm_multi_kb=$multi_hwm (podflow agent)"
 
+tmp=$(ct_tmpdir)
 first_label=""
 first_ratio=""
 IFS=, read -ra list <<<"$sizes"
@@ -90,7 +101,7 @@ for n in "${list[@]}"; do
     for r in $(seq 1 "$rounds"); do
         rm -rf "${tmp:?}"/*
         # shellcheck disable=SC2086
-        "$PODFLOW" agent --server http://127.0.0.9:9 --node-name bench --listen "127.0.0.1:$port" \
+        "$PODFLOW_AGENT" --server http://127.0.0.9:9 --node-name bench --listen "127.0.0.1:$port" \
             --data-dir "$tmp" --interval "${interval}s" --netns "/run/netns/$ns" $agent_args \
             >"$tmp/agent.log" 2>&1 &
         apid=$!

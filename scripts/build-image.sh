@@ -47,7 +47,7 @@ if [ "$build" = 1 ]; then
   start=$(date +%s)
   # --target keeps crt-static off the build scripts and proc macros.
   RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --locked --profile dist --target "$target" -p podflow
+    cargo build --locked --profile dist --target "$target" -p podflow --bin podflow
   echo "binary built in $(( $(date +%s) - start )) s"
 fi
 [ -x "$bin" ] || { echo "build-image.sh: no binary at $bin (build it, or drop --no-build)" >&2; exit 1; }

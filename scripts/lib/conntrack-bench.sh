@@ -82,6 +82,7 @@ ct_build() {
         cargo build --release --locked -q -p podflow-conntrack --example ctload) >&2
     local target=${CARGO_TARGET_DIR:-$root/target}
     PODFLOW=$target/release/podflow
+    PODFLOW_AGENT=$target/release/podflow-agent
     CTLOAD=$target/release/examples/ctload
 }
 

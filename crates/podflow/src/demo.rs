@@ -83,7 +83,7 @@ impl Impairment {
                     .ok_or_else(|| format!("{part:?}: a loss is a percentage within 0..=100"))?
                     / 100.0;
             } else {
-                imp.delay = crate::duration::parse(part)
+                imp.delay = podflow::cli::duration::parse(part)
                     .map_err(|e| format!("{part:?}: not a delay ({e})"))?;
             }
         }
@@ -199,7 +199,7 @@ impl Demo {
             .build()
             .context("starting the signal handler")?;
         let token = tokio_util::sync::CancellationToken::new();
-        rt.spawn(crate::shutdown_signal(token.clone()));
+        rt.spawn(podflow::cli::runtime::shutdown_signal(token.clone()));
         let interrupted = || {
             if token.is_cancelled() {
                 bail!("interrupted");

@@ -3,7 +3,6 @@
 mod client;
 mod cost;
 mod demo;
-mod duration;
 mod flows;
 mod run;
 mod tracking;
@@ -14,10 +13,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use podflow_conntrack::{SourceConfig, SourceOptions};
+use clap::{Args, Parser, Subcommand};
+use podflow::cli::agent::{AgentArgs, ConntrackArgs};
+use podflow::cli::duration;
+use podflow::cli::runtime::{Globals, block_on, hostname, parse_allow};
+use podflow_conntrack::SourceConfig;
 use run::RunConfig;
-use tokio_util::sync::CancellationToken;
 
 /// podflow shows who talks to whom on a Kubernetes cluster, how many bytes cross nodes,
 /// zones, regions and the internet, and what that costs, by reading the kernel's
@@ -28,35 +29,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "podflow", version, about, long_about, propagate_version = true)]
 struct Cli {
-    /// Log format.
-    #[arg(long, global = true, env = "PODFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
-    log_format: LogFormat,
-
-    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `podflow_conntrack=debug`).
-    #[arg(long, global = true, env = "PODFLOW_LOG", default_value = "info")]
-    log: String,
-
-    /// Threads of the async runtime (0: one per core). Tie it to the container's CPU
-    /// request (the Helm chart does): more threads than the CPU the pod may use only adds
-    /// context switches.
-    #[arg(
-        long,
-        global = true,
-        env = "PODFLOW_WORKER_THREADS",
-        default_value_t = 0
-    )]
-    worker_threads: usize,
+    #[command(flatten)]
+    globals: Globals,
 
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Human,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -488,274 +465,6 @@ impl AttributionArgs {
 }
 
 #[derive(Debug, Args)]
-struct AgentArgs {
-    /// The server's gRPC URL (http://host:9470, or https:// with --tls-ca).
-    #[arg(long, env = "PODFLOW_SERVER")]
-    server: String,
-
-    /// This node's name (from the downward API: spec.nodeName; default: the host name).
-    #[arg(long, env = "PODFLOW_NODE_NAME")]
-    node_name: Option<String>,
-
-    /// Stable id of this agent (default: the node name).
-    #[arg(long, env = "PODFLOW_AGENT_ID")]
-    agent_id: Option<String>,
-
-    /// Address of the agent's own /metrics, /live and /ready.
-    #[arg(long, env = "PODFLOW_LISTEN", default_value = "127.0.0.1:9469")]
-    listen: SocketAddr,
-
-    /// Directory of the spill file of unacknowledged batches.
-    #[arg(long, env = "PODFLOW_DATA_DIR", default_value = "/var/lib/podflow")]
-    data_dir: PathBuf,
-
-    /// Conntrack dump interval (e.g. 10s).
-    #[arg(long, env = "PODFLOW_INTERVAL", default_value = "10s", value_parser = duration::parse)]
-    interval: Duration,
-
-    /// Turn on nf_conntrack_acct and nf_conntrack_timestamp at start.
-    #[arg(long, env = "PODFLOW_ENABLE_ACCOUNTING")]
-    enable_accounting: bool,
-
-    /// Receive buffer of the conntrack event socket, bytes.
-    #[arg(long, env = "PODFLOW_EVENT_BUFFER", default_value_t = 16 << 20)]
-    event_buffer: usize,
-
-    /// Measure each connection's time to first reply (per-Service histogram
-    /// podflow_service_first_reply_seconds) from conntrack UPDATE events. Raises event
-    /// volume: a short TCP connection sends 7 events instead of 2 (nftables
-    /// `ct event set new,reply,destroy` brings that to 3). Needs nf_conntrack_timestamp.
-    #[arg(long, env = "PODFLOW_FIRST_REPLY")]
-    first_reply: bool,
-
-    /// Observe another network namespace (a file such as /run/netns/NAME).
-    #[arg(long, env = "PODFLOW_NETNS")]
-    netns: Option<PathBuf>,
-
-    #[command(flatten)]
-    conntrack: ConntrackArgs,
-
-    /// Memory for batches not yet acknowledged, bytes.
-    #[arg(long, env = "PODFLOW_BUFFER_MEMORY", default_value_t = 64 << 20)]
-    buffer_memory: usize,
-
-    /// Spill file size for unacknowledged batches beyond memory, bytes (the oldest are
-    /// dropped and counted beyond it).
-    #[arg(long, env = "PODFLOW_BUFFER_SPILL", default_value_t = 1 << 30)]
-    buffer_spill: u64,
-
-    /// Reconnect after this long so agents spread over server replicas.
-    #[arg(long, env = "PODFLOW_MAX_CONNECTION_AGE", default_value = "30m", value_parser = duration::parse)]
-    max_connection_age: Duration,
-
-    /// CA certificate (PEM) that signed the server's certificate (https:// servers).
-    #[arg(long, env = "PODFLOW_TLS_CA")]
-    tls_ca: Option<PathBuf>,
-
-    /// Client certificate (PEM) for servers that require one.
-    #[arg(long, env = "PODFLOW_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-
-    /// Client key (PEM).
-    #[arg(long, env = "PODFLOW_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-
-    /// Server name to verify (default: the URL's host).
-    #[arg(long, env = "PODFLOW_TLS_DOMAIN")]
-    tls_domain: Option<String>,
-
-    /// File holding the bearer token the server expects.
-    #[arg(long, env = "PODFLOW_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
-
-    /// Receive NetFlow v5/v9/IPFIX on this UDP address and forward the records to the
-    /// server (repeat or comma-separate for more).
-    #[arg(long, env = "PODFLOW_NETFLOW_LISTEN", value_delimiter = ',')]
-    netflow_listen: Vec<SocketAddr>,
-
-    /// Exporter networks allowed to send NetFlow/IPFIX (comma-separated CIDRs or
-    /// addresses, e.g. 10.0.0.0/8,192.0.2.7); datagrams from other sources are dropped
-    /// and counted (podflow_netflow_denied_datagrams_total). Unset: every source is
-    /// decoded, with a warning at start.
-    #[arg(long, env = "PODFLOW_NETFLOW_ALLOW", value_parser = parse_allow)]
-    netflow_allow: Option<podflow_role::netflow::AllowList>,
-
-    #[command(flatten)]
-    probes: ProbeArgs,
-}
-
-/// Conntrack source options shared by `agent` and `run`.
-#[derive(Debug, Args)]
-struct ConntrackArgs {
-    /// Reliable DESTROY delivery (conntrackd's NetlinkEventsReliable): the kernel keeps a
-    /// closed connection whose DESTROY event it could not deliver and sends it again, so no
-    /// final bytes are lost to an event overflow. WARNING: while podflow does not read its
-    /// events (stalled, starved of CPU, stopped) closed connections stay in the table,
-    /// which can fill up (nf_conntrack_max); the kernel then drops new connections.
-    #[arg(long, env = "PODFLOW_RELIABLE_EVENTS")]
-    reliable_events: bool,
-
-    /// Keep table dumps under this fraction of one core (e.g. 0.05 = 5%): the dump
-    /// interval in force becomes max(--interval, last dump's CPU time / budget), shown by
-    /// podflow_conntrack_dump_interval_seconds. Unset: always --interval.
-    #[arg(long, env = "PODFLOW_DUMP_CPU_BUDGET", value_parser = parse_budget)]
-    dump_cpu_budget: Option<f64>,
-
-    /// Do not subscribe to NEW events: DESTROY carries the tuple, both timestamps and the
-    /// final counters, so nothing is lost, a short connection costs one event instead of
-    /// two, and `opened` is reported at the next dump or the close. Ignored with
-    /// --first-reply (which needs NEW events).
-    #[arg(long, env = "PODFLOW_NO_NEW_EVENTS")]
-    no_new_events: bool,
-}
-
-impl ConntrackArgs {
-    fn options(&self) -> SourceOptions {
-        SourceOptions {
-            new_events: !self.no_new_events,
-            reliable_events: self.reliable_events,
-            cpu_budget: self.dump_cpu_budget,
-            ..SourceOptions::default()
-        }
-    }
-}
-
-/// A CPU budget: a fraction of one core in (0, 1].
-fn parse_budget(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number (a fraction of one core, e.g. 0.05)"))?;
-    if v > 0.0 && v <= 1.0 {
-        Ok(v)
-    } else {
-        Err(format!(
-            "{v} is outside (0, 1] (a fraction of one core, e.g. 0.05)"
-        ))
-    }
-}
-
-/// Node-to-node probes (the agent's responder and prober).
-#[derive(Debug, Args)]
-struct ProbeArgs {
-    /// Probe the other nodes the server names (UDP bursts, TCP connect, HTTP GET, ICMP,
-    /// full-MTU UDP, DNS) and answer their probes.
-    #[arg(long, env = "PODFLOW_PROBES")]
-    probes: bool,
-
-    /// The responder's port on the host network: UDP echo and TCP accept on it, HTTP on
-    /// the next port.
-    #[arg(long, env = "PODFLOW_PROBE_PORT", default_value_t = 9471)]
-    probe_port: u16,
-
-    /// Address the responder binds and probes leave from (default: every address).
-    #[arg(long, env = "PODFLOW_PROBE_BIND")]
-    probe_bind: Option<std::net::IpAddr>,
-
-    /// How often each peer is probed.
-    #[arg(long, env = "PODFLOW_PROBE_INTERVAL", default_value = "5s", value_parser = duration::parse)]
-    probe_interval: Duration,
-
-    /// Kinds probed each round (comma-separated: udp, udp_mtu, tcp, http, icmp). ICMP
-    /// needs CAP_NET_RAW; without it ICMP results say `unavailable`.
-    #[arg(
-        long,
-        env = "PODFLOW_PROBE_KINDS",
-        default_value = "udp,udp_mtu,tcp,http,icmp"
-    )]
-    probe_kinds: String,
-
-    /// Path MTU the full-MTU probe checks (IP packet size; 0: off).
-    #[arg(long, env = "PODFLOW_PROBE_MTU", default_value_t = 1500)]
-    probe_mtu: usize,
-
-    /// ICMP echo runs every this many rounds of a peer (1: every round), and right
-    /// after any UDP burst that lost packets (a UDP-only fault or the host?).
-    #[arg(long, env = "PODFLOW_PROBE_ICMP_EVERY", default_value_t = 4)]
-    probe_icmp_every: u32,
-
-    /// The HTTP GET, whose connection also gives the TCP connect time, runs every this
-    /// many rounds of a peer (1: every round).
-    #[arg(long, env = "PODFLOW_PROBE_HTTP_EVERY", default_value_t = 2)]
-    probe_http_every: u32,
-
-    /// DNS lookups each round: `RESOLVER=NAME` (e.g. 10.96.0.10:53=kubernetes.default.svc.cluster.local), comma-separated.
-    #[arg(long, env = "PODFLOW_PROBE_DNS", value_delimiter = ',')]
-    probe_dns: Vec<String>,
-
-    /// Full mesh up to this many nodes; beyond, each node probes a bounded set that still
-    /// covers every zone pair (see docs/probes.md).
-    #[arg(long, env = "PODFLOW_PROBE_FULL_MESH_MAX", default_value_t = 50)]
-    probe_full_mesh_max: usize,
-
-    /// Probe series carry node labels while the node pairs seen are at most this many
-    /// (zone labels always).
-    #[arg(long, env = "PODFLOW_PROBE_NODE_LABEL_PAIRS", default_value_t = 2500)]
-    probe_node_label_pairs: usize,
-
-    /// Probe results are summed and stored per this interval (the live metrics follow
-    /// every result): one row per node pair and kind each time.
-    #[arg(long, env = "PODFLOW_PROBE_STORE_INTERVAL", default_value = "60s", value_parser = duration::parse)]
-    probe_store_interval: Duration,
-
-    /// Also expose kconmon's metric names and labels with this prefix (e.g. `kconmon`),
-    /// so its dashboards and alerts work unchanged (one set of per-pair series more).
-    #[arg(long, env = "PODFLOW_PROBE_KCONMON_PREFIX")]
-    probe_kconmon_prefix: Option<String>,
-}
-
-impl ProbeArgs {
-    fn settings(&self) -> anyhow::Result<Option<podflow_agent::ProbeSettings>> {
-        if !self.probes {
-            return Ok(None);
-        }
-        let kinds = self
-            .probe_kinds
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(|k| {
-                podflow_probe::ProbeKind::from_label(k)
-                    .filter(|k| *k != podflow_probe::ProbeKind::Dns)
-                    .ok_or_else(|| anyhow::anyhow!("--probe-kinds: unknown kind `{k}`"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut dns = Vec::new();
-        for d in &self.probe_dns {
-            let (resolver, name) = d
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("--probe-dns {d:?}: want RESOLVER=NAME"))?;
-            dns.push(podflow_probe::DnsTarget {
-                resolver: resolver
-                    .parse()
-                    .with_context(|| format!("--probe-dns {d:?}: resolver"))?,
-                name: name.to_string(),
-                qtype: podflow_probe::dns::QType::A,
-            });
-        }
-        Ok(Some(podflow_agent::ProbeSettings {
-            port: self.probe_port,
-            bind: self.probe_bind,
-            interval: self.probe_interval,
-            kinds,
-            mtu: self.probe_mtu,
-            icmp_every: self.probe_icmp_every,
-            http_every: self.probe_http_every,
-            dns,
-            metrics: podflow_probe::MetricsConfig {
-                node_label_max_pairs: self.probe_node_label_pairs,
-                kconmon_prefix: self.probe_kconmon_prefix.clone(),
-                ..Default::default()
-            },
-            topology: podflow_probe::TopologyConfig {
-                full_mesh_max: self.probe_full_mesh_max,
-                ..Default::default()
-            },
-            store_interval: self.probe_store_interval,
-        }))
-    }
-}
-
-#[derive(Debug, Args)]
 struct ServerArgs {
     /// Address of /metrics, the HTTP API, /live and /ready.
     #[arg(long, env = "PODFLOW_LISTEN", default_value = "0.0.0.0:9469")]
@@ -953,41 +662,6 @@ fn agent_auth(a: &ServerArgs) -> anyhow::Result<podflow_server::AgentAuth> {
     })
 }
 
-fn agent(a: AgentArgs) -> anyhow::Result<()> {
-    let node = a.node_name.unwrap_or_else(hostname);
-    let tls = (a.tls_ca.is_some() || a.tls_cert.is_some()).then(|| podflow_agent::ClientTls {
-        ca: a.tls_ca.clone(),
-        identity: a.tls_cert.clone().zip(a.tls_key.clone()),
-        domain: a.tls_domain.clone(),
-    });
-    let cfg = podflow_agent::AgentConfig {
-        server: a.server,
-        agent_id: a.agent_id.unwrap_or_else(|| node.clone()),
-        node,
-        listen: a.listen,
-        data_dir: a.data_dir,
-        interval: a.interval,
-        source: SourceConfig {
-            netns: a.netns,
-            event_buffer: a.event_buffer,
-            events: true,
-            enable_features: a.enable_accounting,
-            first_reply: a.first_reply,
-        },
-        source_options: a.conntrack.options(),
-        tls,
-        token_file: a.token_file,
-        max_memory: a.buffer_memory,
-        max_spill: a.buffer_spill,
-        max_connection_age: a.max_connection_age,
-        probes: a.probes.settings()?,
-        http: podflow_role::HttpSettings::default(),
-        netflow_listen: a.netflow_listen,
-        netflow_allow: a.netflow_allow.unwrap_or_default(),
-    };
-    block_on(|token| async move { podflow_agent::agent(cfg, token).await })
-}
-
 fn server(a: ServerArgs) -> anyhow::Result<()> {
     let tls = a
         .tls_cert
@@ -1044,25 +718,6 @@ fn server(a: ServerArgs) -> anyhow::Result<()> {
 }
 
 /// Runs a role on a multi-threaded runtime until SIGINT/SIGTERM.
-fn block_on<F, Fut>(role: F) -> anyhow::Result<()>
-where
-    F: FnOnce(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = Result<(), podflow_role::RoleError>>,
-{
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    let threads = WORKER_THREADS.load(std::sync::atomic::Ordering::Relaxed);
-    if threads > 0 {
-        b.worker_threads(threads);
-    }
-    let rt = b.enable_all().build()?;
-    rt.block_on(async move {
-        let token = CancellationToken::new();
-        tokio::spawn(shutdown_signal(token.clone()));
-        role(token).await
-    })?;
-    Ok(())
-}
-
 #[derive(Debug, Args)]
 struct FlowsArgs {
     /// Base URL of a running podflow.
@@ -1125,42 +780,6 @@ fn cost_cmd(a: CostArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Human => b.init(),
-        LogFormat::Json => b.json().init(),
-    }
-}
-
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-async fn shutdown_signal(token: CancellationToken) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    tracing::info!("shutting down: flushing the last interval");
-    token.cancel();
-}
-
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let _tracking = if args.ensure_tracking {
         Some(tracking::Tracking::ensure(args.netns.as_deref()).context("--ensure-tracking")?)
@@ -1192,14 +811,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     block_on(|token| async move { run::run(cfg, token).await })
 }
-
-/// `--netflow-allow`: the CIDRs, or the entry that is wrong.
-fn parse_allow(s: &str) -> Result<podflow_role::netflow::AllowList, String> {
-    podflow_role::netflow::AllowList::parse(s).map_err(|e| e.to_string())
-}
-
-/// `--worker-threads`, for [`block_on`].
-static WORKER_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// `podflow sysctl`: turns accounting and timestamps on, says what changed.
 /// `podflow probe`: one probe, its result on stdout; `Ok(false)` when it failed.
@@ -1341,8 +952,7 @@ fn sysctl(a: SysctlArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli);
-    WORKER_THREADS.store(cli.worker_threads, std::sync::atomic::Ordering::Relaxed);
+    cli.globals.apply();
     let result = match cli.command {
         Command::Run(a) => run(*a),
         Command::Flows(a) => flows::fetch(&a.url, a.since, a.limit).map(|rows| {
@@ -1356,7 +966,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Cost(a) => cost_cmd(a),
-        Command::Agent(a) => agent(*a),
+        Command::Agent(a) => podflow::cli::agent::run(*a),
         Command::Server(a) => server(*a),
         Command::Sysctl(a) => sysctl(a),
         Command::Probe(a) => match probe_once(a) {

@@ -1,0 +1,5 @@
+//! The command-line parts both binaries share.
+
+pub mod agent;
+pub mod duration;
+pub mod runtime;

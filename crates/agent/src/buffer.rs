@@ -64,16 +64,24 @@ fn crc32(parts: &[&[u8]]) -> u32 {
     !c
 }
 
+/// A record's header: magic, kind, payload length, CRC-32 of the kind and the payload.
+fn header(kind: u8, payload: &[&[u8]]) -> [u8; HEADER] {
+    let len: usize = payload.iter().map(|p| p.len()).sum();
+    let mut parts: Vec<&[u8]> = vec![std::slice::from_ref(&kind)];
+    parts.extend_from_slice(payload);
+    let mut out = [0u8; HEADER];
+    out[0] = MAGIC;
+    out[1] = kind;
+    out[2..6].copy_from_slice(&(len as u32).to_le_bytes());
+    out[6..].copy_from_slice(&crc32(&parts).to_le_bytes());
+    out
+}
+
+/// A whole record: its header, then the payload's parts.
 fn record(kind: u8, payload: &[&[u8]]) -> Vec<u8> {
     let len: usize = payload.iter().map(|p| p.len()).sum();
     let mut out = Vec::with_capacity(HEADER + len);
-    out.push(MAGIC);
-    out.push(kind);
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    let mut parts: Vec<&[u8]> = vec![&out[1..2]];
-    parts.extend_from_slice(payload);
-    let crc = crc32(&parts);
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&header(kind, payload));
     for p in payload {
         out.extend_from_slice(p);
     }
@@ -288,27 +296,32 @@ impl Buffer {
     /// Starts numbering after `last` (a fresh log), durably.
     pub fn start_at(&mut self, last: u64) -> io::Result<()> {
         self.last_seq = self.last_seq.max(last);
-        let rec = record(KIND_NEXT_SEQ, &[&self.last_seq.to_le_bytes()]);
-        self.append(&rec, true).map(|_| ())
+        let last = self.last_seq.to_le_bytes();
+        self.append(KIND_NEXT_SEQ, &[&last], true).map(|_| ())
     }
 
-    /// Appends `bytes` to the log and syncs; the offset of the record.
-    fn append(&mut self, rec: &[u8], sync: bool) -> io::Result<u64> {
+    /// Appends a record of `kind` made of `payload` to the log (syncing it when `sync`);
+    /// the offset of the record. The parts are written one after the other, not copied
+    /// into one buffer first: a checkpoint or a large batch is not held twice.
+    fn append(&mut self, kind: u8, payload: &[&[u8]], sync: bool) -> io::Result<u64> {
         let f = self
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("log file closed"))?;
         let at = self.end;
+        let head = header(kind, payload);
+        let len = HEADER as u64 + payload.iter().map(|p| p.len() as u64).sum::<u64>();
         f.seek(SeekFrom::Start(at))?;
-        if let Err(e) = f
-            .write_all(rec)
-            .and_then(|()| if sync { f.sync_data() } else { Ok(()) })
-        {
+        let written = std::iter::once(&head[..])
+            .chain(payload.iter().copied())
+            .try_for_each(|p| f.write_all(p))
+            .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
             // Cut whatever part was written, so the file stays a sequence of records.
             let _ = f.set_len(at);
             return Err(e);
         }
-        self.end = at + rec.len() as u64;
+        self.end = at + len;
         Ok(at)
     }
 
@@ -319,12 +332,9 @@ impl Buffer {
         if conntrack {
             self.since_checkpoint += bytes.len() as u64;
         }
-        let rec = record(
-            KIND_BATCH,
-            &[&seq.to_le_bytes(), &[u8::from(conntrack)], &bytes],
-        );
-        self.make_room(rec.len() as u64);
-        let disk = match self.append(&rec, true) {
+        let payload: [&[u8]; 3] = [&seq.to_le_bytes(), &[u8::from(conntrack)], &bytes];
+        self.make_room((HEADER + 9 + bytes.len()) as u64);
+        let disk = match self.append(KIND_BATCH, &payload, true) {
             Ok(at) => Some((at + HEADER as u64 + 9, bytes.len() as u32)),
             Err(e) => {
                 self.counts.disk_errors += 1;
@@ -361,9 +371,8 @@ impl Buffer {
 
     /// Records the tracker's state covering every batch up to `covered` (synced).
     pub fn checkpoint(&mut self, covered: u64, state: &[u8]) -> io::Result<()> {
-        let rec = record(KIND_CHECKPOINT, &[&covered.to_le_bytes(), state]);
-        self.make_room(rec.len() as u64);
-        let at = self.append(&rec, true)?;
+        self.make_room((HEADER + 8 + state.len()) as u64);
+        let at = self.append(KIND_CHECKPOINT, &[&covered.to_le_bytes(), state], true)?;
         self.checkpoint = Some((covered, at + HEADER as u64 + 8, state.len() as u32));
         self.retained.retain(|s, _| *s > covered);
         self.since_checkpoint = 0;
@@ -404,7 +413,7 @@ impl Buffer {
             self.retained.insert(seq, d);
         }
         // Not synced: a lost ack record costs one resend, recognised by the server.
-        let _ = self.append(&record(KIND_ACKED, &[&seq.to_le_bytes()]), false);
+        let _ = self.append(KIND_ACKED, &[&seq.to_le_bytes()], false);
         true
     }
 

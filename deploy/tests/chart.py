@@ -320,8 +320,10 @@ def cmd_invariants():
                 check("--token-file=/var/run/secrets/podflow/token" in a["args"], f"{p} agent: --token-file")
             init = spec.get("initContainers", [])
             if values.get("agent", {}).get("sysctlInit", {}).get("enabled"):
-                check(len(init) == 1 and init[0]["args"] == ["sysctl"] and init[0]["securityContext"]["privileged"] is True,
-                      f"{p} agent: privileged init container runs `podflow sysctl`")
+                want = a["command"][:1] + ["sysctl"]
+                check(len(init) == 1 and init[0]["command"] == want and "args" not in init[0]
+                      and init[0]["image"] == a["image"] and init[0]["securityContext"]["privileged"] is True,
+                      f"{p} agent: privileged init container runs {want} from the agent's image")
             else:
                 check(not init, f"{p} agent: no init container unless asked")
             pc = one(objs, "PriorityClass")
@@ -356,6 +358,7 @@ def cmd_invariants():
                 check(pdb is None, f"{p} server: no PDB on one replica")
             auth = values.get("auth", {}).get("agents", "kubernetes")
             check(f"--agent-auth={auth}" in s["args"], f"{p} server: --agent-auth={auth}")
+            check(s["command"] == ["/podflow"] and s["args"][0] == "server", f"{p} server: runs /podflow server")
             role = one(objs, "ClusterRole")
             if role is not None:
                 verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
@@ -381,12 +384,30 @@ def cmd_invariants():
             script = " ".join(test[0]["spec"]["containers"][0]["args"]) if test else ""
             check("/ready" in script and "/api/v1/query" in script, f"{p} the test asks /ready and /api/v1/query")
         print(f"invariants {name}: checked")
-    # Servers first, agents after: agent.imageTag holds the agents back for one upgrade.
-    objs = list(objects(render({"image": {"tag": "9.9.9"}, "agent": {"imageTag": "9.9.8", "sysctlInit": {"enabled": True}}})))
-    ds, dep = one(objs, "DaemonSet"), one(objs, "Deployment")
-    agent_images = {c["image"] for c in ds["spec"]["template"]["spec"]["containers"] + ds["spec"]["template"]["spec"]["initContainers"]}
-    check(agent_images == {"localhost/podflow:9.9.8"}, f"agent.imageTag: agents run {agent_images}")
-    check(dep["spec"]["template"]["spec"]["containers"][0]["image"] == "localhost/podflow:9.9.9", "agent.imageTag leaves the server alone")
+    # The agent image by default: podflow-agent alone, the agent's flags as args.
+    objs = list(objects(render({})))
+    a = one(objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    check(a["image"].startswith("localhost/podflow-agent:") and a["command"] == ["/podflow-agent"]
+          and a["args"][0].startswith("--"), f"defaults: the agent runs /podflow-agent: {a['image']} {a['command']}")
+    # Servers first, agents after: agent.image.tag holds the agents back for one upgrade.
+    images = lambda ds: {c["image"] for c in ds["spec"]["template"]["spec"]["containers"] + ds["spec"]["template"]["spec"].get("initContainers", [])}
+    for agent, want in [({"image": {"tag": "9.9.8"}}, {"localhost/podflow-agent:9.9.8"}),
+                        ({"image": {"repository": ""}}, {"localhost/podflow:9.9.9"}),
+                        ({"image": {"repository": "", "tag": "9.9.8"}}, {"localhost/podflow:9.9.8"}),
+                        ({"image": {"digest": "sha256:" + "a" * 64}}, {"localhost/podflow-agent@sha256:" + "a" * 64})]:
+        objs = list(objects(render({"image": {"tag": "9.9.9"}, "agent": dict(agent, sysctlInit={"enabled": True})})))
+        ds, dep = one(objs, "DaemonSet"), one(objs, "Deployment")
+        check(images(ds) == want, f"agent {agent}: agents run {images(ds)}, want {want}")
+        check(dep["spec"]["template"]["spec"]["containers"][0]["image"] == "localhost/podflow:9.9.9", f"agent {agent} leaves the server alone")
+        lean = bool(agent["image"].get("repository", "x"))
+        c = ds["spec"]["template"]["spec"]["containers"][0]
+        check(c["command"] == (["/podflow-agent"] if lean else ["/podflow", "agent"]), f"agent {agent}: command {c['command']}")
+    with open(os.path.join(CHART, "Chart.yaml")) as f:
+        app_version = yaml.safe_load(f)["appVersion"]
+    # A digest of the server's image pins its repository only: the agent image keeps its tag.
+    objs = list(objects(render({"image": {"digest": "sha256:" + "b" * 64}})))
+    check(images(one(objs, "DaemonSet")) == {"localhost/podflow-agent:" + app_version},
+          f"image.digest leaves the agent image's tag: {images(one(objs, 'DaemonSet'))}")
 
 
 # ---------------------------------------------------------------- schema

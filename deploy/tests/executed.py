@@ -278,7 +278,12 @@ def main(binary, values):
             argv, env = command_of(c, {"ip": ip, "name": f"podflow-{what}-0"}, mounts)
             started = time.time()
             logf = open(os.path.join(root, what + ".log"), "w")
-            children.append(subprocess.Popen(["ip", "netns", "exec", ns, binary] + argv[:] + extra,
+            # The image's program (/podflow, /podflow-agent) is the binary of that name
+            # beside the one given.
+            program = os.path.join(os.path.dirname(binary), os.path.basename(argv[0]))
+            if not os.access(program, os.X_OK):
+                fail(f"{what}: the container runs {argv[0]}: no {program}")
+            children.append(subprocess.Popen(["ip", "netns", "exec", ns, program] + argv[1:] + extra,
                                              env=dict(os.environ, **env), stdout=logf, stderr=logf))
             runs.append((what, ns, ip, c, started))
             time.sleep(1)

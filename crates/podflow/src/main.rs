@@ -57,7 +57,8 @@ enum Command {
     Cost(CostArgs),
     /// Per-node agent: reads this node's conntrack and streams observations to a server
     /// over gRPC, keeping unacknowledged batches (memory, then a spill file) across server
-    /// restarts. Needs CAP_NET_ADMIN (a DaemonSet on the host network).
+    /// restarts. Needs CAP_NET_ADMIN (a DaemonSet on the host network). The binary
+    /// `podflow-agent` (the agent image's) takes the same flags.
     Agent(Box<AgentArgs>),
     /// Receives the agents' observations, attributes them to pods, workloads, services,
     /// nodes and zones, aggregates and stores them, and serves /metrics and the HTTP API.
@@ -71,9 +72,10 @@ enum Command {
     /// Turn on the kernel's conntrack byte counters and timestamps
     /// (net.netfilter.nf_conntrack_acct=1, nf_conntrack_timestamp=1) in this network
     /// namespace, print what they were and are, and exit: the agent's optional privileged
-    /// init step (an image without a shell has no `sysctl`). Counters exist only for
-    /// connections made after accounting is on. Needs CAP_NET_ADMIN.
-    Sysctl(SysctlArgs),
+    /// init step (an image without a shell has no `sysctl`; the agent image runs
+    /// `podflow-agent sysctl`). Counters exist only for connections made after accounting
+    /// is on. Needs CAP_NET_ADMIN.
+    Sysctl(podflow::cli::sysctl::SysctlArgs),
     /// Probe a node's responder once, print the result and exit 2 if it failed:
     /// `podflow probe 10.0.1.7 --type udp` probes from here; `podflow probe NODE --server
     /// http://podflow:9469` asks the server to probe the node it knows by that name, from
@@ -107,13 +109,6 @@ struct ProbeOnceArgs {
     port: Option<u16>,
 
     /// Probe from inside this network namespace (a file such as /run/netns/NAME).
-    #[arg(long)]
-    netns: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-struct SysctlArgs {
-    /// Apply them in another network namespace (a file such as /run/netns/NAME).
     #[arg(long)]
     netns: Option<PathBuf>,
 }
@@ -812,7 +807,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     block_on(|token| async move { run::run(cfg, token).await })
 }
 
-/// `podflow sysctl`: turns accounting and timestamps on, says what changed.
 /// `podflow probe`: one probe, its result on stdout; `Ok(false)` when it failed.
 fn probe_once(a: ProbeOnceArgs) -> anyhow::Result<bool> {
     use podflow_probe::{Outcome, ProbeKind};
@@ -924,32 +918,6 @@ fn probe_via_server(server: &str, a: &ProbeOnceArgs) -> anyhow::Result<bool> {
     Ok(a.ok)
 }
 
-fn sysctl(a: SysctlArgs) -> anyhow::Result<()> {
-    if let Some(ns) = &a.netns {
-        podflow_conntrack::enter_netns(ns).with_context(|| format!("--netns {}", ns.display()))?;
-    }
-    let before = podflow_conntrack::read_features()?;
-    let after = podflow_conntrack::enable_features()?;
-    let word = |b: bool| if b { "on" } else { "off" };
-    println!(
-        "net.netfilter.nf_conntrack_acct: {} -> {}",
-        word(before.accounting),
-        word(after.accounting)
-    );
-    println!(
-        "net.netfilter.nf_conntrack_timestamp: {} -> {}",
-        word(before.timestamps),
-        word(after.timestamps)
-    );
-    anyhow::ensure!(
-        after.accounting && after.timestamps,
-        "the kernel kept accounting {} and timestamps {}",
-        word(after.accounting),
-        word(after.timestamps)
-    );
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.globals.apply();
@@ -968,7 +936,7 @@ fn main() -> ExitCode {
         Command::Cost(a) => cost_cmd(a),
         Command::Agent(a) => podflow::cli::agent::run(*a),
         Command::Server(a) => server(*a),
-        Command::Sysctl(a) => sysctl(a),
+        Command::Sysctl(a) => podflow::cli::sysctl::run(a),
         Command::Probe(a) => match probe_once(a) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(2),

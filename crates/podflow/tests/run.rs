@@ -603,8 +603,9 @@ fn run_takes_netflow_records_through_the_same_attribution_with_sampling() {
     promtool_check(&metrics);
 }
 
-/// `podflow sysctl --netns`: accounting and timestamps go from off to on in that
-/// namespace only, and it says so.
+/// `podflow sysctl --netns` and `podflow-agent sysctl --netns` (the agent image's init
+/// container): accounting and timestamps go from off to on in that namespace only, and
+/// each says so.
 #[test]
 fn sysctl_turns_accounting_and_timestamps_on_in_the_namespace() {
     if !podflow_testkit::can_run("sysctl_turns_accounting_and_timestamps_on_in_the_namespace") {
@@ -618,23 +619,36 @@ fn sysctl_turns_accounting_and_timestamps_on_in_the_namespace() {
             .trim()
             .to_string()
     };
-    ns.sh("sysctl -qw net.netfilter.nf_conntrack_acct=0 net.netfilter.nf_conntrack_timestamp=0")
+    for bin in [
+        env!("CARGO_BIN_EXE_podflow"),
+        env!("CARGO_BIN_EXE_podflow-agent"),
+    ] {
+        ns.sh(
+            "sysctl -qw net.netfilter.nf_conntrack_acct=0 net.netfilter.nf_conntrack_timestamp=0",
+        )
         .expect("off first");
-    let out = Command::new(env!("CARGO_BIN_EXE_podflow"))
-        .args(["sysctl", "--netns"])
-        .arg(ns.path())
-        .output()
-        .expect("podflow sysctl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("nf_conntrack_acct: off -> on"), "{text}");
-    assert!(text.contains("nf_conntrack_timestamp: off -> on"), "{text}");
-    assert_eq!(read("nf_conntrack_acct"), "1");
-    assert_eq!(read("nf_conntrack_timestamp"), "1");
+        let out = Command::new(bin)
+            .args(["sysctl", "--netns"])
+            .arg(ns.path())
+            .output()
+            .expect("sysctl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{bin}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("nf_conntrack_acct: off -> on"),
+            "{bin}: {text}"
+        );
+        assert!(
+            text.contains("nf_conntrack_timestamp: off -> on"),
+            "{bin}: {text}"
+        );
+        assert_eq!(read("nf_conntrack_acct"), "1", "{bin}");
+        assert_eq!(read("nf_conntrack_timestamp"), "1", "{bin}");
+    }
 }
 
 #[test]

@@ -3,3 +3,4 @@
 pub mod agent;
 pub mod duration;
 pub mod runtime;
+pub mod sysctl;

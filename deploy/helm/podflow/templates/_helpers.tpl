@@ -57,16 +57,40 @@ app.kubernetes.io/component: agent
 app.kubernetes.io/component: server
 {{- end }}
 
-{{/* The image; the agent's may lag one upgrade behind (agent.imageTag, docs/deploy.md#upgrades-and-version-skew). */}}
+{{/* The server's image (and the agent's with agent.image.repository empty). */}}
 {{- define "podflow.image" -}}
-{{- $tag := .Values.image.tag | default .Chart.AppVersion }}
-{{- if .agentTag }}
-{{- printf "%s:%s" .Values.image.repository .agentTag }}
-{{- else if .Values.image.digest }}
+{{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
+{{- end }}
+
+{{/*
+The agent's image: agent.image (podflow-agent alone) or, with its repository empty,
+image (podflow agent). Its tag may lag one upgrade behind the server's
+(docs/deploy.md#upgrades-and-version-skew); a digest of image only pins the same repository.
+*/}}
+{{- define "podflow.agent.image" -}}
+{{- $i := .Values.agent.image }}
+{{- if $i.digest }}
+{{- printf "%s@%s" ($i.repository | default .Values.image.repository) $i.digest }}
+{{- else if $i.tag }}
+{{- printf "%s:%s" ($i.repository | default .Values.image.repository) $i.tag }}
+{{- else if $i.repository }}
+{{- printf "%s:%s" $i.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- else }}
+{{- include "podflow.image" . }}
+{{- end }}
+{{- end }}
+
+{{/* The agent's program: /podflow-agent in the agent image, /podflow agent in the other. */}}
+{{- define "podflow.agent.command" -}}
+{{- if .Values.agent.image.repository }}["/podflow-agent"]{{ else }}["/podflow", "agent"]{{ end }}
+{{- end }}
+
+{{- define "podflow.agent.sysctlCommand" -}}
+{{- if .Values.agent.image.repository }}["/podflow-agent", "sysctl"]{{ else }}["/podflow", "sysctl"]{{ end }}
 {{- end }}
 
 {{- define "podflow.agent.serviceAccountName" -}}

@@ -11,6 +11,8 @@
 #   sudo scripts/bench-agent.sh                          # 100k, 1M and 2M entries
 #   sudo scripts/bench-agent.sh --sizes 100000 --seconds 60 --rounds 3
 #   sudo scripts/bench-agent.sh --agent-args "--some-flag"   # extra agent flags
+#   sudo PODFLOW_AGENT_BIN=target/x86_64-unknown-linux-gnu/dist/podflow-agent scripts/bench-agent.sh
+#        # the agent image's binary (scripts/build-image.sh builds it)
 # Last line: agent_cpu_over_floor_100k=<ratio> (the first size's label when 100k is not run).
 set -euo pipefail
 cd "$(dirname "$0")/.."

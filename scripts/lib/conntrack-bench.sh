@@ -74,7 +74,8 @@ ct_raise_max() {
     if ((cur < $1)); then echo "$1" >"$CT_MAX"; fi
 }
 
-# ct_build: builds the release podflow binary and the ctload example; sets PODFLOW, CTLOAD.
+# ct_build: builds the release podflow binary and the ctload example; sets PODFLOW,
+# PODFLOW_AGENT (PODFLOW_AGENT_BIN when set: e.g. the image's static dist build), CTLOAD.
 ct_build() {
     local root
     root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -82,7 +83,7 @@ ct_build() {
         cargo build --release --locked -q -p podflow-conntrack --example ctload) >&2
     local target=${CARGO_TARGET_DIR:-$root/target}
     PODFLOW=$target/release/podflow
-    PODFLOW_AGENT=$target/release/podflow-agent
+    PODFLOW_AGENT=${PODFLOW_AGENT_BIN:-$target/release/podflow-agent}
     CTLOAD=$target/release/examples/ctload
 }
 

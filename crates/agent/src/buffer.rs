@@ -29,6 +29,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use podflow_conntrack::Crc32;
+
 const MAGIC: u8 = 0xB7;
 const HEADER: usize = 10;
 const KIND_BATCH: u8 = 1;
@@ -40,28 +42,9 @@ const MAX_RECORD: usize = 1 << 30;
 
 /// CRC-32 (IEEE), the checksum of a record.
 fn crc32(parts: &[&[u8]]) -> u32 {
-    static TABLE: std::sync::LazyLock<[u32; 256]> = std::sync::LazyLock::new(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-            *e = c;
-        }
-        t
-    });
-    let mut c = !0u32;
-    for p in parts {
-        for b in *p {
-            c = TABLE[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8);
-        }
-    }
-    !c
+    let mut c = Crc32::default();
+    parts.iter().for_each(|p| c.update(p));
+    c.finish()
 }
 
 /// A record's header: magic, kind, payload length, CRC-32 of the kind and the payload.
@@ -69,11 +52,18 @@ fn header(kind: u8, payload: &[&[u8]]) -> [u8; HEADER] {
     let len: usize = payload.iter().map(|p| p.len()).sum();
     let mut parts: Vec<&[u8]> = vec![std::slice::from_ref(&kind)];
     parts.extend_from_slice(payload);
+    header_of(kind, len, crc32(&parts))
+}
+
+/// Hands a record's payload to the function it is given, in pieces.
+pub type Pieces<'a> = dyn FnMut(&mut dyn FnMut(&[u8])) + 'a;
+
+fn header_of(kind: u8, len: usize, crc: u32) -> [u8; HEADER] {
     let mut out = [0u8; HEADER];
     out[0] = MAGIC;
     out[1] = kind;
     out[2..6].copy_from_slice(&(len as u32).to_le_bytes());
-    out[6..].copy_from_slice(&crc32(&parts).to_le_bytes());
+    out[6..].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
@@ -302,26 +292,52 @@ impl Buffer {
 
     /// Appends a record of `kind` made of `payload` to the log (syncing it when `sync`);
     /// the offset of the record. The parts are written one after the other, not copied
-    /// into one buffer first: a checkpoint or a large batch is not held twice.
+    /// into one buffer first: a large batch is not held twice.
     fn append(&mut self, kind: u8, payload: &[&[u8]], sync: bool) -> io::Result<u64> {
+        let len = payload.iter().map(|p| p.len()).sum();
+        let head = header(kind, payload);
+        self.append_with(head, len, sync, &mut |f| {
+            payload.iter().try_for_each(|p| f.write_all(p))
+        })
+    }
+
+    /// Appends a record whose header is `head` and whose `len` payload bytes `write`
+    /// writes (exactly those: anything else is an error and leaves no record).
+    fn append_with(
+        &mut self,
+        head: [u8; HEADER],
+        len: usize,
+        sync: bool,
+        write: &mut dyn FnMut(&mut File) -> io::Result<()>,
+    ) -> io::Result<u64> {
         let f = self
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("log file closed"))?;
         let at = self.end;
-        let head = header(kind, payload);
-        let len = HEADER as u64 + payload.iter().map(|p| p.len() as u64).sum::<u64>();
-        f.seek(SeekFrom::Start(at))?;
-        let written = std::iter::once(&head[..])
-            .chain(payload.iter().copied())
-            .try_for_each(|p| f.write_all(p))
+        let total = (HEADER + len) as u64;
+        let written = f
+            .seek(SeekFrom::Start(at))
+            .and_then(|_| f.write_all(&head))
+            .and_then(|()| write(f))
+            .and_then(|()| f.stream_position())
+            .and_then(|end| {
+                if end == at + total {
+                    Ok(())
+                } else {
+                    Err(io::Error::other(format!(
+                        "a record of {len} bytes came out {} bytes long",
+                        end - at - HEADER as u64
+                    )))
+                }
+            })
             .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
         if let Err(e) = written {
             // Cut whatever part was written, so the file stays a sequence of records.
             let _ = f.set_len(at);
             return Err(e);
         }
-        self.end = at + len;
+        self.end = at + total;
         Ok(at)
     }
 
@@ -370,10 +386,44 @@ impl Buffer {
     }
 
     /// Records the tracker's state covering every batch up to `covered` (synced).
+    #[cfg(test)]
     pub fn checkpoint(&mut self, covered: u64, state: &[u8]) -> io::Result<()> {
-        self.make_room((HEADER + 8 + state.len()) as u64);
-        let at = self.append(KIND_CHECKPOINT, &[&covered.to_le_bytes(), state], true)?;
-        self.checkpoint = Some((covered, at + HEADER as u64 + 8, state.len() as u32));
+        self.checkpoint_with(covered, &mut |out| out(state))
+    }
+
+    /// [`Buffer::checkpoint`] with the state handed over in pieces by `state`, twice:
+    /// once for the header's length and checksum, once to write it. It must give the same
+    /// bytes both times (a tracker that does not change meanwhile), or nothing is recorded.
+    /// The state is never whole in memory.
+    pub fn checkpoint_with(&mut self, covered: u64, state: &mut Pieces<'_>) -> io::Result<()> {
+        let covered_le = covered.to_le_bytes();
+        let mut crc = Crc32::default();
+        crc.update(&[KIND_CHECKPOINT]);
+        crc.update(&covered_le);
+        let mut state_len = 0usize;
+        state(&mut |piece| {
+            crc.update(piece);
+            state_len += piece.len();
+        });
+        let len = 8 + state_len;
+        if len > MAX_RECORD {
+            return Err(io::Error::other(format!(
+                "a tracker checkpoint of {state_len} bytes is over the log's {MAX_RECORD}-byte record limit"
+            )));
+        }
+        self.make_room((HEADER + len) as u64);
+        let head = header_of(KIND_CHECKPOINT, len, crc.finish());
+        let at = self.append_with(head, len, true, &mut |f| {
+            f.write_all(&covered_le)?;
+            let mut failed = None;
+            state(&mut |piece| {
+                if failed.is_none() {
+                    failed = f.write_all(piece).err();
+                }
+            });
+            failed.map_or(Ok(()), Err)
+        })?;
+        self.checkpoint = Some((covered, at + HEADER as u64 + 8, state_len as u32));
         self.retained.retain(|s, _| *s > covered);
         self.since_checkpoint = 0;
         Ok(())
@@ -686,6 +736,33 @@ mod tests {
         assert_eq!(rec.checkpoint, Some((2, b"state".to_vec())));
         assert_eq!(rec.replay, vec![vec![3; 10], vec![4; 10]]);
         assert_eq!(batches(&mut b), vec![2, 4]);
+    }
+
+    #[test]
+    fn a_checkpoint_given_in_pieces_is_read_back_whole_and_a_changing_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("outbox.log");
+        let (mut b, _) = Buffer::open(&p, 1 << 20, 1 << 20).expect("open");
+        b.push(1, true, vec![1; 10]);
+        let pieces: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
+        b.checkpoint_with(1, &mut |out| pieces.iter().for_each(|p| out(p)))
+            .expect("checkpoint");
+        let end = b.disk_bytes();
+        // A state that comes out longer the second time: no record, the first one kept.
+        let mut calls = 0;
+        let err = b
+            .checkpoint_with(1, &mut |out| {
+                calls += 1;
+                out(&vec![9; 100 * calls]);
+            })
+            .expect_err("a changing state");
+        assert!(err.to_string().contains("came out"), "{err}");
+        assert_eq!(b.disk_bytes(), end, "nothing of it stays in the log");
+        assert_eq!(b.checkpoint_bytes(), pieces.concat().len() as u64);
+        drop(b);
+        let (_, rec) = Buffer::open(&p, 1 << 20, 1 << 20).expect("reopen");
+        assert_eq!(rec.checkpoint, Some((1, pieces.concat())));
+        assert_eq!(rec.torn_bytes, 0);
     }
 
     #[test]

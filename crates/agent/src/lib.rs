@@ -83,6 +83,30 @@ async fn lock_data_dir(
 /// as it does, and at least this much (see [`Buffer::checkpoint_due`]).
 const MIN_CHECKPOINT_GAP: u64 = 64 << 10;
 
+/// The tracker's state after every conntrack batch pushed so far (the queue is in order,
+/// and the source waited for its turn): it covers every sequence number given until now.
+/// Run on the source thread, streamed into the log.
+fn write_checkpoint(shared: &Outbox, tracker: &podflow_conntrack::Tracker) {
+    let Ok(mut buf) = shared.buffer.lock() else {
+        return;
+    };
+    let covered = buf.last_seq();
+    match buf.checkpoint_with(covered, &mut |out| tracker.checkpoint_to(out)) {
+        Ok(()) => {
+            let bytes = buf.checkpoint_bytes();
+            tracing::debug!(covered_seq = covered, bytes, "tracker checkpoint written");
+            shared.stats.checkpoints.fetch_add(1, Relaxed);
+            shared.stats.checkpoint_bytes.store(bytes, Relaxed);
+        }
+        Err(e) => {
+            shared.stats.checkpoint_errors.fetch_add(1, Relaxed);
+            shared.checkpoint_wanted.store(true, Relaxed);
+            tracing::warn!(error = %e, "writing the tracker checkpoint failed; trying again after the next dump");
+        }
+    }
+    shared.publish(&buf);
+}
+
 /// The tracker as the last run left it: its latest checkpoint plus every conntrack batch
 /// logged after it, so the first dump continues where the last report left off. `None` (a
 /// fresh tracker, whose first dump is a baseline) without a checkpoint or when it cannot
@@ -313,34 +337,6 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                 shared.more.notify_one();
                 true
             };
-            // The tracker's state after every conntrack batch pushed so far (the queue is
-            // in order): it covers every sequence number given until now.
-            let checkpoint = |state: &[u8]| {
-                let Ok(mut buf) = shared.buffer.lock() else {
-                    return;
-                };
-                let covered = buf.last_seq();
-                match buf.checkpoint(covered, state) {
-                    Ok(()) => {
-                        tracing::debug!(
-                            covered_seq = covered,
-                            bytes = state.len(),
-                            "tracker checkpoint written"
-                        );
-                        shared.stats.checkpoints.fetch_add(1, Relaxed);
-                        shared
-                            .stats
-                            .checkpoint_bytes
-                            .store(state.len() as u64, Relaxed);
-                    }
-                    Err(e) => {
-                        shared.stats.checkpoint_errors.fetch_add(1, Relaxed);
-                        shared.checkpoint_wanted.store(true, Relaxed);
-                        tracing::warn!(error = %e, "writing the tracker checkpoint failed; trying again after the next dump");
-                    }
-                }
-                shared.publish(&buf);
-            };
             loop {
                 tokio::select! {
                     b = rx.recv() => {
@@ -351,8 +347,9 @@ pub async fn agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), 
                         if !b.obs.is_empty() && !push(&node, true, &addrs, &b.obs, Vec::new(), b.at_ns) {
                             break;
                         }
-                        if let Some(state) = b.checkpoint {
-                            checkpoint(&state);
+                        if let Some(turn) = b.checkpoint {
+                            let shared = Arc::clone(&shared);
+                            turn.write_with(Box::new(move |t| write_checkpoint(&shared, t)));
                         }
                     }
                     Some(batch) = netflow.recv() => {

@@ -14,6 +14,29 @@ use tokio::sync::mpsc;
 
 use crate::local::local_addresses;
 
+/// Stores the tracker's checkpoint; run on the source thread, which owns the tracker.
+pub type CheckpointWriter = Box<dyn FnOnce(&Tracker) + Send>;
+
+/// The source's turn to checkpoint, sent after a dump when [`Continue::checkpoint_wanted`]
+/// was set: every batch before it has been handled when the consumer sees it, so the
+/// consumer answers with the writer and the source thread runs it on its tracker (the
+/// checkpoint goes straight to the log in pieces, never whole in memory). Dropped
+/// unanswered: no checkpoint.
+pub struct CheckpointTurn(tokio::sync::oneshot::Sender<CheckpointWriter>);
+
+impl CheckpointTurn {
+    /// Has the source thread run `writer` on its tracker.
+    pub fn write_with(self, writer: CheckpointWriter) {
+        let _ = self.0.send(writer);
+    }
+}
+
+impl std::fmt::Debug for CheckpointTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckpointTurn")
+    }
+}
+
 /// A batch from the source thread: observations and, now and then, this node's addresses.
 #[derive(Debug)]
 pub struct SourceBatch {
@@ -23,9 +46,9 @@ pub struct SourceBatch {
     pub local: Option<Arc<HashSet<IpAddr>>>,
     /// When they were read, ns since the Unix epoch.
     pub at_ns: u64,
-    /// The tracker's checkpoint, covering every observation of the batches before this
-    /// one (sent after a dump when [`Continue::checkpoint_wanted`] was set).
-    pub checkpoint: Option<Vec<u8>>,
+    /// The source's turn to checkpoint its tracker, which covers every observation of
+    /// the batches before this one.
+    pub checkpoint: Option<CheckpointTurn>,
 }
 
 /// How the source continues: its options, the tracker to start from, and the flag that
@@ -118,13 +141,18 @@ pub async fn spawn_with(
                 if let Some(w) = &wanted
                     && w.swap(false, Relaxed)
                 {
+                    let (turn, writer) = tokio::sync::oneshot::channel();
                     let batch = SourceBatch {
                         obs: Vec::new(),
                         local: None,
                         at_ns: podflow_inventory::now_ns(),
-                        checkpoint: Some(src.checkpoint()),
+                        checkpoint: Some(CheckpointTurn(turn)),
                     };
-                    let _ = checkpoint_tx.blocking_send(batch);
+                    if checkpoint_tx.blocking_send(batch).is_ok()
+                        && let Ok(write) = writer.blocking_recv()
+                    {
+                        write(src.tracker());
+                    }
                 }
             };
             let mut sink = |obs: Vec<Observation>| {

@@ -140,8 +140,18 @@ pub enum CheckpointError {
     },
 }
 
-/// CRC-32 (IEEE 802.3, reflected, as zlib), table-driven.
-pub(crate) fn crc32(bytes: &[u8]) -> u32 {
+/// CRC-32 (IEEE, as zlib's `crc32`), fed in parts: the checkpoint's trailer, and the
+/// agent's buffer log records.
+#[derive(Clone, Copy, Debug)]
+pub struct Crc32(u32);
+
+impl Default for Crc32 {
+    fn default() -> Self {
+        Crc32(!0)
+    }
+}
+
+impl Crc32 {
     const TABLE: [u32; 256] = {
         let mut t = [0u32; 256];
         let mut i = 0;
@@ -161,11 +171,26 @@ pub(crate) fn crc32(bytes: &[u8]) -> u32 {
         }
         t
     };
-    let mut c = !0u32;
-    for &b in bytes {
-        c = TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+
+    /// Adds `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) {
+        let mut c = self.0;
+        for &b in bytes {
+            c = Self::TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+        }
+        self.0 = c;
     }
-    !c
+
+    /// The checksum of everything added.
+    pub fn finish(self) -> u32 {
+        !self.0
+    }
+}
+
+pub(crate) fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = Crc32::default();
+    c.update(bytes);
+    c.finish()
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -228,38 +253,48 @@ impl Reader<'_> {
     }
 }
 
-/// Writes a checkpoint of `count` connections.
-pub(crate) fn encode(
+/// Bytes of a checkpoint handed to the writer at a time (the last piece may be shorter).
+pub(crate) const CHUNK: usize = 64 << 10;
+
+/// Writes a checkpoint of the `count` connections `conns` yields (exactly that many) in
+/// pieces of about [`CHUNK`] bytes: a large table's checkpoint is never whole in memory.
+pub(crate) fn encode_to(
     header: &Header,
     count: usize,
     conns: impl Iterator<Item = Remembered>,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + count * 24 + 4);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&header.started_at_ns.to_le_bytes());
-    out.extend_from_slice(&header.dumps_done.to_le_bytes());
-    let count_at = out.len();
-    out.extend_from_slice(&(count as u64).to_le_bytes());
-    let mut n = 0u64;
+    out: &mut dyn FnMut(&[u8]),
+) {
+    let mut buf = Vec::with_capacity(CHUNK + 64);
+    let mut crc = Crc32::default();
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&VERSION.to_le_bytes());
+    buf.extend_from_slice(&0u16.to_le_bytes());
+    buf.extend_from_slice(&header.started_at_ns.to_le_bytes());
+    buf.extend_from_slice(&header.dumps_done.to_le_bytes());
+    buf.extend_from_slice(&(count as u64).to_le_bytes());
+    let mut n = 0usize;
     for c in conns {
-        out.extend_from_slice(&c.key.to_le_bytes());
-        put_varint(&mut out, c.orig.bytes);
-        put_varint(&mut out, c.orig.packets);
-        put_varint(&mut out, c.reply.bytes);
-        put_varint(&mut out, c.reply.packets);
-        put_varint(&mut out, c.start_ns);
-        out.push(c.reply_state);
+        buf.extend_from_slice(&c.key.to_le_bytes());
+        put_varint(&mut buf, c.orig.bytes);
+        put_varint(&mut buf, c.orig.packets);
+        put_varint(&mut buf, c.reply.bytes);
+        put_varint(&mut buf, c.reply.packets);
+        put_varint(&mut buf, c.start_ns);
+        buf.push(c.reply_state);
         if c.reply_state == 1 {
-            put_varint(&mut out, c.reply_at_ns.max(1));
+            put_varint(&mut buf, c.reply_at_ns.max(1));
         }
         n += 1;
+        if buf.len() >= CHUNK {
+            crc.update(&buf);
+            out(&buf);
+            buf.clear();
+        }
     }
-    out[count_at..count_at + 8].copy_from_slice(&n.to_le_bytes());
-    let crc = crc32(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    debug_assert_eq!(n, count, "a checkpoint's count is what follows it");
+    crc.update(&buf);
+    buf.extend_from_slice(&crc.finish().to_le_bytes());
+    out(&buf);
 }
 
 /// Reads a checkpoint: the header and the connections, in order.
@@ -362,6 +397,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Header, Vec<Remembered>), Checkpoi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encode(header: &Header, count: usize, conns: impl Iterator<Item = Remembered>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_to(header, count, conns, &mut |b| out.extend_from_slice(b));
+        out
+    }
 
     fn one() -> Vec<u8> {
         encode(

@@ -22,7 +22,7 @@ mod source;
 mod sysctl;
 mod tracker;
 
-pub use checkpoint::CheckpointError;
+pub use checkpoint::{CheckpointError, Crc32};
 pub use decode::{CtEntry, CtEvent, DecodeStats};
 pub use error::Error;
 pub use socket::{CtSocket, enter_netns};

@@ -718,7 +718,7 @@ impl Tracker {
     /// Live slots in the last dump's order (the `next` chain from `first`), then those
     /// the chain does not reach (met by events since). Each once: a chain through a
     /// reused slot can loop.
-    fn in_dump_order(&self) -> impl Iterator<Item = u32> + '_ {
+    fn in_dump_order(&self) -> Vec<u32> {
         let mut visited = vec![0u64; (self.used as usize).div_ceil(64)];
         let mut order = Vec::with_capacity(self.live);
         let mut mark = |i: u32, order: &mut Vec<u32>| {
@@ -742,18 +742,28 @@ impl Tracker {
                 mark(i, &mut order);
             }
         }
-        order.into_iter()
+        order
     }
 
     /// The remembered state, as a compact, versioned, checksummed byte string (format in
     /// `checkpoint.rs`): per connection its identity key, last reported counters, start
     /// time and reply state, plus the tracker's start time and dump count. Pure.
     pub fn checkpoint(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.checkpoint_to(&mut |piece| out.extend_from_slice(piece));
+        out
+    }
+
+    /// [`Tracker::checkpoint`] handed to `out` in pieces of about 64 KiB, in order: a
+    /// large table's checkpoint is never whole in memory (the agent writes each piece to
+    /// its log). The same bytes every call while the tracker does not change.
+    pub fn checkpoint_to(&self, out: &mut dyn FnMut(&[u8])) {
         let header = Header {
             started_at_ns: self.started_at_ns,
             dumps_done: self.dumps_done,
         };
-        let conns = self.in_dump_order().map(|i| {
+        let order = self.in_dump_order();
+        let conns = order.iter().map(|&i| {
             let s = self.slot(i);
             Remembered {
                 key: s.key,
@@ -772,7 +782,7 @@ impl Tracker {
                 },
             }
         });
-        crate::checkpoint::encode(&header, self.live, conns)
+        crate::checkpoint::encode_to(&header, order.len(), conns, out);
     }
 
     /// A tracker with the state of a [`Tracker::checkpoint`]; the error names what is
@@ -1172,6 +1182,25 @@ mod tests {
         assert!(out[1].opened && out[1].delta_orig.bytes == 9);
         assert_eq!(r.stats().closed_while_down, 1);
         assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn a_large_checkpoint_comes_in_pieces_that_make_the_whole() {
+        let mut t = Tracker::new(0);
+        let entries: Vec<CtEntry> = (1..=20_000u32)
+            .map(|i| entry(i, (i % 60_000) as u16 + 1, (100 + u64::from(i), 3), (7, 1)))
+            .collect();
+        dump(&mut t, &entries);
+        let mut pieces = Vec::new();
+        t.checkpoint_to(&mut |p| pieces.push(p.to_vec()));
+        assert!(pieces.len() >= 4, "{} pieces", pieces.len());
+        let max = crate::checkpoint::CHUNK + 64;
+        assert!(pieces.iter().all(|p| p.len() <= max && !p.is_empty()));
+        let whole = pieces.concat();
+        assert_eq!(whole, t.checkpoint(), "the pieces are the checkpoint");
+        let r = Tracker::restore(&whole).expect("restores");
+        assert_eq!(r.len(), 20_000);
+        assert_eq!(r.checkpoint(), whole);
     }
 
     #[test]

@@ -21,9 +21,10 @@
 # losslessly, then netflow_cluster_cpu_ratio=<podflow CPU s / nfcapd CPU s> over the
 # lossless steady points (without steady points, over the DUR-second ones).
 #
-# The export captures come from the lab tool's bench mode (softflowd -r over a synthetic
-# pcap of BENCH_FLOWS distinct flows, exporting to 127.0.0.1:2055, captured and checksum
-# fixed): ../shared/tools/netflow-lab.sh (or $NETFLOW_LAB). This script then, inside a
+# The export captures come from the repo's own generator
+# (crates/netflow/examples/cluster_stream.rs; `--distinct BENCH_FLOWS` for the worst
+# case: one exporter's BENCH_FLOWS records, each of its own public address pair, in v5,
+# v9 and IPFIX; without `--distinct`, the cluster's stream). This script then, inside a
 # network namespace of its own (only its loopback is used), replays each capture with
 # tcpreplay at each rate into nfcapd, then into podflow, and reads each collector's CPU
 # time: nfcapd's utime+stime from /proc/PID/stat over the replay; podflow's over its whole
@@ -39,7 +40,7 @@
 #
 # Env knobs: BENCH_FLOWS (300000), DUR (seconds per point, 5), RATES_V9, RATES_IPFIX,
 # RATES_V5 (datagrams/s; "top" = tcpreplay --topspeed; set empty to skip), CAPTURES (a folder holding
-# bench_netflow_v9.pcap etc. and bench_results.txt from an earlier run: skips generation),
+# distinct_v9.pcap etc. and distinct_results.txt from an earlier run: skips generation),
 # OUT (results folder), PODFLOW_ARGS (extra flags for podflow server, e.g. "--interval 1s"),
 # CARGO_TARGET_DIR.
 set -uo pipefail
@@ -59,15 +60,6 @@ log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (network namespace, tcpreplay)"
-LAB=${NETFLOW_LAB:-}
-if [ $CLUSTER = 1 ]; then
-	LAB=none
-elif [ -z "$LAB" ]; then
-	for c in "$REPO/../shared/tools/netflow-lab.sh" /work/shared/tools/netflow-lab.sh; do
-		[ -x "$c" ] && { LAB=$c; break; }
-	done
-fi
-[ $CLUSTER = 1 ] || { [ -n "$LAB" ] && [ -x "$LAB" ]; } || die "netflow-lab.sh not found (looked in $REPO/../shared/tools and /work/shared/tools; set NETFLOW_LAB=/path/to/netflow-lab.sh)"
 for c in ip tcpreplay nfcapd ss awk cargo getconf pgrep; do
 	command -v "$c" >/dev/null 2>&1 || die "$c not found (apt-get install -y iproute2 tcpreplay nfdump procps; cargo from rustup)"
 done
@@ -169,18 +161,16 @@ if [ $CLUSTER = 1 ]; then
 	done
 	PODFLOW_ARGS="--inventory $CAP/inventory.yaml --cloud-ranges $CAP/cloud ${PODFLOW_ARGS:-}"
 else
-CAP=${CAPTURES:-$OUT/lab}
-if [ ! -s "$CAP/bench_results.txt" ] || [ ! -s "$CAP/bench_netflow_v9.pcap" ]; then
-	log "generating export captures with $LAB bench (BENCH_FLOWS=$BENCH_FLOWS; its own nfcapd sanity points only)"
-	# BENCH_REPEAT=0: the lab builds the captures and checks a slow replay is lossless,
-	# but runs none of its own rate points; this script runs those for both collectors.
-	OUT=$CAP BENCH_FLOWS=$BENCH_FLOWS BENCH_DUR=1 BENCH_REPEAT=0 "$LAB" bench >"$OUT/lab.log" 2>&1 ||
-		{ tail -20 "$OUT/lab.log" >&2; die "netflow-lab.sh bench failed (log: $OUT/lab.log)"; }
+CAP=${CAPTURES:-$OUT/distinct}
+if [ ! -s "$CAP/distinct_results.txt" ]; then
+	log "generating the worst case's captures ($BENCH_FLOWS distinct pairs) into $CAP"
+	(cd "$REPO" && cargo run -q --release -p podflow-netflow --example cluster_stream -- --distinct "$BENCH_FLOWS" "$CAP") \
+		>"$OUT/generate.log" 2>&1 || { cat "$OUT/generate.log" >&2; die "cluster_stream --distinct failed"; }
 fi
 for v in 5 9 10; do
-	case $v in 5) n=bench_netflow_v5 ;; 9) n=bench_netflow_v9 ;; 10) n=bench_ipfix ;; esac
+	case $v in 5) n=distinct_v5 ;; 9) n=distinct_v9 ;; 10) n=distinct_ipfix ;; esac
 	PCAP[$v]=$CAP/$n.pcap
-	line=$(grep "^$n.pcap: " "$CAP/bench_results.txt" | tail -1)
+	line=$(grep "^$n.pcap: " "$CAP/distinct_results.txt" | tail -1)
 	NPK[$v]=$(awk '{print $2}' <<<"$line")
 	FPL[$v]=$(awk '{for (i = 1; i <= NF; i++) if ($i == "carrying") print $(i + 1)}' <<<"$line")
 	[ -n "${NPK[$v]}" ] && [ -n "${FPL[$v]}" ] && [ -s "${PCAP[$v]}" ] || die "no capture for $n in $CAP"

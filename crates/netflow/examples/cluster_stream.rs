@@ -5,7 +5,14 @@
 //!
 //! ```text
 //! cargo run --release -p podflow-netflow --example cluster_stream -- OUT_DIR [NODES PODS]
+//! cargo run --release -p podflow-netflow --example cluster_stream -- --distinct N OUT_DIR
 //! ```
+//!
+//! `--distinct N` writes the worst case instead (scripts/bench-netflow.sh without
+//! `--cluster`): one exporter's N one-way records, each of its own address pair (a random
+//! 10.0.0.0/8 source, a random 172.16.0.0/12 destination, random ports, TCP; no inventory
+//! is loaded, so none is in a cluster), as `distinct_v5.pcap`, `distinct_v9.pcap` and `distinct_ipfix.pcap` with
+//! `distinct_results.txt`. A replay loop is those N records; every loop repeats them.
 //!
 //! Defaults: 60 nodes in 3 zones, 4,000 pods, 200 Services. Every node's pods open, per
 //! pod: 3 connections to each of 2 pods on other nodes (both nodes export those), 3 to
@@ -123,19 +130,85 @@ fn values(r: &Rec, ipfix: bool, now_ms: u64, uptime_ms: u64) -> Vec<Value> {
     ]
 }
 
+/// The worst case's records: `n` one-way records, each of its own address pair, from a
+/// random 10.0.0.0/8 address to a random 172.16.0.0/12 one (none in the cluster, no
+/// inventory loaded), exported by node 0.
+fn distinct_records(n: usize, rng: &mut Rng) -> Vec<Rec> {
+    (0..n)
+        .map(|_| {
+            let src = Ipv4Addr::from(0x0a00_0000 | (rng.next_u64() as u32 & 0x00ff_ffff));
+            let dst = Ipv4Addr::from(0xac10_0000 | (rng.next_u64() as u32 & 0x000f_ffff));
+            let sport = 1024 + rng.below(64_000) as u16;
+            let dport = [443u16, 80, 53, 8080][rng.below(4)];
+            let packets = 1 + rng.below(20) as u64;
+            (
+                0,
+                src,
+                sport,
+                dst,
+                dport,
+                packets * (60 + rng.below(1400) as u64),
+                packets,
+                0x18,
+            )
+        })
+        .collect()
+}
+
+/// The v5 export datagrams of node 0's records (v5 carries at most 30 a datagram).
+fn v5_datagrams(recs: &[Rec]) -> Vec<(usize, Vec<u8>)> {
+    use podflow_netflow::encode::{V5Flow, V5Header, v5};
+    let (now_s, uptime_ms) = (1_790_000_000u32, 86_400_000u32);
+    let mut sequence = 0u32;
+    recs.chunks(30)
+        .map(|chunk| {
+            let flows: Vec<V5Flow> = chunk
+                .iter()
+                .map(
+                    |&(_, src, sport, dst, dport, bytes, packets, flags)| V5Flow {
+                        src,
+                        dst,
+                        input: 1,
+                        output: 2,
+                        packets: packets as u32,
+                        bytes: bytes as u32,
+                        first: uptime_ms - 4000,
+                        last: uptime_ms - 10,
+                        src_port: sport,
+                        dst_port: dport,
+                        tcp_flags: flags,
+                        proto: 6,
+                    },
+                )
+                .collect();
+            let h = V5Header {
+                sys_uptime: uptime_ms,
+                unix_secs: now_s,
+                unix_nsecs: 0,
+                flow_sequence: sequence,
+                engine_type: 0,
+                engine_id: 0,
+                sampling: 0,
+            };
+            sequence = sequence.wrapping_add(flows.len() as u32);
+            (0, v5(&h, &flows))
+        })
+        .collect()
+}
+
 /// The export datagrams of every node, interleaved: (node, UDP payload).
-fn datagrams(c: &Cluster, recs: &[Rec], ipfix: bool) -> Vec<(usize, Vec<u8>)> {
+fn datagrams(nodes: usize, recs: &[Rec], ipfix: bool) -> Vec<(usize, Vec<u8>)> {
     const PER_DATAGRAM: usize = 30;
     const TEMPLATE_EVERY: usize = 32;
     // Export time: September 2026, after the pods' creation and before any replay.
     let (now_s, uptime_ms) = (1_790_000_000u32, 86_400_000u64);
     let now_ms = u64::from(now_s) * 1000;
     let tpl = if ipfix { &IPFIX_IPV4_18 } else { &V9_IPV4_18 };
-    let mut per_node: Vec<Vec<&Rec>> = vec![Vec::new(); c.nodes];
+    let mut per_node: Vec<Vec<&Rec>> = vec![Vec::new(); nodes];
     for r in recs {
         per_node[r.0].push(r);
     }
-    let mut each: Vec<Vec<Vec<u8>>> = Vec::with_capacity(c.nodes);
+    let mut each: Vec<Vec<Vec<u8>>> = Vec::with_capacity(nodes);
     for rs in &per_node {
         let (mut seq, mut out) = (0u32, Vec::new());
         for (i, chunk) in rs.chunks(PER_DATAGRAM).enumerate() {
@@ -232,7 +305,10 @@ fn write_pcap(path: &Path, dgrams: &[(usize, Vec<u8>)]) -> std::io::Result<()> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: cluster_stream OUT_DIR [NODES PODS]";
+    if args.first().is_some_and(|a| a == "--distinct") {
+        return distinct(&args[1..]);
+    }
+    let usage = "usage: cluster_stream OUT_DIR [NODES PODS] | --distinct N OUT_DIR";
     let out = Path::new(args.first().ok_or(usage)?);
     let num = |i: usize, d: usize| -> Result<usize, String> {
         args.get(i).map_or(Ok(d), |s| {
@@ -252,7 +328,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("cloud/ip-ranges.json"), cloud_ranges())?;
     let mut results = String::new();
     for (name, ipfix) in [("cluster_v9.pcap", false), ("cluster_ipfix.pcap", true)] {
-        let d = datagrams(&c, &recs, ipfix);
+        let d = datagrams(c.nodes, &recs, ipfix);
         write_pcap(&out.join(name), &d)?;
         let line = format!(
             "{name}: {} datagrams carrying {} flow records per loop ({:.1} a datagram; \
@@ -266,5 +342,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         results.push('\n');
     }
     std::fs::write(out.join("results.txt"), results)?;
+    Ok(())
+}
+
+/// `--distinct N OUT_DIR`: the worst case's three captures.
+fn distinct(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let usage = "usage: cluster_stream --distinct N OUT_DIR";
+    let n: usize = args
+        .first()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| (1..=10_000_000).contains(n))
+        .ok_or_else(|| format!("{usage}: N is a number of records, 1..=10000000"))?;
+    let out = Path::new(args.get(1).ok_or(usage)?);
+    std::fs::create_dir_all(out)?;
+    let recs = distinct_records(n, &mut Rng(23));
+    let pairs: std::collections::HashSet<(Ipv4Addr, Ipv4Addr)> =
+        recs.iter().map(|r| (r.1, r.3)).collect();
+    let mut results = String::new();
+    for (name, d) in [
+        ("distinct_v5.pcap", v5_datagrams(&recs)),
+        ("distinct_v9.pcap", datagrams(1, &recs, false)),
+        ("distinct_ipfix.pcap", datagrams(1, &recs, true)),
+    ] {
+        write_pcap(&out.join(name), &d)?;
+        let line = format!(
+            "{name}: {} datagrams carrying {} flow records per loop ({:.1} a datagram; \
+             {} distinct address pairs)",
+            d.len(),
+            recs.len(),
+            recs.len() as f64 / d.len() as f64,
+            pairs.len()
+        );
+        println!("{line}");
+        results.push_str(&line);
+        results.push('\n');
+    }
+    std::fs::write(out.join("distinct_results.txt"), results)?;
     Ok(())
 }

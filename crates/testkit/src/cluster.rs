@@ -35,6 +35,9 @@ pub const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
 pub const SERVICES: usize = 200;
 /// Namespaces pods are spread over.
 pub const NAMESPACES: usize = 20;
+/// Deployments the pods are replicas of (pod `p` is one of `app-{p % DEPLOYMENTS}`'s, in
+/// namespace `ns-{p % NAMESPACES}`: each Deployment in one namespace).
+pub const DEPLOYMENTS: usize = 400;
 /// Distinct internet addresses pods talk to.
 pub const INTERNET_POOL: usize = 5000;
 /// The S3 prefix of the generated ip-ranges.json.
@@ -123,8 +126,11 @@ impl Cluster {
         }
     }
 
-    /// The inventory: nodes (zones of us-east-1), pods (a Deployment's each, by app
-    /// label), Services with their EndpointSlices, as one Kubernetes List (YAML).
+    /// The inventory: nodes (zones of us-east-1), pods (each a replica of one of
+    /// [`DEPLOYMENTS`] Deployments, owned by its ReplicaSet `app-NNN-<hash>` as the
+    /// Deployment controller makes them; the ReplicaSets themselves are not listed, as a
+    /// server that sees only pods meets them), Services with their EndpointSlices, as one
+    /// Kubernetes List (YAML).
     pub fn inventory(&self) -> String {
         let mut y = String::from("apiVersion: v1\nkind: List\nitems:\n");
         for n in 0..self.nodes {
@@ -140,16 +146,21 @@ impl Cluster {
                 name = node_name(n),
             );
         }
-        let app = |p: usize| format!("app-{:03}", p % 400);
+        let app = |p: usize| format!("app-{:03}", p % DEPLOYMENTS);
+        // A pod-template-hash per Deployment (the controller's are 9-10 characters).
+        let hash = |p: usize| format!("{:08x}", 0x5d8f_c000_u32 + (p % DEPLOYMENTS) as u32);
         let ns = |p: usize| format!("ns-{:02}", p % NAMESPACES);
         for (p, (n, ip)) in self.pods.iter().enumerate() {
             let _ = write!(
                 y,
                 "- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: {a}-{p:05}\n    namespace: {ns}\n    \
-                 creationTimestamp: \"2026-01-01T00:00:00Z\"\n    labels:\n      app: {a}\n  \
+                 creationTimestamp: \"2026-01-01T00:00:00Z\"\n    labels:\n      app: {a}\n      \
+                 pod-template-hash: {h}\n    ownerReferences:\n    - apiVersion: apps/v1\n      \
+                 kind: ReplicaSet\n      name: {a}-{h}\n      controller: true\n  \
                  spec:\n    nodeName: {node}\n  status:\n    phase: Running\n    podIP: {ip}\n    \
                  podIPs:\n    - ip: {ip}\n",
                 a = app(p),
+                h = hash(p),
                 ns = ns(p),
                 node = node_name(*n),
             );
@@ -214,5 +225,10 @@ mod tests {
         assert_eq!(y.matches("\n  kind: Pod\n").count(), 10);
         assert_eq!(y.matches("\n  kind: Service\n").count(), SERVICES);
         assert!(y.contains("podIP: 10.100.2.3\n"), "the last pod on node-02");
+        assert_eq!(y.matches("\n      kind: ReplicaSet\n").count(), 10);
+        assert!(
+            y.contains("name: app-009-5d8fc009\n      controller: true"),
+            "{y}"
+        );
     }
 }

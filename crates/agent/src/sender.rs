@@ -163,22 +163,6 @@ async fn session(
     }
 }
 
-/// An error with its causes: tonic's transport error alone says "transport error", its
-/// sources say whether the name did not resolve, the port refused or TLS failed.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let part = c.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = c.source();
-    }
-    text
-}
-
 async fn open(
     ep: &tonic::transport::Endpoint,
     cfg: &AgentConfig,
@@ -188,7 +172,7 @@ async fn open(
     let channel = ep
         .connect()
         .await
-        .map_err(|e| format!("connect: {}", chain(&e)))?;
+        .map_err(|e| format!("connect: {}", podflow_role::error::chain(&e)))?;
     let mut client = IngestClient::new(channel).max_decoding_message_size(16 << 20);
     let (out_tx, out_rx) = mpsc::channel::<ObservationBatch>(16);
     let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(out_rx));

@@ -955,7 +955,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("podflow: {e:#}");
+            eprintln!("podflow: {}", podflow_role::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

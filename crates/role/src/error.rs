@@ -57,3 +57,48 @@ pub fn read_file(flag: &'static str, path: &std::path::Path) -> Result<Vec<u8>, 
         source,
     })
 }
+
+/// An error and its causes on one line, each cause once: most errors here name their
+/// cause in their own message as well as returning it as their source, so printing every
+/// source (anyhow's `{:#}`) says the same thing two or three times. A cause whose text is
+/// already in the line is left out.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting the agent")]
+    struct Outer(#[source] RoleError);
+
+    #[test]
+    fn a_chain_says_each_cause_once() {
+        let inner = RoleError::DataDir {
+            path: PathBuf::from("/var/lib/podflow"),
+            source: std::io::Error::other("disk on fire"),
+        };
+        // The role error names its cause and returns it as its source: said once.
+        assert_eq!(
+            chain(&inner),
+            "data directory /var/lib/podflow: disk on fire"
+        );
+        // A context that does not name its cause gets it appended.
+        assert_eq!(
+            chain(&Outer(inner)),
+            "starting the agent: data directory /var/lib/podflow: disk on fire"
+        );
+    }
+}

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("podflow-agent: {e:#}");
+            eprintln!("podflow-agent: {}", podflow_role::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

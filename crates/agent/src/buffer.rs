@@ -40,19 +40,18 @@ const KIND_NEXT_SEQ: u8 = 4;
 /// The largest record read back (a checkpoint of a big table is the largest).
 const MAX_RECORD: usize = 1 << 30;
 
-/// CRC-32 (IEEE), the checksum of a record.
-fn crc32(parts: &[&[u8]]) -> u32 {
+/// A record's checksum: CRC-32 (IEEE) of its kind and payload.
+fn crc_of(kind: u8, payload: &[&[u8]]) -> u32 {
     let mut c = Crc32::default();
-    parts.iter().for_each(|p| c.update(p));
+    c.update(&[kind]);
+    payload.iter().for_each(|p| c.update(p));
     c.finish()
 }
 
 /// A record's header: magic, kind, payload length, CRC-32 of the kind and the payload.
 fn header(kind: u8, payload: &[&[u8]]) -> [u8; HEADER] {
-    let len: usize = payload.iter().map(|p| p.len()).sum();
-    let mut parts: Vec<&[u8]> = vec![std::slice::from_ref(&kind)];
-    parts.extend_from_slice(payload);
-    header_of(kind, len, crc32(&parts))
+    let len = payload.iter().map(|p| p.len()).sum();
+    header_of(kind, len, crc_of(kind, payload))
 }
 
 /// Hands a record's payload to the function it is given, in pieces.
@@ -192,7 +191,7 @@ impl Buffer {
                 break;
             }
             let mut payload = vec![0u8; n];
-            if r.read_exact(&mut payload).is_err() || crc32(&[&[kind], &payload]) != crc {
+            if r.read_exact(&mut payload).is_err() || crc_of(kind, &[&payload]) != crc {
                 break;
             }
             let body = at + HEADER as u64;

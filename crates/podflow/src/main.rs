@@ -17,7 +17,6 @@ use clap::{Args, Parser, Subcommand};
 use podflow::cli::agent::{AgentArgs, ConntrackArgs};
 use podflow::cli::duration;
 use podflow::cli::runtime::{Globals, block_on, hostname, parse_allow};
-use podflow_conntrack::SourceConfig;
 use run::RunConfig;
 
 /// podflow shows who talks to whom on a Kubernetes cluster, how many bytes cross nodes,
@@ -171,32 +170,11 @@ struct RunArgs {
     #[arg(long, env = "PODFLOW_NODE_NAME")]
     node_name: Option<String>,
 
-    /// Turn on net.netfilter.nf_conntrack_acct and nf_conntrack_timestamp in the observed
-    /// network namespace at start (without them: no byte counters, no durations).
-    #[arg(long, env = "PODFLOW_ENABLE_ACCOUNTING")]
-    enable_accounting: bool,
-
     /// Make the kernel track connections in the observed namespace by adding a
     /// one-rule nftables table (`inet podflow_track`), removed at exit. Needed only on a
     /// host where no firewall or NAT rule uses conntrack (Kubernetes nodes always have one).
     #[arg(long, env = "PODFLOW_ENSURE_TRACKING")]
     ensure_tracking: bool,
-
-    /// Receive buffer of the conntrack event socket, bytes. Larger absorbs bigger bursts
-    /// of short connections before events are lost (counted, then recovered by a dump).
-    #[arg(long, env = "PODFLOW_EVENT_BUFFER", default_value_t = 16 << 20)]
-    event_buffer: usize,
-
-    /// Measure each connection's time to first reply (per-Service histogram
-    /// podflow_service_first_reply_seconds) from conntrack UPDATE events. Raises event
-    /// volume: a short TCP connection sends 7 events instead of 2 (nftables
-    /// `ct event set new,reply,destroy` brings that to 3). Needs nf_conntrack_timestamp.
-    #[arg(long, env = "PODFLOW_FIRST_REPLY")]
-    first_reply: bool,
-
-    /// Observe another network namespace (a file such as /run/netns/NAME).
-    #[arg(long, env = "PODFLOW_NETNS")]
-    netns: Option<PathBuf>,
 
     #[command(flatten)]
     conntrack: ConntrackArgs,
@@ -777,7 +755,7 @@ fn cost_cmd(a: CostArgs) -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let _tracking = if args.ensure_tracking {
-        Some(tracking::Tracking::ensure(args.netns.as_deref()).context("--ensure-tracking")?)
+        Some(tracking::Tracking::ensure(args.conntrack.netns()).context("--ensure-tracking")?)
     } else {
         None
     };
@@ -787,13 +765,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         interval: args.interval,
         retention: args.retention,
         observer: args.node_name.unwrap_or_else(hostname),
-        source: SourceConfig {
-            netns: args.netns,
-            event_buffer: args.event_buffer,
-            events: true,
-            enable_features: args.enable_accounting,
-            first_reply: args.first_reply,
-        },
+        source: args.conntrack.source(),
         source_options: args.conntrack.options(),
         max_keys: args.max_keys,
         enrich: args.attribution.settings()?,

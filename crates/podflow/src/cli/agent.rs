@@ -2,7 +2,7 @@
 //! `podflow-agent` (whose smaller text keeps the agent's base memory low).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -37,25 +37,6 @@ pub struct AgentArgs {
     /// Conntrack dump interval (e.g. 10s).
     #[arg(long, env = "PODFLOW_INTERVAL", default_value = "10s", value_parser = duration::parse)]
     interval: Duration,
-
-    /// Turn on nf_conntrack_acct and nf_conntrack_timestamp at start.
-    #[arg(long, env = "PODFLOW_ENABLE_ACCOUNTING")]
-    enable_accounting: bool,
-
-    /// Receive buffer of the conntrack event socket, bytes.
-    #[arg(long, env = "PODFLOW_EVENT_BUFFER", default_value_t = 16 << 20)]
-    event_buffer: usize,
-
-    /// Measure each connection's time to first reply (per-Service histogram
-    /// podflow_service_first_reply_seconds) from conntrack UPDATE events. Raises event
-    /// volume: a short TCP connection sends 7 events instead of 2 (nftables
-    /// `ct event set new,reply,destroy` brings that to 3). Needs nf_conntrack_timestamp.
-    #[arg(long, env = "PODFLOW_FIRST_REPLY")]
-    first_reply: bool,
-
-    /// Observe another network namespace (a file such as /run/netns/NAME).
-    #[arg(long, env = "PODFLOW_NETNS")]
-    netns: Option<PathBuf>,
 
     #[command(flatten)]
     conntrack: ConntrackArgs,
@@ -112,6 +93,27 @@ pub struct AgentArgs {
 /// Conntrack source options shared by `agent` and `run`.
 #[derive(Debug, Args)]
 pub struct ConntrackArgs {
+    /// Turn on net.netfilter.nf_conntrack_acct and nf_conntrack_timestamp in the observed
+    /// network namespace at start (without them: no byte counters, no durations).
+    #[arg(long, env = "PODFLOW_ENABLE_ACCOUNTING")]
+    enable_accounting: bool,
+
+    /// Receive buffer of the conntrack event socket, bytes. Larger absorbs bigger bursts
+    /// of short connections before events are lost (counted, then recovered by a dump).
+    #[arg(long, env = "PODFLOW_EVENT_BUFFER", default_value_t = 16 << 20)]
+    event_buffer: usize,
+
+    /// Measure each connection's time to first reply (per-Service histogram
+    /// podflow_service_first_reply_seconds) from conntrack UPDATE events. Raises event
+    /// volume: a short TCP connection sends 7 events instead of 2 (nftables
+    /// `ct event set new,reply,destroy` brings that to 3). Needs nf_conntrack_timestamp.
+    #[arg(long, env = "PODFLOW_FIRST_REPLY")]
+    first_reply: bool,
+
+    /// Observe another network namespace (a file such as /run/netns/NAME).
+    #[arg(long, env = "PODFLOW_NETNS")]
+    netns: Option<PathBuf>,
+
     /// Reliable DESTROY delivery (conntrackd's NetlinkEventsReliable): the kernel keeps a
     /// closed connection whose DESTROY event it could not deliver and sends it again, so no
     /// final bytes are lost to an event overflow. WARNING: while podflow does not read its
@@ -135,6 +137,22 @@ pub struct ConntrackArgs {
 }
 
 impl ConntrackArgs {
+    /// The namespace observed (`None`: this one).
+    pub fn netns(&self) -> Option<&Path> {
+        self.netns.as_deref()
+    }
+
+    /// The source: these flags, with events on.
+    pub fn source(&self) -> SourceConfig {
+        SourceConfig {
+            netns: self.netns.clone(),
+            event_buffer: self.event_buffer,
+            events: true,
+            enable_features: self.enable_accounting,
+            first_reply: self.first_reply,
+        }
+    }
+
     pub fn options(&self) -> SourceOptions {
         SourceOptions {
             new_events: !self.no_new_events,
@@ -297,13 +315,7 @@ impl AgentArgs {
             listen: a.listen,
             data_dir: a.data_dir,
             interval: a.interval,
-            source: SourceConfig {
-                netns: a.netns,
-                event_buffer: a.event_buffer,
-                events: true,
-                enable_features: a.enable_accounting,
-                first_reply: a.first_reply,
-            },
+            source: a.conntrack.source(),
             source_options: a.conntrack.options(),
             tls,
             token_file: a.token_file,

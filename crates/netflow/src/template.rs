@@ -91,8 +91,9 @@ pub(crate) struct Template {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Planned {
     pub op: Op,
-    pub off: usize,
-    pub len: usize,
+    /// Offset in the record (a record lies in one set: below 2^16 bytes).
+    pub off: u16,
+    pub len: u16,
 }
 
 fn op_for(id: u16, len: u16) -> Op {
@@ -167,15 +168,22 @@ impl Template {
             };
             fields.push(Field { op, len: s.len });
         }
-        let plan = fields.iter().all(|f| f.len != VARLEN).then(|| {
-            let mut off = 0usize;
+        // A record longer than 2^16 bytes cannot lie in a set: such a template keeps
+        // the general decode (which finds it past the set), never a plan.
+        let fixed = fields.iter().all(|f| f.len != VARLEN) && min_len <= usize::from(u16::MAX);
+        let plan = fixed.then(|| {
+            let mut off = 0u16;
             let mut plan = Vec::new();
             for f in &fields {
-                let len = usize::from(f.len);
                 if f.op != Op::Skip {
-                    plan.push(Planned { op: f.op, off, len });
+                    plan.push(Planned {
+                        op: f.op,
+                        off,
+                        len: f.len,
+                    });
                 }
-                off += len;
+                // min_len (the sum of the lengths) fits in a u16.
+                off = off.saturating_add(f.len);
             }
             plan
         });
@@ -306,7 +314,8 @@ pub(crate) fn decode_record(
 #[inline]
 pub(crate) fn decode_fixed(plan: &[Planned], rec: &[u8], raw: &mut Raw) {
     for p in plan {
-        if let Some(v) = rec.get(p.off..p.off + p.len) {
+        let off = usize::from(p.off);
+        if let Some(v) = rec.get(off..off + usize::from(p.len)) {
             apply(p.op, v, raw);
         }
     }
@@ -443,6 +452,24 @@ mod tests {
         assert_eq!(
             decode_record(&t.fields, &set[..100], &mut pos, &mut raw),
             Err(0)
+        );
+    }
+
+    #[test]
+    fn a_record_longer_than_a_set_gets_no_plan_and_offsets_fit_the_plan() {
+        // 5 × 20,000 bytes: no set (at most 65,535 bytes) holds such a record.
+        let long: Vec<FieldSpec> = (0..5).map(|_| spec(1, 20_000)).collect();
+        let t = Template::compile(&long, false, &[], 0).expect("template");
+        assert_eq!(t.min_len, 100_000);
+        assert!(t.plan.is_none(), "the general decode finds it past the set");
+        let t = Template::compile(&[spec(8, 4), spec(82, 65_000), spec(4, 1)], false, &[], 0)
+            .expect("template");
+        let plan = t.plan.expect("fixed");
+        assert_eq!(
+            plan.iter()
+                .map(|p| (p.op, p.off, p.len))
+                .collect::<Vec<_>>(),
+            vec![(Op::SrcV4, 0, 4), (Op::Proto, 65_004, 1)]
         );
     }
 

@@ -45,15 +45,20 @@ impl Batch {
 
     /// The index of `observer` in this batch's observers, added if new.
     pub fn observer_index(&mut self, observer: &Arc<str>) -> u32 {
-        let i = match self
-            .observers
+        Batch::index_in(&mut self.observers, observer)
+    }
+
+    /// [`Batch::observer_index`] on a batch's `observers` alone, for a caller that
+    /// fills its `flows` at the same time.
+    pub fn index_in(observers: &mut Vec<Arc<str>>, observer: &Arc<str>) -> u32 {
+        let i = match observers
             .iter()
             .rposition(|o| Arc::ptr_eq(o, observer) || **o == **observer)
         {
             Some(i) => i,
             None => {
-                self.observers.push(Arc::clone(observer));
-                self.observers.len() - 1
+                observers.push(Arc::clone(observer));
+                observers.len() - 1
             }
         };
         i as u32

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use podflow_model::Protocol;
 
 use crate::error::{DecodeError, ErrorKind, Version};
-use crate::record::{Direction, FlowRecord};
+use crate::record::{self, Direction, Flow, FlowRecord};
 use crate::stats::{DomainKey, Stats};
 use crate::template::{FieldSpec, Op, Raw, Template, decode_fixed, decode_record};
 
@@ -175,18 +175,45 @@ impl Decoder {
         exporter: SocketAddr,
         data: &[u8],
         now: u64,
-        mut sink: F,
+        sink: F,
+    ) -> Result<usize, DecodeError> {
+        self.run(exporter, data, now, &mut Records { sink, n: 0 })
+    }
+
+    /// Like [`Decoder::decode`], appending each record as the [`Flow`] the collector keeps
+    /// (`FlowRecord::to_flow`) without making the [`FlowRecord`]. `observer` numbers the
+    /// datagram's domain (exporter, version, domain) for [`Flow::observer`]: it is called
+    /// once, when the datagram yields its first record (every record of a datagram is of
+    /// its domain, held data sets released by it included).
+    pub fn decode_flows(
+        &mut self,
+        exporter: SocketAddr,
+        data: &[u8],
+        now: u64,
+        observer: impl FnMut(&DomainKey) -> u32,
+        out: &mut Vec<Flow>,
+    ) -> Result<usize, DecodeError> {
+        let mut sink = Flows {
+            out,
+            observer_of: observer,
+            observer: None,
+            n: 0,
+        };
+        self.run(exporter, data, now, &mut sink)
+    }
+
+    fn run(
+        &mut self,
+        exporter: SocketAddr,
+        data: &[u8],
+        now: u64,
+        sink: &mut impl Sink,
     ) -> Result<usize, DecodeError> {
         self.now = now;
-        let mut n = 0usize;
-        let mut counting = |r: &FlowRecord| {
-            n += 1;
-            sink(r)
-        };
         let res = match data.get(..2).map(|v| u16::from_be_bytes([v[0], v[1]])) {
-            Some(5) => self.v5(exporter, data, &mut counting),
-            Some(9) => self.v9_ipfix(Version::V9, exporter, data, now, &mut counting),
-            Some(10) => self.v9_ipfix(Version::Ipfix, exporter, data, now, &mut counting),
+            Some(5) => self.v5(exporter, data, sink),
+            Some(9) => self.v9_ipfix(Version::V9, exporter, data, now, sink),
+            Some(10) => self.v9_ipfix(Version::Ipfix, exporter, data, now, sink),
             Some(v) => Err((
                 DomainKey {
                     exporter,
@@ -208,7 +235,7 @@ impl Decoder {
             )),
         };
         match res {
-            Ok(()) => Ok(n),
+            Ok(()) => Ok(sink.emitted()),
             Err((key, kind)) => {
                 // Errors from the version handlers are counted where they arise.
                 if matches!(key.version, Version::Unknown(_)) {
@@ -316,7 +343,7 @@ impl Decoder {
         &mut self,
         exporter: SocketAddr,
         data: &[u8],
-        sink: &mut impl FnMut(&FlowRecord),
+        sink: &mut impl Sink,
     ) -> Result<(), (DomainKey, ErrorKind)> {
         const HDR: usize = 24;
         const REC: usize = 48;
@@ -379,7 +406,7 @@ impl Decoder {
                 direction: None,
                 end_reason: None,
             };
-            sink(&rec);
+            sink.record(&rec);
         }
         dom.stats.records += n as u64;
         let lost = check_seq(&mut dom.seq, seq, Some(n as u32), false, &mut dom.stats);
@@ -402,7 +429,7 @@ impl Decoder {
         exporter: SocketAddr,
         data: &[u8],
         now: u64,
-        sink: &mut impl FnMut(&FlowRecord),
+        sink: &mut impl Sink,
     ) -> Result<(), (DomainKey, ErrorKind)> {
         let ipfix = version == Version::Ipfix;
         let hdr = if ipfix { 16 } else { 20 };
@@ -638,7 +665,7 @@ impl Decoder {
         body_off: usize,
         options: bool,
         now: u64,
-        sink: &mut impl FnMut(&FlowRecord),
+        sink: &mut impl Sink,
     ) -> Result<(), ErrorKind> {
         let mut p = 0;
         let head = if options { 6 } else { 4 };
@@ -722,7 +749,7 @@ impl Decoder {
         body_off: usize,
         options: bool,
         now: u64,
-        sink: &mut impl FnMut(&FlowRecord),
+        sink: &mut impl Sink,
     ) -> Result<(), ErrorKind> {
         let mut p = 0;
         let mut specs = Vec::new();
@@ -832,7 +859,7 @@ impl Decoder {
         raw: &[u8],
         offset: usize,
         now: u64,
-        sink: &mut impl FnMut(&FlowRecord),
+        sink: &mut impl Sink,
     ) -> Result<(), ErrorKind> {
         {
             let stats = self.stats_mut(tk.domain);
@@ -873,7 +900,7 @@ impl Decoder {
         &mut self,
         tk: TemplateKey,
         now: u64,
-        sink: &mut impl FnMut(&FlowRecord),
+        sink: &mut impl Sink,
     ) -> Result<(), ErrorKind> {
         if !self.pending.iter().any(|p| p.key == tk) {
             return Ok(());
@@ -889,16 +916,11 @@ impl Decoder {
                 break;
             };
             self.pending_bytes -= p.bytes.len();
-            let mut n = 0u64;
-            let mut counting = |r: &FlowRecord| {
-                n += 1;
-                sink(r)
-            };
-            if let Err(e) = self.data_set(&p.ctx, tk, &p.bytes, p.offset, now, &mut counting, true)
-            {
+            let before = sink.emitted();
+            if let Err(e) = self.data_set(&p.ctx, tk, &p.bytes, p.offset, now, sink, true) {
                 first_err.get_or_insert(e);
             }
-            self.stats_mut(tk.domain).pending_records_decoded += n;
+            self.stats_mut(tk.domain).pending_records_decoded += (sink.emitted() - before) as u64;
         }
         first_err.map_or(Ok(()), Err)
     }
@@ -943,7 +965,7 @@ impl Decoder {
         body: &[u8],
         body_off: usize,
         now: u64,
-        sink: &mut impl FnMut(&FlowRecord),
+        sink: &mut impl Sink,
         released: bool,
     ) -> Result<SetCount, ErrorKind> {
         let timeout = self.config.template_timeout_secs;
@@ -993,8 +1015,7 @@ impl Decoder {
             if t.options {
                 apply_options(dom, &raw);
             } else {
-                let rec = finish(ctx, dom, &raw);
-                sink(&rec);
+                sink.data(ctx, dom, &raw);
             }
         }
         if t.options {
@@ -1088,8 +1109,101 @@ fn apply_options(dom: &mut DomainState, raw: &Raw) {
     }
 }
 
+/// Where a decoder's records go: [`FlowRecord`]s ([`Decoder::decode_with`]) or the
+/// listener's [`Flow`]s ([`Decoder::decode_flows`]).
+trait Sink {
+    /// A data record of a v9/IPFIX template, to be put in its context.
+    fn data(&mut self, ctx: &Ctx, dom: &DomainState, raw: &Raw);
+    /// A complete record (v5).
+    fn record(&mut self, rec: &FlowRecord);
+    /// How many records it has taken.
+    fn emitted(&self) -> usize;
+}
+
+struct Records<F> {
+    sink: F,
+    n: usize,
+}
+
+impl<F: FnMut(&FlowRecord)> Sink for Records<F> {
+    #[inline]
+    fn data(&mut self, ctx: &Ctx, dom: &DomainState, raw: &Raw) {
+        self.record(&finish(ctx, dom, raw));
+    }
+
+    #[inline]
+    fn record(&mut self, rec: &FlowRecord) {
+        self.n += 1;
+        (self.sink)(rec);
+    }
+
+    fn emitted(&self) -> usize {
+        self.n
+    }
+}
+
+struct Flows<'o, O> {
+    out: &'o mut Vec<Flow>,
+    observer_of: O,
+    /// The datagram's observer, once asked.
+    observer: Option<u32>,
+    n: usize,
+}
+
+impl<O: FnMut(&DomainKey) -> u32> Flows<'_, O> {
+    #[inline]
+    fn observer(&mut self, key: &DomainKey) -> u32 {
+        match self.observer {
+            Some(o) => o,
+            None => *self.observer.insert((self.observer_of)(key)),
+        }
+    }
+}
+
+impl<O: FnMut(&DomainKey) -> u32> Sink for Flows<'_, O> {
+    #[inline]
+    fn data(&mut self, ctx: &Ctx, dom: &DomainState, raw: &Raw) {
+        let observer = self.observer(&ctx.key);
+        let (rate, init_ms) = rate_and_init(dom, raw);
+        let proto = Protocol(raw.proto);
+        self.n += 1;
+        self.out.push(Flow {
+            src: raw.src,
+            dst: raw.dst,
+            src_port: raw.src_port,
+            dst_port: dst_port(raw, proto),
+            proto,
+            opened: record::opened(proto, raw.tcp_flags),
+            closed: record::closed(proto, raw.tcp_flags, raw.end_reason),
+            observer,
+            bytes: raw.bytes.saturating_mul(u64::from(rate)),
+            packets: raw.packets.saturating_mul(u64::from(rate)),
+            start_ns: time_ns(ctx, init_ms, raw.start),
+            end_ns: time_ns(ctx, init_ms, raw.end),
+        });
+    }
+
+    #[inline]
+    fn record(&mut self, rec: &FlowRecord) {
+        let key = DomainKey {
+            exporter: rec.exporter,
+            version: rec.version,
+            domain: rec.domain,
+        };
+        let observer = self.observer(&key);
+        self.n += 1;
+        self.out.push(rec.to_flow(observer));
+    }
+
+    fn emitted(&self) -> usize {
+        self.n
+    }
+}
+
+/// A record's 1-in-N sampling rate (at least 1: its own, its sampler's or its domain's)
+/// and the IPFIX systemInitTimeMilliseconds its uptime times count from (0: unknown).
 #[inline]
-fn finish(ctx: &Ctx, dom: &DomainState, raw: &Raw) -> FlowRecord {
+fn rate_and_init(dom: &DomainState, raw: &Raw) -> (u32, u64) {
     let mut rate = own_rate(raw);
     if rate == 0
         && let Some(id) = raw.sampler_id
@@ -1103,17 +1217,28 @@ fn finish(ctx: &Ctx, dom: &DomainState, raw: &Raw) -> FlowRecord {
     if rate == 0 {
         rate = dom.sampling;
     }
-    let rate = rate.max(1);
     let init_ms = if raw.sys_init_ms > 0 {
         raw.sys_init_ms
     } else {
         dom.sys_init_ms
     };
-    let proto = Protocol(raw.proto);
-    let dst_port = match (raw.icmp, proto) {
+    (rate.max(1), init_ms)
+}
+
+/// The destination port, or for ICMP the type and code where the record has them.
+#[inline]
+fn dst_port(raw: &Raw, proto: Protocol) -> u16 {
+    match (raw.icmp, proto) {
         (Some(tc), Protocol::ICMP | Protocol::ICMPV6) => tc,
         _ => raw.dst_port,
-    };
+    }
+}
+
+#[inline]
+fn finish(ctx: &Ctx, dom: &DomainState, raw: &Raw) -> FlowRecord {
+    let (rate, init_ms) = rate_and_init(dom, raw);
+    let proto = Protocol(raw.proto);
+    let dst_port = dst_port(raw, proto);
     FlowRecord {
         version: ctx.key.version,
         exporter: ctx.key.exporter,

@@ -570,21 +570,24 @@ impl Worker {
                 observers.clear();
                 last = None;
             }
-            let res = self.decoder.decode_with(from, data, now, |rec| {
-                let key = (rec.exporter.ip(), rec.domain);
-                let observer = match last {
+            let batch_observers = &mut out.observers;
+            let observer = |d: &DomainKey| {
+                let key = (d.exporter.ip(), d.domain);
+                match last {
                     Some((k, i)) if k == key => i,
                     _ => {
                         let o = observers
                             .entry(key)
                             .or_insert_with(|| Arc::from(format!("{}/{}", key.0, key.1)));
-                        let i = out.observer_index(o);
+                        let i = Batch::index_in(batch_observers, o);
                         last = Some((key, i));
                         i
                     }
-                };
-                out.flows.push(rec.to_flow(observer));
-            });
+                }
+            };
+            let res = self
+                .decoder
+                .decode_flows(from, data, now, observer, &mut out.flows);
             if let Err(e) = res
                 && let Some(c) = self.stats.decode_errors.get(e.reason().index())
             {

@@ -102,13 +102,12 @@ impl FlowRecord {
     /// Active timeouts (2), forced ends (4) and lack of resources (5) only cut a
     /// long flow into records; the connection goes on.
     pub fn ended(&self) -> bool {
-        (self.proto == Protocol::TCP && self.tcp_flags & (TCP_FIN | TCP_RST) != 0)
-            || matches!(self.end_reason, Some(1) | Some(3))
+        closed(self.proto, self.tcp_flags, self.end_reason)
     }
 
     /// Whether the record says the flow started in it (a TCP SYN was seen).
     pub fn started(&self) -> bool {
-        self.proto == Protocol::TCP && self.tcp_flags & TCP_SYN != 0
+        opened(self.proto, self.tcp_flags)
     }
 
     /// What of the record an observation needs, with the number of its observer.
@@ -223,6 +222,19 @@ impl Flow {
             first_reply_ns: 0,
         }
     }
+}
+
+/// [`FlowRecord::started`] of a record's protocol and TCP flags.
+#[inline]
+pub(crate) fn opened(proto: Protocol, tcp_flags: u16) -> bool {
+    proto == Protocol::TCP && tcp_flags & TCP_SYN != 0
+}
+
+/// [`FlowRecord::ended`] of a record's protocol, TCP flags and flowEndReason.
+#[inline]
+pub(crate) fn closed(proto: Protocol, tcp_flags: u16, end_reason: Option<u8>) -> bool {
+    (proto == Protocol::TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0)
+        || matches!(end_reason, Some(1) | Some(3))
 }
 
 /// Ports below this are well-known (IANA's system ports).

@@ -256,6 +256,38 @@ fn v9_data_before_template_is_held_then_decoded() {
 }
 
 #[test]
+fn held_data_comes_out_as_flows_of_the_templates_datagram_observer() {
+    let mut d = Decoder::default();
+    let mut flows = Vec::new();
+    let mut asked = Vec::new();
+    let mut observer = |k: &DomainKey| {
+        asked.push(*k);
+        5
+    };
+    assert_eq!(
+        d.decode_flows(exporter(), V9_DATA, 0, &mut observer, &mut flows),
+        Ok(0)
+    );
+    assert_eq!(
+        d.decode_flows(exporter(), V9_TEMPLATE, 1, &mut observer, &mut flows),
+        Ok(2)
+    );
+    assert_eq!(
+        asked,
+        vec![key(Version::V9, 42)],
+        "asked once, for the datagram that yielded"
+    );
+    let mut by_record = Decoder::default();
+    decode(&mut by_record, V9_DATA, 0);
+    let records = decode(&mut by_record, V9_TEMPLATE, 1);
+    check_v9_records(&records);
+    let want: Vec<_> = records.iter().map(|r| r.to_flow(5)).collect();
+    assert_eq!(flows, want);
+    let s = d.stats_for(&key(Version::V9, 42)).expect("stats");
+    assert_eq!((s.pending_records_decoded, s.records), (2, 2));
+}
+
+#[test]
 fn held_sets_are_bounded_and_drops_counted() {
     let mut d = Decoder::new(DecoderConfig {
         pending_max_sets: 2,

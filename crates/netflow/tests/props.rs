@@ -216,6 +216,73 @@ proptest! {
         prop_assert!(out.len() - before <= pkt.len(), "no record from nothing");
     }
 
+    /// `decode_flows` is `decode` then `to_flow`, datagram by datagram: the same flows,
+    /// results and counters, held data released by a later template included, and the
+    /// observer asked once for each datagram that yields a record.
+    #[test]
+    fn decode_flows_is_decode_then_to_flow(
+        packets in proptest::collection::vec(
+            (0usize..6, proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4), any::<usize>(), 0u64..20),
+            1..10),
+    ) {
+        let mut seeds = seeds();
+        // Data before its template (held), then the template (released).
+        // TCP records with SYN, FIN and RST|ACK: what opens and closes a flow.
+        let tcp = |flags: u64| {
+            let mut v = vec![Value::U(3); 18];
+            (v[11], v[12]) = (Value::U(flags), Value::U(6));
+            v
+        };
+        let mut data = Message::v9(2000, 1_700_000_000, 7, 1);
+        data.data(258, &V9_IPV4_18, &[tcp(0x02), tcp(0x01), tcp(0x14)]);
+        seeds.push(data.build());
+        let mut template = Message::v9(2001, 1_700_000_001, 8, 1);
+        template.template(258, &V9_IPV4_18);
+        seeds.push(template.build());
+        // IPFIX end reasons and an ICMP type and code.
+        const ENDS: [Ie; 12] = [
+            ie(8, 4), ie(12, 4), ie(7, 2), ie(11, 2), ie(4, 1), ie(6, 1),
+            ie(1, 8), ie(2, 8), ie(152, 8), ie(153, 8), ie(136, 1), ie(32, 2),
+        ];
+        let rec = |proto: u64, flags: u64, reason: u64| {
+            let mut v = vec![Value::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))); 2];
+            v.extend([40000, 443, proto, flags, 1500, 3, 1_699_999_999_000, 1_700_000_000_000,
+                reason, 0x0800].map(Value::U));
+            v
+        };
+        let mut ends = Message::ipfix(1_700_000_000, 0, 3);
+        ends.template(260, &ENDS)
+            .data(260, &ENDS, &[rec(6, 0x11, 2), rec(17, 0, 1), rec(1, 0, 3), rec(58, 0, 4), rec(6, 0x02, 2)]);
+        seeds.push(ends.build());
+        let (mut by_record, mut by_flow) = (small_decoder(), small_decoder());
+        for (which, flips, cut, now) in packets {
+            let mut pkt = seeds[which].clone();
+            let n = pkt.len();
+            for (at, x) in flips {
+                pkt[at % n] ^= x;
+            }
+            pkt.truncate(n - cut % (n / 4 + 1));
+            let mut records = Vec::new();
+            let want = by_record.decode(exporter(), &pkt, now, &mut records);
+            let mut asked = Vec::new();
+            let mut flows = Vec::new();
+            let got = by_flow.decode_flows(exporter(), &pkt, now, |k| {
+                asked.push(*k);
+                7
+            }, &mut flows);
+            prop_assert_eq!(got, want);
+            let want_flows: Vec<_> = records.iter().map(|r| r.to_flow(7)).collect();
+            prop_assert_eq!(flows, want_flows);
+            prop_assert!(asked.len() == usize::from(!records.is_empty()), "asked {:?}", asked);
+            for (k, r) in asked.iter().zip(&records) {
+                prop_assert_eq!((k.exporter, k.version, k.domain), (r.exporter, r.version, r.domain));
+            }
+            by_record.expire(now);
+            by_flow.expire(now);
+            prop_assert_eq!(by_flow.total_stats(), by_record.total_stats());
+        }
+    }
+
     #[test]
     fn ipfix_round_trip(flows in proptest::collection::vec(flow(), 1..40), seq in any::<u32>()) {
         let recs: Vec<_> = flows

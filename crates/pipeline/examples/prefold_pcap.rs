@@ -52,22 +52,22 @@ fn main() -> Result<(), String> {
         b.observers.clear();
         let mut last: Option<((std::net::IpAddr, u32), u32)> = None;
         for (from, d) in chunk {
-            let _ = dec.decode_with(*from, d, now, |rec| {
-                let key = (rec.exporter.ip(), rec.domain);
-                let i = match last {
+            let batch_observers = &mut b.observers;
+            let observer = |k: &podflow_netflow::DomainKey| {
+                let key = (k.exporter.ip(), k.domain);
+                match last {
                     Some((k, i)) if k == key => i,
                     _ => {
                         let o = observers
                             .entry(key)
-                            .or_insert_with(|| Arc::from(format!("{}/{}", key.0, key.1)))
-                            .clone();
-                        let i = b.observer_index(&o);
+                            .or_insert_with(|| Arc::from(format!("{}/{}", key.0, key.1)));
+                        let i = Batch::index_in(batch_observers, o);
                         last = Some((key, i));
                         i
                     }
-                };
-                b.flows.push(rec.to_flow(i));
-            });
+                }
+            };
+            let _ = dec.decode_flows(*from, d, now, observer, &mut b.flows);
         }
     };
     // One loop decoded and kept, for the sums.

@@ -1,12 +1,11 @@
 //! The stateful decoder: template cache, held data sets, sampling and sequence state.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 // foldhash, seeded per process: a few lookups per datagram, SipHash cost ≈ 2% of the
 // receive path (docs/benchmarks.md). The maps are bounded (DecoderConfig).
 use hashbrown::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-
 use podflow_model::Protocol;
 
 use crate::error::{DecodeError, ErrorKind, Version};

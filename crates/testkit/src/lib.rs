@@ -433,12 +433,23 @@ impl Drop for DestroyLog {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (for a child process to listen on).
+/// A free TCP port on 127.0.0.1 (for a child process to listen on), never one this
+/// process handed out before: the probe socket is closed at once, so the kernel may
+/// offer the same port to the next call (CI saw a server's HTTP port given twice).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port on 127.0.0.1");
+        if given.insert(port) {
+            return port;
+        }
+    }
+    panic!("no port on 127.0.0.1 not handed out before in 1000 tries");
 }
 
 /// `GET path` on 127.0.0.1:`port` (HTTP/1.0): `(status, body)`, or `None` when nothing

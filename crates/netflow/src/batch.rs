@@ -1,11 +1,16 @@
 //! A batch of decoded flows as a receive thread hands them on: compact one-way flows,
 //! each naming its observer (exporter and domain) by index.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use podflow_model::Observation;
 
+use crate::decoder::Decoder;
+use crate::error::DecodeError;
 use crate::record::Flow;
+use crate::stats::DomainKey;
 
 /// What the sink receives: the flows decoded from one `recvmmsg` call's datagrams.
 ///
@@ -76,5 +81,63 @@ impl Batch {
             self.observer(f)
                 .map(|who| (Arc::clone(who), f.to_observation()))
         })
+    }
+}
+
+/// The observers' names a receive thread hands out (`"<exporter ip>/<domain>"`, see
+/// [`Batch`]), each made once and shared by all its batches; at most `max` are kept
+/// (past that the map starts over and names are made anew).
+#[derive(Debug)]
+pub struct ObserverNames {
+    names: HashMap<(IpAddr, u32), Arc<str>>,
+    max: usize,
+    /// The last domain asked and its index in the batch filled then: the records of a
+    /// batch nearly always share a few domains, so most skip the map.
+    last: Option<((IpAddr, u32), u32, Arc<str>)>,
+}
+
+impl ObserverNames {
+    /// Names for at most `max` domains at a time.
+    pub fn new(max: usize) -> ObserverNames {
+        ObserverNames {
+            names: HashMap::new(),
+            max,
+            last: None,
+        }
+    }
+
+    /// Decodes datagram `data` from `from` (received at `now`, Unix seconds) with
+    /// `decoder`, adding its flows and their observers to `out`.
+    pub fn decode(
+        &mut self,
+        decoder: &mut Decoder,
+        from: SocketAddr,
+        data: &[u8],
+        now: u64,
+        out: &mut Batch,
+    ) -> Result<usize, DecodeError> {
+        if self.names.len() > self.max {
+            self.names.clear();
+            self.last = None;
+        }
+        let (names, last) = (&mut self.names, &mut self.last);
+        let observers = &mut out.observers;
+        let observer = |d: &DomainKey| {
+            let key = (d.exporter.ip(), d.domain);
+            if let Some((k, i, name)) = last.as_ref()
+                && *k == key
+                // Still this batch's (the caller may have emptied it since).
+                && observers.get(*i as usize).is_some_and(|o| Arc::ptr_eq(o, name))
+            {
+                return *i;
+            }
+            let name = names
+                .entry(key)
+                .or_insert_with(|| Arc::from(format!("{}/{}", key.0, key.1)));
+            let i = Batch::index_in(observers, name);
+            *last = Some((key, i, Arc::clone(name)));
+            i
+        };
+        decoder.decode_flows(from, data, now, observer, &mut out.flows)
     }
 }

@@ -21,7 +21,7 @@ mod stats;
 mod template;
 
 pub use allow::{AllowError, AllowList};
-pub use batch::Batch;
+pub use batch::{Batch, ObserverNames};
 pub use decoder::{Decoder, DecoderConfig};
 pub use error::{DecodeError, ErrorCounts, ErrorKind, ErrorReason, Version};
 #[cfg(feature = "listener")]

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -41,7 +41,7 @@ use nix::sys::socket::{
 use nix::sys::time::{TimeVal, TimeValLike};
 
 use crate::allow::AllowList;
-use crate::batch::Batch;
+use crate::batch::{Batch, ObserverNames};
 use crate::decoder::{Decoder, DecoderConfig};
 use crate::error::{ErrorCounts, ErrorReason};
 use crate::stats::{DomainKey, Stats};
@@ -495,7 +495,7 @@ impl Worker {
             .collect();
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(self.batch, None);
         let mut got: Vec<Received> = Vec::with_capacity(self.batch);
-        let mut observers: HashMap<(IpAddr, u32), Arc<str>> = HashMap::new();
+        let mut observers = ObserverNames::new(MAX_OBSERVERS);
         let mut out = Batch::default();
         let inode = nix::sys::stat::fstat(self.sock.as_fd())
             .ok()
@@ -536,7 +536,7 @@ impl Worker {
         &mut self,
         got: &[Received],
         bufs: &[Vec<u8>],
-        observers: &mut HashMap<(IpAddr, u32), Arc<str>>,
+        observers: &mut ObserverNames,
         out: &mut Batch,
     ) {
         let now = SystemTime::now()
@@ -545,8 +545,6 @@ impl Worker {
         let (mut bytes, mut truncated, mut no_source) = (0u64, 0u64, 0u64);
         let (mut denied, mut denied_bytes) = (0u64, 0u64);
         let before = out.len();
-        // The records of a batch nearly always share a few domains: skip the map.
-        let mut last: Option<((IpAddr, u32), u32)> = None;
         for (r, buf) in got.iter().zip(bufs) {
             bytes += r.len as u64;
             let Some(from) = r.from else {
@@ -566,28 +564,7 @@ impl Worker {
                 truncated += 1;
                 continue;
             };
-            if observers.len() > MAX_OBSERVERS {
-                observers.clear();
-                last = None;
-            }
-            let batch_observers = &mut out.observers;
-            let observer = |d: &DomainKey| {
-                let key = (d.exporter.ip(), d.domain);
-                match last {
-                    Some((k, i)) if k == key => i,
-                    _ => {
-                        let o = observers
-                            .entry(key)
-                            .or_insert_with(|| Arc::from(format!("{}/{}", key.0, key.1)));
-                        let i = Batch::index_in(batch_observers, o);
-                        last = Some((key, i));
-                        i
-                    }
-                }
-            };
-            let res = self
-                .decoder
-                .decode_flows(from, data, now, observer, &mut out.flows);
+            let res = observers.decode(&mut self.decoder, from, data, now, out);
             if let Err(e) = res
                 && let Some(c) = self.stats.decode_errors.get(e.reason().index())
             {

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
 use podflow_model::{FlowKey, FlowLabels, FlowRow, FlowTotals, Observation, Oriented};
 use podflow_model::{MAX_ROW_BYTES, MAX_ROW_PACKETS};
 
@@ -170,18 +171,20 @@ impl Aggregator {
             self.overflowed += 1;
             key = overflow_key(&key);
         }
-        if let Some(b) = self.buckets.get(&(at, chunk, Arc::clone(observer), key))
-            && !b.totals.fits(o)
-        {
-            self.reject(observer);
-            return false;
-        }
+        // One lookup: a new key's bucket starts empty, which any observation within the
+        // bounds above fits.
         let last = &mut self.last_labels;
         let chunk_keys = &mut self.chunk_keys;
-        let b = self
-            .buckets
-            .entry((at, chunk, Arc::clone(observer), key))
-            .or_insert_with(|| {
+        let b = match self.buckets.entry((at, chunk, Arc::clone(observer), key)) {
+            Entry::Occupied(e) => {
+                let b = e.into_mut();
+                if !b.totals.fits(o) {
+                    self.reject(observer);
+                    return false;
+                }
+                b
+            }
+            Entry::Vacant(e) => {
                 if chunk != 0 {
                     *chunk_keys.entry(chunk).or_default() += 1;
                 }
@@ -194,12 +197,13 @@ impl Aggregator {
                     Some(prev) if **prev == l => Arc::clone(prev),
                     _ => Arc::clone(last.insert(Arc::new(l))),
                 };
-                Bucket {
+                e.insert(Bucket {
                     totals: FlowTotals::default(),
                     labels,
                     cost_usd: 0.0,
-                }
-            });
+                })
+            }
+        };
         b.totals.add(o, conns);
         b.cost_usd += cost_usd;
         true
@@ -239,17 +243,27 @@ impl Aggregator {
     fn take_where(&mut self, mut take: impl FnMut(i64, u64) -> bool) -> Vec<(u64, Vec<FlowRow>)> {
         let mut out: HashMap<u64, Vec<FlowRow>> = HashMap::new();
         let interval_s = self.interval_s;
+        // Room for every key a chunk holds (chunk 0's: the keys of no other chunk), so
+        // an interval's rows are not copied over and over as their vector grows.
+        let chunk_keys = &self.chunk_keys;
+        let room_0 = self.buckets.len().saturating_sub(chunk_keys.values().sum());
+        let room = |c: u64| match c {
+            0 => room_0,
+            c => chunk_keys.get(&c).copied().unwrap_or(0),
+        };
         self.buckets.retain(|(at, chunk, observer, key), b| {
             if take(*at, *chunk) {
-                out.entry(*chunk).or_default().push(FlowRow {
-                    interval_start: *at,
-                    interval_s,
-                    observer: observer.to_string(),
-                    key: *key,
-                    totals: b.totals,
-                    labels: Arc::clone(&b.labels),
-                    cost_usd: b.cost_usd,
-                });
+                out.entry(*chunk)
+                    .or_insert_with(|| Vec::with_capacity(room(*chunk)))
+                    .push(FlowRow {
+                        interval_start: *at,
+                        interval_s,
+                        observer: observer.to_string(),
+                        key: *key,
+                        totals: b.totals,
+                        labels: Arc::clone(&b.labels),
+                        cost_usd: b.cost_usd,
+                    });
                 false
             } else {
                 true

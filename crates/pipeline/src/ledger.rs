@@ -681,22 +681,38 @@ impl<A> Ledger<A> {
             flush(&mut cur, &mut chunks);
         }
         // Rows no agent replays: per day, named by this process and job, cut at the row
-        // bound (retried unchanged, never re-cut).
-        let mut by_day: BTreeMap<i64, Vec<FlowRow>> = BTreeMap::new();
-        for r in taken.remove(&0).unwrap_or_default() {
-            by_day
-                .entry(r.interval_start.div_euclid(DAY))
-                .or_default()
-                .push(r);
-        }
-        for (day, rows) in by_day {
-            for (i, rows) in rows.chunks(self.max_chunk_rows).enumerate() {
+        // bound (retried unchanged, never re-cut). Moved into their chunks, not copied
+        // (an interval of NetFlow can hold millions).
+        let rest = taken.remove(&0).unwrap_or_default();
+        let first_day = rest.first().map(|r| r.interval_start.div_euclid(DAY));
+        let by_day: Vec<(i64, Vec<FlowRow>)> = match first_day {
+            None => Vec::new(),
+            Some(d) if rest.iter().all(|r| r.interval_start.div_euclid(DAY) == d) => {
+                vec![(d, rest)]
+            }
+            Some(_) => {
+                let mut m: BTreeMap<i64, Vec<FlowRow>> = BTreeMap::new();
+                for r in rest {
+                    m.entry(r.interval_start.div_euclid(DAY))
+                        .or_default()
+                        .push(r);
+                }
+                m.into_iter().collect()
+            }
+        };
+        let max = self.max_chunk_rows.max(1);
+        for (day, mut rows) in by_day {
+            let mut i = 0;
+            while !rows.is_empty() {
+                let tail = rows.split_off(rows.len().min(max));
                 chunks.push(JobChunk {
                     token: format!("podflow-s1-{:016x}-{id}-{day}-{i}", self.instance),
                     day,
                     parts: Vec::new(),
                     rows: rows.into(),
                 });
+                rows = tail;
+                i += 1;
             }
         }
         debug_assert!(
@@ -715,6 +731,14 @@ impl<A> Ledger<A> {
             batches,
         });
         Some(id)
+    }
+
+    /// The rows of job `id` while it waits to be written (none once written).
+    pub fn job_rows(&self, id: u64) -> impl Iterator<Item = &FlowRow> {
+        self.jobs
+            .iter()
+            .filter(move |j| j.id == id)
+            .flat_map(|j| j.chunks.iter().flat_map(|c| c.rows.iter()))
     }
 
     /// The next job to write, with the intents and marks to write with it.

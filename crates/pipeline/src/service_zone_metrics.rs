@@ -77,7 +77,7 @@ impl ServiceZoneMetrics {
     }
 
     /// Adds one interval's rows at `now` (Unix seconds).
-    pub fn add_interval(&mut self, rows: &[FlowRow], now: i64) {
+    pub fn add_interval<'r>(&mut self, rows: impl IntoIterator<Item = &'r FlowRow>, now: i64) {
         let mut sums: HashMap<(&str, &str), Values> = HashMap::new();
         for r in rows {
             let l = &r.labels;

@@ -143,7 +143,7 @@ impl WorkloadMetrics {
     }
 
     /// Adds one interval's rows at `now` (Unix seconds).
-    pub fn add_interval(&mut self, rows: &[FlowRow], now: i64) {
+    pub fn add_interval<'r>(&mut self, rows: impl IntoIterator<Item = &'r FlowRow>, now: i64) {
         // Keys borrow the rows' labels (nothing allocated per row); unused slots stay "".
         let dims: Vec<usize> = self
             .cfg

@@ -529,8 +529,7 @@ impl<S: FlowStore + 'static> Driver<S> {
         let late_before = self.late_before(now);
         let registry = &self.registry;
         let agg = &mut self.agg;
-        let mut live: Vec<FlowRow> = Vec::new();
-        self.ledger.seal(upto, |chunks| {
+        let sealed = self.ledger.seal(upto, |chunks| {
             let taken = agg.take(upto, chunks);
             for r in taken.iter().flat_map(|(_, rows)| rows) {
                 if r.interval_start < late_before {
@@ -540,22 +539,31 @@ impl<S: FlowStore + 'static> Driver<S> {
                         .fetch_add(r.totals.bytes(), Relaxed);
                 } else {
                     registry.add_flow(r.key.proto, &r.totals);
-                    live.push(r.clone());
                 }
             }
             taken
         });
+        // The live series read the rows where the job holds them (no copies).
+        let live: Vec<&FlowRow> = sealed
+            .map(|id| {
+                self.ledger
+                    .job_rows(id)
+                    .filter(|r| r.interval_start >= late_before)
+                    .collect()
+            })
+            .unwrap_or_default();
         // Also with no rows: series that stopped moving expire.
         if let Ok(mut w) = self.registry.workloads.lock()
             && let Some(w) = w.as_mut()
         {
-            w.add_interval(&live, now);
+            w.add_interval(live.iter().copied(), now);
         }
         if let Ok(mut s) = self.registry.service_zones.lock()
             && let Some(s) = s.as_mut()
         {
-            s.add_interval(&live, now);
+            s.add_interval(live.iter().copied(), now);
         }
+        drop(live);
         self.note_keys();
         self.write().await;
     }

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod kubeapi;
+pub mod pcap;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

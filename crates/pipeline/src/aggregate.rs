@@ -23,6 +23,27 @@ struct Bucket {
     cost_usd: f64,
 }
 
+/// The labels of a key new in its interval, asked for only then. [`NewLabels::are`]
+/// lets the aggregator share the last new key's labels without building them (most new
+/// keys of an interval carry the labels of the one before: building and dropping them
+/// costs a reference count per name); a closure always builds.
+pub trait NewLabels {
+    /// Whether the labels are `l`; `false` when not known without building them.
+    fn are(&self, l: &FlowLabels) -> bool;
+    /// Builds them.
+    fn build(self) -> FlowLabels;
+}
+
+impl<F: FnOnce() -> FlowLabels> NewLabels for F {
+    fn are(&self, _: &FlowLabels) -> bool {
+        false
+    }
+
+    fn build(self) -> FlowLabels {
+        self()
+    }
+}
+
 /// Per-interval aggregation with a bound on distinct keys.
 #[derive(Debug)]
 pub struct Aggregator {
@@ -83,7 +104,7 @@ impl Aggregator {
         obs: &Observation,
         o: &Oriented,
         now: i64,
-        labels: impl FnOnce() -> FlowLabels,
+        labels: impl NewLabels,
         cost_usd: f64,
     ) {
         self.record_in(0, observer, obs, o, now, labels, cost_usd);
@@ -98,7 +119,7 @@ impl Aggregator {
         obs: &Observation,
         o: &Oriented,
         now: i64,
-        labels: impl FnOnce() -> FlowLabels,
+        labels: impl NewLabels,
         cost_usd: f64,
     ) {
         let n = (u64::from(obs.opened), u64::from(obs.closed));
@@ -115,7 +136,7 @@ impl Aggregator {
         key: FlowKey,
         o: &Oriented,
         now: i64,
-        labels: impl FnOnce() -> FlowLabels,
+        labels: impl NewLabels,
         cost_usd: f64,
         conns: (u64, u64),
     ) {
@@ -133,7 +154,7 @@ impl Aggregator {
         proto: podflow_model::Protocol,
         o: &Oriented,
         now: i64,
-        labels: impl FnOnce() -> FlowLabels,
+        labels: impl NewLabels,
         cost_usd: f64,
         conns: (u64, u64),
     ) -> bool {
@@ -149,7 +170,7 @@ impl Aggregator {
         mut key: FlowKey,
         o: &Oriented,
         now: i64,
-        labels: impl FnOnce() -> FlowLabels,
+        labels: impl NewLabels,
         cost_usd: f64,
         conns: (u64, u64),
     ) -> bool {
@@ -188,14 +209,19 @@ impl Aggregator {
                 if chunk != 0 {
                     *chunk_keys.entry(chunk).or_default() += 1;
                 }
-                let l = if full {
-                    FlowLabels::default()
-                } else {
-                    labels()
-                };
                 let labels = match last {
-                    Some(prev) if **prev == l => Arc::clone(prev),
-                    _ => Arc::clone(last.insert(Arc::new(l))),
+                    Some(prev) if !full && labels.are(prev) => Arc::clone(prev),
+                    _ => {
+                        let l = if full {
+                            FlowLabels::default()
+                        } else {
+                            labels.build()
+                        };
+                        match last {
+                            Some(prev) if **prev == l => Arc::clone(prev),
+                            _ => Arc::clone(last.insert(Arc::new(l))),
+                        }
+                    }
                 };
                 e.insert(Bucket {
                     totals: FlowTotals::default(),
@@ -350,6 +376,63 @@ mod tests {
             FlowLabels::default,
             0.0,
         );
+    }
+
+    /// Labels that say whether they are the last ones without being built (and count
+    /// how often they were built).
+    struct Known<'a> {
+        same: bool,
+        built: &'a std::cell::Cell<u32>,
+        class: podflow_model::Class,
+    }
+
+    impl NewLabels for Known<'_> {
+        fn are(&self, l: &FlowLabels) -> bool {
+            self.same && l.class == self.class
+        }
+        fn build(self) -> FlowLabels {
+            self.built.set(self.built.get() + 1);
+            FlowLabels {
+                class: self.class,
+                ..Default::default()
+            }
+        }
+    }
+
+    #[test]
+    fn new_keys_share_the_last_labels_without_building_them_when_they_are_the_same() {
+        use podflow_model::Class;
+        let mut g = Aggregator::new(10, 100);
+        let built = std::cell::Cell::new(0);
+        let who: Arc<str> = "n".into();
+        let mut add = |port: u16, same: bool, class: Class| {
+            let o = obs(40_000, port, 10);
+            let k = FlowKey::of(o.proto, &o.orient(local));
+            let l = Known {
+                same,
+                built: &built,
+                class,
+            };
+            g.record_counted(&who, k, &o.orient(local), 100, l, 0.0, (1, 0));
+        };
+        add(1, true, Class::IntraZone); // nothing before: built
+        add(2, true, Class::IntraZone); // the same: shared, not built
+        add(3, false, Class::IntraZone); // not known: built, equal, shared
+        add(4, true, Class::InterZone); // different: built
+        assert_eq!(built.get(), 3);
+        let rows = g.flush(0, true);
+        assert_eq!(rows.len(), 4);
+        let intra: Vec<&FlowRow> = rows
+            .iter()
+            .filter(|r| r.labels.class == Class::IntraZone)
+            .collect();
+        assert_eq!(intra.len(), 3);
+        assert!(
+            intra
+                .iter()
+                .all(|r| Arc::ptr_eq(&r.labels, &intra[0].labels))
+        );
+        assert!(rows.iter().any(|r| r.labels.class == Class::InterZone));
     }
 
     #[test]

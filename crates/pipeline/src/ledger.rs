@@ -701,18 +701,17 @@ impl<A> Ledger<A> {
             }
         };
         let max = self.max_chunk_rows.max(1);
-        for (day, mut rows) in by_day {
-            let mut i = 0;
-            while !rows.is_empty() {
-                let tail = rows.split_off(rows.len().min(max));
+        for (day, rows) in by_day {
+            let n = rows.len().div_ceil(max);
+            let mut rows = rows.into_iter();
+            for i in 0..n {
                 chunks.push(JobChunk {
                     token: format!("podflow-s1-{:016x}-{id}-{day}-{i}", self.instance),
                     day,
                     parts: Vec::new(),
-                    rows: rows.into(),
+                    // Written once, straight into the shared slice.
+                    rows: rows.by_ref().take(max).collect(),
                 });
-                rows = tail;
-                i += 1;
             }
         }
         debug_assert!(
@@ -1134,6 +1133,50 @@ mod tests {
             vec![2, 2, 2],
             "two rows per part, at most three per chunk"
         );
+    }
+
+    #[test]
+    fn rows_no_agent_replays_are_cut_per_day_and_at_the_row_bound_in_order() {
+        let mut l: Ledger<()> = Ledger::new(10, 1000, [], 7).with_limits(100, 3);
+        // Four rows of day 0 and three of day 1, the days mixed; each row numbered.
+        let days = [0, 1, 0, 0, 1, 1, 0];
+        let rows: Vec<FlowRow> = days
+            .iter()
+            .enumerate()
+            .map(|(i, d)| FlowRow {
+                interval_start: d * DAY + 10 * i as i64,
+                totals: podflow_model::FlowTotals {
+                    bytes_out: i as u64,
+                    ..Default::default()
+                },
+                ..row()
+            })
+            .collect();
+        let j = l.seal(i64::MAX, |_| vec![(0, rows)]).expect("job");
+        let plan = l.next().expect("plan");
+        let got: Vec<(String, Vec<u64>)> = plan
+            .job
+            .chunks
+            .iter()
+            .map(|c| {
+                let n = c.rows.iter().map(|r| r.totals.bytes_out).collect();
+                (c.token.clone(), n)
+            })
+            .collect();
+        let t = |day: i64, i: usize| format!("podflow-s1-{:016x}-{j}-{day}-{i}", 7);
+        assert_eq!(
+            got,
+            vec![
+                (t(0, 0), vec![0, 2, 3]),
+                (t(0, 1), vec![6]),
+                (t(1, 0), vec![1, 4, 5]),
+            ]
+        );
+        // One day alone: moved whole, cut the same way.
+        let one: Vec<FlowRow> = (0..4).map(|_| row()).collect();
+        let j = l.seal(i64::MAX, |_| vec![(0, one)]).expect("job");
+        let sizes: Vec<usize> = l.job_rows(j).map(|_| 1).collect();
+        assert_eq!(sizes.len(), 4, "every row in the job");
     }
 
     #[test]

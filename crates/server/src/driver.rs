@@ -22,6 +22,7 @@ use podflow_model::{
     Prefixes, Protocol,
 };
 use podflow_pipeline::Aggregator;
+use podflow_pipeline::aggregate::NewLabels;
 use podflow_pipeline::ledger::{BatchId, Ledger, MAX_AGENTS, MAX_AGENTS_PER_NODE, Offer, TooMany};
 use podflow_pipeline::prefold::Prefold;
 use podflow_role::netflow::by_observer;
@@ -55,21 +56,66 @@ fn labels<A>(
     at: i64,
 ) -> FlowLabels {
     let mut l = FlowLabels::of(a);
-    l.remote_observed = a
-        .remote
-        .place
-        .node()
-        .is_some_and(|n| *n.name != *observer && ledger.observes(&n.name, at));
-    if l.remote_observed
-        && matches!(a.local.place, Place::Node(_))
-        && matches!(a.remote.place, Place::Node(_))
-        && probe_ports.contains(&(proto, a.responder_port))
-    {
+    l.remote_observed = remote_observed(a, observer, ledger, at);
+    if is_probe(a, proto, probe_ports, l.remote_observed) {
         let app: podflow_model::Name = PROBE_APP.into();
         l.local.app = app.clone();
         l.remote.app = app;
     }
     l
+}
+
+/// Whether another node that runs an agent sees the connection too (see [`labels`]).
+fn remote_observed<A>(a: &Attribution, observer: &str, ledger: &Ledger<A>, at: i64) -> bool {
+    a.remote
+        .place
+        .node()
+        .is_some_and(|n| *n.name != *observer && ledger.observes(&n.name, at))
+}
+
+/// Whether the connection is the probes' own (see [`labels`]).
+fn is_probe(
+    a: &Attribution,
+    proto: Protocol,
+    probe_ports: &[(Protocol, u16)],
+    remote_observed: bool,
+) -> bool {
+    remote_observed
+        && matches!(a.local.place, Place::Node(_))
+        && matches!(a.remote.place, Place::Node(_))
+        && probe_ports.contains(&(proto, a.responder_port))
+}
+
+/// [`labels`] for the aggregator, which asks whether they equal the last new key's
+/// before it has them built ([`NewLabels`]).
+struct LabelsOf<'a, A> {
+    a: &'a Attribution,
+    proto: Protocol,
+    probe_ports: &'a [(Protocol, u16)],
+    observer: &'a str,
+    ledger: &'a Ledger<A>,
+    at: i64,
+}
+
+impl<A> NewLabels for LabelsOf<'_, A> {
+    fn are(&self, l: &FlowLabels) -> bool {
+        let observed = remote_observed(self.a, self.observer, self.ledger, self.at);
+        // The probes' relabelled ends are rare: those are built and compared.
+        l.remote_observed == observed
+            && !is_probe(self.a, self.proto, self.probe_ports, observed)
+            && l.is_of(self.a)
+    }
+
+    fn build(self) -> FlowLabels {
+        labels(
+            self.a,
+            self.proto,
+            self.probe_ports,
+            self.observer,
+            self.ledger,
+            self.at,
+        )
+    }
 }
 
 /// A number naming this process's chunks of rows no agent replays (part of their
@@ -286,15 +332,16 @@ impl<S: FlowStore + 'static> Driver<S> {
                 h.observe(&s.meta.namespace, &s.meta.name, o);
             }
             let (ledger, probe_ports) = (&self.ledger, self.probe_ports.as_slice());
-            self.agg.record_in(
-                chunk,
+            let labels = LabelsOf {
+                a: &a,
+                proto: o.proto,
+                probe_ports,
                 observer,
-                o,
-                &oriented(o, &a),
+                ledger,
                 at,
-                || labels(&a, o.proto, probe_ports, observer, ledger, at),
-                a.cost_usd,
-            );
+            };
+            self.agg
+                .record_in(chunk, observer, o, &oriented(o, &a), at, labels, a.cost_usd);
         }
         drop(histograms);
         self.note_keys();
@@ -394,15 +441,16 @@ impl<S: FlowStore + 'static> Driver<S> {
                 .fetch_add(1, Relaxed);
         }
         let (ledger, probe_ports) = (&self.ledger, self.probe_ports.as_slice());
-        self.agg.record_counted(
+        let labels = LabelsOf {
+            a: &a,
+            proto: obs.proto,
+            probe_ports,
             observer,
-            key,
-            &o,
+            ledger,
             at,
-            || labels(&a, obs.proto, probe_ports, observer, ledger, at),
-            a.cost_usd,
-            conns,
-        );
+        };
+        self.agg
+            .record_counted(observer, key, &o, at, labels, a.cost_usd, conns);
     }
 
     /// The key of a NetFlow flow: its networks when neither end is in the cluster
